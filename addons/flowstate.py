@@ -1,0 +1,112 @@
+"""What the gateway's addons know about one flow, shared between them.
+
+The addons run in this order for every request (addons/gateway.py builds the
+list), and each reads and extends the flow's `FlowState`:
+
+1. `SnowflakeTraffic` (addons/traffic.py) classifies the endpoint and parses the
+   request body once into `state.request_json`; a malformed request is answered
+   by the gateway (`state.refusal` set).
+2. `Authentication` (addons/identity.py, credentials.py, session_tokens.py)
+   verifies the caller and swaps credentials; sets `state.caller`,
+   `state.session_id` and the session context, or refuses.
+3. `Guardrails` (addons/guardrails.py) checks statements against the policy;
+   sets `state.guardrail`, or refuses.
+4. `Recording` (addons/recording.py) makes the request record durable before
+   the request may go upstream, and records the response or error.
+
+Any addon that answers a request itself assigns `flow.response` and calls
+`state.refuse(...)`; later addons skip their work when `state.answered` is set
+but the recorder still records the refusal.
+
+The state is kept outside `flow.metadata` (which mitmproxy serialises into flow
+files) in a weak map, so it disappears with the flow.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+from mitmproxy import http
+
+from addons.snowflake import Endpoint
+
+
+@dataclass(slots=True, frozen=True)
+class Caller:
+    """The verified identity behind a request, as the recorder and the policy need it."""
+
+    subject: str
+    email: str | None
+    groups: tuple[str, ...]
+    role: str | None
+    issuer: str | None = None
+
+    def as_record(self) -> dict[str, Any]:
+        return {
+            "subject": self.subject,
+            "email": self.email,
+            "groups": list(self.groups),
+            "role": self.role,
+            "issuer": self.issuer,
+        }
+
+
+@dataclass(slots=True)
+class Refusal:
+    """Why the gateway answered a request itself instead of forwarding it."""
+
+    code: int
+    reason: str
+    source: str
+
+    def as_record(self) -> dict[str, Any]:
+        return {"code": self.code, "reason": self.reason, "by": self.source}
+
+
+@dataclass(slots=True)
+class SessionContext:
+    """The session's current database, schema, warehouse and role, as far as known."""
+
+    database: str | None = None
+    schema: str | None = None
+    warehouse: str | None = None
+    role: str | None = None
+
+
+@dataclass(slots=True)
+class FlowState:
+    endpoint: Endpoint
+    request_json: dict[str, Any] | None = None
+    session_id: str | None = None
+    caller: Caller | None = None
+    context: SessionContext = field(default_factory=SessionContext)
+    client_app: str | None = None
+    refusal: Refusal | None = None
+    guardrail: dict[str, Any] | None = None
+    statements: list[dict[str, Any]] | None = None
+    session_ended: bool = False
+    response_json: dict[str, Any] | None = None
+
+    @property
+    def answered(self) -> bool:
+        return self.refusal is not None
+
+    def refuse(self, flow: http.HTTPFlow, response: http.Response, refusal: Refusal) -> None:
+        """Answer the flow from the gateway; nothing of it will go upstream."""
+        flow.response = response
+        self.refusal = refusal
+
+
+_states: weakref.WeakKeyDictionary[http.HTTPFlow, FlowState] = weakref.WeakKeyDictionary()
+
+
+def attach(flow: http.HTTPFlow, state: FlowState) -> FlowState:
+    _states[flow] = state
+    return state
+
+
+def state_of(flow: http.HTTPFlow) -> FlowState | None:
+    """The flow's state, or None for flows the gateway did not see (e.g. loaded with -r)."""
+    return _states.get(flow)

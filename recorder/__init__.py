@@ -1,0 +1,1 @@
+"""hoopgw recorder."""

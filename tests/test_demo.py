@@ -1,0 +1,26 @@
+"""`make demo` keeps working: the demo stack starts and a statement goes through it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.stack import REPO_ROOT
+
+
+def test_demo_smoke(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "scripts" / "demo.py"),
+            "--smoke",
+            "--home",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "smoke: hello through hoopgw" in result.stdout

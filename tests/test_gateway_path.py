@@ -1,0 +1,84 @@
+"""The gateway in the data path: the real connector gets through it what it gets directly."""
+
+from __future__ import annotations
+
+import pytest
+import snowflake.connector
+from snowflake.connector import ProgrammingError
+
+from tests import stack
+
+
+def run_workload(connection: snowflake.connector.SnowflakeConnection, db: str) -> dict:
+    """DDL, DML, bound SELECT, executemany, async, a failing statement and a large result."""
+    cur = connection.cursor()
+    outcome: dict = {}
+    cur.execute(f"create database if not exists {db}")
+    cur.execute(f"create schema if not exists {db}.app")
+    cur.execute(f"use schema {db}.app")
+    cur.execute("create or replace table orders (id int, customer varchar, amount float)")
+    cur.execute("insert into orders values (?, ?, ?)", (1, "ada", 10.5))
+    cur.executemany(
+        "insert into orders values (?, ?, ?)", [(2, "bob", 20.0), (3, "cy", 30.25), (4, "ada", 1.0)]
+    )
+    outcome["bound_select"] = cur.execute(
+        "select id, customer, amount from orders where customer = ? order by id", ("ada",)
+    ).fetchall()
+    outcome["update"] = cur.execute("update orders set amount = amount * 2 where id = ?", (2,))
+    outcome["update"] = cur.rowcount
+    outcome["columns"] = [c.name for c in cur.execute("select * from orders").description]
+    cur.execute_async("select count(*), sum(amount) from orders")
+    query_id = cur.sfqid
+    cur.get_results_from_sfqid(query_id)
+    outcome["async"] = cur.fetchall()
+    with pytest.raises(ProgrammingError) as failure:
+        cur.execute("select * from no_such_table_anywhere")
+    outcome["error"] = (failure.value.errno, failure.value.sqlstate, failure.value.msg)
+    large = cur.execute(
+        "select seq4() as n, 'row ' || seq4() as label from table(generator(rowcount => 100000))"
+    )
+    rows = large.fetchall()
+    outcome["large"] = (len(rows), rows[0], rows[-1])
+    return outcome
+
+
+def test_workload_through_gateway_matches_direct(gateway, fakesnow_server, connect, unique_name):
+    through = run_workload(connect(gateway), unique_name("thru"))
+    direct = run_workload(connect(fakesnow_server), unique_name("direct"))
+    assert through == direct
+    assert through["large"][0] == 100_000
+    assert through["bound_select"] == [(1, "ada", 10.5), (4, "ada", 1.0)]
+    assert through["error"][0] == 2003
+
+
+def test_workload_over_tls(
+    gateway_factory, fakesnow_server, connect, unique_name, tls, monkeypatch
+):
+    secure = gateway_factory(fakesnow_server.url, certs=tls.server_pem, name="tls-gateway")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tls.ca_bundle))
+    outcome = run_workload(connect(secure, disable_ocsp_checks=True), unique_name("tls"))
+    assert secure.protocol == "https"
+    assert outcome["large"][0] == 100_000
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "expected"),
+    [
+        ("hoopgw_store", "ftp://bucket/x", "hoopgw_store: 'ftp://bucket/x' has an unknown scheme"),
+        ("hoopgw_request_limit", "10", "hoopgw_request_limit must be at least 1024 bytes"),
+    ],
+)
+def test_bad_option_stops_startup_with_one_line(fakesnow_server, workdir, option, value, expected):
+    home = workdir / f"bad-{option}"
+    argv = stack.gateway_argv(
+        fakesnow_server.url, stack.free_port(), {option: value}, confdir=home / "conf"
+    )
+    proc = stack.Proc("gateway", argv, home / "gateway.log", cwd=workdir).start()
+    assert proc.process is not None
+    status = proc.process.wait(timeout=30)
+    output = proc.log()
+    assert status == 1
+    error_lines = [line for line in output.splitlines() if "invalid option" in line]
+    assert len(error_lines) == 1, output
+    assert expected in error_lines[0]
+    assert "Traceback" not in output
