@@ -255,3 +255,19 @@ def tls(workdir: Path) -> TlsMaterial:
         + server_cert.public_bytes(serialization.Encoding.PEM)
     )
     return TlsMaterial(ca_bundle, server_pem)
+
+
+@pytest.fixture
+def s3_bucket(moto_s3: str) -> str:
+    """A fresh, empty bucket on the moto server."""
+    import boto3
+
+    name = f"hoopgw-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=moto_s3).create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def agent_token() -> str | None:
+    """An ID token for a caller in the `agents` group, for `connect(gateway, agent_token)`."""
+    return None
