@@ -1,0 +1,653 @@
+"""The archive: where sessions live in a store, their summaries, reading and verifying.
+
+Key layout (relative to the store's root or S3 prefix):
+
+    sessions/dt=YYYY-MM-DD/<session-id>/<writer>-<first-seq:06d>.jsonl.zst
+    summaries/dt=YYYY-MM-DD/<session-id>/<writer>.json
+
+`dt` is the session's start date, read from its UUIDv7 id, so every object of a
+session sits in one partition however long it lasts. Segments hold only
+records (Athena, Trino and DuckDB read `sessions/` as one table); summaries
+live apart so listing sessions takes one LIST per day (or one for the whole
+archive) plus one small GET per session, never a segment read. Every gateway
+process (writer) keeps its own summary per session; readers merge them.
+"""
+
+from __future__ import annotations
+
+import heapq
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Final
+
+import orjson
+
+from recorder.ids import (
+    is_session_id,
+    parse_session_id,
+    parse_writer_id,
+    session_date,
+    session_start,
+)
+from recorder.schema import (
+    GENESIS_HASH,
+    SESSION_END,
+    SESSION_START,
+    is_blocked,
+    is_error,
+    is_statement,
+    record_hash,
+    validate_record,
+)
+from recorder.segment import SUFFIX, SegmentError, decode_segment, decompress_segment, iter_lines
+from recorder.store import KeyNotFound, Store
+
+SESSIONS: Final = "sessions"
+SUMMARIES: Final = "summaries"
+SUMMARY_VERSION: Final = 1
+_DAY_LISTING_LIMIT: Final = 62
+
+_SEGMENT_KEY: Final = re.compile(
+    r"sessions/dt=(\d{4}-\d{2}-\d{2})/([0-9a-f-]{36})/([0-9a-z]{4,32})-(\d{6,})\.jsonl\.zst"
+)
+_SUMMARY_KEY: Final = re.compile(
+    r"summaries/dt=(\d{4}-\d{2}-\d{2})/([0-9a-f-]{36})/([0-9a-z]{4,32})\.json"
+)
+
+
+class SessionNotFound(LookupError):
+    """No recorded segment for that session id in the archive."""
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"session {session_id} is not in the archive")
+        self.session_id = session_id
+
+
+# --- key layout ----------------------------------------------------------------------
+
+
+def session_prefix(session_id: str) -> str:
+    return f"{SESSIONS}/dt={session_date(session_id)}/{parse_session_id(session_id)}/"
+
+
+def segment_key(session_id: str, writer: str, first_seq: int) -> str:
+    """Key of the segment whose first record is `first_seq` of the (session, writer) stream.
+
+    Derived only from the segment's content, so uploading it again after a crash
+    overwrites the same object instead of recording anything twice.
+    """
+    if first_seq < 0:
+        raise ValueError("first_seq must be >= 0")
+    return f"{session_prefix(session_id)}{parse_writer_id(writer)}-{first_seq:06d}{SUFFIX}"
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentKey:
+    key: str
+    session_id: str
+    writer: str
+    first_seq: int
+
+
+def parse_segment_key(key: str) -> SegmentKey | None:
+    """The parts of a segment key, or None for keys that are not segments."""
+    match = _SEGMENT_KEY.fullmatch(key)
+    if not match or not is_session_id(match[2]) or session_date(match[2]) != match[1]:
+        return None
+    return SegmentKey(key, match[2], match[3], int(match[4]))
+
+
+def summary_key(session_id: str, writer: str) -> str:
+    sid = parse_session_id(session_id)
+    return f"{SUMMARIES}/dt={session_date(sid)}/{sid}/{parse_writer_id(writer)}.json"
+
+
+# --- summaries -----------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class StreamSummary:
+    """What one writer recorded of one session, kept up to date segment by segment.
+
+    `last_seq` makes merging a segment idempotent: the uploader sends a stream's
+    segments in order, so a segment starting at or before `last_seq` has been
+    counted already (an upload repeated after a crash). The same class tallies
+    one segment before it is merged.
+    """
+
+    session_id: str
+    writer: str
+    start_ts: float | None = None
+    end_ts: float | None = None
+    end_reason: str | None = None
+    first_ts: float | None = None
+    last_ts: float | None = None
+    caller: dict[str, Any] | None = None
+    client: dict[str, Any] | None = None
+    records: int = 0
+    statements: int = 0
+    errors: int = 0
+    blocked_flows: list[str] = field(default_factory=list)
+    bytes: int = 0
+    stored_bytes: int = 0
+    segments: int = 0
+    last_seq: int = -1
+    last_hash: str = GENESIS_HASH
+    updated_at: float | None = None
+
+    def add(self, record: dict[str, Any]) -> None:
+        """Count one record (the writer tallies each open segment this way)."""
+        self.records += 1
+        seq = record.get("seq")
+        if isinstance(seq, int) and seq > self.last_seq:
+            self.last_seq = seq
+            self.last_hash = str(record.get("hash", ""))
+        ts = record.get("ts")
+        if isinstance(ts, int | float):
+            self.first_ts = ts if self.first_ts is None else min(self.first_ts, ts)
+            self.last_ts = ts if self.last_ts is None else max(self.last_ts, ts)
+        kind = record.get("kind")
+        caller = record.get("caller")
+        client = record.get("client")
+        if kind == SESSION_START:
+            self.start_ts = ts if isinstance(ts, int | float) else self.start_ts
+            self.caller = caller if isinstance(caller, dict) else self.caller
+            self.client = client if isinstance(client, dict) else self.client
+        else:
+            if self.caller is None and isinstance(caller, dict):
+                self.caller = caller
+            if self.client is None and isinstance(client, dict):
+                self.client = client
+        if kind == SESSION_END:
+            self.end_ts = ts if isinstance(ts, int | float) else self.end_ts
+            reason = record.get("reason")
+            self.end_reason = reason if isinstance(reason, str) else None
+        if is_statement(record):
+            self.statements += 1
+        if is_error(record):
+            self.errors += 1
+        if is_blocked(record):
+            flow = str(record.get("flow_id") or f"{record.get('writer')}:{seq}")
+            if flow not in self.blocked_flows:
+                self.blocked_flows.append(flow)
+
+    def merge_segment(
+        self, first_seq: int, segment: StreamSummary, stored_bytes: int, now: float
+    ) -> bool:
+        """Add a segment's tally (`segment`, built with `add`); False when already counted."""
+        if first_seq <= self.last_seq:
+            return False
+        self.records += segment.records
+        self.statements += segment.statements
+        self.errors += segment.errors
+        for flow in segment.blocked_flows:
+            if flow not in self.blocked_flows:
+                self.blocked_flows.append(flow)
+        if segment.last_seq > self.last_seq:
+            self.last_seq = segment.last_seq
+            self.last_hash = segment.last_hash
+        if segment.first_ts is not None:
+            self.first_ts = _min(self.first_ts, segment.first_ts)
+            self.last_ts = _max(self.last_ts, segment.last_ts)
+        if segment.start_ts is not None:
+            self.start_ts = segment.start_ts
+            self.caller = segment.caller or self.caller
+            self.client = segment.client or self.client
+        else:
+            self.caller = self.caller or segment.caller
+            self.client = self.client or segment.client
+        if segment.end_ts is not None:
+            self.end_ts = segment.end_ts
+            self.end_reason = segment.end_reason
+        self.bytes += segment.bytes
+        self.stored_bytes += stored_bytes
+        self.segments += 1
+        self.updated_at = now
+        return True
+
+    @classmethod
+    def tally(
+        cls, session_id: str, writer: str, records: Iterable[dict[str, Any]], raw_bytes: int
+    ) -> StreamSummary:
+        """A segment's tally from its records (recovered segments, tests)."""
+        segment = cls(session_id, writer)
+        for record in records:
+            segment.add(record)
+        segment.bytes = raw_bytes
+        return segment
+
+    def to_json(self) -> bytes:
+        data = {name: getattr(self, name) for name in self.__slots__}
+        data["v"] = SUMMARY_VERSION
+        data["blocked"] = len(self.blocked_flows)
+        return orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
+
+    @classmethod
+    def from_json(cls, data: bytes) -> StreamSummary:
+        raw = orjson.loads(data)
+        known = {name: raw[name] for name in cls.__slots__ if name in raw}
+        return cls(**known)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSummary:
+    """A session as listed: its writers' summaries merged."""
+
+    session_id: str
+    start: datetime
+    end: datetime | None
+    last_activity: datetime | None
+    end_reason: str | None
+    caller: dict[str, Any] | None
+    client: dict[str, Any] | None
+    records: int
+    statements: int
+    errors: int
+    blocked: int
+    bytes: int
+    stored_bytes: int
+    segments: int
+    writers: tuple[str, ...]
+
+    @property
+    def ended(self) -> bool:
+        return self.end is not None
+
+    @property
+    def subject(self) -> str | None:
+        return (self.caller or {}).get("subject")
+
+    @property
+    def email(self) -> str | None:
+        return (self.caller or {}).get("email")
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        groups = (self.caller or {}).get("groups") or ()
+        return tuple(str(group) for group in groups)
+
+    @property
+    def role(self) -> str | None:
+        return (self.caller or {}).get("role")
+
+    @property
+    def client_application(self) -> str | None:
+        return (self.client or {}).get("application")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, for `hoopgw sessions --json` and the like."""
+        return {
+            "session_id": self.session_id,
+            "start": self.start.isoformat(),
+            "end": self.end.isoformat() if self.end else None,
+            "last_activity": self.last_activity.isoformat() if self.last_activity else None,
+            "end_reason": self.end_reason,
+            "ended": self.ended,
+            "caller": self.caller,
+            "client": self.client,
+            "records": self.records,
+            "statements": self.statements,
+            "errors": self.errors,
+            "blocked": self.blocked,
+            "bytes": self.bytes,
+            "stored_bytes": self.stored_bytes,
+            "segments": self.segments,
+            "writers": list(self.writers),
+        }
+
+    @classmethod
+    def merge(cls, session_id: str, parts: list[StreamSummary]) -> SessionSummary:
+        with_start = [part for part in parts if part.start_ts is not None]
+        primary = with_start[0] if with_start else (parts[0] if parts else None)
+        caller = primary.caller if primary else None
+        client = primary.client if primary else None
+        for part in parts:
+            caller = caller or part.caller
+            client = client or part.client
+        start_ts = min((part.start_ts for part in with_start), default=None)
+        ends = [part for part in parts if part.end_ts is not None]
+        last = max((part.last_ts for part in parts if part.last_ts is not None), default=None)
+        blocked = {flow for part in parts for flow in part.blocked_flows}
+        return cls(
+            session_id=session_id,
+            start=_utc(start_ts) if start_ts is not None else session_start(session_id),
+            end=_utc(max(part.end_ts for part in ends)) if ends else None,  # type: ignore[type-var]
+            last_activity=_utc(last) if last is not None else None,
+            end_reason=max(ends, key=lambda part: part.end_ts or 0).end_reason if ends else None,
+            caller=caller,
+            client=client,
+            records=sum(part.records for part in parts),
+            statements=sum(part.statements for part in parts),
+            errors=sum(part.errors for part in parts),
+            blocked=len(blocked),
+            bytes=sum(part.bytes for part in parts),
+            stored_bytes=sum(part.stored_bytes for part in parts),
+            segments=sum(part.segments for part in parts),
+            writers=tuple(sorted(part.writer for part in parts)),
+        )
+
+
+def _min(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _max(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+def _utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, tz=UTC)
+
+
+# --- verification --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with a stored session, and where."""
+
+    segment: str | None
+    line: int | None
+    seq: int | None
+    message: str
+
+    def __str__(self) -> str:
+        where = [self.segment or "session"]
+        if self.line is not None:
+            where.append(f"line {self.line}")
+        if self.seq is not None:
+            where.append(f"seq {self.seq}")
+        return f"{', '.join(where)}: {self.message}"
+
+
+@dataclass(slots=True)
+class VerifyReport:
+    session_id: str
+    segments: int = 0
+    records: int = 0
+    writers: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def add(self, segment: str | None, line: int | None, seq: int | None, message: str) -> None:
+        self.problems.append(Problem(segment, line, seq, message))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "session_id": self.session_id,
+            "ok": self.ok,
+            "segments": self.segments,
+            "records": self.records,
+            "writers": self.writers,
+            "problems": [
+                {"segment": p.segment, "line": p.line, "seq": p.seq, "message": p.message}
+                for p in self.problems
+            ],
+            "notes": self.notes,
+        }
+
+
+# --- the archive ---------------------------------------------------------------------
+
+
+class Archive:
+    """Read access to recorded sessions in a store: list, read, verify."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def list_sessions(
+        self,
+        since: datetime | date | None = None,
+        until: datetime | date | None = None,
+        user: str | None = None,
+        group: str | None = None,
+        limit: int | None = None,
+    ) -> list[SessionSummary]:
+        """Sessions started in [since, until), newest first, optionally by user or group.
+
+        `user` matches the caller's subject or email (case-insensitive); `group`
+        one of the caller's groups. Naive datetimes are taken as UTC.
+        """
+        low = _as_utc(since)
+        high = _as_utc(until)
+        by_session: dict[str, list[str]] = {}
+        for key in self._summary_keys(low, high):
+            match = _SUMMARY_KEY.fullmatch(key)
+            if not match or not is_session_id(match[2]):
+                continue
+            started = session_start(match[2])
+            if (low and started < low) or (high and started >= high):
+                continue
+            by_session.setdefault(match[2], []).append(key)
+        found: list[SessionSummary] = []
+        for session_id in sorted(by_session, reverse=True):
+            parts = []
+            for key in by_session[session_id]:
+                try:
+                    parts.append(StreamSummary.from_json(self.store.get(key)))
+                except (KeyNotFound, orjson.JSONDecodeError, TypeError):
+                    continue
+            if not parts:
+                continue
+            summary = SessionSummary.merge(session_id, parts)
+            if _matches(summary, user, group):
+                found.append(summary)
+                if limit is not None and len(found) >= limit:
+                    break
+        return found
+
+    def _summary_keys(self, low: datetime | None, high: datetime | None) -> Iterable[str]:
+        if low is not None:
+            last_day = (high or datetime.now(UTC)).date()
+            days = (last_day - low.date()).days + 1
+            if 0 < days <= _DAY_LISTING_LIMIT:
+                for offset in range(days):
+                    day = low.date() + timedelta(days=offset)
+                    yield from self.store.list(f"{SUMMARIES}/dt={day.isoformat()}/")
+                return
+        yield from self.store.list(f"{SUMMARIES}/")
+
+    def summary(self, session_id: str) -> SessionSummary:
+        """One session's merged summary; SessionNotFound when it has none."""
+        sid = parse_session_id(session_id)
+        prefix = f"{SUMMARIES}/dt={session_date(sid)}/{sid}/"
+        parts = [StreamSummary.from_json(self.store.get(key)) for key in self.store.list(prefix)]
+        if not parts:
+            raise SessionNotFound(sid)
+        return SessionSummary.merge(sid, parts)
+
+    def stream_summaries(self, session_id: str) -> dict[str, StreamSummary]:
+        sid = parse_session_id(session_id)
+        prefix = f"{SUMMARIES}/dt={session_date(sid)}/{sid}/"
+        out = {}
+        for key in self.store.list(prefix):
+            match = _SUMMARY_KEY.fullmatch(key)
+            if match:
+                out[match[3]] = StreamSummary.from_json(self.store.get(key))
+        return out
+
+    def segments(self, session_id: str) -> list[str]:
+        """The session's segment keys, by writer, then in stream order."""
+        prefix = session_prefix(session_id)
+        parsed = [p for p in map(parse_segment_key, self.store.list(prefix)) if p is not None]
+        parsed.sort(key=lambda p: (p.writer, p.first_seq))
+        return [p.key for p in parsed]
+
+    def read_session(self, session_id: str) -> list[dict[str, Any]]:
+        """Every record of the session: each writer's stream in seq order, merged by `ts`.
+
+        Raises SegmentError when a segment does not decode (run verify_session for
+        the full picture) and SessionNotFound when nothing is recorded.
+        """
+        keys = self._segment_keys(session_id)
+        streams: dict[str, list[dict[str, Any]]] = {}
+        for parsed in keys:
+            records = _decode(self.store.get(parsed.key), parsed.key)
+            streams.setdefault(parsed.writer, []).extend(records)
+        ordered = []
+        for writer in sorted(streams):
+            records = streams[writer]
+            records.sort(key=lambda record: _int(record.get("seq")))
+            ordered.append(records)
+        return list(heapq.merge(*ordered, key=lambda record: _number(record.get("ts"))))
+
+    def _segment_keys(self, session_id: str) -> list[SegmentKey]:
+        parsed = [p for p in map(parse_segment_key, self.segments(session_id)) if p is not None]
+        if not parsed:
+            raise SessionNotFound(parse_session_id(session_id))
+        return parsed
+
+    def verify_session(self, session_id: str) -> VerifyReport:
+        """Check every segment frame, record schema, hash chain and seq run of a session.
+
+        A problem means the stored session is not what the gateway wrote (or a
+        writer died before it could upload, which `notes` and the summaries tell
+        apart): a deleted record shows as a seq gap and a prev_hash mismatch, an
+        altered record as a hash mismatch, reordering as both.
+        """
+        sid = parse_session_id(session_id)
+        keys = self._segment_keys(sid)
+        report = VerifyReport(sid)
+        by_writer: dict[str, list[SegmentKey]] = {}
+        for parsed in keys:
+            by_writer.setdefault(parsed.writer, []).append(parsed)
+        summaries = self.stream_summaries(sid)
+        for writer, segments in sorted(by_writer.items()):
+            report.writers.append(writer)
+            last_seq, last_hash = self._verify_stream(report, sid, writer, segments)
+            summary = summaries.get(writer)
+            if summary is None:
+                report.notes.append(f"writer {writer}: no summary object")
+            elif summary.last_seq > last_seq:
+                report.add(
+                    None,
+                    None,
+                    summary.last_seq,
+                    f"writer {writer}: summary counts records up to seq {summary.last_seq} "
+                    f"but the segments end at seq {last_seq} (records missing at the end)",
+                )
+            elif summary.last_seq == last_seq and summary.last_hash != last_hash:
+                report.add(
+                    None,
+                    None,
+                    last_seq,
+                    f"writer {writer}: last record's hash differs from the summary's",
+                )
+            elif summary.last_seq < last_seq:
+                report.notes.append(
+                    f"writer {writer}: summary is behind (seq {summary.last_seq} of {last_seq}); "
+                    "the writer stopped before updating it"
+                )
+        return report
+
+    def _verify_stream(
+        self, report: VerifyReport, sid: str, writer: str, segments: list[SegmentKey]
+    ) -> tuple[int, str]:
+        expected_seq: int | None = 0
+        prev_hash: str | None = GENESIS_HASH
+        last_seen = (-1, "")
+        for parsed in segments:
+            report.segments += 1
+            key = parsed.key
+            try:
+                lines = decompress_segment(self.store.get(key))
+            except SegmentError as exc:
+                report.add(key, None, None, str(exc))
+                expected_seq, prev_hash = None, None
+                continue
+            if expected_seq is not None and parsed.first_seq != expected_seq:
+                report.add(
+                    key,
+                    None,
+                    parsed.first_seq,
+                    f"segment starts at seq {parsed.first_seq}, expected {expected_seq}",
+                )
+            if lines and not lines.endswith(b"\n"):
+                report.add(key, None, None, "last line has no newline: the segment was cut")
+            first = True
+            for number, line in iter_lines(lines):
+                report.records += 1
+                try:
+                    record = orjson.loads(line)
+                except orjson.JSONDecodeError as exc:
+                    report.add(key, number, None, f"bad JSON ({exc.msg})")
+                    expected_seq, prev_hash = None, None
+                    continue
+                if not isinstance(record, dict):
+                    report.add(key, number, None, "line is not a JSON object")
+                    expected_seq, prev_hash = None, None
+                    continue
+                seq = record.get("seq") if isinstance(record.get("seq"), int) else None
+                for problem in validate_record(record):
+                    report.add(key, number, seq, problem)
+                if record.get("session_id") != sid:
+                    report.add(key, number, seq, "record belongs to another session")
+                if record.get("writer") != writer:
+                    report.add(key, number, seq, "record's writer differs from the key's")
+                if first and seq != parsed.first_seq:
+                    report.add(key, number, seq, f"key says the first seq is {parsed.first_seq}")
+                first = False
+                if seq is not None and expected_seq is not None and seq != expected_seq:
+                    report.add(
+                        key,
+                        number,
+                        seq,
+                        f"seq {seq} where {expected_seq} was expected (record missing or moved)",
+                    )
+                stored_hash = record.get("hash")
+                if record_hash(record) != stored_hash:
+                    report.add(key, number, seq, "hash does not match the record (altered)")
+                if prev_hash is not None and record.get("prev_hash") != prev_hash:
+                    report.add(
+                        key,
+                        number,
+                        seq,
+                        "prev_hash does not match the previous record's hash "
+                        "(record missing, moved or altered before it)",
+                    )
+                prev_hash = stored_hash if isinstance(stored_hash, str) else None
+                expected_seq = seq + 1 if seq is not None else None
+                if seq is not None and seq > last_seen[0]:
+                    last_seen = (seq, prev_hash or "")
+        return last_seen
+
+
+def _decode(data: bytes, key: str) -> list[dict[str, Any]]:
+    try:
+        return decode_segment(data)
+    except SegmentError as exc:
+        raise SegmentError(f"{key}: {exc}") from None
+
+
+def _matches(summary: SessionSummary, user: str | None, group: str | None) -> bool:
+    if user is not None:
+        wanted = user.casefold()
+        names = {(summary.subject or "").casefold(), (summary.email or "").casefold()}
+        if wanted not in names:
+            return False
+    return group is None or group in summary.groups
+
+
+def _as_utc(value: datetime | date | None) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) else -1
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) else 0.0

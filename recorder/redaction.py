@@ -1,0 +1,538 @@
+"""Secrets out of records: headers, JSON bodies, SQL text and body truncation.
+
+Whitelist-minded: a field is dropped when its name looks like it could hold a
+credential, even if this particular value is harmless, because a record is
+kept for years and read by many. What is kept is what an investigator needs:
+the shape of the exchange, the SQL, identities, result metadata and rows.
+docs/record-format.md lists the rules; tests/test_recorder_redaction.py holds
+an example of every one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable
+from typing import Any, Final
+from urllib.parse import parse_qsl, unquote_plus, urlsplit, urlunsplit
+
+import orjson
+from sqlglot.dialects.snowflake import Snowflake
+from sqlglot.errors import SqlglotError
+from sqlglot.tokens import Token, TokenType
+
+REDACTED: Final = "[REDACTED]"
+SQL_REDACTED_LITERAL: Final = "'[REDACTED]'"
+
+# --- headers -------------------------------------------------------------------------
+
+_SECRET_HEADERS: Final = frozenset(
+    {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "api-key"}
+)
+_SECRET_HEADER_PARTS: Final = (
+    "token",
+    "secret",
+    "password",
+    "passcode",
+    "credential",
+    "signature",
+    "apikey",
+    "api-key",
+    "auth",
+    "session",
+)
+_KEPT_HEADERS: Final = frozenset({"x-snowflake-authorization-token-type"})
+
+
+def is_secret_header(name: str) -> bool:
+    lowered = name.lower()
+    if lowered in _KEPT_HEADERS:
+        return False
+    return lowered in _SECRET_HEADERS or any(part in lowered for part in _SECRET_HEADER_PARTS)
+
+
+def redact_headers(headers: Iterable[tuple[str, str]]) -> list[list[str]]:
+    """Headers as `[[name, value], ...]` in wire order, credential values replaced."""
+    return [[name, REDACTED if is_secret_header(name) else value] for name, value in headers]
+
+
+def redact_path(path: str) -> str:
+    """A request path with the values of credential-named query parameters masked.
+
+    Names follow the JSON key rules (`token`, `*_token`, `*password*`, ...); the
+    rest of the path, including parameter order and encoding, is kept as sent.
+    """
+    route, sep, query = path.partition("?")
+    if not sep:
+        return path
+    pairs = []
+    for pair in query.split("&"):
+        name, eq, _ = pair.partition("=")
+        if eq and is_secret_key(unquote_plus(name)):
+            pairs.append(f"{name}={REDACTED}")
+        else:
+            pairs.append(pair)
+    return f"{route}?{'&'.join(pairs)}"
+
+
+# --- JSON ----------------------------------------------------------------------------
+
+_SECRET_KEYS: Final = frozenset(
+    {
+        "password",
+        "passcode",
+        "token",
+        "qrmk",
+        "chunkheaders",
+        "creds",
+        "privatekey",
+        "private_key",
+        "passphrase",
+        "encryptionmaterial",
+        "authorization",
+        "cookie",
+        "signature",
+        "sig",
+    }
+)
+_SECRET_KEY_PARTS: Final = (
+    "password",
+    "passwd",
+    "secret",
+    "passcode",
+    "passphrase",
+    "credential",
+    "privatekey",
+    "private_key",
+    "masterkey",
+    "master_key",
+)
+_SECRET_KEY_SUFFIXES: Final = ("token", "key", "key_id", "keyid")
+_SQL_KEYS: Final = frozenset({"sqltext", "statement", "sql"})
+# error messages quote (parts of) the statement, credential literals included
+_MESSAGE_KEYS: Final = frozenset({"message", "errormessage"})
+_URL_KEY_SUFFIXES: Final = ("url", "urls", "location", "uri")
+_SIGNED_QUERY: Final = re.compile(
+    r"(?:^|[?&])(?:x-amz-signature|x-amz-credential|x-amz-security-token|x-goog-signature|"
+    r"x-goog-credential|signature|sig|se|sv|awsaccesskeyid|token|access_token|expires)=",
+    re.IGNORECASE,
+)
+
+
+def is_secret_key(key: str) -> bool:
+    """Whether a JSON key (or form field, or `parameters[].name`) names a credential."""
+    lowered = key.lower()
+    return (
+        lowered in _SECRET_KEYS
+        or lowered.endswith(_SECRET_KEY_SUFFIXES)
+        or any(part in lowered for part in _SECRET_KEY_PARTS)
+    )
+
+
+def strip_url_query(url: str) -> str:
+    """Scheme, host and path only: pre-signed URLs carry their signature in the query."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return REDACTED
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def _is_url(value: str) -> bool:
+    return value.startswith(("https://", "http://", "azure://", "gcs://", "s3://"))
+
+
+def _scrub_string(value: str) -> str:
+    """URLs anywhere keep their query unless it looks signed or they carry userinfo."""
+    if _is_url(value) and (
+        ("?" in value and _SIGNED_QUERY.search(value.partition("?")[2])) or "@" in value
+    ):
+        return strip_url_query(value)
+    return value
+
+
+def redact_json(obj: Any) -> Any:
+    """A redacted copy of a decoded JSON value (the input is not modified).
+
+    By key name, case-insensitive: credentials (PASSWORD, TOKEN, PASSCODE, any
+    `*token`, `*key`, `*password*`, `*secret*`, qrmk, chunkHeaders, creds,
+    encryptionMaterial, ...) become "[REDACTED]" whatever their value (objects
+    included); null and booleans stay, they cannot be secrets. URL-valued keys
+    (`url`, `presignedUrl(s)`, `location`, ...) lose their query string; other
+    URL strings lose it when it looks signed. SQL under `sqlText` / `statement`
+    goes through `redact_sql`; error messages (`message`, `errorMessage`)
+    through `redact_message`. `{"name": N, "value": V}` pairs hide V when N
+    names a credential.
+    """
+    return _redact_value(obj, None)
+
+
+def _redact_value(value: Any, key: str | None) -> Any:
+    if isinstance(value, dict):
+        return _redact_dict(value)
+    if isinstance(value, list):
+        return [_redact_value(item, key) for item in value]
+    if isinstance(value, str):
+        if key is not None and key.lower().endswith(_URL_KEY_SUFFIXES) and _is_url(value):
+            return strip_url_query(value)
+        return _scrub_string(value)
+    return value
+
+
+def _redact_dict(obj: dict[Any, Any]) -> dict[Any, Any]:
+    out: dict[Any, Any] = {}
+    for key, value in obj.items():
+        name = key if isinstance(key, str) else str(key)
+        if value is None or isinstance(value, bool):
+            out[key] = value
+        elif is_secret_key(name):
+            out[key] = REDACTED
+        elif isinstance(value, str) and name.lower() in _SQL_KEYS:
+            out[key] = redact_sql(value)
+        elif isinstance(value, str) and name.lower() in _MESSAGE_KEYS:
+            out[key] = redact_message(value)
+        else:
+            out[key] = _redact_value(value, name)
+    name = obj.get("name")
+    if isinstance(name, str) and "value" in out and is_secret_key(name):
+        value = out["value"]
+        if value is not None and not isinstance(value, bool):
+            out["value"] = REDACTED
+    return out
+
+
+# --- SQL -----------------------------------------------------------------------------
+
+_SNOWFLAKE: Final = Snowflake()
+_SNOWFLAKE_TOKENIZER: Final = Snowflake.tokenizer_class
+_SQL_TRIGGER_WORDS: Final = (
+    "PASSWORD",
+    "PASSCODE",
+    "PASSPHRASE",
+    "SECRET",
+    "TOKEN",
+    "CREDENTIALS",
+    "ENCRYPTION",
+    "PRIVATE",
+    "RSA_PUBLIC_KEY",
+    "MASTER_KEY",
+    "AWS_KEY_ID",
+    "API_KEY",
+    "-----BEGIN",
+)
+_SQL_TRIGGER: Final = re.compile("|".join(map(re.escape, _SQL_TRIGGER_WORDS)), re.IGNORECASE)
+_PEM_PRIVATE_KEY: Final = re.compile(
+    r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY-----.*?(?:-----END[A-Z0-9 ]*PRIVATE KEY-----|\Z)",
+    re.DOTALL | re.IGNORECASE,
+)
+_PEM_REDACTED: Final = "[REDACTED PRIVATE KEY]"
+_SQL_SECRET_NAMES: Final = frozenset(
+    {
+        "TOKEN",
+        "MASTER_KEY",
+        "PRIVATE_KEY",
+        "RSA_PUBLIC_KEY",
+        "RSA_PUBLIC_KEY_2",
+        "RSA_PRIVATE_KEY",
+        "AWS_KEY_ID",
+        "API_KEY",
+    }
+)
+_SQL_SECRET_NAME_PARTS: Final = ("PASSWORD", "PASSCODE", "PASSPHRASE", "SECRET")
+_SQL_SECRET_LISTS: Final = frozenset({"CREDENTIALS", "ENCRYPTION"})
+_SQL_ASSIGN: Final = frozenset({TokenType.EQ, TokenType.FARROW, TokenType.COLON_EQ})
+_SQL_STRINGS: Final = frozenset(
+    {
+        TokenType.STRING,
+        TokenType.RAW_STRING,
+        TokenType.NATIONAL_STRING,
+        TokenType.HEREDOC_STRING,
+        TokenType.BYTE_STRING,
+        TokenType.HEX_STRING,
+        TokenType.BIT_STRING,
+        TokenType.UNICODE_STRING,
+    }
+)
+_SQL_BARE_VALUES: Final = frozenset({TokenType.NUMBER, TokenType.VAR})
+_SQL_COMMANDS: Final = frozenset(_SNOWFLAKE_TOKENIZER.COMMANDS)
+_SQL_MAX_DEPTH: Final = 3
+
+
+def redact_message(text: str) -> str:
+    """An error message, cut at the first credential word.
+
+    Messages quote fragments of the statement (often cut mid-literal, so the
+    SQL tokenizer cannot see the literal's extent): everything after a word
+    such as PASSWORD or CREDENTIALS is dropped rather than parsed.
+    """
+    match = _SQL_TRIGGER.search(text)
+    if match is None:
+        return text
+    return f"{text[: match.end()]} {REDACTED}"
+
+
+def _is_secret_sql_name(upper: str) -> bool:
+    return (
+        upper in _SQL_SECRET_NAMES
+        or upper.endswith(("TOKEN", "PRIVATE_KEY"))
+        or any(part in upper for part in _SQL_SECRET_NAME_PARTS)
+    )
+
+
+def redact_sql(sql: str) -> str:
+    """`sql` with credential literals masked and everything else byte-for-byte intact.
+
+    `PASSWORD = '...'`, `TOKEN = '...'`, `SECRET = '...'`, key literals
+    (`RSA_PUBLIC_KEY`, `MASTER_KEY`, `PRIVATE_KEY`, ...) and any name containing
+    PASSWORD/SECRET/PASSCODE or ending in TOKEN get `'[REDACTED]'` for their
+    value; `CREDENTIALS = (...)` and `ENCRYPTION = (...)` lose their whole
+    parenthesised list; PEM private key blocks are masked wherever they are.
+    SQL nested in string literals (`EXECUTE IMMEDIATE '...'`, procedure bodies
+    in `$$...$$`) and in the arguments of commands such as `CALL` is redacted
+    the same way. Statements naming none of these skip tokenizing altogether. A
+    statement the tokenizer cannot read (unterminated quote) is cut at the
+    first such name.
+    """
+    return _redact_sql(sql, 0)
+
+
+def _may_hold_secrets(sql: str) -> bool:
+    """The fast path for most statements: upper() and substring search run in C."""
+    upper = sql.upper()
+    return any(word in upper for word in _SQL_TRIGGER_WORDS)
+
+
+def _redact_sql(sql: str, depth: int) -> str:
+    if not _may_hold_secrets(sql):
+        return sql
+    if "-----" in sql:
+        sql = _PEM_PRIVATE_KEY.sub(_PEM_REDACTED, sql)
+    try:
+        tokens = _SNOWFLAKE.tokenize(sql)
+    except SqlglotError:
+        match = _SQL_TRIGGER.search(sql)
+        if match is None:
+            return sql
+        return sql[: match.start()] + "[REDACTED: unreadable remainder]"
+    spans = _secret_spans(sql, tokens, depth)
+    if not spans:
+        return sql
+    pieces: list[str] = []
+    cursor = 0
+    for start, end, replacement in spans:
+        pieces.append(sql[cursor:start])
+        pieces.append(replacement)
+        cursor = end
+    pieces.append(sql[cursor:])
+    return "".join(pieces)
+
+
+def _secret_spans(sql: str, tokens: list[Token], depth: int) -> list[tuple[int, int, str]]:
+    """Character spans `[start, end)` to replace, in order and not overlapping."""
+    spans: list[tuple[int, int, str]] = []
+    length = len(sql)
+    count = len(tokens)
+    index = 0
+    while index < count:
+        token = tokens[index]
+        if token.token_type in _SQL_STRINGS:
+            nested = _nested_literal(sql, token, depth)
+            if nested is not None:
+                spans.append(nested)
+            index += 1
+            continue
+        if (
+            token.token_type in _SQL_COMMANDS
+            and index + 1 < count
+            and tokens[index + 1].token_type == TokenType.STRING
+            and depth < _SQL_MAX_DEPTH
+        ):
+            start, end = token.end + 1, tokens[index + 1].end + 1
+            remainder = sql[start:end]
+            redacted = _redact_sql(remainder, depth + 1)
+            if redacted != remainder:
+                spans.append((start, end, redacted))
+            index += 2
+            continue
+        upper = token.text.upper()
+        is_list = upper in _SQL_SECRET_LISTS
+        if not is_list and not _is_secret_sql_name(upper):
+            index += 1
+            continue
+        value_index = index + 1
+        assigned = value_index < count and tokens[value_index].token_type in _SQL_ASSIGN
+        if assigned:
+            value_index += 1
+        if value_index >= count:
+            break
+        value = tokens[value_index]
+        if is_list and value.token_type == TokenType.L_PAREN:
+            close = _matching_paren(tokens, value_index)
+            if close is None:
+                spans.append((value.end + 1, length, REDACTED))
+                break
+            spans.append((value.end + 1, tokens[close].start, REDACTED))
+            index = close + 1
+            continue
+        if value.token_type in _SQL_STRINGS or (assigned and value.token_type in _SQL_BARE_VALUES):
+            spans.append((value.start, value.end + 1, SQL_REDACTED_LITERAL))
+            index = value_index + 1
+            continue
+        index += 1
+    return spans
+
+
+def _nested_literal(sql: str, token: Token, depth: int) -> tuple[int, int, str] | None:
+    """A string literal holding SQL with secrets, re-quoted with them masked."""
+    if depth >= _SQL_MAX_DEPTH or not _may_hold_secrets(token.text):
+        return None
+    source = sql[token.start : token.end + 1]
+    inner = _redact_sql(token.text, depth + 1)
+    if inner == token.text:
+        return None
+    if source.startswith("$$") and source.endswith("$$") and "$$" not in inner:
+        return token.start, token.end + 1, f"$${inner}$$"
+    quoted = inner.replace("\\", "\\\\").replace("'", "''")
+    return token.start, token.end + 1, f"'{quoted}'"
+
+
+def _matching_paren(tokens: list[Token], open_index: int) -> int | None:
+    depth = 0
+    for index in range(open_index, len(tokens)):
+        kind = tokens[index].token_type
+        if kind == TokenType.L_PAREN:
+            depth += 1
+        elif kind == TokenType.R_PAREN:
+            depth -= 1
+            if depth == 0:
+                return index
+    return None
+
+
+# --- bodies --------------------------------------------------------------------------
+
+_TRIM_ROUNDS: Final = 12
+
+
+def body_for_record(raw: bytes, content_type: str | None, limit: int) -> dict[str, Any]:
+    """The record's view of a decoded body: redacted, and bounded by `limit` bytes.
+
+    Returns `{"size": N}` plus one of `json` (redacted value), `form` (redacted
+    `[[name, value], ...]`), `text`, or `omitted` ("binary", "too large"). Above
+    `limit`, also `truncated: true` and `sha256` of the full original bytes;
+    JSON keeps its structure with its largest arrays and strings cut, listed in
+    `trimmed` (path -> original length). Small bodies get no hash: a hash of a
+    short body holding a password would let anyone test password guesses.
+    """
+    size = len(raw)
+    out: dict[str, Any] = {"size": size}
+    if size == 0:
+        return out
+    over = size > limit
+    if over:
+        out["truncated"] = True
+        out["sha256"] = hashlib.sha256(raw).hexdigest()
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if "json" in media or (not media and raw.lstrip()[:1] in (b"{", b"[")):
+        try:
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+        else:
+            redacted = redact_json(value)
+            if over:
+                redacted, trimmed = _trim_json(redacted, limit)
+                if trimmed is None:
+                    out["omitted"] = "too large"
+                    return out
+                if trimmed:
+                    out["trimmed"] = trimmed
+            out["json"] = redacted
+            return out
+    if media == "application/x-www-form-urlencoded":
+        text = raw.decode("utf-8", "replace")
+        pairs = [
+            [name, REDACTED if is_secret_key(name) else _scrub_string(value)]
+            for name, value in parse_qsl(text, keep_blank_values=True)
+        ]
+        if over:
+            pairs = _trim_pairs(pairs, limit)
+        out["form"] = pairs
+        return out
+    try:
+        text = (raw[:limit] if over else raw).decode("utf-8", "ignore" if over else "strict")
+    except UnicodeDecodeError:
+        out["omitted"] = "binary"
+        return out
+    if _PEM_PRIVATE_KEY.search(text):
+        text = _PEM_PRIVATE_KEY.sub(_PEM_REDACTED, text)
+    out["text"] = text
+    return out
+
+
+def _trim_pairs(pairs: list[list[str]], limit: int) -> list[list[str]]:
+    kept: list[list[str]] = []
+    used = 0
+    for pair in pairs:
+        used += len(pair[0]) + len(pair[1]) + 8
+        if used > limit:
+            break
+        kept.append(pair)
+    return kept
+
+
+def _trim_json(value: Any, limit: int) -> tuple[Any, dict[str, int] | None]:
+    """Cut the largest arrays and strings until the encoding fits `limit` bytes.
+
+    Returns the cut value and `{path: original length}`, or None for the paths
+    when even cutting everything cuttable does not fit.
+    """
+    trimmed: dict[str, int] = {}
+    box = {"$": value}
+    for _ in range(_TRIM_ROUNDS):
+        encoded_size = len(orjson.dumps(box["$"]))
+        if encoded_size <= limit:
+            return box["$"], trimmed
+        candidates = _cuttable(box)
+        if not candidates:
+            break
+        size, path, parent, key = max(candidates, key=lambda item: item[0])
+        target = parent[key]
+        keep_fraction = max(0.0, (size - (encoded_size - limit) - 64) / size)
+        keep = int(len(target) * keep_fraction)
+        if keep >= len(target):
+            keep = len(target) - 1
+        trimmed.setdefault(path, len(target))
+        parent[key] = target[:keep]
+    if len(orjson.dumps(box["$"])) <= limit:
+        return box["$"], trimmed
+    return box["$"], None
+
+
+def _cuttable(box: dict[str, Any]) -> list[tuple[int, str, Any, Any]]:
+    """(encoded size, path, parent, key) of every non-empty array and long string
+    reachable through objects only; arrays are cut as a whole, never inside.
+
+    `box` is `{"$": value}`; paths are relative to the value (`$` is the value).
+    """
+    found: list[tuple[int, str, Any, Any]] = []
+    stack: list[tuple[Any, str]] = [(box, "")]
+    while stack:
+        node, prefix = stack.pop()
+        for key, child in node.items():
+            if not prefix:
+                path = "$"
+            elif prefix == "$":
+                path = str(key)
+            else:
+                path = f"{prefix}.{key}"
+            if isinstance(child, dict):
+                stack.append((child, path))
+            elif isinstance(child, list) and child:
+                found.append((len(orjson.dumps(child)), path, node, key))
+            elif isinstance(child, str) and len(child) > 256:
+                found.append((len(child.encode()), path, node, key))
+    return found

@@ -1,0 +1,315 @@
+"""The record format: kinds, fields, validation and the hash chain.
+
+docs/record-format.md is the specification; `FIELDS` mirrors its tables, so a
+field added there is added here in the same change. Readers must ignore fields
+they do not know (newer minor additions); `v` changes only for incompatible
+changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+
+from recorder.ids import is_session_id
+
+FORMAT_VERSION: Final = 1
+
+SESSION_START: Final = "session_start"
+REQUEST: Final = "request"
+RESPONSE: Final = "response"
+ERROR: Final = "error"
+REFUSAL: Final = "refusal"
+SESSION_END: Final = "session_end"
+KINDS: Final = (SESSION_START, REQUEST, RESPONSE, ERROR, REFUSAL, SESSION_END)
+
+GENESIS_HASH: Final = "0" * 64
+"""`prev_hash` of the first record (seq 0) of every writer stream."""
+
+_HASH = re.compile(r"[0-9a-f]{64}")
+_CANONICAL: Final = orjson.OPT_SORT_KEYS
+
+NUMBER = (int, float)
+OPT_STR = (str, type(None))
+OPT_INT = (int, type(None))
+OPT_NUMBER = (int, float, type(None))
+OPT_DICT = (dict, type(None))
+OPT_LIST = (list, type(None))
+OPT_BOOL = (bool, type(None))
+CODE = (str, int, type(None))
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    types: tuple[type, ...]
+    required: bool
+    doc: str
+
+
+def _req(types: tuple[type, ...] | type, doc: str) -> Field:
+    return Field(types if isinstance(types, tuple) else (types,), True, doc)
+
+
+def _opt(types: tuple[type, ...] | type, doc: str) -> Field:
+    return Field(types if isinstance(types, tuple) else (types,), False, doc)
+
+
+COMMON_FIELDS: Final[dict[str, Field]] = {
+    "v": _req(int, "format version (FORMAT_VERSION)"),
+    "kind": _req(str, "one of KINDS"),
+    "session_id": _req(str, "hoopgw session id, a UUIDv7"),
+    "writer": _req(str, "id of the gateway process that wrote the record"),
+    "seq": _req(int, "position in the (session_id, writer) stream, from 0, no gaps"),
+    "ts": _req(NUMBER, "Unix epoch seconds when the event happened"),
+    "prev_hash": _req(str, "`hash` of the previous record of the stream; GENESIS_HASH for seq 0"),
+    "hash": _req(str, "sha256 of the record's canonical encoding without `hash`"),
+    "flow_id": _opt(OPT_STR, "mitmproxy flow id, shared by a flow's records"),
+    "caller": _opt(OPT_DICT, "verified identity: subject, email, groups, role, issuer"),
+    "client": _opt(OPT_DICT, "client address, application, version"),
+}
+
+_FLOW: Final = {"flow_id": _req(str, "mitmproxy flow id, shared by a flow's records")}
+_CONTEXT: Final = {
+    "database": _opt(OPT_STR, "current database"),
+    "schema": _opt(OPT_STR, "current schema"),
+    "warehouse": _opt(OPT_STR, "current warehouse"),
+    "role": _opt(OPT_STR, "current Snowflake role"),
+}
+_MESSAGE: Final = {
+    "headers": _opt(OPT_LIST, "redacted headers, [[name, value], ...] in wire order"),
+    "body": _opt(OPT_DICT, "redacted body, see body_for_record"),
+}
+
+_REQUEST: Final = {
+    **_FLOW,
+    "method": _req(str, "HTTP method"),
+    "path": _req(str, "request path with query string"),
+    "endpoint": _opt(OPT_STR, "classified endpoint: login, query, token_request, ..."),
+    **_MESSAGE,
+    "sql": _opt(OPT_STR, "statement text, credential literals masked"),
+    "bindings": _opt(OPT_DICT, 'bind values as sent: {"1": {type, value}}'),
+    "request_id": _opt(OPT_STR, "driver's requestId query parameter"),
+    "sequence_id": _opt(OPT_INT, "driver's sequenceId"),
+    "async": _opt(OPT_BOOL, "asyncExec flag"),
+    "query_id": _opt(OPT_STR, "query id a monitoring/result/abort request refers to"),
+    "statements": _opt(OPT_LIST, "each statement classified (recorder.statements)"),
+    "guardrail": _opt(OPT_DICT, "policy decision: decision (allow|block), rule, reason"),
+    **_CONTEXT,
+}
+
+KIND_FIELDS: Final[dict[str, dict[str, Field]]] = {
+    SESSION_START: {
+        "caller": _req(dict, "verified identity: subject, email, groups, role, issuer"),
+        "account": _opt(OPT_STR, "upstream Snowflake account"),
+        "login_name": _opt(OPT_STR, "upstream Snowflake user the gateway logged in as"),
+        "authenticator": _opt(OPT_STR, "how the gateway authenticated upstream"),
+        "upstream_session_id": _opt(CODE, "Snowflake's own session id (not a secret)"),
+        **_CONTEXT,
+    },
+    REQUEST: _REQUEST,
+    REFUSAL: {
+        **_REQUEST,
+        "refusal": _req(dict, "code, reason, by (the addon that refused)"),
+    },
+    RESPONSE: {
+        **_FLOW,
+        "status": _req(int, "HTTP status code"),
+        **_MESSAGE,
+        "duration_ms": _opt(OPT_NUMBER, "request start to response end"),
+        "success": _opt(OPT_BOOL, "Snowflake's `success`"),
+        "query_id": _opt(OPT_STR, "data.queryId"),
+        "statement_type_id": _opt(OPT_INT, "data.statementTypeId"),
+        "result_format": _opt(OPT_STR, "data.queryResultFormat (json, arrow)"),
+        "columns": _opt(OPT_LIST, "result column names, from data.rowtype[].name"),
+        "total": _opt(OPT_INT, "data.total: rows in the full result"),
+        "returned": _opt(OPT_INT, "data.returned: rows inline in this response"),
+        "chunk_count": _opt(OPT_INT, "number of result chunks fetched from cloud storage"),
+        "chunk_rows": _opt(OPT_INT, "sum of chunks[].rowCount"),
+        "chunk_bytes": _opt(OPT_INT, "sum of chunks[].uncompressedSize"),
+        "error_code": _opt(OPT_STR, "Snowflake error code as a string (data.errorCode / code)"),
+        "sql_state": _opt(OPT_STR, "data.sqlState"),
+        "message": _opt(OPT_STR, "Snowflake's error message"),
+        "guardrail": _opt(OPT_DICT, "policy decision, when taken on the response"),
+        "refusal": _opt(OPT_DICT, "set when the gateway itself answered (see refusal records)"),
+        **_CONTEXT,
+    },
+    ERROR: {
+        **_FLOW,
+        "error": _req(str, "what failed (connection reset, timeout, ...)"),
+        "duration_ms": _opt(OPT_NUMBER, "request start to failure"),
+    },
+    SESSION_END: {
+        "reason": _req(str, "logout, expired, gateway_shutdown, ..."),
+    },
+}
+
+FIELDS: Final[dict[str, dict[str, Field]]] = {
+    SESSION_START: {
+        "caller": _req(dict, "verified identity: subject, email, groups, role, issuer"),
+        "account": _opt(OPT_STR, "upstream Snowflake account"),
+        "login_name": _opt(OPT_STR, "upstream Snowflake user the gateway logged in as"),
+        "authenticator": _opt(OPT_STR, "how the gateway authenticated upstream"),
+        "upstream_session_id": _opt(CODE, "Snowflake's own session id (not a secret)"),
+        **_CONTEXT,
+    },
+    REQUEST: {
+        **_FLOW,
+        "method": _req(str, "HTTP method"),
+        "path": _req(str, "request path with query string"),
+        "endpoint": _opt(OPT_STR, "classified endpoint: login, query, token_request, ..."),
+        **_MESSAGE,
+        "sql": _opt(OPT_STR, "statement text, credential literals masked"),
+        "bindings": _opt(OPT_DICT, 'bind values as sent: {"1": {type, value}}'),
+        "request_id": _opt(OPT_STR, "driver's requestId query parameter"),
+        "sequence_id": _opt(OPT_INT, "driver's sequenceId"),
+        "async": _opt(OPT_BOOL, "asyncExec flag"),
+        "query_id": _opt(OPT_STR, "query id a monitoring/result/abort request refers to"),
+        "statements": _opt(OPT_LIST, "each statement classified (recorder.statements)"),
+        "guardrail": _opt(OPT_DICT, "policy decision: decision (allow|block), rule, reason"),
+        **_CONTEXT,
+    },
+    RESPONSE: {
+        **_FLOW,
+        "status": _req(int, "HTTP status code"),
+        **_MESSAGE,
+        "duration_ms": _opt(OPT_NUMBER, "request start to response end"),
+        "success": _opt(OPT_BOOL, "Snowflake's `success`"),
+        "query_id": _opt(OPT_STR, "data.queryId"),
+        "statement_type_id": _opt(OPT_INT, "data.statementTypeId"),
+        "result_format": _opt(OPT_STR, "data.queryResultFormat (json, arrow)"),
+        "columns": _opt(OPT_LIST, "result column names, from data.rowtype[].name"),
+        "total": _opt(OPT_INT, "data.total: rows in the full result"),
+        "returned": _opt(OPT_INT, "data.returned: rows inline in this response"),
+        "chunk_count": _opt(OPT_INT, "number of result chunks fetched from cloud storage"),
+        "chunk_rows": _opt(OPT_INT, "sum of chunks[].rowCount"),
+        "chunk_bytes": _opt(OPT_INT, "sum of chunks[].uncompressedSize"),
+        "error_code": _opt(OPT_STR, "Snowflake error code as a string (data.errorCode / code)"),
+        "sql_state": _opt(OPT_STR, "data.sqlState"),
+        "message": _opt(OPT_STR, "Snowflake's error message"),
+        "guardrail": _opt(OPT_DICT, "policy decision, when taken on the response"),
+        **_CONTEXT,
+    },
+    ERROR: {
+        **_FLOW,
+        "error": _req(str, "what failed (connection reset, timeout, ...)"),
+        "duration_ms": _opt(OPT_NUMBER, "request start to failure"),
+    },
+    REFUSAL: {
+        **_FLOW,
+        "refusal": _req(dict, "code, reason, by (the addon that refused)"),
+        "status": _opt(OPT_INT, "HTTP status the gateway answered with"),
+        **_MESSAGE,
+        "error_code": _opt(OPT_STR, "error code the client was given, as a string"),
+        "message": _opt(OPT_STR, "message the client was given"),
+        "guardrail": _opt(OPT_DICT, "policy decision, when a guardrail refused"),
+        "duration_ms": _opt(OPT_NUMBER, "request start to answer"),
+    },
+    SESSION_END: {
+        "reason": _req(str, "logout, expired, gateway_shutdown, ..."),
+    },
+}
+
+FIELDS: Final[dict[str, dict[str, Field]]] = {
+    kind: {**COMMON_FIELDS, **specific} for kind, specific in KIND_FIELDS.items()
+}
+"""Every field of every kind: common fields merged with the kind's own."""
+
+
+def validate_record(record: dict[str, Any]) -> list[str]:
+    """Problems with `record` as a stored record; empty when it is valid.
+
+    Unknown fields are allowed (forward compatibility); known fields must have
+    their documented type.
+    """
+    if not isinstance(record, dict):
+        return [f"record is a {type(record).__name__}, not an object"]
+    kind = record.get("kind")
+    fields = FIELDS.get(kind) if isinstance(kind, str) else None
+    if fields is None:
+        return [f"unknown kind {kind!r}"[:120]]
+    problems = []
+    for name, spec in fields.items():
+        if name not in record:
+            if spec.required:
+                problems.append(f"missing field {name!r}")
+            continue
+        value = record[name]
+        if not isinstance(value, spec.types) or (
+            isinstance(value, bool) and bool not in spec.types
+        ):
+            problems.append(f"field {name!r} has type {type(value).__name__}")
+    if problems:
+        return problems
+    if record["v"] != FORMAT_VERSION:
+        problems.append(f"unsupported format version {record['v']!r}")
+    if not is_session_id(record["session_id"]):
+        problems.append("session_id is not a UUIDv7")
+    if record["seq"] < 0:
+        problems.append("seq is negative")
+    for name in ("hash", "prev_hash"):
+        if not _HASH.fullmatch(record[name]):
+            problems.append(f"{name} is not 64 lowercase hex digits")
+    if record["seq"] == 0 and record["prev_hash"] != GENESIS_HASH:
+        problems.append("seq 0 must have the genesis prev_hash")
+    return problems
+
+
+def canonical_bytes(record: dict[str, Any]) -> bytes:
+    """The bytes the hash covers: orjson, sorted keys, without the record's own `hash`."""
+    if "hash" in record:
+        record = {key: value for key, value in record.items() if key != "hash"}
+    return orjson.dumps(record, option=_CANONICAL)
+
+
+def record_hash(record: dict[str, Any]) -> str:
+    """sha256 (hex) of `canonical_bytes(record)`."""
+    return hashlib.sha256(canonical_bytes(record)).hexdigest()
+
+
+def chain_record(record: dict[str, Any], prev_hash: str) -> bytes:
+    """Set `prev_hash` and `hash` on `record` and return its JSON line, encoding it once.
+
+    The line is the canonical encoding with `"hash"` appended as the last key, so
+    a verifier may either re-encode the parsed record or strip the last key.
+    """
+    record.pop("hash", None)
+    record["prev_hash"] = prev_hash
+    body = orjson.dumps(record, option=_CANONICAL)
+    digest = hashlib.sha256(body).hexdigest()
+    record["hash"] = digest
+    return b'%b,"hash":"%b"}\n' % (body[:-1], digest.encode())
+
+
+def is_statement(record: dict[str, Any]) -> bool:
+    """A request (forwarded or refused) that carried SQL: the summary's statements."""
+    return record.get("kind") in (REQUEST, REFUSAL) and record.get("sql") is not None
+
+
+def is_error(record: dict[str, Any]) -> bool:
+    """A failed flow: an `error` record, or a response Snowflake or HTTP marked failed.
+
+    The gateway's own answers (responses with `refusal`) count as blocked instead.
+    """
+    kind = record.get("kind")
+    if kind == ERROR:
+        return True
+    if kind != RESPONSE or record.get("refusal") is not None:
+        return False
+    status = record.get("status")
+    return (
+        record.get("success") is False
+        or record.get("error_code") is not None
+        or (isinstance(status, int) and status >= 400)
+    )
+
+
+def is_blocked(record: dict[str, Any]) -> bool:
+    """A refusal, or a record whose guardrail decision was to block."""
+    if record.get("kind") == REFUSAL:
+        return True
+    guardrail = record.get("guardrail")
+    return isinstance(guardrail, dict) and guardrail.get("decision") == "block"

@@ -1,0 +1,82 @@
+"""Segments: a run of records as JSON lines in exactly one zstd frame.
+
+One frame with content size and content checksum means `zstd -t` and any zstd
+library can check a segment on its own, and a torn or altered object fails
+loudly instead of decoding to fewer records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any, Final
+
+import orjson
+import zstandard
+
+COMPRESSION_LEVEL: Final = 3
+SUFFIX: Final = ".jsonl.zst"
+
+
+class SegmentError(ValueError):
+    """A segment that does not decode; the message says what is broken and where."""
+
+
+def compress_lines(data: bytes, level: int = COMPRESSION_LEVEL) -> bytes:
+    """Wrap already-encoded JSON lines in one zstd frame with content size and checksum."""
+    compressor = zstandard.ZstdCompressor(level=level, write_checksum=True, write_content_size=True)
+    return compressor.compress(data)
+
+
+def encode_segment(records: Iterable[dict[str, Any]], level: int = COMPRESSION_LEVEL) -> bytes:
+    """Records as orjson lines, compressed into one frame."""
+    return compress_lines(b"".join(orjson.dumps(record) + b"\n" for record in records), level)
+
+
+def decompress_segment(data: bytes) -> bytes:
+    """The JSON lines of a segment, checking it is exactly one intact frame."""
+    try:
+        params = zstandard.get_frame_parameters(data)
+    except zstandard.ZstdError:
+        raise SegmentError("not a zstd frame (bad or missing frame header)") from None
+    if not params.has_checksum:
+        raise SegmentError("zstd frame has no content checksum")
+    decompressor = zstandard.ZstdDecompressor().decompressobj()
+    try:
+        lines = decompressor.decompress(data)
+    except zstandard.ZstdError as exc:
+        if "checksum" in str(exc).lower():
+            raise SegmentError("zstd content checksum mismatch: the segment was altered") from None
+        raise SegmentError(f"corrupt zstd frame: {exc}") from None
+    if not decompressor.eof:
+        raise SegmentError(f"truncated zstd frame ({len(data)} bytes, frame incomplete)")
+    if decompressor.unused_data:
+        raise SegmentError(f"{len(decompressor.unused_data)} bytes of trailing data after frame")
+    if params.content_size not in (zstandard.CONTENTSIZE_UNKNOWN, len(lines)):
+        raise SegmentError(
+            f"decoded {len(lines)} bytes but the frame header says {params.content_size}"
+        )
+    return lines
+
+
+def iter_lines(lines: bytes) -> Iterator[tuple[int, bytes]]:
+    """(1-based line number, line without newline) of a JSON lines blob; no empty tail."""
+    for number, line in enumerate(lines.split(b"\n"), start=1):
+        if line:
+            yield number, line
+
+
+def decode_segment(data: bytes) -> list[dict[str, Any]]:
+    """All records of a segment; SegmentError on a bad frame or a line that is not an object."""
+    records: list[dict[str, Any]] = []
+    lines = decompress_segment(data)
+    if lines and not lines.endswith(b"\n"):
+        raise SegmentError("last line has no newline: the segment was cut")
+    for number, line in iter_lines(lines):
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise SegmentError(f"bad JSON at line {number}: {exc.msg}") from None
+        if not isinstance(record, dict):
+            raise SegmentError(f"line {number} is not a JSON object")
+        records.append(record)
+    return records

@@ -1,0 +1,485 @@
+"""The spool: durable before acknowledged, kill-safe, outage-proof, exactly once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from recorder.catalog import Archive, SessionNotFound
+from recorder.ids import InvalidSessionId, new_session_id, new_writer_id
+from recorder.schema import FORMAT_VERSION, GENESIS_HASH, record_hash, validate_record
+from recorder.spool import Spool, SpoolError
+from recorder.store import LocalStore
+
+DEADLINE = 20.0
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = DEADLINE) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def request(session_id: str, flow: str, sql: str = "select 1") -> dict[str, Any]:
+    return {
+        "kind": "request",
+        "session_id": session_id,
+        "ts": time.time(),
+        "flow_id": flow,
+        "method": "POST",
+        "path": "/queries/v1/query-request",
+        "sql": sql,
+    }
+
+
+def start(session_id: str) -> dict[str, Any]:
+    return {
+        "kind": "session_start",
+        "session_id": session_id,
+        "ts": time.time(),
+        "caller": {"subject": "u1", "email": "u1@example.com", "groups": ["g"], "role": "R"},
+        "client": {"application": "PythonConnector", "address": "127.0.0.1"},
+    }
+
+
+def end(session_id: str) -> dict[str, Any]:
+    return {"kind": "session_end", "session_id": session_id, "ts": time.time(), "reason": "logout"}
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> LocalStore:
+    return LocalStore(tmp_path / "store")
+
+
+@pytest.fixture
+def make_spool(tmp_path: Path, store: LocalStore) -> Iterator[Callable[..., Spool]]:
+    spools: list[Spool] = []
+
+    def make(**options: Any) -> Spool:
+        options.setdefault("max_bytes", 1 << 30)
+        options.setdefault("retry_initial", 0.02)
+        options.setdefault("retry_max", 0.1)
+        spool = Spool(tmp_path / "spool", store, writer_id=new_writer_id(), **options)
+        spool.start()
+        spools.append(spool)
+        return spool
+
+    yield make
+    for spool in spools:
+        spool.close()
+
+
+class OutageSwitch:
+    """Takes a LocalStore's directory away (a plain file in its place) and back."""
+
+    def __init__(self, store: LocalStore) -> None:
+        self.root = store.root
+        self.away = store.root.with_name(store.root.name + "-away")
+
+    def down(self) -> None:
+        self.root.rename(self.away)
+        self.root.write_bytes(b"not a directory")
+
+    def up(self) -> None:
+        self.root.unlink()
+        self.away.rename(self.root)
+
+
+def spool_files(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.suffix in (".jsonl", ".open"))
+
+
+# --- append contract -----------------------------------------------------------------
+
+
+def test_append_assigns_chain_fields_and_keeps_the_callers_dict(make_spool) -> None:
+    spool = make_spool()
+    session_a, session_b = new_session_id(), new_session_id()
+    original = request(session_a, "f1")
+    snapshot = dict(original)
+    first = spool.append(original).result(DEADLINE)
+    second = spool.append(request(session_a, "f2")).result(DEADLINE)
+    other = spool.append(request(session_b, "f3")).result(DEADLINE)
+    assert original == snapshot
+    assert first["v"] == FORMAT_VERSION
+    assert first["writer"] == spool.writer_id
+    assert (first["seq"], second["seq"], other["seq"]) == (0, 1, 0)
+    assert first["prev_hash"] == GENESIS_HASH == other["prev_hash"]
+    assert second["prev_hash"] == first["hash"]
+    assert first["hash"] == record_hash(first)
+    assert validate_record(first) == []
+
+
+def test_append_refuses_bad_records_without_using_a_seq(make_spool) -> None:
+    spool = make_spool()
+    session_id = new_session_id()
+    with pytest.raises(InvalidSessionId):
+        spool.append(request("../../etc", "f"))
+    with pytest.raises(ValueError, match="unknown record kind"):
+        spool.append(dict(request(session_id, "f"), kind="bogus"))
+    with pytest.raises(ValueError, match="ts must be"):
+        spool.append(dict(request(session_id, "f"), ts="now"))
+    with pytest.raises(TypeError):
+        spool.append(dict(request(session_id, "f"), sql=object()))
+    assert spool.append(request(session_id, "ok")).result(DEADLINE)["seq"] == 0
+    spool.close()
+    with pytest.raises(SpoolError, match="not running"):
+        spool.append(request(session_id, "late"))
+
+
+def test_one_spool_per_directory(make_spool, tmp_path: Path, store: LocalStore) -> None:
+    make_spool()
+    with pytest.raises(SpoolError, match="in use"):
+        Spool(tmp_path / "spool", store, writer_id=new_writer_id(), max_bytes=1).start()
+
+
+# --- durability ----------------------------------------------------------------------
+
+
+def test_futures_resolve_only_after_the_record_is_fsynced(
+    make_spool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_fsync = os.fsync
+    synced: list[tuple[str, int]] = []
+    calls = 0
+
+    def slow_recording_fsync(fd: int) -> None:
+        nonlocal calls
+        calls += 1
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        size = os.fstat(fd).st_size
+        time.sleep(0.003)  # a slow disk, so that producers pile up into batches
+        real_fsync(fd)
+        synced.append((path, size))
+
+    monkeypatch.setattr(os, "fsync", slow_recording_fsync)
+    spool = make_spool()
+    wal_dir = tmp_path / "spool"
+    problems: list[str] = []
+
+    def check_durable(future: Future) -> None:
+        record = future.result()
+        marker = f'"hash":"{record["hash"]}"}}\n'.encode()
+        for wal in wal_dir.glob("wal-*.log"):
+            data = wal.read_bytes()
+            position = data.find(marker)
+            if position >= 0:
+                end_offset = position + len(marker)
+                if not any(p == str(wal) and size >= end_offset for p, size in list(synced)):
+                    problems.append(f"seq {record['seq']} acknowledged before its fsync")
+                return
+        problems.append(f"seq {record['seq']} acknowledged but not in the WAL")
+
+    sessions = [new_session_id() for _ in range(8)]
+    futures: list[Future] = []
+
+    def produce(session_id: str) -> None:
+        for number in range(60):
+            future = spool.append(request(session_id, f"{session_id}-{number}"))
+            future.add_done_callback(check_durable)
+            futures.append(future)
+
+    threads = [threading.Thread(target=produce, args=(sid,)) for sid in sessions]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for future in list(futures):
+        future.result(DEADLINE)
+    assert problems == []
+    records = len(futures)
+    batches = spool.stats()["batches"]
+    assert records == 480
+    assert batches < records / 4, f"{batches} batches for {records} records: no group commit"
+    assert calls < records / 4, f"{calls} fsyncs for {records} records"
+
+
+def test_segments_seal_on_session_end_age_and_size(make_spool, store: LocalStore) -> None:
+    spool = make_spool(segment_max_age=0.3, segment_max_bytes=2_000)
+    archive = Archive(store)
+    ended, idle, big = new_session_id(), new_session_id(), new_session_id()
+
+    spool.append(start(ended))
+    spool.append(request(ended, "e1"))
+    spool.append(end(ended)).result(DEADLINE)
+    wait_for(lambda: len(archive.segments(ended)) == 1, "the ended session's segment")
+
+    spool.append(request(idle, "i1")).result(DEADLINE)
+    wait_for(lambda: len(archive.segments(idle)) == 1, "the idle session's segment by age")
+
+    futures = [spool.append(request(big, f"b{n}", "select 'x'" * 20)) for n in range(40)]
+    for future in futures:
+        future.result(DEADLINE)
+    assert spool.flush(DEADLINE)
+    keys = archive.segments(big)
+    assert len(keys) >= 3, keys
+    assert [r["seq"] for r in archive.read_session(big)] == list(range(40))
+    assert archive.verify_session(big).ok
+
+
+def test_many_open_sessions_keep_file_descriptors_bounded(make_spool, store) -> None:
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    before = open_fds()
+    spool = make_spool(segment_max_age=3600)
+    sessions = [new_session_id() for _ in range(400)]
+    for round_number in range(2):
+        futures = [spool.append(request(sid, f"{sid}-{round_number}")) for sid in sessions]
+        for future in futures:
+            future.result(DEADLINE)
+    assert spool.stats()["open_segments"] == 400
+    assert open_fds() - before < 300, "one descriptor per open session"
+    assert spool.flush(DEADLINE)
+    archive = Archive(store)
+    for sid in sessions[::50]:
+        assert [r["flow_id"] for r in archive.read_session(sid)] == [f"{sid}-0", f"{sid}-1"]
+
+
+def test_end_session_seals_now(make_spool, store: LocalStore) -> None:
+    spool = make_spool(segment_max_age=3600)
+    session_id = new_session_id()
+    spool.append(request(session_id, "f1")).result(DEADLINE)
+    spool.end_session(session_id).result(DEADLINE)
+    wait_for(lambda: len(Archive(store).segments(session_id)) == 1, "the sealed segment")
+
+
+# --- outage and limits ---------------------------------------------------------------
+
+
+def test_store_outage_is_ridden_out_without_loss(make_spool, store: LocalStore, tmp_path) -> None:
+    outage = OutageSwitch(store)
+    spool = make_spool(segment_max_age=0.05)
+    archive = Archive(store)
+    outage.down()
+    sessions = [new_session_id() for _ in range(3)]
+    for session_id in sessions:
+        spool.append(start(session_id))
+        for number in range(30):
+            spool.append(request(session_id, f"{session_id}-{number}"))
+        spool.append(end(session_id)).result(DEADLINE)
+    wait_for(lambda: spool.stats()["upload_failures"] >= 3, "failing uploads")
+    assert spool.stats()["last_upload_error"]
+    assert spool.stats()["pending_uploads"] >= 1
+    assert spool_files(tmp_path / "spool")
+    outage.up()
+    assert spool.flush(DEADLINE)
+    assert spool_files(tmp_path / "spool") == []
+    assert spool.stats()["last_upload_error"] is None
+    for session_id in sessions:
+        records = archive.read_session(session_id)
+        assert [r["seq"] for r in records] == list(range(32))
+        assert archive.verify_session(session_id).ok
+    listed = {summary.session_id: summary for summary in archive.list_sessions()}
+    assert {sid: listed[sid].statements for sid in sessions} == dict.fromkeys(sessions, 30)
+
+
+def test_over_limit_while_the_store_is_down(make_spool, store: LocalStore) -> None:
+    outage = OutageSwitch(store)
+    spool = make_spool(max_bytes=6_000, segment_max_bytes=1_000)
+    outage.down()
+    session_id = new_session_id()
+    appended = 0
+    while not spool.over_limit():
+        spool.append(request(session_id, f"f{appended}")).result(DEADLINE)
+        appended += 1
+        assert appended < 500, "the spool never reported being over its limit"
+    assert spool.stats()["over_limit"] is True
+    outage.up()
+    assert spool.flush(DEADLINE)
+    assert not spool.over_limit()
+    assert spool.stats()["spool_bytes"] == 0
+    assert len(Archive(store).read_session(session_id)) == appended
+
+
+# --- restart and crash ---------------------------------------------------------------
+
+
+def test_restart_uploads_what_an_earlier_process_left(make_spool, store, tmp_path) -> None:
+    outage = OutageSwitch(store)
+    first = make_spool()
+    outage.down()
+    session_id = new_session_id()
+    for number in range(25):
+        first.append(request(session_id, f"f{number}"))
+    first.append(end(session_id)).result(DEADLINE)
+    first.close()
+    assert spool_files(tmp_path / "spool")
+    outage.up()
+    with pytest.raises(SessionNotFound):
+        Archive(store).read_session(session_id)
+    second = make_spool()
+    assert second.stats()["recovered_segments"] >= 1
+    assert second.flush(DEADLINE)
+    records = Archive(store).read_session(session_id)
+    assert [r["flow_id"] for r in records[:25]] == [f"f{n}" for n in range(25)]
+    assert {r["writer"] for r in records} == {first.writer_id}
+    assert Archive(store).verify_session(session_id).ok
+
+
+def test_a_spool_refuses_its_own_writer_id_on_leftovers(tmp_path, store) -> None:
+    outage = OutageSwitch(store)
+    writer = new_writer_id()
+    spool = Spool(tmp_path / "spool", store, writer_id=writer, max_bytes=1 << 20)
+    spool.start()
+    outage.down()
+    spool.append(request(new_session_id(), "f")).result(DEADLINE)
+    spool.close()
+    outage.up()
+    again = Spool(tmp_path / "spool", store, writer_id=writer, max_bytes=1 << 20)
+    with pytest.raises(SpoolError, match="fresh writer id"):
+        again.start()
+
+
+CHILD = r"""
+import os, sys, threading, time
+from pathlib import Path
+from recorder.ids import new_writer_id
+from recorder.spool import Spool
+from recorder.store import LocalStore
+
+spool_dir, store_dir, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+sessions = sys.argv[4:]
+# "forever": small, short-lived segments so that the kill lands among seals and uploads;
+# a count: nothing seals, every record is only in the WAL and open segment files.
+forever = mode == "forever"
+spool = Spool(Path(spool_dir), LocalStore(Path(store_dir)), writer_id=new_writer_id(),
+              max_bytes=1 << 30, segment_max_bytes=3000 if forever else 1 << 30,
+              segment_max_age=0.05 if forever else 3600)
+spool.start()
+out = threading.Lock()
+acks = 0
+all_acked = threading.Event()
+
+def acked(future):
+    global acks
+    record = future.result()
+    with out:
+        sys.stdout.write(f"ACK {record['session_id']} {record['flow_id']}\n")
+        sys.stdout.flush()
+        acks += 1
+        if not forever and acks == int(mode):
+            all_acked.set()
+
+def produce(session_id, limit):
+    number = 0
+    while limit is None or number < limit:
+        record = {"kind": "request", "session_id": session_id, "ts": time.time(),
+                  "flow_id": f"{session_id[-6:]}-{number}", "method": "POST",
+                  "path": "/queries/v1/query-request", "sql": f"select {number}"}
+        spool.append(record).add_done_callback(acked)
+        number += 1
+        if number % 7 == 0:
+            time.sleep(0.001)
+
+if forever:
+    for session_id in sessions:
+        threading.Thread(target=produce, args=(session_id, None), daemon=True).start()
+    threading.Event().wait()
+else:
+    produce(sessions[0], int(mode))
+    all_acked.wait(20)
+    with out:
+        sys.stdout.write("DONE\n")
+        sys.stdout.flush()
+    os._exit(0)  # no close(): to the spool, a crash
+"""
+
+
+def _run_child(tmp_path: Path, mode: str, sessions: list[str]) -> subprocess.Popen:
+    spool_dir, store_dir = str(tmp_path / "spool"), str(tmp_path / "store")
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD, spool_dir, store_dir, mode, *sessions],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+
+
+@pytest.mark.parametrize("acks_before_kill", [40, 400])
+def test_sigkill_mid_stream_loses_no_acknowledged_record_and_duplicates_none(
+    tmp_path: Path, store: LocalStore, acks_before_kill: int
+) -> None:
+    sessions = [new_session_id() for _ in range(3)]
+    child = _run_child(tmp_path, "forever", sessions)
+    acked: list[tuple[str, str]] = []
+    deadline = time.monotonic() + DEADLINE
+    try:
+        assert child.stdout is not None
+        while len(acked) < acks_before_kill:
+            assert time.monotonic() < deadline, "the child did not acknowledge records"
+            line = child.stdout.readline()
+            assert line, "the child exited early"
+            _, session_id, flow = line.split()
+            acked.append((session_id, flow))
+        os.kill(child.pid, signal.SIGKILL)
+        for line in child.stdout:
+            if line.startswith("ACK "):
+                _, session_id, flow = line.split()
+                acked.append((session_id, flow))
+    finally:
+        child.kill()
+        child.wait()
+    assert child.returncode == -signal.SIGKILL
+
+    recovering = Spool(tmp_path / "spool", store, writer_id=new_writer_id(), max_bytes=1 << 30)
+    recovering.start()
+    try:
+        assert recovering.flush(DEADLINE)
+        assert spool_files(tmp_path / "spool") == []
+    finally:
+        recovering.close()
+
+    archive = Archive(store)
+    for session_id in sessions:
+        if not any(sid == session_id for sid, _ in acked):
+            continue
+        records = archive.read_session(session_id)
+        flows = [record["flow_id"] for record in records]
+        assert len(flows) == len(set(flows)), "a record was stored twice"
+        stored = set(flows)
+        missing = [flow for sid, flow in acked if sid == session_id and flow not in stored]
+        assert missing == [], f"acknowledged records lost: {missing[:5]}"
+        seqs = [record["seq"] for record in records]
+        assert seqs == list(range(len(seqs)))
+        report = archive.verify_session(session_id)
+        assert report.ok, [str(problem) for problem in report.problems]
+
+
+def test_recovery_cuts_a_torn_wal_tail(tmp_path: Path, store: LocalStore) -> None:
+    session_id = new_session_id()
+    child = _run_child(tmp_path, "50", [session_id])
+    out, _ = child.communicate(timeout=DEADLINE)
+    assert "DONE" in out
+    acked = [line.split()[2] for line in out.splitlines() if line.startswith("ACK ")]
+    assert len(acked) == 50
+    wals = sorted((tmp_path / "spool").glob("wal-*.log"))
+    assert wals, "a crashed spool leaves its WAL"
+    torn = b'{"kind":"request","session_id":"' + session_id.encode() + b'","seq":50,"ts":1'
+    with open(wals[-1], "ab") as wal:
+        wal.write(torn)
+
+    assert list((tmp_path / "spool").glob("*.open")), "the crashed spool left its open segment"
+    recovering = Spool(tmp_path / "spool", store, writer_id=new_writer_id(), max_bytes=1 << 30)
+    recovering.start()
+    try:
+        assert recovering.stats()["dropped_tail_bytes"] == len(torn)
+        assert recovering.stats()["recovered_records"] == 50
+        assert recovering.flush(DEADLINE)
+    finally:
+        recovering.close()
+    records = Archive(store).read_session(session_id)
+    assert [record["flow_id"] for record in records] == acked
+    assert Archive(store).verify_session(session_id).ok
