@@ -7,16 +7,18 @@ command lines can be logged safely:
 - ``file:/path``: the file's content (trailing newline removed);
 - ``aws-secretsmanager:NAME_OR_ARN``: the secret's SecretString (or SecretBinary)
   from AWS Secrets Manager through boto3 (endpoint, region and credentials come
-  from the usual AWS environment, e.g. ``AWS_ENDPOINT_URL_SECRETSMANAGER``).
+  from the usual AWS environment, e.g. ``AWS_ENDPOINT_URL_SECRETS_MANAGER``).
 """
 
 from __future__ import annotations
 
+import base64
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 SCHEMES = ("env", "file", "aws-secretsmanager")
+TOKEN_KEY_BYTES = 32
 
 
 class SecretError(ValueError):
@@ -35,9 +37,9 @@ class SecretRef:
 def parse_secret_ref(text: str) -> SecretRef:
     scheme, sep, name = text.partition(":")
     if not sep or scheme not in SCHEMES or not name:
+        # never echo the text: a mistaken operator may have pasted the secret itself
         raise SecretError(
-            f"{text!r} is not a secret reference; use env:NAME, file:/path "
-            "or aws-secretsmanager:NAME_OR_ARN"
+            "not a secret reference; use env:NAME, file:/path or aws-secretsmanager:NAME_OR_ARN"
         )
     return SecretRef(scheme, name)
 
@@ -79,3 +81,8 @@ def _from_secrets_manager(secret_id: str) -> bytes:
     if "SecretString" in answer:
         return answer["SecretString"].encode()
     return bytes(answer["SecretBinary"])
+
+
+def new_token_key() -> str:
+    """A fresh value for the gateway's token key: 32 random bytes, base64url without padding."""
+    return base64.urlsafe_b64encode(os.urandom(TOKEN_KEY_BYTES)).rstrip(b"=").decode()

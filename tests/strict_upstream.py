@@ -1,0 +1,451 @@
+"""A strict Snowflake front for fakesnow: it checks credentials the way Snowflake does.
+
+fakesnow accepts any login, so a gateway that forwarded the caller's token, or
+a malformed key-pair JWT, would pass every test against it. `StrictUpstream`
+sits between the gateway and fakesnow and:
+
+- accepts a login only with the configured account and user and either a
+  key-pair JWT (AUTHENTICATOR=SNOWFLAKE_JWT: RS256, signature by the registered
+  public key, `iss = ACCOUNT.USER.SHA256:<fingerprint>`, `sub = ACCOUNT.USER`,
+  `iat`/`exp` at most an hour apart, as Snowflake's key-pair documentation
+  states) or the configured password; anything else gets 390100;
+- issues its own session and master tokens (mapped to fakesnow's token), serves
+  `/session/token-request` renewals with the master token, and answers 390112
+  once told to expire the current session tokens;
+- checks SQL API v2 calls for a key-pair JWT bearer token;
+- records every request it receives, so tests can assert what upstream saw.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import http.client
+import itertools
+import json
+import secrets
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+from joserfc import jws, jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import RSAKey
+
+BAD_CREDENTIALS = {
+    "data": {"nextAction": None, "authnMethod": "PASSWORD"},
+    "code": "390100",
+    "message": "Incorrect username or password was specified.",
+    "success": False,
+    "headers": None,
+}
+
+
+@dataclass(frozen=True)
+class Received:
+    """One request as the upstream received it (body decoded)."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def text(self) -> str:
+        headers = "\n".join(f"{k}: {v}" for k, v in self.headers.items())
+        return f"{self.method} {self.path}\n{headers}\n\n{self.body.decode(errors='replace')}"
+
+
+@dataclass
+class _Session:
+    fakesnow_token: str
+    master_token: str
+    session_id: int
+    expired: bool = False
+
+
+@dataclass
+class _State:
+    sessions: dict[str, _Session] = field(default_factory=dict)
+    masters: dict[str, str] = field(default_factory=dict)
+    retired: set[str] = field(default_factory=set)
+    received: list[Received] = field(default_factory=list)
+    issued: set[str] = field(default_factory=set)
+    logins: list[dict[str, Any]] = field(default_factory=list)
+    renewals: int = 0
+
+
+def snowflake_account(account: str) -> str:
+    """Account as Snowflake's key-pair documentation wants it in JWT claims."""
+    if ".global" in account:
+        return account.split("-", 1)[0].upper()
+    return account.split(".", 1)[0].upper()
+
+
+def fingerprint(public_key: RSAPublicKey) -> str:
+    der = public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return "SHA256:" + base64.b64encode(hashlib.sha256(der).digest()).decode()
+
+
+class StrictUpstream:
+    """Run with `start()`; `url` is its base URL; `stop()` shuts it down."""
+
+    def __init__(
+        self,
+        fakesnow_url: str,
+        account: str,
+        user: str,
+        *,
+        public_key: RSAPublicKey | None = None,
+        password: str | None = None,
+        session_validity: int = 3600,
+        master_validity: int = 14400,
+    ) -> None:
+        parsed = urllib.parse.urlsplit(fakesnow_url)
+        self.fakesnow = (parsed.hostname or "127.0.0.1", parsed.port or 80)
+        self.account = account
+        self.user = user
+        self.public_key = public_key
+        self.password = password
+        self.session_validity = session_validity
+        self.master_validity = master_validity
+        self._state = _State()
+        self._lock = threading.Lock()
+        self._session_ids = itertools.count(1_000_001)
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # Control
+
+    def start(self) -> StrictUpstream:
+        upstream = self
+
+        class Handler(_Handler):
+            strict = upstream
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def expire_sessions(self) -> int:
+        """Make every current session token answer 390112 (expired) until renewed."""
+        with self._lock:
+            for session in self._state.sessions.values():
+                session.expired = True
+            return len(self._state.sessions)
+
+    def received(self) -> list[Received]:
+        with self._lock:
+            return list(self._state.received)
+
+    def issued_tokens(self) -> set[str]:
+        """Every session and master token this upstream (or fakesnow behind it) issued."""
+        with self._lock:
+            return set(self._state.issued)
+
+    def logins(self) -> list[dict[str, Any]]:
+        """Accepted logins: authenticator, login name, role and warehouse asked for."""
+        with self._lock:
+            return list(self._state.logins)
+
+    @property
+    def renewals(self) -> int:
+        with self._lock:
+            return self._state.renewals
+
+    def mark(self) -> int:
+        """A position in the request log; `received_since(mark)` lists what came after."""
+        with self._lock:
+            return len(self._state.received)
+
+    def received_since(self, mark: int) -> list[Received]:
+        with self._lock:
+            return list(self._state.received[mark:])
+
+    # Request handling (called from the server's threads)
+
+    def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> _Answer:
+        with self._lock:
+            self._state.received.append(Received(method, path, headers, body))
+        route = path.split("?", 1)[0]
+        if route == "/session/v1/login-request":
+            return self._login(path, body)
+        if route == "/session/token-request":
+            return self._renew(headers, body)
+        if route.startswith("/api/v2/statements"):
+            return self._sql_api(method, headers, body)
+        if route.startswith("/fs_bucket/"):
+            return self._forward(method, path, headers, body, None)
+        token = _snowflake_token(headers)
+        with self._lock:
+            session = self._state.sessions.get(token or "")
+        if session is None:
+            return _Answer.json(_failure("390104", "User must login again to access the service."))
+        if session.expired:
+            return _Answer.json(_failure("390112", "Session token expired"))
+        if route == "/telemetry/send":
+            return _Answer.json({"success": True, "data": None, "code": None, "message": None})
+        answer = self._forward(method, path, headers, body, session.fakesnow_token)
+        if route == "/session" and "delete=true" in path:
+            with self._lock:
+                self._state.sessions.pop(token or "", None)
+                self._state.masters.pop(session.master_token, None)
+        return answer
+
+    def _login(self, path: str, body: bytes) -> _Answer:
+        try:
+            data = json.loads(body)["data"]
+        except (ValueError, KeyError, TypeError):
+            return _Answer.json(_failure("390100", "malformed login"))
+        if not self._credentials_ok(data):
+            return _Answer.json(BAD_CREDENTIALS)
+        forwarded = {
+            k: v for k, v in data.items() if k not in ("TOKEN", "PASSWORD", "AUTHENTICATOR")
+        }
+        answer = self._forward(
+            "POST",
+            path,
+            {"Content-Type": "application/json"},
+            json.dumps({"data": forwarded}).encode(),
+            None,
+        )
+        payload = json.loads(answer.body)
+        if not payload.get("success"):
+            return answer
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(path).query)
+        role = query.get("roleName", [None])[0]
+        warehouse = query.get("warehouse", [None])[0]
+        fakesnow_token = payload["data"]["token"]
+        session_token = "ver:1-hint:strict-ST-" + secrets.token_urlsafe(24)
+        master_token = "ver:1-hint:strict-MT-" + secrets.token_urlsafe(24)
+        session_id = next(self._session_ids)
+        with self._lock:
+            self._state.sessions[session_token] = _Session(fakesnow_token, master_token, session_id)
+            self._state.masters[master_token] = session_token
+            self._state.issued.update({session_token, master_token, fakesnow_token})
+            self._state.logins.append(
+                {
+                    "authenticator": str(data.get("AUTHENTICATOR") or "SNOWFLAKE").upper(),
+                    "login_name": data.get("LOGIN_NAME"),
+                    "role": role,
+                    "warehouse": warehouse,
+                }
+            )
+        info = payload["data"].setdefault("sessionInfo", {})
+        info["roleName"] = role
+        info["warehouseName"] = warehouse
+        payload["data"].update(
+            token=session_token,
+            masterToken=master_token,
+            validityInSeconds=self.session_validity,
+            masterValidityInSeconds=self.master_validity,
+            sessionId=session_id,
+            idToken="ver:1-hint:strict-ID-" + secrets.token_urlsafe(16),
+        )
+        return _Answer.json(payload)
+
+    def _credentials_ok(self, data: dict[str, Any]) -> bool:
+        if data.get("ACCOUNT_NAME") != self.account:
+            return False
+        if str(data.get("LOGIN_NAME") or "").upper() != self.user.upper():
+            return False
+        authenticator = str(data.get("AUTHENTICATOR") or "SNOWFLAKE").upper()
+        if authenticator == "SNOWFLAKE_JWT":
+            return "PASSWORD" not in data and self._keypair_jwt_ok(data.get("TOKEN"))
+        if authenticator == "SNOWFLAKE":
+            return (
+                self.password is not None
+                and "TOKEN" not in data
+                and data.get("PASSWORD") == self.password
+            )
+        return False
+
+    def _keypair_jwt_ok(self, token: object) -> bool:
+        if self.public_key is None or not isinstance(token, str):
+            return False
+        try:
+            if jws.extract_compact(token.encode()).protected.get("alg") != "RS256":
+                return False
+            claims = jwt.decode(token, RSAKey.import_key(self.public_key), ["RS256"]).claims
+        except (JoseError, ValueError):
+            return False
+        qualified = f"{snowflake_account(self.account)}.{self.user.upper()}"
+        now = time.time()
+        iat, exp = claims.get("iat"), claims.get("exp")
+        return (
+            claims.get("iss") == f"{qualified}.{fingerprint(self.public_key)}"
+            and claims.get("sub") == qualified
+            and isinstance(iat, int)
+            and isinstance(exp, int)
+            and iat <= now + 60
+            and exp > now
+            and exp - iat <= 3600
+        )
+
+    def _renew(self, headers: dict[str, str], body: bytes) -> _Answer:
+        master = _snowflake_token(headers) or ""
+        try:
+            request = json.loads(body)
+        except ValueError:
+            request = {}
+        with self._lock:
+            current = self._state.masters.get(master)
+            if current is None:
+                return _Answer.json(_failure("390114", "Master token expired or invalid."))
+            if request.get("oldSessionToken") != current:
+                return _Answer.json(_failure("390104", "Old session token does not match."))
+            old = self._state.sessions.pop(current)
+            new_token = "ver:1-hint:strict-ST-" + secrets.token_urlsafe(24)
+            self._state.sessions[new_token] = _Session(old.fakesnow_token, master, old.session_id)
+            self._state.masters[master] = new_token
+            self._state.issued.add(new_token)
+            self._state.renewals += 1
+        return _Answer.json(
+            {
+                "data": {
+                    "sessionToken": new_token,
+                    "validityInSecondsST": self.session_validity,
+                    "masterToken": master,
+                    "validityInSecondsMT": self.master_validity,
+                    "sessionId": old.session_id,
+                },
+                "code": None,
+                "message": None,
+                "success": True,
+            }
+        )
+
+    def _sql_api(self, method: str, headers: dict[str, str], body: bytes) -> _Answer:
+        authorization = headers.get("Authorization", "")
+        token_type = headers.get("X-Snowflake-Authorization-Token-Type", "")
+        if (
+            token_type.upper() != "KEYPAIR_JWT"
+            or not authorization.startswith("Bearer ")
+            or not self._keypair_jwt_ok(authorization.removeprefix("Bearer "))
+        ):
+            return _Answer.json(
+                {"code": "390100", "message": "Incorrect username or password was specified."},
+                status=401,
+            )
+        request = json.loads(body) if body.strip() else {}
+        return _Answer.json(
+            {
+                "code": "090001",
+                "message": "Statement executed successfully.",
+                "statementHandle": "01b2c3d4-0000-0000-0000-000000000001",
+                "resultSetMetaData": {"numRows": 1, "rowType": [{"name": "STATEMENT"}]},
+                "data": [[request.get("statement"), request.get("role")]],
+            }
+        )
+
+    def _forward(
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        body: bytes,
+        fakesnow_token: str | None,
+    ) -> _Answer:
+        forwarded = {
+            k: v
+            for k, v in headers.items()
+            if k.lower()
+            not in ("host", "authorization", "content-length", "content-encoding", "connection")
+        }
+        if fakesnow_token is not None:
+            forwarded["Authorization"] = f'Snowflake Token="{fakesnow_token}"'
+        connection = http.client.HTTPConnection(*self.fakesnow, timeout=60)
+        try:
+            connection.request(method, path, body if body else None, forwarded)
+            response = connection.getresponse()
+            content = response.read()
+            return _Answer(
+                response.status,
+                content,
+                response.getheader("Content-Type") or "application/json",
+            )
+        finally:
+            connection.close()
+
+
+@dataclass(frozen=True)
+class _Answer:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+
+    @classmethod
+    def json(cls, payload: dict[str, Any], status: int = 200) -> _Answer:
+        return cls(status, json.dumps(payload).encode())
+
+
+def _failure(code: str, message: str) -> dict[str, Any]:
+    return {
+        "data": {"errorCode": code, "sqlState": "08001"},
+        "code": code,
+        "message": message,
+        "success": False,
+        "headers": None,
+    }
+
+
+def _snowflake_token(headers: dict[str, str]) -> str | None:
+    value = headers.get("Authorization", "")
+    prefix, suffix = 'Snowflake Token="', '"'
+    if value.startswith(prefix) and value.endswith(suffix):
+        return value[len(prefix) : -len(suffix)]
+    return None
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    strict: StrictUpstream
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _serve(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        if self.headers.get("Content-Encoding", "").lower() == "gzip" and body:
+            body = gzip.decompress(body)
+        headers = {_canonical_header(k): v for k, v in self.headers.items()}
+        answer = self.strict.handle(self.command, self.path, headers, body)
+        self.send_response(answer.status)
+        self.send_header("Content-Type", answer.content_type)
+        self.send_header("Content-Length", str(len(answer.body)))
+        self.end_headers()
+        self.wfile.write(answer.body)
+
+    do_GET = do_POST = do_PUT = do_DELETE = _serve
+
+
+def _canonical_header(name: str) -> str:
+    """`authorization` and `Authorization` alike: clients differ in header case."""
+    return "-".join(part.capitalize() for part in name.split("-"))
+
+
+def contains_any(received: Iterable[Received], needles: Iterable[str]) -> list[str]:
+    """The needles found anywhere in the received requests (headers or bodies)."""
+    haystack = "\n".join(r.text() for r in received)
+    return [needle for needle in needles if needle and needle in haystack]
