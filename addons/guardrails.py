@@ -1,0 +1,706 @@
+"""Guardrails: a per-group statement policy, enforced before Snowflake sees a statement.
+
+The policy is a TOML file of rules (docs/policy.md). Each statement of a query
+is classified by recorder/statements.py (sqlglot, Snowflake dialect) and
+checked against every rule that applies to one of the caller's groups; the
+first rule that blocks a statement refuses the whole request with a Snowflake
+query error (code 399003) naming the rule and the reason, and nothing of it
+goes upstream. Allowed and blocked requests alike carry the decision, the
+statement kinds and the objects on the flow's state for the recorder.
+
+The policy file is polled in a worker thread and reloaded when it changes; a
+file with an error is refused with one logged line and the last good policy
+stays in force. The session's current database and schema, which relative
+names resolve against, are tracked here per session on this gateway replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import hashlib
+import logging
+import re
+import tomllib
+import weakref
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from mitmproxy import ctx, exceptions, http
+from mitmproxy.addonmanager import Loader
+
+from addons import snowflake
+from addons.flowstate import FlowState, Refusal, state_of
+from addons.snowflake import Endpoint
+from recorder.statements import (
+    KINDS,
+    READ_ONLY_KINDS,
+    Statement,
+    classify,
+    context_after,
+    split_name,
+)
+
+logger = logging.getLogger(__name__)
+
+SOURCE = "guardrails"
+GATEWAY_RULE = "hoopgw-built-in"
+POLICY_SQL_STATE = "42501"
+"""SQLSTATE of a refused statement: insufficient privilege."""
+MAX_POLICY_BYTES = 1024 * 1024
+INLINE_CLASSIFY_CHARS = 16 * 1024
+"""Longer SQL texts are classified in a worker thread, off the event loop."""
+
+RULE_KEYS = frozenset(
+    {
+        "name",
+        "description",
+        "groups",
+        "read_only",
+        "deny_kinds",
+        "allow_kinds",
+        "deny_objects",
+        "require_where",
+        "deny_replace",
+        "deny_role_change",
+        "on_unparsable",
+    }
+)
+POLICY_KINDS = KINDS - {"UNKNOWN"}
+ANY_GROUP = "*"
+
+
+class PolicyError(ValueError):
+    """A policy file that cannot be used; the message is one line naming file, rule and key."""
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectPattern:
+    """A `DATABASE.SCHEMA.OBJECT` glob, matched part by part and case-insensitively.
+
+    A schema (two-part name) matches when the object part of the glob is `*`, a
+    database (one part) when both schema and object parts are; a part the
+    gateway cannot know (no current schema) matches any glob part.
+    """
+
+    text: str
+    parts: tuple[re.Pattern[str], ...]
+    covers_all: tuple[bool, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> ObjectPattern:
+        raw = split_name(text)
+        parts = tuple("?" if part is None else part for part in raw)
+        if len(parts) != 3 or any(part == "" for part in parts):
+            raise ValueError(
+                f"{text!r} must have three dot-separated parts DATABASE.SCHEMA.OBJECT, "
+                "e.g. '*.PAYROLL.*'"
+            )
+        return cls(
+            text=text,
+            parts=tuple(re.compile(fnmatch.translate(part.upper())) for part in parts),
+            covers_all=tuple(set(part) == {"*"} for part in parts),
+        )
+
+    def matches(self, name: str) -> bool:
+        """Whether the object may be one the pattern denies (unknown parts match anything)."""
+        parts = split_name(name)
+        if not 1 <= len(parts) <= 3:
+            return False
+        for part, pattern in zip(parts, self.parts, strict=False):
+            if part is not None and pattern.match(part.upper()) is None:
+                return False
+        return all(self.covers_all[len(parts) :])
+
+    def surely_matches(self, name: str) -> bool:
+        """Whether the object is denied whatever its unknown parts turn out to be."""
+        parts = split_name(name)
+        return self.matches(name) and all(
+            self.covers_all[index] for index, part in enumerate(parts) if part is None
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    name: str
+    groups: frozenset[str]
+    description: str | None = None
+    read_only: bool = False
+    deny_kinds: frozenset[str] = frozenset()
+    allow_kinds: frozenset[str] | None = None
+    deny_objects: tuple[ObjectPattern, ...] = ()
+    require_where: bool = False
+    deny_replace: bool = False
+    deny_role_change: bool = False
+    on_unparsable: Literal["deny", "allow"] = "deny"
+
+    def applies_to(self, groups: Iterable[str]) -> bool:
+        return ANY_GROUP in self.groups or not self.groups.isdisjoint(groups)
+
+    def violation(self, statement: Statement) -> str | None:
+        """Why this rule blocks the statement, or None when it allows it."""
+        return self._violation(statement, None)
+
+    def _violation(self, statement: Statement, outer: Statement | None) -> str | None:
+        reason = self._own_violation(statement)
+        if reason is None:
+            for inner in statement.inner:
+                reason = self._violation(inner, statement)
+                if reason is not None:
+                    return reason
+            return None
+        if outer is not None:
+            return f"{reason} (inside {outer.kind})"
+        return reason
+
+    def _own_violation(self, statement: Statement) -> str | None:
+        rule = f"rule '{self.name}'"
+        kind = statement.kind
+        if statement.parse_error is not None:
+            if self.on_unparsable == "deny":
+                return f"{rule} refuses statements it cannot parse ({statement.parse_error})"
+            return None
+        if self.allow_kinds is not None and kind not in self.allow_kinds:
+            allowed = ", ".join(sorted(self.allow_kinds)) or "no"
+            return f"{rule} allows only {allowed} statements, not {kind}"
+        if kind in self.deny_kinds:
+            return f"{rule} denies {kind}"
+        if self.read_only and not statement.read_only and not _inner_explains(statement):
+            if statement.calls:
+                return (
+                    f"{rule} is read-only and this {kind} calls {statement.calls[0]}, "
+                    "which can change state"
+                )
+            return f"{rule} is read-only and {kind} can change data or privileges"
+        if self.deny_replace and statement.replaces:
+            what = "INSERT OVERWRITE" if kind == "INSERT" else "CREATE OR REPLACE"
+            return f"{rule} denies {what}"
+        if self.deny_role_change and kind == "USE" and not statement.read_only:
+            return f"{rule} denies changing the role (USE ROLE, USE SECONDARY ROLES)"
+        if self.require_where and kind in ("DELETE", "UPDATE") and statement.has_where is False:
+            verb = "DELETE FROM" if kind == "DELETE" else "UPDATE"
+            target = f" {statement.writes[0]}" if statement.writes else ""
+            return f"{rule} requires a WHERE clause on {verb}{target}"
+        for name in statement.reads + statement.writes:
+            for pattern in self.deny_objects:
+                if pattern.surely_matches(name):
+                    return f"{rule} denies access to {name} ({pattern.text})"
+                if pattern.matches(name):
+                    return (
+                        f"{rule} denies access to {pattern.text} and cannot tell whether {name} "
+                        "is one of those objects: name it literally and fully qualified"
+                    )
+        if statement.hidden is not None and self.on_unparsable == "deny":
+            return (
+                f"{rule} refuses statements it cannot see through: this {kind} {statement.hidden}"
+            )
+        return None
+
+
+def _inner_explains(statement: Statement) -> bool:
+    """Whether a statement is not read-only only because of statements it runs; those are named."""
+    return (
+        bool(statement.inner)
+        and statement.kind in READ_ONLY_KINDS | {"EXECUTE"}
+        and not statement.calls
+        and statement.hidden is None
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome of checking one request's statements."""
+
+    decision: Literal["allow", "block"]
+    rule: str | None = None
+    reason: str | None = None
+    statement_index: int | None = None
+    kinds: tuple[str, ...] = ()
+    objects: tuple[str, ...] = ()
+    policy: str | None = None
+
+    @property
+    def blocked(self) -> bool:
+        return self.decision == "block"
+
+    def as_record(self) -> dict[str, Any]:
+        """What the recorder stores; `policy` identifies the policy file version (sha256 prefix)."""
+        return {
+            "decision": self.decision,
+            "rule": self.rule,
+            "reason": self.reason,
+            "statement_index": self.statement_index,
+            "kinds": list(self.kinds),
+            "objects": list(self.objects),
+            "policy": self.policy,
+        }
+
+
+@dataclass(frozen=True)
+class Policy:
+    rules: tuple[Rule, ...] = ()
+    source: str | None = None
+    digest: str | None = None
+    _by_groups: dict[frozenset[str], tuple[Rule, ...]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    def rules_for(self, groups: Sequence[str]) -> tuple[Rule, ...]:
+        key = frozenset(groups)
+        rules = self._by_groups.get(key)
+        if rules is None:
+            rules = tuple(rule for rule in self.rules if rule.applies_to(key))
+            if len(self._by_groups) < 1024:
+                self._by_groups[key] = rules
+        return rules
+
+    def check(self, statements: Sequence[Statement], groups: Sequence[str]) -> Decision:
+        """Allow, or block with the first statement and rule that refuse it."""
+        kinds = tuple(dict.fromkeys(kind for s in statements for kind in s.kinds))
+        objects = tuple(dict.fromkeys(name for s in statements for name in s.objects))
+        version = self.digest[:16] if self.digest else None
+        rules = self.rules_for(groups)
+        for index, statement in enumerate(statements):
+            for rule in rules:
+                reason = rule.violation(statement)
+                if reason is not None:
+                    return Decision("block", rule.name, reason, index, kinds, objects, version)
+        return Decision("allow", None, None, None, kinds, objects, version)
+
+
+NO_POLICY = Policy()
+"""In force when hoopgw_policy is unset: every statement is allowed."""
+
+
+def load_policy(path: Path) -> Policy:
+    """Read and validate a policy file; raises PolicyError with a one-line message."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise PolicyError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    return parse_policy(data, str(path))
+
+
+def parse_policy(data: bytes, source: str) -> Policy:
+    if len(data) > MAX_POLICY_BYTES:
+        raise PolicyError(f"{source}: larger than {MAX_POLICY_BYTES} bytes")
+    try:
+        document = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise PolicyError(f"{source}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyError(f"{source}: invalid TOML: {exc}") from None
+    unknown = sorted(set(document) - {"rule"})
+    if unknown:
+        raise PolicyError(
+            f"{source}: unknown top-level key {unknown[0]!r}; rules are [[rule]] tables"
+        )
+    entries = document.get("rule", [])
+    if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
+        raise PolicyError(f"{source}: 'rule' must be an array of tables ([[rule]])")
+    rules: list[Rule] = []
+    names: set[str] = set()
+    for number, entry in enumerate(entries, start=1):
+        rule = _parse_rule(entry, number, source)
+        if rule.name in names:
+            raise PolicyError(f"{source}: rule '{rule.name}': name: used by an earlier rule")
+        names.add(rule.name)
+        rules.append(rule)
+    return Policy(tuple(rules), source, hashlib.sha256(data).hexdigest())
+
+
+def _parse_rule(entry: dict[str, Any], number: int, source: str) -> Rule:
+    name = entry.get("name")
+    label = f"rule '{name}'" if isinstance(name, str) and name else f"rule #{number}"
+
+    def fail(key: str, problem: str) -> PolicyError:
+        return PolicyError(f"{source}: {label}: {key}: {problem}")
+
+    unknown = sorted(set(entry) - RULE_KEYS)
+    if unknown:
+        raise fail(unknown[0], f"unknown key (known: {', '.join(sorted(RULE_KEYS))})")
+    if not isinstance(name, str) or not name.strip():
+        raise fail("name", "required, a non-empty string")
+    groups = _strings(entry, "groups", fail, required=True)
+    if not groups:
+        raise fail("groups", "must name at least one group")
+    flags = {}
+    for key in ("read_only", "require_where", "deny_replace", "deny_role_change"):
+        value = entry.get(key, False)
+        if not isinstance(value, bool):
+            raise fail(key, f"must be true or false, not {value!r}")
+        flags[key] = value
+    deny_kinds = _kinds(entry, "deny_kinds", fail)
+    allow_kinds = _kinds(entry, "allow_kinds", fail) if "allow_kinds" in entry else None
+    patterns: list[ObjectPattern] = []
+    for text in _strings(entry, "deny_objects", fail):
+        try:
+            patterns.append(ObjectPattern.parse(text))
+        except ValueError as exc:
+            raise fail("deny_objects", str(exc)) from None
+    restricts = bool(
+        flags["read_only"]
+        or flags["require_where"]
+        or flags["deny_replace"]
+        or flags["deny_role_change"]
+        or deny_kinds
+        or allow_kinds is not None
+        or patterns
+    )
+    on_unparsable = entry.get("on_unparsable", "deny" if restricts else "allow")
+    if on_unparsable not in ("deny", "allow"):
+        raise fail("on_unparsable", f'must be "deny" or "allow", not {on_unparsable!r}')
+    description = entry.get("description")
+    if description is not None and not isinstance(description, str):
+        raise fail("description", "must be a string")
+    return Rule(
+        name=name,
+        groups=frozenset(groups),
+        description=description,
+        read_only=flags["read_only"],
+        deny_kinds=deny_kinds,
+        allow_kinds=allow_kinds,
+        deny_objects=tuple(patterns),
+        require_where=flags["require_where"],
+        deny_replace=flags["deny_replace"],
+        deny_role_change=flags["deny_role_change"],
+        on_unparsable=on_unparsable,
+    )
+
+
+def _strings(entry: dict[str, Any], key: str, fail: Any, *, required: bool = False) -> list[str]:
+    if key not in entry:
+        if required:
+            raise fail(key, "required, a list of strings")
+        return []
+    value = entry[key]
+    if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+        raise fail(key, "must be a list of non-empty strings")
+    return value
+
+
+def _kinds(entry: dict[str, Any], key: str, fail: Any) -> frozenset[str]:
+    kinds = [kind.upper() for kind in _strings(entry, key, fail)]
+    for kind in kinds:
+        if kind == "UNKNOWN":
+            raise fail(key, "'UNKNOWN' is not a kind to list; use on_unparsable")
+        if kind not in POLICY_KINDS:
+            raise fail(
+                key,
+                f"unknown statement kind {kind!r} (known: {', '.join(sorted(POLICY_KINDS))})",
+            )
+    return frozenset(kinds)
+
+
+class PolicyFile:
+    """A policy file and the last good policy read from it.
+
+    `refresh` is blocking (it reads and hashes the file): call it from a worker
+    thread. It installs a changed file only when it is valid; otherwise it logs
+    why once per version and keeps the last good policy.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.policy = load_policy(path)
+        self._digest = self.policy.digest
+        self._missing_logged = False
+
+    def refresh(self) -> bool:
+        try:
+            data = self.path.read_bytes()
+        except OSError as exc:
+            if not self._missing_logged:
+                logger.error(
+                    "hoopgw: policy file %s cannot be read (%s); keeping the policy in force",
+                    self.path,
+                    exc.strerror or exc,
+                )
+                self._missing_logged = True
+            return False
+        self._missing_logged = False
+        digest = hashlib.sha256(data).hexdigest()
+        if digest == self._digest:
+            return False
+        self._digest = digest
+        try:
+            policy = parse_policy(data, str(self.path))
+        except PolicyError as exc:
+            logger.error("hoopgw: policy change refused, the previous policy stays: %s", exc)
+            return False
+        self.policy = policy
+        logger.info(
+            "hoopgw: policy reloaded from %s (%d rules, sha256 %s)",
+            self.path,
+            len(policy.rules),
+            digest[:16],
+        )
+        return True
+
+
+class SessionContexts:
+    """Each session's current database and schema, as far as this gateway replica has seen.
+
+    Snowflake reports the context after every statement (finalDatabaseName,
+    finalSchemaName); when it does not, the statements' own USE effects apply.
+    Bounded: the least recently used sessions are forgotten first, and fall
+    back to the context they logged in with.
+    """
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self.limit = limit
+        self._contexts: OrderedDict[str, tuple[str | None, str | None]] = OrderedDict()
+
+    def get(self, session_id: str) -> tuple[str | None, str | None] | None:
+        context = self._contexts.get(session_id)
+        if context is not None:
+            self._contexts.move_to_end(session_id)
+        return context
+
+    def set(self, session_id: str, context: tuple[str | None, str | None]) -> None:
+        self._contexts[session_id] = context
+        self._contexts.move_to_end(session_id)
+        while len(self._contexts) > self.limit:
+            self._contexts.popitem(last=False)
+
+    def forget(self, session_id: str) -> None:
+        self._contexts.pop(session_id, None)
+
+
+class Guardrails:
+    """Checks every statement against the group policy before it goes upstream."""
+
+    def __init__(self) -> None:
+        self.file: PolicyFile | None = None
+        self.reload_seconds = 2.0
+        self.contexts = SessionContexts()
+        self._allowed: weakref.WeakKeyDictionary[http.HTTPFlow, list[Statement]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._watcher: asyncio.Task[None] | None = None
+
+    @property
+    def policy(self) -> Policy:
+        return self.file.policy if self.file is not None else NO_POLICY
+
+    def load(self, loader: Loader) -> None:
+        loader.add_option(
+            "hoopgw_policy",
+            str | None,  # type: ignore[arg-type]
+            None,
+            """
+            Path of the guardrails policy file (TOML, see docs/policy.md): rules
+            per group that deny statement kinds or objects, require a WHERE on
+            DELETE and UPDATE, or allow only reads. Unset, every statement is
+            allowed and still classified for the recording. The file is watched
+            and reloaded when it changes; a version with an error is refused and
+            the previous policy stays in force.
+            """,
+        )
+        loader.add_option(
+            "hoopgw_policy_reload_ms",
+            int,
+            2000,
+            """
+            How often, in milliseconds, the gateway checks the policy file for
+            changes (hoopgw_policy). A changed file takes effect for statements
+            that arrive after the check that sees it.
+            """,
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if "hoopgw_policy_reload_ms" in updated:
+            interval = ctx.options.hoopgw_policy_reload_ms
+            if interval < 50:
+                raise exceptions.OptionsError(
+                    f"hoopgw_policy_reload_ms must be at least 50, got {interval}"
+                )
+            self.reload_seconds = interval / 1000
+        if "hoopgw_policy" in updated:
+            option = ctx.options.hoopgw_policy
+            if not option:
+                self.file = None
+                return
+            path = Path(option).expanduser()
+            if not path.is_file():
+                raise exceptions.OptionsError(f"hoopgw_policy: {path} does not exist")
+            try:
+                self.file = PolicyFile(path)
+            except PolicyError as exc:
+                raise exceptions.OptionsError(f"hoopgw_policy: {exc}") from None
+            logger.info("hoopgw: policy %s loaded (%d rules)", path, len(self.file.policy.rules))
+
+    def running(self) -> None:
+        if self._watcher is None:
+            self._watcher = asyncio.create_task(self._watch())
+
+    def done(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.reload_seconds)
+            policy_file = self.file
+            if policy_file is None:
+                continue
+            try:
+                await asyncio.to_thread(policy_file.refresh)
+            except Exception:
+                logger.exception("hoopgw: checking the policy file failed")
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        state = state_of(flow)
+        if state is None or state.answered:
+            return
+        if state.endpoint is Endpoint.LOGIN:
+            self._check_login(flow, state)
+        else:
+            await self._check_statements(flow, state)
+        state.passed.add(SOURCE)
+
+    async def _check_statements(self, flow: http.HTTPFlow, state: FlowState) -> None:
+        sql = _statement_text(flow, state)
+        if sql is None:
+            return
+        database, schema = self._context_for(state)
+        if len(sql) <= INLINE_CLASSIFY_CHARS:
+            statements = classify(sql, database=database, schema=schema)
+        else:
+            statements = await asyncio.to_thread(classify, sql, database=database, schema=schema)
+        policy = self.policy
+        decision = policy.check(statements, state.caller.groups if state.caller else ())
+        if state.caller is None and policy.rules:
+            reason = "the gateway knows no verified caller for this statement"
+            decision = replace(decision, decision="block", rule=None, reason=reason)
+        if not decision.blocked:
+            decision = _gateway_rules(decision, statements, state.request_json)
+        state.statements = [statement.as_record() for statement in statements]
+        state.guardrail = decision.as_record()
+        if decision.blocked:
+            self._refuse(flow, state, decision, len(statements))
+        else:
+            self._allowed[flow] = statements
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        """Track the session's current database and schema from Snowflake's answer."""
+        statements = self._allowed.pop(flow, None)
+        state = state_of(flow)
+        if state is None or state.session_id is None:
+            return
+        if state.session_ended:
+            self.contexts.forget(state.session_id)
+            return
+        if statements is None or state.endpoint is not Endpoint.QUERY or state.answered:
+            return
+        payload = state.response_json
+        if not isinstance(payload, dict) or not payload.get("success"):
+            return
+        data = payload.get("data") if isinstance(payload.get("data"), dict) else {}
+        database, schema = data.get("finalDatabaseName"), data.get("finalSchemaName")
+        if isinstance(database, str) or isinstance(schema, str):
+            self.contexts.set(state.session_id, (database or None, schema or None))
+        elif any(statement.new_context is not None for statement in statements):
+            before = (state.context.database, state.context.schema)
+            self.contexts.set(state.session_id, context_after(statements, *before))
+
+    def _check_login(self, flow: http.HTTPFlow, state: FlowState) -> None:
+        """A login that asks for a database or schema uses it, as USE would."""
+        parameters = (state.request_json or {}).get("data", {}).get("SESSION_PARAMETERS")
+        if _sets_search_path(parameters):
+            reason = f"{GATEWAY_RULE} does not let a login set SEARCH_PATH"
+            decision = Decision("block", GATEWAY_RULE, reason)
+            state.guardrail = decision.as_record()
+            self._refuse(flow, state, decision, 1)
+            return
+        database, schema = state.context.database, state.context.schema
+        if state.caller is None or not (database or schema):
+            return
+        if database and schema:
+            sql = f"use schema {database}.{schema}"
+        else:
+            sql = f"use database {database}" if database else f"use schema {schema}"
+        decision = self.policy.check(classify(sql, database=None, schema=None), state.caller.groups)
+        if decision.blocked:
+            state.guardrail = decision.as_record()
+            self._refuse(flow, state, decision, 1)
+
+    def _context_for(self, state: FlowState) -> tuple[str | None, str | None]:
+        """The current database and schema; the recorder sees the same through state.context."""
+        if state.endpoint is Endpoint.QUERY and state.session_id is not None:
+            tracked = self.contexts.get(state.session_id)
+            if tracked is not None:
+                state.context.database, state.context.schema = tracked
+        return state.context.database, state.context.schema
+
+    @staticmethod
+    def _refuse(flow: http.HTTPFlow, state: FlowState, decision: Decision, count: int) -> None:
+        reason = decision.reason or "refused by policy"
+        message = f"Statement refused by hoopgw policy: {reason}."
+        if count > 1 and decision.statement_index is not None:
+            message += f" (statement {decision.statement_index + 1} of {count}; none of them ran)"
+        code = snowflake.CODE_GATEWAY_POLICY
+        if state.endpoint is Endpoint.LOGIN:
+            message = f"Login refused by hoopgw policy: {reason}."
+            response = snowflake.login_failure(code, message)
+        elif state.endpoint is Endpoint.SQL_API:
+            response = snowflake.sql_api_failure(422, code, message)
+        else:
+            response = snowflake.query_failure(code, message, sql_state=POLICY_SQL_STATE)
+        state.refuse(flow, response, Refusal(code, reason, SOURCE))
+        subject = state.caller.subject if state.caller else "an unknown caller"
+        logger.info("hoopgw: guardrails refused a statement of %s: %s", subject, reason)
+
+
+def _gateway_rules(
+    decision: Decision, statements: Sequence[Statement], request: dict[str, Any] | None
+) -> Decision:
+    """Checks that hold for every caller, policy file or not.
+
+    The gateway picks the caller's role from its groups, and its Snowflake user
+    holds every mapped role: a `USE ROLE` (or secondary roles) would undo that
+    choice. SEARCH_PATH sent as a request parameter would change how names
+    resolve without a statement the policy could see.
+    """
+    for index, statement in enumerate(statements):
+        if statement.kind == "USE" and not statement.read_only:
+            reason = (
+                f"{GATEWAY_RULE} does not let a session change its role (USE ROLE, USE "
+                "SECONDARY ROLES): the gateway chose it from your groups; log in with "
+                "another role you are entitled to instead"
+            )
+            return replace(
+                decision, decision="block", rule=GATEWAY_RULE, reason=reason, statement_index=index
+            )
+    if isinstance(request, dict) and _sets_search_path(request.get("parameters")):
+        reason = f"{GATEWAY_RULE} does not let a request set SEARCH_PATH as a parameter"
+        return replace(decision, decision="block", rule=GATEWAY_RULE, reason=reason)
+    return decision
+
+
+def _sets_search_path(parameters: object) -> bool:
+    return isinstance(parameters, dict) and any(
+        str(name).upper() == "SEARCH_PATH" for name in parameters
+    )
+
+
+def _statement_text(flow: http.HTTPFlow, state: FlowState) -> str | None:
+    """The SQL a request asks Snowflake to run, or None for requests that run none."""
+    body = state.request_json
+    if not isinstance(body, dict):
+        return None
+    if state.endpoint is Endpoint.QUERY:
+        sql = body.get("sqlText")
+    elif (
+        state.endpoint is Endpoint.SQL_API
+        and flow.request.method == "POST"
+        and flow.request.path.partition("?")[0].rstrip("/") == "/api/v2/statements"
+    ):
+        sql = body.get("statement")
+    else:
+        return None
+    return sql if isinstance(sql, str) else None

@@ -1,0 +1,110 @@
+"""Guardrails microbenchmark: microseconds per classify + policy check, cold and cached.
+
+    .venv/bin/python scripts/bench_policy.py [--rounds 300]
+
+"Cold" clears the classification cache before every call, so it measures a
+full sqlglot tokenize + parse + analysis + check; "cached" is the same text
+seen again (an agent repeating a query), which skips the parse. The policy is
+the example of issue 7 plus one more object glob, checked for a caller in the
+restricted `agents` group. Target: well under 1000 us per typical statement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+from addons.guardrails import parse_policy
+from recorder.statements import classify, clear_cache
+
+POLICY = parse_policy(
+    b"""
+[[rule]]
+name = "readers-read-only"
+groups = ["readers"]
+read_only = true
+
+[[rule]]
+name = "agents-guard"
+groups = ["agents"]
+deny_kinds = ["DROP", "TRUNCATE", "GRANT", "REVOKE"]
+deny_objects = ["*.PAYROLL.*", "*.*.SECRET*"]
+require_where = true
+""",
+    "bench",
+)
+GROUPS = ("agents",)
+
+STATEMENTS = {
+    "point select": "select * from orders where id = ?",
+    "join + filter": (
+        "select o.id, c.name, sum(o.amount) as total from analytics.sales.orders o "
+        "join customers c on o.customer_id = c.id where o.created_at > '2024-01-01' "
+        "and c.region in ('EU', 'US') group by o.id, c.name order by total desc limit 100"
+    ),
+    "cte + window": (
+        "with recent as (select customer_id, amount, row_number() over (partition by "
+        "customer_id order by created_at desc) as rn from orders) select customer_id, "
+        "avg(amount) from recent where rn <= 5 group by customer_id"
+    ),
+    "insert values": "insert into events (id, kind, payload) values (?, ?, parse_json(?))",
+    "update with where": "update orders set status = 'shipped' where id = 42",
+    "delete without where": "delete from staging.tmp_orders",
+    "merge": (
+        "merge into orders t using staging.orders s on t.id = s.id when matched then "
+        "update set amount = s.amount when not matched then insert (id, amount) "
+        "values (s.id, s.amount)"
+    ),
+    "use schema": "use schema analytics.reporting",
+    "show tables": "show tables in schema analytics.reporting",
+    "denied object": "select * from hr.payroll.salaries",
+    "multi (3)": "use warehouse wh; select count(*) from orders; drop table orders_old",
+    "call": "call analytics.refresh_rollups(7)",
+}
+
+
+def measure(sql: str, rounds: int, cold: bool) -> list[float]:
+    samples: list[float] = []
+    for _ in range(rounds):
+        if cold:
+            clear_cache()
+        start = time.perf_counter_ns()
+        POLICY.check(classify(sql, database="ANALYTICS", schema="PUBLIC"), GROUPS)
+        samples.append((time.perf_counter_ns() - start) / 1000)
+    return samples
+
+
+def percentile(samples: list[float], fraction: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=300)
+    args = parser.parse_args()
+    for sql in STATEMENTS.values():  # import-time and first-call costs out of the way
+        measure(sql, 5, cold=True)
+    header = f"{'statement':<22} {'cold p50':>9} {'cold p95':>9} {'cached p50':>11} {'decision':>9}"
+    print(header)
+    print("-" * len(header))
+    colds: list[float] = []
+    for label, sql in STATEMENTS.items():
+        cold = measure(sql, args.rounds, cold=True)
+        cached = measure(sql, args.rounds * 10, cold=False)
+        colds.extend(cold)
+        decision = POLICY.check(classify(sql, database="ANALYTICS", schema="PUBLIC"), GROUPS)
+        print(
+            f"{label:<22} {statistics.median(cold):>7.0f}us {percentile(cold, 0.95):>7.0f}us "
+            f"{statistics.median(cached):>9.1f}us {decision.decision:>9}"
+        )
+    print("-" * len(header))
+    print(
+        f"{'all, cold':<22} {statistics.median(colds):>7.0f}us {percentile(colds, 0.95):>7.0f}us"
+        "   (microseconds per classify + check; target well under 1000us)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,455 @@
+"""Statement classification (recorder/statements.py): kinds, objects, context, splitting."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from recorder import statements
+from recorder.statements import (
+    KINDS,
+    Statement,
+    classify,
+    context_after,
+    render_name,
+    split_name,
+)
+
+DB, SCHEMA = "DB", "S"
+FUZZ = settings(max_examples=int(os.environ.get("HOOPGW_FUZZ_EXAMPLES", "200")), deadline=None)
+
+
+def one(sql: str, database: str | None = DB, schema: str | None = SCHEMA) -> Statement:
+    found = classify(sql, database=database, schema=schema)
+    assert len(found) == 1, found
+    return found[0]
+
+
+# (sql, kind, reads, writes, read_only)
+KIND_CASES: list[tuple[str, str, tuple[str, ...], tuple[str, ...], bool]] = [
+    ("select * from t", "SELECT", ("DB.S.T",), (), True),
+    ("SELECT a FROM x.y JOIN db2.s2.z ON 1=1", "SELECT", ("DB.X.Y", "DB2.S2.Z"), (), True),
+    ("(select 1) union all (select 2 from u)", "SELECT", ("DB.S.U",), (), True),
+    ("with c as (select * from src) select * from c", "SELECT", ("DB.S.SRC",), (), True),
+    ("insert into a.b.c select * from d", "INSERT", ("DB.S.D",), ("A.B.C",), False),
+    ("insert overwrite into t select 1", "INSERT", (), ("DB.S.T",), False),
+    (
+        "insert all into t1 into p.t2 select * from s",
+        "INSERT",
+        ("DB.S.S",),
+        ("DB.P.T2", "DB.S.T1"),
+        False,
+    ),
+    (
+        "with c as (select * from src) insert into t select * from c",
+        "INSERT",
+        ("DB.S.SRC",),
+        ("DB.S.T",),
+        False,
+    ),
+    ("update t set x = 1 where id = 2", "UPDATE", (), ("DB.S.T",), False),
+    (
+        "update t set a = o.a from other o where t.id = o.id",
+        "UPDATE",
+        ("DB.S.OTHER",),
+        ("DB.S.T",),
+        False,
+    ),
+    ("delete from t where x = 1", "DELETE", (), ("DB.S.T",), False),
+    ("delete from t using p.x where t.id = x.id", "DELETE", ("DB.P.X",), ("DB.S.T",), False),
+    (
+        "merge into t using p.s on t.id = s.id when matched then delete",
+        "MERGE",
+        ("DB.P.S",),
+        ("DB.S.T",),
+        False,
+    ),
+    ("create table t (x int)", "CREATE", (), ("DB.S.T",), False),
+    ("create table t as select * from p.src", "CREATE", ("DB.P.SRC",), ("DB.S.T",), False),
+    ("create table t clone p.src", "CREATE", ("DB.P.SRC",), ("DB.S.T",), False),
+    ("create view v as select * from src", "CREATE", ("DB.S.SRC",), ("DB.S.V",), False),
+    ("create schema sc", "CREATE", (), ("DB.SC",), False),
+    ("create database d2", "CREATE", (), ("D2",), False),
+    ("create warehouse w", "CREATE", (), (), False),
+    ("create user u password = 'x'", "CREATE", (), (), False),
+    ("alter table t add column y int", "ALTER", (), ("DB.S.T",), False),
+    ("alter table t swap with p.u", "ALTER", (), ("DB.P.U", "DB.S.T"), False),
+    ("alter table t rename to p.u", "ALTER", (), ("DB.P.U", "DB.S.T"), False),
+    ("alter session set query_tag = 'x'", "ALTER", (), (), True),
+    ("alter warehouse w suspend", "ALTER", (), (), False),
+    ("drop table t", "DROP", (), ("DB.S.T",), False),
+    ("drop view if exists x.v", "DROP", (), ("DB.X.V",), False),
+    ("drop schema p", "DROP", (), ("DB.P",), False),
+    ("drop database d2", "DROP", (), ("D2",), False),
+    ("drop role r", "DROP", (), (), False),
+    ("undrop table p.t", "UNDROP", (), ("DB.P.T",), False),
+    ("truncate table t", "TRUNCATE", (), ("DB.S.T",), False),
+    ("truncate t", "TRUNCATE", (), ("DB.S.T",), False),
+    ("grant select on table t to role r", "GRANT", (), ("DB.S.T",), False),
+    ("grant usage on schema p to role r", "GRANT", (), ("DB.P",), False),
+    ("grant select on all tables in schema p to role r", "GRANT", (), ("DB.P",), False),
+    ("grant role r to user u", "GRANT", (), (), False),
+    ("grant usage on warehouse w to role r", "GRANT", (), (), False),
+    ("revoke select on table p.t from role r", "REVOKE", (), ("DB.P.T",), False),
+    ("use database d2", "USE", ("D2",), (), True),
+    ("use schema p", "USE", ("DB.P",), (), True),
+    ("use d2.s2", "USE", ("D2.S2",), (), True),
+    ("use d2", "USE", ("D2",), (), True),
+    ("use warehouse w", "USE", (), (), True),
+    ("use role accountadmin", "USE", (), (), False),
+    ("use secondary roles all", "USE", (), (), False),
+    ("show tables", "SHOW", (), (), True),
+    ("show tables in schema p", "SHOW", ("DB.P",), (), True),
+    ("show columns in table p.t", "SHOW", ("DB.P.T",), (), True),
+    ("show grants on schema p", "SHOW", ("DB.P",), (), True),
+    ("show grants to role r", "SHOW", (), (), True),
+    ("describe table p.t", "DESCRIBE", ("DB.P.T",), (), True),
+    ("desc view v", "DESCRIBE", ("DB.S.V",), (), True),
+    ("describe schema p", "DESCRIBE", ("DB.P",), (), True),
+    ("describe result 'q'", "DESCRIBE", (), (), True),
+    ("call p(1)", "CALL", ("DB.S.P",), (), False),
+    ("call x.p((select count(*) from d.y.t))", "CALL", ("DB.X.P", "D.Y.T"), (), False),
+    ("execute task x.tk", "EXECUTE", ("DB.X.TK",), (), False),
+    ("copy into t from @st", "COPY", ("DB.S.ST",), ("DB.S.T",), False),
+    ("copy into @p.stg/out/ from (select * from t)", "COPY", ("DB.S.T",), ("DB.P.STG",), False),
+    ("copy into t from '@%t/x'", "COPY", (), ("DB.S.T",), False),
+    ("put file:///tmp/f @p.st", "PUT", (), ("DB.P.ST",), False),
+    ("put file:///tmp/f @~/x", "PUT", (), (), False),
+    ("get @p.st/x file:///tmp", "GET", ("DB.P.ST",), (), True),
+    ("list @p.st", "LIST", ("DB.P.ST",), (), True),
+    ("ls @st", "LIST", ("DB.S.ST",), (), True),
+    ("remove @%emp", "REMOVE", (), ("DB.S.EMP",), False),
+    ("rm @p.st/x", "REMOVE", (), ("DB.P.ST",), False),
+    ("set v = 1", "SET", (), (), True),
+    ("set v = (select max(a) from p.t)", "SET", ("DB.P.T",), (), True),
+    ("unset v", "UNSET", (), (), True),
+    ("begin", "BEGIN", (), (), True),
+    ("begin transaction", "BEGIN", (), (), True),
+    ("begin work", "BEGIN", (), (), True),
+    ("start transaction", "BEGIN", (), (), True),
+    ("commit", "COMMIT", (), (), True),
+    ("rollback", "ROLLBACK", (), (), True),
+    ("explain select * from p.t", "EXPLAIN", ("DB.P.T",), (), True),
+    ("explain using json delete from t", "EXPLAIN", ("DB.S.T",), (), True),
+    ("comment on table p.t is 'x'", "COMMENT", (), ("DB.P.T",), False),
+    ("select ) from", "UNKNOWN", (), (), False),
+    ("frobnicate the table", "UNKNOWN", (), (), False),
+]
+
+
+@pytest.mark.parametrize(("sql", "kind", "reads", "writes", "read_only"), KIND_CASES)
+def test_kind_objects_and_read_only(
+    sql: str, kind: str, reads: tuple[str, ...], writes: tuple[str, ...], read_only: bool
+) -> None:
+    statement = one(sql)
+    assert statement.kind == kind
+    assert sorted(statement.reads) == sorted(reads)
+    assert sorted(statement.writes) == sorted(writes)
+    assert statement.read_only is read_only
+
+
+def test_every_kind_is_covered() -> None:
+    covered = {case[1] for case in KIND_CASES} | {"SCRIPT", "EXECUTE"}
+    assert covered == KINDS
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        ("select * from payroll.emp", "DB.PAYROLL.EMP"),
+        ("select * from PayRoll.Emp", "DB.PAYROLL.EMP"),
+        ("select * from prod.payroll.emp", "PROD.PAYROLL.EMP"),
+        ("select * from emp", "DB.S.EMP"),
+        ('select * from "Payroll"."emp"', "DB.Payroll.emp"),
+        ('select * from "PAYROLL".EMP', "DB.PAYROLL.EMP"),
+        ('select * from "my.db".s."t"', '"my.db".S.t'),
+        ("select * from prod..emp", "PROD.PUBLIC.EMP"),
+        ("select * from identifier('payroll.emp')", "DB.PAYROLL.EMP"),
+        ("select * from identifier('\"Pay\".emp')", "DB.Pay.EMP"),
+        ("select payroll.seq.nextval", "DB.PAYROLL.SEQ"),
+        ("select payroll.secret_fn(1)", "DB.PAYROLL.SECRET_FN"),
+        ("select * from table('payroll.emp')", "DB.PAYROLL.EMP"),
+        ("select get_ddl('table', 'payroll.emp')", "DB.PAYROLL.EMP"),
+        ("select get_ddl('schema', 'payroll')", "DB.PAYROLL"),
+        ("select * from table(payroll.udtf(1))", "DB.PAYROLL.UDTF"),
+        ("select $1 from @payroll.stage/file.csv", "DB.PAYROLL.STAGE"),
+    ],
+)
+def test_names_resolve_like_snowflake(sql: str, expected: str) -> None:
+    assert expected in one(sql).objects
+
+
+def test_unknown_context_parts_are_marked() -> None:
+    statement = one("select * from emp join s2.t", database=None, schema=None)
+    assert set(statement.reads) == {"?.?.EMP", "?.S2.T"}
+    assert split_name("?.?.EMP") == (None, None, "EMP")
+
+
+def test_aliases_and_column_paths_are_not_objects() -> None:
+    statement = one("select e.v.x, t.col from analytics.t e join t on true")
+    assert set(statement.reads) == {"DB.ANALYTICS.T", "DB.S.T"}
+
+
+@pytest.mark.parametrize(
+    ("sql", "reads"),
+    [
+        ("with emp as (select 1) select * from emp", ()),
+        ("with emp as (select * from emp) select * from emp", ("DB.S.EMP",)),
+        ("select * from emp union all (with emp as (select 1 x) select * from emp)", ("DB.S.EMP",)),
+        ("with recursive r as (select 1 union all select * from r) select * from r", ()),
+    ],
+)
+def test_cte_names_shadow_tables_only_in_their_scope(sql: str, reads: tuple[str, ...]) -> None:
+    assert one(sql).reads == reads
+
+
+@pytest.mark.parametrize(
+    ("sql", "kinds"),
+    [
+        ("select 1; drop table t", ["SELECT", "DROP"]),
+        ("select 'a;b'; drop table t", ["SELECT", "DROP"]),
+        ("select 1 -- ; drop table t\n", ["SELECT"]),
+        ("select 1 // ; drop table t\n", ["SELECT"]),
+        ("select 1 /* ; drop table t */", ["SELECT"]),
+        ("select 1 /* /* */ ; drop table t", ["SELECT", "DROP"]),
+        ("select $$ ; drop table t $$", ["SELECT"]),
+        ('select "a;b" from t; drop table x', ["SELECT", "DROP"]),
+        (r"select 'it\'s; fine'; truncate t", ["SELECT", "TRUNCATE"]),
+        ("select 'it''s; fine'; truncate t", ["SELECT", "TRUNCATE"]),
+        ("select 1;;; ; -- only a comment\n", ["SELECT"]),
+        ("/* lead */ drop table t", ["DROP"]),
+        ("show tables ->> delete from t", ["SHOW", "DELETE"]),
+        ("select 1->>drop table t", ["SELECT", "DROP"]),
+        ("call p() ->> drop table t", ["CALL", "DROP"]),
+        ("execute immediate 'select 1' ->> truncate t; show", ["EXECUTE", "TRUNCATE", "SHOW"]),
+        ("select '->>' as arrow", ["SELECT"]),
+        ("", []),
+        ("-- nothing", []),
+    ],
+)
+def test_splitting_respects_strings_and_comments(sql: str, kinds: list[str]) -> None:
+    assert [s.kind for s in classify(sql, database=DB, schema=SCHEMA)] == kinds
+
+
+def test_statement_text_is_the_statement() -> None:
+    first, second = classify("select 1 ;\n  drop table t  ", database=DB, schema=SCHEMA)
+    assert (first.text, second.text) == ("select 1", "drop table t")
+
+
+@pytest.mark.parametrize(
+    ("sql", "has_where"),
+    [
+        ("delete from t", False),
+        ("delete from t where id = 3", True),
+        ("delete from t where 1 = 1", False),
+        ("delete from t where true", False),
+        ("DELETE FROM t WHERE 1=1 OR id = 3", False),
+        ("update t set a = 1", False),
+        ("update t set a = 1 where a is null", True),
+        ("update t set a = 1 where 'x' = 'x'", False),
+        ("delete from t where id in (select id from u)", True),
+        ("delete from t where id = ?", True),
+        ("delete from t where id = 1 or 2 > 1", False),
+        ("delete from t where (id = 1 or (true))", False),
+        ("delete from t where x is null or x is not null", False),
+        ("delete from t where not false", False),
+        ("delete from t where 1 = 0", False),
+        ("delete from t where ? = ?", False),
+        ("delete from t where " + " and ".join(f"c{i} = {i}" for i in range(2000)), True),
+        ("delete from t where " + " or ".join(f"c{i} = {i}" for i in range(2000)) + " or 1", False),
+    ],
+)
+def test_where_clause_that_restricts_rows(sql: str, has_where: bool) -> None:
+    assert one(sql).has_where is has_where
+
+
+def test_has_where_only_for_update_and_delete() -> None:
+    assert one("select * from t where a = 1").has_where is None
+
+
+@pytest.mark.parametrize(
+    ("sql", "replaces"),
+    [
+        ("create or replace table t (x int)", True),
+        ("create or replace view v as select 1", True),
+        ("create table t (x int)", False),
+        ("insert overwrite into t select 1", True),
+        ("create or replace user u", True),
+    ],
+)
+def test_replaces(sql: str, replaces: bool) -> None:
+    assert one(sql).replaces is replaces
+
+
+def test_use_changes_the_context_of_later_statements() -> None:
+    found = classify(
+        "use schema payroll; select * from emp; use database other; select * from t; "
+        "use x.y; select * from z",
+        database=DB,
+        schema=SCHEMA,
+    )
+    assert [s.reads for s in found] == [
+        ("DB.PAYROLL",),
+        ("DB.PAYROLL.EMP",),
+        ("OTHER",),
+        ("OTHER.PUBLIC.T",),
+        ("X.Y",),
+        ("X.Y.Z",),
+    ]
+    assert context_after(found, DB, SCHEMA) == ("X", "Y")
+    assert found[1].context == ("DB", "PAYROLL")
+
+
+@pytest.mark.parametrize(
+    ("sql", "context"),
+    [
+        ("select 1", ("DB", "S")),
+        ("use schema p", ("DB", "P")),
+        ('use schema "Mixed"', ("DB", "Mixed")),
+        ("use database d2", ("D2", "PUBLIC")),
+        ("create database d3", ("D3", "PUBLIC")),
+        ("create schema d4.s4", ("D4", "S4")),
+        ("drop schema s", ("DB", None)),
+        ("drop schema other", ("DB", "S")),
+        ("drop database db", (None, None)),
+        ("use schema identifier($v)", ("DB", None)),
+        ("execute immediate 'use schema p2'", ("DB", "P2")),
+        ("use role r", ("DB", "S")),
+    ],
+)
+def test_context_after(sql: str, context: tuple[str | None, str | None]) -> None:
+    assert context_after(classify(sql, database=DB, schema=SCHEMA), DB, SCHEMA) == context
+
+
+def test_nested_statements_are_found() -> None:
+    cte = one("with x as (delete from payroll.t) select 1")
+    assert cte.kind == "SELECT" and not cte.read_only
+    assert [(s.kind, s.writes, s.has_where) for s in cte.inner] == [
+        ("DELETE", ("DB.PAYROLL.T",), False)
+    ]
+    execute = one("execute immediate 'drop table p.t'")
+    assert execute.kinds == ("EXECUTE", "DROP")
+    assert execute.inner[0].writes == ("DB.P.T",)
+    assert one("execute immediate $$ select 1 $$").read_only
+
+
+@pytest.mark.parametrize(
+    ("sql", "kind", "inner_kinds"),
+    [
+        ("execute immediate :stmt", "EXECUTE", ()),
+        ("execute immediate 'select ) from'", "EXECUTE", ("UNKNOWN",)),
+        ("begin drop table t; end", "SCRIPT", ("DROP",)),
+        ("declare n int; begin delete from t; return 1; end;", "SCRIPT", ("DELETE",)),
+        ("execute immediate from @st/setup.sql", "EXECUTE", ()),
+        (
+            "with p as procedure () returns int language sql as $$ begin drop table t; end $$ "
+            "call p()",
+            "CALL",
+            (),
+        ),
+    ],
+)
+def test_what_cannot_be_seen_is_hidden(sql: str, kind: str, inner_kinds: tuple[str, ...]) -> None:
+    statement = one(sql)
+    assert statement.kind == kind
+    assert statement.hidden is not None
+    assert tuple(s.kind for s in statement.inner) == inner_kinds
+
+
+@pytest.mark.parametrize(
+    ("sql", "name", "read_only"),
+    [
+        ("select * from identifier($name)", "?.?.?", True),
+        ("select * from table(:name)", "?.?.?", True),
+        ("select get_ddl('schema', $s)", "?.?", True),
+        ("delete from identifier(?) where a = 1", "?.?.?", False),
+        ("explain select ) from", "?.?.?", True),
+        ("use database identifier($d)", "?", True),
+    ],
+)
+def test_objects_named_at_run_time_are_unknown(sql: str, name: str, read_only: bool) -> None:
+    statement = one(sql)
+    assert name in statement.objects
+    assert statement.hidden is None
+    assert statement.read_only is read_only
+
+
+def test_script_runs_to_the_end_of_the_text() -> None:
+    found = classify("select 1; begin drop table t; end; select 2", database=DB, schema=SCHEMA)
+    assert [s.kind for s in found] == ["SELECT", "SCRIPT"]
+
+
+@pytest.mark.parametrize(
+    ("sql", "calls"),
+    [
+        ("select system$cancel_all_queries(1)", ("SYSTEM$CANCEL_ALL_QUERIES",)),
+        ("select system$typeof(1), system$wait(1)", ()),
+    ],
+)
+def test_state_changing_functions(sql: str, calls: tuple[str, ...]) -> None:
+    statement = one(sql)
+    assert statement.calls == calls
+    assert statement.read_only is (not calls)
+
+
+def test_search_path_names_schemas() -> None:
+    statement = one("alter session set search_path = '$current, $public, payroll, d2.s2'")
+    assert statement.reads == ("DB.PUBLIC", "DB.PAYROLL", "D2.S2")
+
+
+def test_parse_errors_carry_no_sql() -> None:
+    bad = one("select 'hunter2-secret' from ((( where")
+    for statement in (bad, one("select 'unterminated hunter2-secret")):
+        assert statement.kind == "UNKNOWN"
+        assert statement.parse_error
+        assert "hunter2" not in statement.parse_error
+        assert "hunter2" not in repr(statement.as_record())
+
+
+def test_as_record_shape() -> None:
+    record = one("delete from p.t where a = 1").as_record()
+    assert record == {
+        "kind": "DELETE",
+        "reads": [],
+        "writes": ["DB.P.T"],
+        "read_only": False,
+        "has_where": True,
+    }
+
+
+def test_results_are_cached() -> None:
+    sql = "select * from cache_probe_table where id = 42"
+    before = statements._classify_cached.cache_info().hits
+    first = classify(sql, database=DB, schema=SCHEMA)
+    second = classify(sql, database=DB, schema=SCHEMA)
+    assert first == second
+    assert statements._classify_cached.cache_info().hits >= before + 1
+    assert classify(sql, database="OTHER", schema=SCHEMA)[0].reads == ("OTHER.S.CACHE_PROBE_TABLE",)
+
+
+def test_long_texts_are_classified_uncached() -> None:
+    sql = "select 1 as a" + ", 1 as a" * (statements.CACHE_MAX_CHARS // 8)
+    assert one(sql).kind == "SELECT"
+
+
+@FUZZ
+@given(st.text(max_size=200))
+def test_classify_never_raises(sql: str) -> None:
+    for statement in classify(sql, database=DB, schema=SCHEMA):
+        assert statement.kind in KINDS
+        assert (statement.kind == "UNKNOWN") == (statement.parse_error is not None)
+
+
+_PART = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=12
+)
+
+
+@FUZZ
+@given(st.lists(st.one_of(st.none(), _PART), min_size=1, max_size=3))
+def test_render_and_split_names_round_trip(parts: list[Any]) -> None:
+    assert split_name(render_name(parts)) == tuple(parts)
