@@ -18,6 +18,12 @@ Any addon that answers a request itself assigns `flow.response` and calls
 `state.refuse(...)`; later addons skip their work when `state.answered` is set
 but the recorder still records the refusal.
 
+mitmproxy logs an exception raised in a hook and carries on with the next
+addon, so a check that crashed would let the request through. Each required
+addon therefore adds its name to `state.passed` once it has done its work, and
+`FailClosed` (addons/failclosed.py), last in the list, refuses any request
+that is still unanswered without every name.
+
 The state is kept outside `flow.metadata` (which mitmproxy serialises into flow
 files) in a weak map, so it disappears with the flow.
 """
@@ -78,16 +84,20 @@ class SessionContext:
 @dataclass(slots=True)
 class FlowState:
     endpoint: Endpoint
+    request_body: bytes | None = None
     request_json: dict[str, Any] | None = None
     session_id: str | None = None
     caller: Caller | None = None
     context: SessionContext = field(default_factory=SessionContext)
     client_app: str | None = None
+    client_version: str | None = None
     refusal: Refusal | None = None
     guardrail: dict[str, Any] | None = None
     statements: list[dict[str, Any]] | None = None
     session_ended: bool = False
+    response_body: bytes | None = None
     response_json: dict[str, Any] | None = None
+    passed: set[str] = field(default_factory=set)
 
     @property
     def answered(self) -> bool:

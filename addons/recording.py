@@ -1,19 +1,51 @@
-"""Recording hooks: every flow on record, durable before it goes upstream."""
+"""Recording hooks: every flow on record, durable before it goes upstream.
+
+The request record (and, at login, the session_start record) is appended to the
+spool and awaited until it is fsync'd; only then does the hook return and
+mitmproxy forward the request. Responses and errors are appended without
+waiting: their order in the stream is fixed when they are appended, and the
+statement they belong to is already on record.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
 
-from mitmproxy import ctx, exceptions
+from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
+
+from addons import snowflake
+from addons.flowstate import FlowState, Refusal, state_of
+from addons.snowflake import Endpoint
+from recorder import ids, redaction
+from recorder.spool import Spool
+from recorder.store import Store, open_store
 
 logger = logging.getLogger(__name__)
 
-STORE_SCHEMES = ("file:", "s3://")
+_STATEMENT_ENDPOINTS = frozenset({Endpoint.QUERY, Endpoint.SQL_API})
+_OUTCOME_ENDPOINTS = frozenset(
+    {Endpoint.LOGIN, Endpoint.QUERY, Endpoint.SQL_API, Endpoint.MONITORING, Endpoint.RESULT}
+)
+_QUERY_ID_ENDPOINTS = frozenset({Endpoint.MONITORING, Endpoint.RESULT, Endpoint.ABORT})
+# Options that shape the spool and store; they take effect at start-up only.
+_STARTUP_OPTIONS = frozenset({"hoopgw_store", "hoopgw_s3_endpoint_url", "hoopgw_spool_dir"})
 
 
 class Recording:
     """Writes each flow's records to the spool and, through it, to the store."""
+
+    def __init__(self) -> None:
+        self.store: Store | None = None
+        self.spool: Spool | None = None
+        self.body_limit = 1024 * 1024
+        self.fail_open = False
+        self.writer_id = ids.new_writer_id()
 
     def load(self, loader: Loader) -> None:
         loader.add_option(
@@ -44,15 +76,346 @@ class Recording:
             """
             Local directory of the write-ahead spool. Every request record is
             fsync'd here before the request goes upstream; segments leave the
-            spool only once the store has verified them. Use a persistent disk.
+            spool only once the store has verified them. Use a persistent disk:
+            leftovers are uploaded at the next start.
+            """,
+        )
+        loader.add_option(
+            "hoopgw_spool_max_bytes",
+            int,
+            1024 * 1024 * 1024,
+            """
+            Spool size, in bytes, above which the gateway refuses new statements
+            (fail closed) until the store has caught up, e.g. after an S3 outage.
+            """,
+        )
+        loader.add_option(
+            "hoopgw_fail_open",
+            bool,
+            False,
+            """
+            Forward statements even when they cannot be recorded (spool full or
+            unwritable). Off by default: without a durable record a statement
+            does not reach Snowflake. Turning it on trades the audit guarantee
+            for availability; every unrecorded statement is logged as an error.
+            """,
+        )
+        loader.add_option(
+            "hoopgw_body_limit",
+            int,
+            self.body_limit,
+            """
+            Largest request or response body, in bytes, kept in full in a record;
+            larger bodies are truncated in the record, which keeps their full size
+            and SHA-256.
             """,
         )
 
     def configure(self, updated: set[str]) -> None:
-        if "hoopgw_store" in updated:
-            url = ctx.options.hoopgw_store
-            if not url.startswith(STORE_SCHEMES):
-                raise exceptions.OptionsError(
-                    f"hoopgw_store: {url!r} has an unknown scheme; "
-                    "use s3://bucket/prefix or file:DIR"
+        if self.spool is not None and updated & _STARTUP_OPTIONS:
+            names = ", ".join(sorted(updated & _STARTUP_OPTIONS))
+            raise exceptions.OptionsError(f"{names}: takes effect only at start-up")
+        if "hoopgw_store" in updated or "hoopgw_s3_endpoint_url" in updated:
+            try:
+                self.store = open_store(
+                    ctx.options.hoopgw_store, s3_endpoint_url=ctx.options.hoopgw_s3_endpoint_url
                 )
+            except ValueError as exc:
+                raise exceptions.OptionsError(f"hoopgw_store: {exc}") from None
+        if "hoopgw_body_limit" in updated:
+            if ctx.options.hoopgw_body_limit < 0:
+                raise exceptions.OptionsError("hoopgw_body_limit must not be negative")
+            self.body_limit = ctx.options.hoopgw_body_limit
+        if "hoopgw_spool_max_bytes" in updated and ctx.options.hoopgw_spool_max_bytes < 1:
+            raise exceptions.OptionsError("hoopgw_spool_max_bytes must be positive")
+        if "hoopgw_fail_open" in updated:
+            self.fail_open = ctx.options.hoopgw_fail_open
+            if self.fail_open:
+                logger.warning("hoopgw: hoopgw_fail_open is on: unrecordable statements still run")
+
+    def running(self) -> None:
+        if self.spool is not None or self.store is None:
+            return
+        directory = Path(ctx.options.hoopgw_spool_dir)
+        self.spool = Spool(
+            directory,
+            self.store,
+            writer_id=self.writer_id,
+            max_bytes=ctx.options.hoopgw_spool_max_bytes,
+        )
+        self.spool.start()
+        logger.info("hoopgw: recording to %s (writer %s)", ctx.options.hoopgw_store, self.writer_id)
+
+    def done(self) -> None:
+        if self.spool is None:
+            return
+        if not self.spool.flush(timeout=20.0):
+            logger.warning("hoopgw: some segments stay in the spool for the next start")
+        self.spool.close()
+        self.spool = None
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        state = state_of(flow)
+        if state is None:
+            return
+        if state.session_id is None:
+            # a login, or a refused request outside any session: each gets its own id
+            state.session_id = ids.new_session_id()
+        record = self._request_record(flow, state)
+        if state.answered:
+            self._append_quietly([record])
+            return
+        spool = self.spool
+        if spool is None or spool.over_limit():
+            self._unrecordable(flow, state, "the recording spool is full")
+            return
+        try:
+            await asyncio.wrap_future(spool.append(record))
+        except Exception as exc:  # the spool's failure is the gateway's refusal reason
+            self._unrecordable(flow, state, f"the spool could not write: {exc}")
+            return
+        state.passed.add("recording")
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        state = state_of(flow)
+        if state is None or (state.refusal is not None and state.refusal.source == "recording"):
+            return
+        records = []
+        if state.endpoint is Endpoint.LOGIN and _succeeded(state) and state.caller is not None:
+            records.append(self._session_start(flow, state))
+        records.append(self._response_record(flow, state))
+        if state.session_ended:
+            records.append(self._event(flow, state, "session_end", reason="logout"))
+        self._append_quietly(records)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        state = state_of(flow)
+        if state is None:
+            return
+        record = self._event(flow, state, "error", flow_id=flow.id)
+        record["error"] = str(flow.error.msg) if flow.error else "unknown"
+        record["duration_ms"] = _milliseconds(flow.request.timestamp_start, time.time())
+        self._append_quietly([record])
+
+    def _unrecordable(self, flow: http.HTTPFlow, state: FlowState, reason: str) -> None:
+        if self.fail_open:
+            logger.error("hoopgw: forwarding an UNRECORDED request (%s): %s", reason, flow.id)
+            state.passed.add("recording")
+            return
+        message = f"hoopgw cannot record this request, so it was not run: {reason}"
+        code = snowflake.CODE_GATEWAY_RECORDING
+        response = snowflake.refusal_for(
+            state.endpoint, code, message, sql_state="57014", http_status=503
+        )
+        state.refuse(flow, response, Refusal(code, reason, "recording"))
+        logger.error("hoopgw: refused request %s: %s", flow.id, reason)
+
+    def _append_quietly(self, records: list[dict[str, Any]]) -> None:
+        if self.spool is None:
+            logger.error("hoopgw: no spool; %d record(s) lost", len(records))
+            return
+        for record in records:
+            try:
+                self.spool.append(record).add_done_callback(_log_failure)
+            except Exception as exc:
+                logger.error("hoopgw: a %s record could not be written: %s", record["kind"], exc)
+
+    def _event(
+        self, flow: http.HTTPFlow, state: FlowState, kind: str, **fields: Any
+    ) -> dict[str, Any]:
+        record: dict[str, Any] = {
+            "kind": kind,
+            "session_id": state.session_id,
+            "ts": time.time(),
+            "client": {
+                "address": _peer(flow),
+                "application": state.client_app,
+                "version": state.client_version,
+            },
+            **fields,
+        }
+        if state.caller is not None:
+            record["caller"] = state.caller.as_record()
+        return record
+
+    def _session_start(self, flow: http.HTTPFlow, state: FlowState) -> dict[str, Any]:
+        return self._event(
+            flow,
+            state,
+            "session_start",
+            account=_option("hoopgw_upstream_account"),
+            login_name=_option("hoopgw_upstream_user"),
+            authenticator=_upstream_authenticator(),
+            upstream_session_id=_response_data(state).get("sessionId"),
+            **_context(state),
+        )
+
+    def _request_record(self, flow: http.HTTPFlow, state: FlowState) -> dict[str, Any]:
+        request = flow.request
+        record = self._event(
+            flow,
+            state,
+            "refusal" if state.answered else "request",
+            flow_id=flow.id,
+            endpoint=str(state.endpoint),
+            method=request.method,
+            path=redaction.redact_path(request.path),
+            headers=redaction.redact_headers(request.headers.items(multi=True)),
+            body=self._body(request, state.request_body),
+        )
+        record["ts"] = request.timestamp_start
+        request_id = request.query.get("requestId") or request.query.get("request_id")
+        if request_id:
+            record["request_id"] = request_id
+        body = state.request_json or {}
+        if state.endpoint in _STATEMENT_ENDPOINTS:
+            sql = body.get("sqlText") or body.get("statement")
+            if isinstance(sql, str):
+                record["sql"] = redaction.redact_sql(sql)
+            if body.get("bindings"):
+                record["bindings"] = body["bindings"]
+            if isinstance(body.get("sequenceId"), int):
+                record["sequence_id"] = body["sequenceId"]
+            if "asyncExec" in body:
+                record["async"] = bool(body["asyncExec"])
+            record.update(_context(state))
+        elif state.endpoint in _QUERY_ID_ENDPOINTS:
+            query_id = body.get("requestId") if state.endpoint is Endpoint.ABORT else None
+            record["query_id"] = query_id or _query_id_in_path(request.path)
+        if state.statements is not None:
+            record["statements"] = state.statements
+        if state.guardrail is not None:
+            record["guardrail"] = state.guardrail
+        if state.refusal is not None:
+            record["refusal"] = state.refusal.as_record()
+        return record
+
+    def _response_record(self, flow: http.HTTPFlow, state: FlowState) -> dict[str, Any]:
+        response = flow.response
+        assert response is not None
+        record = self._event(
+            flow,
+            state,
+            "response",
+            flow_id=flow.id,
+            endpoint=str(state.endpoint),
+            status=response.status_code,
+            duration_ms=_milliseconds(
+                flow.request.timestamp_start, response.timestamp_end or time.time()
+            ),
+            headers=redaction.redact_headers(response.headers.items(multi=True)),
+            body=self._body(response, state.response_body),
+        )
+        if state.refusal is not None:
+            record["refusal"] = state.refusal.as_record()
+        if isinstance(state.response_json, dict) and state.endpoint in _OUTCOME_ENDPOINTS:
+            record.update(statement_outcome(state.response_json))
+        return record
+
+    def _body(self, message: http.Message, decoded: bytes | None) -> dict[str, Any]:
+        raw = decoded if decoded is not None else message.get_content(strict=False) or b""
+        return redaction.body_for_record(raw, message.headers.get("content-type"), self.body_limit)
+
+
+def statement_outcome(answer: dict[str, Any]) -> dict[str, Any]:
+    """The Snowflake fields of an answer that listing, search and replay need (flat, v1)."""
+    data = answer.get("data") if isinstance(answer.get("data"), dict) else {}
+    assert isinstance(data, dict)
+    success = answer.get("success")
+    outcome: dict[str, Any] = {}
+    if isinstance(success, bool):
+        outcome["success"] = success
+    for source, target in (
+        ("queryId", "query_id"),
+        ("statementTypeId", "statement_type_id"),
+        ("total", "total"),
+        ("returned", "returned"),
+        ("queryResultFormat", "result_format"),
+        ("finalDatabaseName", "database"),
+        ("finalSchemaName", "schema"),
+        ("finalWarehouseName", "warehouse"),
+        ("finalRoleName", "role"),
+    ):
+        if data.get(source) is not None:
+            outcome[target] = data[source]
+    rowtype = data.get("rowtype")
+    if isinstance(rowtype, list):
+        outcome["columns"] = [col.get("name") for col in rowtype if isinstance(col, dict)]
+    chunks = data.get("chunks")
+    if isinstance(chunks, list):
+        outcome["chunk_count"] = len(chunks)
+        outcome["chunk_rows"] = sum(int(c.get("rowCount", 0)) for c in chunks)
+        outcome["chunk_bytes"] = sum(int(c.get("uncompressedSize", 0)) for c in chunks)
+    if success is False:
+        code = answer.get("code") or data.get("errorCode")
+        if code is not None:
+            outcome["error_code"] = str(code)
+        if data.get("sqlState") is not None:
+            outcome["sql_state"] = data["sqlState"]
+        if isinstance(answer.get("message"), str):
+            outcome["message"] = redaction.redact_message(answer["message"])
+    # SQL API v2 answers carry the handle and counts at the top level
+    if "statementHandle" in answer:
+        outcome["query_id"] = answer["statementHandle"]
+        meta = answer.get("resultSetMetaData")
+        if isinstance(meta, dict) and meta.get("numRows") is not None:
+            outcome["total"] = meta["numRows"]
+    return outcome
+
+
+def _response_data(state: FlowState) -> dict[str, Any]:
+    answer = state.response_json
+    data = answer.get("data") if isinstance(answer, dict) else None
+    return data if isinstance(data, dict) else {}
+
+
+def _succeeded(state: FlowState) -> bool:
+    return isinstance(state.response_json, dict) and state.response_json.get("success") is True
+
+
+def _milliseconds(start: float, end: float) -> float:
+    return round((end - start) * 1000, 3)
+
+
+def _query_id_in_path(path: str) -> str | None:
+    parts = [part for part in path.partition("?")[0].split("/") if part]
+    if len(parts) >= 3 and parts[0] == "monitoring":
+        return parts[2]
+    if len(parts) >= 2 and parts[0] == "queries":
+        return parts[1]
+    return None
+
+
+def _peer(flow: http.HTTPFlow) -> str | None:
+    address = flow.client_conn.peername
+    return f"{address[0]}:{address[1]}" if address else None
+
+
+def _context(state: FlowState) -> dict[str, Any]:
+    context = state.context
+    return {
+        "database": context.database,
+        "schema": context.schema,
+        "warehouse": context.warehouse,
+        "role": context.role,
+    }
+
+
+def _option(name: str) -> str | None:
+    return getattr(ctx.options, name, None) or None
+
+
+def _upstream_authenticator() -> str | None:
+    if _option("hoopgw_upstream_private_key"):
+        return "SNOWFLAKE_JWT"
+    if _option("hoopgw_upstream_oauth_token"):
+        return "OAUTH"
+    if _option("hoopgw_upstream_password"):
+        return "SNOWFLAKE"
+    return None
+
+
+def _log_failure(future: Future[Any]) -> None:
+    exc = future.exception()
+    if exc is not None:
+        logger.error("hoopgw: a record could not be written: %s", exc)

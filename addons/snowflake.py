@@ -30,6 +30,7 @@ CODE_ID_TOKEN_INVALID = 390195
 CODE_GATEWAY_PROTOCOL = 399001
 CODE_GATEWAY_RECORDING = 399002
 CODE_GATEWAY_POLICY = 399003
+CODE_GATEWAY_INTERNAL = 399004
 
 
 class Endpoint(StrEnum):
@@ -201,3 +202,16 @@ def query_failure(
 def sql_api_failure(status: int, code: int, message: str) -> http.Response:
     """An SQL API v2 error: real HTTP status with `code` and `message`."""
     return _json_response({"code": str(code), "message": message}, status=status)
+
+
+def refusal_for(
+    endpoint: Endpoint, code: int, message: str, *, sql_state: str = "42000", http_status: int = 400
+) -> http.Response:
+    """The gateway's own answer to a request, in the shape that endpoint's clients expect."""
+    if endpoint is Endpoint.LOGIN:
+        return login_failure(code, message)
+    if endpoint is Endpoint.QUERY:
+        return query_failure(code, message, sql_state=sql_state)
+    if endpoint is Endpoint.SQL_API:
+        return sql_api_failure(http_status, code, message)
+    return session_failure(code, message)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
@@ -102,17 +101,16 @@ class SnowflakeTraffic:
         if state is None or state.answered or state.endpoint not in _JSON_REQUESTS:
             return
         try:
-            body = snowflake.decode_body(flow.request, self.request_limit)
-            state.request_json = snowflake.parse_json_object(body)
+            state.request_body = snowflake.decode_body(flow.request, self.request_limit)
+            state.request_json = snowflake.parse_json_object(state.request_body)
         except ProtocolError as exc:
             self._refuse_malformed(flow, state, str(exc))
             return
         if state.endpoint is Endpoint.LOGIN and state.request_json:
             data = state.request_json.get("data")
             if isinstance(data, dict):
-                app = data.get("CLIENT_APP_ID")
-                version = data.get("CLIENT_APP_VERSION")
-                state.client_app = f"{app} {version}".strip() if app else None
+                state.client_app = _text(data.get("CLIENT_APP_ID"))
+                state.client_version = _text(data.get("CLIENT_APP_VERSION"))
         if state.client_app is None:
             state.client_app = flow.request.headers.get("user-agent")
 
@@ -123,30 +121,19 @@ class SnowflakeTraffic:
         if state.endpoint not in _JSON_RESPONSES:
             return
         try:
-            body = snowflake.decode_body(flow.response, self.response_limit)
-            state.response_json = snowflake.parse_json_object(body)
+            state.response_body = snowflake.decode_body(flow.response, self.response_limit)
+            state.response_json = snowflake.parse_json_object(state.response_body)
         except ProtocolError as exc:
             logger.warning("hoopgw: unreadable %s response: %s", state.endpoint, exc)
 
     @staticmethod
     def _refuse_malformed(flow: http.HTTPFlow, state: FlowState, reason: str) -> None:
-        message = f"hoopgw refused the request: {reason}"
         code = snowflake.CODE_GATEWAY_PROTOCOL
-        response: http.Response
-        if state.endpoint is Endpoint.LOGIN:
-            response = snowflake.login_failure(code, message)
-        elif state.endpoint is Endpoint.QUERY:
-            response = snowflake.query_failure(code, message)
-        elif state.endpoint is Endpoint.SQL_API:
-            response = snowflake.sql_api_failure(400, code, message)
-        else:
-            response = snowflake.session_failure(code, message)
+        response = snowflake.refusal_for(
+            state.endpoint, code, f"hoopgw refused the request: {reason}"
+        )
         state.refuse(flow, response, Refusal(code, reason, "protocol"))
 
 
-def response_data(state: FlowState) -> dict[str, Any] | None:
-    """The `data` object of the parsed response, when it is one."""
-    if state.response_json is None:
-        return None
-    data = state.response_json.get("data")
-    return data if isinstance(data, dict) else None
+def _text(value: object) -> str | None:
+    return str(value)[:200] if value is not None else None

@@ -10,9 +10,11 @@ and exits instead (the test suite uses it to keep this command working).
 from __future__ import annotations
 
 import argparse
+import secrets
 import signal
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -24,8 +26,12 @@ DEMO_USER = "alice"
 DEMO_GROUPS = ("agents",)
 
 
-def gateway_options(home: Path, issuer: str) -> dict[str, str | list[str]]:
+UPSTREAM_PASSWORD_ENV = "HOOPGW_DEMO_UPSTREAM_PASSWORD"
+
+
+def gateway_options(home: Path, issuer: str) -> dict[str, str | int | bool | Sequence[str]]:
     return {
+        **stack.embedded_gateway_options(issuer, UPSTREAM_PASSWORD_ENV),
         "hoopgw_store": f"file:{home / 'store'}",
         "hoopgw_spool_dir": str(home / "spool"),
     }
@@ -92,7 +98,12 @@ def main() -> int:
         oidc_proc, provider = stack.start_oidc(home)
         processes.append(oidc_proc)
         gateway = stack.start_gateway(
-            home, upstream, gateway_options(home, provider.issuer), port=args.port
+            home,
+            upstream,
+            gateway_options(home, provider.issuer),
+            # the emulator accepts any password; a real deployment uses a key pair
+            env={UPSTREAM_PASSWORD_ENV: secrets.token_urlsafe(16)},
+            port=args.port,
         )
         processes.append(gateway.proc)
         token = provider.mint(DEMO_USER, DEMO_GROUPS)

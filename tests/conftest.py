@@ -37,6 +37,7 @@ AWS_TEST_ENV = {
     "AWS_DEFAULT_REGION": "us-east-1",
 }
 UPSTREAM_PASSWORD_ENV = "HOOPGW_TEST_UPSTREAM_PASSWORD"
+UPSTREAM_TEST_PASSWORD = "gateway-only-upstream-secret"
 
 
 @dataclass(frozen=True)
@@ -86,9 +87,13 @@ def oidc(workdir: Path) -> Iterator[stack.OidcProvider]:
 
 
 @pytest.fixture(scope="session")
-def gateway_options(workdir: Path) -> GatewayOptions:
-    """Defaults for every test gateway; a test passes overrides to `gateway_factory`."""
-    return {}
+def gateway_options(oidc: stack.OidcProvider) -> GatewayOptions:
+    """Defaults for every test gateway; a test passes overrides to `gateway_factory`.
+
+    Callers in `agents` or `readers` may log in; the gateway logs in to fakesnow
+    as its own service user with a password only the gateway process holds.
+    """
+    return stack.embedded_gateway_options(oidc.issuer, UPSTREAM_PASSWORD_ENV)
 
 
 class GatewayFactory:
@@ -113,7 +118,8 @@ class GatewayFactory:
             **self.defaults,
             **(options or {}),
         }
-        gateway = stack.start_gateway(home, upstream, merged, env=env, certs=certs)
+        environment = {UPSTREAM_PASSWORD_ENV: UPSTREAM_TEST_PASSWORD, **(env or {})}
+        gateway = stack.start_gateway(home, upstream, merged, env=environment, certs=certs)
         self.started.append(gateway)
         return gateway
 
@@ -268,6 +274,6 @@ def s3_bucket(moto_s3: str) -> str:
 
 
 @pytest.fixture
-def agent_token() -> str | None:
+def agent_token(oidc: stack.OidcProvider) -> str:
     """An ID token for a caller in the `agents` group, for `connect(gateway, agent_token)`."""
-    return None
+    return oidc.mint("agent-1", ["agents"], email="agent-1@example.com")

@@ -279,6 +279,21 @@ class Gateway:
         self.proc.kill()
 
 
+def embedded_gateway_options(
+    issuer: str, password_env: str
+) -> dict[str, str | int | bool | Sequence[str]]:
+    """Identity options for a gateway in front of fakesnow with a local IdP (tests and demo)."""
+    return {
+        "hoopgw_oidc_issuer": issuer,
+        "hoopgw_oidc_audience": "hoopgw",
+        "hoopgw_allowed_groups": ["agents", "readers"],
+        "hoopgw_role_map": ["agents=AGENT", "readers=READER"],
+        "hoopgw_upstream_account": "fakesnow",
+        "hoopgw_upstream_user": "HOOPGW_SVC",
+        "hoopgw_upstream_password": f"env:{password_env}",
+    }
+
+
 def gateway_argv(
     upstream: str,
     port: int,

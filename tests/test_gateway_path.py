@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import snowflake.connector
 from snowflake.connector import ProgrammingError
@@ -42,8 +44,10 @@ def run_workload(connection: snowflake.connector.SnowflakeConnection, db: str) -
     return outcome
 
 
-def test_workload_through_gateway_matches_direct(gateway, fakesnow_server, connect, unique_name):
-    through = run_workload(connect(gateway), unique_name("thru"))
+def test_workload_through_gateway_matches_direct(
+    gateway, fakesnow_server, connect, unique_name, agent_token
+):
+    through = run_workload(connect(gateway, agent_token), unique_name("thru"))
     direct = run_workload(connect(fakesnow_server), unique_name("direct"))
     assert through == direct
     assert through["large"][0] == 100_000
@@ -52,11 +56,13 @@ def test_workload_through_gateway_matches_direct(gateway, fakesnow_server, conne
 
 
 def test_workload_over_tls(
-    gateway_factory, fakesnow_server, connect, unique_name, tls, monkeypatch
+    gateway_factory, fakesnow_server, connect, unique_name, tls, monkeypatch, agent_token
 ):
     secure = gateway_factory(fakesnow_server.url, certs=tls.server_pem, name="tls-gateway")
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tls.ca_bundle))
-    outcome = run_workload(connect(secure, disable_ocsp_checks=True), unique_name("tls"))
+    outcome = run_workload(
+        connect(secure, agent_token, disable_ocsp_checks=True), unique_name("tls")
+    )
     assert secure.protocol == "https"
     assert outcome["large"][0] == 100_000
 
@@ -64,16 +70,20 @@ def test_workload_over_tls(
 @pytest.mark.parametrize(
     ("option", "value", "expected"),
     [
-        ("hoopgw_store", "ftp://bucket/x", "hoopgw_store: 'ftp://bucket/x' has an unknown scheme"),
+        ("hoopgw_store", "ftp://bucket/x", "hoopgw_store: unsupported store URL (scheme 'ftp')"),
+        ("hoopgw_role_map", "agents:ANALYST", "hoopgw_role_map"),
+        ("hoopgw_upstream_password", "file:/nonexistent/secret", "hoopgw_upstream_password"),
         ("hoopgw_request_limit", "10", "hoopgw_request_limit must be at least 1024 bytes"),
     ],
 )
 def test_bad_option_stops_startup_with_one_line(fakesnow_server, workdir, option, value, expected):
     home = workdir / f"bad-{option}"
+    options = {**stack.embedded_gateway_options("http://127.0.0.1:9", "HOOPGW_PW"), option: value}
     argv = stack.gateway_argv(
-        fakesnow_server.url, stack.free_port(), {option: value}, confdir=home / "conf"
+        fakesnow_server.url, stack.free_port(), options, confdir=home / "conf"
     )
-    proc = stack.Proc("gateway", argv, home / "gateway.log", cwd=workdir).start()
+    env = {**os.environ, "HOOPGW_PW": "only-for-this-test"}
+    proc = stack.Proc("gateway", argv, home / "gateway.log", env=env, cwd=workdir).start()
     assert proc.process is not None
     status = proc.process.wait(timeout=30)
     output = proc.log()

@@ -1,0 +1,112 @@
+"""Fail closed: a request no required addon could finish never goes upstream.
+
+mitmproxy logs an exception raised in a hook and moves on; within one script
+it even skips the script's remaining addons for that event. Without these
+guards a crash in authentication or recording would forward the request
+unauthenticated or unrecorded, and a crash while translating a response could
+hand Snowflake's own tokens to the client.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from mitmproxy import http
+
+from addons import snowflake
+from addons.flowstate import FlowState, Refusal, state_of
+
+logger = logging.getLogger(__name__)
+
+MESSAGE = "hoopgw refused the request: the gateway failed to process it (internal error)"
+_REQUEST_HOOKS = ("requestheaders", "request")
+_RESPONSE_HOOKS = ("responseheaders", "response")
+
+
+def _state(flow: http.HTTPFlow) -> FlowState:
+    state = state_of(flow)
+    if state is None:
+        state = FlowState(endpoint=snowflake.classify(flow.request.method, flow.request.path))
+    return state
+
+
+def _internal_error(flow: http.HTTPFlow, source: str) -> None:
+    state = _state(flow)
+    code = snowflake.CODE_GATEWAY_INTERNAL
+    response = snowflake.refusal_for(state.endpoint, code, MESSAGE, http_status=500)
+    state.refuse(flow, response, Refusal(code, f"internal error in {source}", "failclosed"))
+
+
+def guarded(addon: Any) -> Any:
+    """Wrap an addon's flow hooks so that an exception refuses the flow instead of passing it.
+
+    A crash in a request hook answers the client with error 399004 before
+    anything goes upstream; a crash in a response hook replaces the upstream
+    answer, which may still hold what the addon had to remove.
+    """
+    name = type(addon).__name__
+    for hook in (*_REQUEST_HOOKS, *_RESPONSE_HOOKS, "error"):
+        method: Callable[..., Any] | None = getattr(addon, hook, None)
+        if method is None:
+            continue
+        setattr(addon, hook, _guard(method, hook, name))
+    return addon
+
+
+def _guard(method: Callable[..., Any], hook: str, name: str) -> Callable[..., Any]:
+    def handle(flow: http.HTTPFlow) -> None:
+        logger.exception("hoopgw: %s.%s failed on %s", name, hook, flow.id)
+        if not flow.live:
+            return
+        if (hook in _REQUEST_HOOKS and flow.response is None) or hook in _RESPONSE_HOOKS:
+            _internal_error(flow, name)
+
+    if inspect.iscoroutinefunction(method):
+
+        @functools.wraps(method)
+        async def guard_async(flow: http.HTTPFlow) -> None:
+            try:
+                await method(flow)
+            except Exception:
+                handle(flow)
+
+        return guard_async
+
+    @functools.wraps(method)
+    def guard(flow: http.HTTPFlow) -> None:
+        try:
+            method(flow)
+        except Exception:
+            handle(flow)
+
+    return guard
+
+
+class FailClosed:
+    """The last request hook: refuses what a required addon did not mark as done.
+
+    Each required addon adds its name to `state.passed` once it has done its
+    work; a request still unanswered without every name is refused here.
+    """
+
+    def __init__(self, required: Iterable[str]) -> None:
+        self.required = frozenset(required)
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if not flow.live or flow.response is not None:
+            return
+        state = state_of(flow)
+        missing = {"traffic"} if state is None else self.required - state.passed
+        if not missing:
+            return
+        logger.error(
+            "hoopgw: refused %s %s: not passed by %s",
+            flow.request.method,
+            flow.request.path.partition("?")[0],
+            ", ".join(sorted(missing)),
+        )
+        _internal_error(flow, ", ".join(sorted(missing)))
