@@ -20,15 +20,24 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _ADDONS_DIR]
 if _REPO_ROOT not in sys.path:
     sys.path.insert(0, _REPO_ROOT)
 
+from addons.authentication import Authentication  # noqa: E402
+from addons.contentview import snowflake_view  # noqa: E402, F401  (registers the view)
+from addons.failclosed import FailClosed, guarded  # noqa: E402
+from addons.guardrails import Guardrails  # noqa: E402
+from addons.inspection import Inspection  # noqa: E402
 from addons.recording import Recording  # noqa: E402
 from addons.startup import ReadyAnnouncer, one_line_option_errors  # noqa: E402
 from addons.traffic import SnowflakeTraffic  # noqa: E402
 
 addons = [
-    one_line_option_errors(addon)
+    one_line_option_errors(guarded(addon))
     for addon in (
         SnowflakeTraffic(),
+        Authentication(),
+        Guardrails(),
         Recording(),
+        Inspection(),
+        FailClosed(required=("authentication", "guardrails", "recording")),
         ReadyAnnouncer(),
     )
 ]

@@ -4,6 +4,20 @@ from __future__ import annotations
 
 import click
 
+from cli.inspection import export_command, inspect_command
+from cli.keys import token_key
+from cli.replay import replay
+from cli.search import search
+from cli.sessions import sessions
+from cli.verify import verify
+
 
 def register(group: click.Group) -> None:
     """Attach every subcommand module's commands to the top-level group."""
+    group.add_command(export_command)
+    group.add_command(inspect_command)
+    group.add_command(token_key)
+    group.add_command(sessions)
+    group.add_command(search)
+    group.add_command(verify)
+    group.add_command(replay)

@@ -1,0 +1,151 @@
+"""Live annotations for mitmweb: each flow's SQL as its comment, whose it is, and what failed.
+
+Runs after `Recording` (see addons/flowstate.py), when the session id and the
+caller are known. The annotations use the same names as the flows that
+`hoopgw export` writes from a recording, so the live and the offline views
+read alike:
+
+- `flow.comment`: the statement's first line, shortened, credential literals masked;
+- `flow.metadata["hoopgw"]`: `{"session_id", "caller", "role", "endpoint"}` and,
+  when there is one, the `refusal` and `guardrail` decision; plain JSON values
+  (mitmproxy saves metadata into flow files);
+- `flow.marked`: BLOCKED_MARK when the gateway answered itself (a policy,
+  identity or recording refusal), FAILED_MARK when Snowflake reported an error
+  or the exchange failed.
+
+Loaded on its own (`mitmweb -r FILE -s addons/inspection.py`, what `hoopgw
+inspect` runs), it is the offline viewer: the Snowflake content view plus
+`OfflineViewer`, and none of the gateway's hooks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+_ADDONS_DIR = os.path.dirname(os.path.abspath(__file__))
+_REPO_ROOT = os.path.dirname(_ADDONS_DIR)
+# Loaded with `-s`, this file's folder is on sys.path, where addons/snowflake.py
+# would shadow the Snowflake connector; import our modules as the `addons` package.
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _ADDONS_DIR]
+if _REPO_ROOT not in sys.path:
+    sys.path.insert(0, _REPO_ROOT)
+
+from mitmproxy import http  # noqa: E402
+
+from addons.contentview import snowflake_view  # noqa: E402, F401  (registers the view)
+from addons.flowstate import FlowState, state_of  # noqa: E402
+from addons.snowflake import Endpoint  # noqa: E402
+from recorder.redaction import redact_sql  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+BLOCKED_MARK = ":no_entry:"
+FAILED_MARK = ":x:"
+COMMENT_CHARS = 100
+
+_STATEMENT_ENDPOINTS = frozenset({Endpoint.QUERY, Endpoint.SQL_API, Endpoint.ABORT})
+
+
+def statement_comment(sql: str, limit: int = COMMENT_CHARS) -> str:
+    """The first non-blank line of `sql`, masked and cut to `limit` characters."""
+    text = redact_sql(sql).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    first = lines[0]
+    if len(first) > limit:
+        return first[: limit - 1] + "…"
+    return first + (" …" if len(lines) > 1 else "")
+
+
+def hoopgw_metadata(state: FlowState) -> dict[str, Any]:
+    caller = state.caller
+    metadata: dict[str, Any] = {
+        "session_id": state.session_id,
+        "caller": caller.subject if caller else None,
+        "role": (caller.role if caller else None) or state.context.role,
+        "endpoint": str(state.endpoint),
+    }
+    if state.refusal is not None:
+        metadata["refusal"] = state.refusal.as_record()
+    if state.guardrail is not None:
+        metadata["guardrail"] = state.guardrail
+    return metadata
+
+
+class Inspection:
+    """Annotates live flows for people reading them in mitmweb; never changes what is sent."""
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        state = state_of(flow)
+        if state is None:
+            return
+        flow.metadata["hoopgw"] = hoopgw_metadata(state)
+        comment = _comment(state)
+        if comment:
+            flow.comment = comment
+        if state.answered:
+            flow.marked = BLOCKED_MARK
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        state = state_of(flow)
+        if state is None:
+            return
+        flow.metadata["hoopgw"] = hoopgw_metadata(state)
+        if state.answered:
+            flow.marked = BLOCKED_MARK
+        elif _failed(flow, state):
+            flow.marked = FAILED_MARK
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        if state_of(flow) is not None and not flow.marked:
+            flow.marked = FAILED_MARK
+
+
+def _comment(state: FlowState) -> str:
+    body = state.request_json or {}
+    if state.endpoint in _STATEMENT_ENDPOINTS:
+        sql = body.get("sqlText") or body.get("statement")
+        return statement_comment(sql) if isinstance(sql, str) else ""
+    if state.endpoint is Endpoint.LOGIN and state.caller is not None:
+        return f"login: {state.caller.subject}"
+    return ""
+
+
+def _failed(flow: http.HTTPFlow, state: FlowState) -> bool:
+    response = flow.response
+    if response is None or response.status_code >= 400:
+        return True
+    answer = state.response_json
+    return isinstance(answer, dict) and answer.get("success") is False
+
+
+REPLAY_REFUSED = (
+    "hoopgw inspect shows recorded flows and does not send them anywhere. "
+    "To run a session's statements again, use `hoopgw replay` against a sandbox account."
+)
+
+
+class OfflineViewer:
+    """Keeps mitmweb a reader of recorded flows: a replay from its UI never leaves the process.
+
+    Recorded requests carry redacted credentials and were meant for the
+    production account; a replay would at best fail there and at worst run a
+    statement twice. The answer is made here, before any connection is opened.
+    """
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.is_replay != "request":
+            return
+        flow.response = http.Response.make(
+            403, REPLAY_REFUSED.encode(), {"Content-Type": "text/plain; charset=utf-8"}
+        )
+        logger.warning("hoopgw: refused to replay recorded flow %s", flow.id)
+
+
+# What `mitmweb -s addons/inspection.py` loads: the offline viewer only. The
+# gateway imports `Inspection` from here and builds its own list.
+addons = [OfflineViewer()]

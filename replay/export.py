@@ -1,0 +1,316 @@
+"""A recorded session as a mitmproxy flow file, for `mitmweb -r FILE`.
+
+Each flow is rebuilt from its records: the request (or refusal) record gives the
+request, the response record the response, an error record the flow's error.
+Headers and bodies are exactly as recorded, so secrets stay redacted; bodies the
+recorder truncated are written as recorded (a truncated JSON body keeps its
+structure with its largest arrays and strings cut) and the flow's comment says
+so. Flows carry the annotations of live flows (addons/inspection.py): the
+SQL's first line as comment, `metadata["hoopgw"]`, and a mark on blocked and
+failed statements. Two additions suit `hoopgw inspect`, whose flow list shows
+comments instead of URLs: flows without SQL are labelled (login, logout, ...),
+and a marked flow's comment starts with its mark (⛔ blocked, ❌ failed).
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+from mitmproxy import connection, flow, http, io
+
+from recorder.catalog import Archive
+from recorder.redaction import redact_sql
+
+BLOCKED_MARK = ":no_entry:"
+FAILED_MARK = ":x:"
+COMMENT_CHARS = 100
+DEFAULT_HOST = "snowflake.invalid"
+
+# List labels for flows without SQL, so `hoopgw inspect` can show the comment instead of the URL.
+_EVENTS = {
+    "logout": "logout",
+    "token_request": "session token renewal",
+    "heartbeat": "heartbeat",
+    "telemetry": "driver telemetry",
+    "monitoring": "query status",
+    "result": "query result",
+    "authenticator": "authenticator request",
+}
+_MARK_SYMBOLS = {BLOCKED_MARK: "⛔", FAILED_MARK: "❌"}
+_REQUEST_KINDS = frozenset({"request", "refusal"})
+_FLOW_ID = re.compile(r"[0-9a-f-]{1,64}")
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    session_id: str
+    flows: int
+    truncated_bodies: int
+
+
+def export_session(archive: Archive, session_id: str, destination: Path) -> ExportResult:
+    """Write session `session_id` to `destination` as a mitmproxy flow file.
+
+    Raises what `Archive.read_session` raises (InvalidSessionId, SessionNotFound, ...).
+    The file is written next to `destination` first and renamed, so a reader
+    never sees half a file.
+    """
+    records = archive.read_session(session_id)
+    flows = records_to_flows(records)
+    temporary = destination.with_name(f".{destination.name}.partial")
+    try:
+        with open(temporary, "wb") as file:
+            write_flows(flows, file)
+        temporary.replace(destination)
+    finally:
+        temporary.unlink(missing_ok=True)
+    truncated = sum(len(_dict(f.metadata["hoopgw"].get("truncated"))) for f in flows)
+    return ExportResult(session_id, len(flows), truncated)
+
+
+def write_flows(flows: Iterable[http.HTTPFlow], file: BinaryIO) -> None:
+    writer = io.FlowWriter(file)
+    for item in flows:
+        writer.add(item)
+
+
+def records_to_flows(records: Iterable[dict[str, Any]]) -> list[http.HTTPFlow]:
+    """One HTTPFlow per recorded flow id, in the order their requests were recorded."""
+    session: dict[str, Any] = {}
+    by_flow: dict[str, dict[str, dict[str, Any]]] = {}
+    order: list[str] = []
+    for record in records:
+        kind = record.get("kind")
+        if kind == "session_start":
+            session = record
+            continue
+        flow_id = record.get("flow_id")
+        if not isinstance(flow_id, str):
+            continue
+        parts = by_flow.setdefault(flow_id, {})
+        if kind in _REQUEST_KINDS and "method" in record and "request" not in parts:
+            parts["request"] = record
+            order.append(flow_id)
+        elif kind == "refusal":
+            parts.setdefault("refusal", record)
+        elif kind in ("response", "error"):
+            parts.setdefault(kind, record)
+    return [_flow(flow_id, by_flow[flow_id], session) for flow_id in order]
+
+
+def statement_comment(sql: str, limit: int = COMMENT_CHARS) -> str:
+    """The first non-blank line of `sql`, masked and cut (as addons/inspection.py does live)."""
+    lines = [line.strip() for line in redact_sql(sql).splitlines() if line.strip()]
+    if not lines:
+        return ""
+    first = lines[0]
+    if len(first) > limit:
+        return first[: limit - 1] + "…"
+    return first + (" …" if len(lines) > 1 else "")
+
+
+def _flow(flow_id: str, parts: dict[str, dict[str, Any]], session: dict[str, Any]) -> http.HTTPFlow:
+    recorded = parts["request"]
+    started = _number(recorded.get("ts"))
+    client = connection.Client(
+        peername=_address(_dict(recorded.get("client")).get("address")) or ("0.0.0.0", 0),
+        sockname=("0.0.0.0", 0),
+        timestamp_start=started,
+    )
+    request = _request(recorded, session)
+    request.timestamp_start = request.timestamp_end = started
+    server = connection.Server(address=(request.host, request.port))
+    server.timestamp_start = server.timestamp_tcp_setup = started
+    result = http.HTTPFlow(client, server)
+    if _FLOW_ID.fullmatch(flow_id):
+        result.id = flow_id
+    result.request = request
+
+    answer = parts.get("response")
+    if answer is not None:
+        result.response = _response(answer, started)
+    error = parts.get("error")
+    if error is not None and answer is None:
+        result.error = flow.Error(_error_text(error), _number(error.get("ts")) or started)
+
+    refusal = _dict(recorded.get("refusal")) or _dict(parts.get("refusal", {}).get("refusal"))
+    if refusal and answer is None and error is None:
+        result.error = flow.Error(
+            f"refused by hoopgw ({refusal.get('by')}): {refusal.get('reason')}"
+        )
+
+    notes = (("request", _truncation(recorded.get("body"))),)
+    if answer is not None:
+        notes += (("response", _truncation(answer.get("body"))),)
+    truncated = {side: note for side, note in notes if note}
+    caller = _dict(recorded.get("caller")) or _dict(session.get("caller"))
+    context = _dict(recorded.get("context"))
+    metadata: dict[str, Any] = {
+        "session_id": recorded.get("session_id"),
+        "caller": caller.get("subject"),
+        "role": caller.get("role") or recorded.get("role") or context.get("role"),
+        "endpoint": recorded.get("endpoint"),
+        "recorded": True,
+    }
+    if truncated:
+        metadata["truncated"] = truncated
+    if refusal:
+        metadata["refusal"] = refusal
+    if recorded.get("guardrail") is not None:
+        metadata["guardrail"] = recorded["guardrail"]
+    result.metadata["hoopgw"] = metadata
+
+    if refusal:
+        result.marked = BLOCKED_MARK
+    elif _failed(result, answer):
+        result.marked = FAILED_MARK
+    # `hoopgw inspect` lists comments without the path column that shows marks
+    mark = _MARK_SYMBOLS.get(result.marked)
+    comment = _comment(recorded, refusal, truncated)
+    result.comment = " ".join(part for part in (mark, comment) if part)
+    return result
+
+
+def _request(record: dict[str, Any], session: dict[str, Any]) -> http.Request:
+    headers = _headers(record.get("headers"))
+    host = _upstream_host(session, headers)
+    path = str(record.get("path") or "/")
+    if not path.startswith("/"):
+        path = "/" + path
+    request = http.Request.make(str(record.get("method") or "GET"), f"https://{host}{path}")
+    request.headers = headers
+    _set_body(request, record.get("body"))
+    return request
+
+
+def _response(record: dict[str, Any], started: float) -> http.Response:
+    response = http.Response.make(int(record.get("status") or 0))
+    response.headers = _headers(record.get("headers"))
+    _set_body(response, record.get("body"))
+    duration = record.get("duration_ms")
+    ended = (
+        started + _number(duration) / 1000 if duration is not None else _number(record.get("ts"))
+    )
+    response.timestamp_start = response.timestamp_end = max(ended, started)
+    return response
+
+
+def _headers(recorded: Any) -> http.Headers:
+    pairs = []
+    for pair in recorded if isinstance(recorded, list) else []:
+        if isinstance(pair, list | tuple) and len(pair) == 2:
+            pairs.append((str(pair[0]).encode(), str(pair[1]).encode("utf-8", "surrogateescape")))
+    return http.Headers(pairs)
+
+
+def _set_body(message: http.Message, body: Any) -> None:
+    """The recorded body, encoded again per the recorded Content-Encoding (mitmproxy drops
+    an encoding it does not know)."""
+    content = _body_bytes(_dict(body))
+    if content:
+        message.content = content
+        return
+    message.headers.pop("content-encoding", None)
+    message.raw_content = b""
+    if "content-length" in message.headers:
+        message.headers["content-length"] = "0"
+
+
+def _body_bytes(body: dict[str, Any]) -> bytes:
+    if "json" in body:
+        return orjson.dumps(body["json"])
+    if "form" in body:
+        pairs = [tuple(pair) for pair in body["form"] if isinstance(pair, list) and len(pair) == 2]
+        return urllib.parse.urlencode(pairs).encode()
+    if isinstance(body.get("text"), str):
+        return body["text"].encode()
+    return b""
+
+
+def _truncation(body: Any) -> dict[str, Any] | None:
+    body = _dict(body)
+    if not body.get("truncated") and "omitted" not in body:
+        return None
+    note: dict[str, Any] = {"size": body.get("size"), "sha256": body.get("sha256")}
+    if body.get("trimmed"):
+        note["trimmed"] = body["trimmed"]
+    if body.get("omitted"):
+        note["omitted"] = body["omitted"]
+    return note
+
+
+def _comment(
+    record: dict[str, Any], refusal: dict[str, Any], truncated: dict[str, dict[str, Any]]
+) -> str:
+    notes = [_description(record)]
+    if refusal:
+        notes.append(f"refused by hoopgw ({refusal.get('by')}): {refusal.get('reason')}")
+    for side, note in truncated.items():
+        what = "omitted" if note.get("omitted") else "truncated"
+        notes.append(f"{side} body {what} in the recording ({note.get('size')} bytes)")
+    return " · ".join(note for note in notes if note)
+
+
+def _description(record: dict[str, Any]) -> str:
+    """What the flow was: its SQL's first line, or the session event it belongs to."""
+    sql = record.get("sql")
+    if not isinstance(sql, str):
+        body = _dict(_dict(record.get("body")).get("json"))
+        sql = body.get("sqlText") or body.get("statement")
+    if isinstance(sql, str) and sql.strip():
+        return statement_comment(sql)
+    endpoint = record.get("endpoint")
+    if endpoint == "login":
+        subject = _dict(record.get("caller")).get("subject")
+        return f"login: {subject}" if subject else "login"
+    return _EVENTS.get(str(endpoint), "")
+
+
+def _failed(result: http.HTTPFlow, answer: dict[str, Any] | None) -> bool:
+    if result.error is not None:
+        return True
+    if answer is None or result.response is None:
+        return False
+    if result.response.status_code >= 400:
+        return True
+    if answer.get("success") is False or _dict(answer.get("outcome")).get("success") is False:
+        return True
+    return _dict(_dict(answer.get("body")).get("json")).get("success") is False
+
+
+def _error_text(record: dict[str, Any]) -> str:
+    error = record.get("error")
+    if isinstance(error, dict):
+        return str(error.get("message") or "error")
+    return str(error or "error")
+
+
+def _upstream_host(session: dict[str, Any], headers: http.Headers) -> str:
+    """Where the request went: its Host header (the upstream's, in reverse mode), port included."""
+    upstream = _dict(session.get("upstream"))
+    host = headers.get("host") or upstream.get("host") or DEFAULT_HOST
+    return str(host).strip() or DEFAULT_HOST
+
+
+def _address(text: Any) -> tuple[str, int] | None:
+    if not isinstance(text, str) or ":" not in text:
+        return None
+    host, _, port = text.rpartition(":")
+    try:
+        return host.strip("[]"), int(port)
+    except ValueError:
+        return None
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0

@@ -1,0 +1,195 @@
+"""`hoopgw inspect` in a real browser: Debian's Chromium, driven by playwright, reads mitmweb.
+
+A session recorded through the gateway is opened with `hoopgw inspect` (mitmweb
+on a free loopback port, the offline viewer, no gateway hooks). The browser
+finds the flow list with the session's statements, opens a query flow, and
+reads the SQL and the result table as the Snowflake view renders them.
+Screenshots are saved in the test's temporary directory.
+
+Needs /usr/bin/chromium (scripts/ensure_browser.sh installs it) and the
+`playwright` package; playwright's own browser download is never used.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from recorder.catalog import Archive
+from recorder.store import open_store
+from tests import inspection_workload as workload
+from tests import stack
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TIMEOUT_MS = 15_000
+
+RECORDED = pytest.StashKey["Session"]()
+
+
+@dataclass(frozen=True)
+class Session:
+    store: str
+    session_id: str
+    flows: int
+
+
+@dataclass(frozen=True)
+class Viewer:
+    url: str
+    proc: stack.Proc
+
+
+@pytest.fixture
+def session(
+    request, gateway_factory, fakesnow_server, connect, agent_token, unique_name
+) -> Session:
+    def build() -> Session:
+        gateway = gateway_factory(
+            fakesnow_server.url, {"hoopgw_body_limit": 32 * 1024 * 1024}, name="browser-gateway"
+        )
+        database = unique_name("web")
+        connection = connect(gateway, agent_token, database=database, schema="app")
+        workload.run(connection, database)
+        connection.close()
+        gateway.stop()
+        store = f"file:{gateway.workdir / 'store'}"
+        archive = Archive(open_store(store))
+        summaries = stack.wait_until(archive.list_sessions, 30, "the recorded session")
+        session_id = summaries[0].session_id
+        records = archive.read_session(session_id)
+        flows = sum(1 for r in records if r["kind"] in ("request", "refusal") and "method" in r)
+        return Session(store, session_id, flows)
+
+    return workload.once(request, RECORDED, build)
+
+
+@pytest.fixture
+def viewer(session: Session, tmp_path: Path) -> Iterator[Viewer]:
+    """`hoopgw inspect` as an analyst runs it, on a free loopback port."""
+    argv = [
+        str(stack.BIN / "hoopgw"),
+        "inspect",
+        session.session_id,
+        "--store",
+        session.store,
+        "--port",
+        str(stack.free_port()),
+    ]
+    proc = stack.Proc("hoopgw-inspect", argv, tmp_path / "inspect.log", cwd=tmp_path).start()
+    found: list[str] = []
+
+    def url_printed() -> bool:
+        found[:] = re.findall(
+            r"^mitmweb: (http://127\.0\.0\.1:\d+/\?token=[0-9a-f]+)$", proc.log(), re.MULTILINE
+        )
+        return bool(found)
+
+    proc.wait_ready(url_printed, timeout=30)
+    yield Viewer(found[0], proc)
+    assert proc.stop() is not None
+    assert "Traceback" not in proc.log()
+
+
+@pytest.fixture
+def page(tmp_path: Path) -> Iterator[object]:
+    if not CHROMIUM.exists():
+        pytest.fail(
+            f"{CHROMIUM} is missing: run scripts/ensure_browser.sh (as root)", pytrace=False
+        )
+    with sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page.set_default_timeout(TIMEOUT_MS)
+        try:
+            yield page
+        finally:
+            browser.close()
+
+
+def flow_row(page, comment: str):
+    return page.locator(
+        ".flow-table tbody tr.has-request",
+        has=page.locator("td.col-comment", has_text=comment),
+    )
+
+
+def content_text(page) -> str:
+    return page.locator(".flow-detail .contentview pre").inner_text()
+
+
+def test_analyst_reads_a_recorded_session_in_mitmweb(session, viewer, page, tmp_path):
+    page.goto(viewer.url)
+
+    rows = page.locator(".flow-table tbody tr.has-request")
+    expect(rows).to_have_count(session.flows)
+    comments = page.locator(".flow-table td.col-comment").all_inner_texts()
+    assert comments[0] == "login: agent-1"
+    for sql in (workload.SELECT_ADA, workload.LARGE):
+        assert sql in comments
+    assert f"❌ {workload.FAILING}" in comments
+    page.screenshot(path=str(tmp_path / "mitmweb-flow-list.png"))
+
+    flow_row(page, workload.SELECT_ADA).click()
+    view = page.locator(".flow-detail .contentview")
+    expect(view.locator(".controls h5")).to_contain_text("Snowflake")
+    expect(view.locator("pre")).to_contain_text("SQL (formatted)")
+    request_text = content_text(page)
+    assert "customer = ?" in request_text
+    assert "| 1 | TEXT | ada   |" in request_text
+    page.screenshot(path=str(tmp_path / "mitmweb-query-request.png"))
+
+    page.locator(".flow-detail nav a", has_text="Response").click()
+    expect(view.locator("pre")).to_contain_text("Snowflake query response: success")
+    response_text = content_text(page)
+    assert "Result: 2 rows" in response_text
+    assert "| ID           | CUSTOMER          | AMOUNT       |" in response_text
+    assert "|            1 | ada               |        10.50 |" in response_text
+    assert f"hoopgw session   {session.session_id}" in response_text
+    page.screenshot(path=str(tmp_path / "mitmweb-query-result.png"))
+
+    flow_row(page, workload.FAILING).click()
+    expect(view.locator("pre")).to_contain_text("Snowflake query response: FAILED")
+    assert "SQL state        42S02" in content_text(page)
+    page.screenshot(path=str(tmp_path / "mitmweb-query-error.png"))
+
+    flow_row(page, workload.LARGE).click()
+    expect(view.locator("pre")).to_contain_text("Result: first 100 of 100,000 rows")
+    assert "|           99 | row 99            |" in content_text(page)
+    page.screenshot(path=str(tmp_path / "mitmweb-large-result.png"))
+
+    for name in (
+        "mitmweb-flow-list",
+        "mitmweb-query-request",
+        "mitmweb-query-result",
+        "mitmweb-large-result",
+    ):
+        assert (tmp_path / f"{name}.png").stat().st_size > 10_000
+
+
+def test_replaying_from_the_viewer_never_leaves_it(session, viewer, page):
+    """The recorded request points at the upstream; the offline viewer answers it itself."""
+    page.goto(viewer.url)
+    flow_row(page, workload.SELECT_ADA).click()
+    page.locator(".flow-detail nav a", has_text="Response").click()
+    view = page.locator(".flow-detail .contentview")
+    expect(view.locator("pre")).to_contain_text("Snowflake query response: success")
+
+    page.get_by_role("button", name="Replay").click()  # in the Flow menu of the selected flow
+    expect(flow_row(page, workload.SELECT_ADA).locator("td.col-status")).to_have_text("403")
+    expect(view.locator("pre")).to_contain_text("hoopgw inspect shows recorded flows")
+    assert "refused to replay recorded flow" in viewer.proc.log()
