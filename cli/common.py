@@ -12,6 +12,7 @@ import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Final
 
 import click
@@ -95,12 +96,26 @@ def _check_session_id(ctx: click.Context, param: click.Parameter, value: str) ->
 
 
 def open_archive(store: str, s3_endpoint_url: str | None) -> Archive:
+    local = _local_store_path(store)
+    if local is not None and not local.is_dir():
+        # opening a local store creates its directory; a reader must not
+        raise CommandError(f"no recordings at {local}: the directory does not exist")
     try:
         return Archive(open_store(store, s3_endpoint_url=s3_endpoint_url))
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'--store'") from None
     except StoreError as exc:
         raise CommandError(str(exc)) from None
+
+
+def _local_store_path(store: str) -> Path | None:
+    """The directory of a `file:` store URL (as `recorder.store.open_store` reads it)."""
+    if not store.startswith("file:"):
+        return None
+    rest = store[len("file:") :]
+    if rest.startswith("//"):
+        rest = "/" + rest[2:].partition("/")[2]
+    return Path(rest) if rest else None
 
 
 def open_index(store: str, s3_endpoint_url: str | None, *, no_cache: bool) -> ArchiveIndex:

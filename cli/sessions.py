@@ -1,0 +1,113 @@
+"""`hoopgw sessions list` and `hoopgw sessions show`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import click
+
+from cli.common import (
+    WHEN,
+    archive_errors,
+    cache_option,
+    echo_json,
+    echo_jsonl,
+    echo_table,
+    emit,
+    format_option,
+    note,
+    open_archive,
+    open_index,
+    session_id_argument,
+    store_options,
+)
+from replay import listing
+from replay.session import load_session
+
+
+@click.group()
+def sessions() -> None:
+    """List recorded sessions and show one statement by statement."""
+
+
+@sessions.command("list")
+@store_options
+@click.option("--since", type=WHEN, help="Sessions started at or after TIME (2026-11-01, 12h, 7d).")
+@click.option("--until", type=WHEN, help="Sessions started before TIME.")
+@click.option("--user", help="Caller's subject or e-mail (any case).")
+@click.option("--group", help="One of the caller's identity-provider groups.")
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+@cache_option
+@format_option
+@archive_errors
+def list_sessions(
+    store: str,
+    s3_endpoint_url: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    user: str | None,
+    group: str | None,
+    limit: int,
+    no_cache: bool,
+    output_format: str,
+) -> None:
+    """Recorded sessions, newest first, one line each.
+
+    \b
+    Columns: session id, user, start (UTC), duration, statements, errors,
+    statements blocked by the gateway, client application.
+
+    \b
+    Examples:
+      hoopgw sessions list --since 7d --user ada@example.com
+      hoopgw sessions list --store s3://audit/hoopgw --group agents --format jsonl
+    """
+    with open_index(store, s3_endpoint_url, no_cache=no_cache) as index:
+        found = index.list_sessions(since=since, until=until, user=user, group=group, limit=limit)
+    emit(
+        output_format,
+        listing.SESSION_HEADERS,
+        [listing.summary_row(summary) for summary in found],
+        [listing.summary_dict(summary) for summary in found],
+    )
+    if output_format == "table" and not found:
+        note("no sessions match")
+
+
+@sessions.command("show")
+@session_id_argument
+@store_options
+@format_option
+@archive_errors
+def show_session(
+    session_id: str, store: str, s3_endpoint_url: str | None, output_format: str
+) -> None:
+    """One session's statements in order, with timing, rows and outcome.
+
+    \b
+    TIME is when the gateway received the statement (UTC), MS how long Snowflake
+    took to answer, ROWS the rows returned (or changed, for DML), OUTCOME ok,
+    error CODE, or blocked (refused by the gateway, never sent to Snowflake).
+    JSON output adds bindings, context, query ids and error messages.
+
+    \b
+    Example:
+      hoopgw sessions show 0190f3c4-7b1a-7c2e-9d4f-1a2b3c4d5e6f --format json
+    """
+    archive = open_archive(store, s3_endpoint_url)
+    session = load_session(session_id, archive.read_session(session_id))
+    if output_format == "json":
+        echo_json(listing.session_dict(session))
+        return
+    if output_format == "jsonl":
+        echo_jsonl(listing.statement_dict(s, session.session_id) for s in session.statements)
+        return
+    for name, value in listing.session_header(session):
+        click.echo(f"{name + ':':<12}{value}")
+    click.echo()
+    if session.statements:
+        echo_table(
+            listing.STATEMENT_HEADERS, [listing.statement_row(s) for s in session.statements]
+        )
+    else:
+        note("no statements in this session")

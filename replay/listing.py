@@ -1,0 +1,310 @@
+"""What `hoopgw sessions list`, `sessions show` and `search` print, as plain rows and dicts.
+
+Kept out of the click layer so the shapes are tested without a terminal and
+shared by table, JSON and JSONL output.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+from recorder.catalog import SessionSummary
+from replay.index import ArchiveIndex
+from replay.render import format_duration, format_time
+from replay.session import RecordedSession, RecordedStatement, client_app, load_session
+
+LONG_SESSION: Final = timedelta(days=1)
+"""Sessions that started up to this long before `--since` are searched too."""
+
+SESSION_HEADERS: Final = (
+    "SESSION",
+    "USER",
+    "START",
+    "DURATION",
+    "STMTS",
+    "ERRORS",
+    "BLOCKED",
+    "CLIENT",
+)
+STATEMENT_HEADERS: Final = ("#", "TIME", "MS", "ROWS", "OUTCOME", "SQL")
+MATCH_HEADERS: Final = ("SESSION", "#", "TIME", "USER", "ROWS", "OUTCOME", "SQL")
+
+
+# --- sessions list -------------------------------------------------------------------
+
+
+def summary_user(summary: SessionSummary) -> str | None:
+    return summary.email or summary.subject
+
+
+def summary_duration(summary: SessionSummary) -> float | None:
+    last = summary.end or summary.last_activity
+    return (last - summary.start).total_seconds() if last else None
+
+
+def summary_row(summary: SessionSummary) -> list[Any]:
+    return [
+        summary.session_id,
+        summary_user(summary) or "",
+        format_time(summary.start),
+        format_duration(summary_duration(summary)) + ("" if summary.ended else " (open)"),
+        summary.statements,
+        summary.errors,
+        summary.blocked,
+        client_app(summary.client) or "",
+    ]
+
+
+def summary_dict(summary: SessionSummary) -> dict[str, Any]:
+    data = summary.to_dict()
+    data["user"] = summary_user(summary)
+    data["duration_s"] = summary_duration(summary)
+    data["client_app"] = client_app(summary.client)
+    return data
+
+
+# --- one session ---------------------------------------------------------------------
+
+
+def statement_outcome(statement: RecordedStatement) -> str:
+    if statement.blocked:
+        return "blocked"
+    if statement.outcome.transport_error:
+        return "failed (no answer)"
+    return statement.outcome.label
+
+
+def statement_row(statement: RecordedStatement) -> list[Any]:
+    started = statement.started
+    return [
+        statement.number,
+        started.strftime("%H:%M:%S.%f")[:-3] if started else "",
+        _ms(statement.outcome.duration_ms),
+        "" if statement.outcome.row_count is None else statement.outcome.row_count,
+        statement_outcome(statement),
+        statement.sql,
+    ]
+
+
+def statement_dict(statement: RecordedStatement, session_id: str) -> dict[str, Any]:
+    outcome = statement.outcome
+    return {
+        "session_id": session_id,
+        "number": statement.number,
+        "ts": statement.started.isoformat() if statement.started else None,
+        "flow_id": statement.flow_id,
+        "sql": statement.sql,
+        "bindings": statement.bindings,
+        "context": statement.context.as_dict(),
+        "async": statement.is_async,
+        "user": _caller_name(statement.caller),
+        "outcome": statement_outcome(statement),
+        "success": outcome.success,
+        "error_code": outcome.error_code,
+        "sql_state": outcome.sql_state,
+        "message": outcome.message,
+        "query_id": outcome.query_id,
+        "duration_ms": outcome.duration_ms,
+        "rows": outcome.row_count,
+        "columns": list(outcome.columns) if outcome.columns is not None else None,
+        "blocked": statement.blocked,
+        "guardrail": statement.guardrail,
+    }
+
+
+def session_header(session: RecordedSession) -> list[tuple[str, str]]:
+    caller = session.caller or {}
+    groups = caller.get("groups")
+    context = ", ".join(
+        f"{name}={value}" for name, value in session.context.as_dict().items() if value
+    )
+    end = format_time(session.end_ts) if session.end_ts else "(open)"
+    if session.end_reason:
+        end += f" ({session.end_reason})"
+    return [
+        ("session", session.session_id),
+        ("user", session.user or "(unknown)"),
+        ("groups", ", ".join(map(str, groups)) if isinstance(groups, list) else ""),
+        ("role", str(caller.get("role") or "")),
+        ("client", session.client_app or ""),
+        ("start", format_time(session.start_ts)),
+        ("end", end),
+        ("context", context),
+        ("upstream", ", ".join(filter(None, [session.upstream_host, *session.upstream_accounts]))),
+        ("statements", str(len(session.statements))),
+    ]
+
+
+def session_dict(session: RecordedSession) -> dict[str, Any]:
+    return {
+        "session_id": session.session_id,
+        "user": session.user,
+        "caller": session.caller,
+        "client": session.client,
+        "client_app": session.client_app,
+        "start": format_iso(session.start_ts),
+        "end": format_iso(session.end_ts),
+        "end_reason": session.end_reason,
+        "context": session.context.as_dict(),
+        "upstream_host": session.upstream_host,
+        "upstream_accounts": list(session.upstream_accounts),
+        "records": session.records,
+        "statements": [statement_dict(s, session.session_id) for s in session.statements],
+    }
+
+
+# --- search --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SearchQuery:
+    sql: str | None = None
+    object: str | None = None
+    user: str | None = None
+    group: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    outcome: str | None = None
+    limit: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """One matching statement, as the digest `statement_digest` made of it."""
+
+    statement: dict[str, Any]
+
+    @property
+    def session_id(self) -> str:
+        return str(self.statement["session_id"])
+
+    def row(self) -> list[Any]:
+        statement = self.statement
+        return [
+            statement["session_id"],
+            statement["number"],
+            format_time(statement.get("epoch")),
+            statement.get("user") or "",
+            "" if statement.get("rows") is None else statement["rows"],
+            statement.get("outcome") or "",
+            statement.get("sql") or "",
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {key: value for key, value in self.statement.items() if key != "epoch"}
+
+
+@dataclass(slots=True)
+class SearchResult:
+    matches: list[Match]
+    sessions_searched: int
+    unreadable: list[str]
+    """Sessions with a segment that does not decode (`hoopgw verify` tells more)."""
+
+
+def statement_digest(statement: RecordedStatement, session_id: str) -> dict[str, Any]:
+    """A statement as search keeps it: everything but result rows, plus its objects."""
+    digest = statement_dict(statement, session_id)
+    digest["objects"] = list(statement.objects)
+    digest["epoch"] = statement.ts
+    return digest
+
+
+def digest_session(session_id: str, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    session = load_session(session_id, records)
+    digests = [statement_digest(statement, session_id) for statement in session.statements]
+    for digest in digests:
+        digest["user"] = digest["user"] or session.user
+    return digests
+
+
+def search(index: ArchiveIndex, query: SearchQuery) -> SearchResult:
+    """Statements matching every given criterion, newest session first, in session order.
+
+    Sessions are picked by start time (from `LONG_SESSION` before `since`), user
+    and group from their summaries; their statements come from the index, which
+    reads only sessions it has not digested before.
+    """
+    earliest = query.since - LONG_SESSION if query.since else None
+    summaries = index.list_sessions(
+        since=earliest, until=query.until, user=query.user, group=query.group
+    )
+    matcher = _statement_matcher(query)
+    result = SearchResult([], 0, [])
+    for digest in index.digests(summaries, digest_session):
+        result.sessions_searched += 1
+        if digest.problem is not None:
+            result.unreadable.append(digest.summary.session_id)
+            continue
+        for statement in digest.statements or ():
+            if matcher(statement):
+                statement.setdefault("user", summary_user(digest.summary))
+                result.matches.append(Match(statement))
+                if query.limit is not None and len(result.matches) >= query.limit:
+                    return result
+    return result
+
+
+def object_matches(pattern: str, names: Iterable[str]) -> bool:
+    """`ORDERS` matches `DB.APP.ORDERS`; globs (`*.PAYROLL.*`) match whole names; any case."""
+    wanted = pattern.strip().upper()
+    if not wanted:
+        return False
+    globbing = any(char in wanted for char in "*?[")
+    for name in names:
+        upper = name.upper()
+        if globbing:
+            if fnmatch.fnmatchcase(upper, wanted):
+                return True
+        elif upper == wanted or upper.endswith("." + wanted):
+            return True
+    return False
+
+
+def format_iso(ts: float | None) -> str | None:
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat() if ts is not None else None
+
+
+def _statement_matcher(query: SearchQuery) -> Callable[[dict[str, Any]], bool]:
+    sql = query.sql.casefold() if query.sql else None
+    since = query.since.timestamp() if query.since else None
+    until = query.until.timestamp() if query.until else None
+
+    def matches(statement: dict[str, Any]) -> bool:
+        if sql is not None and sql not in str(statement.get("sql") or "").casefold():
+            return False
+        ts = statement.get("epoch")
+        if since is not None and (not isinstance(ts, int | float) or ts < since):
+            return False
+        if until is not None and (not isinstance(ts, int | float) or ts >= until):
+            return False
+        if query.outcome is not None and not _outcome_is(statement, query.outcome):
+            return False
+        return query.object is None or object_matches(query.object, statement.get("objects") or ())
+
+    return matches
+
+
+def _outcome_is(statement: dict[str, Any], wanted: str) -> bool:
+    if wanted == "blocked":
+        return statement.get("blocked") is not None
+    if statement.get("blocked") is not None:
+        return False
+    if wanted == "error":
+        return statement.get("success") is not True
+    return statement.get("success") is True
+
+
+def _caller_name(caller: dict[str, Any] | None) -> str | None:
+    if not isinstance(caller, dict):
+        return None
+    value = caller.get("email") or caller.get("subject")
+    return str(value) if value else None
+
+
+def _ms(value: float | None) -> str:
+    return "" if value is None else f"{value:.0f}"
