@@ -1,16 +1,19 @@
 """Recording hooks: every flow on record, durable before it goes upstream.
 
-The request record (and, at login, the session_start record) is appended to the
-spool and awaited until it is fsync'd; only then does the hook return and
-mitmproxy forward the request. Responses and errors are appended without
-waiting: their order in the stream is fixed when they are appended, and the
-statement they belong to is already on record.
+The request record is appended to the spool and awaited until it is fsync'd;
+only then does the hook return and mitmproxy forward the request. Responses,
+errors and session_start are appended without waiting: their order in the
+stream is fixed when they are appended, and the statement they belong to is
+already on record. While the spool is over `hoopgw_spool_max_bytes` (the store
+is out of reach) logins and new statements are refused with 399002; the rest
+of a session still runs, recorded, so that sessions can end and drain.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from concurrent.futures import Future
 from pathlib import Path
@@ -33,6 +36,16 @@ _OUTCOME_ENDPOINTS = frozenset(
     {Endpoint.LOGIN, Endpoint.QUERY, Endpoint.SQL_API, Endpoint.MONITORING, Endpoint.RESULT}
 )
 _QUERY_ID_ENDPOINTS = frozenset({Endpoint.MONITORING, Endpoint.RESULT, Endpoint.ABORT})
+_MESSAGE_KEYS = frozenset({"message", "errormessage"})
+_QUOTED = re.compile(r"'[^']*(?:'|$)")
+_QUOTED_REDACTED = f"'{redaction.REDACTED}'"
+# a bind placeholder where a credential goes: `PASSWORD = ?`, `TOKEN = :1`, ...
+_CREDENTIAL_PLACEHOLDER = re.compile(
+    r"\b(?:\w*PASSWORD|PASSCODE|PASSPHRASE|\w*SECRET\w*|\w*TOKEN|\w*_KEY(?:_ID)?|"
+    r"RSA_PUBLIC_KEY(?:_2)?)\s*=\s*(?:\?|:\d+)"
+    r"|\b(?:CREDENTIALS|ENCRYPTION)\s*=\s*\([^)]*(?:\?|:\d+)",
+    re.IGNORECASE,
+)
 # Options that shape the spool and store; they take effect at start-up only.
 _STARTUP_OPTIONS = frozenset({"hoopgw_store", "hoopgw_s3_endpoint_url", "hoopgw_spool_dir"})
 
@@ -166,7 +179,10 @@ class Recording:
             self._append_quietly([record])
             return
         spool = self.spool
-        if spool is None or spool.over_limit():
+        if spool is None:
+            self._unrecordable(flow, state, "the recording spool is not running")
+            return
+        if spool.over_limit() and _starts_work(flow, state):
             self._unrecordable(flow, state, "the recording spool is full")
             return
         try:
@@ -198,9 +214,17 @@ class Recording:
         self._append_quietly([record])
 
     def _unrecordable(self, flow: http.HTTPFlow, state: FlowState, reason: str) -> None:
+        """Refuse the request (or, failing open, forward it), recording that on a best-effort basis.
+
+        A full spool still takes the small refusal record, so the archive shows
+        what was refused; a failed spool logs that the record is lost.
+        """
         if self.fail_open:
-            logger.error("hoopgw: forwarding an UNRECORDED request (%s): %s", reason, flow.id)
+            logger.error(
+                "hoopgw: forwarding request %s without a durable record (%s)", flow.id, reason
+            )
             state.passed.add("recording")
+            self._append_quietly([self._request_record(flow, state)])
             return
         message = f"hoopgw cannot record this request, so it was not run: {reason}"
         code = snowflake.CODE_GATEWAY_RECORDING
@@ -209,6 +233,7 @@ class Recording:
         )
         state.refuse(flow, response, Refusal(code, reason, "recording"))
         logger.error("hoopgw: refused request %s: %s", flow.id, reason)
+        self._append_quietly([self._request_record(flow, state)])
 
     def _append_quietly(self, records: list[dict[str, Any]]) -> None:
         if self.spool is None:
@@ -274,6 +299,8 @@ class Recording:
                 record["sql"] = redaction.redact_sql(sql)
             if body.get("bindings"):
                 record["bindings"] = body["bindings"]
+                if isinstance(sql, str) and _CREDENTIAL_PLACEHOLDER.search(sql):
+                    _mask_bindings(record)
             if isinstance(body.get("sequenceId"), int):
                 record["sequence_id"] = body["sequenceId"]
             if "asyncExec" in body:
@@ -310,6 +337,8 @@ class Recording:
             record["refusal"] = state.refusal.as_record()
         if isinstance(state.response_json, dict) and state.endpoint in _OUTCOME_ENDPOINTS:
             record.update(statement_outcome(state.response_json))
+        if _carried_credentials(state):
+            _withhold_statement_echoes(record)
         return record
 
     def _body(self, message: http.Message, decoded: bytes | None) -> dict[str, Any]:
@@ -361,6 +390,89 @@ def statement_outcome(answer: dict[str, Any]) -> dict[str, Any]:
         if isinstance(meta, dict) and meta.get("numRows") is not None:
             outcome["total"] = meta["numRows"]
     return outcome
+
+
+def _mask_bindings(record: dict[str, Any]) -> None:
+    """Mask every bind value of a statement that binds a credential (`SET PASSWORD = ?`).
+
+    Which placeholder carries the secret is not worth guessing: all values go.
+    """
+
+    def masked(bindings: Any) -> Any:
+        if not isinstance(bindings, dict):
+            return redaction.REDACTED
+        return {
+            name: {**item, "value": redaction.REDACTED} if isinstance(item, dict) else item
+            for name, item in bindings.items()
+        }
+
+    record["bindings"] = masked(record["bindings"])
+    body = record.get("body")
+    if isinstance(body, dict) and isinstance(body.get("json"), dict):
+        json_body = body["json"]
+        if "bindings" in json_body:
+            body["json"] = {**json_body, "bindings": masked(json_body["bindings"])}
+
+
+def _starts_work(flow: http.HTTPFlow, state: FlowState) -> bool:
+    """A login or a new statement: what a full spool refuses.
+
+    The rest of a session (results, polling, renewal, cancel, logout) is still
+    recorded and let through, so sessions can end and their segments seal and
+    drain instead of waiting for the segment age limit.
+    """
+    if state.endpoint in (Endpoint.LOGIN, Endpoint.QUERY):
+        return True
+    if state.endpoint is Endpoint.SQL_API:
+        route = flow.request.path.partition("?")[0].rstrip("/")
+        return flow.request.method == "POST" and not route.endswith("/cancel")
+    return False
+
+
+def _carried_credentials(state: FlowState) -> bool:
+    """Whether the statement held a credential literal that its request record masks."""
+    if state.endpoint not in _STATEMENT_ENDPOINTS or not isinstance(state.request_json, dict):
+        return False
+    sql = state.request_json.get("sqlText") or state.request_json.get("statement")
+    return isinstance(sql, str) and redaction.redact_sql(sql) != sql
+
+
+def _withhold_statement_echoes(record: dict[str, Any]) -> None:
+    """Keep only the first line, quotes masked, of the error messages of such a statement.
+
+    Parsers quote the statement around the error position, and that window can
+    hold the credential literal (or the part of it that fits) without the word
+    PASSWORD before it, which is all a message redactor can go by. Snowflake and
+    fakesnow alike put the quoted statement after the first line.
+    """
+    if isinstance(record.get("message"), str):
+        record["message"] = _first_line_masked(record["message"])
+    body = record.get("body")
+    if not isinstance(body, dict):
+        return
+    if "json" in body:
+        body["json"] = _mask_messages(body["json"])
+    if isinstance(body.get("text"), str):
+        body["text"] = _first_line_masked(body["text"])
+
+
+def _mask_messages(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            key: _first_line_masked(item)
+            if isinstance(item, str) and str(key).lower() in _MESSAGE_KEYS
+            else _mask_messages(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [_mask_messages(item) for item in value]
+    return value
+
+
+def _first_line_masked(text: str) -> str:
+    first, newline, _ = text.partition("\n")
+    masked = _QUOTED.sub(_QUOTED_REDACTED, first)
+    return f"{masked} {redaction.REDACTED}" if newline or masked != first else masked
 
 
 def _response_data(state: FlowState) -> dict[str, Any]:
