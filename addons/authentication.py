@@ -63,6 +63,9 @@ _UPSTREAM_ONLY_FIELDS = (
     "mfaTokenValidityInSeconds",
 )
 _PASSWORD_AUTHENTICATORS = frozenset({"SNOWFLAKE", "USERNAME_PASSWORD_MFA"})
+_LOGIN_CONTEXT_PARAMETERS = {
+    name.lower(): name for name in ("databaseName", "schemaName", "warehouse", "roleName")
+}
 _SMALL_RESPONSE = 64 * 1024
 _SESSION_EXPIRED = str(snowflake.CODE_SESSION_EXPIRED)
 
@@ -192,15 +195,16 @@ class Authentication:
         if not isinstance(data, dict):
             self._refuse_login(flow, state, "the login request has no data")
             return
+        ambiguous = _ambiguous_context_parameter(flow.request)
+        if ambiguous:
+            self._refuse_login(flow, state, ambiguous)
+            return
         requested = _requested_context(flow.request)
         try:
             token = self._presented_token(data)
             verified = await verifier.verify(token)
             groups = groups_from(verified.claims, self.identity.groups_claim)
             state.caller = Caller(verified.subject, verified.email, groups, None, verifier.issuer)
-            roles = set(flow.request.query.get_all("roleName"))
-            if len(roles) > 1:
-                raise IdentityError("the login asks for more than one role")
             grant = self.identity.policy.decide(groups, requested.role)
         except IdentityUnavailable as exc:
             self._refuse_login(flow, state, f"the token cannot be verified now: {exc}")
@@ -620,6 +624,26 @@ class Authentication:
         flow.response = response
         state.response_body = response.raw_content
         state.response_json = orjson.loads(response.raw_content or b"{}")
+
+
+def _ambiguous_context_parameter(request: http.Request) -> str | None:
+    """Why the login's database, schema, warehouse or role request is ambiguous, if it is.
+
+    The gateway checks the first `roleName` (or `databaseName`, ...) it reads;
+    a repeated or differently cased parameter might be the one the upstream
+    reads, and would choose a role or database the gateway never checked.
+    """
+    seen: dict[str, str] = {}
+    for name, _ in request.query.fields:
+        canonical = _LOGIN_CONTEXT_PARAMETERS.get(name.lower())
+        if canonical is None:
+            continue
+        if name != canonical:
+            return f"the login spells the {canonical} parameter as {name[:40]!r}"
+        if canonical in seen:
+            return f"the login names {canonical} more than once"
+        seen[canonical] = name
+    return None
 
 
 def _requested_context(request: http.Request) -> SessionContext:

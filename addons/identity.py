@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 CLOCK_LEEWAY_SECONDS = 60
 JWKS_TTL_SECONDS = 3600
+JWKS_MAX_AGE_SECONDS = 24 * 3600
 REFETCH_INTERVAL_SECONDS = 30
 FETCH_TIMEOUT_SECONDS = 5
 _MAX_DOCUMENT_BYTES = 1024 * 1024
@@ -246,7 +247,14 @@ async def fetch_json(url: str) -> dict[str, Any]:
 
 
 class OidcVerifier:
-    """Verifies ID tokens of one issuer for one audience, with the issuer's cached JWKS."""
+    """Verifies ID tokens of one issuer for one audience, with the issuer's cached JWKS.
+
+    Keys are refetched after `jwks_ttl` seconds, and early (at most once per
+    `refetch_interval`) for a token naming an unknown key id. When the provider
+    cannot be reached, the cached keys stay trusted until `jwks_max_age`
+    seconds after they were fetched; then logins are refused until it answers:
+    a key the provider withdrew must not be trusted forever.
+    """
 
     def __init__(
         self,
@@ -255,6 +263,7 @@ class OidcVerifier:
         *,
         leeway: int = CLOCK_LEEWAY_SECONDS,
         jwks_ttl: float = JWKS_TTL_SECONDS,
+        jwks_max_age: float = JWKS_MAX_AGE_SECONDS,
         refetch_interval: float = REFETCH_INTERVAL_SECONDS,
         fetch: FetchJson = fetch_json,
         clock: Callable[[], float] = time.monotonic,
@@ -263,6 +272,7 @@ class OidcVerifier:
         self.audience = audience
         self.leeway = leeway
         self.jwks_ttl = jwks_ttl
+        self.jwks_max_age = max(jwks_max_age, jwks_ttl)
         self.refetch_interval = refetch_interval
         self._fetch = fetch
         self._clock = clock
@@ -301,6 +311,9 @@ class OidcVerifier:
         keys = self._candidates(await self._signing_keys(refresh=False), kid, algorithm)
         if not keys and kid is not None:
             keys = self._candidates(await self._signing_keys(refresh=True), kid, algorithm)
+            if not keys and self._last_error is not None:
+                # the provider may publish the key, but it cannot be asked now
+                raise self._fetch_failure()
         if not keys:
             raise IdentityError(
                 "the token is signed with a key the identity provider does not publish"
@@ -376,20 +389,39 @@ class OidcVerifier:
                 self._last_error = None
             except IdentityError as exc:
                 self._last_error = exc
-                if self._keys:
+                keys = self._trusted_keys()
+                if keys:
                     logger.warning(
-                        "hoopgw: refreshing the identity provider's keys failed; "
-                        "keeping the cached ones"
+                        "hoopgw: refreshing the identity provider's keys failed (%s); "
+                        "keeping the cached ones for at most %.0f more seconds",
+                        exc,
+                        self._trust_left(),
                     )
-                    return self._keys
-                raise
+                    return keys
+                raise self._fetch_failure() from None
             return self._keys
 
     def _cached_keys(self) -> list[RSAKey | ECKey | OKPKey]:
-        """The cached keys; with none, the reason the last fetch failed (not a bogus 'no key')."""
-        if not self._keys and self._last_error is not None:
-            raise self._last_error
-        return self._keys
+        """The trusted cached keys; with none, why the last fetch failed (not a bogus 'no key')."""
+        keys = self._trusted_keys()
+        if not keys and self._last_error is not None:
+            raise self._fetch_failure()
+        return keys
+
+    def _trusted_keys(self) -> list[RSAKey | ECKey | OKPKey]:
+        return self._keys if self._trust_left() > 0 else []
+
+    def _trust_left(self) -> float:
+        """Seconds the cached keys stay trusted without a successful refresh."""
+        if self._fetched_at is None:
+            return 0.0
+        return self._fetched_at + self.jwks_max_age - self._clock()
+
+    def _fetch_failure(self) -> IdentityError:
+        """A fresh copy of the last fetch error (re-raising one instance grows its traceback)."""
+        error = self._last_error
+        assert error is not None
+        return type(error)(str(error))
 
     def _needs_fetch(self, refresh: bool) -> bool:
         now = self._clock()
@@ -517,9 +549,36 @@ class Identity:
             tools may store or log passwords less carefully than tokens.
             """,
         )
+        loader.add_option(
+            "hoopgw_oidc_jwks_ttl",
+            int,
+            JWKS_TTL_SECONDS,
+            """
+            Seconds the identity provider's signing keys are used before the
+            gateway fetches them again. A token naming an unknown key id makes
+            it fetch earlier, at most once per 30 seconds (or per TTL if that
+            is shorter).
+            """,
+        )
+        loader.add_option(
+            "hoopgw_oidc_jwks_max_age",
+            int,
+            JWKS_MAX_AGE_SECONDS,
+            """
+            Seconds after a successful fetch that the cached signing keys stay
+            trusted while the identity provider cannot be reached to refresh
+            them. Past that, logins are refused (the token cannot be verified
+            now) until the provider answers again. At least hoopgw_oidc_jwks_ttl.
+            """,
+        )
 
     def configure(self, updated: set[str]) -> None:
-        if updated & {"hoopgw_oidc_issuer", "hoopgw_oidc_audience"}:
+        if updated & {
+            "hoopgw_oidc_issuer",
+            "hoopgw_oidc_audience",
+            "hoopgw_oidc_jwks_ttl",
+            "hoopgw_oidc_jwks_max_age",
+        }:
             self.verifier = self._make_verifier()
         if "hoopgw_oidc_groups_claim" in updated:
             claim = ctx.options.hoopgw_oidc_groups_claim.strip()
@@ -555,4 +614,21 @@ class Identity:
                 "hoopgw_oidc_audience must be set with hoopgw_oidc_issuer "
                 "(the client id tokens are issued for)"
             )
-        return OidcVerifier(issuer, audience)
+        ttl = ctx.options.hoopgw_oidc_jwks_ttl
+        max_age = ctx.options.hoopgw_oidc_jwks_max_age
+        if ttl <= 0:
+            raise exceptions.OptionsError(
+                f"hoopgw_oidc_jwks_ttl must be a positive number of seconds, got {ttl}"
+            )
+        if max_age < ttl:
+            raise exceptions.OptionsError(
+                f"hoopgw_oidc_jwks_max_age ({max_age}) must be at least "
+                f"hoopgw_oidc_jwks_ttl ({ttl})"
+            )
+        return OidcVerifier(
+            issuer,
+            audience,
+            jwks_ttl=ttl,
+            jwks_max_age=max_age,
+            refetch_interval=min(REFETCH_INTERVAL_SECONDS, ttl),
+        )

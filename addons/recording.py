@@ -23,7 +23,7 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 
 from addons import snowflake
-from addons.flowstate import FlowState, Refusal, state_of
+from addons.flowstate import FlowState, Refusal, attach, state_of
 from addons.snowflake import Endpoint
 from recorder import ids, redaction
 from recorder.spool import Spool
@@ -207,11 +207,22 @@ class Recording:
     def error(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)
         if state is None:
-            return
+            if not flow.live:
+                return
+            state = attach(flow, FlowState(endpoint=Endpoint.OTHER))
+        reason = str(flow.error.msg) if flow.error else "unknown"
+        records = []
+        if state.session_id is None:
+            # mitmproxy refused the request itself (bad framing, body over the size cap)
+            # before the request hook: nothing went upstream, but it is on record
+            state.session_id = ids.new_session_id()
+            state.refusal = Refusal(0, reason, "mitmproxy")
+            records.append(self._request_record(flow, state))
         record = self._event(flow, state, "error", flow_id=flow.id)
-        record["error"] = str(flow.error.msg) if flow.error else "unknown"
+        record["error"] = reason
         record["duration_ms"] = _milliseconds(flow.request.timestamp_start, time.time())
-        self._append_quietly([record])
+        records.append(record)
+        self._append_quietly(records)
 
     def _unrecordable(self, flow: http.HTTPFlow, state: FlowState, reason: str) -> None:
         """Refuse the request (or, failing open, forward it), recording that on a best-effort basis.
@@ -283,7 +294,7 @@ class Recording:
             "refusal" if state.answered else "request",
             flow_id=flow.id,
             endpoint=str(state.endpoint),
-            method=request.method,
+            method=request.data.method.decode("ascii", "replace"),
             path=redaction.redact_path(request.path),
             headers=redaction.redact_headers(request.headers.items(multi=True)),
             body=self._body(request, state.request_body),
@@ -297,6 +308,9 @@ class Recording:
             sql = body.get("sqlText") or body.get("statement")
             if isinstance(sql, str):
                 record["sql"] = redaction.redact_sql(sql)
+                if len(record["sql"]) > self.body_limit:
+                    record["sql"] = record["sql"][: self.body_limit]
+                    record["sql_truncated"] = len(sql)
             if body.get("bindings"):
                 record["bindings"] = body["bindings"]
                 if isinstance(sql, str) and _CREDENTIAL_PLACEHOLDER.search(sql):

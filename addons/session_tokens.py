@@ -22,6 +22,7 @@ import binascii
 import hashlib
 import logging
 import os
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -194,6 +195,8 @@ class TokenSealer:
         if len(token) > _MAX_TOKEN_CHARS:
             raise TokenError("the token is too long")
         compact = token[len(TOKEN_PREFIX) :]
+        if not _canonical_compact(compact):
+            raise TokenError("the token is malformed")
         try:
             header = jwe.extract_compact(compact.encode(), jwe.default_registry).protected
         except (JoseError, ValueError, UnicodeError):
@@ -209,6 +212,29 @@ class TokenSealer:
         if not isinstance(payload, dict):
             raise TokenError("the token's content is incomplete")
         return SealedSession.from_payload(payload)
+
+
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
+
+
+def _canonical_compact(compact: str) -> bool:
+    """Five base64url parts, each in its one canonical spelling.
+
+    base64 ignores the spare low bits of a part's last character, so without
+    this check a token with one of those bits flipped would still open: the
+    same token under another spelling. Refusing every other spelling means a
+    token altered by even one bit is refused.
+    """
+    parts = compact.split(".")
+    if len(parts) != 5:
+        return False
+    for part in parts:
+        if not _BASE64URL.fullmatch(part) or len(part) % 4 == 1:
+            return False
+        decoded = base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+        if base64.urlsafe_b64encode(decoded).rstrip(b"=").decode() != part:
+            return False
+    return True
 
 
 class RevocationList:
@@ -328,6 +354,7 @@ class SessionTokens:
         previous = [
             _read_key("hoopgw_token_previous_keys", ref)
             for ref in ctx.options.hoopgw_token_previous_keys
+            if ref.strip()  # `--set hoopgw_token_previous_keys=` ends a rotation
         ]
         ref = ctx.options.hoopgw_token_key
         if ref:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import gzip
 import re
+import urllib.parse
 import zlib
+from collections.abc import Iterable
 from enum import StrEnum
 from typing import Any
 
@@ -48,39 +50,106 @@ class Endpoint(StrEnum):
     OTHER = "other"
 
 
-_RESULT_PATH = re.compile(r"^/queries/[^/]+/result/?$")
+# Path segments that name a query or statement: Snowflake's ids are hex and dashes.
+# Anything else (dots, percent-escapes, semicolons) could be an alias that the
+# upstream normalises into another endpoint, so it does not match.
+_ID = r"[0-9A-Za-z][0-9A-Za-z_-]{0,127}"
+_ROUTES: tuple[tuple[re.Pattern[str], Endpoint], ...] = tuple(
+    (re.compile(pattern), endpoint)
+    for pattern, endpoint in (
+        (r"/session/v1/login-request", Endpoint.LOGIN),
+        (r"/queries/v1/query-request", Endpoint.QUERY),
+        (r"/session/token-request", Endpoint.TOKEN_REQUEST),
+        (r"/session/heartbeat", Endpoint.HEARTBEAT),
+        (rf"/queries/{_ID}/abort-request", Endpoint.ABORT),
+        (r"/telemetry/send", Endpoint.TELEMETRY),
+        # connector 5.x sends /monitoring/queries//{id}: keep accepting the double slash
+        (rf"/monitoring/queries//?{_ID}", Endpoint.MONITORING),
+        (rf"/queries/{_ID}/result/?", Endpoint.RESULT),
+        (rf"/api/v2/statements(?:/{_ID}(?:/cancel)?)?/?", Endpoint.SQL_API),
+        (r"/session/authenticator-request", Endpoint.AUTHENTICATOR),
+    )
+)
+_POST = frozenset({"POST"})
+_GET = frozenset({"GET"})
+ALLOWED_METHODS: dict[Endpoint, frozenset[str]] = {
+    Endpoint.LOGIN: _POST,
+    Endpoint.QUERY: _POST,
+    Endpoint.TOKEN_REQUEST: _POST,
+    Endpoint.LOGOUT: _POST,
+    Endpoint.HEARTBEAT: _POST,
+    Endpoint.ABORT: _POST,
+    Endpoint.TELEMETRY: _POST,
+    Endpoint.MONITORING: _GET,
+    Endpoint.RESULT: _GET,
+    Endpoint.SQL_API: frozenset({"GET", "POST"}),
+    Endpoint.AUTHENTICATOR: _POST,
+    Endpoint.OTHER: frozenset(),
+}
+"""The HTTP methods the Snowflake drivers use on each endpoint; anything else is refused."""
 
 
 def classify(method: str, path: str) -> Endpoint:
-    """Name the Snowflake endpoint a request targets; `path` may carry a query string."""
+    """Name the Snowflake endpoint a request targets; `path` may carry a query string.
+
+    Matching is exact: a path that is not spelled the way the drivers spell it
+    is OTHER, and the gateway refuses OTHER, so an alias the upstream might
+    normalise into a statement endpoint cannot slip past the policy.
+    """
     route, _, query = path.partition("?")
-    if route == "/session/v1/login-request":
-        return Endpoint.LOGIN
-    if route == "/queries/v1/query-request":
-        return Endpoint.QUERY
-    if route == "/session/token-request":
-        return Endpoint.TOKEN_REQUEST
-    if route == "/session" and "delete=true" in query:
-        return Endpoint.LOGOUT
-    if route == "/session/heartbeat":
-        return Endpoint.HEARTBEAT
-    if route == "/queries/v1/abort-request":
-        return Endpoint.ABORT
-    if route == "/telemetry/send":
-        return Endpoint.TELEMETRY
-    if route.startswith("/monitoring/queries/"):
-        return Endpoint.MONITORING
-    if _RESULT_PATH.match(route):
-        return Endpoint.RESULT
-    if route == "/api/v2/statements" or route.startswith("/api/v2/statements/"):
-        return Endpoint.SQL_API
-    if route == "/session/authenticator-request":
-        return Endpoint.AUTHENTICATOR
+    if route == "/session":
+        flags = urllib.parse.parse_qs(query, keep_blank_values=True).get("delete")
+        return Endpoint.LOGOUT if flags == ["true"] else Endpoint.OTHER
+    for pattern, endpoint in _ROUTES:
+        if pattern.fullmatch(route):
+            return endpoint
     return Endpoint.OTHER
+
+
+def allowed_methods(endpoint: Endpoint, path: str) -> frozenset[str]:
+    """The methods a request to this endpoint may use (SQL API: POST to submit or cancel)."""
+    if endpoint is Endpoint.SQL_API:
+        route = path.partition("?")[0].rstrip("/")
+        return _GET if route.count("/") == 4 and not route.endswith("/cancel") else _POST
+    return ALLOWED_METHODS[endpoint]
 
 
 class ProtocolError(ValueError):
     """A request or response body the gateway cannot read as Snowflake JSON."""
+
+
+_CONTROL_BYTES = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def unreadable_head(path: bytes, headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """Why a request's path or headers cannot be taken as text, or None when they can.
+
+    The gateway matches endpoints, reads tokens and records requests as text;
+    bytes that are not UTF-8, and control characters (a bare CR in a header
+    value is a line break to some servers: header injection), are refused.
+    """
+    if _unreadable(path):
+        return "the request path is not printable UTF-8 text"
+    for name, value in headers:
+        if _unreadable(name) or _unreadable(value):
+            return "a request header is not printable UTF-8 text"
+    return None
+
+
+def _unreadable(data: bytes) -> bool:
+    if _CONTROL_BYTES.search(data):
+        return True
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+def printable(data: bytes) -> str:
+    """`data` as text with undecodable bytes and control characters escaped (`\\xff`)."""
+    text = data.decode("utf-8", "backslashreplace")
+    return re.sub(r"[\x00-\x08\x0a-\x1f\x7f]", lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def decode_body(message: http.Message, limit: int) -> bytes:
@@ -103,6 +172,9 @@ def decode_body(message: http.Message, limit: int) -> bytes:
         raise ProtocolError(f"decoded body is over the {limit}-byte limit")
     if not decompressor.eof:
         raise ProtocolError(f"truncated {encoding} body")
+    if decompressor.unused_data:
+        # a second gzip member would be read by the upstream but not by the gateway
+        raise ProtocolError(f"trailing data after the {encoding} body")
     return data
 
 
@@ -169,7 +241,7 @@ def login_failure(code: int, message: str) -> http.Response:
     )
 
 
-def session_failure(code: int, message: str) -> http.Response:
+def session_failure(code: int, message: str, status: int = 200) -> http.Response:
     """A refused call on an authenticated endpoint (bad, expired or unknown session token)."""
     return _json_response(
         {
@@ -178,8 +250,23 @@ def session_failure(code: int, message: str) -> http.Response:
             "message": message,
             "success": False,
             "headers": None,
-        }
+        },
+        status,
     )
+
+
+def not_served(
+    endpoint: Endpoint, status: int, message: str, allow: Iterable[str] = ()
+) -> http.Response:
+    """A request the gateway does not serve at all (unknown path 404, wrong method 405)."""
+    code = CODE_GATEWAY_PROTOCOL
+    if endpoint is Endpoint.SQL_API:
+        response = sql_api_failure(status, code, message)
+    else:
+        response = session_failure(code, message, status)
+    if allow:
+        response.headers["Allow"] = ", ".join(sorted(allow))
+    return response
 
 
 def query_failure(

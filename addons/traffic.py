@@ -1,4 +1,23 @@
-"""Snowflake traffic handling common to every flow: classify, bound and parse once."""
+"""Snowflake traffic handling common to every flow: classify, bound and parse once.
+
+The gateway forwards only what it understands. Before any other hook decides
+on a request, this addon refuses (with a Snowflake-shaped answer the recorder
+records as a refusal):
+
+- paths that are not a Snowflake endpoint spelled the way the drivers spell
+  it (404): an alias the upstream might normalise, such as a trailing `;x` or
+  an encoded slash, must not carry a statement past the policy;
+- methods the drivers do not use on that endpoint (405);
+- request lines and headers that are not printable UTF-8 (a bare CR in a
+  header is a line break to some servers), and absolute-form request targets;
+- bodies that do not decode within `hoopgw_request_limit` (gzip bombs,
+  invalid or trailing gzip data) and, on endpoints whose body the gateway
+  reads, bodies that are not one JSON object.
+
+It also leaves every later hook a bounded view of each body
+(`state.request_body`, `state.response_body`), so no hook ever decompresses
+an unbounded body through mitmproxy's `content`.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +48,9 @@ _JSON_RESPONSES = frozenset(
         Endpoint.RESULT,
     }
 )
+# Client credentials Snowflake never reads; they must not travel upstream.
+_CLIENT_ONLY_HEADERS = ("cookie", "proxy-authorization")
+_SOURCE = "protocol"
 
 
 class SnowflakeTraffic:
@@ -37,11 +59,14 @@ class SnowflakeTraffic:
     Request bodies must be whole before any hook decides on them (with
     `stream_large_bodies` a body would go upstream before `request` runs), and
     upstream connections are opened lazily so a refused client never causes one.
+    mitmproxy buffers whole bodies in memory, so unless the operator sets
+    `body_size_limit` the gateway sets it to the larger of its two limits.
     """
 
     def __init__(self) -> None:
         self.request_limit = 16 * 1024 * 1024
         self.response_limit = 512 * 1024 * 1024
+        self._body_size_limit: str | None = None
 
     def load(self, loader: Loader) -> None:
         loader.add_option(
@@ -62,7 +87,9 @@ class SnowflakeTraffic:
             """
             Largest decoded response body, in bytes, that the gateway parses to
             translate tokens and record statement outcomes. Larger responses
-            still reach the client; their record notes that they were not parsed.
+            still reach the client (up to mitmproxy's body_size_limit, which
+            the gateway sets to the larger of its two limits unless you set
+            it); their record notes that they were not parsed.
             """,
         )
 
@@ -88,6 +115,18 @@ class SnowflakeTraffic:
             )
         if "connection_strategy" in updated and ctx.options.connection_strategy != "lazy":
             ctx.options.update(connection_strategy="lazy")
+        if updated & {"hoopgw_request_limit", "hoopgw_response_limit", "body_size_limit"}:
+            self._bound_buffered_bodies()
+
+    def _bound_buffered_bodies(self) -> None:
+        """Without body_size_limit one client could make mitmproxy buffer any amount."""
+        current = ctx.options.body_size_limit
+        if current is not None and current != self._body_size_limit:
+            return  # the operator's choice
+        wanted = str(max(self.request_limit, self.response_limit))
+        if current != wanted:
+            self._body_size_limit = wanted
+            ctx.options.update(body_size_limit=wanted)
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if not flow.live:
@@ -98,11 +137,41 @@ class SnowflakeTraffic:
 
     def request(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)
-        if state is None or state.answered or state.endpoint not in _JSON_REQUESTS:
+        if state is None:
+            return
+        request = flow.request
+        # until the body is known to decode within bounds, later hooks see it as received
+        state.request_body = request.raw_content or b""
+        if state.answered:
+            return
+        for name in _CLIENT_ONLY_HEADERS:
+            request.headers.pop(name, None)
+        unreadable = snowflake.unreadable_head(request.data.path, request.headers.fields)
+        if unreadable:
+            _escape_head(request)
+        elif request.authority and not (request.is_http2 or request.is_http3):
+            # absolute-form would travel upstream as sent, naming a host of the client's choice
+            unreadable = "the request target must be a path, not an absolute URL"
+        if state.endpoint is Endpoint.OTHER:
+            self._refuse_unserved(
+                flow, state, 404, "the path is not a Snowflake endpoint this gateway serves"
+            )
+            return
+        allowed = snowflake.allowed_methods(state.endpoint, request.path)
+        # `request.method` is upper-cased by mitmproxy; upstream gets the bytes as sent
+        method = snowflake.printable(request.data.method)
+        if method not in allowed:
+            method = method[:24]
+            reason = f"method {method} is not used on this endpoint (use {', '.join(allowed)})"
+            self._refuse_unserved(flow, state, 405, reason, allowed)
+            return
+        if unreadable:
+            self._refuse_malformed(flow, state, unreadable)
             return
         try:
-            state.request_body = snowflake.decode_body(flow.request, self.request_limit)
-            state.request_json = snowflake.parse_json_object(state.request_body)
+            state.request_body = snowflake.decode_body(request, self.request_limit)
+            if state.endpoint in _JSON_REQUESTS:
+                state.request_json = snowflake.parse_json_object(state.request_body)
         except ProtocolError as exc:
             self._refuse_malformed(flow, state, str(exc))
             return
@@ -112,16 +181,22 @@ class SnowflakeTraffic:
                 state.client_app = _text(data.get("CLIENT_APP_ID"))
                 state.client_version = _text(data.get("CLIENT_APP_VERSION"))
         if state.client_app is None:
-            state.client_app = flow.request.headers.get("user-agent")
+            state.client_app = _text(request.headers.get("user-agent"))
 
     def response(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)
         if state is None or flow.response is None or state.answered:
             return
+        try:
+            state.response_body = snowflake.decode_body(flow.response, self.response_limit)
+        except ProtocolError as exc:
+            state.response_body = flow.response.raw_content or b""
+            if state.endpoint in _JSON_RESPONSES:
+                logger.warning("hoopgw: unreadable %s response: %s", state.endpoint, exc)
+            return
         if state.endpoint not in _JSON_RESPONSES:
             return
         try:
-            state.response_body = snowflake.decode_body(flow.response, self.response_limit)
             state.response_json = snowflake.parse_json_object(state.response_body)
         except ProtocolError as exc:
             logger.warning("hoopgw: unreadable %s response: %s", state.endpoint, exc)
@@ -132,7 +207,34 @@ class SnowflakeTraffic:
         response = snowflake.refusal_for(
             state.endpoint, code, f"hoopgw refused the request: {reason}"
         )
-        state.refuse(flow, response, Refusal(code, reason, "protocol"))
+        state.refuse(flow, response, Refusal(code, reason, _SOURCE))
+
+    @staticmethod
+    def _refuse_unserved(
+        flow: http.HTTPFlow,
+        state: FlowState,
+        status: int,
+        reason: str,
+        allowed: frozenset[str] = frozenset(),
+    ) -> None:
+        code = snowflake.CODE_GATEWAY_PROTOCOL
+        message = f"hoopgw refused the request: {reason}"
+        response = snowflake.not_served(state.endpoint, status, message, allowed)
+        state.refuse(flow, response, Refusal(code, reason, _SOURCE))
+
+
+def _escape_head(request: http.Request) -> None:
+    """Escape a refused request's unreadable path and headers so its record can be written.
+
+    The request goes nowhere; the record shows the offending bytes as `\\xNN`.
+    """
+    request.path = snowflake.printable(request.data.path)
+    request.headers = http.Headers(
+        [
+            (snowflake.printable(name).encode(), snowflake.printable(value).encode())
+            for name, value in request.headers.fields
+        ]
+    )
 
 
 def _text(value: object) -> str | None:

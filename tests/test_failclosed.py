@@ -61,4 +61,3 @@ def test_fail_closed_refuses_a_flow_the_gateway_never_classified():
     flow = tflow.tflow(resp=False)
     FailClosed(required=("authentication",)).request(flow)
     assert flow.response is not None
-
