@@ -7,6 +7,7 @@ loudly instead of decoding to fewer records.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Iterator
 from typing import Any, Final
 
@@ -21,10 +22,30 @@ class SegmentError(ValueError):
     """A segment that does not decode; the message says what is broken and where."""
 
 
+class _Contexts(threading.local):
+    """zstd contexts kept per thread: a context costs about a megabyte to set up, and one
+    may not be used by two threads at once."""
+
+    def __init__(self) -> None:
+        self.compressors: dict[int, zstandard.ZstdCompressor] = {}
+        self.decompressor = zstandard.ZstdDecompressor()
+
+    def compressor(self, level: int) -> zstandard.ZstdCompressor:
+        compressor = self.compressors.get(level)
+        if compressor is None:
+            compressor = zstandard.ZstdCompressor(
+                level=level, write_checksum=True, write_content_size=True
+            )
+            self.compressors[level] = compressor
+        return compressor
+
+
+_contexts = _Contexts()
+
+
 def compress_lines(data: bytes, level: int = COMPRESSION_LEVEL) -> bytes:
     """Wrap already-encoded JSON lines in one zstd frame with content size and checksum."""
-    compressor = zstandard.ZstdCompressor(level=level, write_checksum=True, write_content_size=True)
-    return compressor.compress(data)
+    return _contexts.compressor(level).compress(data)
 
 
 def encode_segment(records: Iterable[dict[str, Any]], level: int = COMPRESSION_LEVEL) -> bytes:
@@ -40,7 +61,7 @@ def decompress_segment(data: bytes) -> bytes:
         raise SegmentError("not a zstd frame (bad or missing frame header)") from None
     if not params.has_checksum:
         raise SegmentError("zstd frame has no content checksum")
-    decompressor = zstandard.ZstdDecompressor().decompressobj()
+    decompressor = _contexts.decompressor.decompressobj()
     try:
         lines = decompressor.decompress(data)
     except zstandard.ZstdError as exc:
