@@ -297,7 +297,7 @@ class Recording:
             method=request.data.method.decode("ascii", "replace"),
             path=redaction.redact_path(request.path),
             headers=redaction.redact_headers(request.headers.items(multi=True)),
-            body=self._body(request, state.request_body),
+            body=self._body(request, state.request_body, state.request_json),
         )
         record["ts"] = request.timestamp_start
         request_id = request.query.get("requestId") or request.query.get("request_id")
@@ -345,7 +345,7 @@ class Recording:
                 flow.request.timestamp_start, response.timestamp_end or time.time()
             ),
             headers=redaction.redact_headers(response.headers.items(multi=True)),
-            body=self._body(response, state.response_body),
+            body=self._body(response, state.response_body, state.response_json),
         )
         if state.refusal is not None:
             record["refusal"] = state.refusal.as_record()
@@ -355,9 +355,15 @@ class Recording:
             _withhold_statement_echoes(record)
         return record
 
-    def _body(self, message: http.Message, decoded: bytes | None) -> dict[str, Any]:
-        raw = decoded if decoded is not None else message.get_content(strict=False) or b""
-        return redaction.body_for_record(raw, message.headers.get("content-type"), self.body_limit)
+    def _body(
+        self, message: http.Message, decoded: bytes | None, parsed: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        """The record's body; reuses the JSON the gateway parsed (decoded bodies are bounded)."""
+        raw = decoded if decoded is not None else message.raw_content or b""
+        content_type = message.headers.get("content-type")
+        if parsed is not None and decoded is not None:
+            return redaction.body_for_record(raw, content_type, self.body_limit, parsed=parsed)
+        return redaction.body_for_record(raw, content_type, self.body_limit)
 
 
 def statement_outcome(answer: dict[str, Any]) -> dict[str, Any]:

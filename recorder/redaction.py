@@ -44,11 +44,22 @@ _SECRET_HEADER_PARTS: Final = (
 _KEPT_HEADERS: Final = frozenset({"x-snowflake-authorization-token-type"})
 
 
+# Verdicts by name: header names and JSON keys repeat in every flow, so each is
+# classified once. Bounded, so odd names a client makes up cannot grow them.
+_NAME_CACHE_LIMIT: Final = 4096
+_secret_headers_seen: dict[str, bool] = {}
+
+
 def is_secret_header(name: str) -> bool:
-    lowered = name.lower()
-    if lowered in _KEPT_HEADERS:
-        return False
-    return lowered in _SECRET_HEADERS or any(part in lowered for part in _SECRET_HEADER_PARTS)
+    secret = _secret_headers_seen.get(name)
+    if secret is None:
+        lowered = name.lower()
+        secret = lowered not in _KEPT_HEADERS and (
+            lowered in _SECRET_HEADERS or any(part in lowered for part in _SECRET_HEADER_PARTS)
+        )
+        if len(_secret_headers_seen) < _NAME_CACHE_LIMIT:
+            _secret_headers_seen[name] = secret
+    return secret
 
 
 def redact_headers(headers: Iterable[tuple[str, str]]) -> list[list[str]]:
@@ -141,8 +152,11 @@ def strip_url_query(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
+_URL_PREFIXES: Final = ("https://", "http://", "azure://", "gcs://", "s3://")
+
+
 def _is_url(value: str) -> bool:
-    return value.startswith(("https://", "http://", "azure://", "gcs://", "s3://"))
+    return value.startswith(_URL_PREFIXES)
 
 
 def _scrub_string(value: str) -> str:
@@ -167,37 +181,86 @@ def redact_json(obj: Any) -> Any:
     through `redact_message`. `{"name": N, "value": V}` pairs hide V when N
     names a credential.
     """
-    return _redact_value(obj, None)
+    return _redact_value(obj, False)
 
 
-def _redact_value(value: Any, key: str | None) -> Any:
+# What a JSON key's value gets, decided once per key name (`_key_rule`).
+_KEEP: Final = 0
+_SECRET: Final = 1
+_SQL: Final = 2
+_MESSAGE: Final = 3
+_URL: Final = 4
+_key_rules: dict[str, int] = {}
+
+
+def _key_rule(key: str) -> int:
+    rule = _key_rules.get(key)
+    if rule is None:
+        lowered = key.lower()
+        if is_secret_key(key):
+            rule = _SECRET
+        elif lowered in _SQL_KEYS:
+            rule = _SQL
+        elif lowered in _MESSAGE_KEYS:
+            rule = _MESSAGE
+        elif lowered.endswith(_URL_KEY_SUFFIXES):
+            rule = _URL
+        else:
+            rule = _KEEP
+        if len(_key_rules) < _NAME_CACHE_LIMIT:
+            _key_rules[key] = rule
+    return rule
+
+
+def _redact_value(value: Any, url_key: bool) -> Any:
+    """`url_key`: the value sits under a URL-valued key (`chunks[].url`, `presignedUrls`)."""
+    if isinstance(value, str):
+        return _redact_url(value, url_key) if value.startswith(_URL_PREFIXES) else value
     if isinstance(value, dict):
         return _redact_dict(value)
     if isinstance(value, list):
-        return [_redact_value(item, key) for item in value]
-    if isinstance(value, str):
-        if key is not None and key.lower().endswith(_URL_KEY_SUFFIXES) and _is_url(value):
-            return strip_url_query(value)
-        return _scrub_string(value)
+        return _redact_list(value, url_key)
     return value
+
+
+def _redact_url(value: str, url_key: bool) -> str:
+    return strip_url_query(value) if url_key else _scrub_string(value)
+
+
+def _redact_list(items: list[Any], url_key: bool) -> list[Any]:
+    """Rows of results are most of what passes here: plain strings and numbers stay as they are."""
+    return [
+        (_redact_url(item, url_key) if item.startswith(_URL_PREFIXES) else item)
+        if item.__class__ is str
+        else item
+        if item is None or item.__class__ is int or item.__class__ is float
+        else _redact_value(item, url_key)
+        for item in items
+    ]
 
 
 def _redact_dict(obj: dict[Any, Any]) -> dict[Any, Any]:
     out: dict[Any, Any] = {}
     for key, value in obj.items():
-        name = key if isinstance(key, str) else str(key)
-        if value is None or isinstance(value, bool):
+        if value is None or value is True or value is False:
             out[key] = value
-        elif is_secret_key(name):
+            continue
+        rule = _key_rule(key if isinstance(key, str) else str(key))
+        if rule == _SECRET:
             out[key] = REDACTED
-        elif isinstance(value, str) and name.lower() in _SQL_KEYS:
-            out[key] = redact_sql(value)
-        elif isinstance(value, str) and name.lower() in _MESSAGE_KEYS:
-            out[key] = redact_message(value)
+        elif isinstance(value, str):
+            if rule == _SQL:
+                out[key] = redact_sql(value)
+            elif rule == _MESSAGE:
+                out[key] = redact_message(value)
+            elif value.startswith(_URL_PREFIXES):
+                out[key] = _redact_url(value, rule == _URL)
+            else:
+                out[key] = value
         else:
-            out[key] = _redact_value(value, name)
+            out[key] = _redact_value(value, rule == _URL)
     name = obj.get("name")
-    if isinstance(name, str) and "value" in out and is_secret_key(name):
+    if isinstance(name, str) and "value" in out and _key_rule(name) == _SECRET:
         value = out["value"]
         if value is not None and not isinstance(value, bool):
             out["value"] = REDACTED
@@ -415,17 +478,26 @@ def _matching_paren(tokens: list[Token], open_index: int) -> int | None:
 # --- bodies --------------------------------------------------------------------------
 
 _TRIM_ROUNDS: Final = 12
+_NOT_PARSED: Final[Any] = object()
 
 
-def body_for_record(raw: bytes, content_type: str | None, limit: int) -> dict[str, Any]:
+def body_for_record(
+    raw: bytes, content_type: str | None, limit: int, *, parsed: Any = _NOT_PARSED
+) -> dict[str, Any]:
     """The record's view of a decoded body: redacted, and bounded by `limit` bytes.
 
     Returns `{"size": N}` plus one of `json` (redacted value), `form` (redacted
-    `[[name, value], ...]`), `text`, or `omitted` ("binary", "too large"). Above
+    `[[name, value], ...]`), `text`, or `omitted` ("binary", "too large",
+    "unparsable": JSON that does not parse, which redaction cannot see into). Above
     `limit`, also `truncated: true` and `sha256` of the full original bytes;
     JSON keeps its structure with its largest arrays and strings cut, listed in
     `trimmed` (path -> original length). Small bodies get no hash: a hash of a
     short body holding a password would let anyone test password guesses.
+
+    `parsed` is `orjson.loads(raw)` when the caller has it already (the gateway
+    parses every Snowflake body once); it is read, never modified. A large
+    JSON body is cut before it is redacted, so only what the record keeps is
+    copied and walked.
     """
     size = len(raw)
     out: dict[str, Any] = {"size": size}
@@ -437,19 +509,25 @@ def body_for_record(raw: bytes, content_type: str | None, limit: int) -> dict[st
         out["sha256"] = hashlib.sha256(raw).hexdigest()
     media = (content_type or "").split(";", 1)[0].strip().lower()
     if "json" in media or (not media and raw.lstrip()[:1] in (b"{", b"[")):
-        try:
-            value = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            pass
-        else:
-            redacted = redact_json(value)
-            if over:
-                redacted, trimmed = _trim_json(redacted, limit)
-                if trimmed is None:
-                    out["omitted"] = "too large"
-                    return out
-                if trimmed:
-                    out["trimmed"] = trimmed
+        value = parsed
+        if value is _NOT_PARSED:
+            try:
+                value = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                # broken JSON cannot be redacted by key: a truncated login body
+                # would keep the caller's token as plain text
+                out["omitted"] = "unparsable"
+                return out
+        if value is not _NOT_PARSED:
+            if not over:
+                out["json"] = redact_json(value)
+                return out
+            redacted, trimmed = _bounded_json(value, limit)
+            if trimmed is None:
+                out["omitted"] = "too large"
+                return out
+            if trimmed:
+                out["trimmed"] = trimmed
             out["json"] = redacted
             return out
     if media == "application/x-www-form-urlencoded":
@@ -484,11 +562,40 @@ def _trim_pairs(pairs: list[list[str]], limit: int) -> list[list[str]]:
     return kept
 
 
+def _bounded_json(value: Any, limit: int) -> tuple[Any, dict[str, int] | None]:
+    """Redacted `value` cut to fit `limit` bytes, and the cut paths (None: it cannot fit).
+
+    Cutting first and redacting what is left costs a walk of about `limit`
+    bytes instead of the whole body (a 100k-row JSON rowset). Secret values are
+    never cut (they become "[REDACTED]" anyway); since redaction can change
+    sizes a little, what it returns is measured and cut again if needed.
+    """
+    cut, trimmed = _trim_json(_copy_objects(value), limit)
+    redacted = redact_json(cut)
+    if trimmed is None:
+        return redacted, None
+    redacted, again = _trim_json(redacted, limit)
+    if again is None:
+        return redacted, None
+    for path, length in again.items():
+        trimmed.setdefault(path, length)
+    return redacted, trimmed
+
+
+def _copy_objects(value: Any) -> Any:
+    """Copies of the objects `_trim_json` may change (reached through objects only);
+    arrays and strings stay shared with `value`."""
+    if isinstance(value, dict):
+        return {key: _copy_objects(child) for key, child in value.items()}
+    return value
+
+
 def _trim_json(value: Any, limit: int) -> tuple[Any, dict[str, int] | None]:
     """Cut the largest arrays and strings until the encoding fits `limit` bytes.
 
-    Returns the cut value and `{path: original length}`, or None for the paths
-    when even cutting everything cuttable does not fit.
+    Changes the objects of `value` in place. Returns the cut value and
+    `{path: original length}`, or None for the paths when even cutting
+    everything cuttable does not fit.
     """
     trimmed: dict[str, int] = {}
     box = {"$": value}
@@ -501,6 +608,9 @@ def _trim_json(value: Any, limit: int) -> tuple[Any, dict[str, int] | None]:
             break
         size, path, parent, key = max(candidates, key=lambda item: item[0])
         target = parent[key]
+        if isinstance(target, str) and target.startswith(_URL_PREFIXES):
+            # a URL cut inside its query could hide the parameter that marks it signed
+            target = strip_url_query(target)
         keep_fraction = max(0.0, (size - (encoded_size - limit) - 64) / size)
         keep = int(len(target) * keep_fraction)
         if keep >= len(target):
@@ -515,6 +625,7 @@ def _trim_json(value: Any, limit: int) -> tuple[Any, dict[str, int] | None]:
 def _cuttable(box: dict[str, Any]) -> list[tuple[int, str, Any, Any]]:
     """(encoded size, path, parent, key) of every non-empty array and long string
     reachable through objects only; arrays are cut as a whole, never inside.
+    Values under credential keys are left out: redaction replaces them whole.
 
     `box` is `{"$": value}`; paths are relative to the value (`$` is the value).
     """
@@ -522,6 +633,7 @@ def _cuttable(box: dict[str, Any]) -> list[tuple[int, str, Any, Any]]:
     stack: list[tuple[Any, str]] = [(box, "")]
     while stack:
         node, prefix = stack.pop()
+        secret_pair = isinstance(node.get("name"), str) and _key_rule(node["name"]) == _SECRET
         for key, child in node.items():
             if not prefix:
                 path = "$"
@@ -529,10 +641,14 @@ def _cuttable(box: dict[str, Any]) -> list[tuple[int, str, Any, Any]]:
                 path = str(key)
             else:
                 path = f"{prefix}.{key}"
+            if (prefix and _key_rule(str(key)) == _SECRET) or (secret_pair and key == "value"):
+                continue
             if isinstance(child, dict):
                 stack.append((child, path))
             elif isinstance(child, list) and child:
                 found.append((len(orjson.dumps(child)), path, node, key))
             elif isinstance(child, str) and len(child) > 256:
-                found.append((len(child.encode()), path, node, key))
+                found.append(
+                    (len(child) if child.isascii() else len(child.encode()), path, node, key)
+                )
     return found

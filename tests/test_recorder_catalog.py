@@ -350,7 +350,7 @@ def test_stream_summary_merge_is_idempotent() -> None:
 DUCKDB_QUERY = """
 SELECT dt, session_id, seq, kind, sql, caller.email AS email
 FROM read_json_auto('{root}/sessions/*/*/*.jsonl.zst', hive_partitioning = true,
-                    union_by_name = true)
+                    union_by_name = true, maximum_depth = 3)
 WHERE kind IN ('request', 'refusal') AND sql IS NOT NULL
 ORDER BY session_id, writer, seq
 """

@@ -430,9 +430,10 @@ def test_body_for_record_text_form_binary_and_empty() -> None:
     assert binary == {"size": 11, "omitted": "binary"}
 
 
-def test_body_for_record_invalid_json_falls_back_to_text() -> None:
-    body = body_for_record(b'{"broken": ', "application/json", 100)
-    assert body == {"size": 11, "text": '{"broken": '}
+def test_body_for_record_keeps_no_text_of_invalid_json() -> None:
+    """Broken JSON cannot be redacted by key, so none of it is kept."""
+    body = body_for_record(b'{"data": {"TOKEN": "eyJ.secret', "application/json", 100)
+    assert body == {"size": 30, "omitted": "unparsable"}
 
 
 def test_error_messages_are_cut_at_credential_words():
