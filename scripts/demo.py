@@ -58,6 +58,11 @@ TOKEN (an ID token for {DEMO_USER}, groups {", ".join(DEMO_GROUPS)}; valid one h
 
 {token}
 
+See what was recorded (segments reach the store when a session ends):
+
+  HOOPGW_STORE=file:{gateway.workdir / "store"} .venv/bin/hoopgw sessions list
+  HOOPGW_STORE=file:{gateway.workdir / "store"} .venv/bin/hoopgw sessions show SESSION_ID
+
 Press Ctrl-C to stop everything.
 """
 
