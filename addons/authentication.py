@@ -71,6 +71,39 @@ _SESSION_EXPIRED = str(snowflake.CODE_SESSION_EXPIRED)
 
 
 @dataclass(frozen=True, slots=True)
+class _Admission:
+    """What a call must present, and the refusal messages when it does not."""
+
+    kind: TokenKind
+    missing: str
+    rejected: str
+    wrong_kind: str
+    revoked: str
+    expired: str
+    expired_code: int
+
+
+_RENEWAL = _Admission(
+    kind=TokenKind.MASTER,
+    missing="the renewal carries no master token",
+    rejected="the master token is not accepted ({})",
+    wrong_kind="a session token cannot renew a session",
+    revoked="the session has ended (logged out)",
+    expired="the session has expired; log in again",
+    expired_code=snowflake.CODE_MASTER_EXPIRED,
+)
+_SESSION_CALL = _Admission(
+    kind=TokenKind.SESSION,
+    missing="the request carries no session token; log in through the gateway",
+    rejected="the session token is not accepted ({}); log in again",
+    wrong_kind="a master token cannot be used as a session token",
+    revoked="the session has ended (logged out); log in again",
+    expired="the session token has expired",
+    expired_code=snowflake.CODE_SESSION_EXPIRED,
+)
+
+
+@dataclass(frozen=True, slots=True)
 class _LoginInFlight:
     session_id: str
     caller: Caller
@@ -315,34 +348,43 @@ class Authentication:
         _rewrite_response(flow.response, state, payload)
         state.context = _copy(context)
 
+    def _admit(
+        self, flow: http.HTTPFlow, state: FlowState, rules: _Admission
+    ) -> tuple[SealedSession, str, float] | None:
+        """Open the presented gateway token and check kind, revocation and expiry.
+
+        Returns the token, its text and the time checked; or refuses the flow
+        (nothing goes upstream) and returns None.
+        """
+        presented = snowflake.session_token_from(flow.request.headers)
+        if presented is None:
+            self._refuse_session(flow, state, rules.missing)
+            return None
+        try:
+            token = self.tokens.sealer.open(presented)
+        except TokenError as exc:
+            self._refuse_session(flow, state, rules.rejected.format(exc))
+            return None
+        if token.kind is not rules.kind:
+            self._refuse_session(flow, state, rules.wrong_kind)
+            return None
+        self._identify(state, token)
+        now = time.time()
+        if self.tokens.revoked.is_revoked(token.session_id, now):
+            self._refuse_session(flow, state, rules.revoked)
+            return None
+        if token.expired(now):
+            self._refuse_session(flow, state, rules.expired, code=rules.expired_code)
+            return None
+        return token, presented, now
+
     # Renewal
 
     def _renewal(self, flow: http.HTTPFlow, state: FlowState) -> None:
-        presented = snowflake.session_token_from(flow.request.headers)
-        if presented is None:
-            self._refuse_session(flow, state, "the renewal carries no master token")
+        admitted = self._admit(flow, state, _RENEWAL)
+        if admitted is None:
             return
-        try:
-            master = self.tokens.sealer.open(presented)
-        except TokenError as exc:
-            self._refuse_session(flow, state, f"the master token is not accepted ({exc})")
-            return
-        if master.kind is not TokenKind.MASTER:
-            self._refuse_session(flow, state, "a session token cannot renew a session")
-            return
-        self._identify(state, master)
-        now = time.time()
-        if self.tokens.revoked.is_revoked(master.session_id, now):
-            self._refuse_session(flow, state, "the session has ended (logged out)")
-            return
-        if master.expired(now):
-            self._refuse_session(
-                flow,
-                state,
-                "the session has expired; log in again",
-                code=snowflake.CODE_MASTER_EXPIRED,
-            )
-            return
+        master, presented, _ = admitted
         body = state.request_json or {}
         try:
             upstream_old = self._old_upstream_session(master, body.get("oldSessionToken"))
@@ -465,35 +507,10 @@ class Authentication:
     # Calls within a session
 
     def _session_call(self, flow: http.HTTPFlow, state: FlowState) -> None:
-        presented = snowflake.session_token_from(flow.request.headers)
-        if presented is None:
-            self._refuse_session(
-                flow, state, "the request carries no session token; log in through the gateway"
-            )
+        admitted = self._admit(flow, state, _SESSION_CALL)
+        if admitted is None:
             return
-        try:
-            session = self.tokens.sealer.open(presented)
-        except TokenError as exc:
-            self._refuse_session(
-                flow, state, f"the session token is not accepted ({exc}); log in again"
-            )
-            return
-        if session.kind is not TokenKind.SESSION:
-            self._refuse_session(flow, state, "a master token cannot be used as a session token")
-            return
-        self._identify(state, session)
-        now = time.time()
-        if self.tokens.revoked.is_revoked(session.session_id, now):
-            self._refuse_session(flow, state, "the session has ended (logged out); log in again")
-            return
-        if session.expired(now):
-            self._refuse_session(
-                flow,
-                state,
-                "the session token has expired",
-                code=snowflake.CODE_SESSION_EXPIRED,
-            )
-            return
+        session, _, now = admitted
         flow.request.headers["authorization"] = snowflake.snowflake_authorization(
             session.upstream_token
         )
