@@ -94,6 +94,7 @@ class FlowState:
     refusal: Refusal | None = None
     guardrail: dict[str, Any] | None = None
     statements: list[dict[str, Any]] | None = None
+    sql_masked: bool = False  # the request's SQL carried a credential literal
     session_ended: bool = False
     response_body: bytes | None = None
     response_json: dict[str, Any] | None = None

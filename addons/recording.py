@@ -308,6 +308,7 @@ class Recording:
             sql = body.get("sqlText") or body.get("statement")
             if isinstance(sql, str):
                 record["sql"] = redaction.redact_sql(sql)
+                state.sql_masked = record["sql"] != sql
                 if len(record["sql"]) > self.body_limit:
                     record["sql"] = record["sql"][: self.body_limit]
                     record["sql_truncated"] = len(sql)
@@ -351,7 +352,7 @@ class Recording:
             record["refusal"] = state.refusal.as_record()
         if isinstance(state.response_json, dict) and state.endpoint in _OUTCOME_ENDPOINTS:
             record.update(statement_outcome(state.response_json))
-        if _carried_credentials(state):
+        if state.sql_masked:
             _withhold_statement_echoes(record)
         return record
 
@@ -447,14 +448,6 @@ def _starts_work(flow: http.HTTPFlow, state: FlowState) -> bool:
         route = flow.request.path.partition("?")[0].rstrip("/")
         return flow.request.method == "POST" and not route.endswith("/cancel")
     return False
-
-
-def _carried_credentials(state: FlowState) -> bool:
-    """Whether the statement held a credential literal that its request record masks."""
-    if state.endpoint not in _STATEMENT_ENDPOINTS or not isinstance(state.request_json, dict):
-        return False
-    sql = state.request_json.get("sqlText") or state.request_json.get("statement")
-    return isinstance(sql, str) and redaction.redact_sql(sql) != sql
 
 
 def _withhold_statement_echoes(record: dict[str, Any]) -> None:
