@@ -20,16 +20,13 @@ from recorder.ids import InvalidSessionId, new_session_id, new_writer_id
 from recorder.schema import FORMAT_VERSION, GENESIS_HASH, record_hash, validate_record
 from recorder.spool import Spool, SpoolError
 from recorder.store import LocalStore
+from tests import stack
 
 DEADLINE = 20.0
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = DEADLINE) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
+    stack.wait_until(condition, timeout, what)
 
 
 def request(session_id: str, flow: str, sql: str = "select 1") -> dict[str, Any]:
