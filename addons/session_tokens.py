@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import logging
 import os
@@ -47,6 +48,7 @@ _PROTECTED_HEADER = {"alg": "dir", "enc": "A256GCM"}
 _ALGORITHMS = ["dir", "A256GCM"]
 _PAYLOAD_VERSION = 1
 _MAX_TOKEN_CHARS = 64 * 1024
+_OPENED_CACHE_SIZE = 4096
 
 
 def decode_token_key(text: bytes | str) -> bytes:
@@ -177,6 +179,7 @@ class TokenSealer:
         self._keys: dict[str, OctKey] = {}
         for material in (key, *previous_keys):
             self._keys.setdefault(key_id(material), OctKey.import_key(material))
+        self._open_cached = functools.lru_cache(maxsize=_OPENED_CACHE_SIZE)(self._open)
 
     @property
     def current_key_id(self) -> str:
@@ -189,7 +192,16 @@ class TokenSealer:
         return TOKEN_PREFIX + sealed
 
     def open(self, token: str) -> SealedSession:
-        """Decrypt and authenticate a token; expiry and kind are the caller's checks."""
+        """Decrypt and authenticate a token; expiry, kind and revocation are the caller's checks.
+
+        Every statement presents its session token again, and decrypting it was a
+        fourteenth of the gateway's CPU per statement; a token that opened is
+        remembered by its exact text (any other spelling decrypts anew, a refusal
+        is never remembered), and a new sealer (new keys) starts empty.
+        """
+        return self._open_cached(token)
+
+    def _open(self, token: str) -> SealedSession:
         if not token.startswith(TOKEN_PREFIX):
             raise TokenError("the token was not issued by hoopgw")
         if len(token) > _MAX_TOKEN_CHARS:

@@ -90,6 +90,7 @@ def test_a_master_token_without_upstream_renewal_round_trips() -> None:
 def test_altered_tokens_do_not_open() -> None:
     sealer = TokenSealer(os.urandom(KEY_BYTES))
     token = sealer.seal(session())
+    assert sealer.open(token).upstream_token == UPSTREAM  # now remembered by the sealer
     prefix_len = len(TOKEN_PREFIX)
     header, encrypted_key, iv, ciphertext, tag = token[prefix_len:].split(".")
     flipped = ("A" if ciphertext[5] != "A" else "B").join([ciphertext[:5], ciphertext[6:]])
