@@ -15,7 +15,6 @@ import asyncio
 import logging
 import re
 import time
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -252,7 +251,7 @@ class Recording:
             return
         for record in records:
             try:
-                self.spool.append(record).add_done_callback(_log_failure)
+                self.spool.append_eventually(record)
             except Exception as exc:
                 logger.error("hoopgw: a %s record could not be written: %s", record["kind"], exc)
 
@@ -538,9 +537,3 @@ def _upstream_authenticator() -> str | None:
     if _option("hoopgw_upstream_password"):
         return "SNOWFLAKE"
     return None
-
-
-def _log_failure(future: Future[Any]) -> None:
-    exc = future.exception()
-    if exc is not None:
-        logger.error("hoopgw: a record could not be written: %s", exc)

@@ -11,6 +11,8 @@ records (Athena, Trino and DuckDB read `sessions/` as one table); summaries
 live apart so listing sessions takes one LIST per day (or one for the whole
 archive) plus one small GET per session, never a segment read. Every gateway
 process (writer) keeps its own summary per session; readers merge them.
+`recorder.rollup` adds `rollups/`, an index of both that makes a listing read a
+few objects per day instead (never evidence: see there).
 """
 
 from __future__ import annotations
@@ -90,6 +92,11 @@ class SegmentKey:
     writer: str
     first_seq: int
 
+    @property
+    def day(self) -> str:
+        """The `dt` partition: the session's start date."""
+        return session_date(self.session_id)
+
 
 def parse_segment_key(key: str) -> SegmentKey | None:
     """The parts of a segment key, or None for keys that are not segments."""
@@ -102,6 +109,22 @@ def parse_segment_key(key: str) -> SegmentKey | None:
 def summary_key(session_id: str, writer: str) -> str:
     sid = parse_session_id(session_id)
     return f"{SUMMARIES}/dt={session_date(sid)}/{sid}/{parse_writer_id(writer)}.json"
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryKey:
+    key: str
+    day: str
+    session_id: str
+    writer: str
+
+
+def parse_summary_key(key: str) -> SummaryKey | None:
+    """The parts of a summary key, or None for keys that are not summaries."""
+    match = _SUMMARY_KEY.fullmatch(key)
+    if not match or not is_session_id(match[2]) or session_date(match[2]) != match[1]:
+        return None
+    return SummaryKey(key, match[1], match[2], match[3])
 
 
 # --- summaries -----------------------------------------------------------------------
@@ -226,7 +249,13 @@ class StreamSummary:
 
     @classmethod
     def from_json(cls, data: bytes) -> StreamSummary:
-        raw = orjson.loads(data)
+        return cls.from_dict(orjson.loads(data))
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> StreamSummary:
+        """From decoded summary JSON; TypeError when it is not a summary object."""
+        if not isinstance(raw, dict):
+            raise TypeError("a summary is a JSON object")
         known = {name: raw[name] for name in cls.__slots__ if name in raw}
         return cls(**known)
 

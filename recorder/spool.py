@@ -1,6 +1,7 @@
 """The write-ahead spool: records durable on local disk, then shipped to the store.
 
-    append() --queue--> writer thread: one write + one fsync of the WAL per batch
+    append() ----------+
+    append_eventually()-+-queue--> writer thread: one write + one fsync of the WAL per batch
                         |   -> futures resolved (the records are durable)
                         |   -> lines copied into each session's open segment file
                         |
@@ -8,10 +9,15 @@
                         |   rename .open -> .jsonl, note the seal in the WAL
                         v
                         uploader thread: compress, put (verified), summary, delete
+                        |   -> roll-up entries (in memory)
+                        v
+                        roll-up thread: PUT roll-ups every `rollup_interval` s and at close
 
 Durability comes from one shared write-ahead log (`wal-<n>.log`): every record
 line goes there first, and a batch's futures resolve after one fsync of it,
-however many sessions the batch touched (group commit). Session segment files
+however many sessions the batch touched (group commit). Records nobody waits
+on (`append_eventually`: answers, errors) wake no one: they ride with the next
+batch, at most `eventual_delay` seconds later. Session segment files
 are written without fsync and fsync'd once, when sealed. A WAL file is deleted
 once every segment holding its records is sealed; a seal is noted in the WAL
 (`{"$sealed": ...}`) before the segment may be uploaded, so recovery knows which
@@ -48,6 +54,7 @@ import orjson
 
 from recorder.catalog import StreamSummary, segment_key, summary_key
 from recorder.ids import parse_session_id, parse_writer_id
+from recorder.rollup import RollupBuilder
 from recorder.schema import FORMAT_VERSION, GENESIS_HASH, KINDS, SESSION_END, chain_record
 from recorder.segment import compress_lines
 from recorder.store import KeyNotFound, Store, fsync_dir
@@ -92,7 +99,7 @@ class _Write:
     stream: Stream
     seq: int
     line: bytes
-    future: Future[dict[str, Any]]
+    future: Future[dict[str, Any]] | None
     record: dict[str, Any]
     seal_after: bool
 
@@ -150,6 +157,11 @@ class Spool:
         retry_max: float = 30.0,
         max_streams: int = 100_000,
         stream_idle_seconds: float = 3600.0,
+        eventual_delay: float = 0.05,
+        rollup_interval: float | None = 30.0,
+        rollup_part_max_bytes: int = 4 * MiB,
+        rollup_part_max_entries: int = 10_000,
+        rollup_idle_seconds: float = 600.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         """`writer_id` must be fresh for every process (`recorder.ids.new_writer_id()`):
@@ -162,6 +174,16 @@ class Spool:
         Chain state is kept for `max_streams` sessions; past that, ended and idle
         sessions are forgotten and the writer id rotates (`<writer_id>r<n>`), so a
         late record of a forgotten session starts a new stream, never reusing seqs.
+        Records appended with `append_eventually` reach the WAL within
+        `eventual_delay` seconds.
+
+        The uploader also keeps roll-ups (`recorder.rollup`) of what it stored and
+        PUTs each at most every `rollup_interval` seconds and at `close()` (None or
+        0: no roll-ups). They only speed up listing and search: a roll-up PUT is
+        never on the path that makes records durable or stored, and a failed one is
+        retried after another interval. A roll-up part holds up to
+        `rollup_part_max_bytes` of entries or `rollup_part_max_entries` entries; a
+        day's part is let go from memory `rollup_idle_seconds` after its last entry.
         """
         self.directory = Path(directory)
         self.store = store
@@ -174,10 +196,12 @@ class Spool:
         self.retry_max = retry_max
         self.max_streams = max_streams
         self.stream_idle_seconds = stream_idle_seconds
+        self.eventual_delay = eventual_delay
         self._clock = clock
 
         self._lock = threading.Lock()
         self._wake_writer = threading.Condition(self._lock)
+        self._writer_woken = False
         self._queue: list[Any] = []
         self._chains: dict[str, _Chain] = {}
         self._current_writer = self.writer_id
@@ -217,9 +241,28 @@ class Spool:
         self._dropped_tail_bytes = 0
         self._vanished_segments = 0
 
+        self.rollup_interval = rollup_interval if rollup_interval and rollup_interval > 0 else None
+        self._rollups = (
+            RollupBuilder(
+                self.writer_id,
+                part_max_bytes=rollup_part_max_bytes,
+                part_max_entries=rollup_part_max_entries,
+                idle_seconds=rollup_idle_seconds,
+            )
+            if self.rollup_interval
+            else None
+        )
+        self._rollup_wake = threading.Event()
+        self._stop_rollups = threading.Event()
+        self._rollup_put_lock = threading.Lock()
+        self._rollup_puts = 0
+        self._rollup_failures = 0
+        self._last_rollup_error: str | None = None
+
         self._lock_fd: int | None = None
         self._writer_thread: threading.Thread | None = None
         self._uploader_thread: threading.Thread | None = None
+        self._rollup_thread: threading.Thread | None = None
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -251,9 +294,14 @@ class Spool:
         )
         self._writer_thread.start()
         self._uploader_thread.start()
+        if self._rollups is not None:
+            self._rollup_thread = threading.Thread(
+                target=self._rollup_loop, name="hoopgw-spool-rollups", daemon=True
+            )
+            self._rollup_thread.start()
 
     def close(self, timeout: float = 10.0) -> None:
-        """Write what is queued, seal open segments, stop both threads.
+        """Write what is queued, seal open segments, stop the threads, PUT the roll-ups.
 
         Sealed segments not yet uploaded stay on disk for the next `start()`;
         call `flush()` first to ship them.
@@ -263,7 +311,7 @@ class Spool:
                 return
             self._closing = True
             self._queue.append(_STOP)
-            self._wake_writer.notify()
+            self._wake()
         deadline = time.monotonic() + timeout
         if self._writer_thread is not None:
             self._writer_thread.join(max(0.0, deadline - time.monotonic()))
@@ -272,6 +320,12 @@ class Spool:
             self._upload_changed.notify_all()
         if self._uploader_thread is not None:
             self._uploader_thread.join(max(0.0, deadline - time.monotonic()))
+        if self._rollup_thread is not None:
+            self._stop_rollups.set()
+            self._rollup_wake.set()
+            self._rollup_thread.join(max(0.0, deadline - time.monotonic()))
+            if not self._put_rollups(force=True, timeout=max(0.0, deadline - time.monotonic())):
+                logger.warning("spool: some roll-ups were not stored at close")
         if self._sealer is not None:
             self._sealer.shutdown(wait=False)
         self._running = False
@@ -300,6 +354,20 @@ class Spool:
         JSON cannot hold); a failed disk fails the future and every later append.
         Costs one orjson encoding and one sha256 in the caller's thread.
         """
+        future: Future[dict[str, Any]] = Future()
+        self._enqueue(record, future)
+        return future
+
+    def append_eventually(self, record: dict[str, Any]) -> None:
+        """Queue a record nobody waits on; it is durable within `eventual_delay` seconds.
+
+        As `append`, without the future and without waking the writer: the record
+        rides with the next batch. Per statement that saves the writer one wake-up
+        and one fsync. A disk failure is logged with the number of such records lost.
+        """
+        self._enqueue(record, None)
+
+    def _enqueue(self, record: dict[str, Any], future: Future[dict[str, Any]] | None) -> None:
         session_id = parse_session_id(record.get("session_id"))  # type: ignore[arg-type]
         kind = record.get("kind")
         if kind not in KINDS:
@@ -309,7 +377,6 @@ class Spool:
             raise ValueError("record ts must be epoch seconds (a number)")
         stored = dict(record)
         stored.setdefault("v", FORMAT_VERSION)
-        future: Future[dict[str, Any]] = Future()
         ends = kind == SESSION_END
         with self._lock:
             if not self._running or self._closing:
@@ -331,8 +398,14 @@ class Spool:
                 _Write((session_id, chain.writer), stored["seq"], line, future, stored, ends)
             )
             self._records += 1
+            if future is not None:
+                self._wake()
+
+    def _wake(self) -> None:
+        """Called under the lock. One notify per batch: the writer takes the whole queue."""
+        if not self._writer_woken:
+            self._writer_woken = True
             self._wake_writer.notify()
-        return future
 
     def _new_chain(self, session_id: str) -> _Chain:
         """Called under the lock. Forgets ended and idle sessions when the table is full."""
@@ -368,7 +441,7 @@ class Spool:
             if self._failure is not None:
                 raise SpoolError(f"spool disk failed: {self._failure}")
             self._queue.append(_Seal(session_id, future))
-            self._wake_writer.notify()
+            self._wake()
         return future
 
     def _add_spool_bytes(self, delta: int) -> None:
@@ -422,6 +495,10 @@ class Spool:
             "dropped_tail_bytes": self._dropped_tail_bytes,
             "vanished_segments": self._vanished_segments,
             "failed": self._failure,
+            "rollup_puts": self._rollup_puts,
+            "rollup_failures": self._rollup_failures,
+            "last_rollup_error": self._last_rollup_error,
+            "rollups_pending": self._rollups.pending() if self._rollups is not None else 0,
         }
 
     # --- writer thread ---------------------------------------------------------------
@@ -429,12 +506,17 @@ class Spool:
     def _write_loop(self) -> None:
         while True:
             with self._lock:
-                while not self._queue:
+                while not self._writer_woken:
                     timeout = self._next_age_deadline()
                     if timeout is not None and timeout <= 0:
                         break
-                    self._wake_writer.wait(timeout)
+                    # unwoken records may be queued at any moment: look every eventual_delay
+                    if timeout is None or timeout > self.eventual_delay:
+                        timeout = self.eventual_delay
+                    if not self._wake_writer.wait(timeout) and self._queue:
+                        break
                 batch, self._queue = self._queue, []
+                self._writer_woken = False
             stop = any(item is _STOP for item in batch)
             if self._failure is None:
                 self._process([item for item in batch if item is not _STOP])
@@ -489,7 +571,8 @@ class Spool:
             return
         self._batches += 1
         for write in writes:
-            write.future.set_result(write.record)
+            if write.future is not None:
+                write.future.set_result(write.record)
         try:
             for segment, lines in buffers.values():
                 data = b"".join(lines)
@@ -653,9 +736,14 @@ class Spool:
             self._failure = reason
             queued, self._queue = self._queue, []
         pending = [*writes, *seals, *(item for item in queued if item is not _STOP)]
+        unawaited = 0
         for item in pending:
-            if not item.future.done():
+            if item.future is None:
+                unawaited += 1
+            elif not item.future.done():
                 item.future.set_exception(error)
+        if unawaited:
+            logger.error("spool: %d record(s) appended without a future were lost", unawaited)
         if any(item is _STOP for item in queued):
             with self._lock:
                 self._queue.append(_STOP)
@@ -818,18 +906,26 @@ class Spool:
             self._add_spool_bytes(-item.size)
             return
         compressed = compress_lines(data)
-        self.store.put(segment_key(item.session_id, item.writer, item.first_seq), compressed)
+        key = segment_key(item.session_id, item.writer, item.first_seq)
+        version = self.store.put(key, compressed)
+        records = _parse_lines(data) if self._rollups is not None or item.tally is None else []
+        if version is not None and self._rollups is not None:
+            self._roll_up(self._rollups.add_segment, key, version, records)
         stream = (item.session_id, item.writer)
         summary = self._summaries.get(stream)
         if summary is None:
             summary = self._load_summary(item.session_id, item.writer)
         if item.first_seq > summary.last_seq:
             tally = item.tally or StreamSummary.tally(
-                item.session_id, item.writer, _parse_lines(data), len(data)
+                item.session_id, item.writer, records, len(data)
             )
             updated = StreamSummary.from_json(summary.to_json())
             updated.merge_segment(item.first_seq, tally, len(compressed), self._clock())
-            self.store.put(summary_key(item.session_id, item.writer), updated.to_json())
+            summary_json = updated.to_json()
+            stored_key = summary_key(item.session_id, item.writer)
+            summary_version = self.store.put(stored_key, summary_json)
+            if summary_version is not None and self._rollups is not None:
+                self._roll_up(self._rollups.add_summary, stored_key, summary_version, summary_json)
             summary = updated
         self._summaries[stream] = summary
         self._summaries.move_to_end(stream)
@@ -845,6 +941,70 @@ class Spool:
             return StreamSummary.from_json(self.store.get(summary_key(session_id, writer)))
         except KeyNotFound:
             return StreamSummary(session_id, writer)
+
+    # --- roll-ups --------------------------------------------------------------------
+
+    def _roll_up(self, add: Callable[..., None], *entry: Any) -> None:
+        """Add an entry to the roll-ups; whatever goes wrong only costs listing speed."""
+        try:
+            add(*entry)
+        except Exception as exc:
+            self._rollup_failures += 1
+            self._last_rollup_error = f"{type(exc).__name__}: {exc}"[:500]
+            logger.warning("spool: roll-up entry not kept: %s", self._last_rollup_error)
+            return
+        self._rollup_wake.set()
+
+    def _rollup_loop(self) -> None:
+        assert self._rollups is not None and self.rollup_interval is not None
+        while not self._stop_rollups.is_set():
+            due = self._rollups.next_due(self.rollup_interval)
+            wait = self.rollup_interval if due is None else due - time.monotonic()
+            if wait > 0:
+                self._rollup_wake.wait(min(wait, self.rollup_interval))
+            self._rollup_wake.clear()
+            if self._stop_rollups.is_set():
+                return
+            self._put_rollups(force=False, timeout=None)
+            self._rollups.forget_idle()
+
+    def put_rollups(self, timeout: float = 30.0) -> bool:
+        """PUT every roll-up holding entries not yet stored, now (`close` does it too).
+
+        True when all of them are stored; False on a failed PUT (retried later)
+        or when another PUT pass still ran after `timeout` seconds.
+        """
+        return self._rollups is None or self._put_rollups(force=True, timeout=timeout)
+
+    def _put_rollups(self, *, force: bool, timeout: float | None) -> bool:
+        """One PUT pass, serialised so that an older snapshot never overwrites a newer one."""
+        if self._rollups is None or self.rollup_interval is None:
+            return True
+        if not self._rollup_put_lock.acquire(timeout=-1 if timeout is None else timeout):
+            return False
+        try:
+            stored = True
+            for put in self._rollups.due(self.rollup_interval, force=force):
+                try:
+                    self.store.put(put.key, put.data)
+                except Exception as exc:
+                    self._rollups.failed(put)
+                    self._rollup_failures += 1
+                    self._last_rollup_error = f"{type(exc).__name__}: {exc}"[:500]
+                    logger.warning(
+                        "spool: roll-up %s not stored, retrying in %.0fs: %s",
+                        put.key,
+                        self.rollup_interval,
+                        self._last_rollup_error,
+                    )
+                    stored = False
+                else:
+                    self._rollups.stored(put)
+                    self._rollup_puts += 1
+                    self._last_rollup_error = None
+            return stored
+        finally:
+            self._rollup_put_lock.release()
 
 
 def _describe(exc: BaseException) -> str:

@@ -2,8 +2,9 @@
 
 Both keep the same contract, so the spool and the catalog never care which one
 they talk to: keys are `/`-separated relative paths, `put` returns only once
-the object is stored and read back identical, `list` yields keys in
-lexicographic order like S3's ListObjectsV2.
+the object is stored and read back identical (returning the object's version
+as a listing reports it: S3's ETag, a file's `mtime_ns:size:inode`), `list`
+yields keys in lexicographic order like S3's ListObjectsV2.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ class IntegrityError(StoreError):
 
 @runtime_checkable
 class Store(Protocol):
-    def put(self, key: str, data: bytes) -> None: ...
+    def put(self, key: str, data: bytes) -> str | None:
+        """Store and verify; the object's version as a listing reports it (None: unknown)."""
+        ...
 
     def get(self, key: str) -> bytes: ...
 
@@ -68,7 +71,7 @@ class LocalStore:
     def _path(self, key: str) -> Path:
         return self.root.joinpath(*check_key(key).split("/"))
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: bytes) -> str | None:
         path = self._path(key)
         _make_dirs_durable(path.parent, self.root)
         temp = path.with_name(f"{_TEMP_PREFIX}{uuid.uuid4().hex}")
@@ -84,6 +87,7 @@ class LocalStore:
         fsync_dir(path.parent)
         if hashlib.sha256(path.read_bytes()).digest() != hashlib.sha256(data).digest():
             raise IntegrityError(f"{key} reads back different from what was written")
+        return file_version(path)
 
     def get(self, key: str) -> bytes:
         try:
@@ -163,11 +167,11 @@ class S3Store:
         check_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: bytes) -> str | None:
         full_key = self._key(key)
         digest = hashlib.sha256(data).digest()
         with _s3_errors("write", key):
-            self.client.put_object(
+            answer = self.client.put_object(
                 Bucket=self.bucket,
                 Key=full_key,
                 Body=data,
@@ -176,6 +180,8 @@ class S3Store:
             )
         if hashlib.sha256(self.get(key)).digest() != digest:
             raise IntegrityError(f"s3://{self.bucket}/{full_key} reads back different")
+        etag = answer.get("ETag")
+        return str(etag) if etag else None
 
     def get(self, key: str) -> bytes:
         full_key = self._key(key)
@@ -260,6 +266,16 @@ def open_store(url: str, *, s3_endpoint_url: str | None = None) -> Store:
     scheme = url.partition(":")[0] if ":" in url else ""
     shown = f"scheme {scheme[:20]!r}" if scheme else "no scheme"
     raise ValueError(f"unsupported store URL ({shown}); {SCHEMES_HELP}")
+
+
+def file_version(path: Path) -> str | None:
+    """A local object's version: changes whenever the file is replaced (each put is a
+    new inode) or rewritten; None when the file is gone."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return f"{stat.st_mtime_ns}:{stat.st_size}:{stat.st_ino}"
 
 
 def fsync_dir(directory: Path) -> None:

@@ -1,11 +1,14 @@
-"""Fast listing and search over a large archive: one LIST, parallel GETs, a local cache.
+"""Fast listing and search over a large archive: one LIST, roll-ups, parallel GETs, a cache.
 
 `Archive.list_sessions` reads one summary object per session in turn, and a
 search must read every session's segments: with a thousand sessions that is
 thousands of GETs, seconds even against a local S3. Here the archive is listed
-once per query (keys with their ETags, a thousand keys per request), what is
-not in the local cache is fetched in parallel, and what was fetched is cached
-under its key and version:
+once per query (keys with their ETags, a thousand keys per request). What is
+not in the local cache comes from the writers' roll-ups (`recorder.rollup`:
+a few objects per day that describe many summaries and segments, each entry
+used only when its key and version are exactly what the LIST reports), and
+whatever they do not describe is fetched in parallel, object by object. What
+was read is cached under its key and version:
 
 - merged session summaries, keyed by the set of summary objects (key, ETag)
   they were merged from;
@@ -23,11 +26,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import heapq
+import logging
 import os
 import sqlite3
+import threading
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -41,14 +47,29 @@ from recorder.catalog import (
     SessionSummary,
     StreamSummary,
     parse_segment_key,
+    parse_summary_key,
 )
 from recorder.ids import is_session_id, session_start
+from recorder.rollup import (
+    SEGMENTS_KIND,
+    SUMMARIES_KIND,
+    RollupEntry,
+    RollupError,
+    decode_rollup,
+    parse_rollup_key,
+    rollup_prefix,
+)
 from recorder.segment import SegmentError, decode_segment
-from recorder.store import KeyNotFound, Store, StoreError
+from recorder.store import KeyNotFound, Store, StoreError, file_version
+
+logger = logging.getLogger(__name__)
 
 CACHE_FORMAT: Final = 1
 WORKERS: Final = 32
 BATCH: Final = 256
+ROLLUP_MIN_OBJECTS: Final = 16
+"""Roll-ups of a day are read once at least this many of its objects are wanted;
+fewer are cheaper to GET one by one than a day's roll-ups."""
 _DAY_PARTITIONS_LIMIT: Final = 62
 
 T = TypeVar("T")
@@ -72,8 +93,28 @@ def default_cache_dir() -> Path:
     return Path(base) / "hoopgw"
 
 
+@dataclass(slots=True)
+class IndexStats:
+    """What a query read, for benchmarks and tests: objects one by one, and roll-ups."""
+
+    object_reads: int = 0
+    rollup_reads: int = 0
+    rollup_hits: int = 0
+    rollups_unreadable: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def count(self, name: str, amount: int = 1) -> None:
+        with self._lock:
+            setattr(self, name, getattr(self, name) + amount)
+
+
 class ArchiveIndex:
-    """Listing and statement digests for `archive`, cached in `cache_dir` (None: no cache)."""
+    """Listing and statement digests for `archive`, cached in `cache_dir` (None: no cache).
+
+    `rollups=False` reads every summary and segment itself (the roll-ups are
+    only a shortcut); `rollup_min_objects` is how many objects of a day must be
+    wanted before that day's roll-ups are read.
+    """
 
     def __init__(
         self,
@@ -82,11 +123,15 @@ class ArchiveIndex:
         store_url: str,
         cache_dir: Path | None = None,
         workers: int = WORKERS,
+        rollups: bool = True,
+        rollup_min_objects: int = ROLLUP_MIN_OBJECTS,
     ) -> None:
         self.archive = archive
         self.store = archive.store
         self.workers = max(1, workers)
         self.cache = _Cache.open(cache_dir, store_url) if cache_dir is not None else None
+        self.stats = IndexStats()
+        self.rollups = _Rollups(self.store, self.stats, rollup_min_objects) if rollups else None
 
     def close(self) -> None:
         if self.cache is not None:
@@ -152,12 +197,16 @@ class ArchiveIndex:
             else:
                 missing.append(index)
 
+        if missing and self.rollups is not None:
+            unread = [item for index in missing for item in sessions[index][1]]
+            self.rollups.prepare(pool, SUMMARIES_KIND, unread)
+
         def fetch(index: int) -> SessionSummary | None:
             session_id, objects = sessions[index]
             parts = []
-            for key, _ in objects:
+            for key, version in objects:
                 with contextlib.suppress(KeyNotFound, orjson.JSONDecodeError, TypeError):
-                    parts.append(StreamSummary.from_json(self.store.get(key)))
+                    parts.append(self._stream_summary(key, version))
             return SessionSummary.merge(session_id, parts) if parts else None
 
         for index, summary in zip(missing, pool.map(fetch, missing), strict=True):
@@ -169,36 +218,68 @@ class ArchiveIndex:
             self.cache.commit()
         return results
 
+    def _stream_summary(self, key: str, version: str | None) -> StreamSummary:
+        if self.rollups is not None:
+            described = self.rollups.summary(key, version)
+            if described is not None:
+                with contextlib.suppress(TypeError):
+                    return StreamSummary.from_dict(described)
+        self.stats.count("object_reads")
+        return StreamSummary.from_json(self.store.get(key))
+
     # --- statements ------------------------------------------------------------------
 
-    def digests(
-        self,
-        summaries: list[SessionSummary],
-        digest: Callable[[str, list[dict[str, Any]]], list[dict[str, Any]]],
-    ) -> Iterator[SessionDigest]:
-        """Each session's statement digests, in the order given, reading only what changed.
+    def segment_objects(
+        self, since: datetime | None, *, read_ahead: bool = False
+    ) -> dict[str, list[tuple[str, str | None]]]:
+        """Segment keys with their versions, by session, for sessions started since
+        `since` (from its day on; None: all).
 
-        `digest(session_id, records)` turns a session's records into statement
-        dicts; its results are what the cache keeps.
+        With `read_ahead` and no local cache (so every digest will be made), their
+        roll-ups are read now too: a search calls this in another thread while
+        it lists the summaries.
         """
-        if not summaries:
-            return
-        since = min(summary.start for summary in summaries)
         segments: dict[str, list[tuple[str, str | None]]] = {}
         for key, version in self._list(SESSIONS, since, None):
             parts = key.split("/")
             if len(parts) == 4 and is_session_id(parts[2]):
                 segments.setdefault(parts[2], []).append((key, version))
+        if read_ahead and self.cache is None and self.rollups is not None:
+            objects = [item for items in segments.values() for item in items]
+            with ThreadPoolExecutor(self.workers) as pool:
+                self.rollups.prepare(pool, SEGMENTS_KIND, objects)
+        return segments
+
+    def digests(
+        self,
+        summaries: list[SessionSummary],
+        digest: Callable[[str, list[dict[str, Any]]], list[dict[str, Any]]],
+        *,
+        segments: dict[str, list[tuple[str, str | None]]] | None = None,
+        wanted: Callable[[list[dict[str, Any]]], bool] | None = None,
+    ) -> Iterator[SessionDigest]:
+        """Each session's statement digests, in the order given, reading only what changed.
+
+        `digest(session_id, records)` turns a session's records into statement
+        dicts; its results are what the cache keeps. `segments` is what
+        `segment_objects` returned, when the caller listed them already (while it
+        listed the summaries, say); it must cover every session given.
+        `wanted(records)` may rule a session out before its digest is made: such a
+        session comes with `statements` None, and nothing is cached for it.
+        """
+        if not summaries:
+            return
+        if segments is None:
+            segments = self.segment_objects(min(summary.start for summary in summaries))
 
         def build(summary: SessionSummary) -> SessionDigest:
-            keys = [key for key, _ in segments.get(summary.session_id, [])]
             try:
-                records = self._read_segments(keys)
+                records = self._read_segments(segments.get(summary.session_id, []))
             except KeyNotFound:
                 return SessionDigest(summary, None)
             except SegmentError as exc:
                 return SessionDigest(summary, None, str(exc))
-            if not records:
+            if not records or (wanted is not None and not wanted(records)):
                 return SessionDigest(summary, None)
             return SessionDigest(summary, digest(summary.session_id, records))
 
@@ -218,6 +299,9 @@ class ArchiveIndex:
                         ready[index] = SessionDigest(summary, cached)
                     else:
                         stale.append(index)
+                if stale and self.rollups is not None:
+                    unread = [item for i in stale for item in segments.get(batch[i].session_id, [])]
+                    self.rollups.prepare(pool, SEGMENTS_KIND, unread)
                 for index, built in zip(
                     stale, pool.map(build, [batch[i] for i in stale]), strict=True
                 ):
@@ -232,18 +316,25 @@ class ArchiveIndex:
                 for index in range(len(batch)):
                     yield ready[index]
 
-    def _read_segments(self, keys: list[str]) -> list[dict[str, Any]]:
+    def _read_segments(self, objects: list[tuple[str, str | None]]) -> list[dict[str, Any]]:
         """Records of a session's segments merged as `Archive.read_session` merges them
-        (each writer's stream in seq order, streams merged by time), without its LIST."""
+        (each writer's stream in seq order, streams merged by time), without its LIST.
+
+        A segment a roll-up describes at its listed version comes as thin records
+        (`recorder.rollup.thin_record`): all that a statement digest reads.
+        """
         streams: dict[str, list[dict[str, Any]]] = {}
-        for key in keys:
+        for key, version in sorted(objects):
             parsed = parse_segment_key(key)
             if parsed is None:
                 continue
-            try:
-                records = decode_segment(self.store.get(key))
-            except SegmentError as exc:
-                raise SegmentError(f"{key}: {exc}") from None
+            records = self.rollups.records(key, version) if self.rollups is not None else None
+            if records is None:
+                self.stats.count("object_reads")
+                try:
+                    records = decode_segment(self.store.get(key))
+                except SegmentError as exc:
+                    raise SegmentError(f"{key}: {exc}") from None
             streams.setdefault(parsed.writer, []).extend(records)
         ordered = [
             sorted(records, key=lambda record: _int(record.get("seq")))
@@ -285,12 +376,91 @@ def list_versions(store: Store, prefix: str) -> Iterator[tuple[str, str | None]]
         return
     root = getattr(store, "root", None)
     for key in store.list(prefix):
-        version = None
-        if isinstance(root, Path):
-            with contextlib.suppress(OSError):
-                stat = root.joinpath(*key.split("/")).stat()
-                version = f"{stat.st_mtime_ns}:{stat.st_size}"
+        version = file_version(root.joinpath(*key.split("/"))) if isinstance(root, Path) else None
         yield key, version
+
+
+class _Rollups:
+    """What the store's roll-ups say about summaries and segments, by (key, version).
+
+    Read per day on demand, at most once per roll-up version; an entry is handed
+    out only for exactly the version the caller's LIST reported, so a stale,
+    damaged or forged roll-up can cost speed (the object is read instead) but
+    never change what a listing or search finds compared with reading the objects.
+    """
+
+    def __init__(self, store: Store, stats: IndexStats, min_objects: int) -> None:
+        self.store = store
+        self.stats = stats
+        self.min_objects = max(1, min_objects)
+        self._lock = threading.Lock()
+        self._read: dict[str, str | None] = {}
+        self._summaries: dict[tuple[str, str], dict[str, Any]] = {}
+        self._segments: dict[tuple[str, str], list[dict[str, Any]]] = {}
+
+    def prepare(
+        self, pool: ThreadPoolExecutor, kind: str, wanted: Iterable[tuple[str, str | None]]
+    ) -> None:
+        """Read the `kind` roll-ups of the days where enough `wanted` objects are not
+        described yet (objects without a version can never be matched). Two threads
+        may prepare at once (summaries in one, segments in the other)."""
+        known = self._summaries if kind == SUMMARIES_KIND else self._segments
+        days: Counter[str] = Counter()
+        for key, version in wanted:
+            if version is None or (key, version) in known:
+                continue
+            parsed = parse_summary_key(key) if kind == SUMMARIES_KIND else parse_segment_key(key)
+            if parsed is not None:
+                days[parsed.day] += 1
+        todo: list[tuple[str, str | None]] = []
+        for day, count in sorted(days.items()):
+            if count < self.min_objects:
+                continue
+            for key, version in list_versions(self.store, rollup_prefix(day)):
+                parsed = parse_rollup_key(key)
+                if parsed is None or parsed.kind != kind:
+                    continue
+                if version is None or self._read.get(key) != version:
+                    todo.append((key, version))
+        for (key, version), entries in zip(todo, pool.map(self._get, todo), strict=True):
+            if entries is None:
+                continue  # not read: tried again next time
+            with self._lock:
+                self._read[key] = version
+                for entry in entries:
+                    if entry.summary is not None:
+                        self._summaries[(entry.key, entry.version)] = entry.summary
+                    elif entry.records is not None:
+                        self._segments[(entry.key, entry.version)] = entry.records
+
+    def _get(self, item: tuple[str, str | None]) -> list[RollupEntry] | None:
+        """The roll-up's entries; none when it does not decode (it is not read again
+        until it changes), None when it could not be read."""
+        key, _ = item
+        try:
+            data = self.store.get(key)
+        except (KeyNotFound, StoreError) as exc:
+            logger.info("roll-up %s not read (%s); reading the objects instead", key, exc)
+            return None
+        self.stats.count("rollup_reads")
+        try:
+            return decode_rollup(data)
+        except RollupError as exc:
+            self.stats.count("rollups_unreadable")
+            logger.info("roll-up %s does not decode (%s); reading the objects instead", key, exc)
+            return []
+
+    def summary(self, key: str, version: str | None) -> dict[str, Any] | None:
+        found = self._summaries.get((key, version)) if version is not None else None
+        if found is not None:
+            self.stats.count("rollup_hits")
+        return found
+
+    def records(self, key: str, version: str | None) -> list[dict[str, Any]] | None:
+        found = self._segments.get((key, version)) if version is not None else None
+        if found is not None:
+            self.stats.count("rollup_hits")
+        return found
 
 
 def _partition_prefixes(top: str, since: datetime | None, until: datetime | None) -> list[str]:

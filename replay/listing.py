@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -19,6 +20,8 @@ from replay.session import RecordedSession, RecordedStatement, client_app, load_
 
 LONG_SESSION: Final = timedelta(days=1)
 """Sessions that started up to this long before `--since` are searched too."""
+STATEMENT_KINDS: Final = ("request", "refusal")
+"""Records that make a statement when they carry `sql` (`replay.session.load_session`)."""
 
 SESSION_HEADERS: Final = (
     "SESSION",
@@ -227,15 +230,24 @@ def search(index: ArchiveIndex, query: SearchQuery) -> SearchResult:
 
     Sessions are picked by start time (from `LONG_SESSION` before `since`), user
     and group from their summaries; their statements come from the index, which
-    reads only sessions it has not digested before.
+    reads only sessions it has not digested before. The segments are listed (and
+    their roll-ups read, without a cache) while the summaries are, and a session
+    none of whose statements can match the SQL text or time criteria is passed
+    over without being digested.
     """
     earliest = query.since - LONG_SESSION if query.since else None
-    summaries = index.list_sessions(
-        since=earliest, until=query.until, user=query.user, group=query.group
-    )
+    with ThreadPoolExecutor(1) as background:
+        segments = background.submit(index.segment_objects, earliest, read_ahead=True)
+        summaries = index.list_sessions(
+            since=earliest, until=query.until, user=query.user, group=query.group
+        )
+        listed = segments.result()
     matcher = _statement_matcher(query)
     result = SearchResult([], 0, [])
-    for digest in index.digests(summaries, digest_session):
+    digests = index.digests(
+        summaries, digest_session, segments=listed, wanted=_session_could_match(query)
+    )
+    for digest in digests:
         result.sessions_searched += 1
         if digest.problem is not None:
             result.unreadable.append(digest.summary.session_id)
@@ -287,6 +299,36 @@ def _statement_matcher(query: SearchQuery) -> Callable[[dict[str, Any]], bool]:
         return query.object is None or object_matches(query.object, statement.get("objects") or ())
 
     return matches
+
+
+def _session_could_match(query: SearchQuery) -> Callable[[list[dict[str, Any]]], bool] | None:
+    """A test on a session's records that is False only when none of its statements
+    can match the SQL text and time criteria (each statement is a `request` or
+    `refusal` record with `sql`, its time that record's `ts`), or None when the query
+    has none of those criteria."""
+    sql = query.sql.casefold() if query.sql else None
+    since = query.since.timestamp() if query.since else None
+    until = query.until.timestamp() if query.until else None
+    if sql is None and since is None and until is None:
+        return None
+
+    def could_match(records: list[dict[str, Any]]) -> bool:
+        for record in records:
+            text = record.get("sql")
+            if record.get("kind") not in STATEMENT_KINDS or not isinstance(text, str):
+                continue
+            if sql is not None and sql not in text.casefold():
+                continue
+            ts = record.get("ts")
+            if since is not None or until is not None:
+                if isinstance(ts, bool) or not isinstance(ts, int | float):
+                    continue
+                if (since is not None and ts < since) or (until is not None and ts >= until):
+                    continue
+            return True
+        return False
+
+    return could_match
 
 
 def _outcome_is(statement: dict[str, Any], wanted: str) -> bool:

@@ -26,6 +26,8 @@ REDACTION_MARKERS: Final = ("[REDACTED]", "[REDACTED PRIVATE KEY]")
 _RESULT_PATH: Final = re.compile(r"^/queries/([^/?]+)/result")
 _STATEMENT_ENDPOINTS: Final = frozenset({"query", "sql_api"})
 _FILE_TRANSFERS: Final = frozenset({"PUT", "GET"})
+# classifying is a search's main cost, and text without either word holds no PUT or GET
+_NAMES_A_FILE_TRANSFER: Final = re.compile(r"\b(?:put|get)\b", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +223,10 @@ def load_session(session_id: str, records: list[dict[str, Any]]) -> RecordedSess
     caller: dict[str, Any] | None = None
     client: dict[str, Any] | None = None
     tracked = (context.database, context.schema)
+    # the last statement that ran and whose effect on `tracked` is not worked out yet:
+    # classifying SQL is the cost of a search, and the gateway records each
+    # statement's context, so the effect is needed only when a later record lacks it
+    unfolded: RecordedStatement | None = None
     for record in records:
         if caller is None and isinstance(record.get("caller"), dict):
             caller = record["caller"]
@@ -235,6 +241,11 @@ def load_session(session_id: str, records: list[dict[str, Any]]) -> RecordedSess
         recorded_context = Context.from_record(record.get("context")).merged_over(
             Context.from_record(record)
         )
+        if unfolded is not None and not (recorded_context.database and recorded_context.schema):
+            tracked = sql_statements.context_after(
+                unfolded.classified, unfolded.context.database, unfolded.context.schema
+            )
+            unfolded = None
         statement_context = Context(
             recorded_context.database or tracked[0],
             recorded_context.schema or tracked[1],
@@ -246,9 +257,7 @@ def load_session(session_id: str, records: list[dict[str, Any]]) -> RecordedSess
         )
         statements.append(statement)
         if statement.blocked is None and statement.outcome.success is not False:
-            tracked = sql_statements.context_after(
-                statement.classified, statement_context.database, statement_context.schema
-            )
+            unfolded = statement
     if start is not None:
         caller = start.get("caller") if isinstance(start.get("caller"), dict) else caller
         client = start.get("client") if isinstance(start.get("client"), dict) else client
@@ -449,6 +458,8 @@ def _unreplayable_reason(statement: RecordedStatement, body: dict[str, Any]) -> 
         return "named bindings cannot be replayed through the connector"
     if statement.endpoint not in (None, *_STATEMENT_ENDPOINTS):
         return f"a {statement.endpoint} request, not a statement"
+    if not _NAMES_A_FILE_TRANSFER.search(statement.sql):
+        return None
     transfers = {s.kind for s in statement.classified} & _FILE_TRANSFERS
     if transfers:
         kind = "/".join(sorted(transfers))

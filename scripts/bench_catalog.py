@@ -1,12 +1,19 @@
 """Benchmark: `hoopgw sessions list` and `hoopgw search` over 1,000 recorded sessions in S3.
 
 Starts moto's S3 server, writes 1,000 sessions (login, ten statements with
-results, a blocked statement in some, logout) through the recorder's own Spool,
-so the objects are exactly what a gateway uploads (segments and summaries),
-then runs the CLI commands in-process against moto and prints how long each
-took: cold (`--no-cache`: every summary and segment fetched from S3) and warm
-(the local catalog cache, revalidated by one LIST per query). The target is
-under 2 seconds for each warm query.
+results and the guardrail's decision, a blocked statement in some, logout)
+through the recorder's own Spool, so the objects are exactly what a gateway
+uploads (segments, summaries and roll-ups), then runs the CLI commands
+in-process against moto and prints how long each took:
+
+- cold: `--no-cache`, nothing local: the LISTs, the roll-ups, and whatever
+  they do not describe object by object;
+- first: the first run with an empty catalog cache (the same reads, plus
+  filling the cache);
+- warm: best of `--repeat` runs with the catalog cache, revalidated by LISTs.
+
+The target is under 2 seconds for every query, cold and warm; the script exits
+with status 1 when a row misses it.
 
     .venv/bin/python scripts/bench_catalog.py [--sessions 1000] [--repeat 3]
 """
@@ -31,6 +38,7 @@ from click.testing import CliRunner  # noqa: E402
 from cli.main import main  # noqa: E402
 from recorder.ids import new_session_id, new_writer_id  # noqa: E402
 from recorder.spool import Spool  # noqa: E402
+from recorder.statements import classify, clear_cache  # noqa: E402
 from recorder.store import open_store  # noqa: E402
 from tests import stack  # noqa: E402
 
@@ -82,9 +90,16 @@ def session_records(number: int) -> list[dict[str, Any]]:
             "context": {"database": "SALES", "schema": "APP", "warehouse": "WH", "role": "AGENT"},
             "body": {"size": 200, "json": {"sqlText": sql, "sequenceId": index}},
         }
+        statements = classify(sql, database="SALES", schema="APP")
+        request["statements"] = [statement.as_record() for statement in statements]
+        request["guardrail"] = {
+            "decision": "allow",
+            "kinds": [statement.kind for statement in statements],
+            "objects": [name for statement in statements for name in statement.objects],
+        }
         if table == "PAYROLL.SALARIES" and number % 3 == 0:
             request["kind"] = "refusal"
-            request["guardrail"] = {"decision": "block", "rule": "agents-guard", "reason": "denied"}
+            request["guardrail"].update(decision="block", rule="agents-guard", reason="denied")
             request["refusal"] = {"code": 399003, "reason": "denied", "by": "guardrails"}
         records.append(request)
         rows = [[str(row), f"{row * 1.5}"] for row in range(20)]
@@ -142,6 +157,7 @@ def timed(args: list[str], repeat: int) -> tuple[float, int]:
     best = float("inf")
     lines = 0
     for _ in range(repeat):
+        clear_cache()  # every hoopgw run is a fresh process: no SQL classified yet
         started = time.perf_counter()
         result = CliRunner().invoke(main, args, catch_exceptions=False)
         elapsed = time.perf_counter() - started
@@ -184,24 +200,32 @@ def main_bench() -> None:
                 ("search --outcome blocked --user",
                  ["search", "--outcome", "blocked", "--user", "agent-3@example.com"]),
             ]  # fmt: skip
-            os.environ["HOOPGW_CACHE_DIR"] = str(workdir / "cache")
             rows = []
-            for name, args in cases:
+            for number, (name, args) in enumerate(cases):
                 command = [*args, *common, "--format", "jsonl"]
                 cold, lines = timed([*command, "--no-cache"], 1)
-                timed(command, 1)  # fills the cache
+                os.environ["HOOPGW_CACHE_DIR"] = str(workdir / f"cache-{number}")
+                first, first_lines = timed(command, 1)
                 warm, warm_lines = timed(command, options.repeat)
-                if warm_lines != lines:
-                    raise SystemExit(f"{name}: {lines} results cold, {warm_lines} warm")
-                verdict = "ok" if warm < TARGET_SECONDS else "SLOW"
-                rows.append((name, f"{cold:.2f}", f"{warm:.2f}", str(lines), verdict))
+                if not lines == first_lines == warm_lines:
+                    raise SystemExit(f"{name}: {lines}, {first_lines} and {warm_lines} results")
+                slow = [
+                    label
+                    for label, seconds in (("cold", cold), ("first", first), ("warm", warm))
+                    if seconds >= TARGET_SECONDS
+                ]
+                verdict = f"SLOW ({', '.join(slow)})" if slow else "ok"
+                target = f"< {TARGET_SECONDS:.0f} s"
+                times = (f"{cold:.2f}", f"{first:.2f}", f"{warm:.2f}")
+                rows.append((name, *times, target, str(lines), verdict))
         finally:
             moto.stop()
     print(
         f"\n{options.sessions} sessions in moto S3, in-process CLI; cold: one run with "
-        f"--no-cache, warm: best of {options.repeat} with the catalog cache"
+        f"--no-cache; first: one run with an empty cache; warm: best of {options.repeat} "
+        "with the catalog cache"
     )
-    headers = ("command", "cold s", "warm s", "results", f"warm < {TARGET_SECONDS:.0f}s")
+    headers = ("command", "cold s", "first s", "warm s", "target", "results", "verdict")
     widths = [max(len(str(row[i])) for row in (*rows, headers)) for i in range(len(headers))]
     print("  ".join(header.ljust(widths[i]) for i, header in enumerate(headers)))
     for row in rows:

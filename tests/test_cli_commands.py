@@ -26,8 +26,11 @@ from snowflake.connector import ProgrammingError
 
 from cli.main import main
 from recorder.catalog import Archive
+from recorder.rollup import ROLLUPS, decode_rollup
 from recorder.segment import compress_lines, decompress_segment
 from recorder.store import open_store
+from replay.index import ArchiveIndex, list_versions
+from replay.listing import SearchQuery, digest_session, search
 from tests import stack
 
 RECORDING_DEADLINE = 30.0
@@ -513,6 +516,65 @@ def test_search_by_sql_object_and_outcome(recorded: Rig):
 
     empty = hoopgw("search", *recorded.store_args())
     assert empty.exit_code == 2 and "give at least one of" in empty.stderr
+
+
+def test_rollups_written_by_the_gateway_serve_listing_and_search(
+    recorded: Rig, gateway_factory, fakesnow_server, connect, agent_token, tmp_path: Path
+):
+    """A gateway that stops cleanly PUTs its roll-ups; reading through them finds
+    exactly what reading every summary and segment finds, from the real records."""
+    policy = tmp_path / "policy.toml"
+    policy.write_text(POLICY)
+    store_url = f"s3://{recorded.bucket}/rollups-{uuid.uuid4().hex[:8]}"
+    gateway = gateway_factory(
+        fakesnow_server.url,
+        {
+            "hoopgw_store": store_url,
+            "hoopgw_s3_endpoint_url": recorded.endpoint,
+            "hoopgw_policy": str(policy),
+        },
+        name=f"rollups-{uuid.uuid4().hex[:8]}",
+    )
+    db = f"ROLLUP_{uuid.uuid4().hex[:10]}".upper()
+    setup = connect(gateway, agent_token)
+    run_setup(setup, db)
+    setup.close()
+    reads = connect(gateway, agent_token)
+    run_reads(reads, db)
+    reads.close()
+    gateway.stop()
+
+    store = open_store(store_url, s3_endpoint_url=recorded.endpoint)
+    objects = set(list_versions(store, "summaries/")) | set(list_versions(store, "sessions/"))
+    described = {
+        (entry.key, entry.version)
+        for key, _ in list_versions(store, f"{ROLLUPS}/")
+        for entry in decode_rollup(store.get(key))
+    }
+    assert objects and described == objects
+
+    def reader(**options: Any) -> ArchiveIndex:
+        return ArchiveIndex(Archive(store), store_url=store_url, **options)
+
+    direct, rolled = reader(rollups=False), reader(rollup_min_objects=1)
+    summaries = direct.list_sessions()
+    assert len(summaries) == 2 and rolled.list_sessions() == summaries
+    assert list(rolled.digests(summaries, digest_session)) == list(
+        direct.digests(summaries, digest_session)
+    )
+    for query in (
+        SearchQuery(sql="orders"),
+        SearchQuery(object=f"{db}.APP.ORDERS"),
+        SearchQuery(outcome="blocked"),
+        SearchQuery(outcome="error"),
+    ):
+        expected, found = search(direct, query), search(rolled, query)
+        assert expected.matches and found.matches == expected.matches
+    assert rolled.stats.object_reads == 0 and rolled.stats.rollup_hits > 0
+    assert direct.stats.object_reads > 0
+
+    listed = hoopgw("sessions", "list", *recorded.store_args(store_url), "--no-cache")
+    assert listed.exit_code == 0 and len(listed.stdout.splitlines()) == 3
 
 
 # --- verify --------------------------------------------------------------------------

@@ -203,6 +203,35 @@ def test_futures_resolve_only_after_the_record_is_fsynced(
     assert calls < records / 4, f"{calls} fsyncs for {records} records"
 
 
+def wal_text(directory: Path) -> bytes:
+    return b"".join(path.read_bytes() for path in sorted(directory.glob("wal-*.log")))
+
+
+def test_an_unawaited_record_reaches_the_wal_on_its_own(make_spool, tmp_path: Path) -> None:
+    spool = make_spool(segment_max_age=3600, eventual_delay=0.05)
+    session_id = new_session_id()
+    spool.append_eventually(request(session_id, "answer-only"))
+    wait_for(lambda: spool.stats()["batches"] == 1, "the unawaited record's batch")
+    assert b"answer-only" in wal_text(tmp_path / "spool")
+
+
+def test_unawaited_records_ride_with_the_next_durable_one_in_order(
+    make_spool, store: LocalStore
+) -> None:
+    spool = make_spool(segment_max_age=3600, eventual_delay=30.0)
+    session_id = new_session_id()
+    for number in range(5):
+        spool.append_eventually(request(session_id, f"eventual-{number}"))
+    assert spool.stats()["batches"] == 0, "an unawaited record woke the writer"
+    durable = spool.append(request(session_id, "durable")).result(DEADLINE)
+    assert durable["seq"] == 5
+    assert spool.stats()["batches"] == 1, "the durable append's batch took the queued ones"
+    assert spool.flush(DEADLINE)
+    records = Archive(store).read_session(session_id)
+    assert [r["flow_id"] for r in records] == [*(f"eventual-{n}" for n in range(5)), "durable"]
+    assert Archive(store).verify_session(session_id).ok
+
+
 def test_segments_seal_on_session_end_age_and_size(make_spool, store: LocalStore) -> None:
     spool = make_spool(segment_max_age=0.3, segment_max_bytes=2_000)
     archive = Archive(store)
