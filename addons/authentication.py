@@ -520,8 +520,13 @@ class Authentication:
         self._in_flight[flow] = _CallInFlight(session)
 
     def _call_answered(self, flow: http.HTTPFlow, state: FlowState, session: SealedSession) -> None:
-        """Snowflake's 390112 makes drivers renew; without an upstream master they must log in."""
-        if session.upstream_renews:
+        """Snowflake's 390112 makes drivers renew; without an upstream master they must log in.
+
+        A streamed answer has already gone to the client: replacing it would only
+        make the record disagree with what the client got (and 390112 is never a
+        large 2xx answer, the only kind streamed).
+        """
+        if session.upstream_renews or state.streamed is not None:
             return
         assert flow.response is not None
         payload = state.response_json

@@ -204,6 +204,8 @@ def render(
     query: dict[str, str] | None = None,
 ) -> str:
     """The view's text for one decoded body; pure, so it is tested without mitmproxy."""
+    side = "request" if is_request else "response"
+    truncated = _dict(_dict((hoopgw or {}).get("truncated")).get(side))
     report = Report(after_title=_hoopgw_fields(hoopgw or {}))
     if endpoint is Endpoint.LOGIN:
         if is_request:
@@ -214,14 +216,14 @@ def render(
         if is_request:
             _query_request(report, endpoint, body)
         else:
-            _query_response(report, endpoint, body)
+            _query_response(report, endpoint, body, truncated)
     elif endpoint is Endpoint.RESULT:
-        _query_response(report, endpoint, body)
+        _query_response(report, endpoint, body, truncated)
     elif endpoint is Endpoint.SQL_API:
         if is_request:
             _sql_api_request(report, body)
         else:
-            _sql_api_response(report, body)
+            _sql_api_response(report, body, truncated)
     elif endpoint is Endpoint.TOKEN_REQUEST:
         _token_request(report, body, is_request)
     elif endpoint is Endpoint.MONITORING:
@@ -229,7 +231,7 @@ def render(
     else:
         report.title("Snowflake")
         report.section("Body", _json_lines(redact_json(body)))
-    _truncation_section(report, hoopgw or {}, "request" if is_request else "response")
+    _truncation_section(report, truncated)
     return report.text()
 
 
@@ -252,17 +254,34 @@ def _hoopgw_fields(hoopgw: dict[str, Any]) -> list[tuple[str, Any]]:
     ]
 
 
-def _truncation_section(report: Report, hoopgw: dict[str, Any], side: str) -> None:
-    truncated = _dict(_dict(hoopgw.get("truncated")).get(side))
+def _truncation_section(report: Report, truncated: dict[str, Any]) -> None:
     if not truncated:
         return
     note = f"This body was truncated in the recording ({_bytes(truncated.get('size'))} originally"
     if truncated.get("sha256"):
         note += f", sha256 {str(truncated['sha256'])[:16]}…"
     lines = [note + ")."]
+    if truncated.get("streamed"):
+        lines.append(
+            "It was streamed to the client as it arrived; the recording keeps its size, "
+            "hash and outline, not its rows."
+        )
     for path, length in list(_dict(truncated.get("trimmed")).items())[:10]:
         lines.append(f"cut: {path} (was {_int(length) or 0:,} long)")
+    for path, length in list(_dict(truncated.get("elided")).items())[:10]:
+        lines.append(f"left out: {path} ({_bytes(length)})")
     report.section("Recording", lines)
+
+
+def _rows_kept(result: DecodedRows, total: int | None, truncated: dict[str, Any]) -> DecodedRows:
+    """An empty inline result of a body cut in the recording says that the rows are missing.
+
+    A streamed answer's record keeps `rowsetBase64: ""` or `rowset: []`: not no
+    rows, but rows not on record.
+    """
+    if truncated and not result.rows and not result.problem and (total or 0) > 0:
+        return DecodedRows([], 0, "the rows are not in the recording (the body was truncated)")
+    return result
 
 
 # --- login ---------------------------------------------------------------------------
@@ -442,7 +461,9 @@ def _bindings(bindings: dict[str, Any]) -> tuple[str, list[str]]:
     return f"Bindings ({len(names)})", table(["#", "type", "value"], rows)
 
 
-def _query_response(report: Report, endpoint: Endpoint, body: dict[str, Any]) -> None:
+def _query_response(
+    report: Report, endpoint: Endpoint, body: dict[str, Any], truncated: dict[str, Any]
+) -> None:
     data_raw = _dict(body.get("data"))
     redacted = redact_json(_without(body, "data"))
     data = redact_json(_without(data_raw, "rowset", "rowsetBase64"))
@@ -470,8 +491,8 @@ def _query_response(report: Report, endpoint: Endpoint, body: dict[str, Any]) ->
     )
     rowtype = [column for column in data.get("rowtype") or [] if isinstance(column, dict)]
     chunks = [chunk for chunk in data.get("chunks") or [] if isinstance(chunk, dict)]
-    result = decode_rowset(data_raw, rowtype)
     total = _int(data.get("total"))
+    result = _rows_kept(decode_rowset(data_raw, rowtype), total, truncated)
     report.field("Rows", _row_counts(total, data.get("returned"), result, chunks))
     report.field("Result format", data.get("queryResultFormat"))
     if chunks:
@@ -523,7 +544,7 @@ def _row_counts(
     parts = []
     if total is not None:
         parts.append(f"{total:,} total")
-    if result.count or total:
+    if (result.count or total) and not result.problem:
         parts.append(f"{result.count:,} inline")
     if returned is not None and _int(returned) != total:
         parts.append(f"{returned} returned")
@@ -582,7 +603,7 @@ def _sql_api_request(report: Report, body: dict[str, Any]) -> None:
         report.section(*_bindings(bindings))
 
 
-def _sql_api_response(report: Report, body: dict[str, Any]) -> None:
+def _sql_api_response(report: Report, body: dict[str, Any], truncated: dict[str, Any]) -> None:
     redacted = redact_json(_without(body, "data"))
     meta = _dict(redacted.get("resultSetMetaData"))
     failed = "sqlState" in redacted and redacted.get("code") not in (None, "090001", "333334")
@@ -599,7 +620,7 @@ def _sql_api_response(report: Report, body: dict[str, Any]) -> None:
     rowtype = [column for column in meta.get("rowType") or [] if isinstance(column, dict)]
     rows = body.get("data")
     if rowtype and isinstance(rows, list):
-        result = _json_rows(rows, rowtype)
+        result = _rows_kept(_json_rows(rows, rowtype), total, truncated)
         _result_table(report, rowtype, result, total, [])
 
 

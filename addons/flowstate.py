@@ -13,6 +13,13 @@ list), and each reads and extends the flow's `FlowState`:
    sets `state.guardrail`, or refuses.
 4. `Recording` (addons/recording.py) makes the request record durable before
    the request may go upstream, and records the response or error.
+5. `Inspection` (addons/inspection.py) annotates the flow for mitmweb; as the
+   last hook that reads the state's bodies, it releases them.
+
+A large successful answer on a result endpoint is streamed to the client
+(`SnowflakeTraffic.responseheaders`): its body is never in memory whole, and
+`state.streamed` holds what was counted, hashed and outlined on the way; the
+outline stands in for `state.response_json`.
 
 Any addon that answers a request itself assigns `flow.response` and calls
 `state.refuse(...)`; later addons skip their work when `state.answered` is set
@@ -36,7 +43,7 @@ from typing import Any
 
 from mitmproxy import http
 
-from addons.snowflake import Endpoint
+from addons.snowflake import Endpoint, StreamedAnswer
 
 
 @dataclass(slots=True, frozen=True)
@@ -98,11 +105,23 @@ class FlowState:
     session_ended: bool = False
     response_body: bytes | None = None
     response_json: dict[str, Any] | None = None
+    streamed: StreamedAnswer | None = None  # the answer went to the client as it arrived
     passed: set[str] = field(default_factory=set)
 
     @property
     def answered(self) -> bool:
         return self.refusal is not None
+
+    def release_bodies(self) -> None:
+        """Let go of the bodies once the last hook has read them.
+
+        The flow lives on while mitmproxy writes the answer to the client; a
+        parsed copy of a large answer held here until then is dead weight.
+        """
+        self.request_body = None
+        self.request_json = None
+        self.response_body = None
+        self.response_json = None
 
     def refuse(self, flow: http.HTTPFlow, response: http.Response, refusal: Refusal) -> None:
         """Answer the flow from the gateway; nothing of it will go upstream."""

@@ -7,8 +7,9 @@ read alike:
 
 - `flow.comment`: the statement's first line, shortened, credential literals masked;
 - `flow.metadata["hoopgw"]`: `{"session_id", "caller", "role", "endpoint"}` and,
-  when there is one, the `refusal` and `guardrail` decision; plain JSON values
-  (mitmproxy saves metadata into flow files);
+  when there is one, the `refusal` and `guardrail` decision, and for an answer
+  streamed to the client (which mitmweb cannot show) `streamed`: its size and
+  sha256; plain JSON values (mitmproxy saves metadata into flow files);
 - `flow.marked`: BLOCKED_MARK when the gateway answered itself (a policy,
   identity or recording refusal), FAILED_MARK when Snowflake reported an error
   or the exchange failed.
@@ -73,6 +74,8 @@ def hoopgw_metadata(state: FlowState) -> dict[str, Any]:
         metadata["refusal"] = state.refusal.as_record()
     if state.guardrail is not None:
         metadata["guardrail"] = state.guardrail
+    if state.streamed is not None:
+        metadata["streamed"] = state.streamed.facts()
     return metadata
 
 
@@ -99,10 +102,20 @@ class Inspection:
             flow.marked = BLOCKED_MARK
         elif _failed(flow, state):
             flow.marked = FAILED_MARK
+        state.release_bodies()
 
     def error(self, flow: http.HTTPFlow) -> None:
-        if state_of(flow) is not None and not flow.marked:
+        state = state_of(flow)
+        if state is None:
+            return
+        if state.streamed is not None:
+            flow.metadata["hoopgw"] = {
+                **hoopgw_metadata(state),
+                "streamed": state.streamed.facts(cut=True),
+            }
+        if not flow.marked:
             flow.marked = FAILED_MARK
+        state.release_bodies()
 
 
 def _comment(state: FlowState) -> str:

@@ -7,6 +7,10 @@ stream is fixed when they are appended, and the statement they belong to is
 already on record. While the spool is over `hoopgw_spool_max_bytes` (the store
 is out of reach) logins and new statements are refused with 399002; the rest
 of a session still runs, recorded, so that sessions can end and drain.
+
+An answer streamed to the client (addons/traffic.py) is recorded from what was
+counted, hashed and outlined on the way (`redaction.streamed_body_for_record`);
+one that broke off mid-stream gets an `error` record saying how far it got.
 """
 
 from __future__ import annotations
@@ -119,7 +123,9 @@ class Recording:
             """
             Largest request or response body, in bytes, kept in full in a record;
             larger bodies are truncated in the record, which keeps their full size
-            and SHA-256.
+            and SHA-256. A successful result answer whose Content-Length is larger
+            is streamed to the client as it arrives, never held whole, and its
+            record keeps size, SHA-256 and the answer without its rows.
             """,
         )
 
@@ -220,6 +226,13 @@ class Recording:
         record = self._event(flow, state, "error", flow_id=flow.id)
         record["error"] = reason
         record["duration_ms"] = _milliseconds(flow.request.timestamp_start, time.time())
+        if state.streamed is not None and flow.response is not None:
+            # the answer was being streamed when it broke off: say how far it got
+            record["status"] = flow.response.status_code
+            record["headers"] = redaction.redact_headers(flow.response.headers.items(multi=True))
+            record["body"] = redaction.streamed_body_for_record(
+                state.streamed.facts(cut=True), None, {}, self.body_limit
+            )
         records.append(record)
         self._append_quietly(records)
 
@@ -345,7 +358,7 @@ class Recording:
                 flow.request.timestamp_start, response.timestamp_end or time.time()
             ),
             headers=redaction.redact_headers(response.headers.items(multi=True)),
-            body=self._body(response, state.response_body, state.response_json),
+            body=self._response_body(response, state),
         )
         if state.refusal is not None:
             record["refusal"] = state.refusal.as_record()
@@ -354,6 +367,14 @@ class Recording:
         if state.sql_masked:
             _withhold_statement_echoes(record)
         return record
+
+    def _response_body(self, response: http.Response, state: FlowState) -> dict[str, Any]:
+        streamed = state.streamed
+        if streamed is None or state.answered:
+            return self._body(response, state.response_body, state.response_json)
+        return redaction.streamed_body_for_record(
+            streamed.facts(), state.response_json, streamed.elided, self.body_limit
+        )
 
     def _body(
         self, message: http.Message, decoded: bytes | None, parsed: dict[str, Any] | None

@@ -8,15 +8,23 @@ the exact shapes the Snowflake drivers turn into user-facing errors.
 from __future__ import annotations
 
 import gzip
+import hashlib
+import logging
 import re
 import urllib.parse
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final, Protocol
 
+import brotli
 import orjson
+import zstandard
 from mitmproxy import http
+
+from recorder.redaction import JsonOutline
+
+logger = logging.getLogger(__name__)
 
 ERROR_SQL_STATE_CONNECTION = "08001"
 ERROR_SQL_STATE_AUTHORIZATION = "28000"
@@ -302,3 +310,201 @@ def refusal_for(
     if endpoint is Endpoint.SQL_API:
         return sql_api_failure(http_status, code, message)
     return session_failure(code, message)
+
+
+# --- streamed answers --------------------------------------------------------------------
+
+STREAMED_ENCODINGS: Final = frozenset({"", "identity", "gzip", "x-gzip", "deflate", "br", "zstd"})
+"""Content-Encodings a streamed answer is decoded from for its record (mitmproxy's own set)."""
+_DECODED_PIECE = 256 * 1024
+
+
+def carries_results(endpoint: Endpoint, method: str, path: str) -> bool:
+    """Whether a request's answer may hold a result set: what the gateway may stream.
+
+    Query requests, result fetches and SQL API statements (submit, status and
+    partitions) do; logins, renewals and logouts never, as their answers are
+    rewritten.
+    """
+    if endpoint in (Endpoint.QUERY, Endpoint.RESULT):
+        return True
+    if endpoint is Endpoint.SQL_API:
+        return not path.partition("?")[0].rstrip("/").endswith("/cancel")
+    return False
+
+
+Sink = Callable[[bytes], None]
+
+
+class _Decoder(Protocol):
+    def feed(self, data: bytes, sink: Sink) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+class _ZlibDecoder:
+    """gzip and deflate, giving at most _DECODED_PIECE bytes at a time (a bomb stays bounded)."""
+
+    def __init__(self, encoding: str) -> None:
+        self.encoding = encoding
+        wbits = zlib.MAX_WBITS if encoding == "deflate" else zlib.MAX_WBITS | 16
+        self._decompressor = zlib.decompressobj(wbits)
+
+    def feed(self, data: bytes, sink: Sink) -> None:
+        decompressor = self._decompressor
+        pending = data
+        while pending:
+            piece = decompressor.decompress(pending, _DECODED_PIECE)
+            if piece:
+                sink(piece)
+            pending = decompressor.unconsumed_tail
+        if decompressor.unused_data:
+            # a second gzip member would be read by the client but not by decode_body
+            raise ProtocolError(f"trailing data after the {self.encoding} body")
+
+    def finish(self) -> None:
+        if not self._decompressor.eof:
+            raise ProtocolError(f"truncated {self.encoding} body")
+
+
+class _BrotliDecoder:
+    def __init__(self) -> None:
+        self._decompressor = brotli.Decompressor()
+
+    def feed(self, data: bytes, sink: Sink) -> None:
+        decompressor = self._decompressor
+        piece = decompressor.process(data, output_buffer_limit=_DECODED_PIECE)
+        while piece:
+            sink(piece)
+            if decompressor.is_finished():
+                break
+            piece = decompressor.process(b"", output_buffer_limit=_DECODED_PIECE)
+
+    def finish(self) -> None:
+        if not self._decompressor.is_finished():
+            raise ProtocolError("truncated br body")
+
+
+class _ZstdDecoder:
+    """zstd through a stream writer, which hands its output on in bounded pieces."""
+
+    def __init__(self) -> None:
+        self._sink: Sink | None = None
+        self._writer = zstandard.ZstdDecompressor().stream_writer(
+            self, write_size=_DECODED_PIECE, closefd=False
+        )
+
+    def write(self, piece: bytes) -> int:
+        """Where the stream writer puts decoded bytes."""
+        assert self._sink is not None
+        self._sink(bytes(piece))
+        return len(piece)
+
+    def feed(self, data: bytes, sink: Sink) -> None:
+        self._sink = sink
+        self._writer.write(data)
+
+    def finish(self) -> None:
+        """A cut frame shows as an outline that ended early."""
+
+
+def _decoder(encoding: str) -> _Decoder | None:
+    if encoding in ("", "identity"):
+        return None
+    if encoding == "br":
+        return _BrotliDecoder()
+    if encoding == "zstd":
+        return _ZstdDecoder()
+    return _ZlibDecoder(encoding)
+
+
+class _OverLimit(Exception):
+    """The decoded body grew past the limit; decoding stops, the bytes still flow."""
+
+
+class StreamedAnswer:
+    """The pass-through mitmproxy calls with each chunk of an answer it streams to the client.
+
+    Every chunk goes on unchanged. On the way it is counted and hashed (as sent
+    and, for an encoded body, decoded, up to `decoded_limit` bytes), and a JSON
+    body is outlined (recorder.redaction.JsonOutline): what the record of the
+    answer keeps instead of the body. It never raises: what it cannot decode
+    or outline still reaches the client, and the record says what was not read.
+    """
+
+    def __init__(self, encoding: str, content_length: int, decoded_limit: int, json: bool) -> None:
+        self.content_length = content_length
+        self.decoded_limit = decoded_limit
+        self.wire_size = 0
+        self.size = 0
+        self.undecodable: str | None = None
+        self.outline = JsonOutline() if json else None
+        self._decoder = _decoder(encoding)
+        self._hash = hashlib.sha256()
+        self._wire_hash = hashlib.sha256() if self._decoder is not None else None
+
+    def __call__(self, chunk: bytes) -> bytes:
+        if chunk:
+            self.wire_size += len(chunk)
+            if self._wire_hash is not None:
+                self._wire_hash.update(chunk)
+            if self.undecodable is None:
+                self._read(chunk)
+        return chunk
+
+    def _read(self, chunk: bytes) -> None:
+        try:
+            if self._decoder is None:
+                self._decoded(chunk)
+            else:
+                self._decoder.feed(chunk, self._decoded)
+        except _OverLimit:
+            self.undecodable = f"decoded body over the {self.decoded_limit}-byte limit"
+        except Exception as exc:  # a body we cannot read still goes to the client
+            self.undecodable = f"undecodable body: {exc}"[:200]
+
+    def _decoded(self, piece: bytes) -> None:
+        self.size += len(piece)
+        if self.size > self.decoded_limit:
+            raise _OverLimit
+        self._hash.update(piece)
+        if self.outline is not None:
+            try:
+                self.outline.feed(piece)
+            except Exception:  # the outline serves the record; the answer must go on
+                logger.exception("hoopgw: outlining a streamed answer failed")
+                self.outline = None
+
+    def finish(self) -> Any:
+        """After the last chunk: the outline's value (a dict for Snowflake answers) or None."""
+        if self._decoder is not None and self.undecodable is None:
+            try:
+                self._decoder.finish()
+            except ProtocolError as exc:
+                self.undecodable = f"undecodable body: {exc}"
+        if self.outline is None or self.undecodable is not None:
+            return None
+        value = self.outline.close()
+        if self.outline.problem is not None:
+            logger.info("hoopgw: no outline of a streamed answer: %s", self.outline.problem)
+        return value
+
+    def facts(self, *, cut: bool = False) -> dict[str, Any]:
+        """What the record says of the bytes: `size`, `sha256` (decoded), `wire_*` (as sent)."""
+        facts: dict[str, Any] = {}
+        if self.undecodable is None:
+            facts["size"] = self.size
+            facts["sha256"] = self._hash.hexdigest()
+        else:
+            facts["undecodable"] = self.undecodable
+        if self._wire_hash is not None:
+            facts["wire_size"] = self.wire_size
+            facts["wire_sha256"] = self._wire_hash.hexdigest()
+        if cut:
+            facts["cut"] = True
+            facts["content_length"] = self.content_length
+        return facts
+
+    @property
+    def elided(self) -> dict[str, int]:
+        return self.outline.elided if self.outline is not None else {}

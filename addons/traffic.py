@@ -17,6 +17,15 @@ records as a refusal):
 It also leaves every later hook a bounded view of each body
 (`state.request_body`, `state.response_body`), so no hook ever decompresses
 an unbounded body through mitmproxy's `content`.
+
+A successful answer on a result endpoint (query, result fetch, SQL API) whose
+Content-Length is over `hoopgw_body_limit` is streamed to the client instead
+of buffered: such a body would be cut in its record anyway, and buffering 32
+of them at once is what made the gateway's memory grow. A
+`snowflake.StreamedAnswer` counts, hashes and outlines it on the way; its
+outline then stands in for `state.response_json`. Errors, answers without a
+Content-Length and small answers stay buffered, and so do logins and
+renewals, whose answers the gateway rewrites.
 """
 
 from __future__ import annotations
@@ -183,9 +192,33 @@ class SnowflakeTraffic:
         if state.client_app is None:
             state.client_app = _text(request.headers.get("user-agent"))
 
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        state = state_of(flow)
+        response = flow.response
+        if state is None or response is None or state.answered or not flow.live:
+            return
+        threshold = getattr(ctx.options, "hoopgw_body_limit", None)
+        if threshold is None or not 200 <= response.status_code < 300:
+            return
+        if not snowflake.carries_results(state.endpoint, flow.request.method, flow.request.path):
+            return
+        length = _content_length(response)
+        encoding = response.headers.get("content-encoding", "").strip().lower()
+        if length is None or length <= threshold or encoding not in snowflake.STREAMED_ENCODINGS:
+            return
+        media = response.headers.get("content-type", "").partition(";")[0].strip().lower()
+        state.streamed = snowflake.StreamedAnswer(
+            encoding, length, self.response_limit, json="json" in media or not media
+        )
+        response.stream = state.streamed
+
     def response(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)
         if state is None or flow.response is None or state.answered:
+            return
+        if state.streamed is not None:
+            outline = state.streamed.finish()
+            state.response_json = outline if isinstance(outline, dict) else None
             return
         try:
             state.response_body = snowflake.decode_body(flow.response, self.response_limit)
@@ -235,6 +268,15 @@ def _escape_head(request: http.Request) -> None:
             for name, value in request.headers.fields
         ]
     )
+
+
+def _content_length(response: http.Response) -> int | None:
+    """The declared body size, or None when there is none (chunked) or it is not one number."""
+    values = response.headers.get_all("content-length")
+    if len(values) != 1 or "transfer-encoding" in response.headers:
+        return None
+    text = values[0].strip()
+    return int(text) if text.isdigit() else None
 
 
 def _text(value: object) -> str | None:

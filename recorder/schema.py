@@ -141,6 +141,8 @@ KIND_FIELDS: Final[dict[str, dict[str, Field]]] = {
         **_FLOW,
         "error": _req(str, "what failed (connection reset, timeout, ...)"),
         "duration_ms": _opt(OPT_NUMBER, "request start to failure"),
+        "status": _opt(OPT_INT, "HTTP status of an answer that broke off while streamed"),
+        **_MESSAGE,
     },
     SESSION_END: {
         "reason": _req(str, "logout, expired, gateway_shutdown, ..."),

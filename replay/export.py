@@ -240,8 +240,9 @@ def _truncation(body: Any) -> dict[str, Any] | None:
     note: dict[str, Any] = {"size": body.get("size"), "sha256": body.get("sha256")}
     if body.get("trimmed"):
         note["trimmed"] = body["trimmed"]
-    if body.get("omitted"):
-        note["omitted"] = body["omitted"]
+    for name in ("omitted", "streamed", "elided"):
+        if body.get(name):
+            note[name] = body[name]
     return note
 
 

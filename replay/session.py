@@ -78,8 +78,8 @@ class RecordedOutcome:
     `success` is None when no answer is on record (the gateway died, the upstream
     connection failed). `result` is Snowflake's `data` object when it holds the
     complete result inline (JSON `rowset` or Arrow `rowsetBase64`, not trimmed
-    by the recorder's body limit, no remote chunks); otherwise `rows_note` says
-    why the rows cannot be compared.
+    by the recorder's body limit, not streamed past the recorder, no remote
+    chunks); otherwise `rows_note` says why the rows cannot be compared.
     """
 
     success: bool | None = None
@@ -413,6 +413,8 @@ def _complete_result(
 ) -> tuple[dict[str, Any] | None, str | None]:
     if not body:
         return None, "no response body on record"
+    if body.get("streamed"):
+        return None, "rows not recorded: the answer was streamed to the client"
     if body.get("omitted"):
         return None, f"response body not recorded ({body['omitted']})"
     if not isinstance(data.get("rowtype"), list):

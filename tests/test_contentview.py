@@ -62,8 +62,12 @@ def capture(
 ) -> Capture:
     def build() -> Capture:
         saved = tmp_path_factory.mktemp("live") / "live.flows"
+        # answers over hoopgw_body_limit are streamed, and a streamed body is not saved:
+        # this limit keeps the 100,000-row answer whole for the view to render
         gateway = gateway_factory(
-            fakesnow_server.url, {"save_stream_file": str(saved)}, name="contentview-gateway"
+            fakesnow_server.url,
+            {"save_stream_file": str(saved), "hoopgw_body_limit": 32 * 1024 * 1024},
+            name="contentview-gateway",
         )
         database = unique_name("cv")
         connection = connect(gateway, agent_token, database=database, schema="app")
