@@ -50,7 +50,9 @@ _CREDENTIAL_PLACEHOLDER = re.compile(
     re.IGNORECASE,
 )
 # Options that shape the spool and store; they take effect at start-up only.
-_STARTUP_OPTIONS = frozenset({"hoopgw_store", "hoopgw_s3_endpoint_url", "hoopgw_spool_dir"})
+_STARTUP_OPTIONS = frozenset(
+    {"hoopgw_store", "hoopgw_s3_endpoint_url", "hoopgw_spool_dir", "hoopgw_rollup_interval"}
+)
 
 
 class Recording:
@@ -128,6 +130,18 @@ class Recording:
             record keeps size, SHA-256 and the answer without its rows.
             """,
         )
+        loader.add_option(
+            "hoopgw_rollup_interval",
+            int,
+            60,
+            """
+            Seconds between rewrites of this replica's roll-ups: per-day indexes
+            of the stored summaries and segments that let `hoopgw sessions list`
+            and `hoopgw search` read a day in a few requests. 0 writes none
+            (listing then reads every object). Under S3 Object Lock each rewrite
+            is a retained version; see docs/operations.md.
+            """,
+        )
 
     def configure(self, updated: set[str]) -> None:
         if self.spool is not None and updated & _STARTUP_OPTIONS:
@@ -144,6 +158,8 @@ class Recording:
             if ctx.options.hoopgw_body_limit < 0:
                 raise exceptions.OptionsError("hoopgw_body_limit must not be negative")
             self.body_limit = ctx.options.hoopgw_body_limit
+        if "hoopgw_rollup_interval" in updated and ctx.options.hoopgw_rollup_interval < 0:
+            raise exceptions.OptionsError("hoopgw_rollup_interval must not be negative")
         if "hoopgw_spool_max_bytes" in updated and ctx.options.hoopgw_spool_max_bytes < 1:
             raise exceptions.OptionsError("hoopgw_spool_max_bytes must be positive")
         if "hoopgw_fail_open" in updated:
@@ -160,6 +176,7 @@ class Recording:
             self.store,
             writer_id=self.writer_id,
             max_bytes=ctx.options.hoopgw_spool_max_bytes,
+            rollup_interval=ctx.options.hoopgw_rollup_interval or None,
         )
         self.spool.start()
         logger.info("hoopgw: recording to %s (writer %s)", ctx.options.hoopgw_store, self.writer_id)

@@ -74,6 +74,7 @@ def test_workload_over_tls(
         ("hoopgw_role_map", "agents:ANALYST", "hoopgw_role_map"),
         ("hoopgw_upstream_password", "file:/nonexistent/secret", "hoopgw_upstream_password"),
         ("hoopgw_request_limit", "10", "hoopgw_request_limit must be at least 1024 bytes"),
+        ("hoopgw_rollup_interval", "-1", "hoopgw_rollup_interval must not be negative"),
     ],
 )
 def test_bad_option_stops_startup_with_one_line(fakesnow_server, workdir, option, value, expected):
