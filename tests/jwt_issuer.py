@@ -21,6 +21,8 @@ from typing import Any
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 
+from tests import stack
+
 
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
@@ -38,41 +40,32 @@ class LocalIssuer:
         self._server: ThreadingHTTPServer | None = None
 
     def start(self) -> LocalIssuer:
-        issuer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                if self.path == "/.well-known/openid-configuration":
-                    body = {"issuer": issuer.issuer, "jwks_uri": issuer.issuer + "/jwks"}
-                elif self.path == "/jwks":
-                    with issuer._lock:
-                        issuer.jwks_requests += 1
-                        keys = [k.as_dict(private=False) for k in issuer.published]
-                    body = {"keys": keys}
-                else:
-                    self.send_error(404)
-                    return
-                data = json.dumps(body).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._server = stack.serve_loopback(self._serve)
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+        stack.stop_loopback(self._server)
+
+    def _serve(self, handler: BaseHTTPRequestHandler) -> None:
+        if handler.command != "GET":
+            handler.send_error(405)
+            return
+        if handler.path == "/.well-known/openid-configuration":
+            body = {"issuer": self.issuer, "jwks_uri": self.issuer + "/jwks"}
+        elif handler.path == "/jwks":
+            with self._lock:
+                self.jwks_requests += 1
+                keys = [k.as_dict(private=False) for k in self.published]
+            body = {"keys": keys}
+        else:
+            handler.send_error(404)
+            return
+        data = json.dumps(body).encode()
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
 
     @property
     def issuer(self) -> str:

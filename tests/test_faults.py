@@ -60,28 +60,11 @@ class FaultyUpstream:
     server: ThreadingHTTPServer | None = None
 
     def start(self) -> FaultyUpstream:
-        upstream = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                upstream.serve(self)
-
-            do_GET = do_POST
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = stack.serve_loopback(self.serve)
         return self
 
     def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
+        stack.stop_loopback(self.server)
 
     @property
     def url(self) -> str:

@@ -17,7 +17,6 @@ import http.client
 import json
 import socket
 import struct
-import threading
 import urllib.parse
 import uuid
 import zlib
@@ -48,6 +47,7 @@ from recorder.segment import SUFFIX, decode_segment
 from recorder.store import LocalStore
 from replay.export import records_to_flows
 from replay.session import load_session
+from tests import stack
 from tests.raw_http import json_headers, login, query, send
 
 ROWS = 100_000
@@ -266,28 +266,11 @@ class ShapedUpstream:
     server: ThreadingHTTPServer | None = None
 
     def start(self) -> ShapedUpstream:
-        upstream = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                upstream.serve(self)
-
-            do_GET = do_POST
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = stack.serve_loopback(self.serve)
         return self
 
     def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
+        stack.stop_loopback(self.server)
 
     @property
     def url(self) -> str:
