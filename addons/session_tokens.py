@@ -48,7 +48,7 @@ _PROTECTED_HEADER = {"alg": "dir", "enc": "A256GCM"}
 _ALGORITHMS = ["dir", "A256GCM"]
 _PAYLOAD_VERSION = 1
 _MAX_TOKEN_CHARS = 64 * 1024
-_OPENED_CACHE_SIZE = 4096
+_OPENED_CACHE_SIZE = 1024
 
 
 def decode_token_key(text: bytes | str) -> bytes:

@@ -297,7 +297,7 @@ class RollupBuilder:
         self,
         writer: str,
         *,
-        part_max_bytes: int = 4 * 1024 * 1024,
+        part_max_bytes: int = 1024 * 1024,
         part_max_entries: int = 10_000,
         idle_seconds: float = 600.0,
         clock: Callable[[], float] = time.monotonic,

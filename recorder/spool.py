@@ -159,7 +159,7 @@ class Spool:
         stream_idle_seconds: float = 3600.0,
         eventual_delay: float = 0.05,
         rollup_interval: float | None = 30.0,
-        rollup_part_max_bytes: int = 4 * MiB,
+        rollup_part_max_bytes: int = 1 * MiB,
         rollup_part_max_entries: int = 10_000,
         rollup_idle_seconds: float = 600.0,
         clock: Callable[[], float] = time.time,
