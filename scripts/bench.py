@@ -19,6 +19,7 @@ part of docs/performance.md.
     .venv/bin/python scripts/bench.py --clients 8 --rounds 1 --profile var/gateway.pyspy
     .venv/bin/python scripts/bench.py --large-only --large wide
     .venv/bin/python scripts/bench.py --large-only --gateway-set hoopgw_body_limit=33554432
+    .venv/bin/python scripts/bench.py --clients 1 --large '' --hook-timing var/hooks.json
 """
 
 from __future__ import annotations
@@ -172,7 +173,9 @@ class Stack:
 
 
 @contextlib.contextmanager
-def running_stack(gateway_options: dict[str, str] | None = None) -> Iterator[Stack]:
+def running_stack(
+    gateway_options: dict[str, str] | None = None, hook_timing: Path | None = None
+) -> Iterator[Stack]:
     home = Path(tempfile.mkdtemp(prefix="hoopgw-bench-"))
     procs: list[stack.Proc] = []
     try:
@@ -230,7 +233,12 @@ def running_stack(gateway_options: dict[str, str] | None = None) -> Iterator[Sta
                 "hoopgw_policy": str(home / "policy.toml"),
                 **(gateway_options or {}),
             },
-            env={PASSWORD_ENV: "fakesnow-ignores-it", TOKEN_KEY_ENV: new_token_key()},
+            env={
+                PASSWORD_ENV: "fakesnow-ignores-it",
+                TOKEN_KEY_ENV: new_token_key(),
+                **({"HOOPGW_HOOK_TIMING": str(hook_timing.resolve())} if hook_timing else {}),
+            },
+            extra_scripts=[REPO_ROOT / "scripts" / "hook_timing.py"] if hook_timing else [],
         )
         procs.append(gateway.proc)
         assert bare.process is not None and gateway.proc.process is not None
@@ -618,6 +626,17 @@ def profile_summary(raw: Path, top: int = 40) -> str:
     return "\n".join(lines)
 
 
+def hook_timing_table(path: Path) -> str:
+    """The per-hook wall times scripts/hook_timing.py wrote, slowest first."""
+    if not path.exists():
+        return f"no hook timings in {path} (fewer than 100 answers?)"
+    timings = orjson.loads(path.read_bytes())
+    lines = ["| hook | calls | p50 us | mean us |", "| --- | ---: | ---: | ---: |"]
+    for name, row in sorted(timings.items(), key=lambda item: -item[1]["p50_us"]):
+        lines.append(f"| {name} | {row['n']} | {row['p50_us']:.0f} | {row['mean_us']:.0f} |")
+    return "\n".join(lines)
+
+
 # --- report -----------------------------------------------------------------------
 
 
@@ -829,6 +848,13 @@ def main() -> int:
         metavar="NAME=VALUE",
         help="an extra gateway option, e.g. hoopgw_body_limit=33554432 (repeatable)",
     )
+    parser.add_argument(
+        "--hook-timing",
+        type=Path,
+        metavar="FILE",
+        help="also load scripts/hook_timing.py: wall time per gateway hook as JSON in FILE "
+        "(the clocks cost a little: take the other figures from a run without it)",
+    )
     parser.add_argument("--write", action="store_true", help="update docs/performance.md")
     args = parser.parse_args()
     levels = [] if args.large_only else [int(c) for c in args.clients.split(",") if c]
@@ -837,7 +863,7 @@ def main() -> int:
     gateway_options = dict(option.split("=", 1) for option in args.gateway_set)
     machine_text = machine()
 
-    with running_stack(gateway_options) as bench:
+    with running_stack(gateway_options, args.hook_timing) as bench:
         gateway_probe = bench.target(GATEWAY).probe
         bare_probe = bench.target(BARE).probe
         assert gateway_probe is not None and bare_probe is not None
@@ -861,6 +887,8 @@ def main() -> int:
             with py_spy(gateway_probe.pid, args.profile):
                 run_round(bench.target(GATEWAY), 8, args.queries * 2, Measurement(GATEWAY, 8))
             print(profile_summary(args.profile), file=sys.stderr)
+        if args.hook_timing:
+            print(hook_timing_table(args.hook_timing), file=sys.stderr)
 
     text = report(
         per_client=args.queries,

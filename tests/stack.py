@@ -331,12 +331,14 @@ def gateway_argv(
     confdir: Path,
     certs: Path | None = None,
     listen_host: str = LOOPBACK,
+    extra_scripts: Sequence[Path] = (),
 ) -> list[str]:
     """The mitmdump command line for a gateway in front of `upstream`."""
     argv = [
         str(BIN / "mitmdump"),
         "-s",
         str(GATEWAY_SCRIPT),
+        *(arg for script in extra_scripts for arg in ("-s", str(script))),
         "--mode",
         f"reverse:{upstream}@{port}",
         "--listen-host",
@@ -369,12 +371,15 @@ def start_gateway(
     certs: Path | None = None,
     port: int | None = None,
     timeout: float = 30.0,
+    extra_scripts: Sequence[Path] = (),
 ) -> Gateway:
     """Start `mitmdump -s addons/gateway.py` and wait until the gateway says it is ready."""
     port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     confdir = workdir / "mitmproxy"
-    argv = gateway_argv(upstream, port, options or {}, confdir=confdir, certs=certs)
+    argv = gateway_argv(
+        upstream, port, options or {}, confdir=confdir, certs=certs, extra_scripts=extra_scripts
+    )
     proc = Proc(
         "gateway",
         argv,

@@ -1,0 +1,117 @@
+"""Wall time of each gateway hook, for `scripts/bench.py --hook-timing FILE`.
+
+Loaded as a second mitmproxy script next to addons/gateway.py. Once the
+gateway runs it wraps every request and response hook of the gateway's
+addons, and the spool's durable append, with a clock, and every 100 answers
+writes p50 and mean per hook (microseconds) as JSON to the file named by
+$HOOPGW_HOOK_TIMING. A sampling profiler shows where CPU goes; this shows
+where a statement waits, which at one client is what latency is made of.
+Never load it in production: it holds the last 5,000 timings per hook.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import orjson
+from mitmproxy import ctx, http
+
+GATEWAY_ADDONS = frozenset(
+    {"SnowflakeTraffic", "Authentication", "Guardrails", "Recording", "Inspection", "FailClosed"}
+)
+HOOKS = ("requestheaders", "request", "responseheaders", "response")
+KEPT = 5000
+
+
+class HookTiming:
+    def __init__(self) -> None:
+        self.samples: dict[str, deque[float]] = {}
+        self.answers = 0
+        self.spool_wrapped = False
+
+    def running(self) -> None:
+        for addon in _walk(ctx.master.addons.chain):
+            name = type(addon).__name__
+            if name not in GATEWAY_ADDONS:
+                continue
+            for hook in HOOKS:
+                method = getattr(addon, hook, None)
+                if method is not None:
+                    setattr(addon, hook, self._timed(f"{name}.{hook}", method))
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._wrap_spool()
+        self.answers += 1
+        if self.answers % 100 == 0:
+            self._write()
+
+    def _wrap_spool(self) -> None:
+        if self.spool_wrapped:
+            return
+        for addon in _walk(ctx.master.addons.chain):
+            spool = getattr(addon, "spool", None)
+            if type(addon).__name__ == "Recording" and spool is not None:
+                spool.append = self._timed_append(spool.append)
+                self.spool_wrapped = True
+                return
+
+    def _timed_append(
+        self, append: Callable[[dict[str, Any]], Future[dict[str, Any]]]
+    ) -> Callable[[dict[str, Any]], Future[dict[str, Any]]]:
+        def timed_append(record: dict[str, Any]) -> Future[dict[str, Any]]:
+            start = time.perf_counter()
+            future = append(record)
+            future.add_done_callback(lambda _: self._add("Spool.append until durable", start))
+            return future
+
+        return timed_append
+
+    def _timed(self, name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+        if inspect.iscoroutinefunction(method):
+
+            async def timed_async(flow: http.HTTPFlow) -> None:
+                start = time.perf_counter()
+                await method(flow)
+                self._add(name, start)
+
+            return timed_async
+
+        def timed(flow: http.HTTPFlow) -> None:
+            start = time.perf_counter()
+            method(flow)
+            self._add(name, start)
+
+        return timed
+
+    def _add(self, name: str, start: float) -> None:
+        self.samples.setdefault(name, deque(maxlen=KEPT)).append(time.perf_counter() - start)
+
+    def _write(self) -> None:
+        target = os.environ.get("HOOPGW_HOOK_TIMING")
+        if not target:
+            return
+        summary = {}
+        for name, samples in self.samples.items():
+            ordered = sorted(samples)
+            summary[name] = {
+                "n": len(ordered),
+                "p50_us": round(ordered[len(ordered) // 2] * 1e6, 1),
+                "mean_us": round(sum(ordered) / len(ordered) * 1e6, 1),
+            }
+        Path(target).write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+
+
+def _walk(addons: list[Any]) -> Iterator[Any]:
+    for addon in addons:
+        yield addon
+        yield from _walk(getattr(addon, "addons", None) or [])
+
+
+addons = [HookTiming()]
