@@ -68,6 +68,39 @@ def stop_loopback(server: ThreadingHTTPServer | None) -> None:
         server.server_close()
 
 
+def forward(upstream: str, handler: BaseHTTPRequestHandler, body: bytes) -> tuple[int, bytes, str]:
+    """Send a request a loopback server received on to `upstream`: status, body, content type."""
+    parsed = urllib.parse.urlsplit(upstream)
+    headers = {
+        name: value
+        for name, value in handler.headers.items()
+        if name.lower() not in ("host", "content-length", "content-encoding", "connection")
+    }
+    connection = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=60)
+    try:
+        connection.request(handler.command, handler.path, body or None, headers)
+        answer = connection.getresponse()
+        return answer.status, answer.read(), answer.getheader("Content-Type") or ""
+    finally:
+        connection.close()
+
+
+def send_answer(
+    handler: BaseHTTPRequestHandler,
+    status: int,
+    content: bytes,
+    content_type: str,
+    encoding: str | None = None,
+) -> None:
+    handler.send_response(status)
+    handler.send_header("Content-Type", content_type)
+    if encoding:
+        handler.send_header("Content-Encoding", encoding)
+    handler.send_header("Content-Length", str(len(content)))
+    handler.end_headers()
+    handler.wfile.write(content)
+
+
 def wait_until(condition: Callable[[], object], timeout: float, what: str) -> object:
     """Poll `condition` until it returns a truthy value, or fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import collections
 import gzip
-import http.client
 import json
 import socket
 import struct
@@ -125,35 +124,9 @@ class FaultyUpstream:
         self.answer(handler, status, content, content_type)
 
     def forward(self, handler: BaseHTTPRequestHandler, body: bytes) -> tuple[int, bytes, str]:
-        parsed = urllib.parse.urlsplit(self.fakesnow)
-        headers = {
-            name: value
-            for name, value in handler.headers.items()
-            if name.lower() not in ("host", "content-length", "content-encoding", "connection")
-        }
-        connection = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=60)
-        try:
-            connection.request(handler.command, handler.path, body or None, headers)
-            answer = connection.getresponse()
-            return answer.status, answer.read(), answer.getheader("Content-Type") or ""
-        finally:
-            connection.close()
+        return stack.forward(self.fakesnow, handler, body)
 
-    @staticmethod
-    def answer(
-        handler: BaseHTTPRequestHandler,
-        status: int,
-        content: bytes,
-        content_type: str,
-        encoding: str | None = None,
-    ) -> None:
-        handler.send_response(status)
-        handler.send_header("Content-Type", content_type)
-        if encoding:
-            handler.send_header("Content-Encoding", encoding)
-        handler.send_header("Content-Length", str(len(content)))
-        handler.end_headers()
-        handler.wfile.write(content)
+    answer = staticmethod(stack.send_answer)
 
 
 @pytest.fixture
