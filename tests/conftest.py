@@ -27,6 +27,7 @@ import pytest
 import snowflake.connector
 
 from tests import stack
+from tests.strict_upstream import StrictUpstream
 
 GatewayOptions = dict[str, str | int | bool | Sequence[str]]
 
@@ -133,6 +134,18 @@ def gateway_factory(workdir: Path, gateway_options: GatewayOptions) -> Iterator[
     factory = GatewayFactory(workdir, gateway_options)
     yield factory
     factory.close()
+
+
+@pytest.fixture(scope="module")
+def strict(fakesnow_server: Upstream) -> Iterator[StrictUpstream]:
+    """A strict upstream in front of fakesnow that takes only the gateway's password.
+
+    Modules whose gateway logs in another way define their own `strict`."""
+    upstream = StrictUpstream(
+        fakesnow_server.url, "fakesnow", "HOOPGW_SVC", password=UPSTREAM_TEST_PASSWORD
+    ).start()
+    yield upstream
+    upstream.stop()
 
 
 @pytest.fixture(scope="session")

@@ -32,10 +32,8 @@ from joserfc.jwk import RSAKey
 from snowflake.connector import DatabaseError, OperationalError
 
 from tests import stack
-from tests.conftest import UPSTREAM_TEST_PASSWORD
 from tests.jwt_issuer import LocalIssuer
 from tests.raw_http import gzip_bomb, login, login_body, query, send, stored_records
-from tests.strict_upstream import StrictUpstream
 
 
 @dataclass
@@ -280,15 +278,6 @@ def test_unreadable_upstream_answers(gateway_factory, faulty, oidc, connect) -> 
 
 
 # Identity provider faults and clock skew
-
-
-@pytest.fixture(scope="module")
-def strict(fakesnow_server) -> Iterator[StrictUpstream]:
-    upstream = StrictUpstream(
-        fakesnow_server.url, "fakesnow", "HOOPGW_SVC", password=UPSTREAM_TEST_PASSWORD
-    ).start()
-    yield upstream
-    upstream.stop()
 
 
 @pytest.fixture

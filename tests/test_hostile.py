@@ -14,7 +14,7 @@ import gzip
 import json
 import socket
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +37,6 @@ from tests.raw_http import (
     session_authorization,
     stored_records,
 )
-from tests.strict_upstream import StrictUpstream
 
 REQUEST_LIMIT = 64 * 1024
 PROTOCOL = str(CODE_GATEWAY_PROTOCOL)
@@ -644,15 +643,6 @@ def check_refusal(case: Hostile, answer: Answer) -> None:
     assert case.says in answer.message, answer.message
     assert answer.message.startswith("hoopgw refused"), answer.message
     assert answer.json.get("success", False) is False
-
-
-@pytest.fixture(scope="module")
-def strict(fakesnow_server) -> Iterator[StrictUpstream]:
-    upstream = StrictUpstream(
-        fakesnow_server.url, "fakesnow", "HOOPGW_SVC", password=UPSTREAM_TEST_PASSWORD
-    ).start()
-    yield upstream
-    upstream.stop()
 
 
 @pytest.fixture(scope="module")

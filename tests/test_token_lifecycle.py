@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -80,15 +80,6 @@ def key_options(previous: bool = False, **extra: Any) -> dict[str, Any]:
         "hoopgw_token_previous_keys": [f"env:{PREVIOUS_KEY_ENV}"] if previous else [],
         **extra,
     }
-
-
-@pytest.fixture(scope="module")
-def strict(fakesnow_server) -> Iterator[StrictUpstream]:
-    upstream = StrictUpstream(
-        fakesnow_server.url, "fakesnow", "HOOPGW_SVC", password=UPSTREAM_TEST_PASSWORD
-    ).start()
-    yield upstream
-    upstream.stop()
 
 
 @pytest.fixture(scope="module")
