@@ -8,14 +8,17 @@ partition (the sessions' start day, as in their own keys), roll-up objects:
     rollups/dt=YYYY-MM-DD/<writer>-segments-<part:06d>.rollup.zst
 
 (not `.jsonl.zst`: whatever globs the store for segments must not take a
-roll-up for one). Each is JSON lines in one zstd frame with content size and
-checksum, one entry per line describing one stored object: its `key`, its
+roll-up for one). Each is JSON lines in one or more zstd frames, each with
+content size and checksum (`zstd -dc` reads them as one stream), one entry per
+line describing one stored object: its `key`, its
 `version` as a LIST reports it (S3: the ETag, quotes included; a local
 directory: `mtime_ns:size:inode`), and either the summary JSON (`summary`) or
 the segment's records without what listing and search never read (`records`,
 see `thin_record`). Summaries and segments are apart so that listing reads
 only the small summary roll-ups. In memory, a part's segment entries are kept
-as zstd frames, joined into one frame when the part is PUT.
+as zstd frames of about 256 KiB of lines each, and a PUT sends those frames as
+they are, followed by one frame of what has come since: nothing already
+compressed is decompressed or compressed again, so a PUT's buffers stay small.
 
 A reader uses an entry only when its key and version are exactly what its own
 LIST of the object reports; anything else is read from the object itself. So
@@ -37,7 +40,7 @@ import orjson
 import zstandard
 
 from recorder.catalog import parse_segment_key, parse_summary_key
-from recorder.segment import compress_lines, decompress_segment
+from recorder.segment import compress_lines
 
 ROLLUPS: Final = "rollups"
 ROLLUP_SUFFIX: Final = ".rollup.zst"
@@ -344,8 +347,9 @@ class RollupBuilder:
 
     def due(self, interval: float, *, force: bool = False) -> list[RollupPut]:
         """Parts with entries not yet stored whose last PUT (or creation) is `interval`
-        seconds old, or all of them with `force`; their bytes as of now, one frame each
-        (compressed outside the lock, so adding entries meanwhile never waits on it)."""
+        seconds old, or all of them with `force`; their bytes as of now: the part's
+        frames and one frame of its newer lines (compressed outside the lock, so adding
+        entries meanwhile never waits on it)."""
         now = self._clock()
         snapshots = []
         with self._lock:
@@ -354,7 +358,7 @@ class RollupBuilder:
                     lines = b"".join(part.pending) + b"".join(part.summaries.values())
                     snapshots.append((part.key, list(part.frames), lines, part.changes))
         return [
-            RollupPut(key, compress_lines(b"".join(map(decompress_segment, frames)) + lines), n)
+            RollupPut(key, b"".join([*frames, compress_lines(lines)] if lines else frames), n)
             for key, frames, lines, n in snapshots
         ]
 

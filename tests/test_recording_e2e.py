@@ -21,6 +21,7 @@ from typing import Any
 
 import boto3
 import pytest
+import zstandard
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from snowflake.connector import DatabaseError, ProgrammingError
@@ -333,13 +334,22 @@ def leaked(haystack: bytes, secrets: dict[str, list[str]]) -> list[str]:
 
 
 def bucket_bytes(bucket: str, endpoint: str) -> bytes:
-    """Every stored object, segments decompressed."""
+    """Every stored object, segments and roll-ups (which may hold several frames)
+    decompressed."""
     client = boto3.client("s3", endpoint_url=endpoint)
     blobs = []
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
         for item in page.get("Contents", ()):
             data = client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
-            blobs.append(decompress_segment(data) if item["Key"].endswith(".zst") else data)
+            if item["Key"].endswith(".rollup.zst"):
+                data = (
+                    zstandard.ZstdDecompressor()
+                    .decompressobj(read_across_frames=True)
+                    .decompress(data)
+                )
+            elif item["Key"].endswith(".zst"):
+                data = decompress_segment(data)
+            blobs.append(data)
     return b"\n".join(blobs)
 
 
