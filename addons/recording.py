@@ -4,7 +4,10 @@ The request record is appended to the spool and awaited until it is fsync'd;
 only then does the hook return and mitmproxy forward the request. Responses,
 errors and session_start are appended without waiting: their order in the
 stream is fixed when they are appended, and the statement they belong to is
-already on record. While the spool is over `hoopgw_spool_max_bytes` (the store
+already on record. An answer's records are built just after mitmproxy has
+written the answer to the client (the next turn of the event loop, or sooner
+when another hook of this addon runs first), so that building them adds
+nothing to the statement's latency. While the spool is over `hoopgw_spool_max_bytes` (the store
 is out of reach) logins and new statements are refused with 399002; the rest
 of a session still runs, recorded, so that sessions can end and drain.
 
@@ -16,6 +19,7 @@ one that broke off mid-stream gets an `error` record saying how far it got.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import time
@@ -64,6 +68,7 @@ class Recording:
         self.body_limit = 1024 * 1024
         self.fail_open = False
         self.writer_id = ids.new_writer_id()
+        self._answers: list[tuple[http.HTTPFlow, FlowState]] = []
 
     def load(self, loader: Loader) -> None:
         loader.add_option(
@@ -182,6 +187,7 @@ class Recording:
         logger.info("hoopgw: recording to %s (writer %s)", ctx.options.hoopgw_store, self.writer_id)
 
     def done(self) -> None:
+        self._record_answers()
         if self.spool is None:
             return
         if not self.spool.flush(timeout=20.0):
@@ -190,6 +196,7 @@ class Recording:
         self.spool = None
 
     async def request(self, flow: http.HTTPFlow) -> None:
+        self._record_answers()
         state = state_of(flow)
         if state is None:
             return
@@ -218,15 +225,35 @@ class Recording:
         state = state_of(flow)
         if state is None or (state.refusal is not None and state.refusal.source == "recording"):
             return
-        records = []
-        if state.endpoint is Endpoint.LOGIN and _succeeded(state) and state.caller is not None:
-            records.append(self._session_start(flow, state))
-        records.append(self._response_record(flow, state))
-        if state.session_ended:
-            records.append(self._event(flow, state, "session_end", reason="logout"))
-        self._append_quietly(records)
+        # a copy: the last hook lets go of the bodies on the flow's own state
+        self._answers.append((flow, dataclasses.replace(state)))
+        if len(self._answers) == 1:
+            asyncio.get_running_loop().call_soon(self._record_answers)
+
+    def _record_answers(self) -> None:
+        """Append the records of the answers given since the last call, in order."""
+        answers, self._answers = self._answers, []
+        for flow, state in answers:
+            try:
+                records = []
+                if (
+                    state.endpoint is Endpoint.LOGIN
+                    and _succeeded(state)
+                    and state.caller is not None
+                ):
+                    records.append(self._session_start(flow, state))
+                records.append(self._response_record(flow, state))
+                if state.session_ended:
+                    records.append(self._event(flow, state, "session_end", reason="logout"))
+            except Exception as exc:
+                logger.exception("hoopgw: the answer to %s could not be recorded", flow.id)
+                record = self._event(flow, state, "error", flow_id=flow.id)
+                record["error"] = f"hoopgw could not record the answer: {type(exc).__name__}"
+                records = [record]
+            self._append_quietly(records)
 
     def error(self, flow: http.HTTPFlow) -> None:
+        self._record_answers()
         state = state_of(flow)
         if state is None:
             if not flow.live:
