@@ -26,8 +26,14 @@ from addons.failclosed import FailClosed, guarded  # noqa: E402
 from addons.guardrails import Guardrails  # noqa: E402
 from addons.inspection import Inspection  # noqa: E402
 from addons.recording import Recording  # noqa: E402
-from addons.startup import ReadyAnnouncer, one_line_option_errors  # noqa: E402
+from addons.startup import (  # noqa: E402
+    ReadyAnnouncer,
+    one_line_option_errors,
+    pin_malloc_mmap_threshold,
+)
 from addons.traffic import SnowflakeTraffic  # noqa: E402
+
+pin_malloc_mmap_threshold()
 
 addons = [
     one_line_option_errors(guarded(addon))

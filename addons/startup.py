@@ -2,14 +2,44 @@
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import logging
+import os
+import platform
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from mitmproxy import ctx, exceptions
 
 logger = logging.getLogger("hoopgw")
+
+_M_MMAP_THRESHOLD: Final = -3  # glibc's mallopt parameter number
+MMAP_THRESHOLD: Final = 128 * 1024
+
+
+def pin_malloc_mmap_threshold(threshold: int = MMAP_THRESHOLD) -> bool:
+    """Keep glibc from raising its mmap threshold, so that large freed buffers go back
+    to the system.
+
+    glibc serves allocations over 128 KiB with mmap, and each time it frees such
+    a block it raises that threshold to the block's size (up to 32 MiB). From
+    then on the gateway's large short-lived buffers (segments read for upload,
+    zstd workspaces, roll-up parts, S3 bodies) come from per-thread heaps, whose
+    holes are never returned: under steady load RSS climbed by megabytes a
+    minute while live objects stayed flat (docs/performance.md, "Soak"). Setting
+    the threshold turns the adjustment off, as MALLOC_MMAP_THRESHOLD_ does; an
+    operator's own MALLOC_MMAP_THRESHOLD_ wins. False when nothing was set
+    (that variable is set, or the C library is not glibc).
+    """
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_") is not None:
+        return False
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        return bool(ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, threshold))
+    except (OSError, AttributeError):
+        return False
 
 
 def _running() -> bool:
