@@ -12,10 +12,12 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import os
+import sys
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Final
 
-from mitmproxy import http
+from mitmproxy import ctx, http
 
 from addons import snowflake
 from addons.flowstate import FlowState, Refusal, state_of
@@ -86,11 +88,22 @@ def _guard(method: Callable[..., Any], hook: str, name: str) -> Callable[..., An
     return guard
 
 
+EXIT_UNLOADED: Final = 70
+"""Exit status when the gateway's addons are unloaded while mitmproxy runs on."""
+
+
 class FailClosed:
     """The last request hook: refuses what a required addon did not mark as done.
 
     Each required addon adds its name to `state.passed` once it has done its
     work; a request still unanswered without every name is refused here.
+
+    It also ends the process when the gateway's addons are unloaded while
+    mitmproxy keeps running: mitmproxy reloads a script whose file changes and
+    drops one that is deleted or no longer loads, and from then on it would
+    forward requests with none of the gateway's hooks (no identity check, no
+    recording). By the time this, the last addon, gets `done`, Recording has
+    flushed and closed the spool; a supervisor restarts the gateway whole.
     """
 
     def __init__(self, required: Iterable[str]) -> None:
@@ -110,3 +123,14 @@ class FailClosed:
             ", ".join(sorted(missing)),
         )
         _internal_error(flow, ", ".join(sorted(missing)))
+
+    def done(self) -> None:
+        if ctx.master.should_exit.is_set():
+            return  # mitmproxy is shutting down
+        logger.critical(
+            "hoopgw: the gateway's addons were unloaded (the script changed, was removed "
+            "or failed to reload); exiting so that nothing is forwarded without them"
+        )
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os._exit(EXIT_UNLOADED)

@@ -365,12 +365,13 @@ def gateway_argv(
     certs: Path | None = None,
     listen_host: str = LOOPBACK,
     extra_scripts: Sequence[Path] = (),
+    script: Path = GATEWAY_SCRIPT,
 ) -> list[str]:
     """The mitmdump command line for a gateway in front of `upstream`."""
     argv = [
         str(BIN / "mitmdump"),
         "-s",
-        str(GATEWAY_SCRIPT),
+        str(script),
         *(arg for script in extra_scripts for arg in ("-s", str(script))),
         "--mode",
         f"reverse:{upstream}@{port}",
@@ -405,13 +406,20 @@ def start_gateway(
     port: int | None = None,
     timeout: float = 30.0,
     extra_scripts: Sequence[Path] = (),
+    script: Path = GATEWAY_SCRIPT,
 ) -> Gateway:
     """Start `mitmdump -s addons/gateway.py` and wait until the gateway says it is ready."""
     port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     confdir = workdir / "mitmproxy"
     argv = gateway_argv(
-        upstream, port, options or {}, confdir=confdir, certs=certs, extra_scripts=extra_scripts
+        upstream,
+        port,
+        options or {},
+        confdir=confdir,
+        certs=certs,
+        extra_scripts=extra_scripts,
+        script=script,
     )
     proc = Proc(
         "gateway",

@@ -93,3 +93,33 @@ def test_bad_option_stops_startup_with_one_line(fakesnow_server, workdir, option
     assert len(error_lines) == 1, output
     assert expected in error_lines[0]
     assert "Traceback" not in output
+
+
+@pytest.mark.parametrize("change", ["removed", "broken"])
+def test_gateway_exits_when_its_addons_are_unloaded(fakesnow_server, workdir, change):
+    """mitmproxy drops a script whose file is removed or no longer loads, and would then
+    forward requests with none of the gateway's hooks: the gateway exits instead."""
+    home = workdir / f"unloaded-{change}"
+    home.mkdir()
+    script = home / "hoopgw_script.py"
+    script.write_text(
+        f"import runpy\n\naddons = runpy.run_path({str(stack.GATEWAY_SCRIPT)!r})['addons']\n"
+    )
+    gateway = stack.start_gateway(
+        home,
+        fakesnow_server.url,
+        stack.embedded_gateway_options("http://127.0.0.1:9", "HOOPGW_PW"),
+        env={"HOOPGW_PW": "only-for-this-test"},
+        script=script,
+    )
+    process = gateway.proc.process
+    assert process is not None and process.poll() is None
+    if change == "removed":
+        script.unlink()
+    else:
+        script.write_text("this is not Python\n")
+        os.utime(script, (os.stat(script).st_atime, os.stat(script).st_mtime + 5))
+    stack.wait_until(lambda: process.poll() is not None, 30, "the gateway to exit")
+    assert process.returncode == 70
+    assert "hoopgw: the gateway's addons were unloaded" in gateway.proc.log()
+    assert not stack.port_open(gateway.port)
