@@ -114,12 +114,15 @@ def test_gateway_exits_when_its_addons_are_unloaded(fakesnow_server, workdir, ch
     )
     process = gateway.proc.process
     assert process is not None and process.poll() is None
-    if change == "removed":
-        script.unlink()
-    else:
-        script.write_text("this is not Python\n")
-        os.utime(script, (os.stat(script).st_atime, os.stat(script).st_mtime + 5))
-    stack.wait_until(lambda: process.poll() is not None, 30, "the gateway to exit")
+    try:
+        if change == "removed":
+            script.unlink()
+        else:
+            script.write_text("this is not Python\n")
+            os.utime(script, (os.stat(script).st_atime, os.stat(script).st_mtime + 5))
+        stack.wait_until(lambda: process.poll() is not None, 30, "the gateway to exit")
+    finally:
+        gateway.proc.stop()
     assert process.returncode == 70
     assert "hoopgw: the gateway's addons were unloaded" in gateway.proc.log()
     assert not stack.port_open(gateway.port)
