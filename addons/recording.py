@@ -7,9 +7,10 @@ stream is fixed when they are appended, and the statement they belong to is
 already on record. An answer's records are built just after mitmproxy has
 written the answer to the client (the next turn of the event loop, or sooner
 when another hook of this addon runs first), so that building them adds
-nothing to the statement's latency. While the spool is over `hoopgw_spool_max_bytes` (the store
-is out of reach) logins and new statements are refused with 399002; the rest
-of a session still runs, recorded, so that sessions can end and drain.
+nothing to the statement's latency. While the spool is over
+`hoopgw_spool_max_bytes` (the store is out of reach) logins and new
+statements are refused with 399002; the rest of a session still runs,
+recorded, so that sessions can end and drain.
 
 An answer streamed to the client (addons/traffic.py) is recorded from what was
 counted, hashed and outlined on the way (`redaction.streamed_body_for_record`);

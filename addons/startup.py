@@ -27,10 +27,11 @@ def pin_malloc_mmap_threshold(threshold: int = MMAP_THRESHOLD) -> bool:
     then on the gateway's large short-lived buffers (segments read for upload,
     zstd workspaces, roll-up parts, S3 bodies) come from per-thread heaps, whose
     holes are never returned: under steady load RSS climbed by megabytes a
-    minute while live objects stayed flat (docs/performance.md, "Soak"). Setting
-    the threshold turns the adjustment off, as MALLOC_MMAP_THRESHOLD_ does; an
-    operator's own MALLOC_MMAP_THRESHOLD_ wins. False when nothing was set
-    (that variable is set, or the C library is not glibc).
+    minute while live objects stayed flat (docs/performance.md, "Third
+    round"). Setting the threshold turns the adjustment off, as
+    MALLOC_MMAP_THRESHOLD_ does; an operator's own MALLOC_MMAP_THRESHOLD_
+    wins. False when nothing was set (that variable is set, or the C library
+    is not glibc).
     """
     if os.environ.get("MALLOC_MMAP_THRESHOLD_") is not None:
         return False

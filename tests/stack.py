@@ -372,7 +372,7 @@ def gateway_argv(
         str(BIN / "mitmdump"),
         "-s",
         str(script),
-        *(arg for script in extra_scripts for arg in ("-s", str(script))),
+        *(arg for extra in extra_scripts for arg in ("-s", str(extra))),
         "--mode",
         f"reverse:{upstream}@{port}",
         "--listen-host",
