@@ -49,6 +49,7 @@ _ALGORITHMS = ["dir", "A256GCM"]
 _PAYLOAD_VERSION = 1
 _MAX_TOKEN_CHARS = 64 * 1024
 _OPENED_CACHE_SIZE = 1024
+_REVOCATION_SWEEP_FLOOR = 1024
 
 
 def decode_token_key(text: bytes | str) -> bytes:
@@ -252,13 +253,16 @@ def _canonical_compact(compact: str) -> bool:
 class RevocationList:
     """Sessions logged out through this replica, remembered until their tokens expire.
 
-    Bounded: past `capacity` entries the ones expiring soonest are forgotten
-    first (and a warning is logged), so memory stays fixed under any load.
+    Expired entries are dropped whenever the list has doubled since the last
+    sweep, so it holds about the sessions whose tokens still live. Bounded: past
+    `capacity` entries the ones expiring soonest are forgotten first (and a
+    warning is logged), so memory stays fixed under any load.
     """
 
     def __init__(self, capacity: int = 100_000) -> None:
         self.capacity = capacity
         self._until: dict[str, float] = {}
+        self._sweep_at = _REVOCATION_SWEEP_FLOOR
 
     def __len__(self) -> int:
         return len(self._until)
@@ -268,8 +272,9 @@ class RevocationList:
         if until <= now:
             return
         self._until[session_id] = max(until, self._until.get(session_id, 0.0))
-        if len(self._until) > self.capacity:
+        if len(self._until) >= self._sweep_at or len(self._until) > self.capacity:
             self._purge(now)
+            self._sweep_at = max(_REVOCATION_SWEEP_FLOOR, 2 * len(self._until))
         if len(self._until) > self.capacity:
             overflow = len(self._until) - self.capacity
             for stale in sorted(self._until, key=self._until.__getitem__)[:overflow]:

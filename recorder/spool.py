@@ -156,6 +156,7 @@ class Spool:
         retry_initial: float = 0.5,
         retry_max: float = 30.0,
         max_streams: int = 100_000,
+        max_finished_streams: int = 1024,
         stream_idle_seconds: float = 3600.0,
         eventual_delay: float = 0.05,
         rollup_interval: float | None = 30.0,
@@ -171,9 +172,12 @@ class Spool:
         seal at `segment_max_bytes` (uncompressed) or `segment_max_age` seconds
         after their first record; the WAL rotates at `wal_max_bytes`. Failed
         uploads retry after `retry_initial` seconds, doubling up to `retry_max`.
-        Chain state is kept for `max_streams` sessions; past that, ended and idle
-        sessions are forgotten and the writer id rotates (`<writer_id>r<n>`), so a
-        late record of a forgotten session starts a new stream, never reusing seqs.
+        Chain state is kept for every open session. Once `max_finished_streams`
+        sessions have ended, or the table holds `max_streams` sessions, the ended
+        ones and those idle for `stream_idle_seconds` are forgotten and the writer
+        id rotates (`<writer_id>r<n>`), so a late record of a forgotten session
+        starts a new stream, never reusing seqs. Memory then follows the sessions
+        open at once, not every session the process has seen.
         Records appended with `append_eventually` reach the WAL within
         `eventual_delay` seconds.
 
@@ -195,6 +199,7 @@ class Spool:
         self.retry_initial = retry_initial
         self.retry_max = retry_max
         self.max_streams = max_streams
+        self.max_finished_streams = max_finished_streams
         self.stream_idle_seconds = stream_idle_seconds
         self.eventual_delay = eventual_delay
         self._clock = clock
@@ -204,6 +209,7 @@ class Spool:
         self._writer_woken = False
         self._queue: list[Any] = []
         self._chains: dict[str, _Chain] = {}
+        self._finished_chains = 0
         self._current_writer = self.writer_id
         self._rotations = 0
         self._chain_limit = max_streams
@@ -393,7 +399,7 @@ class Spool:
             chain.next_seq += 1
             chain.last_append = time.monotonic()
             if ends:
-                chain.ended = True
+                self._mark_ended(chain)
             self._queue.append(
                 _Write((session_id, chain.writer), stored["seq"], line, future, stored, ends)
             )
@@ -408,14 +414,19 @@ class Spool:
             self._wake_writer.notify()
 
     def _new_chain(self, session_id: str) -> _Chain:
-        """Called under the lock. Forgets ended and idle sessions when the table is full."""
-        if len(self._chains) >= self._chain_limit:
+        """Called under the lock. Forgets ended and idle sessions once enough have ended
+        or the table is full."""
+        if (
+            self._finished_chains >= self.max_finished_streams
+            or len(self._chains) >= self._chain_limit
+        ):
             idle_before = time.monotonic() - self.stream_idle_seconds
             self._chains = {
                 sid: chain
                 for sid, chain in self._chains.items()
                 if not chain.ended and chain.last_append >= idle_before
             }
+            self._finished_chains = 0
             self._rotations += 1
             self._current_writer = f"{self.writer_id}r{self._rotations}"
             self._chain_limit = max(self.max_streams, 2 * len(self._chains))
@@ -424,13 +435,19 @@ class Spool:
         self._chains[session_id] = chain
         return chain
 
+    def _mark_ended(self, chain: _Chain) -> None:
+        """Called under the lock."""
+        if not chain.ended:
+            chain.ended = True
+            self._finished_chains += 1
+
     def end_session(self, session_id: str) -> Future[None]:
         """Seal the session's open segment now (after what is already queued for it)."""
         sid = parse_session_id(session_id)
         with self._lock:
             chain = self._chains.get(sid)
             if chain is not None:
-                chain.ended = True
+                self._mark_ended(chain)
         return self._request_seal(sid)
 
     def _request_seal(self, session_id: str | None) -> Future[None]:
@@ -477,6 +494,8 @@ class Spool:
             pending = len(self._uploads)
         return {
             "writer": self._current_writer,
+            "streams": len(self._chains),
+            "cached_summaries": len(self._summaries),
             "records": self._records,
             "batches": self._batches,
             "written_bytes": self._written_bytes,
@@ -927,10 +946,14 @@ class Spool:
             if summary_version is not None and self._rollups is not None:
                 self._roll_up(self._rollups.add_summary, stored_key, summary_version, summary_json)
             summary = updated
-        self._summaries[stream] = summary
-        self._summaries.move_to_end(stream)
-        while len(self._summaries) > _SUMMARY_CACHE:
-            self._summaries.popitem(last=False)
+        if summary.end_ts is None:
+            self._summaries[stream] = summary
+            self._summaries.move_to_end(stream)
+            while len(self._summaries) > _SUMMARY_CACHE:
+                self._summaries.popitem(last=False)
+        else:
+            # an ended session rarely gets another segment; if it does, its summary is read back
+            self._summaries.pop(stream, None)
         item.path.unlink(missing_ok=True)
         self._add_spool_bytes(-item.size)
         self._uploaded_segments += 1

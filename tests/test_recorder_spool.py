@@ -282,6 +282,55 @@ def test_end_session_seals_now(make_spool, store: LocalStore) -> None:
     wait_for(lambda: len(Archive(store).segments(session_id)) == 1, "the sealed segment")
 
 
+def test_ended_sessions_are_forgotten_and_late_records_start_a_new_stream(
+    make_spool, store: LocalStore
+) -> None:
+    """Chain state follows the open sessions; a forgotten session never reuses a seq."""
+    spool = make_spool(segment_max_age=3600, max_finished_streams=4)
+    first_writer = spool.stats()["writer"]
+    still_open = new_session_id()
+    spool.append(request(still_open, "o1")).result(DEADLINE)
+    ended = [new_session_id() for _ in range(4)]
+    for sid in ended:
+        spool.append(start(sid))
+        spool.append(end(sid)).result(DEADLINE)
+    assert spool.stats()["streams"] == 5
+
+    newcomer = new_session_id()
+    assert spool.append(request(newcomer, "n1")).result(DEADLINE)["writer"] != first_writer
+    assert spool.stats()["streams"] == 2, "the four ended sessions are forgotten"
+    open_again = spool.append(request(still_open, "o2")).result(DEADLINE)
+    assert (open_again["writer"], open_again["seq"]) == (first_writer, 1)
+    late = spool.append(request(ended[0], "late")).result(DEADLINE)
+    assert (late["writer"], late["seq"]) == (spool.stats()["writer"], 0)
+
+    assert spool.flush(DEADLINE)
+    archive = Archive(store)
+    assert set(archive.stream_summaries(ended[0])) == {first_writer, late["writer"]}
+    assert [r["flow_id"] for r in archive.read_session(ended[0]) if r["kind"] == "request"] == [
+        "late"
+    ]
+    for sid in (ended[0], still_open, newcomer):
+        assert archive.verify_session(sid).ok, sid
+
+
+def test_summaries_of_ended_sessions_leave_the_uploaders_cache(
+    make_spool, store: LocalStore
+) -> None:
+    spool = make_spool(segment_max_age=3600)
+    open_session, ended = new_session_id(), new_session_id()
+    spool.append(start(open_session))
+    spool.end_session(open_session).result(DEADLINE)  # sealed, not ended by a record
+    spool.append(start(ended))
+    spool.append(end(ended)).result(DEADLINE)
+    assert spool.flush(DEADLINE)
+    assert spool.stats()["cached_summaries"] == 1
+    spool.append(request(ended, "late")).result(DEADLINE)
+    assert spool.flush(DEADLINE)
+    summary = Archive(store).stream_summaries(ended)[spool.writer_id]
+    assert (summary.records, summary.segments, summary.end_reason) == (3, 2, "logout")
+
+
 # --- outage and limits ---------------------------------------------------------------
 
 

@@ -135,6 +135,19 @@ def test_revocation_lasts_until_the_session_expires() -> None:
     assert len(revoked) == 0
 
 
+def test_revocation_list_sheds_expired_sessions_long_before_it_is_full(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A steady stream of logouts keeps the list at the sessions whose tokens still live."""
+    revoked = RevocationList()
+    for n in range(20_000):
+        now = float(n)
+        revoked.revoke(f"s{n}", until=now + 100.0, now=now)
+    assert len(revoked) <= 2_048
+    assert all(revoked.is_revoked(f"s{n}", now=19_999.0) for n in range(19_900, 20_000))
+    assert "revocation list full" not in caplog.text
+
+
 def test_revocation_list_is_bounded(caplog: pytest.LogCaptureFixture) -> None:
     revoked = RevocationList(capacity=3)
     for n in range(5):
