@@ -216,7 +216,7 @@ class Recording:
             self._unrecordable(flow, state, "the recording spool is full")
             return
         try:
-            await asyncio.wrap_future(spool.append(record))
+            await spool.append_on_loop(record)
         except Exception as exc:  # the spool's failure is the gateway's refusal reason
             self._unrecordable(flow, state, f"the spool could not write: {exc}")
             return

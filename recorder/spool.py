@@ -36,7 +36,9 @@ Files, all in one directory: `.lock` (flock: one process per spool),
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
 import fcntl
 import logging
 import os
@@ -94,12 +96,49 @@ class _Chain:
     last_append: float = 0.0
 
 
+class _LoopWaiter:
+    """An asyncio future the writer thread settles with one `call_soon_threadsafe`.
+
+    What `asyncio.wrap_future` does for a concurrent future, without the
+    concurrent future: no condition variable to take, one call to hand back.
+    """
+
+    __slots__ = ("future", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.future: asyncio.Future[dict[str, Any]] = loop.create_future()
+
+    def done(self) -> bool:
+        return False  # settled on the loop, which ignores a second outcome
+
+    def set_result(self, record: dict[str, Any]) -> None:
+        self._settle(_settle_result, record)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self._settle(_settle_exception, exc)
+
+    def _settle(self, settle: Callable[[asyncio.Future[Any], Any], None], value: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+            self.loop.call_soon_threadsafe(settle, self.future, value)
+
+
+def _settle_result(future: asyncio.Future[Any], value: Any) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _settle_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
+
+
 @dataclass(slots=True)
 class _Write:
     stream: Stream
     seq: int
     line: bytes
-    future: Future[dict[str, Any]] | None
+    future: Future[dict[str, Any]] | _LoopWaiter | None
     record: dict[str, Any]
     seal_after: bool
 
@@ -364,6 +403,16 @@ class Spool:
         self._enqueue(record, future)
         return future
 
+    def append_on_loop(self, record: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
+        """As `append`, for a caller on the running event loop: an asyncio future.
+
+        The writer thread hands the outcome straight to the loop, which saves the
+        durable wait the concurrent future's locking and re-wrapping.
+        """
+        waiter = _LoopWaiter(asyncio.get_running_loop())
+        self._enqueue(record, waiter)
+        return waiter.future
+
     def append_eventually(self, record: dict[str, Any]) -> None:
         """Queue a record nobody waits on; it is durable within `eventual_delay` seconds.
 
@@ -373,7 +422,9 @@ class Spool:
         """
         self._enqueue(record, None)
 
-    def _enqueue(self, record: dict[str, Any], future: Future[dict[str, Any]] | None) -> None:
+    def _enqueue(
+        self, record: dict[str, Any], future: Future[dict[str, Any]] | _LoopWaiter | None
+    ) -> None:
         session_id = parse_session_id(record.get("session_id"))  # type: ignore[arg-type]
         kind = record.get("kind")
         if kind not in KINDS:

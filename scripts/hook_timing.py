@@ -11,6 +11,7 @@ Never load it in production: it holds the last 5,000 timings per hook.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import os
 import time
@@ -59,6 +60,7 @@ class HookTiming:
             spool = getattr(addon, "spool", None)
             if type(addon).__name__ == "Recording" and spool is not None:
                 spool.append = self._timed_append(spool.append)
+                spool.append_on_loop = self._timed_append_on_loop(spool.append_on_loop)
                 self.spool_wrapped = True
                 return
 
@@ -69,6 +71,19 @@ class HookTiming:
             start = time.perf_counter()
             future = append(record)
             future.add_done_callback(lambda _: self._add("Spool.append until durable", start))
+            return future
+
+        return timed_append
+
+    def _timed_append_on_loop(
+        self, append: Callable[[dict[str, Any]], asyncio.Future[dict[str, Any]]]
+    ) -> Callable[[dict[str, Any]], asyncio.Future[dict[str, Any]]]:
+        def timed_append(record: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
+            start = time.perf_counter()
+            future = append(record)
+            future.add_done_callback(
+                lambda _: self._add("Spool.append_on_loop until settled", start)
+            )
             return future
 
         return timed_append

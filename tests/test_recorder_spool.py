@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -205,6 +206,40 @@ def test_futures_resolve_only_after_the_record_is_fsynced(
 
 def wal_text(directory: Path) -> bytes:
     return b"".join(path.read_bytes() for path in sorted(directory.glob("wal-*.log")))
+
+
+def test_append_on_loop_settles_on_the_loop_after_the_fsync(
+    make_spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_fsync = os.fsync
+    fsyncs: list[int] = []
+    failing = threading.Event()
+
+    def counting_fsync(fd: int) -> None:
+        if failing.is_set():
+            raise OSError(5, "Input/output error")
+        real_fsync(fd)
+        fsyncs.append(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    spool = make_spool()
+    session_id = new_session_id()
+
+    async def append_and_wait(flow: str) -> tuple[dict[str, Any], int, int, int]:
+        settled: list[tuple[int, int]] = []
+        future = spool.append_on_loop(request(session_id, flow))
+        future.add_done_callback(lambda _: settled.append((threading.get_ident(), len(fsyncs))))
+        record = await asyncio.wait_for(future, DEADLINE)
+        return record, threading.get_ident(), *settled[0]
+
+    record, loop_thread, settled_thread, fsyncs_then = asyncio.run(append_and_wait("f1"))
+    assert (record["seq"], record["hash"]) == (0, record_hash(record))
+    assert settled_thread == loop_thread
+    assert fsyncs_then >= 1, "settled before the WAL was fsynced"
+
+    failing.set()
+    with pytest.raises(SpoolError, match=r"spool disk failed: .*Input/output error"):
+        asyncio.run(append_and_wait("f2"))
 
 
 def test_an_unawaited_record_reaches_the_wal_on_its_own(make_spool, tmp_path: Path) -> None:
