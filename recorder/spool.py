@@ -607,55 +607,61 @@ class Spool:
         return oldest + self.segment_max_age - time.monotonic()
 
     def _process(self, batch: list[Any]) -> None:
-        if not batch:
-            return
-        writes: list[_Write] = []
-        seals: list[_Seal] = []
-        to_seal: list[_OpenSegment] = []
-        buffers: dict[int, tuple[_OpenSegment, list[bytes]]] = {}
-        try:
-            for item in batch:
-                if isinstance(item, _Seal):
-                    seals.append(item)
-                    for stream in list(self._open):
-                        if item.session_id is None or stream[0] == item.session_id:
-                            to_seal.append(self._open.pop(stream))
-                    continue
-                segment = self._open.get(item.stream)
-                if segment is None:
-                    segment = self._open_segment(item.stream, item.seq)
-                buffers.setdefault(id(segment), (segment, []))[1].append(item.line)
-                segment.last_seq = item.seq
-                segment.size += len(item.line)
-                segment.tally.add(item.record)
-                writes.append(item)
-                if item.seal_after or segment.size >= self.segment_max_bytes:
-                    to_seal.append(self._open.pop(item.stream))
-            if writes:
+        """Make the batch's records durable and acknowledge them, then file them.
+
+        Only the WAL write and its fsync stand between a record and its
+        acknowledgement; filing lines into segments (and tallying them) comes
+        after, since the WAL already holds everything recovery needs.
+        """
+        writes = [item for item in batch if isinstance(item, _Write)]
+        seals = [item for item in batch if isinstance(item, _Seal)]
+        if writes:
+            try:
                 wal_data = b"".join(write.line for write in writes)
                 _write_all(self._wal_fd, wal_data)
                 os.fsync(self._wal_fd)
                 self._wal_size += len(wal_data)
-        except Exception as exc:
-            self._fail(_describe(exc), writes, seals)
-            return
-        self._batches += 1
-        for write in writes:
-            if write.future is not None:
-                write.future.set_result(write.record)
+            except Exception as exc:
+                self._fail(_describe(exc), writes, seals)
+                return
+            self._batches += 1
+            for write in writes:
+                if write.future is not None:
+                    write.future.set_result(write.record)
         try:
-            for segment, lines in buffers.values():
-                data = b"".join(lines)
-                _write_all(self._fd(segment), data)
-                self._add_spool_bytes(len(data))
-                self._written_bytes += len(data)
-            self._seal_segments(to_seal)
+            self._file(batch)
             self._maybe_rotate_wal()
         except Exception as exc:
             self._fail(_describe(exc), [], seals)
             return
         for seal in seals:
             seal.future.set_result(None)
+
+    def _file(self, batch: list[_Write | _Seal]) -> None:
+        """Copy durable lines into their sessions' open segments, sealing in batch order."""
+        to_seal: list[_OpenSegment] = []
+        buffers: dict[int, tuple[_OpenSegment, list[bytes]]] = {}
+        for item in batch:
+            if isinstance(item, _Seal):
+                for stream in list(self._open):
+                    if item.session_id is None or stream[0] == item.session_id:
+                        to_seal.append(self._open.pop(stream))
+                continue
+            segment = self._open.get(item.stream)
+            if segment is None:
+                segment = self._open_segment(item.stream, item.seq)
+            buffers.setdefault(id(segment), (segment, []))[1].append(item.line)
+            segment.last_seq = item.seq
+            segment.size += len(item.line)
+            segment.tally.add(item.record)
+            if item.seal_after or segment.size >= self.segment_max_bytes:
+                to_seal.append(self._open.pop(item.stream))
+        for segment, lines in buffers.values():
+            data = b"".join(lines)
+            _write_all(self._fd(segment), data)
+            self._add_spool_bytes(len(data))
+            self._written_bytes += len(data)
+        self._seal_segments(to_seal)
 
     def _open_segment(self, stream: Stream, first_seq: int) -> _OpenSegment:
         session_id, writer = stream
