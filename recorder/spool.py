@@ -406,8 +406,8 @@ class Spool:
     def append_on_loop(self, record: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
         """As `append`, for a caller on the running event loop: an asyncio future.
 
-        The writer thread hands the outcome straight to the loop, which saves the
-        durable wait the concurrent future's locking and re-wrapping.
+        The writer thread hands the outcome straight to the loop, sparing the
+        durable wait a concurrent future's locking and its re-wrapping.
         """
         waiter = _LoopWaiter(asyncio.get_running_loop())
         self._enqueue(record, waiter)

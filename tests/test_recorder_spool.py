@@ -227,15 +227,18 @@ def test_append_on_loop_settles_on_the_loop_after_the_fsync(
 
     async def append_and_wait(flow: str) -> tuple[dict[str, Any], int, int, int]:
         settled: list[tuple[int, int]] = []
+        before = len(fsyncs)  # start-up fsyncs the directory and the WAL's creation
         future = spool.append_on_loop(request(session_id, flow))
-        future.add_done_callback(lambda _: settled.append((threading.get_ident(), len(fsyncs))))
+        future.add_done_callback(
+            lambda _: settled.append((threading.get_ident(), len(fsyncs) - before))
+        )
         record = await asyncio.wait_for(future, DEADLINE)
         return record, threading.get_ident(), *settled[0]
 
-    record, loop_thread, settled_thread, fsyncs_then = asyncio.run(append_and_wait("f1"))
+    record, loop_thread, settled_thread, fsyncs_since_append = asyncio.run(append_and_wait("f1"))
     assert (record["seq"], record["hash"]) == (0, record_hash(record))
     assert settled_thread == loop_thread
-    assert fsyncs_then >= 1, "settled before the WAL was fsynced"
+    assert fsyncs_since_append >= 1, "settled before the WAL was fsynced"
 
     failing.set()
     with pytest.raises(SpoolError, match=r"spool disk failed: .*Input/output error"):
