@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 demo: $(STAMP)
-	$(BIN)/python scripts/demo.py
+	$(BIN)/python -m scripts.demo
 
 test: $(STAMP)
 	bash scripts/ensure_browser.sh
@@ -31,7 +31,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 bench: $(STAMP)
-	$(BIN)/python scripts/bench_recorder.py
+	$(BIN)/python -m scripts.bench_recorder
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

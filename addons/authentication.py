@@ -29,18 +29,18 @@ import orjson
 from mitmproxy import exceptions, http
 from mitmproxy.addonmanager import Loader
 
-from addons import snowflake
-from addons.credentials import UpstreamCredentials
-from addons.flowstate import Caller, FlowState, Refusal, SessionContext, state_of
-from addons.identity import Identity, IdentityError, IdentityUnavailable, groups_from
-from addons.session_tokens import SealedSession, SessionTokens, TokenError, TokenKind
-from addons.snowflake import Endpoint, ProtocolError
-from recorder.ids import new_session_id
+from hoopgw.addons import protocol
+from hoopgw.addons.credentials import UpstreamCredentials
+from hoopgw.addons.flowstate import Caller, FlowState, Refusal, SessionContext, state_of
+from hoopgw.addons.identity import Identity, IdentityError, IdentityUnavailable, groups_from
+from hoopgw.addons.protocol import Endpoint, ProtocolError
+from hoopgw.addons.session_tokens import SealedSession, SessionTokens, TokenError, TokenKind
+from hoopgw.recorder.ids import new_session_id
 
 logger = logging.getLogger(__name__)
 
 SOURCE = "authentication"
-NO_TOKEN_AUTHORIZATION = snowflake.snowflake_authorization("None")
+NO_TOKEN_AUTHORIZATION = protocol.snowflake_authorization("None")
 REDACTED = "hoopgw-redacted"
 
 # Login `data` fields that go upstream unchanged; everything else (the caller's
@@ -67,7 +67,7 @@ _LOGIN_CONTEXT_PARAMETERS = {
     name.lower(): name for name in ("databaseName", "schemaName", "warehouse", "roleName")
 }
 _SMALL_RESPONSE = 64 * 1024
-_SESSION_EXPIRED = str(snowflake.CODE_SESSION_EXPIRED)
+_SESSION_EXPIRED = str(protocol.CODE_SESSION_EXPIRED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +90,7 @@ _RENEWAL = _Admission(
     wrong_kind="a session token cannot renew a session",
     revoked="the session has ended (logged out)",
     expired="the session has expired; log in again",
-    expired_code=snowflake.CODE_MASTER_EXPIRED,
+    expired_code=protocol.CODE_MASTER_EXPIRED,
 )
 _SESSION_CALL = _Admission(
     kind=TokenKind.SESSION,
@@ -99,7 +99,7 @@ _SESSION_CALL = _Admission(
     wrong_kind="a master token cannot be used as a session token",
     revoked="the session has ended (logged out); log in again",
     expired="the session token has expired",
-    expired_code=snowflake.CODE_SESSION_EXPIRED,
+    expired_code=protocol.CODE_SESSION_EXPIRED,
 )
 
 
@@ -259,7 +259,7 @@ class Authentication:
         upstream_data = {k: v for k, v in data.items() if k in _FORWARDED_LOGIN_FIELDS}
         upstream_data.setdefault("SESSION_PARAMETERS", {})
         upstream_data.update(self.credentials.login_fields())
-        snowflake.write_json_body(flow.request, {"data": upstream_data})
+        protocol.write_json_body(flow.request, {"data": upstream_data})
         flow.request.headers["authorization"] = NO_TOKEN_AUTHORIZATION
         state.context = _requested_context(flow.request)
         self._in_flight[flow] = _LoginInFlight(state.session_id, caller, state.context)
@@ -291,8 +291,8 @@ class Authentication:
             self._replace_response(
                 flow,
                 state,
-                snowflake.login_failure(
-                    snowflake.CODE_GATEWAY_PROTOCOL,
+                protocol.login_failure(
+                    protocol.CODE_GATEWAY_PROTOCOL,
                     "hoopgw could not read Snowflake's answer to the login "
                     f"(HTTP {flow.response.status_code})",
                 ),
@@ -356,7 +356,7 @@ class Authentication:
         Returns the token, its text and the time checked; or refuses the flow
         (nothing goes upstream) and returns None.
         """
-        presented = snowflake.session_token_from(flow.request.headers)
+        presented = protocol.session_token_from(flow.request.headers)
         if presented is None:
             self._refuse_session(flow, state, rules.missing)
             return None
@@ -394,10 +394,10 @@ class Authentication:
         if not master.upstream_renews:
             self._renew_locally(flow, state, master, presented)
             return
-        flow.request.headers["authorization"] = snowflake.snowflake_authorization(
+        flow.request.headers["authorization"] = protocol.snowflake_authorization(
             master.upstream_token
         )
-        snowflake.write_json_body(
+        protocol.write_json_body(
             flow.request,
             {
                 "oldSessionToken": upstream_old,
@@ -456,8 +456,8 @@ class Authentication:
             self._replace_response(
                 flow,
                 state,
-                snowflake.session_failure(
-                    snowflake.CODE_SESSION_INVALID,
+                protocol.session_failure(
+                    protocol.CODE_SESSION_INVALID,
                     "hoopgw could not read Snowflake's answer to the session renewal; log in again",
                 ),
             )
@@ -511,7 +511,7 @@ class Authentication:
         if admitted is None:
             return
         session, _, now = admitted
-        flow.request.headers["authorization"] = snowflake.snowflake_authorization(
+        flow.request.headers["authorization"] = protocol.snowflake_authorization(
             session.upstream_token
         )
         if state.endpoint is Endpoint.LOGOUT:
@@ -536,8 +536,8 @@ class Authentication:
             self._replace_response(
                 flow,
                 state,
-                snowflake.session_failure(
-                    snowflake.CODE_SESSION_INVALID,
+                protocol.session_failure(
+                    protocol.CODE_SESSION_INVALID,
                     "Snowflake ended the session and it cannot be renewed; log in again",
                 ),
             )
@@ -601,7 +601,7 @@ class Authentication:
                 rewritten.pop("role", None)
             if grant.warehouse and not rewritten.get("warehouse"):
                 rewritten["warehouse"] = grant.warehouse
-            snowflake.write_json_body(flow.request, rewritten)
+            protocol.write_json_body(flow.request, rewritten)
         self._in_flight[flow] = _SqlApiInFlight()
         state.context = SessionContext(
             database=_text(body, "database"),
@@ -620,8 +620,8 @@ class Authentication:
 
     @staticmethod
     def _refuse_login(flow: http.HTTPFlow, state: FlowState, reason: str) -> None:
-        code = snowflake.CODE_BAD_CREDENTIALS
-        response = snowflake.login_failure(code, f"hoopgw refused the login: {reason}")
+        code = protocol.CODE_BAD_CREDENTIALS
+        response = protocol.login_failure(code, f"hoopgw refused the login: {reason}")
         state.refuse(flow, response, Refusal(code, reason, SOURCE))
 
     @staticmethod
@@ -629,15 +629,15 @@ class Authentication:
         flow: http.HTTPFlow,
         state: FlowState,
         reason: str,
-        code: int = snowflake.CODE_SESSION_INVALID,
+        code: int = protocol.CODE_SESSION_INVALID,
     ) -> None:
-        response = snowflake.session_failure(code, f"hoopgw refused the request: {reason}")
+        response = protocol.session_failure(code, f"hoopgw refused the request: {reason}")
         state.refuse(flow, response, Refusal(code, reason, SOURCE))
 
     @staticmethod
     def _refuse_sql_api(flow: http.HTTPFlow, state: FlowState, reason: str) -> None:
-        code = snowflake.CODE_BAD_CREDENTIALS
-        response = snowflake.sql_api_failure(401, code, f"hoopgw refused the request: {reason}")
+        code = protocol.CODE_BAD_CREDENTIALS
+        response = protocol.sql_api_failure(401, code, f"hoopgw refused the request: {reason}")
         state.refuse(flow, response, Refusal(code, reason, SOURCE))
 
     @staticmethod
@@ -689,12 +689,12 @@ def _scrub_upstream_credentials(request: http.Request, state: FlowState) -> None
         request.headers["authorization"] = (
             "Bearer " + REDACTED
             if scheme.lower() == "bearer"
-            else snowflake.snowflake_authorization(REDACTED)
+            else protocol.snowflake_authorization(REDACTED)
         )
     if state.endpoint not in (Endpoint.LOGIN, Endpoint.TOKEN_REQUEST):
         return
     try:
-        body = snowflake.parse_json_object(snowflake.decode_body(request, _SMALL_RESPONSE))
+        body = protocol.parse_json_object(protocol.decode_body(request, _SMALL_RESPONSE))
     except ProtocolError:
         request.content = b""
         return
@@ -707,20 +707,20 @@ def _scrub_upstream_credentials(request: http.Request, state: FlowState) -> None
                 data[name] = REDACTED
     if "oldSessionToken" in body:
         body["oldSessionToken"] = REDACTED
-    snowflake.write_json_body(request, body)
+    protocol.write_json_body(request, body)
 
 
 def _parsed_response(response: http.Response, state: FlowState) -> dict[str, Any] | None:
     if state.response_json is not None:
         return state.response_json
     try:
-        return snowflake.parse_json_object(snowflake.decode_body(response, _SMALL_RESPONSE))
+        return protocol.parse_json_object(protocol.decode_body(response, _SMALL_RESPONSE))
     except ProtocolError:
         return None
 
 
 def _rewrite_response(response: http.Response, state: FlowState, payload: dict[str, Any]) -> None:
-    snowflake.write_json_body(response, payload)
+    protocol.write_json_body(response, payload)
     state.response_json = payload
     state.response_body = orjson.dumps(payload)
 

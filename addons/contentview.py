@@ -21,25 +21,15 @@ import base64
 import binascii
 import datetime
 import decimal
-import os
-import sys
 import textwrap
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
-_ADDONS_DIR = os.path.dirname(os.path.abspath(__file__))
-_REPO_ROOT = os.path.dirname(_ADDONS_DIR)
-# Loaded with `-s`, this file's folder is on sys.path, where addons/snowflake.py
-# would shadow the Snowflake connector; import our modules as the `addons` package.
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _ADDONS_DIR]
-if _REPO_ROOT not in sys.path:
-    sys.path.insert(0, _REPO_ROOT)
+import orjson
+from mitmproxy import contentviews, http
 
-import orjson  # noqa: E402
-from mitmproxy import contentviews, http  # noqa: E402
-
-from addons.snowflake import Endpoint, classify  # noqa: E402
-from recorder.redaction import REDACTED, redact_json, redact_sql  # noqa: E402
+from hoopgw.addons.protocol import Endpoint, classify
+from hoopgw.recorder.redaction import REDACTED, redact_json, redact_sql
 
 MAX_ROWS = 100
 MAX_COLUMNS = 40

@@ -23,7 +23,7 @@ from joserfc.jwk import RSAKey
 from mitmproxy import ctx, exceptions
 from mitmproxy.addonmanager import Loader
 
-from recorder.secrets import SecretError, parse_secret_ref, resolve_secret
+from hoopgw.recorder.secrets import SecretError, parse_secret_ref, resolve_secret
 
 logger = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from typing import Any, Final
 
 from mitmproxy import ctx, http
 
-from addons import snowflake
-from addons.flowstate import FlowState, Refusal, state_of
+from hoopgw.addons import protocol
+from hoopgw.addons.flowstate import FlowState, Refusal, state_of
 
 logger = logging.getLogger(__name__)
 
@@ -32,14 +32,14 @@ _RESPONSE_HOOKS = ("responseheaders", "response")
 def _state(flow: http.HTTPFlow) -> FlowState:
     state = state_of(flow)
     if state is None:
-        state = FlowState(endpoint=snowflake.classify(flow.request.method, flow.request.path))
+        state = FlowState(endpoint=protocol.classify(flow.request.method, flow.request.path))
     return state
 
 
 def _internal_error(flow: http.HTTPFlow, source: str) -> None:
     state = _state(flow)
-    code = snowflake.CODE_GATEWAY_INTERNAL
-    response = snowflake.refusal_for(state.endpoint, code, MESSAGE, http_status=500)
+    code = protocol.CODE_GATEWAY_INTERNAL
+    response = protocol.refusal_for(state.endpoint, code, MESSAGE, http_status=500)
     state.refuse(flow, response, Refusal(code, f"internal error in {source}", "failclosed"))
 
 

@@ -43,7 +43,7 @@ from typing import Any
 
 from mitmproxy import http
 
-from addons.snowflake import Endpoint, StreamedAnswer
+from hoopgw.addons.protocol import Endpoint, StreamedAnswer
 
 
 @dataclass(slots=True, frozen=True)

@@ -32,10 +32,10 @@ from typing import Any, Literal
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 
-from addons import snowflake
-from addons.flowstate import FlowState, Refusal, state_of
-from addons.snowflake import Endpoint
-from recorder.statements import (
+from hoopgw.addons import protocol
+from hoopgw.addons.flowstate import FlowState, Refusal, state_of
+from hoopgw.addons.protocol import Endpoint
+from hoopgw.recorder.statements import (
     KINDS,
     READ_ONLY_KINDS,
     Statement,
@@ -643,14 +643,14 @@ class Guardrails:
         message = f"Statement refused by hoopgw policy: {reason}."
         if count > 1 and decision.statement_index is not None:
             message += f" (statement {decision.statement_index + 1} of {count}; none of them ran)"
-        code = snowflake.CODE_GATEWAY_POLICY
+        code = protocol.CODE_GATEWAY_POLICY
         if state.endpoint is Endpoint.LOGIN:
             message = f"Login refused by hoopgw policy: {reason}."
-            response = snowflake.login_failure(code, message)
+            response = protocol.login_failure(code, message)
         elif state.endpoint is Endpoint.SQL_API:
-            response = snowflake.sql_api_failure(422, code, message)
+            response = protocol.sql_api_failure(422, code, message)
         else:
-            response = snowflake.query_failure(code, message, sql_state=POLICY_SQL_STATE)
+            response = protocol.query_failure(code, message, sql_state=POLICY_SQL_STATE)
         state.refuse(flow, response, Refusal(code, reason, SOURCE))
         subject = state.caller.subject if state.caller else "an unknown caller"
         logger.info("hoopgw: guardrails refused a statement of %s: %s", subject, reason)

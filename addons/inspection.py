@@ -22,24 +22,14 @@ inspect` runs), it is the offline viewer: the Snowflake content view plus
 from __future__ import annotations
 
 import logging
-import os
-import sys
 from typing import Any
 
-_ADDONS_DIR = os.path.dirname(os.path.abspath(__file__))
-_REPO_ROOT = os.path.dirname(_ADDONS_DIR)
-# Loaded with `-s`, this file's folder is on sys.path, where addons/snowflake.py
-# would shadow the Snowflake connector; import our modules as the `addons` package.
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _ADDONS_DIR]
-if _REPO_ROOT not in sys.path:
-    sys.path.insert(0, _REPO_ROOT)
+from mitmproxy import http
 
-from mitmproxy import http  # noqa: E402
-
-from addons.contentview import snowflake_view  # noqa: E402, F401  (registers the view)
-from addons.flowstate import FlowState, state_of  # noqa: E402
-from addons.snowflake import Endpoint  # noqa: E402
-from recorder.redaction import redact_sql  # noqa: E402
+from hoopgw.addons.contentview import snowflake_view  # noqa: F401  (registers the view)
+from hoopgw.addons.flowstate import FlowState, state_of
+from hoopgw.addons.protocol import Endpoint
+from hoopgw.recorder.redaction import redact_sql
 
 logger = logging.getLogger(__name__)
 

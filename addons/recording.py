@@ -30,12 +30,12 @@ from typing import Any
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 
-from addons import snowflake
-from addons.flowstate import FlowState, Refusal, attach, state_of
-from addons.snowflake import Endpoint
-from recorder import ids, redaction
-from recorder.spool import Spool
-from recorder.store import Store, open_store
+from hoopgw.addons import protocol
+from hoopgw.addons.flowstate import FlowState, Refusal, attach, state_of
+from hoopgw.addons.protocol import Endpoint
+from hoopgw.recorder import ids, redaction
+from hoopgw.recorder.spool import Spool
+from hoopgw.recorder.store import Store, open_store
 
 logger = logging.getLogger(__name__)
 
@@ -295,8 +295,8 @@ class Recording:
             self._append_quietly([self._request_record(flow, state)])
             return
         message = f"hoopgw cannot record this request, so it was not run: {reason}"
-        code = snowflake.CODE_GATEWAY_RECORDING
-        response = snowflake.refusal_for(
+        code = protocol.CODE_GATEWAY_RECORDING
+        response = protocol.refusal_for(
             state.endpoint, code, message, sql_state="57014", http_status=503
         )
         state.refuse(flow, response, Refusal(code, reason, "recording"))

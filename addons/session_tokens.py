@@ -37,8 +37,8 @@ from joserfc.jwk import OctKey
 from mitmproxy import ctx, exceptions
 from mitmproxy.addonmanager import Loader
 
-from addons.credentials import resolve_option_secret
-from addons.flowstate import Caller, SessionContext
+from hoopgw.addons.credentials import resolve_option_secret
+from hoopgw.addons.flowstate import Caller, SessionContext
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ A successful answer on a result endpoint (query, result fetch, SQL API) whose
 Content-Length is over `hoopgw_body_limit` is streamed to the client instead
 of buffered: such a body would be cut in its record anyway, and buffering 32
 of them at once is what made the gateway's memory grow. A
-`snowflake.StreamedAnswer` counts, hashes and outlines it on the way; its
+`protocol.StreamedAnswer` counts, hashes and outlines it on the way; its
 outline then stands in for `state.response_json`. Errors, answers without a
 Content-Length and small answers stay buffered, and so do logins and
 renewals, whose answers the gateway rewrites.
@@ -35,9 +35,9 @@ import logging
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 
-from addons import snowflake
-from addons.flowstate import FlowState, Refusal, attach, state_of
-from addons.snowflake import Endpoint, ProtocolError
+from hoopgw.addons import protocol
+from hoopgw.addons.flowstate import FlowState, Refusal, attach, state_of
+from hoopgw.addons.protocol import Endpoint, ProtocolError
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ class SnowflakeTraffic:
         if not flow.live:
             return
         flow.request.stream = False
-        endpoint = snowflake.classify(flow.request.method, flow.request.path)
+        endpoint = protocol.classify(flow.request.method, flow.request.path)
         attach(flow, FlowState(endpoint=endpoint))
 
     def request(self, flow: http.HTTPFlow) -> None:
@@ -155,7 +155,7 @@ class SnowflakeTraffic:
             return
         for name in _CLIENT_ONLY_HEADERS:
             request.headers.pop(name, None)
-        unreadable = snowflake.unreadable_head(request.data.path, request.headers.fields)
+        unreadable = protocol.unreadable_head(request.data.path, request.headers.fields)
         if unreadable:
             _escape_head(request)
         elif request.authority and not (request.is_http2 or request.is_http3):
@@ -166,9 +166,9 @@ class SnowflakeTraffic:
                 flow, state, 404, "the path is not a Snowflake endpoint this gateway serves"
             )
             return
-        allowed = snowflake.allowed_methods(state.endpoint, request.path)
+        allowed = protocol.allowed_methods(state.endpoint, request.path)
         # `request.method` is upper-cased by mitmproxy; upstream gets the bytes as sent
-        method = snowflake.printable(request.data.method)
+        method = protocol.printable(request.data.method)
         if method not in allowed:
             method = method[:24]
             reason = f"method {method} is not used on this endpoint (use {', '.join(allowed)})"
@@ -178,9 +178,9 @@ class SnowflakeTraffic:
             self._refuse_malformed(flow, state, unreadable)
             return
         try:
-            state.request_body = snowflake.decode_body(request, self.request_limit)
+            state.request_body = protocol.decode_body(request, self.request_limit)
             if state.endpoint in _JSON_REQUESTS:
-                state.request_json = snowflake.parse_json_object(state.request_body)
+                state.request_json = protocol.parse_json_object(state.request_body)
         except ProtocolError as exc:
             self._refuse_malformed(flow, state, str(exc))
             return
@@ -200,14 +200,14 @@ class SnowflakeTraffic:
         threshold = getattr(ctx.options, "hoopgw_body_limit", None)
         if threshold is None or not 200 <= response.status_code < 300:
             return
-        if not snowflake.carries_results(state.endpoint, flow.request.method, flow.request.path):
+        if not protocol.carries_results(state.endpoint, flow.request.method, flow.request.path):
             return
         length = _content_length(response)
         encoding = response.headers.get("content-encoding", "").strip().lower()
-        if length is None or length <= threshold or encoding not in snowflake.STREAMED_ENCODINGS:
+        if length is None or length <= threshold or encoding not in protocol.STREAMED_ENCODINGS:
             return
         media = response.headers.get("content-type", "").partition(";")[0].strip().lower()
-        state.streamed = snowflake.StreamedAnswer(
+        state.streamed = protocol.StreamedAnswer(
             encoding, length, self.response_limit, json="json" in media or not media
         )
         response.stream = state.streamed
@@ -221,7 +221,7 @@ class SnowflakeTraffic:
             state.response_json = outline if isinstance(outline, dict) else None
             return
         try:
-            state.response_body = snowflake.decode_body(flow.response, self.response_limit)
+            state.response_body = protocol.decode_body(flow.response, self.response_limit)
         except ProtocolError as exc:
             state.response_body = flow.response.raw_content or b""
             if state.endpoint in _JSON_RESPONSES:
@@ -230,14 +230,14 @@ class SnowflakeTraffic:
         if state.endpoint not in _JSON_RESPONSES:
             return
         try:
-            state.response_json = snowflake.parse_json_object(state.response_body)
+            state.response_json = protocol.parse_json_object(state.response_body)
         except ProtocolError as exc:
             logger.warning("hoopgw: unreadable %s response: %s", state.endpoint, exc)
 
     @staticmethod
     def _refuse_malformed(flow: http.HTTPFlow, state: FlowState, reason: str) -> None:
-        code = snowflake.CODE_GATEWAY_PROTOCOL
-        response = snowflake.refusal_for(
+        code = protocol.CODE_GATEWAY_PROTOCOL
+        response = protocol.refusal_for(
             state.endpoint, code, f"hoopgw refused the request: {reason}"
         )
         state.refuse(flow, response, Refusal(code, reason, _SOURCE))
@@ -250,9 +250,9 @@ class SnowflakeTraffic:
         reason: str,
         allowed: frozenset[str] = frozenset(),
     ) -> None:
-        code = snowflake.CODE_GATEWAY_PROTOCOL
+        code = protocol.CODE_GATEWAY_PROTOCOL
         message = f"hoopgw refused the request: {reason}"
-        response = snowflake.not_served(state.endpoint, status, message, allowed)
+        response = protocol.not_served(state.endpoint, status, message, allowed)
         state.refuse(flow, response, Refusal(code, reason, _SOURCE))
 
 
@@ -261,10 +261,10 @@ def _escape_head(request: http.Request) -> None:
 
     The request goes nowhere; the record shows the offending bytes as `\\xNN`.
     """
-    request.path = snowflake.printable(request.data.path)
+    request.path = protocol.printable(request.data.path)
     request.headers = http.Headers(
         [
-            (snowflake.printable(name).encode(), snowflake.printable(value).encode())
+            (protocol.printable(name).encode(), protocol.printable(value).encode())
             for name, value in request.headers.fields
         ]
     )

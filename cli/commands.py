@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import click
 
-from cli.inspection import export_command, inspect_command
-from cli.keys import token_key
-from cli.replay import replay
-from cli.search import search
-from cli.sessions import sessions
-from cli.verify import verify
+from hoopgw.cli.inspection import export_command, inspect_command
+from hoopgw.cli.keys import token_key
+from hoopgw.cli.replay import replay
+from hoopgw.cli.search import search
+from hoopgw.cli.sessions import sessions
+from hoopgw.cli.verify import verify
 
 
 def register(group: click.Group) -> None:

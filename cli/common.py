@@ -18,12 +18,12 @@ from typing import Any, Final
 import click
 import orjson
 
-from recorder.catalog import Archive, SessionNotFound
-from recorder.ids import InvalidSessionId, parse_session_id
-from recorder.segment import SegmentError
-from recorder.store import StoreError, open_store
-from replay.index import ArchiveIndex, default_cache_dir
-from replay.render import format_table
+from hoopgw.recorder.catalog import Archive, SessionNotFound
+from hoopgw.recorder.ids import InvalidSessionId, parse_session_id
+from hoopgw.recorder.segment import SegmentError
+from hoopgw.recorder.store import StoreError, open_store
+from hoopgw.replay.index import ArchiveIndex, default_cache_dir
+from hoopgw.replay.render import format_table
 
 STORE_ENV: Final = "HOOPGW_STORE"
 S3_ENDPOINT_ENV: Final = "HOOPGW_S3_ENDPOINT_URL"

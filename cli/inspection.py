@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from cli.common import (
+from hoopgw.cli.common import (
     CommandError,
     archive_errors,
     open_archive,
@@ -147,7 +147,7 @@ def mitmweb_argv(flows_file: Path, port: int, *, confdir: Path, open_browser: bo
 
 def viewer_script() -> str:
     """addons/inspection.py: the Snowflake content view and the offline guard, no gateway hooks."""
-    spec = importlib.util.find_spec("addons.inspection")
+    spec = importlib.util.find_spec("hoopgw.addons.inspection")
     if spec is None or spec.origin is None:
         raise CommandError("cannot find addons/inspection.py; is hoopgw installed?")
     return spec.origin
@@ -168,7 +168,7 @@ def _mitmweb() -> str:
 
 
 def _export(session_id: str, destination: Path, store: str, s3_endpoint_url: str | None) -> Any:
-    from replay.export import export_session
+    from hoopgw.replay.export import export_session
 
     archive = open_archive(store, s3_endpoint_url)
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from recorder.secrets import new_token_key
+from hoopgw.recorder.secrets import new_token_key
 
 
 @click.command("token-key")

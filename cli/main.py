@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli import commands
+from hoopgw.cli import commands
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -9,7 +9,7 @@ from typing import Any
 import click
 import orjson
 
-from cli.common import (
+from hoopgw.cli.common import (
     EXIT_FINDING,
     CommandError,
     archive_errors,
@@ -22,11 +22,11 @@ from cli.common import (
     stderr_is_terminal,
     store_options,
 )
-from replay import engine
-from replay.engine import ReplayConnectionError, ReplayReport, StatementResult
-from replay.render import render_report
-from replay.session import load_session
-from replay.target import Target, TargetError, resolve_target
+from hoopgw.replay import engine
+from hoopgw.replay.engine import ReplayConnectionError, ReplayReport, StatementResult
+from hoopgw.replay.render import render_report
+from hoopgw.replay.session import load_session
+from hoopgw.replay.target import Target, TargetError, resolve_target
 
 
 @click.command()

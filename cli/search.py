@@ -6,7 +6,7 @@ from datetime import datetime
 
 import click
 
-from cli.common import (
+from hoopgw.cli.common import (
     WHEN,
     CommandError,
     archive_errors,
@@ -17,7 +17,7 @@ from cli.common import (
     open_index,
     store_options,
 )
-from replay import listing
+from hoopgw.replay import listing
 
 
 @click.command()

@@ -6,7 +6,7 @@ from datetime import datetime
 
 import click
 
-from cli.common import (
+from hoopgw.cli.common import (
     WHEN,
     archive_errors,
     cache_option,
@@ -21,8 +21,8 @@ from cli.common import (
     session_id_argument,
     store_options,
 )
-from replay import listing
-from replay.session import load_session
+from hoopgw.replay import listing
+from hoopgw.replay.session import load_session
 
 
 @click.group()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli.common import (
+from hoopgw.cli.common import (
     EXIT_FINDING,
     archive_errors,
     echo_json,

@@ -26,14 +26,14 @@ from typing import Any, Final
 
 import orjson
 
-from recorder.ids import (
+from hoopgw.recorder.ids import (
     is_session_id,
     parse_session_id,
     parse_writer_id,
     session_date,
     session_start,
 )
-from recorder.schema import (
+from hoopgw.recorder.schema import (
     GENESIS_HASH,
     SESSION_END,
     SESSION_START,
@@ -43,8 +43,14 @@ from recorder.schema import (
     record_hash,
     validate_record,
 )
-from recorder.segment import SUFFIX, SegmentError, decode_segment, decompress_segment, iter_lines
-from recorder.store import KeyNotFound, Store
+from hoopgw.recorder.segment import (
+    SUFFIX,
+    SegmentError,
+    decode_segment,
+    decompress_segment,
+    iter_lines,
+)
+from hoopgw.recorder.store import KeyNotFound, Store
 
 SESSIONS: Final = "sessions"
 SUMMARIES: Final = "summaries"

@@ -39,8 +39,8 @@ from typing import Any, Final
 import orjson
 import zstandard
 
-from recorder.catalog import parse_segment_key, parse_summary_key
-from recorder.segment import compress_lines
+from hoopgw.recorder.catalog import parse_segment_key, parse_summary_key
+from hoopgw.recorder.segment import compress_lines
 
 ROLLUPS: Final = "rollups"
 ROLLUP_SUFFIX: Final = ".rollup.zst"

@@ -15,7 +15,7 @@ from typing import Any, Final
 
 import orjson
 
-from recorder.ids import is_session_id
+from hoopgw.recorder.ids import is_session_id
 
 FORMAT_VERSION: Final = 1
 

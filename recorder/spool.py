@@ -54,12 +54,12 @@ from typing import Any, Final
 
 import orjson
 
-from recorder.catalog import StreamSummary, segment_key, summary_key
-from recorder.ids import parse_session_id, parse_writer_id
-from recorder.rollup import RollupBuilder
-from recorder.schema import FORMAT_VERSION, GENESIS_HASH, KINDS, SESSION_END, chain_record
-from recorder.segment import compress_lines
-from recorder.store import KeyNotFound, Store, fsync_dir
+from hoopgw.recorder.catalog import StreamSummary, segment_key, summary_key
+from hoopgw.recorder.ids import parse_session_id, parse_writer_id
+from hoopgw.recorder.rollup import RollupBuilder
+from hoopgw.recorder.schema import FORMAT_VERSION, GENESIS_HASH, KINDS, SESSION_END, chain_record
+from hoopgw.recorder.segment import compress_lines
+from hoopgw.recorder.store import KeyNotFound, Store, fsync_dir
 
 logger = logging.getLogger(__name__)
 

@@ -22,15 +22,15 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Final
 
-from replay.compare import Difference, Observation, compare, result_is_ordered
-from replay.session import (
+from hoopgw.replay.compare import Difference, Observation, compare, result_is_ordered
+from hoopgw.replay.session import (
     RecordedOutcome,
     RecordedSession,
     RecordedStatement,
     is_dml_count_column,
     normalize_error_code,
 )
-from replay.target import Target, check_not_recorded_account, connect_params
+from hoopgw.replay.target import Target, check_not_recorded_account, connect_params
 
 DEFAULT_LOGIN_TIMEOUT: Final = 30
 DEFAULT_NETWORK_TIMEOUT: Final = 300

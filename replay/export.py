@@ -24,8 +24,8 @@ from typing import Any, BinaryIO
 import orjson
 from mitmproxy import connection, flow, http, io
 
-from recorder.catalog import Archive
-from recorder.redaction import redact_sql
+from hoopgw.recorder.catalog import Archive
+from hoopgw.recorder.redaction import redact_sql
 
 BLOCKED_MARK = ":no_entry:"
 FAILED_MARK = ":x:"

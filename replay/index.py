@@ -40,7 +40,7 @@ from typing import Any, Final, TypeVar
 
 import orjson
 
-from recorder.catalog import (
+from hoopgw.recorder.catalog import (
     SESSIONS,
     SUMMARIES,
     Archive,
@@ -49,8 +49,8 @@ from recorder.catalog import (
     parse_segment_key,
     parse_summary_key,
 )
-from recorder.ids import is_session_id, session_start
-from recorder.rollup import (
+from hoopgw.recorder.ids import is_session_id, session_start
+from hoopgw.recorder.rollup import (
     SEGMENTS_KIND,
     SUMMARIES_KIND,
     RollupEntry,
@@ -59,8 +59,8 @@ from recorder.rollup import (
     parse_rollup_key,
     rollup_prefix,
 )
-from recorder.segment import SegmentError, decode_segment
-from recorder.store import KeyNotFound, Store, StoreError, file_version
+from hoopgw.recorder.segment import SegmentError, decode_segment
+from hoopgw.recorder.store import KeyNotFound, Store, StoreError, file_version
 
 logger = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-from recorder.catalog import SessionSummary
-from replay.index import ArchiveIndex
-from replay.render import format_duration, format_time
-from replay.session import RecordedSession, RecordedStatement, client_app, load_session
+from hoopgw.recorder.catalog import SessionSummary
+from hoopgw.replay.index import ArchiveIndex
+from hoopgw.replay.render import format_duration, format_time
+from hoopgw.replay.session import RecordedSession, RecordedStatement, client_app, load_session
 
 LONG_SESSION: Final = timedelta(days=1)
 """Sessions that started up to this long before `--since` are searched too."""

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from replay.compare import Observation
-from replay.engine import ReplayReport, StatementResult, Verdict
+from hoopgw.replay.compare import Observation
+from hoopgw.replay.engine import ReplayReport, StatementResult, Verdict
 
 _GAP: Final = "  "
 _MIN_LAST: Final = 20

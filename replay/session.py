@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
-from recorder import statements as sql_statements
+from hoopgw.recorder import statements as sql_statements
 
 REDACTION_MARKERS: Final = ("[REDACTED]", "[REDACTED PRIVATE KEY]")
 _RESULT_PATH: Final = re.compile(r"^/queries/([^/?]+)/result")

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recorder.secrets import SecretError, resolve_secret
+from hoopgw.recorder.secrets import SecretError, resolve_secret
 
 _SECRET_PARAMS = frozenset(
     {"password", "private_key", "private_key_file_pwd", "token", "passcode", "oauth_client_secret"}

@@ -14,12 +14,12 @@ gateway stored in S3), and, with --soak SECONDS, the gateway's RSS over a long
 steady run with session churn. With --write the report replaces the generated
 part of docs/performance.md.
 
-    .venv/bin/python scripts/bench.py --write
-    .venv/bin/python scripts/bench.py --soak 600 --write
-    .venv/bin/python scripts/bench.py --clients 8 --rounds 1 --profile var/gateway.pyspy
-    .venv/bin/python scripts/bench.py --large-only --large wide
-    .venv/bin/python scripts/bench.py --large-only --gateway-set hoopgw_body_limit=33554432
-    .venv/bin/python scripts/bench.py --clients 1 --large '' --hook-timing var/hooks.json
+    .venv/bin/python -m scripts.bench --write
+    .venv/bin/python -m scripts.bench --soak 600 --write
+    .venv/bin/python -m scripts.bench --clients 8 --rounds 1 --profile var/gateway.pyspy
+    .venv/bin/python -m scripts.bench --large-only --large wide
+    .venv/bin/python -m scripts.bench --large-only --gateway-set hoopgw_body_limit=33554432
+    .venv/bin/python -m scripts.bench --clients 1 --large '' --hook-timing var/hooks.json
 """
 
 from __future__ import annotations
@@ -43,15 +43,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import boto3
+import orjson
+import snowflake.connector
+
+from hoopgw.recorder.secrets import new_token_key
+from tests import stack
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
-
-import boto3  # noqa: E402
-import orjson  # noqa: E402
-import snowflake.connector  # noqa: E402
-
-from recorder.secrets import new_token_key  # noqa: E402
-from tests import stack  # noqa: E402
 
 # The statements each client cycles through: small answers, as most agent
 # statements get, parsed by the guardrails and recorded in full.

@@ -15,32 +15,30 @@ in-process against moto and prints how long each took:
 The target is under 2 seconds for every query, cold and warm; the script exits
 with status 1 when a row misses it.
 
-    .venv/bin/python scripts/bench_catalog.py [--sessions 1000] [--repeat 3]
+    .venv/bin/python -m scripts.bench_catalog [--sessions 1000] [--repeat 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+import boto3
+from click.testing import CliRunner
+
+from hoopgw.cli.main import main
+from hoopgw.recorder.ids import new_session_id, new_writer_id
+from hoopgw.recorder.spool import Spool
+from hoopgw.recorder.statements import classify, clear_cache
+from hoopgw.recorder.store import open_store
+from tests import stack
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
-
-import boto3  # noqa: E402
-from click.testing import CliRunner  # noqa: E402
-
-from cli.main import main  # noqa: E402
-from recorder.ids import new_session_id, new_writer_id  # noqa: E402
-from recorder.spool import Spool  # noqa: E402
-from recorder.statements import classify, clear_cache  # noqa: E402
-from recorder.store import open_store  # noqa: E402
-from tests import stack  # noqa: E402
 
 TARGET_SECONDS = 2.0
 USERS = 50

@@ -1,6 +1,6 @@
 """Guardrails microbenchmark: microseconds per classify + policy check, cold and cached.
 
-    .venv/bin/python scripts/bench_policy.py [--rounds 300]
+    .venv/bin/python -m scripts.bench_policy [--rounds 300]
 
 "Cold" clears the classification cache before every call, so it measures a
 full sqlglot tokenize + parse + analysis + check; "cached" is the same text
@@ -15,8 +15,8 @@ import argparse
 import statistics
 import time
 
-from addons.guardrails import parse_policy
-from recorder.statements import classify, clear_cache
+from hoopgw.addons.guardrails import parse_policy
+from hoopgw.recorder.statements import classify, clear_cache
 
 POLICY = parse_policy(
     b"""

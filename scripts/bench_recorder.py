@@ -1,6 +1,6 @@
 """Recorder microbenchmark: encode+compress throughput, compression ratio, spool appends.
 
-    .venv/bin/python scripts/bench_recorder.py [--records 20000] [--seconds 2]
+    .venv/bin/python -m scripts.bench_recorder [--records 20000] [--seconds 2]
 
 The session is synthetic but shaped like real traffic through the gateway: a
 login (redacted), then statements with SQL, bindings and JSON result rows in
@@ -28,12 +28,12 @@ from typing import Any
 
 import orjson
 
-from recorder.ids import new_session_id, new_writer_id
-from recorder.redaction import body_for_record, redact_headers, redact_sql
-from recorder.schema import GENESIS_HASH, chain_record
-from recorder.segment import COMPRESSION_LEVEL, compress_lines, encode_segment
-from recorder.spool import Spool
-from recorder.store import LocalStore
+from hoopgw.recorder.ids import new_session_id, new_writer_id
+from hoopgw.recorder.redaction import body_for_record, redact_headers, redact_sql
+from hoopgw.recorder.schema import GENESIS_HASH, chain_record
+from hoopgw.recorder.segment import COMPRESSION_LEVEL, compress_lines, encode_segment
+from hoopgw.recorder.spool import Spool
+from hoopgw.recorder.store import LocalStore
 
 BODY_LIMIT = 1024 * 1024
 SEGMENT_BYTES = 4 * 1024 * 1024

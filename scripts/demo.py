@@ -17,10 +17,9 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
+from tests import stack
 
-from tests import stack  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 DEMO_USER = "alice"
 DEMO_GROUPS = ("agents",)

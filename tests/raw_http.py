@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recorder.segment import SUFFIX, decode_segment
-from recorder.store import LocalStore
+from hoopgw.recorder.segment import SUFFIX, decode_segment
+from hoopgw.recorder.store import LocalStore
 from tests import stack
 
 Header = tuple[bytes, bytes]

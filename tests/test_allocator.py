@@ -11,15 +11,12 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-
 # Frees one mmapped 4 MiB block (which makes glibc raise its threshold to 4 MiB),
 # then allocates 32 MiB in 512 KiB buffers with small long-lived blocks between them,
 # frees the buffers and prints how many MiB of them the process still holds.
 HELD_AFTER_FREE = """
 import os, sys
-sys.path.insert(0, sys.argv[2])
-from addons.startup import pin_malloc_mmap_threshold
+from hoopgw.addons.startup import pin_malloc_mmap_threshold
 
 def rss():
     return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -45,7 +42,7 @@ glibc_only = pytest.mark.skipif(
 def held_after_free(mode: str, **env: str) -> tuple[str, int]:
     environment = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
     completed = subprocess.run(
-        [sys.executable, "-c", HELD_AFTER_FREE, mode, str(REPO)],
+        [sys.executable, "-c", HELD_AFTER_FREE, mode],
         env={**environment, **env},
         capture_output=True,
         text=True,

@@ -24,13 +24,13 @@ import snowflake.connector
 from click.testing import CliRunner, Result
 from snowflake.connector import ProgrammingError
 
-from cli.main import main
-from recorder.catalog import Archive
-from recorder.rollup import ROLLUPS, decode_rollup
-from recorder.segment import compress_lines, decompress_segment
-from recorder.store import open_store
-from replay.index import ArchiveIndex, list_versions
-from replay.listing import SearchQuery, digest_session, search
+from hoopgw.cli.main import main
+from hoopgw.recorder.catalog import Archive
+from hoopgw.recorder.rollup import ROLLUPS, decode_rollup
+from hoopgw.recorder.segment import compress_lines, decompress_segment
+from hoopgw.recorder.store import open_store
+from hoopgw.replay.index import ArchiveIndex, list_versions
+from hoopgw.replay.listing import SearchQuery, digest_session, search
 from tests import stack
 
 RECORDING_DEADLINE = 30.0

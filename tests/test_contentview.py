@@ -21,10 +21,10 @@ import pytest
 from mitmproxy import contentviews, http, io
 from mitmproxy.test import taddons, tflow
 
-from addons import contentview
-from addons.contentview import MAX_ROWS, format_sql, render
-from addons.inspection import BLOCKED_MARK, FAILED_MARK, statement_comment
-from addons.snowflake import Endpoint
+from hoopgw.addons import contentview
+from hoopgw.addons.contentview import MAX_ROWS, format_sql, render
+from hoopgw.addons.inspection import BLOCKED_MARK, FAILED_MARK, statement_comment
+from hoopgw.addons.protocol import Endpoint
 from tests import inspection_workload as workload
 from tests.conftest import UPSTREAM_TEST_PASSWORD
 

@@ -16,7 +16,7 @@ from mitmproxy import exceptions
 from mitmproxy.test import taddons
 from snowflake.connector.auth import AuthByKeyPair
 
-from addons.credentials import (
+from hoopgw.addons.credentials import (
     KeyPairCredential,
     OAuthCredential,
     PasswordCredential,

@@ -12,7 +12,8 @@ def test_demo_smoke(tmp_path):
     result = subprocess.run(
         [
             sys.executable,
-            str(REPO_ROOT / "scripts" / "demo.py"),
+            "-m",
+            "scripts.demo",
             "--smoke",
             "--home",
             str(tmp_path),
@@ -21,6 +22,7 @@ def test_demo_smoke(tmp_path):
         text=True,
         timeout=180,
         check=False,
+        cwd=REPO_ROOT,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "smoke: hello through hoopgw" in result.stdout

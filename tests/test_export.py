@@ -18,11 +18,11 @@ from click.testing import CliRunner
 from mitmproxy import contentviews, http, io
 from mitmproxy.test import taddons
 
-from addons.contentview import MAX_ROWS
-from cli.main import main
-from recorder.catalog import Archive
-from recorder.store import open_store
-from replay.export import BLOCKED_MARK, FAILED_MARK, records_to_flows, statement_comment
+from hoopgw.addons.contentview import MAX_ROWS
+from hoopgw.cli.main import main
+from hoopgw.recorder.catalog import Archive
+from hoopgw.recorder.store import open_store
+from hoopgw.replay.export import BLOCKED_MARK, FAILED_MARK, records_to_flows, statement_comment
 from tests import inspection_workload as workload
 from tests.conftest import UPSTREAM_TEST_PASSWORD
 from tests.stack import wait_until

@@ -7,10 +7,10 @@ import asyncio
 import pytest
 from mitmproxy.test import tflow
 
-from addons import snowflake
-from addons.failclosed import FailClosed, guarded
-from addons.flowstate import FlowState, attach, state_of
-from addons.snowflake import Endpoint
+from hoopgw.addons import protocol
+from hoopgw.addons.failclosed import FailClosed, guarded
+from hoopgw.addons.flowstate import FlowState, attach, state_of
+from hoopgw.addons.protocol import Endpoint
 
 
 class Crashing:
@@ -40,7 +40,7 @@ def test_request_hook_crash_answers_with_internal_error():
 
 def test_response_hook_crash_replaces_the_upstream_answer():
     flow = query_flow()
-    flow.response = snowflake.query_failure(1, "upstream answer with secrets")
+    flow.response = protocol.query_failure(1, "upstream answer with secrets")
     asyncio.run(guarded(Crashing()).response(flow))
     assert b"399004" in flow.response.content
     assert b"upstream answer" not in flow.response.content

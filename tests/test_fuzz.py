@@ -20,14 +20,20 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from mitmproxy import http
 
-from addons import snowflake
-from addons.flowstate import Caller, SessionContext
-from addons.session_tokens import TOKEN_PREFIX, SealedSession, TokenError, TokenKind, TokenSealer
-from addons.snowflake import ALLOWED_METHODS, Endpoint, ProtocolError
-from recorder import ids
-from recorder.redaction import body_for_record, redact_sql
-from recorder.schema import FIELDS, GENESIS_HASH, KINDS, chain_record, validate_record
-from recorder.segment import SegmentError, compress_lines, decode_segment, encode_segment
+from hoopgw.addons import protocol
+from hoopgw.addons.flowstate import Caller, SessionContext
+from hoopgw.addons.protocol import ALLOWED_METHODS, Endpoint, ProtocolError
+from hoopgw.addons.session_tokens import (
+    TOKEN_PREFIX,
+    SealedSession,
+    TokenError,
+    TokenKind,
+    TokenSealer,
+)
+from hoopgw.recorder import ids
+from hoopgw.recorder.redaction import body_for_record, redact_sql
+from hoopgw.recorder.schema import FIELDS, GENESIS_HASH, KINDS, chain_record, validate_record
+from hoopgw.recorder.segment import SegmentError, compress_lines, decode_segment, encode_segment
 
 EXAMPLES = int(os.environ.get("HOOPGW_FUZZ_EXAMPLES", "150"))
 fuzz = settings(
@@ -97,9 +103,9 @@ EXACT_ROUTES = {
 @example(method="POST", path="/queries/v1/query-request;x")
 @example(method="GET", path="/monitoring/queries//01b2c3d4-0000-0000-0000-000000000001")
 def test_classify_names_an_endpoint_only_for_its_exact_spelling(method: str, path: str) -> None:
-    endpoint = snowflake.classify(method, path)
+    endpoint = protocol.classify(method, path)
     assert isinstance(endpoint, Endpoint)
-    allowed = snowflake.allowed_methods(endpoint, path)
+    allowed = protocol.allowed_methods(endpoint, path)
     assert allowed <= {"GET", "POST"}
     route = path.partition("?")[0]
     if endpoint in EXACT_ROUTES:
@@ -161,7 +167,7 @@ def _flip(data: bytes, position: int, flip: int) -> bytes:
 def test_decode_body_answers_within_its_limit_or_refuses(raw: bytes, encoding: str) -> None:
     limit = 1024
     try:
-        decoded = snowflake.decode_body(_message(raw, encoding), limit)
+        decoded = protocol.decode_body(_message(raw, encoding), limit)
     except ProtocolError:
         return
     assert len(decoded) <= limit
@@ -171,7 +177,7 @@ def test_decode_body_answers_within_its_limit_or_refuses(raw: bytes, encoding: s
 @given(data=st.binary(max_size=1024), kind=st.sampled_from(["gzip", "deflate", "identity"]))
 def test_decode_body_round_trips_what_fits(data: bytes, kind: str) -> None:
     message = _message(_compressed(data, kind), kind)
-    assert snowflake.decode_body(message, 1024) == data
+    assert protocol.decode_body(message, 1024) == data
 
 
 JSON = st.recursive(
@@ -193,7 +199,7 @@ JSON = st.recursive(
 @example(data=b"\xef\xbb\xbf{}")
 def test_parse_json_object_returns_an_object_or_refuses(data: bytes) -> None:
     try:
-        parsed = snowflake.parse_json_object(data)
+        parsed = protocol.parse_json_object(data)
     except ProtocolError:
         return
     assert parsed is None or isinstance(parsed, dict)
@@ -217,7 +223,7 @@ def test_session_token_is_read_from_exactly_one_snowflake_authorization(
     headers = http.Headers(
         [(name.encode(), value.encode("utf-8", "surrogateescape")) for name, value in pairs]
     )
-    token = snowflake.session_token_from(headers)
+    token = protocol.session_token_from(headers)
     authorizations = [value for name, value in pairs if name.lower() == "authorization"]
     if token is not None:
         assert len(authorizations) == 1
@@ -230,10 +236,10 @@ def test_session_token_is_read_from_exactly_one_snowflake_authorization(
 def test_unreadable_heads_are_named_and_printable_text_is_always_printable(
     path: bytes, name: bytes, value: bytes
 ) -> None:
-    problem = snowflake.unreadable_head(path, [(name, value)])
+    problem = protocol.unreadable_head(path, [(name, value)])
     assert problem is None or isinstance(problem, str)
     for data in (path, name, value):
-        text = snowflake.printable(data)
+        text = protocol.printable(data)
         text.encode("utf-8")
         assert not any((ord(ch) < 0x20 and ch != "\t") or ord(ch) == 0x7F for ch in text)
         if problem is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from snowflake.connector import ProgrammingError
 
-from addons.snowflake import CODE_GATEWAY_POLICY
+from hoopgw.addons.protocol import CODE_GATEWAY_POLICY
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from snowflake.connector import DatabaseError, ProgrammingError
 
-from recorder.secrets import new_token_key
+from hoopgw.recorder.secrets import new_token_key
 from tests import stack
 from tests.strict_upstream import StrictUpstream
 
@@ -344,8 +344,8 @@ def test_missing_policy_file_stops_startup(fakesnow_server, workdir: Path) -> No
 
 def recorded(store: Path) -> list[dict[str, Any]]:
     """Every record in the gateway's local store so far."""
-    from recorder.segment import decode_segment
-    from recorder.store import LocalStore
+    from hoopgw.recorder.segment import decode_segment
+    from hoopgw.recorder.store import LocalStore
 
     archive = LocalStore(store)
     records: list[dict[str, Any]] = []

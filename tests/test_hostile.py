@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from addons.snowflake import CODE_GATEWAY_PROTOCOL
+from hoopgw.addons.protocol import CODE_GATEWAY_PROTOCOL
 from tests import stack
 from tests.conftest import UPSTREAM_TEST_PASSWORD
 from tests.raw_http import (
@@ -850,7 +850,7 @@ def test_requests_the_proxy_refuses_are_recorded(recorded) -> None:
 
 def test_refused_cases_cover_every_endpoint() -> None:
     """Keeps the catalogue honest: each endpoint the gateway serves is attacked."""
-    from addons.snowflake import ALLOWED_METHODS, Endpoint, classify
+    from hoopgw.addons.protocol import ALLOWED_METHODS, Endpoint, classify
 
     attacked = {classify("POST", case.target.decode("latin-1")) for case in CASES}
     served = {endpoint for endpoint in ALLOWED_METHODS if endpoint is not Endpoint.OTHER}

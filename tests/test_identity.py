@@ -11,10 +11,10 @@ from joserfc.jwk import RSAKey
 from mitmproxy import exceptions, http
 from mitmproxy.test import taddons
 
-from addons import snowflake
-from addons.authentication import REDACTED, _scrub_upstream_credentials
-from addons.flowstate import FlowState
-from addons.identity import (
+from hoopgw.addons import protocol
+from hoopgw.addons.authentication import REDACTED, _scrub_upstream_credentials
+from hoopgw.addons.flowstate import FlowState
+from hoopgw.addons.identity import (
     AccessPolicy,
     Identity,
     IdentityError,
@@ -26,7 +26,7 @@ from addons.identity import (
     groups_from,
     parse_role_map,
 )
-from addons.snowflake import Endpoint
+from hoopgw.addons.protocol import Endpoint
 from tests.jwt_issuer import LocalIssuer
 
 
@@ -290,7 +290,7 @@ def test_gateway_secrets_are_scrubbed_from_a_forwarded_login() -> None:
     _scrub_upstream_credentials(request, FlowState(endpoint=Endpoint.LOGIN))
     assert b"s3cret" not in (request.content or b"")
     assert orjson.loads(request.content or b"")["data"]["PASSWORD"] == REDACTED
-    assert snowflake.session_token_from(request.headers) == REDACTED
+    assert protocol.session_token_from(request.headers) == REDACTED
 
     sql_api = http.Request.make(
         "GET", "http://127.0.0.1/api/v2/statements/h", b"", {"Authorization": "Bearer key-pair-jwt"}

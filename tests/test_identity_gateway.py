@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from joserfc.jwk import RSAKey
 from snowflake.connector import DatabaseError
 
-from addons.session_tokens import TOKEN_PREFIX
-from recorder.secrets import new_token_key
+from hoopgw.addons.session_tokens import TOKEN_PREFIX
+from hoopgw.recorder.secrets import new_token_key
 from tests import stack
 from tests.jwt_issuer import LocalIssuer
 from tests.strict_upstream import StrictUpstream, contains_any

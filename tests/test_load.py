@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from snowflake.connector import ProgrammingError
 
-from recorder.catalog import Archive
-from recorder.store import LocalStore
+from hoopgw.recorder.catalog import Archive
+from hoopgw.recorder.store import LocalStore
 
 FAILING_SQL = "select * from hoopgw_load_no_such_table"
 

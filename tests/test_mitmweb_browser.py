@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from recorder.catalog import Archive
-from recorder.store import open_store
+from hoopgw.recorder.catalog import Archive
+from hoopgw.recorder.store import open_store
 from tests import inspection_workload as workload
 from tests import stack
 

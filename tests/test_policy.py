@@ -11,8 +11,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from addons.guardrails import Decision, Policy, PolicyError, PolicyFile, load_policy, parse_policy
-from recorder.statements import classify
+from hoopgw.addons.guardrails import (
+    Decision,
+    Policy,
+    PolicyError,
+    PolicyFile,
+    load_policy,
+    parse_policy,
+)
+from hoopgw.recorder.statements import classify
 
 FUZZ = settings(max_examples=int(os.environ.get("HOOPGW_FUZZ_EXAMPLES", "200")), deadline=None)
 
@@ -399,7 +406,7 @@ def test_policy_file_reloads_valid_changes_only(
     second = watched.policy
     assert second.digest != first.digest
 
-    caplog.set_level(logging.INFO, logger="addons.guardrails")
+    caplog.set_level(logging.INFO, logger="hoopgw.addons.guardrails")
     path.write_text(ISSUE_POLICY.replace('"DROP"', '"DROPP"'))
     assert watched.refresh() is False
     assert watched.policy is second

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from recorder.catalog import (
+from hoopgw.recorder.catalog import (
     Archive,
     SessionNotFound,
     StreamSummary,
@@ -17,11 +17,11 @@ from recorder.catalog import (
     segment_key,
     summary_key,
 )
-from recorder.ids import InvalidSessionId, new_session_id, new_writer_id
-from recorder.schema import chain_record
-from recorder.segment import compress_lines, decompress_segment
-from recorder.spool import Spool
-from recorder.store import LocalStore
+from hoopgw.recorder.ids import InvalidSessionId, new_session_id, new_writer_id
+from hoopgw.recorder.schema import chain_record
+from hoopgw.recorder.segment import compress_lines, decompress_segment
+from hoopgw.recorder.spool import Spool
+from hoopgw.recorder.store import LocalStore
 
 DEADLINE = 20.0
 T0 = 1_700_000_000.0

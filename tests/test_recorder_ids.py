@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 
-from recorder.ids import (
+from hoopgw.recorder.ids import (
     InvalidSessionId,
     InvalidWriterId,
     new_session_id,
@@ -19,7 +19,7 @@ from recorder.ids import (
     session_date,
     session_start,
 )
-from recorder.schema import (
+from hoopgw.recorder.schema import (
     FIELDS,
     FORMAT_VERSION,
     GENESIS_HASH,

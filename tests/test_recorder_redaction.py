@@ -8,7 +8,7 @@ import time
 import orjson
 import pytest
 
-from recorder.redaction import (
+from hoopgw.recorder.redaction import (
     REDACTED,
     body_for_record,
     redact_headers,

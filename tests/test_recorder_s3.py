@@ -18,10 +18,10 @@ from pathlib import Path
 import boto3
 import pytest
 
-from recorder.catalog import Archive
-from recorder.ids import new_session_id, new_writer_id
-from recorder.spool import Spool
-from recorder.store import KeyNotFound, S3Store, StoreError, open_store
+from hoopgw.recorder.catalog import Archive
+from hoopgw.recorder.ids import new_session_id, new_writer_id
+from hoopgw.recorder.spool import Spool
+from hoopgw.recorder.store import KeyNotFound, S3Store, StoreError, open_store
 
 DEADLINE = 20.0
 

@@ -11,7 +11,7 @@ import orjson
 import pytest
 import zstandard
 
-from recorder.segment import (
+from hoopgw.recorder.segment import (
     SegmentError,
     compress_lines,
     decode_segment,

@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from recorder.catalog import Archive, SessionNotFound
-from recorder.ids import InvalidSessionId, new_session_id, new_writer_id
-from recorder.schema import FORMAT_VERSION, GENESIS_HASH, record_hash, validate_record
-from recorder.spool import Spool, SpoolError
-from recorder.store import LocalStore
+from hoopgw.recorder.catalog import Archive, SessionNotFound
+from hoopgw.recorder.ids import InvalidSessionId, new_session_id, new_writer_id
+from hoopgw.recorder.schema import FORMAT_VERSION, GENESIS_HASH, record_hash, validate_record
+from hoopgw.recorder.spool import Spool, SpoolError
+from hoopgw.recorder.store import LocalStore
 from tests import stack
 
 DEADLINE = 20.0
@@ -459,9 +459,9 @@ def test_a_spool_refuses_its_own_writer_id_on_leftovers(tmp_path, store) -> None
 CHILD = r"""
 import os, sys, threading, time
 from pathlib import Path
-from recorder.ids import new_writer_id
-from recorder.spool import Spool
-from recorder.store import LocalStore
+from hoopgw.recorder.ids import new_writer_id
+from hoopgw.recorder.spool import Spool
+from hoopgw.recorder.store import LocalStore
 
 spool_dir, store_dir, mode = sys.argv[1], sys.argv[2], sys.argv[3]
 sessions = sys.argv[4:]

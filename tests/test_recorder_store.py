@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from recorder.store import KeyNotFound, LocalStore, S3Store, Store, StoreError, open_store
+from hoopgw.recorder.store import KeyNotFound, LocalStore, S3Store, Store, StoreError, open_store
 
 
 def test_local_store_round_trip_and_listing(tmp_path: Path) -> None:

@@ -26,10 +26,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from snowflake.connector import DatabaseError, ProgrammingError
 
-from recorder.catalog import Archive
-from recorder.secrets import new_token_key
-from recorder.segment import compress_lines, decompress_segment
-from recorder.store import open_store
+from hoopgw.recorder.catalog import Archive
+from hoopgw.recorder.secrets import new_token_key
+from hoopgw.recorder.segment import compress_lines, decompress_segment
+from hoopgw.recorder.store import open_store
 from tests import stack
 from tests.strict_upstream import Received, StrictUpstream
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import snowflake.connector
 
-from replay.engine import Verdict, replay_session
-from replay.session import load_session
-from replay.target import Target
+from hoopgw.replay.engine import Verdict, replay_session
+from hoopgw.replay.session import load_session
+from hoopgw.replay.target import Target
 from tests import stack
 from tests.test_replay_unit import (
     GUARDRAIL_BLOCK,

@@ -18,14 +18,14 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from cli.common import parse_when
-from recorder.ids import new_session_id
-from replay.compare import Observation, compare, compare_rows, result_is_ordered
-from replay.engine import Verdict, bindings_to_params, dry_run, plan_replay
-from replay.listing import object_matches
-from replay.render import format_table, render_report
-from replay.session import load_session, normalize_error_code
-from replay.target import (
+from hoopgw.cli.common import parse_when
+from hoopgw.recorder.ids import new_session_id
+from hoopgw.replay.compare import Observation, compare, compare_rows, result_is_ordered
+from hoopgw.replay.engine import Verdict, bindings_to_params, dry_run, plan_replay
+from hoopgw.replay.listing import object_matches
+from hoopgw.replay.render import format_table, render_report
+from hoopgw.replay.session import load_session, normalize_error_code
+from hoopgw.replay.target import (
     RecordedAccountRefused,
     TargetError,
     check_not_recorded_account,

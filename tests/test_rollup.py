@@ -20,9 +20,9 @@ import orjson
 import pytest
 import zstandard
 
-from recorder.catalog import Archive, SessionSummary, StreamSummary
-from recorder.ids import new_session_id, new_writer_id
-from recorder.rollup import (
+from hoopgw.recorder.catalog import Archive, SessionSummary, StreamSummary
+from hoopgw.recorder.ids import new_session_id, new_writer_id
+from hoopgw.recorder.rollup import (
     ROLLUPS,
     RollupBuilder,
     RollupError,
@@ -30,11 +30,11 @@ from recorder.rollup import (
     parse_rollup_key,
     thin_record,
 )
-from recorder.segment import compress_lines, decompress_segment
-from recorder.spool import Spool
-from recorder.store import LocalStore, S3Store, Store
-from replay.index import ArchiveIndex, list_versions
-from replay.listing import SearchQuery, SearchResult, digest_session, search
+from hoopgw.recorder.segment import compress_lines, decompress_segment
+from hoopgw.recorder.spool import Spool
+from hoopgw.recorder.store import LocalStore, S3Store, Store
+from hoopgw.replay.index import ArchiveIndex, list_versions
+from hoopgw.replay.listing import SearchQuery, SearchResult, digest_session, search
 from tests.stack import wait_until
 
 DEADLINE = 20.0
@@ -361,7 +361,7 @@ def test_rollups_round_trip_and_refuse_damage() -> None:
 
 
 def session_id_day(session_id: str) -> str:
-    from recorder.ids import session_date
+    from hoopgw.recorder.ids import session_date
 
     return session_date(session_id)
 

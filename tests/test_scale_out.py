@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from recorder.catalog import Archive
-from recorder.secrets import new_token_key
-from recorder.store import LocalStore
+from hoopgw.recorder.catalog import Archive
+from hoopgw.recorder.secrets import new_token_key
+from hoopgw.recorder.store import LocalStore
 from tests import stack
 from tests.conftest import UPSTREAM_PASSWORD_ENV, UPSTREAM_TEST_PASSWORD
 

@@ -12,8 +12,8 @@ import pytest
 from mitmproxy import exceptions
 from mitmproxy.test import taddons
 
-from addons.flowstate import Caller, SessionContext
-from addons.session_tokens import (
+from hoopgw.addons.flowstate import Caller, SessionContext
+from hoopgw.addons.session_tokens import (
     KEY_BYTES,
     TOKEN_PREFIX,
     RevocationList,
@@ -24,8 +24,8 @@ from addons.session_tokens import (
     TokenSealer,
     decode_token_key,
 )
-from recorder.ids import new_session_id
-from recorder.secrets import new_token_key
+from hoopgw.recorder.ids import new_session_id
+from hoopgw.recorder.secrets import new_token_key
 
 UPSTREAM = "ver:1-hint:1234-ETMsDgAAAZupstreamsessiontoken"
 

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recorder import statements
-from recorder.statements import (
+from hoopgw.recorder import statements
+from hoopgw.recorder.statements import (
     KINDS,
     Statement,
     classify,

@@ -38,15 +38,15 @@ from hypothesis import strategies as st
 from mitmproxy import contentviews
 from mitmproxy.test import taddons
 
-from addons.contentview import render, snowflake_view
-from addons.snowflake import Endpoint, StreamedAnswer
-from cli.main import main
-from recorder.redaction import OUTLINE_STRING_LIMIT, JsonOutline
-from recorder.schema import validate_record
-from recorder.segment import SUFFIX, decode_segment
-from recorder.store import LocalStore
-from replay.export import records_to_flows
-from replay.session import load_session
+from hoopgw.addons.contentview import render, snowflake_view
+from hoopgw.addons.protocol import Endpoint, StreamedAnswer
+from hoopgw.cli.main import main
+from hoopgw.recorder.redaction import OUTLINE_STRING_LIMIT, JsonOutline
+from hoopgw.recorder.schema import validate_record
+from hoopgw.recorder.segment import SUFFIX, decode_segment
+from hoopgw.recorder.store import LocalStore
+from hoopgw.replay.export import records_to_flows
+from hoopgw.replay.session import load_session
 from tests import stack
 from tests.raw_http import json_headers, login, query, send
 

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from addons.flowstate import Caller as TokenCaller
-from addons.flowstate import SessionContext
-from addons.session_tokens import (
+from hoopgw.addons.flowstate import Caller as TokenCaller
+from hoopgw.addons.flowstate import SessionContext
+from hoopgw.addons.session_tokens import (
     TOKEN_PREFIX,
     SealedSession,
     TokenError,
@@ -28,7 +28,7 @@ from addons.session_tokens import (
     decode_token_key,
     key_id,
 )
-from recorder.secrets import new_token_key
+from hoopgw.recorder.secrets import new_token_key
 from tests import stack
 from tests.conftest import UPSTREAM_PASSWORD_ENV, UPSTREAM_TEST_PASSWORD, GatewayFactory
 from tests.raw_http import Answer, Session, json_headers, login, query, send, session_authorization
