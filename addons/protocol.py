@@ -22,7 +22,7 @@ import orjson
 import zstandard
 from mitmproxy import http
 
-from hoopgw.recorder.redaction import JsonOutline
+from hoopgw.recorder.outline import JsonOutline
 
 logger = logging.getLogger(__name__)
 

@@ -399,7 +399,8 @@ def test_sql_that_sqlglot_cannot_parse_is_shown_as_sent():
 
 
 def test_loaded_as_a_script_in_mitmdump(tmp_path: Path):
-    """`-s addons/contentview.py` loads on its own (no gateway hooks, no Snowflake connector)."""
+    """`-s addons/contentview/__init__.py` loads on its own (no gateway hooks, no Snowflake
+    connector)."""
     import subprocess
 
     from tests.stack import BIN, REPO_ROOT
@@ -417,7 +418,7 @@ def test_loaded_as_a_script_in_mitmdump(tmp_path: Path):
             "-r",
             str(flows),
             "-s",
-            str(REPO_ROOT / "addons" / "contentview.py"),
+            str(REPO_ROOT / "addons" / "contentview" / "__init__.py"),
             "--set",
             f"confdir={tmp_path / 'conf'}",
             "--flow-detail",

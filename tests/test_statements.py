@@ -1,4 +1,4 @@
-"""Statement classification (recorder/statements.py): kinds, objects, context, splitting."""
+"""Statement classification (recorder/statements/): kinds, objects, context, splitting."""
 
 from __future__ import annotations
 
@@ -429,6 +429,16 @@ def test_results_are_cached() -> None:
     assert first == second
     assert statements._classify_cached.cache_info().hits >= before + 1
     assert classify(sql, database="OTHER", schema=SCHEMA)[0].reads == ("OTHER.S.CACHE_PROBE_TABLE",)
+
+
+def test_every_writing_statement_type_marks_its_targets() -> None:
+    """A root node type without a target marker would report its writes as reads."""
+    from sqlglot import exp
+
+    from hoopgw.recorder.statements.targets import _MARKERS
+    from hoopgw.recorder.statements.vocabulary import WRITE_NODES
+
+    assert set(WRITE_NODES) - {exp.Command} <= set(_MARKERS)
 
 
 def test_long_texts_are_classified_uncached() -> None:

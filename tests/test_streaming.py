@@ -41,7 +41,7 @@ from mitmproxy.test import taddons
 from hoopgw.addons.contentview import render, snowflake_view
 from hoopgw.addons.protocol import Endpoint, StreamedAnswer
 from hoopgw.cli.main import main
-from hoopgw.recorder.redaction import OUTLINE_STRING_LIMIT, JsonOutline
+from hoopgw.recorder.outline import OUTLINE_STRING_LIMIT, JsonOutline
 from hoopgw.recorder.schema import validate_record
 from hoopgw.recorder.segment import SUFFIX, decode_segment
 from hoopgw.recorder.store import LocalStore

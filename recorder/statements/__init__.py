@@ -1,0 +1,79 @@
+"""What a Snowflake SQL text does: statement kinds and the objects each statement touches.
+
+The gateway's guardrails decide on these classifications before a statement
+reaches Snowflake, the recorder stores them so sessions can be searched by
+object, and the replay tool uses `read_only` to honour `--read-only`. Parsing is
+sqlglot's Snowflake dialect, never regular expressions.
+
+Names. Objects are reported fully qualified as Snowflake resolves them for DDL
+and DML: unqualified and partly qualified names are completed with the current
+database and schema (a `db..obj` name means the PUBLIC schema). Each part is
+the identifier as Snowflake stores it: unquoted identifiers upper-cased, quoted
+identifiers exactly as written (so `"Payroll"` stays `Payroll` and is a
+different object from `payroll`, which is `PAYROLL`). A part that cannot be
+known (no current database or schema) is `?`; a part that itself contains `.`,
+`"` or `?` is written in double quotes. A name has three parts for schema
+objects (`DB.SCHEMA.TABLE`), two for a schema (`DB.SCHEMA`) and one for a
+database (`DB`), so a `USE SCHEMA` or `DROP DATABASE` is an object access too.
+Account-level objects (roles, users, warehouses, integrations) are not listed.
+
+Splitting. A multi-statement text is split on sqlglot tokens, so semicolons in
+strings, `$$` blocks, quoted identifiers and comments (`--`, `//`, `/* */`)
+never split. A Snowflake Scripting block (`BEGIN ... END`, `DECLARE ...`)
+cannot be split reliably and is one `SCRIPT` statement up to the end of the text.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+from hoopgw.recorder.statements.classification import classify_text
+from hoopgw.recorder.statements.context import context_after
+from hoopgw.recorder.statements.names import UNKNOWN_PART, render_name, split_name
+from hoopgw.recorder.statements.statement import Statement
+from hoopgw.recorder.statements.vocabulary import CACHE_SIZE, KINDS, READ_ONLY_KINDS
+
+# sqlglot logs a warning for every statement it keeps as a generic Command
+# (CALL, GET, many SHOW and GRANT forms); they are classified here, so the
+# warning is noise in the gateway's log.
+logging.getLogger("sqlglot").setLevel(logging.ERROR)
+
+CACHE_MAX_CHARS = 64 * 1024
+"""Texts longer than this are classified every time rather than kept in the cache."""
+
+
+def classify(sql: str, *, database: str | None, schema: str | None) -> list[Statement]:
+    """Classify each statement of `sql`, resolving names against the current
+    database and schema (as Snowflake reports them: unquoted, case as stored).
+
+    Never raises: a statement that cannot be parsed is kind UNKNOWN with
+    `parse_error` set. Results for identical inputs come from a bounded LRU cache.
+    """
+    if len(sql) <= CACHE_MAX_CHARS:
+        return list(_classify_cached(sql, database, schema))
+    return list(classify_text(sql, (database, schema), 0))
+
+
+@functools.lru_cache(maxsize=CACHE_SIZE)
+def _classify_cached(sql: str, database: str | None, schema: str | None) -> tuple[Statement, ...]:
+    return tuple(classify_text(sql, (database, schema), 0))
+
+
+def clear_cache() -> None:
+    """Forget cached classifications (benchmarks measure the uncached path with it)."""
+    _classify_cached.cache_clear()
+
+
+__all__ = [
+    "CACHE_SIZE",
+    "KINDS",
+    "READ_ONLY_KINDS",
+    "UNKNOWN_PART",
+    "Statement",
+    "classify",
+    "clear_cache",
+    "context_after",
+    "render_name",
+    "split_name",
+]

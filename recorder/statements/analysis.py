@@ -1,0 +1,320 @@
+"""A statement sqlglot parses, walked: the objects it reads and writes, nested statements, calls."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlglot import exp
+from sqlglot.optimizer.simplify import simplify
+
+from hoopgw.recorder.statements.context import Context
+from hoopgw.recorder.statements.names import level_for, resolve, unknown_object
+from hoopgw.recorder.statements.nodes import identifier, table_parts
+from hoopgw.recorder.statements.objects import parse_dotted, search_path_schemas, stage_object
+from hoopgw.recorder.statements.statement import Statement
+from hoopgw.recorder.statements.targets import Targets
+from hoopgw.recorder.statements.vocabulary import (
+    LEAD_KINDS,
+    MAX_DEPTH,
+    READ_ONLY_KINDS,
+    WRITE_NODES,
+    node_kind,
+)
+
+# SYSTEM$ functions known not to change anything; any other SYSTEM$ call in a
+# query may (cancel queries, abort sessions, change settings, send mail).
+
+_READ_ONLY_SYSTEM_FUNCTIONS = frozenset(
+    {
+        "SYSTEM$ALLOWLIST",
+        "SYSTEM$ALLOWLIST_PRIVATELINK",
+        "SYSTEM$BEHAVIOR_CHANGE_BUNDLE_STATUS",
+        "SYSTEM$CLUSTERING_DEPTH",
+        "SYSTEM$CLUSTERING_INFORMATION",
+        "SYSTEM$CLUSTERING_RATIO",
+        "SYSTEM$CURRENT_USER_TASK_NAME",
+        "SYSTEM$ESTIMATE_QUERY_ACCELERATION",
+        "SYSTEM$ESTIMATE_SEARCH_OPTIMIZATION_COSTS",
+        "SYSTEM$EXPLAIN_JSON_TO_TEXT",
+        "SYSTEM$EXPLAIN_PLAN_JSON",
+        "SYSTEM$GET_PREDECESSOR_RETURN_VALUE",
+        "SYSTEM$GET_PRIVATELINK_CONFIG",
+        "SYSTEM$GET_TAG",
+        "SYSTEM$GET_TAG_ALLOWED_VALUES",
+        "SYSTEM$GET_TAG_ON_CURRENT_COLUMN",
+        "SYSTEM$GET_TAG_ON_CURRENT_TABLE",
+        "SYSTEM$LAST_CHANGE_COMMIT_TIME",
+        "SYSTEM$PIPE_STATUS",
+        "SYSTEM$STREAM_GET_TABLE_TIMESTAMP",
+        "SYSTEM$STREAM_HAS_DATA",
+        "SYSTEM$TASK_DEPENDENTS",
+        "SYSTEM$TYPEOF",
+        "SYSTEM$WAIT",
+        "SYSTEM$WHITELIST",
+        "SYSTEM$WHITELIST_PRIVATELINK",
+    }
+)
+_SIMPLIFY_MAX_NODES = 64
+
+
+def _restricts_rows(condition: exp.Expression) -> bool:
+    """Whether a WHERE condition can restrict rows, as far as cheaply decidable.
+
+    A condition without column references (`1=1`, `TRUE`, `'a'='a'`), or with
+    such a disjunct at its top level (`id = 3 OR 1=1`), is taken as none; small
+    conditions are also simplified by sqlglot (`NOT FALSE`, `x IS NULL OR x IS
+    NOT NULL`). Large conditions are not simplified: that can take seconds.
+    """
+    disjuncts = list(condition.flatten()) if isinstance(condition, exp.Or) else [condition]
+    for disjunct in disjuncts:
+        while isinstance(disjunct, exp.Paren):
+            disjunct = disjunct.this
+        if isinstance(disjunct, exp.Or):
+            if not _restricts_rows(disjunct):
+                return False
+        elif disjunct.find(exp.Column) is None:
+            return False
+    if sum(1 for _ in condition.walk()) > _SIMPLIFY_MAX_NODES:
+        return True
+    try:
+        simplified = simplify(condition.copy())
+    except Exception:  # simplification is best effort; a WHERE is there
+        return True
+    return not (isinstance(simplified, exp.Boolean) and simplified.this is True)
+
+
+class Analysis:
+    """Walks one parsed statement to find its objects, nested statements and effects."""
+
+    def __init__(
+        self, root: exp.Expression, kind: str, text: str, context: Context, depth: int
+    ) -> None:
+        self.root = root
+        self.kind = kind
+        self.text = text
+        self.context = context
+        self.depth = depth
+        self.reads: dict[str, None] = {}
+        self.writes: dict[str, None] = {}
+        self.calls: dict[str, None] = {}
+        self.inner: list[Statement] = []
+        self.read_only = kind in READ_ONLY_KINDS
+        self.marks = Targets(context)
+        self._aliases: frozenset[str] | None = None
+
+    def statement(self) -> Statement:
+        self.marks.mark(self.root)
+        if self.marks.read_only is not None:
+            self.read_only = self.marks.read_only
+        self._walk()
+        replaces = bool(self.root.args.get("replace")) or (
+            isinstance(self.root, exp.Insert) and bool(self.root.args.get("overwrite"))
+        )
+        read_only = (
+            self.read_only
+            and not self.calls
+            and all(statement.read_only for statement in self.inner)
+        )
+        return Statement(
+            kind=self.kind,
+            text=self.text,
+            reads=tuple(name for name in self.reads if name not in self.writes),
+            writes=tuple(self.writes),
+            has_where=self._has_where() if self.kind in ("UPDATE", "DELETE") else None,
+            replaces=replaces,
+            read_only=read_only,
+            inner=tuple(self.inner),
+            calls=tuple(self.calls),
+            context=self.context,
+            new_context=self.marks.new_context,
+        )
+
+    def _has_where(self) -> bool:
+        where = self.root.args.get("where")
+        return isinstance(where, exp.Where) and _restricts_rows(where.this)
+
+    # The walk.
+
+    def _walk(self) -> None:
+        stack: list[exp.Expression] = [self.root]
+        while stack:
+            node = stack.pop()
+            if id(node) in self.marks.skip:
+                continue
+            if node is not self.root and isinstance(node, WRITE_NODES) and _inside_query(node):
+                self._nested(node)
+                continue
+            if isinstance(node, exp.Table):
+                self._table(node)
+            elif isinstance(node, exp.Column) and node.args.get("db") is not None:
+                self._qualified_column(node)
+            elif isinstance(node, exp.Dot) and isinstance(node.expression, exp.Func):
+                self._qualified_function(node)
+            elif isinstance(node, exp.TableFromRows):
+                self._table_from_value(node.this)
+            elif isinstance(node, exp.Anonymous):
+                name = str(node.this).upper()
+                if name.startswith("SYSTEM$") and name not in _READ_ONLY_SYSTEM_FUNCTIONS:
+                    self.calls[name] = None
+                elif name == "GET_DDL":
+                    self._get_ddl(node)
+            elif isinstance(node, exp.Var | exp.Literal) and str(node.this).startswith("@"):
+                stage = stage_object(str(node.this), self.context)
+                if stage:
+                    (self.writes if id(node) in self.marks.written else self.reads)[stage] = None
+            elif isinstance(node, exp.SetItem):
+                self._search_path(node)
+            stack.extend(node.iter_expressions())
+
+    def _table(self, table: exp.Table) -> None:
+        node = table.this
+        if isinstance(node, exp.DynamicIdentifier):
+            level = self.marks.levels.get(id(table), 3)
+            parts = table_parts(table)
+            if parts is None:
+                self._add_unknown(level, id(table))
+            else:
+                self._add(parts, level, id(table))
+            return
+        if node is not None and not isinstance(node, exp.Identifier):
+            return
+        parts = table_parts(table)
+        if parts is None:
+            return
+        level = self.marks.levels.get(id(table), 3)
+        if level == 3 and len(parts) == 1 and _is_cte_reference(table, parts[0]):
+            return
+        self._add(parts, level, id(table))
+
+    def _table_from_value(self, value: Any) -> None:
+        """`TABLE('db.s.t')` names a table by string; `TABLE($var)` by a run-time value."""
+        if isinstance(value, exp.Literal) and value.is_string:
+            parts = parse_dotted(value.name)
+            if parts:
+                self._add(parts, 3, id(value))
+                return
+        if isinstance(value, exp.Literal | exp.Parameter | exp.Placeholder | exp.Column):
+            self._add_unknown(3, id(value))
+
+    def _get_ddl(self, call: exp.Anonymous) -> None:
+        """GET_DDL('kind', 'name') reads the definition of the object it names."""
+        arguments = call.expressions
+        if len(arguments) < 2:
+            return
+        kind, name = arguments[0], arguments[1]
+        object_kind = kind.name.upper() if isinstance(kind, exp.Literal) else ""
+        level = level_for(object_kind) or 3
+        parts = parse_dotted(name.name) if isinstance(name, exp.Literal) else None
+        if parts:
+            self._add(parts, level, id(name))
+        else:
+            self._add_unknown(level, id(name))
+
+    def _add_unknown(self, level: int, node_id: int) -> None:
+        """An object named by a run-time value: every part unknown."""
+        (self.writes if node_id in self.marks.written else self.reads)[unknown_object(level)] = None
+
+    def _add(self, parts: Sequence[str], level: int, node_id: int) -> None:
+        name = resolve(parts, level, self.context)
+        if name is not None:
+            (self.writes if node_id in self.marks.written else self.reads)[name] = None
+
+    def _qualified_column(self, column: exp.Column) -> None:
+        """`schema.sequence.nextval` or `db.schema.table.column`; `alias.col.field` is no object."""
+        catalog = identifier(column.args.get("catalog"))
+        db = identifier(column.args.get("db"))
+        table = identifier(column.args.get("table"))
+        if db is None or table is None:
+            return
+        if catalog is None and db in self._table_aliases():
+            return
+        self._add([p for p in (catalog, db, table) if p is not None], 3, id(column))
+
+    def _table_aliases(self) -> frozenset[str]:
+        if self._aliases is None:
+            names: set[str] = set()
+            for alias in self.root.find_all(exp.TableAlias):
+                name = identifier(alias.this)
+                if name:
+                    names.add(name)
+            for table in self.root.find_all(exp.Table):
+                name = identifier(table.this)
+                if name:
+                    names.add(name)
+            self._aliases = frozenset(names)
+        return self._aliases
+
+    def _qualified_function(self, dot: exp.Dot) -> None:
+        qualifiers: list[str] = []
+        node: Any = dot.this
+        while isinstance(node, exp.Dot):
+            qualifiers.insert(0, identifier(node.expression) or "")
+            node = node.this
+        qualifiers.insert(0, identifier(node) or "")
+        function = dot.expression
+        name = (
+            str(function.this).upper()
+            if isinstance(function, exp.Anonymous)
+            else function.sql_name().upper()
+        )
+        self._add([*qualifiers, name], 3, id(dot))
+
+    def _search_path(self, item: exp.SetItem) -> None:
+        assignment = item.this
+        if (
+            isinstance(assignment, exp.EQ)
+            and isinstance(assignment.this, exp.Column)
+            and assignment.this.name.upper() == "SEARCH_PATH"
+            and isinstance(assignment.expression, exp.Literal)
+        ):
+            for name in search_path_schemas(assignment.expression.name, self.context):
+                self.reads[name] = None
+
+    def _nested(self, node: exp.Expression) -> None:
+        kind = node_kind(node) or "UNKNOWN"
+        if isinstance(node, exp.Command) or self.depth >= MAX_DEPTH:
+            kind = LEAD_KINDS.get(str(node.this).upper(), kind)
+            statement = Statement(
+                kind=kind, text="", hidden="is a statement nested in a query", context=self.context
+            )
+        else:
+            text = node.sql(dialect="snowflake")
+            statement = Analysis(node, kind, text, self.context, self.depth + 1).statement()
+        self.inner.append(statement)
+
+
+def _inside_query(node: exp.Expression) -> bool:
+    """A statement in a CTE or subquery runs on its own; one in its parent's grammar does not."""
+    return isinstance(node.parent, exp.CTE | exp.Subquery)
+
+
+def _is_cte_reference(table: exp.Table, name: str) -> bool:
+    """Whether an unqualified table name refers to a CTE visible where it is used."""
+    came_from: exp.Expression = table
+    node = table.parent
+    while node is not None:
+        with_clause = node.args.get("with_") or node.args.get("with")
+        if isinstance(with_clause, exp.With):
+            ctes = list(with_clause.expressions)
+            visible = ctes
+            if came_from is with_clause:
+                position = next((i for i, cte in enumerate(ctes) if _contains(cte, table)), 0)
+                recursive = bool(with_clause.args.get("recursive"))
+                visible = ctes[: position + 1] if recursive else ctes[:position]
+            for cte in visible:
+                alias = cte.args.get("alias")
+                if isinstance(alias, exp.TableAlias) and identifier(alias.this) == name:
+                    return True
+        came_from = node
+        node = node.parent
+    return False
+
+
+def _contains(ancestor: exp.Expression, node: exp.Expression) -> bool:
+    current: exp.Expression | None = node
+    while current is not None:
+        if current is ancestor:
+            return True
+        current = current.parent
+    return False

@@ -1,0 +1,37 @@
+"""Names read off sqlglot nodes, as Snowflake stores them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlglot import exp
+
+from hoopgw.recorder.statements.objects import parse_dotted
+
+
+def identifier(node: Any) -> str | None:
+    """A name part as Snowflake stores it: unquoted upper-cased, quoted as written."""
+    if isinstance(node, exp.Identifier):
+        return node.this if node.quoted else node.this.upper()
+    if node == "":
+        return ""  # the empty schema of `db..object`
+    return None
+
+
+def table_parts(table: exp.Table) -> list[str] | None:
+    """The name parts of a table node; IDENTIFIER('literal') counts as its literal."""
+    if isinstance(table.this, exp.DynamicIdentifier):
+        value = table.this.this
+        if isinstance(value, exp.Literal) and value.is_string:
+            return parse_dotted(value.name)
+        return None
+    parts: list[str] = []
+    for key in ("catalog", "db", "this"):
+        value = table.args.get(key)
+        if value is None:
+            continue
+        name = identifier(value)
+        if name is None:
+            return None
+        parts.append(name)
+    return parts or None
