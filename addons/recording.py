@@ -34,8 +34,10 @@ from hoopgw.addons.flowstate import FlowState, Refusal, attach, state_of
 from hoopgw.addons.protocol import Endpoint
 from hoopgw.recorder import ids, redaction
 from hoopgw.recorder.records import (
+    Client,
     add_statement,
     milliseconds,
+    new_record,
     query_id_in_path,
     statement_outcome,
     withhold_statement_echoes,
@@ -313,22 +315,13 @@ class Recording:
                 logger.error("hoopgw: a %s record could not be written: %s", record["kind"], exc)
 
     def _event(
-        self, flow: http.HTTPFlow, state: FlowState, kind: RecordKind | str, **fields: Any
+        self, flow: http.HTTPFlow, state: FlowState, kind: RecordKind, **fields: Any
     ) -> dict[str, Any]:
-        record: dict[str, Any] = {
-            "kind": kind,
-            "session_id": state.session_id,
-            "ts": time.time(),
-            "client": {
-                "address": _peer(flow),
-                "application": state.client_app,
-                "version": state.client_version,
-            },
-            **fields,
-        }
-        if state.caller is not None:
-            record["caller"] = state.caller.as_record()
-        return record
+        client = Client(
+            address=_peer(flow), application=state.client_app, version=state.client_version
+        )
+        caller = state.caller.as_record() if state.caller is not None else None
+        return new_record(kind, state.session_id, client, caller, **fields)
 
     def _session_start(self, flow: http.HTTPFlow, state: FlowState) -> dict[str, Any]:
         return self._event(

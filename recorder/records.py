@@ -11,6 +11,7 @@ types below name the fields the writer actually fills.
 from __future__ import annotations
 
 import re
+import time
 from typing import Any, Final, NotRequired, TypedDict
 
 from hoopgw.recorder import redaction
@@ -127,6 +128,26 @@ class ErrorRecord(Record):
 
 
 # --- builders ------------------------------------------------------------------------
+
+
+def new_record(
+    kind: RecordKind,
+    session_id: str | None,
+    client: Client,
+    caller: dict[str, Any] | None,
+    **fields: Any,
+) -> dict[str, Any]:
+    """A record's common fields (`Record`), stamped now, then the kind's own `fields`."""
+    record: dict[str, Any] = {
+        "kind": kind,
+        "session_id": session_id,
+        "ts": time.time(),
+        "client": client,
+        **fields,
+    }
+    if caller is not None:
+        record["caller"] = caller
+    return record
 
 
 def add_statement(record: dict[str, Any], body: dict[str, Any], body_limit: int) -> bool:

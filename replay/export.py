@@ -27,7 +27,7 @@ from mitmproxy import connection, flow, http, io
 from hoopgw.recorder.annotations import BLOCKED_MARK, FAILED_MARK, statement_comment
 from hoopgw.recorder.catalog import Archive
 from hoopgw.recorder.coerce import mapping, number
-from hoopgw.recorder.flows import SessionRecords
+from hoopgw.recorder.flows import Flow, SessionRecords
 from hoopgw.recorder.schema import STATEMENT_KINDS, RecordKind
 
 DEFAULT_HOST = "snowflake.invalid"
@@ -85,16 +85,7 @@ def records_to_flows(records: Iterable[dict[str, Any]]) -> list[http.HTTPFlow]:
     session = grouped.last(RecordKind.SESSION_START) or {}
     flows = []
     for recorded in grouped.requested(_is_http_request):
-        request = recorded.first(STATEMENT_KINDS, _is_http_request)
-        refusals = (r for r in recorded.records if r.get("kind") == RecordKind.REFUSAL)
-        parts = {
-            "request": request,
-            "refusal": next((record for record in refusals if record is not request), None),
-            "response": recorded.first({RecordKind.RESPONSE}),
-            "error": recorded.first({RecordKind.ERROR}),
-        }
-        found = {name: part for name, part in parts.items() if part is not None}
-        flows.append(_flow(recorded.flow_id, found, session))
+        flows.append(_flow(recorded.flow_id, _Parts.of(recorded), session))
     return flows
 
 
@@ -103,8 +94,31 @@ def _is_http_request(record: dict[str, Any]) -> bool:
     return "method" in record
 
 
-def _flow(flow_id: str, parts: dict[str, dict[str, Any]], session: dict[str, Any]) -> http.HTTPFlow:
-    recorded = parts["request"]
+@dataclass(frozen=True, slots=True)
+class _Parts:
+    """The records one exported flow is rebuilt from."""
+
+    request: dict[str, Any]
+    refusal: dict[str, Any] | None
+    """A refusal record besides the request (the gateway refused after recording it)."""
+    response: dict[str, Any] | None
+    error: dict[str, Any] | None
+
+    @classmethod
+    def of(cls, recorded: Flow) -> _Parts:
+        request = recorded.first(STATEMENT_KINDS, _is_http_request)
+        assert request is not None
+        refusals = (r for r in recorded.records if r.get("kind") == RecordKind.REFUSAL)
+        return cls(
+            request=request,
+            refusal=next((record for record in refusals if record is not request), None),
+            response=recorded.first({RecordKind.RESPONSE}),
+            error=recorded.first({RecordKind.ERROR}),
+        )
+
+
+def _flow(flow_id: str, parts: _Parts, session: dict[str, Any]) -> http.HTTPFlow:
+    recorded = parts.request
     started = number(recorded.get("ts"), 0.0)
     client = connection.Client(
         peername=_address(mapping(recorded.get("client")).get("address")) or ("0.0.0.0", 0),
@@ -120,14 +134,14 @@ def _flow(flow_id: str, parts: dict[str, dict[str, Any]], session: dict[str, Any
         result.id = flow_id
     result.request = request
 
-    answer = parts.get("response")
+    answer = parts.response
     if answer is not None:
         result.response = _response(answer, started)
-    error = parts.get("error")
+    error = parts.error
     if error is not None and answer is None:
         result.error = flow.Error(_error_text(error), number(error.get("ts"), 0.0) or started)
 
-    refusal = mapping(recorded.get("refusal")) or mapping(parts.get("refusal", {}).get("refusal"))
+    refusal = mapping(recorded.get("refusal")) or mapping((parts.refusal or {}).get("refusal"))
     if refusal and answer is None and error is None:
         result.error = flow.Error(
             f"refused by hoopgw ({refusal.get('by')}): {refusal.get('reason')}"
