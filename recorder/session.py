@@ -1,15 +1,17 @@
 """A recorded session as the replay tool and the CLI see it: statements in order, with context.
 
 The gateway records flows (a `request` or `refusal` record, then a `response` or
-`error` record with the same `flow_id`). Here the flows that carried SQL become
+`error` record with the same `flow_id`; `recorder.flows` groups them). Here the
+flows that carried SQL become
 `RecordedStatement`s with what is needed to run them again (text, bindings,
 context, parameters) and what happened the first time (`RecordedOutcome`),
 including the Snowflake `data` of the answer when the record holds the whole
 result, so the rows can be compared.
 
-Records are read defensively: fields may sit in a response's `outcome` object
-(what the gateway writes) or at the top level (the record format's flat form),
-and unknown fields are ignored.
+Records are read defensively: fields sit at the top level (the record format's
+flat form, what the gateway writes: `recorder.records`) or in an `outcome` or
+`context` object, and unknown fields are ignored. tests/test_recorder_session.py
+reads what the `Recording` addon writes, so reader and writer cannot drift apart.
 """
 
 from __future__ import annotations
