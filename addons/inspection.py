@@ -29,27 +29,11 @@ from mitmproxy import http
 from hoopgw.addons.contentview import snowflake_view  # noqa: F401  (registers the view)
 from hoopgw.addons.flowstate import FlowState, state_of
 from hoopgw.addons.protocol import Endpoint
-from hoopgw.recorder.redaction import redact_sql
+from hoopgw.recorder.annotations import BLOCKED_MARK, FAILED_MARK, statement_comment
 
 logger = logging.getLogger(__name__)
 
-BLOCKED_MARK = ":no_entry:"
-FAILED_MARK = ":x:"
-COMMENT_CHARS = 100
-
 _STATEMENT_ENDPOINTS = frozenset({Endpoint.QUERY, Endpoint.SQL_API, Endpoint.ABORT})
-
-
-def statement_comment(sql: str, limit: int = COMMENT_CHARS) -> str:
-    """The first non-blank line of `sql`, masked and cut to `limit` characters."""
-    text = redact_sql(sql).strip()
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if not lines:
-        return ""
-    first = lines[0]
-    if len(first) > limit:
-        return first[: limit - 1] + "…"
-    return first + (" …" if len(lines) > 1 else "")
 
 
 def hoopgw_metadata(state: FlowState) -> dict[str, Any]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,16 @@ from hoopgw.addons import protocol
 from hoopgw.addons.flowstate import FlowState, Refusal, attach, state_of
 from hoopgw.addons.protocol import Endpoint
 from hoopgw.recorder import ids, redaction
+from hoopgw.recorder.records import (
+    Client,
+    add_statement,
+    milliseconds,
+    new_record,
+    query_id_in_path,
+    statement_outcome,
+    withhold_statement_echoes,
+)
+from hoopgw.recorder.schema import RecordKind
 from hoopgw.recorder.spool import Spool
 from hoopgw.recorder.store import Store, open_store
 
@@ -44,16 +53,6 @@ _OUTCOME_ENDPOINTS = frozenset(
     {Endpoint.LOGIN, Endpoint.QUERY, Endpoint.SQL_API, Endpoint.MONITORING, Endpoint.RESULT}
 )
 _QUERY_ID_ENDPOINTS = frozenset({Endpoint.MONITORING, Endpoint.RESULT, Endpoint.ABORT})
-_MESSAGE_KEYS = frozenset({"message", "errormessage"})
-_QUOTED = re.compile(r"'[^']*(?:'|$)")
-_QUOTED_REDACTED = f"'{redaction.REDACTED}'"
-# a bind placeholder where a credential goes: `PASSWORD = ?`, `TOKEN = :1`, ...
-_CREDENTIAL_PLACEHOLDER = re.compile(
-    r"\b(?:\w*PASSWORD|PASSCODE|PASSPHRASE|\w*SECRET\w*|\w*TOKEN|\w*_KEY(?:_ID)?|"
-    r"RSA_PUBLIC_KEY(?:_2)?)\s*=\s*(?:\?|:\d+)"
-    r"|\b(?:CREDENTIALS|ENCRYPTION)\s*=\s*\([^)]*(?:\?|:\d+)",
-    re.IGNORECASE,
-)
 # Options that shape the spool and store; they take effect at start-up only.
 _STARTUP_OPTIONS = frozenset(
     {"hoopgw_store", "hoopgw_s3_endpoint_url", "hoopgw_spool_dir", "hoopgw_rollup_interval"}
@@ -245,10 +244,12 @@ class Recording:
                     records.append(self._session_start(flow, state))
                 records.append(self._response_record(flow, state))
                 if state.session_ended:
-                    records.append(self._event(flow, state, "session_end", reason="logout"))
+                    records.append(
+                        self._event(flow, state, RecordKind.SESSION_END, reason="logout")
+                    )
             except Exception as exc:
                 logger.exception("hoopgw: the answer to %s could not be recorded", flow.id)
-                record = self._event(flow, state, "error", flow_id=flow.id)
+                record = self._event(flow, state, RecordKind.ERROR, flow_id=flow.id)
                 record["error"] = f"hoopgw could not record the answer: {type(exc).__name__}"
                 records = [record]
             self._append_quietly(records)
@@ -268,9 +269,9 @@ class Recording:
             state.session_id = ids.new_session_id()
             state.refusal = Refusal(0, reason, "mitmproxy")
             records.append(self._request_record(flow, state))
-        record = self._event(flow, state, "error", flow_id=flow.id)
+        record = self._event(flow, state, RecordKind.ERROR, flow_id=flow.id)
         record["error"] = reason
-        record["duration_ms"] = _milliseconds(flow.request.timestamp_start, time.time())
+        record["duration_ms"] = milliseconds(flow.request.timestamp_start, time.time())
         if state.streamed is not None and flow.response is not None:
             # the answer was being streamed when it broke off: say how far it got
             record["status"] = flow.response.status_code
@@ -314,22 +315,13 @@ class Recording:
                 logger.error("hoopgw: a %s record could not be written: %s", record["kind"], exc)
 
     def _event(
-        self, flow: http.HTTPFlow, state: FlowState, kind: str, **fields: Any
+        self, flow: http.HTTPFlow, state: FlowState, kind: RecordKind, **fields: Any
     ) -> dict[str, Any]:
-        record: dict[str, Any] = {
-            "kind": kind,
-            "session_id": state.session_id,
-            "ts": time.time(),
-            "client": {
-                "address": _peer(flow),
-                "application": state.client_app,
-                "version": state.client_version,
-            },
-            **fields,
-        }
-        if state.caller is not None:
-            record["caller"] = state.caller.as_record()
-        return record
+        client = Client(
+            address=_peer(flow), application=state.client_app, version=state.client_version
+        )
+        caller = state.caller.as_record() if state.caller is not None else None
+        return new_record(kind, state.session_id, client, caller, **fields)
 
     def _session_start(self, flow: http.HTTPFlow, state: FlowState) -> dict[str, Any]:
         return self._event(
@@ -348,7 +340,7 @@ class Recording:
         record = self._event(
             flow,
             state,
-            "refusal" if state.answered else "request",
+            RecordKind.REFUSAL if state.answered else RecordKind.REQUEST,
             flow_id=flow.id,
             endpoint=str(state.endpoint),
             method=request.data.method.decode("ascii", "replace"),
@@ -362,25 +354,11 @@ class Recording:
             record["request_id"] = request_id
         body = state.request_json or {}
         if state.endpoint in _STATEMENT_ENDPOINTS:
-            sql = body.get("sqlText") or body.get("statement")
-            if isinstance(sql, str):
-                record["sql"] = redaction.redact_sql(sql)
-                state.sql_masked = record["sql"] != sql
-                if len(record["sql"]) > self.body_limit:
-                    record["sql"] = record["sql"][: self.body_limit]
-                    record["sql_truncated"] = len(sql)
-            if body.get("bindings"):
-                record["bindings"] = body["bindings"]
-                if isinstance(sql, str) and _CREDENTIAL_PLACEHOLDER.search(sql):
-                    _mask_bindings(record)
-            if isinstance(body.get("sequenceId"), int):
-                record["sequence_id"] = body["sequenceId"]
-            if "asyncExec" in body:
-                record["async"] = bool(body["asyncExec"])
+            state.sql_masked = add_statement(record, body, self.body_limit)
             record.update(_context(state))
         elif state.endpoint in _QUERY_ID_ENDPOINTS:
             query_id = body.get("requestId") if state.endpoint is Endpoint.ABORT else None
-            record["query_id"] = query_id or _query_id_in_path(request.path)
+            record["query_id"] = query_id or query_id_in_path(request.path)
         if state.statements is not None:
             record["statements"] = state.statements
         if state.guardrail is not None:
@@ -395,11 +373,11 @@ class Recording:
         record = self._event(
             flow,
             state,
-            "response",
+            RecordKind.RESPONSE,
             flow_id=flow.id,
             endpoint=str(state.endpoint),
             status=response.status_code,
-            duration_ms=_milliseconds(
+            duration_ms=milliseconds(
                 flow.request.timestamp_start, response.timestamp_end or time.time()
             ),
             headers=redaction.redact_headers(response.headers.items(multi=True)),
@@ -410,7 +388,7 @@ class Recording:
         if isinstance(state.response_json, dict) and state.endpoint in _OUTCOME_ENDPOINTS:
             record.update(statement_outcome(state.response_json))
         if state.sql_masked:
-            _withhold_statement_echoes(record)
+            withhold_statement_echoes(record)
         return record
 
     def _response_body(self, response: http.Response, state: FlowState) -> dict[str, Any]:
@@ -432,74 +410,6 @@ class Recording:
         return redaction.body_for_record(raw, content_type, self.body_limit)
 
 
-def statement_outcome(answer: dict[str, Any]) -> dict[str, Any]:
-    """The Snowflake fields of an answer that listing, search and replay need (flat, v1)."""
-    data = answer.get("data") if isinstance(answer.get("data"), dict) else {}
-    assert isinstance(data, dict)
-    success = answer.get("success")
-    outcome: dict[str, Any] = {}
-    if isinstance(success, bool):
-        outcome["success"] = success
-    for source, target in (
-        ("queryId", "query_id"),
-        ("statementTypeId", "statement_type_id"),
-        ("total", "total"),
-        ("returned", "returned"),
-        ("queryResultFormat", "result_format"),
-        ("finalDatabaseName", "database"),
-        ("finalSchemaName", "schema"),
-        ("finalWarehouseName", "warehouse"),
-        ("finalRoleName", "role"),
-    ):
-        if data.get(source) is not None:
-            outcome[target] = data[source]
-    rowtype = data.get("rowtype")
-    if isinstance(rowtype, list):
-        outcome["columns"] = [col.get("name") for col in rowtype if isinstance(col, dict)]
-    chunks = data.get("chunks")
-    if isinstance(chunks, list):
-        outcome["chunk_count"] = len(chunks)
-        outcome["chunk_rows"] = sum(int(c.get("rowCount", 0)) for c in chunks)
-        outcome["chunk_bytes"] = sum(int(c.get("uncompressedSize", 0)) for c in chunks)
-    if success is False:
-        code = answer.get("code") or data.get("errorCode")
-        if code is not None:
-            outcome["error_code"] = str(code)
-        if data.get("sqlState") is not None:
-            outcome["sql_state"] = data["sqlState"]
-        if isinstance(answer.get("message"), str):
-            outcome["message"] = redaction.redact_message(answer["message"])
-    # SQL API v2 answers carry the handle and counts at the top level
-    if "statementHandle" in answer:
-        outcome["query_id"] = answer["statementHandle"]
-        meta = answer.get("resultSetMetaData")
-        if isinstance(meta, dict) and meta.get("numRows") is not None:
-            outcome["total"] = meta["numRows"]
-    return outcome
-
-
-def _mask_bindings(record: dict[str, Any]) -> None:
-    """Mask every bind value of a statement that binds a credential (`SET PASSWORD = ?`).
-
-    Which placeholder carries the secret is not worth guessing: all values go.
-    """
-
-    def masked(bindings: Any) -> Any:
-        if not isinstance(bindings, dict):
-            return redaction.REDACTED
-        return {
-            name: {**item, "value": redaction.REDACTED} if isinstance(item, dict) else item
-            for name, item in bindings.items()
-        }
-
-    record["bindings"] = masked(record["bindings"])
-    body = record.get("body")
-    if isinstance(body, dict) and isinstance(body.get("json"), dict):
-        json_body = body["json"]
-        if "bindings" in json_body:
-            body["json"] = {**json_body, "bindings": masked(json_body["bindings"])}
-
-
 def _starts_work(flow: http.HTTPFlow, state: FlowState) -> bool:
     """A login or a new statement: what a full spool refuses.
 
@@ -515,44 +425,6 @@ def _starts_work(flow: http.HTTPFlow, state: FlowState) -> bool:
     return False
 
 
-def _withhold_statement_echoes(record: dict[str, Any]) -> None:
-    """Keep only the first line, quotes masked, of the error messages of such a statement.
-
-    Parsers quote the statement around the error position, and that window can
-    hold the credential literal (or the part of it that fits) without the word
-    PASSWORD before it, which is all a message redactor can go by. Snowflake and
-    fakesnow alike put the quoted statement after the first line.
-    """
-    if isinstance(record.get("message"), str):
-        record["message"] = _first_line_masked(record["message"])
-    body = record.get("body")
-    if not isinstance(body, dict):
-        return
-    if "json" in body:
-        body["json"] = _mask_messages(body["json"])
-    if isinstance(body.get("text"), str):
-        body["text"] = _first_line_masked(body["text"])
-
-
-def _mask_messages(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {
-            key: _first_line_masked(item)
-            if isinstance(item, str) and str(key).lower() in _MESSAGE_KEYS
-            else _mask_messages(item)
-            for key, item in value.items()
-        }
-    if isinstance(value, list):
-        return [_mask_messages(item) for item in value]
-    return value
-
-
-def _first_line_masked(text: str) -> str:
-    first, newline, _ = text.partition("\n")
-    masked = _QUOTED.sub(_QUOTED_REDACTED, first)
-    return f"{masked} {redaction.REDACTED}" if newline or masked != first else masked
-
-
 def _response_data(state: FlowState) -> dict[str, Any]:
     answer = state.response_json
     data = answer.get("data") if isinstance(answer, dict) else None
@@ -561,19 +433,6 @@ def _response_data(state: FlowState) -> dict[str, Any]:
 
 def _succeeded(state: FlowState) -> bool:
     return isinstance(state.response_json, dict) and state.response_json.get("success") is True
-
-
-def _milliseconds(start: float, end: float) -> float:
-    return round((end - start) * 1000, 3)
-
-
-def _query_id_in_path(path: str) -> str | None:
-    parts = [part for part in path.partition("?")[0].split("/") if part]
-    if len(parts) >= 3 and parts[0] == "monitoring":
-        return parts[2]
-    if len(parts) >= 2 and parts[0] == "queries":
-        return parts[1]
-    return None
 
 
 def _peer(flow: http.HTTPFlow) -> str | None:

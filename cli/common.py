@@ -20,9 +20,9 @@ import orjson
 
 from hoopgw.recorder.catalog import Archive, SessionNotFound
 from hoopgw.recorder.ids import InvalidSessionId, parse_session_id
+from hoopgw.recorder.index import ArchiveIndex, default_cache_dir
 from hoopgw.recorder.segment import SegmentError
 from hoopgw.recorder.store import StoreError, open_store
-from hoopgw.replay.index import ArchiveIndex, default_cache_dir
 from hoopgw.replay.render import format_table
 
 STORE_ENV: Final = "HOOPGW_STORE"

@@ -22,10 +22,10 @@ from hoopgw.cli.common import (
     stderr_is_terminal,
     store_options,
 )
+from hoopgw.recorder.session import load_session
 from hoopgw.replay import engine
 from hoopgw.replay.engine import ReplayConnectionError, ReplayReport, StatementResult
 from hoopgw.replay.render import render_report
-from hoopgw.replay.session import load_session
 from hoopgw.replay.target import Target, TargetError, resolve_target
 
 

@@ -17,7 +17,7 @@ from hoopgw.cli.common import (
     open_index,
     store_options,
 )
-from hoopgw.replay import listing
+from hoopgw.recorder import listing
 
 
 @click.command()

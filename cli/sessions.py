@@ -21,8 +21,8 @@ from hoopgw.cli.common import (
     session_id_argument,
     store_options,
 )
-from hoopgw.replay import listing
-from hoopgw.replay.session import load_session
+from hoopgw.recorder import listing
+from hoopgw.recorder.session import load_session
 
 
 @click.group()

@@ -17,15 +17,15 @@ few objects per day instead (never evidence: see there).
 
 from __future__ import annotations
 
-import heapq
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import orjson
 
+from hoopgw.recorder.flows import merge_streams
 from hoopgw.recorder.ids import (
     is_session_id,
     parse_session_id,
@@ -50,12 +50,11 @@ from hoopgw.recorder.segment import (
     decompress_segment,
     iter_lines,
 )
-from hoopgw.recorder.store import KeyNotFound, Store
+from hoopgw.recorder.store import Store
 
 SESSIONS: Final = "sessions"
 SUMMARIES: Final = "summaries"
 SUMMARY_VERSION: Final = 1
-_DAY_LISTING_LIMIT: Final = 62
 
 _SEGMENT_KEY: Final = re.compile(
     r"sessions/dt=(\d{4}-\d{2}-\d{2})/([0-9a-f-]{36})/([0-9a-z]{4,32})-(\d{6,})\.jsonl\.zst"
@@ -303,6 +302,15 @@ class SessionSummary:
         groups = (self.caller or {}).get("groups") or ()
         return tuple(str(group) for group in groups)
 
+    def matches(self, user: str | None, group: str | None) -> bool:
+        """`user` is the caller's subject or email (any case); `group` one of its groups."""
+        if user is not None:
+            wanted = user.casefold()
+            names = {(self.subject or "").casefold(), (self.email or "").casefold()}
+            if wanted not in names:
+                return False
+        return group is None or group in self.groups
+
     @property
     def role(self) -> str | None:
         return (self.caller or {}).get("role")
@@ -432,62 +440,10 @@ class VerifyReport:
 
 
 class Archive:
-    """Read access to recorded sessions in a store: list, read, verify."""
+    """Read access to recorded sessions in a store: read and verify (`recorder.index` lists)."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
-
-    def list_sessions(
-        self,
-        since: datetime | date | None = None,
-        until: datetime | date | None = None,
-        user: str | None = None,
-        group: str | None = None,
-        limit: int | None = None,
-    ) -> list[SessionSummary]:
-        """Sessions started in [since, until), newest first, optionally by user or group.
-
-        `user` matches the caller's subject or email (case-insensitive); `group`
-        one of the caller's groups. Naive datetimes are taken as UTC.
-        """
-        low = _as_utc(since)
-        high = _as_utc(until)
-        by_session: dict[str, list[str]] = {}
-        for key in self._summary_keys(low, high):
-            match = _SUMMARY_KEY.fullmatch(key)
-            if not match or not is_session_id(match[2]):
-                continue
-            started = session_start(match[2])
-            if (low and started < low) or (high and started >= high):
-                continue
-            by_session.setdefault(match[2], []).append(key)
-        found: list[SessionSummary] = []
-        for session_id in sorted(by_session, reverse=True):
-            parts = []
-            for key in by_session[session_id]:
-                try:
-                    parts.append(StreamSummary.from_json(self.store.get(key)))
-                except (KeyNotFound, orjson.JSONDecodeError, TypeError):
-                    continue
-            if not parts:
-                continue
-            summary = SessionSummary.merge(session_id, parts)
-            if _matches(summary, user, group):
-                found.append(summary)
-                if limit is not None and len(found) >= limit:
-                    break
-        return found
-
-    def _summary_keys(self, low: datetime | None, high: datetime | None) -> Iterable[str]:
-        if low is not None:
-            last_day = (high or datetime.now(UTC)).date()
-            days = (last_day - low.date()).days + 1
-            if 0 < days <= _DAY_LISTING_LIMIT:
-                for offset in range(days):
-                    day = low.date() + timedelta(days=offset)
-                    yield from self.store.list(f"{SUMMARIES}/dt={day.isoformat()}/")
-                return
-        yield from self.store.list(f"{SUMMARIES}/")
 
     def summary(self, session_id: str) -> SessionSummary:
         """One session's merged summary; SessionNotFound when it has none."""
@@ -526,12 +482,7 @@ class Archive:
         for parsed in keys:
             records = _decode(self.store.get(parsed.key), parsed.key)
             streams.setdefault(parsed.writer, []).extend(records)
-        ordered = []
-        for writer in sorted(streams):
-            records = streams[writer]
-            records.sort(key=lambda record: _int(record.get("seq")))
-            ordered.append(records)
-        return list(heapq.merge(*ordered, key=lambda record: _number(record.get("ts"))))
+        return merge_streams(streams)
 
     def _segment_keys(self, session_id: str) -> list[SegmentKey]:
         parsed = [p for p in map(parse_segment_key, self.segments(session_id)) if p is not None]
@@ -659,30 +610,3 @@ def _decode(data: bytes, key: str) -> list[dict[str, Any]]:
         return decode_segment(data)
     except SegmentError as exc:
         raise SegmentError(f"{key}: {exc}") from None
-
-
-def _matches(summary: SessionSummary, user: str | None, group: str | None) -> bool:
-    if user is not None:
-        wanted = user.casefold()
-        names = {(summary.subject or "").casefold(), (summary.email or "").casefold()}
-        if wanted not in names:
-            return False
-    return group is None or group in summary.groups
-
-
-def _as_utc(value: datetime | date | None) -> datetime | None:
-    if value is None:
-        return None
-    if not isinstance(value, datetime):
-        return datetime(value.year, value.month, value.day, tzinfo=UTC)
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) else -1
-
-
-def _number(value: Any) -> float:
-    return float(value) if isinstance(value, int | float) else 0.0

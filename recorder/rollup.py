@@ -40,6 +40,7 @@ import orjson
 import zstandard
 
 from hoopgw.recorder.catalog import parse_segment_key, parse_summary_key
+from hoopgw.recorder.schema import STATEMENT_KINDS
 from hoopgw.recorder.segment import compress_lines
 
 ROLLUPS: Final = "rollups"
@@ -108,13 +109,13 @@ def thin_record(record: dict[str, Any]) -> dict[str, Any]:
     `chunks`), column metadata but the names, the copy of the SQL in the
     request body (the record's `sql` holds it), text and form bodies, and the
     bodies of requests that carry no SQL. What is left is what
-    `replay.listing.digest_session` reads: SQL, bindings, time, caller,
+    `recorder.listing.digest_session` reads: SQL, bindings, time, caller,
     context, outcome, row counts, columns, query ids, guardrail and refusal.
     """
     thin = {name: value for name, value in record.items() if name not in _DROPPED_FIELDS}
     body = record.get("body")
     if isinstance(body, dict):
-        if record.get("kind") in ("request", "refusal") and not isinstance(record.get("sql"), str):
+        if record.get("kind") in STATEMENT_KINDS and not isinstance(record.get("sql"), str):
             del thin["body"]
         else:
             thin["body"] = _thin_body(body)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Final
 
 import orjson
@@ -19,13 +20,29 @@ from hoopgw.recorder.ids import is_session_id
 
 FORMAT_VERSION: Final = 1
 
-SESSION_START: Final = "session_start"
-REQUEST: Final = "request"
-RESPONSE: Final = "response"
-ERROR: Final = "error"
-REFUSAL: Final = "refusal"
-SESSION_END: Final = "session_end"
-KINDS: Final = (SESSION_START, REQUEST, RESPONSE, ERROR, REFUSAL, SESSION_END)
+
+class RecordKind(StrEnum):
+    """A record's `kind`. A `str`, so records that carry one encode exactly as the text."""
+
+    SESSION_START = "session_start"
+    REQUEST = "request"
+    RESPONSE = "response"
+    ERROR = "error"
+    REFUSAL = "refusal"
+    SESSION_END = "session_end"
+
+
+SESSION_START: Final = RecordKind.SESSION_START
+REQUEST: Final = RecordKind.REQUEST
+RESPONSE: Final = RecordKind.RESPONSE
+ERROR: Final = RecordKind.ERROR
+REFUSAL: Final = RecordKind.REFUSAL
+SESSION_END: Final = RecordKind.SESSION_END
+KINDS: Final = tuple(RecordKind)
+STATEMENT_KINDS: Final = frozenset({REQUEST, REFUSAL})
+"""Kinds that make a statement when they carry `sql`: a forwarded or a refused request."""
+ANSWER_KINDS: Final = frozenset({RESPONSE, ERROR})
+"""Kinds that end a flow: Snowflake's (or the gateway's) answer, or the failure."""
 
 GENESIS_HASH: Final = "0" * 64
 """`prev_hash` of the first record (seq 0) of every writer stream."""
@@ -222,7 +239,7 @@ def chain_record(record: dict[str, Any], prev_hash: str) -> bytes:
 
 def is_statement(record: dict[str, Any]) -> bool:
     """A request (forwarded or refused) that carried SQL: the summary's statements."""
-    return record.get("kind") in (REQUEST, REFUSAL) and record.get("sql") is not None
+    return record.get("kind") in STATEMENT_KINDS and record.get("sql") is not None
 
 
 def is_error(record: dict[str, Any]) -> bool:

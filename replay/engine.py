@@ -22,14 +22,14 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Final
 
-from hoopgw.replay.compare import Difference, Observation, compare, result_is_ordered
-from hoopgw.replay.session import (
+from hoopgw.recorder.session import (
     RecordedOutcome,
     RecordedSession,
     RecordedStatement,
     is_dml_count_column,
     normalize_error_code,
 )
+from hoopgw.replay.compare import Difference, Observation, compare, result_is_ordered
 from hoopgw.replay.target import Target, check_not_recorded_account, connect_params
 
 DEFAULT_LOGIN_TIMEOUT: Final = 30

@@ -24,12 +24,12 @@ from typing import Any, BinaryIO
 import orjson
 from mitmproxy import connection, flow, http, io
 
+from hoopgw.recorder.annotations import BLOCKED_MARK, FAILED_MARK, statement_comment
 from hoopgw.recorder.catalog import Archive
-from hoopgw.recorder.redaction import redact_sql
+from hoopgw.recorder.coerce import mapping, number
+from hoopgw.recorder.flows import Flow, SessionRecords
+from hoopgw.recorder.schema import STATEMENT_KINDS, RecordKind
 
-BLOCKED_MARK = ":no_entry:"
-FAILED_MARK = ":x:"
-COMMENT_CHARS = 100
 DEFAULT_HOST = "snowflake.invalid"
 
 # List labels for flows without SQL, so `hoopgw inspect` can show the comment instead of the URL.
@@ -43,7 +43,6 @@ _EVENTS = {
     "authenticator": "authenticator request",
 }
 _MARK_SYMBOLS = {BLOCKED_MARK: "⛔", FAILED_MARK: "❌"}
-_REQUEST_KINDS = frozenset({"request", "refusal"})
 _FLOW_ID = re.compile(r"[0-9a-f-]{1,64}")
 
 
@@ -70,7 +69,7 @@ def export_session(archive: Archive, session_id: str, destination: Path) -> Expo
         temporary.replace(destination)
     finally:
         temporary.unlink(missing_ok=True)
-    truncated = sum(len(_dict(f.metadata["hoopgw"].get("truncated"))) for f in flows)
+    truncated = sum(len(mapping(f.metadata["hoopgw"].get("truncated"))) for f in flows)
     return ExportResult(session_id, len(flows), truncated)
 
 
@@ -82,44 +81,47 @@ def write_flows(flows: Iterable[http.HTTPFlow], file: BinaryIO) -> None:
 
 def records_to_flows(records: Iterable[dict[str, Any]]) -> list[http.HTTPFlow]:
     """One HTTPFlow per recorded flow id, in the order their requests were recorded."""
-    session: dict[str, Any] = {}
-    by_flow: dict[str, dict[str, dict[str, Any]]] = {}
-    order: list[str] = []
-    for record in records:
-        kind = record.get("kind")
-        if kind == "session_start":
-            session = record
-            continue
-        flow_id = record.get("flow_id")
-        if not isinstance(flow_id, str):
-            continue
-        parts = by_flow.setdefault(flow_id, {})
-        if kind in _REQUEST_KINDS and "method" in record and "request" not in parts:
-            parts["request"] = record
-            order.append(flow_id)
-        elif kind == "refusal":
-            parts.setdefault("refusal", record)
-        elif kind in ("response", "error"):
-            parts.setdefault(kind, record)
-    return [_flow(flow_id, by_flow[flow_id], session) for flow_id in order]
+    grouped = SessionRecords.group(records)
+    session = grouped.last(RecordKind.SESSION_START) or {}
+    flows = []
+    for recorded in grouped.requested(_is_http_request):
+        flows.append(_flow(recorded.flow_id, _Parts.of(recorded), session))
+    return flows
 
 
-def statement_comment(sql: str, limit: int = COMMENT_CHARS) -> str:
-    """The first non-blank line of `sql`, masked and cut (as addons/inspection.py does live)."""
-    lines = [line.strip() for line in redact_sql(sql).splitlines() if line.strip()]
-    if not lines:
-        return ""
-    first = lines[0]
-    if len(first) > limit:
-        return first[: limit - 1] + "…"
-    return first + (" …" if len(lines) > 1 else "")
+def _is_http_request(record: dict[str, Any]) -> bool:
+    """A request record an HTTP request can be rebuilt from."""
+    return "method" in record
 
 
-def _flow(flow_id: str, parts: dict[str, dict[str, Any]], session: dict[str, Any]) -> http.HTTPFlow:
-    recorded = parts["request"]
-    started = _number(recorded.get("ts"))
+@dataclass(frozen=True, slots=True)
+class _Parts:
+    """The records one exported flow is rebuilt from."""
+
+    request: dict[str, Any]
+    refusal: dict[str, Any] | None
+    """A refusal record besides the request (the gateway refused after recording it)."""
+    response: dict[str, Any] | None
+    error: dict[str, Any] | None
+
+    @classmethod
+    def of(cls, recorded: Flow) -> _Parts:
+        request = recorded.first(STATEMENT_KINDS, _is_http_request)
+        assert request is not None
+        refusals = (r for r in recorded.records if r.get("kind") == RecordKind.REFUSAL)
+        return cls(
+            request=request,
+            refusal=next((record for record in refusals if record is not request), None),
+            response=recorded.first({RecordKind.RESPONSE}),
+            error=recorded.first({RecordKind.ERROR}),
+        )
+
+
+def _flow(flow_id: str, parts: _Parts, session: dict[str, Any]) -> http.HTTPFlow:
+    recorded = parts.request
+    started = number(recorded.get("ts"), 0.0)
     client = connection.Client(
-        peername=_address(_dict(recorded.get("client")).get("address")) or ("0.0.0.0", 0),
+        peername=_address(mapping(recorded.get("client")).get("address")) or ("0.0.0.0", 0),
         sockname=("0.0.0.0", 0),
         timestamp_start=started,
     )
@@ -132,14 +134,14 @@ def _flow(flow_id: str, parts: dict[str, dict[str, Any]], session: dict[str, Any
         result.id = flow_id
     result.request = request
 
-    answer = parts.get("response")
+    answer = parts.response
     if answer is not None:
         result.response = _response(answer, started)
-    error = parts.get("error")
+    error = parts.error
     if error is not None and answer is None:
-        result.error = flow.Error(_error_text(error), _number(error.get("ts")) or started)
+        result.error = flow.Error(_error_text(error), number(error.get("ts"), 0.0) or started)
 
-    refusal = _dict(recorded.get("refusal")) or _dict(parts.get("refusal", {}).get("refusal"))
+    refusal = mapping(recorded.get("refusal")) or mapping((parts.refusal or {}).get("refusal"))
     if refusal and answer is None and error is None:
         result.error = flow.Error(
             f"refused by hoopgw ({refusal.get('by')}): {refusal.get('reason')}"
@@ -149,8 +151,8 @@ def _flow(flow_id: str, parts: dict[str, dict[str, Any]], session: dict[str, Any
     if answer is not None:
         notes += (("response", _truncation(answer.get("body"))),)
     truncated = {side: note for side, note in notes if note}
-    caller = _dict(recorded.get("caller")) or _dict(session.get("caller"))
-    context = _dict(recorded.get("context"))
+    caller = mapping(recorded.get("caller")) or mapping(session.get("caller"))
+    context = mapping(recorded.get("context"))
     metadata: dict[str, Any] = {
         "session_id": recorded.get("session_id"),
         "caller": caller.get("subject"),
@@ -194,9 +196,10 @@ def _response(record: dict[str, Any], started: float) -> http.Response:
     response.headers = _headers(record.get("headers"))
     _set_body(response, record.get("body"))
     duration = record.get("duration_ms")
-    ended = (
-        started + _number(duration) / 1000 if duration is not None else _number(record.get("ts"))
-    )
+    if duration is not None:
+        ended = started + number(duration, 0.0) / 1000
+    else:
+        ended = number(record.get("ts"), 0.0)
     response.timestamp_start = response.timestamp_end = max(ended, started)
     return response
 
@@ -212,7 +215,7 @@ def _headers(recorded: Any) -> http.Headers:
 def _set_body(message: http.Message, body: Any) -> None:
     """The recorded body, encoded again per the recorded Content-Encoding (mitmproxy drops
     an encoding it does not know)."""
-    content = _body_bytes(_dict(body))
+    content = _body_bytes(mapping(body))
     if content:
         message.content = content
         return
@@ -234,7 +237,7 @@ def _body_bytes(body: dict[str, Any]) -> bytes:
 
 
 def _truncation(body: Any) -> dict[str, Any] | None:
-    body = _dict(body)
+    body = mapping(body)
     if not body.get("truncated") and "omitted" not in body:
         return None
     note: dict[str, Any] = {"size": body.get("size"), "sha256": body.get("sha256")}
@@ -262,13 +265,13 @@ def _description(record: dict[str, Any]) -> str:
     """What the flow was: its SQL's first line, or the session event it belongs to."""
     sql = record.get("sql")
     if not isinstance(sql, str):
-        body = _dict(_dict(record.get("body")).get("json"))
+        body = mapping(mapping(record.get("body")).get("json"))
         sql = body.get("sqlText") or body.get("statement")
     if isinstance(sql, str) and sql.strip():
         return statement_comment(sql)
     endpoint = record.get("endpoint")
     if endpoint == "login":
-        subject = _dict(record.get("caller")).get("subject")
+        subject = mapping(record.get("caller")).get("subject")
         return f"login: {subject}" if subject else "login"
     return _EVENTS.get(str(endpoint), "")
 
@@ -280,9 +283,9 @@ def _failed(result: http.HTTPFlow, answer: dict[str, Any] | None) -> bool:
         return False
     if result.response.status_code >= 400:
         return True
-    if answer.get("success") is False or _dict(answer.get("outcome")).get("success") is False:
+    if answer.get("success") is False or mapping(answer.get("outcome")).get("success") is False:
         return True
-    return _dict(_dict(answer.get("body")).get("json")).get("success") is False
+    return mapping(mapping(answer.get("body")).get("json")).get("success") is False
 
 
 def _error_text(record: dict[str, Any]) -> str:
@@ -294,7 +297,7 @@ def _error_text(record: dict[str, Any]) -> str:
 
 def _upstream_host(session: dict[str, Any], headers: http.Headers) -> str:
     """Where the request went: its Host header (the upstream's, in reverse mode), port included."""
-    upstream = _dict(session.get("upstream"))
+    upstream = mapping(session.get("upstream"))
     host = headers.get("host") or upstream.get("host") or DEFAULT_HOST
     return str(host).strip() or DEFAULT_HOST
 
@@ -307,11 +310,3 @@ def _address(text: Any) -> tuple[str, int] | None:
         return host.strip("[]"), int(port)
     except ValueError:
         return None
-
-
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _number(value: Any) -> float:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Final
 
+from hoopgw.recorder.listing import format_time
 from hoopgw.replay.compare import Observation
 from hoopgw.replay.engine import ReplayReport, StatementResult, Verdict
 
@@ -47,28 +48,6 @@ def format_table(
     lines = [_line(headers, widths, last)]
     lines.extend(_line(row, widths, last) for row in cells)
     return "\n".join(lines)
-
-
-def format_time(value: datetime | float | None) -> str:
-    if value is None:
-        return ""
-    if not isinstance(value, datetime):
-        value = datetime.fromtimestamp(value, tz=UTC)
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    if seconds < 1:
-        return f"{seconds * 1000:.0f}ms"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
 
 
 def describe_observation(observation: Observation | None) -> str:

@@ -26,11 +26,11 @@ from snowflake.connector import ProgrammingError
 
 from hoopgw.cli.main import main
 from hoopgw.recorder.catalog import Archive
+from hoopgw.recorder.index import ArchiveIndex, list_versions
+from hoopgw.recorder.listing import SearchQuery, digest_session, search
 from hoopgw.recorder.rollup import ROLLUPS, decode_rollup
 from hoopgw.recorder.segment import compress_lines, decompress_segment
 from hoopgw.recorder.store import open_store
-from hoopgw.replay.index import ArchiveIndex, list_versions
-from hoopgw.replay.listing import SearchQuery, digest_session, search
 from tests import stack
 
 RECORDING_DEADLINE = 30.0
@@ -172,7 +172,7 @@ def recorded(rig: Rig, connect, agent_token) -> Rig:
     archive = Archive(open_store(rig.store, s3_endpoint_url=rig.endpoint))
 
     def both_ended() -> list[Any] | None:
-        found = [s for s in archive.list_sessions() if s.ended]
+        found = [s for s in ArchiveIndex(archive, store_url="").list_sessions() if s.ended]
         return found if len(found) >= 2 else None
 
     sessions = stack.wait_until(both_ended, RECORDING_DEADLINE, "both sessions in S3")

@@ -23,8 +23,8 @@ from mitmproxy.test import taddons, tflow
 
 from hoopgw.addons import contentview
 from hoopgw.addons.contentview import MAX_ROWS, format_sql, render
-from hoopgw.addons.inspection import BLOCKED_MARK, FAILED_MARK, statement_comment
 from hoopgw.addons.protocol import Endpoint
+from hoopgw.recorder.annotations import BLOCKED_MARK, FAILED_MARK, statement_comment
 from tests import inspection_workload as workload
 from tests.conftest import UPSTREAM_TEST_PASSWORD
 

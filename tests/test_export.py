@@ -20,9 +20,11 @@ from mitmproxy.test import taddons
 
 from hoopgw.addons.contentview import MAX_ROWS
 from hoopgw.cli.main import main
+from hoopgw.recorder.annotations import BLOCKED_MARK, FAILED_MARK, statement_comment
 from hoopgw.recorder.catalog import Archive
+from hoopgw.recorder.index import ArchiveIndex
 from hoopgw.recorder.store import open_store
-from hoopgw.replay.export import BLOCKED_MARK, FAILED_MARK, records_to_flows, statement_comment
+from hoopgw.replay.export import records_to_flows
 from tests import inspection_workload as workload
 from tests.conftest import UPSTREAM_TEST_PASSWORD
 from tests.stack import wait_until
@@ -49,7 +51,9 @@ def record_session(gateway_factory, fakesnow_server, connect, agent_token, name,
     connection.close()
     gateway.stop()  # seals and uploads the spool's segments
     archive = Archive(open_store(store))
-    summaries = wait_until(lambda: archive.list_sessions(), 30, "the session in the store")
+    summaries = wait_until(
+        lambda: ArchiveIndex(archive, store_url="").list_sessions(), 30, "the session in the store"
+    )
     assert len(summaries) == 1
     session_id = summaries[0].session_id
     return Recorded(store, session_id, archive.read_session(session_id), result, agent_token)

@@ -21,6 +21,7 @@ import pytest
 from snowflake.connector import ProgrammingError
 
 from hoopgw.recorder.catalog import Archive
+from hoopgw.recorder.index import ArchiveIndex
 from hoopgw.recorder.store import LocalStore
 
 FAILING_SQL = "select * from hoopgw_load_no_such_table"
@@ -98,7 +99,9 @@ def run_load(
 
     gateway.stop()
     archive = Archive(LocalStore(gateway.workdir / "store"))
-    by_subject = {summary.subject: summary for summary in archive.list_sessions()}
+    by_subject = {
+        summary.subject: summary for summary in ArchiveIndex(archive, store_url="").list_sessions()
+    }
     assert {f"load-{i}" for i in range(sessions)} <= set(by_subject)
     for i in range(sessions):
         session_id = by_subject[f"load-{i}"].session_id

@@ -21,6 +21,7 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from hoopgw.recorder.catalog import Archive
+from hoopgw.recorder.index import ArchiveIndex
 from hoopgw.recorder.store import open_store
 from tests import inspection_workload as workload
 from tests import stack
@@ -69,7 +70,9 @@ def session(
         gateway.stop()
         store = f"file:{gateway.workdir / 'store'}"
         archive = Archive(open_store(store))
-        summaries = stack.wait_until(archive.list_sessions, 30, "the recorded session")
+        summaries = stack.wait_until(
+            ArchiveIndex(archive, store_url="").list_sessions, 30, "the recorded session"
+        )
         session_id = summaries[0].session_id
         records = archive.read_session(session_id)
         flows = sum(1 for r in records if r["kind"] in ("request", "refusal") and "method" in r)

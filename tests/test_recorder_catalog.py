@@ -18,6 +18,7 @@ from hoopgw.recorder.catalog import (
     summary_key,
 )
 from hoopgw.recorder.ids import InvalidSessionId, new_session_id, new_writer_id
+from hoopgw.recorder.index import ArchiveIndex
 from hoopgw.recorder.schema import chain_record
 from hoopgw.recorder.segment import compress_lines, decompress_segment
 from hoopgw.recorder.spool import Spool
@@ -158,7 +159,7 @@ def test_summary_counts_statements_errors_blocked_and_identity(store, tmp_path) 
     session_id = new_session_id()
     who = caller("u-1", "Ana@Example.com", "analysts", "agents")
     record_into(store, tmp_path / "spool", session_records(session_id, who, 4))
-    [summary] = Archive(store).list_sessions()
+    [summary] = ArchiveIndex(Archive(store), store_url="").list_sessions()
     assert summary.session_id == session_id
     assert summary.subject == "u-1"
     assert summary.email == "Ana@Example.com"
@@ -192,7 +193,10 @@ def test_list_sessions_filters_and_orders_newest_first(store, tmp_path) -> None:
     archive = Archive(store)
 
     def listed(**filters: Any) -> list[str]:
-        return [summary.session_id for summary in archive.list_sessions(**filters)]
+        return [
+            summary.session_id
+            for summary in ArchiveIndex(archive, store_url="").list_sessions(**filters)
+        ]
 
     assert listed() == ids[::-1]
     assert listed(since=datetime(2024, 1, 10, tzinfo=UTC)) == [ids[2], ids[1]]
@@ -384,5 +388,5 @@ def test_listing_reads_no_segment(store: LocalStore, tmp_path: Path) -> None:
     archive = Archive(store)
     for key in archive.segments(session_id):
         store.delete(key)
-    [summary] = archive.list_sessions()
+    [summary] = ArchiveIndex(archive, store_url="").list_sessions()
     assert summary.statements == 3 and summary.session_id == session_id

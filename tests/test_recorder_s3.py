@@ -20,6 +20,7 @@ import pytest
 
 from hoopgw.recorder.catalog import Archive
 from hoopgw.recorder.ids import new_session_id, new_writer_id
+from hoopgw.recorder.index import ArchiveIndex
 from hoopgw.recorder.spool import Spool
 from hoopgw.recorder.store import KeyNotFound, S3Store, StoreError, open_store
 
@@ -174,7 +175,7 @@ def test_spool_to_s3_and_back(moto_endpoint: str, bucket: str, tmp_path: Path) -
     finally:
         spool.close()
     archive = Archive(store)
-    [summary] = archive.list_sessions()
+    [summary] = ArchiveIndex(archive, store_url="").list_sessions()
     assert summary.session_id == session_id and summary.statements == 30
     assert summary.ended
     records = archive.read_session(session_id)

@@ -18,6 +18,7 @@ import pytest
 
 from hoopgw.recorder.catalog import Archive, SessionNotFound
 from hoopgw.recorder.ids import InvalidSessionId, new_session_id, new_writer_id
+from hoopgw.recorder.index import ArchiveIndex
 from hoopgw.recorder.schema import FORMAT_VERSION, GENESIS_HASH, record_hash, validate_record
 from hoopgw.recorder.spool import Spool, SpoolError
 from hoopgw.recorder.store import LocalStore
@@ -395,7 +396,10 @@ def test_store_outage_is_ridden_out_without_loss(make_spool, store: LocalStore, 
         records = archive.read_session(session_id)
         assert [r["seq"] for r in records] == list(range(32))
         assert archive.verify_session(session_id).ok
-    listed = {summary.session_id: summary for summary in archive.list_sessions()}
+    listed = {
+        summary.session_id: summary
+        for summary in ArchiveIndex(archive, store_url="").list_sessions()
+    }
     assert {sid: listed[sid].statements for sid in sessions} == dict.fromkeys(sessions, 30)
 
 

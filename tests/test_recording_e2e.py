@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from snowflake.connector import DatabaseError, ProgrammingError
 
 from hoopgw.recorder.catalog import Archive
+from hoopgw.recorder.index import ArchiveIndex
 from hoopgw.recorder.secrets import new_token_key
 from hoopgw.recorder.segment import compress_lines, decompress_segment
 from hoopgw.recorder.store import open_store
@@ -132,11 +133,16 @@ def archive_of(bucket: str, endpoint: str) -> Archive:
 
 
 def records_by_session(archive: Archive) -> dict[str, list[dict[str, Any]]]:
-    return {s.session_id: archive.read_session(s.session_id) for s in archive.list_sessions()}
+    return {
+        s.session_id: archive.read_session(s.session_id)
+        for s in ArchiveIndex(archive, store_url="").list_sessions()
+    }
 
 
 def ended_sessions(archive: Archive) -> int:
-    return sum(1 for summary in archive.list_sessions() if summary.ended)
+    return sum(
+        1 for summary in ArchiveIndex(archive, store_url="").list_sessions() if summary.ended
+    )
 
 
 def spool_segments(directory: Path) -> list[Path]:
@@ -238,7 +244,7 @@ def test_mixed_session_is_in_s3_statement_by_statement(
 
     archive = archive_of(s3_bucket, moto_s3)
     stack.wait_until(lambda: ended_sessions(archive) == 1, DEADLINE, "the session in S3")
-    [summary] = archive.list_sessions()
+    [summary] = ArchiveIndex(archive, store_url="").list_sessions()
     records = archive.read_session(summary.session_id)
 
     assert [r["seq"] for r in records] == list(range(len(records)))
@@ -544,7 +550,7 @@ def test_sigkill_mid_stream_loses_and_repeats_nothing(
         finished.cursor().execute(f"select {number} as finished_before_the_crash")
     finished.close()
     stack.wait_until(lambda: ended_sessions(archive) == 1, DEADLINE, "the finished session")
-    [finished_session] = archive.list_sessions()
+    [finished_session] = ArchiveIndex(archive, store_url="").list_sessions()
     finished_records = archive.read_session(finished_session.session_id)
 
     tag = f"crash-{uuid.uuid4().hex[:8]}"

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import snowflake.connector
 
+from hoopgw.recorder.session import load_session
 from hoopgw.replay.engine import Verdict, replay_session
-from hoopgw.replay.session import load_session
 from hoopgw.replay.target import Target
 from tests import stack
 from tests.test_replay_unit import (

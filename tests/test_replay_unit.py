@@ -20,11 +20,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from hoopgw.cli.common import parse_when
 from hoopgw.recorder.ids import new_session_id
+from hoopgw.recorder.listing import object_matches
+from hoopgw.recorder.session import load_session, normalize_error_code
 from hoopgw.replay.compare import Observation, compare, compare_rows, result_is_ordered
 from hoopgw.replay.engine import Verdict, bindings_to_params, dry_run, plan_replay
-from hoopgw.replay.listing import object_matches
 from hoopgw.replay.render import format_table, render_report
-from hoopgw.replay.session import load_session, normalize_error_code
 from hoopgw.replay.target import (
     RecordedAccountRefused,
     TargetError,
@@ -113,7 +113,7 @@ class SessionBuilder:
             self._record(
                 "session_start",
                 upstream={"host": f"{account}.snowflakecomputing.com", "account": account},
-                client={"address": "127.0.0.1:5000", "app": "PythonConnector 4.8.1"},
+                client={"address": "127.0.0.1:5000", "application": "PythonConnector 4.8.1"},
                 context=context or {"database": None, "schema": None, "warehouse": None},
             )
         ]

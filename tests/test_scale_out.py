@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from hoopgw.recorder.catalog import Archive
+from hoopgw.recorder.index import ArchiveIndex
 from hoopgw.recorder.secrets import new_token_key
 from hoopgw.recorder.store import LocalStore
 from tests import stack
@@ -187,7 +188,7 @@ def test_one_session_alternates_between_two_replicas(
         assert re.search(r"POST \S*/queries/v1/query-request", gateway.log()), gateway.log()[-2000:]
 
     archive = Archive(LocalStore(shared_store))
-    [summary] = archive.list_sessions()
+    [summary] = ArchiveIndex(archive, store_url="").list_sessions()
     report = archive.verify_session(summary.session_id)
     assert report.ok, [str(problem) for problem in report.problems]
     assert len(report.writers) == 2

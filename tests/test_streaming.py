@@ -44,9 +44,9 @@ from hoopgw.cli.main import main
 from hoopgw.recorder.outline import OUTLINE_STRING_LIMIT, JsonOutline
 from hoopgw.recorder.schema import validate_record
 from hoopgw.recorder.segment import SUFFIX, decode_segment
+from hoopgw.recorder.session import load_session
 from hoopgw.recorder.store import LocalStore
 from hoopgw.replay.export import records_to_flows
-from hoopgw.replay.session import load_session
 from tests import stack
 from tests.raw_http import json_headers, login, query, send
 

@@ -1,15 +1,17 @@
 """A recorded session as the replay tool and the CLI see it: statements in order, with context.
 
 The gateway records flows (a `request` or `refusal` record, then a `response` or
-`error` record with the same `flow_id`). Here the flows that carried SQL become
+`error` record with the same `flow_id`; `recorder.flows` groups them). Here the
+flows that carried SQL become
 `RecordedStatement`s with what is needed to run them again (text, bindings,
 context, parameters) and what happened the first time (`RecordedOutcome`),
 including the Snowflake `data` of the answer when the record holds the whole
 result, so the rows can be compared.
 
-Records are read defensively: fields may sit in a response's `outcome` object
-(what the gateway writes) or at the top level (the record format's flat form),
-and unknown fields are ignored.
+Records are read defensively: fields sit at the top level (the record format's
+flat form, what the gateway writes: `recorder.records`) or in an `outcome` or
+`context` object, and unknown fields are ignored. tests/test_recorder_session.py
+reads what the `Recording` addon writes, so reader and writer cannot drift apart.
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ from datetime import UTC, datetime
 from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
+from hoopgw.recorder import coerce
 from hoopgw.recorder import statements as sql_statements
+from hoopgw.recorder.flows import SessionRecords
+from hoopgw.recorder.schema import RecordKind
 
 REDACTION_MARKERS: Final = ("[REDACTED]", "[REDACTED PRIVATE KEY]")
 _RESULT_PATH: Final = re.compile(r"^/queries/([^/?]+)/result")
@@ -44,10 +49,10 @@ class Context:
         if not isinstance(value, dict):
             return cls()
         return cls(
-            database=_text(value.get("database")),
-            schema=_text(value.get("schema")),
-            warehouse=_text(value.get("warehouse")),
-            role=_text(value.get("role")),
+            database=coerce.text(value.get("database")),
+            schema=coerce.text(value.get("schema")),
+            warehouse=coerce.text(value.get("warehouse")),
+            role=coerce.text(value.get("role")),
         )
 
     def merged_over(self, base: Context) -> Context:
@@ -183,7 +188,7 @@ class RecordedSession:
     @property
     def user(self) -> str | None:
         caller = self.caller or {}
-        return _text(caller.get("email")) or _text(caller.get("subject"))
+        return coerce.text(caller.get("email")) or coerce.text(caller.get("subject"))
 
     @property
     def client_app(self) -> str | None:
@@ -192,26 +197,16 @@ class RecordedSession:
 
 def load_session(session_id: str, records: list[dict[str, Any]]) -> RecordedSession:
     """Pair each flow's request with its answer and keep the flows that carried SQL."""
-    answers: dict[str, dict[str, Any]] = {}
+    grouped = SessionRecords.group(records)
     result_fetches: dict[str, dict[str, Any]] = {}
-    requests_by_flow: dict[str, dict[str, Any]] = {}
-    for record in records:
-        flow = record.get("flow_id")
-        kind = record.get("kind")
-        if not isinstance(flow, str):
-            continue
-        if kind in ("request", "refusal"):
-            requests_by_flow.setdefault(flow, record)
-        elif kind in ("response", "error"):
-            answers.setdefault(flow, record)
-    for flow, request in requests_by_flow.items():
-        match = _RESULT_PATH.match(str(request.get("path") or ""))
-        answer = answers.get(flow)
+    for flow in grouped.requested():
+        match = _RESULT_PATH.match(str((flow.request or {}).get("path") or ""))
+        answer = flow.answer
         if match and answer is not None:
             result_fetches.setdefault(match[1], answer)
 
-    start = next((r for r in records if r.get("kind") == "session_start"), None)
-    end = next((r for r in reversed(records) if r.get("kind") == "session_end"), None)
+    start = grouped.start
+    end = grouped.end
     login = next((r for r in records if _is_login_request(r)), None)
     context = Context()
     if start is not None:
@@ -220,24 +215,15 @@ def load_session(session_id: str, records: list[dict[str, Any]]) -> RecordedSess
         context = context.merged_over(_login_context(login))
 
     statements: list[RecordedStatement] = []
-    caller: dict[str, Any] | None = None
-    client: dict[str, Any] | None = None
+    caller = next((r["caller"] for r in records if isinstance(r.get("caller"), dict)), None)
+    client = next((r["client"] for r in records if isinstance(r.get("client"), dict)), None)
     tracked = (context.database, context.schema)
     # the last statement that ran and whose effect on `tracked` is not worked out yet:
     # classifying SQL is the cost of a search, and the gateway records each
     # statement's context, so the effect is needed only when a later record lacks it
     unfolded: RecordedStatement | None = None
-    for record in records:
-        if caller is None and isinstance(record.get("caller"), dict):
-            caller = record["caller"]
-        if client is None and isinstance(record.get("client"), dict):
-            client = record["client"]
-        if record.get("kind") not in ("request", "refusal") or not isinstance(
-            record.get("sql"), str
-        ):
-            continue
-        flow = record.get("flow_id") if isinstance(record.get("flow_id"), str) else None
-        answer = answers.get(flow) if flow else None
+    for record, flow in grouped.statements():
+        answer = flow.answer if flow is not None else None
         recorded_context = Context.from_record(record.get("context")).merged_over(
             Context.from_record(record)
         )
@@ -268,19 +254,19 @@ def load_session(session_id: str, records: list[dict[str, Any]]) -> RecordedSess
         context=context,
         upstream_host=_upstream(start, "host"),
         upstream_accounts=_recorded_accounts(start, login),
-        start_ts=_number(start.get("ts")) if start else _first_ts(records),
-        end_ts=_number(end.get("ts")) if end else None,
-        end_reason=_text(end.get("reason")) if end else None,
+        start_ts=coerce.number(start.get("ts")) if start else _first_ts(records),
+        end_ts=coerce.number(end.get("ts")) if end else None,
+        end_reason=coerce.text(end.get("reason")) if end else None,
         statements=statements,
         records=len(records),
     )
 
 
 def client_app(client: dict[str, Any] | None) -> str | None:
-    """The client application; the gateway writes `app`, the summary reads `application`."""
+    """The client application, `client.application` (`recorder.records.Client`)."""
     if not isinstance(client, dict):
         return None
-    return _text(client.get("app")) or _text(client.get("application"))
+    return coerce.text(client.get("application"))
 
 
 def _statement(
@@ -308,9 +294,9 @@ def _statement(
     statement = RecordedStatement(
         number=number,
         flow_id=request.get("flow_id") if isinstance(request.get("flow_id"), str) else None,
-        ts=_number(request.get("ts")),
+        ts=coerce.number(request.get("ts")),
         sql=str(request["sql"]),
-        endpoint=_text(request.get("endpoint")),
+        endpoint=coerce.text(request.get("endpoint")),
         bindings=bindings,
         parameters=parameters,
         context=context,
@@ -328,13 +314,13 @@ def recorded_outcome(answer: dict[str, Any] | None) -> RecordedOutcome:
     """The outcome of a flow from its `response` (or `error`) record."""
     if answer is None:
         return RecordedOutcome(rows_note="no answer on record")
-    if answer.get("kind") == "error":
+    if answer.get("kind") == RecordKind.ERROR:
         error = answer.get("error")
         message = error.get("message") if isinstance(error, dict) else error
         return RecordedOutcome(
-            transport_error=_text(message) or "the flow failed",
+            transport_error=coerce.text(message) or "the flow failed",
             rows_note="the flow failed before an answer",
-            duration_ms=_number(answer.get("duration_ms")),
+            duration_ms=coerce.number(answer.get("duration_ms")),
         )
     flat = answer.get("outcome") if isinstance(answer.get("outcome"), dict) else answer
     body = answer.get("body") if isinstance(answer.get("body"), dict) else {}
@@ -346,15 +332,17 @@ def recorded_outcome(answer: dict[str, Any] | None) -> RecordedOutcome:
         success = document.get("success") if isinstance(document.get("success"), bool) else None
     if success is None and isinstance(answer.get("status"), int):
         success = answer["status"] < 400
-    outcome = RecordedOutcome(success=success, duration_ms=_number(answer.get("duration_ms")))
+    outcome = RecordedOutcome(success=success, duration_ms=coerce.number(answer.get("duration_ms")))
     if success is False:
         outcome.error_code = normalize_error_code(
             flat.get("error_code") or document.get("code") or data.get("errorCode")
         )
-        outcome.sql_state = _text(flat.get("sql_state") or data.get("sqlState"))
-        outcome.message = _text(flat.get("message") or document.get("message"))
-    outcome.query_id = _text(flat.get("query_id") or data.get("queryId"))
-    outcome.statement_type_id = _integer(flat.get("statement_type_id", data.get("statementTypeId")))
+        outcome.sql_state = coerce.text(flat.get("sql_state") or data.get("sqlState"))
+        outcome.message = coerce.text(flat.get("message") or document.get("message"))
+    outcome.query_id = coerce.text(flat.get("query_id") or data.get("queryId"))
+    outcome.statement_type_id = coerce.integer(
+        flat.get("statement_type_id", data.get("statementTypeId")), digits=True
+    )
     columns = flat.get("columns")
     if not isinstance(columns, list) and isinstance(data.get("rowtype"), list):
         columns = [col.get("name") for col in data["rowtype"] if isinstance(col, dict)]
@@ -442,7 +430,7 @@ def _blocked_reason(request: dict[str, Any], answer: dict[str, Any] | None) -> s
     refusal = request.get("refusal")
     if not isinstance(refusal, dict) and answer is not None:
         refusal = answer.get("refusal")
-    if request.get("kind") == "refusal" or isinstance(refusal, dict):
+    if request.get("kind") == RecordKind.REFUSAL or isinstance(refusal, dict):
         refusal = refusal if isinstance(refusal, dict) else {}
         by = refusal.get("by") or "the gateway"
         reason = refusal.get("reason")
@@ -470,7 +458,7 @@ def _unreplayable_reason(statement: RecordedStatement, body: dict[str, Any]) -> 
 
 
 def _is_login_request(record: dict[str, Any]) -> bool:
-    if record.get("kind") != "request":
+    if record.get("kind") != RecordKind.REQUEST:
         return False
     return record.get("endpoint") == "login" or str(record.get("path", "")).startswith(
         "/session/v1/login-request"
@@ -508,7 +496,7 @@ def _recorded_accounts(
 
 def _upstream(start: dict[str, Any] | None, name: str) -> str | None:
     upstream = (start or {}).get("upstream")
-    return _text(upstream.get(name)) if isinstance(upstream, dict) else None
+    return coerce.text(upstream.get(name)) if isinstance(upstream, dict) else None
 
 
 def _body_json(record: dict[str, Any]) -> dict[str, Any]:
@@ -520,25 +508,7 @@ def _body_json(record: dict[str, Any]) -> dict[str, Any]:
 
 def _first_ts(records: list[dict[str, Any]]) -> float | None:
     for record in records:
-        ts = _number(record.get("ts"))
+        ts = coerce.number(record.get("ts"))
         if ts is not None:
             return ts
     return None
-
-
-def _integer(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    return int(value) if isinstance(value, str) and value.isdigit() else None
-
-
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)

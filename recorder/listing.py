@@ -13,15 +13,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
+from hoopgw.recorder import coerce
 from hoopgw.recorder.catalog import SessionSummary
-from hoopgw.replay.index import ArchiveIndex
-from hoopgw.replay.render import format_duration, format_time
-from hoopgw.replay.session import RecordedSession, RecordedStatement, client_app, load_session
+from hoopgw.recorder.flows import statement_records
+from hoopgw.recorder.index import ArchiveIndex
+from hoopgw.recorder.session import RecordedSession, RecordedStatement, client_app, load_session
 
 LONG_SESSION: Final = timedelta(days=1)
 """Sessions that started up to this long before `--since` are searched too."""
-STATEMENT_KINDS: Final = ("request", "refusal")
-"""Records that make a statement when they carry `sql` (`replay.session.load_session`)."""
 
 SESSION_HEADERS: Final = (
     "SESSION",
@@ -277,6 +276,28 @@ def object_matches(pattern: str, names: Iterable[str]) -> bool:
     return False
 
 
+def format_time(value: datetime | float | None) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, datetime):
+        value = datetime.fromtimestamp(value, tz=UTC)
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
 def format_iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, tz=UTC).isoformat() if ts is not None else None
 
@@ -313,15 +334,12 @@ def _session_could_match(query: SearchQuery) -> Callable[[list[dict[str, Any]]],
         return None
 
     def could_match(records: list[dict[str, Any]]) -> bool:
-        for record in records:
-            text = record.get("sql")
-            if record.get("kind") not in STATEMENT_KINDS or not isinstance(text, str):
+        for record in statement_records(records):
+            if sql is not None and sql not in record["sql"].casefold():
                 continue
-            if sql is not None and sql not in text.casefold():
-                continue
-            ts = record.get("ts")
+            ts = coerce.number(record.get("ts"))
             if since is not None or until is not None:
-                if isinstance(ts, bool) or not isinstance(ts, int | float):
+                if ts is None:
                     continue
                 if (since is not None and ts < since) or (until is not None and ts >= until):
                     continue

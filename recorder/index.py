@@ -1,8 +1,8 @@
 """Fast listing and search over a large archive: one LIST, roll-ups, parallel GETs, a cache.
 
-`Archive.list_sessions` reads one summary object per session in turn, and a
-search must read every session's segments: with a thousand sessions that is
-thousands of GETs, seconds even against a local S3. Here the archive is listed
+Reading one summary object per session in turn, and every session's segments
+for a search, costs thousands of GETs with a thousand sessions: seconds even
+against a local S3. Here the archive is listed
 once per query (keys with their ETags, a thousand keys per request). What is
 not in the local cache comes from the writers' roll-ups (`recorder.rollup`:
 a few objects per day that describe many summaries and segments, each entry
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import heapq
 import logging
 import os
 import sqlite3
@@ -34,7 +33,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -49,6 +48,7 @@ from hoopgw.recorder.catalog import (
     parse_segment_key,
     parse_summary_key,
 )
+from hoopgw.recorder.flows import merge_streams
 from hoopgw.recorder.ids import is_session_id, session_start
 from hoopgw.recorder.rollup import (
     SEGMENTS_KIND,
@@ -147,13 +147,18 @@ class ArchiveIndex:
 
     def list_sessions(
         self,
-        since: datetime | None = None,
-        until: datetime | None = None,
+        since: datetime | date | None = None,
+        until: datetime | date | None = None,
         user: str | None = None,
         group: str | None = None,
         limit: int | None = None,
     ) -> list[SessionSummary]:
-        """As `Archive.list_sessions`: sessions started in [since, until), newest first."""
+        """Sessions started in [since, until), newest first, optionally by user or group.
+
+        `user` matches the caller's subject or email (case-insensitive); `group`
+        one of the caller's groups. Naive datetimes are taken as UTC.
+        """
+        since, until = _as_utc(since), _as_utc(until)
         by_session = self._summary_objects(since, until)
         ordered = sorted(by_session, reverse=True)
         found: list[SessionSummary] = []
@@ -165,7 +170,7 @@ class ArchiveIndex:
                 batch = ordered[start : start + step]
                 summaries = self._summaries(pool, [(sid, by_session[sid]) for sid in batch])
                 for summary in summaries:
-                    if summary is not None and _matches(summary, user, group):
+                    if summary is not None and summary.matches(user, group):
                         found.append(summary)
                         if limit is not None and len(found) >= limit:
                             return found
@@ -336,11 +341,7 @@ class ArchiveIndex:
                 except SegmentError as exc:
                     raise SegmentError(f"{key}: {exc}") from None
             streams.setdefault(parsed.writer, []).extend(records)
-        ordered = [
-            sorted(records, key=lambda record: _int(record.get("seq")))
-            for _, records in sorted(streams.items())
-        ]
-        return list(heapq.merge(*ordered, key=lambda record: _number(record.get("ts"))))
+        return merge_streams(streams)
 
     # --- listing with versions -------------------------------------------------------
 
@@ -483,20 +484,14 @@ def _fingerprint(objects: Iterable[tuple[str, str | None]]) -> str | None:
     return digest.hexdigest()
 
 
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else -1
-
-
-def _number(value: Any) -> float:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
-
-
-def _matches(summary: SessionSummary, user: str | None, group: str | None) -> bool:
-    if user is not None:
-        wanted = user.casefold()
-        if wanted not in {(summary.subject or "").casefold(), (summary.email or "").casefold()}:
-            return False
-    return group is None or group in summary.groups
+def _as_utc(value: datetime | date | None) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
 
 
 class _Cache:

@@ -1,0 +1,29 @@
+"""How a flow is annotated for people reading it in mitmweb, live or from a recording.
+
+The gateway annotates live flows (addons/inspection.py) and `hoopgw export`
+rebuilds flows from records (replay/export.py); both use these marks and this
+comment, so the live and the offline views read alike.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from hoopgw.recorder.redaction import redact_sql
+
+BLOCKED_MARK: Final = ":no_entry:"
+"""`flow.marked` of a flow the gateway answered itself (policy, identity, recording)."""
+FAILED_MARK: Final = ":x:"
+"""`flow.marked` of a flow Snowflake reported an error for, or that failed outright."""
+COMMENT_CHARS: Final = 100
+
+
+def statement_comment(sql: str, limit: int = COMMENT_CHARS) -> str:
+    """The first non-blank line of `sql`, credential literals masked, cut to `limit` characters."""
+    lines = [line.strip() for line in redact_sql(sql).splitlines() if line.strip()]
+    if not lines:
+        return ""
+    first = lines[0]
+    if len(first) > limit:
+        return first[: limit - 1] + "…"
+    return first + (" …" if len(lines) > 1 else "")
