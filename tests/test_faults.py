@@ -32,8 +32,9 @@ from joserfc.jwk import RSAKey
 from snowflake.connector import DatabaseError, OperationalError
 
 from tests import stack
+from tests.bodies import login_body
 from tests.jwt_issuer import LocalIssuer
-from tests.raw_http import gzip_bomb, login, login_body, query, send, stored_records
+from tests.raw_http import gzip_bomb, login, query, send, stored_records
 
 
 @dataclass

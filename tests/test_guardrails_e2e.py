@@ -21,6 +21,7 @@ from snowflake.connector import DatabaseError, ProgrammingError
 
 from hoopgw.recorder.secrets import new_token_key
 from tests import stack
+from tests.bodies import GUARDRAILS_POLICY
 from tests.strict_upstream import StrictUpstream
 
 ACCOUNT = "gr12345"
@@ -28,26 +29,6 @@ SERVICE_USER = "svc_hoopgw"
 TOKEN_KEY_ENV = "HOOPGW_TEST_TOKEN_KEY"
 POLICY_CODE = 399003
 GROUPS = ["readers", "agents", "analysts", "tolerant"]
-
-POLICY = """
-[[rule]]
-name = "readers-read-only"
-groups = ["readers"]
-read_only = true
-
-[[rule]]
-name = "agents-guard"
-groups = ["agents"]
-deny_kinds = ["DROP", "TRUNCATE", "GRANT", "REVOKE"]
-deny_objects = ["*.PAYROLL.*", "*.APP.SECRETS"]
-require_where = true
-
-[[rule]]
-name = "tolerant-parse"
-groups = ["tolerant"]
-deny_kinds = ["DROP"]
-on_unparsable = "allow"
-"""
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +84,7 @@ def env() -> dict[str, str]:
 @pytest.fixture(scope="module")
 def gw(gateway_factory, strict, oidc, service_key, env, workdir: Path) -> stack.Gateway:
     policy = workdir / "guardrails-policy.toml"
-    policy.write_text(POLICY)
+    policy.write_text(GUARDRAILS_POLICY)
     return gateway_factory(
         strict.url, gateway_options(oidc.issuer, service_key, policy), env=env, name="gr-gw"
     )
@@ -298,7 +279,7 @@ def _wait(condition: Any, what: str) -> None:
 
 def test_policy_reload(gateway_factory, strict, oidc, service_key, env, workdir, connect) -> None:
     policy = workdir / f"reload-{uuid.uuid4().hex[:6]}.toml"
-    policy.write_text(POLICY)
+    policy.write_text(GUARDRAILS_POLICY)
     gateway = gateway_factory(
         strict.url, gateway_options(oidc.issuer, service_key, policy), env=env
     )
@@ -314,17 +295,20 @@ def test_policy_reload(gateway_factory, strict, oidc, service_key, env, workdir,
 
     assert not select_refused()
     policy.write_text(
-        POLICY + '[[rule]]\nname = "no-select"\ngroups = ["analysts"]\ndeny_kinds = ["SELECT"]\n'
+        GUARDRAILS_POLICY
+        + '[[rule]]\nname = "no-select"\ngroups = ["analysts"]\ndeny_kinds = ["SELECT"]\n'
     )
     _wait(select_refused, "the new rule to take effect")
     assert "hoopgw: policy reloaded from" in gateway.log()
 
-    policy.write_text(POLICY + '[[rule]]\nname = "broken"\ngroups = ["analysts"]\nnope = 1\n')
+    policy.write_text(
+        GUARDRAILS_POLICY + '[[rule]]\nname = "broken"\ngroups = ["analysts"]\nnope = 1\n'
+    )
     _wait(lambda: "policy change refused" in gateway.log(), "the broken policy to be refused")
     assert "rule 'broken': nope: unknown key" in gateway.log()
     assert select_refused()
 
-    policy.write_text(POLICY)
+    policy.write_text(GUARDRAILS_POLICY)
     _wait(lambda: not select_refused(), "the restored policy to take effect")
 
 

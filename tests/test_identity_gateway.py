@@ -26,6 +26,7 @@ from snowflake.connector import DatabaseError
 from hoopgw.addons.session_tokens import TOKEN_PREFIX
 from hoopgw.recorder.secrets import new_token_key
 from tests import stack
+from tests.bodies import login_body
 from tests.jwt_issuer import LocalIssuer
 from tests.strict_upstream import StrictUpstream, contains_any
 
@@ -122,21 +123,6 @@ def call(
 
 def found_in(text: str, needles: Iterable[str]) -> list[str]:
     return [needle for needle in needles if needle and needle in text]
-
-
-def login_body(token: str, **fields: Any) -> dict[str, Any]:
-    return {
-        "data": {
-            "ACCOUNT_NAME": "whatever",
-            "LOGIN_NAME": "agent",
-            "AUTHENTICATOR": "OAUTH",
-            "TOKEN": token,
-            "CLIENT_APP_ID": "PythonConnector",
-            "CLIENT_APP_VERSION": "4.8.1",
-            "SESSION_PARAMETERS": {},
-            **fields,
-        }
-    }
 
 
 def query(gateway: stack.Gateway, token: str | None, sql: str) -> dict[str, Any]:
