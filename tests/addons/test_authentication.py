@@ -126,6 +126,21 @@ def test_an_issuer_without_the_gateways_own_credential_is_refused(issuer: LocalI
         tctx.configure(auth, hoopgw_oidc_issuer=issuer.issuer, hoopgw_oidc_audience="hoopgw")
 
 
+async def test_running_fetches_the_issuers_keys_ahead_of_the_first_login(
+    issuer: LocalIssuer, service_key: Path
+) -> None:
+    auth = Authentication()
+    with taddons.context(auth) as tctx:
+        tctx.configure(auth, **options(issuer, service_key))
+        before = issuer.jwks_requests
+        auth.running()
+        for _ in range(100):
+            if issuer.jwks_requests > before:
+                break
+            await asyncio.sleep(0.02)
+        assert issuer.jwks_requests > before
+
+
 # --- login -----------------------------------------------------------------------------
 
 

@@ -15,6 +15,7 @@ from hoopgw.addons import protocol
 from hoopgw.addons.failclosed import FailClosed, guarded
 from hoopgw.addons.flowstate import state_of
 from hoopgw.addons.guardrails import Guardrails
+from hoopgw.addons.inspection import Inspection
 from hoopgw.addons.traffic import SnowflakeTraffic
 from tests.addons import QUERY_PATH, classified, error_of, snowflake_flow
 from tests.bodies import query_body
@@ -67,6 +68,18 @@ async def test_a_crash_in_a_gateway_hook_refuses_the_flow() -> None:
     await guarded(Guardrails()).request(flow)
     assert error_of(flow)["code"] == INTERNAL
     assert state.refusal is not None and state.refusal.reason == "internal error in Guardrails"
+
+
+def test_a_crash_in_a_plain_hook_refuses_the_flow_unless_it_is_answered() -> None:
+    """Inspection cannot annotate a state whose context went missing: the hook raises."""
+    flow = snowflake_flow("POST", QUERY_PATH, query_body("select 1"))
+    state = classified(flow)
+    state.context = None  # type: ignore[assignment]
+    guarded(Inspection()).request(flow)
+    assert error_of(flow)["code"] == INTERNAL
+    refusal = flow.response
+    guarded(Inspection()).request(flow)
+    assert flow.response is refusal
 
 
 async def test_a_crash_on_a_flow_that_is_no_longer_live_answers_nothing() -> None:

@@ -128,8 +128,20 @@ async def test_a_changed_policy_file_is_reloaded_and_a_broken_one_ignored(
             policy_file.write_text("[[rule]]\nbroken = true\n")
             await asyncio.sleep(0.3)
             assert len(guardrails.policy.rules) == 4
+            guardrails.running()  # once running, the watcher is not started twice
         finally:
             guardrails.done()
+            guardrails.done()
+
+
+async def test_the_watcher_waits_while_no_policy_is_set() -> None:
+    guardrails = Guardrails()
+    with taddons.context(guardrails) as tctx:
+        tctx.configure(guardrails, hoopgw_policy_reload_ms=50)
+        guardrails.running()
+        await asyncio.sleep(0.15)
+        guardrails.done()
+        assert guardrails.policy.rules == ()
 
 
 # --- statements ------------------------------------------------------------------------

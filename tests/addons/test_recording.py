@@ -119,6 +119,9 @@ async def test_spool_and_store_options_take_effect_only_at_start_up(tmp_path: Pa
                 tctx.configure(addon, hoopgw_spool_dir=str(tmp_path / "elsewhere"))
             tctx.configure(addon, hoopgw_body_limit=10)
             assert addon.body_limit == 10
+            spool = addon.spool
+            addon.running()
+            assert addon.spool is spool, "the spool starts once"
         finally:
             addon.done()
 
