@@ -16,12 +16,11 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from snowflake.connector import DatabaseError, ProgrammingError
 
 from hoopgw.recorder.secrets import new_token_key
 from tests import stack
-from tests.bodies import GUARDRAILS_POLICY
+from tests.bodies import GUARDRAILS_POLICY, write_service_key
 from tests.strict_upstream import StrictUpstream
 
 ACCOUNT = "gr12345"
@@ -33,16 +32,8 @@ GROUPS = ["readers", "agents", "analysts", "tolerant"]
 
 @pytest.fixture(scope="module")
 def service_key(workdir: Path) -> Path:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     path = workdir / f"guardrails-key-{uuid.uuid4().hex[:6]}.p8"
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    path.chmod(0o600)
+    write_service_key(path)
     return path
 
 

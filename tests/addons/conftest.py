@@ -8,9 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tests.bodies import write_service_key
 from tests.jwt_issuer import LocalIssuer
 
 
@@ -38,13 +37,6 @@ def issuer() -> Iterator[LocalIssuer]:
 @pytest.fixture(scope="session")
 def service_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The gateway's own RSA key for key-pair logins to Snowflake, as a PEM file."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     path = tmp_path_factory.mktemp("keys") / "service.p8"
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    write_service_key(path)
     return path
