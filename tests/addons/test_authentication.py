@@ -599,6 +599,31 @@ async def test_sql_api_bearer_token_is_verified_and_replaced(
         assert flow.request.headers["authorization"] == "Bearer hoopgw-redacted"
 
 
+async def test_sql_api_status_calls_and_role_less_grants_keep_the_body_the_callers(
+    issuer: LocalIssuer, service_key: Path
+) -> None:
+    auth = Authentication()
+    with taddons.context(auth) as tctx:
+        tctx.configure(auth, **options(issuer, service_key, hoopgw_role_map=[]))
+        token = issuer.mint("ada", ["agents"])
+        status = snowflake_flow(
+            "GET", f"{STATEMENTS_PATH}/01b2c3d4", headers=[("authorization", f"Bearer {token}")]
+        )
+        state = classified(status)
+        await auth.request(status)
+        assert not state.answered and status.request.content == b""
+        assert status.request.headers["authorization"] != f"Bearer {token}"
+        submit = sql_api_flow(token, {"statement": "select 1", "role": "SYSADMIN"})
+        state = classified(submit)
+        await auth.request(submit)
+        assert "role SYSADMIN is not granted through this gateway" in refusal(submit, state)[1]
+        submit = sql_api_flow(token, {"statement": "select 1"})
+        state = classified(submit)
+        await auth.request(submit)
+        assert not state.answered
+        assert orjson.loads(submit.request.content or b"") == {"statement": "select 1"}
+
+
 @pytest.mark.parametrize(
     ("token", "headers", "option", "reason"),
     [

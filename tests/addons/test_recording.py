@@ -377,3 +377,26 @@ async def test_a_streamed_answer_is_recorded_from_what_passed_through(tmp_path: 
     assert by_kind["response"]["body"]["size"] == len(content)
     assert by_kind["error"]["status"] == 200
     assert by_kind["error"]["body"]["size"] == len(content) // 2
+
+
+async def test_follow_up_calls_name_the_query_they_are_about(tmp_path: Path) -> None:
+    with recording(tmp_path) as addon:
+        submitted, _ = authenticated(body=query_body("select 1", asyncExec=True))
+        await addon.request(submitted)
+        for method, path, body in (
+            ("POST", "/queries/01b2-abort/abort-request", {"requestId": "01b2-abort"}),
+            ("GET", "/monitoring/queries/01b2-poll", None),
+            ("GET", "/queries/01b2-result/result", None),
+        ):
+            flow = snowflake_flow(method, path, body)
+            state = classified(flow)
+            state.caller, state.session_id = CALLER, None
+            await addon.request(flow)
+            assert "recording" in state.passed
+    submitted_record, *follow_ups = records(tmp_path)
+    assert submitted_record["async"] is True and submitted_record["sequence_id"] == 1
+    assert sorted(record["query_id"] for record in follow_ups) == [
+        "01b2-abort",
+        "01b2-poll",
+        "01b2-result",
+    ]
