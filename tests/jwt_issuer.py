@@ -15,7 +15,7 @@ import json
 import threading
 import time
 from collections.abc import Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from joserfc import jwt
@@ -28,7 +28,7 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-class LocalIssuer:
+class LocalIssuer(stack.LoopbackServer):
     """Serves `/.well-known/openid-configuration` and `/jwks`; `mint` signs tokens."""
 
     def __init__(self, audience: str = "hoopgw") -> None:
@@ -37,16 +37,8 @@ class LocalIssuer:
         self.published: list[RSAKey] = [self.key]
         self.jwks_requests = 0
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
 
-    def start(self) -> LocalIssuer:
-        self._server = stack.serve_loopback(self._serve)
-        return self
-
-    def stop(self) -> None:
-        stack.stop_loopback(self._server)
-
-    def _serve(self, handler: BaseHTTPRequestHandler) -> None:
+    def serve(self, handler: BaseHTTPRequestHandler) -> None:
         if handler.command != "GET":
             handler.send_error(405)
             return
@@ -69,8 +61,7 @@ class LocalIssuer:
 
     @property
     def issuer(self) -> str:
-        assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return self.url
 
     def publish(self, *keys: RSAKey) -> None:
         with self._lock:

@@ -20,6 +20,7 @@ from typing import Any
 from hoopgw.recorder.segment import SUFFIX, decode_segment
 from hoopgw.recorder.store import LocalStore
 from tests import stack
+from tests.bodies import login_body, query_body
 
 Header = tuple[bytes, bytes]
 
@@ -86,21 +87,6 @@ def session_authorization(token: str) -> Header:
     return (b"Authorization", f'Snowflake Token="{token}"'.encode())
 
 
-def login_body(token: object, **fields: Any) -> dict[str, Any]:
-    return {
-        "data": {
-            "ACCOUNT_NAME": "hoopgw",
-            "LOGIN_NAME": "agent",
-            "AUTHENTICATOR": "OAUTH",
-            "TOKEN": token,
-            "CLIENT_APP_ID": "PythonConnector",
-            "CLIENT_APP_VERSION": "4.8.1",
-            "SESSION_PARAMETERS": {},
-            **fields,
-        }
-    }
-
-
 @dataclass(frozen=True)
 class Session:
     """The sealed tokens a gateway handed out at login."""
@@ -130,7 +116,7 @@ def query(
     """A query-request as the connector sends it; `headers` names use `_` for `-`."""
     extra = [session_authorization(token)] if token is not None else []
     extra += [(name.replace("_", "-").encode(), value.encode()) for name, value in headers.items()]
-    body = json.dumps({"sqlText": sql, "sequenceId": 1}).encode()
+    body = json.dumps(query_body(sql)).encode()
     return send(
         port,
         "POST",

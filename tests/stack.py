@@ -4,11 +4,16 @@ Used by the test fixtures (tests/conftest.py) and by the demo (scripts/demo.py),
 so a person and the test suite run the very same stack: fakesnow as the
 Snowflake upstream, moto's S3 server, oidc-provider-mock as the identity
 provider, and `mitmdump -s addons/gateway.py` in reverse-proxy mode.
+
+The servers the tests write themselves (a strict Snowflake front, faulty and
+shaping upstreams, an OIDC issuer, a balancer) share one base here,
+`LoopbackServer`, with `read_body`, `forward` and `send_answer` for their handlers.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gzip
 import http.client
 import json
 import os
@@ -23,6 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Self
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GATEWAY_SCRIPT = REPO_ROOT / "addons" / "gateway.py"
@@ -41,31 +47,61 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def serve_loopback(handle: Callable[[BaseHTTPRequestHandler], None]) -> ThreadingHTTPServer:
-    """A threaded HTTP/1.1 server on a free loopback port that hands every GET and POST
-    to `handle`: the upstreams and issuers the tests write themselves."""
+class LoopbackServer:
+    """A threaded HTTP/1.1 server on a free loopback port, written by a test.
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+    The upstreams, issuers and balancers the tests write themselves subclass
+    this and implement `serve`, which gets every request (GET, POST, PUT,
+    DELETE) and writes its answer; `start`, `stop`, `port` and `url` are here.
+    """
 
-        def log_message(self, format: str, *args: object) -> None:
-            pass
+    _server: ThreadingHTTPServer | None = None
 
-        def do_POST(self) -> None:
-            handle(self)
+    def serve(self, handler: BaseHTTPRequestHandler) -> None:
+        raise NotImplementedError
 
-        do_GET = do_POST
+    def start(self) -> Self:
+        serve = self.serve
 
-    server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                serve(self)
+
+            do_GET = do_PUT = do_DELETE = do_POST
+
+        server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        self._server = server
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "start() the server first"
+        return self._server.server_address[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
 
 
-def stop_loopback(server: ThreadingHTTPServer | None) -> None:
-    if server is not None:
-        server.shutdown()
-        server.server_close()
+def read_body(handler: BaseHTTPRequestHandler) -> bytes:
+    """The request body a loopback server received, gunzipped when the client gzipped it."""
+    length = int(handler.headers.get("Content-Length") or 0)
+    body = handler.rfile.read(length) if length else b""
+    if handler.headers.get("Content-Encoding", "").lower() == "gzip" and body:
+        body = gzip.decompress(body)
+    return body
 
 
 def forward(upstream: str, handler: BaseHTTPRequestHandler, body: bytes) -> tuple[int, bytes, str]:

@@ -19,7 +19,6 @@ sits between the gateway and fakesnow and:
 from __future__ import annotations
 
 import base64
-import gzip
 import hashlib
 import http.client
 import itertools
@@ -30,7 +29,7 @@ import time
 import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
@@ -38,6 +37,8 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from joserfc import jws, jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import RSAKey
+
+from tests import stack
 
 BAD_CREDENTIALS = {
     "data": {"nextAction": None, "authnMethod": "PASSWORD"},
@@ -95,7 +96,7 @@ def fingerprint(public_key: RSAPublicKey) -> str:
     return "SHA256:" + base64.b64encode(hashlib.sha256(der).digest()).decode()
 
 
-class StrictUpstream:
+class StrictUpstream(stack.LoopbackServer):
     """Run with `start()`; `url` is its base URL; `stop()` shuts it down."""
 
     def __init__(
@@ -120,32 +121,8 @@ class StrictUpstream:
         self._state = _State()
         self._lock = threading.Lock()
         self._session_ids = itertools.count(1_000_001)
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # Control
-
-    def start(self) -> StrictUpstream:
-        upstream = self
-
-        class Handler(_Handler):
-            strict = upstream
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
 
     def expire_sessions(self) -> int:
         """Make every current session token answer 390112 (expired) until renewed."""
@@ -183,6 +160,12 @@ class StrictUpstream:
             return list(self._state.received[mark:])
 
     # Request handling (called from the server's threads)
+
+    def serve(self, handler: BaseHTTPRequestHandler) -> None:
+        body = stack.read_body(handler)
+        headers = {_canonical_header(k): v for k, v in handler.headers.items()}
+        answer = self.handle(handler.command, handler.path, headers, body)
+        stack.send_answer(handler, answer.status, answer.body, answer.content_type)
 
     def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> _Answer:
         with self._lock:
@@ -415,29 +398,6 @@ def _snowflake_token(headers: dict[str, str]) -> str | None:
     if value.startswith(prefix) and value.endswith(suffix):
         return value[len(prefix) : -len(suffix)]
     return None
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    strict: StrictUpstream
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def _serve(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        if self.headers.get("Content-Encoding", "").lower() == "gzip" and body:
-            body = gzip.decompress(body)
-        headers = {_canonical_header(k): v for k, v in self.headers.items()}
-        answer = self.strict.handle(self.command, self.path, headers, body)
-        self.send_response(answer.status)
-        self.send_header("Content-Type", answer.content_type)
-        self.send_header("Content-Length", str(len(answer.body)))
-        self.end_headers()
-        self.wfile.write(answer.body)
-
-    do_GET = do_POST = do_PUT = do_DELETE = _serve
 
 
 def _canonical_header(name: str) -> str:

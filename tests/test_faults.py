@@ -14,7 +14,6 @@ S3 errors and a full spool are the recording tests' (tests/test_recording_e2e.py
 from __future__ import annotations
 
 import collections
-import gzip
 import json
 import socket
 import struct
@@ -24,7 +23,7 @@ import urllib.parse
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -32,12 +31,13 @@ from joserfc.jwk import RSAKey
 from snowflake.connector import DatabaseError, OperationalError
 
 from tests import stack
+from tests.bodies import login_body
 from tests.jwt_issuer import LocalIssuer
-from tests.raw_http import gzip_bomb, login, login_body, query, send, stored_records
+from tests.raw_http import gzip_bomb, login, query, send, stored_records
 
 
 @dataclass
-class FaultyUpstream:
+class FaultyUpstream(stack.LoopbackServer):
     """Forwards to fakesnow, except where a statement asks for a fault.
 
     A query whose SQL contains `/*fault:NAME*/` gets that fault on its first
@@ -54,28 +54,13 @@ class FaultyUpstream:
     garble_logins: int = 0
     seen: collections.Counter[str] = field(default_factory=collections.Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
-    server: ThreadingHTTPServer | None = None
-
-    def start(self) -> FaultyUpstream:
-        self.server = stack.serve_loopback(self.serve)
-        return self
-
-    def stop(self) -> None:
-        stack.stop_loopback(self.server)
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
 
     def attempts(self, request_id: str) -> int:
         with self.lock:
             return self.seen[request_id]
 
     def serve(self, handler: BaseHTTPRequestHandler) -> None:
-        length = int(handler.headers.get("Content-Length") or 0)
-        raw = handler.rfile.read(length) if length else b""
-        body = gzip.decompress(raw) if handler.headers.get("Content-Encoding") == "gzip" else raw
+        body = stack.read_body(handler)
         route, _, query_string = handler.path.partition("?")
         request_id = urllib.parse.parse_qs(query_string).get("requestId", [""])[0]
         fault = None
@@ -118,11 +103,8 @@ class FaultyUpstream:
             case "bomb":
                 self.answer(handler, 200, gzip_bomb(), "application/json", encoding="gzip")
                 return
-        status, content, content_type = self.forward(handler, body)
+        status, content, content_type = stack.forward(self.fakesnow, handler, body)
         self.answer(handler, status, content, content_type)
-
-    def forward(self, handler: BaseHTTPRequestHandler, body: bytes) -> tuple[int, bytes, str]:
-        return stack.forward(self.fakesnow, handler, body)
 
     answer = staticmethod(stack.send_answer)
 

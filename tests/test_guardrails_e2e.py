@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from snowflake.connector import DatabaseError, ProgrammingError
 
 from hoopgw.recorder.secrets import new_token_key
 from tests import stack
+from tests.bodies import GUARDRAILS_POLICY, write_service_key
 from tests.strict_upstream import StrictUpstream
 
 ACCOUNT = "gr12345"
@@ -29,39 +29,11 @@ TOKEN_KEY_ENV = "HOOPGW_TEST_TOKEN_KEY"
 POLICY_CODE = 399003
 GROUPS = ["readers", "agents", "analysts", "tolerant"]
 
-POLICY = """
-[[rule]]
-name = "readers-read-only"
-groups = ["readers"]
-read_only = true
-
-[[rule]]
-name = "agents-guard"
-groups = ["agents"]
-deny_kinds = ["DROP", "TRUNCATE", "GRANT", "REVOKE"]
-deny_objects = ["*.PAYROLL.*", "*.APP.SECRETS"]
-require_where = true
-
-[[rule]]
-name = "tolerant-parse"
-groups = ["tolerant"]
-deny_kinds = ["DROP"]
-on_unparsable = "allow"
-"""
-
 
 @pytest.fixture(scope="module")
 def service_key(workdir: Path) -> Path:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     path = workdir / f"guardrails-key-{uuid.uuid4().hex[:6]}.p8"
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    path.chmod(0o600)
+    write_service_key(path)
     return path
 
 
@@ -103,7 +75,7 @@ def env() -> dict[str, str]:
 @pytest.fixture(scope="module")
 def gw(gateway_factory, strict, oidc, service_key, env, workdir: Path) -> stack.Gateway:
     policy = workdir / "guardrails-policy.toml"
-    policy.write_text(POLICY)
+    policy.write_text(GUARDRAILS_POLICY)
     return gateway_factory(
         strict.url, gateway_options(oidc.issuer, service_key, policy), env=env, name="gr-gw"
     )
@@ -298,7 +270,7 @@ def _wait(condition: Any, what: str) -> None:
 
 def test_policy_reload(gateway_factory, strict, oidc, service_key, env, workdir, connect) -> None:
     policy = workdir / f"reload-{uuid.uuid4().hex[:6]}.toml"
-    policy.write_text(POLICY)
+    policy.write_text(GUARDRAILS_POLICY)
     gateway = gateway_factory(
         strict.url, gateway_options(oidc.issuer, service_key, policy), env=env
     )
@@ -314,17 +286,20 @@ def test_policy_reload(gateway_factory, strict, oidc, service_key, env, workdir,
 
     assert not select_refused()
     policy.write_text(
-        POLICY + '[[rule]]\nname = "no-select"\ngroups = ["analysts"]\ndeny_kinds = ["SELECT"]\n'
+        GUARDRAILS_POLICY
+        + '[[rule]]\nname = "no-select"\ngroups = ["analysts"]\ndeny_kinds = ["SELECT"]\n'
     )
     _wait(select_refused, "the new rule to take effect")
     assert "hoopgw: policy reloaded from" in gateway.log()
 
-    policy.write_text(POLICY + '[[rule]]\nname = "broken"\ngroups = ["analysts"]\nnope = 1\n')
+    policy.write_text(
+        GUARDRAILS_POLICY + '[[rule]]\nname = "broken"\ngroups = ["analysts"]\nnope = 1\n'
+    )
     _wait(lambda: "policy change refused" in gateway.log(), "the broken policy to be refused")
     assert "rule 'broken': nope: unknown key" in gateway.log()
     assert select_refused()
 
-    policy.write_text(POLICY)
+    policy.write_text(GUARDRAILS_POLICY)
     _wait(lambda: not select_refused(), "the restored policy to take effect")
 
 

@@ -22,6 +22,7 @@ import pytest
 
 from hoopgw.addons.protocol import CODE_GATEWAY_PROTOCOL
 from tests import stack
+from tests.bodies import login_body
 from tests.conftest import UPSTREAM_TEST_PASSWORD
 from tests.raw_http import (
     Answer,
@@ -30,7 +31,6 @@ from tests.raw_http import (
     gzip_bomb,
     json_headers,
     login,
-    login_body,
     query,
     secrets_in,
     send,

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from joserfc.jwk import RSAKey
 from snowflake.connector import DatabaseError
@@ -26,6 +25,7 @@ from snowflake.connector import DatabaseError
 from hoopgw.addons.session_tokens import TOKEN_PREFIX
 from hoopgw.recorder.secrets import new_token_key
 from tests import stack
+from tests.bodies import login_body, write_service_key
 from tests.jwt_issuer import LocalIssuer
 from tests.strict_upstream import StrictUpstream, contains_any
 
@@ -37,16 +37,8 @@ TOKEN_KEY_ENV = "HOOPGW_TEST_TOKEN_KEY"
 
 @pytest.fixture(scope="module")
 def service_key(workdir: Path) -> tuple[rsa.RSAPrivateKey, Path]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     path = workdir / f"service-key-{uuid.uuid4().hex[:6]}.p8"
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    path.chmod(0o600)
+    key, _ = write_service_key(path)
     return key, path
 
 
@@ -122,21 +114,6 @@ def call(
 
 def found_in(text: str, needles: Iterable[str]) -> list[str]:
     return [needle for needle in needles if needle and needle in text]
-
-
-def login_body(token: str, **fields: Any) -> dict[str, Any]:
-    return {
-        "data": {
-            "ACCOUNT_NAME": "whatever",
-            "LOGIN_NAME": "agent",
-            "AUTHENTICATOR": "OAUTH",
-            "TOKEN": token,
-            "CLIENT_APP_ID": "PythonConnector",
-            "CLIENT_APP_VERSION": "4.8.1",
-            "SESSION_PARAMETERS": {},
-            **fields,
-        }
-    }
 
 
 def query(gateway: stack.Gateway, token: str | None, sql: str) -> dict[str, Any]:

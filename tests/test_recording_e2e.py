@@ -32,6 +32,7 @@ from hoopgw.recorder.secrets import new_token_key
 from hoopgw.recorder.segment import compress_lines, decompress_segment
 from hoopgw.recorder.store import open_store
 from tests import stack
+from tests.bodies import write_service_key
 from tests.strict_upstream import Received, StrictUpstream
 
 ACCOUNT = "xy12345.eu-west-1"
@@ -71,13 +72,8 @@ class GatewaySecrets:
 
 @pytest.fixture(scope="module")
 def service_key(workdir: Path) -> ServiceKey:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
     path = workdir / f"recording-key-{uuid.uuid4().hex[:6]}.p8"
-    path.write_bytes(pem)
-    path.chmod(0o600)
+    key, pem = write_service_key(path)
     return ServiceKey(key, path, pem.decode())
 
 

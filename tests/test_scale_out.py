@@ -17,7 +17,7 @@ import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -46,7 +46,7 @@ HOP_BY_HOP = frozenset(
 
 
 @dataclass
-class RoundRobin:
+class RoundRobin(stack.LoopbackServer):
     """A per-request round-robin HTTP/1.1 balancer: request N goes to backend N mod len."""
 
     backends: list[int]
@@ -59,47 +59,29 @@ class RoundRobin:
             self.routed.append((index, path))
             return index
 
-    def serve(self) -> tuple[ThreadingHTTPServer, int]:
-        balancer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def _forward(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else None
-                index = balancer.next_backend(self.path)
-                upstream = http.client.HTTPConnection(
-                    stack.LOOPBACK, balancer.backends[index], timeout=60
-                )
-                try:
-                    headers = {
-                        name: value
-                        for name, value in self.headers.items()
-                        if name.lower() not in HOP_BY_HOP
-                    }
-                    upstream.request(self.command, self.path, body, headers)
-                    answer = upstream.getresponse()
-                    payload = answer.read()
-                finally:
-                    upstream.close()
-                self.send_response(answer.status, answer.reason)
-                for name, value in answer.getheaders():
-                    if name.lower() not in HOP_BY_HOP | {"content-length"}:
-                        self.send_header(name, value)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            do_GET = do_POST = do_PUT = do_DELETE = _forward
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        server = ThreadingHTTPServer((stack.LOOPBACK, 0), Handler)
-        server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        return server, server.server_address[1]
+    def serve(self, handler: BaseHTTPRequestHandler) -> None:
+        length = int(handler.headers.get("Content-Length") or 0)
+        body = handler.rfile.read(length) if length else None
+        index = self.next_backend(handler.path)
+        upstream = http.client.HTTPConnection(stack.LOOPBACK, self.backends[index], timeout=60)
+        try:
+            headers = {
+                name: value
+                for name, value in handler.headers.items()
+                if name.lower() not in HOP_BY_HOP
+            }
+            upstream.request(handler.command, handler.path, body, headers)
+            answer = upstream.getresponse()
+            payload = answer.read()
+        finally:
+            upstream.close()
+        handler.send_response(answer.status, answer.reason)
+        for name, value in answer.getheaders():
+            if name.lower() not in HOP_BY_HOP | {"content-length"}:
+                handler.send_header(name, value)
+        handler.send_header("Content-Length", str(len(payload)))
+        handler.end_headers()
+        handler.wfile.write(payload)
 
 
 @pytest.fixture
@@ -163,10 +145,10 @@ def test_one_session_alternates_between_two_replicas(
 ) -> None:
     duckdb = pytest.importorskip("duckdb")
     balancer = RoundRobin([gateway.port for gateway in replicas])
-    server, port = balancer.serve()
+    balancer.start()
     try:
         connection = connect(
-            f"http://{stack.LOOPBACK}:{port}",
+            balancer.url,
             oidc.mint("scaler", ["agents"], email="scaler@example.com"),
         )
         cursor = connection.cursor()
@@ -174,8 +156,7 @@ def test_one_session_alternates_between_two_replicas(
         answers = [cursor.execute(sql).fetchone() for sql in statements]
         connection.close()
     finally:
-        server.shutdown()
-        server.server_close()
+        balancer.stop()
     assert answers == [(n,) for n in range(6)]
 
     queries = [index for index, path in balancer.routed if "/queries/v1/query-request" in path]

@@ -23,7 +23,7 @@ import zlib
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -258,36 +258,21 @@ def api_answer(partition: int) -> bytes:
 
 
 @dataclass
-class ShapedUpstream:
+class ShapedUpstream(stack.LoopbackServer):
     """Forwards to fakesnow, except: SQL API statements get a gzip-encoded 100k-row answer,
     and a query whose SQL holds `/*cut*/` gets its real answer cut in half by a TCP reset."""
 
     fakesnow: str
-    server: ThreadingHTTPServer | None = None
-
-    def start(self) -> ShapedUpstream:
-        self.server = stack.serve_loopback(self.serve)
-        return self
-
-    def stop(self) -> None:
-        stack.stop_loopback(self.server)
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
 
     def serve(self, handler: BaseHTTPRequestHandler) -> None:
-        length = int(handler.headers.get("Content-Length") or 0)
-        raw = handler.rfile.read(length) if length else b""
-        body = gzip.decompress(raw) if handler.headers.get("Content-Encoding") == "gzip" else raw
+        body = stack.read_body(handler)
         route, _, query_string = handler.path.partition("?")
         if route.startswith("/api/v2/statements"):
             partition = int(urllib.parse.parse_qs(query_string).get("partition", ["0"])[0])
             content = gzip.compress(api_answer(partition), compresslevel=1)
             self.answer(handler, 200, content, "application/json", encoding="gzip")
             return
-        status, content, content_type = self.forward(handler, body)
+        status, content, content_type = stack.forward(self.fakesnow, handler, body)
         cut = route == "/queries/v1/query-request" and CUT in json.loads(body).get("sqlText", "")
         if not cut:
             self.answer(handler, status, content, content_type)
@@ -299,9 +284,6 @@ class ShapedUpstream:
         handler.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         handler.close_connection = True
         handler.connection.close()
-
-    def forward(self, handler: BaseHTTPRequestHandler, body: bytes) -> tuple[int, bytes, str]:
-        return stack.forward(self.fakesnow, handler, body)
 
     answer = staticmethod(stack.send_answer)
 

@@ -1,0 +1,305 @@
+"""SnowflakeTraffic: classify, bound and parse each request once, or refuse it."""
+
+from __future__ import annotations
+
+import gzip
+
+import orjson
+import pytest
+from mitmproxy import exceptions, http
+from mitmproxy.addons.proxyserver import Proxyserver
+from mitmproxy.test import taddons
+
+from hoopgw.addons import protocol
+from hoopgw.addons.flowstate import state_of
+from hoopgw.addons.protocol import Endpoint, StreamedAnswer
+from hoopgw.addons.traffic import SnowflakeTraffic
+from tests.addons import (
+    LOGIN_PATH,
+    QUERY_PATH,
+    STATEMENTS_PATH,
+    answer_json,
+    error_of,
+    snowflake_flow,
+)
+from tests.bodies import login_body
+
+GATEWAY_PROTOCOL = str(protocol.CODE_GATEWAY_PROTOCOL)
+
+
+def run_request(traffic: SnowflakeTraffic, flow: http.HTTPFlow) -> None:
+    traffic.requestheaders(flow)
+    traffic.request(flow)
+
+
+def proxy_context(traffic: SnowflakeTraffic) -> taddons.context:
+    """mitmproxy's proxy server declares the options the addon keeps safe."""
+    return taddons.context(Proxyserver(), traffic)
+
+
+def test_configure_bounds_bodies_and_keeps_mitmproxy_safe() -> None:
+    traffic = SnowflakeTraffic()
+    with proxy_context(traffic) as tctx:
+        tctx.configure(traffic, hoopgw_request_limit=4096, hoopgw_response_limit=8192)
+        assert (traffic.request_limit, traffic.response_limit) == (4096, 8192)
+        assert tctx.options.body_size_limit == "8192"
+        tctx.configure(traffic, connection_strategy="eager")
+        assert tctx.options.connection_strategy == "lazy"
+
+
+def test_configure_keeps_the_operators_body_size_limit() -> None:
+    traffic = SnowflakeTraffic()
+    with proxy_context(traffic) as tctx:
+        tctx.configure(traffic, body_size_limit="1m")
+        tctx.configure(traffic, hoopgw_request_limit=4096)
+        assert tctx.options.body_size_limit == "1m"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"hoopgw_request_limit": 100}, "hoopgw_request_limit must be at least 1024"),
+        ({"hoopgw_response_limit": 100}, "hoopgw_response_limit must be at least 1024"),
+        ({"stream_large_bodies": "1m"}, "stream_large_bodies must stay unset"),
+    ],
+)
+def test_configure_refuses_unsafe_options(options: dict, message: str) -> None:
+    traffic = SnowflakeTraffic()
+    with proxy_context(traffic) as tctx, pytest.raises(exceptions.OptionsError, match=message):
+        tctx.configure(traffic, **options)
+
+
+def test_login_is_parsed_once_and_names_the_client() -> None:
+    flow = snowflake_flow(
+        "POST",
+        f"{LOGIN_PATH}?request_id=1",
+        login_body("id-token"),
+        [("cookie", "tracking=1"), ("proxy-authorization", "Basic eDp5")],
+    )
+    run_request(SnowflakeTraffic(), flow)
+    state = state_of(flow)
+    assert state is not None and not state.answered
+    assert state.endpoint is Endpoint.LOGIN
+    assert flow.request.stream is False
+    assert state.request_json == login_body("id-token")
+    assert (state.client_app, state.client_version) == ("PythonConnector", "4.8.1")
+    assert "cookie" not in flow.request.headers
+    assert "proxy-authorization" not in flow.request.headers
+
+
+def test_a_call_without_login_data_is_named_by_its_user_agent() -> None:
+    flow = snowflake_flow("POST", f"{QUERY_PATH}?requestId=1", {"sqlText": "select 1"})
+    run_request(SnowflakeTraffic(), flow)
+    state = state_of(flow)
+    assert state is not None
+    assert state.request_json == {"sqlText": "select 1"}
+    assert state.client_app == "PythonConnector/4.8.1 (Linux) CPython/3.12"
+
+
+def test_a_gzip_body_is_decoded_within_the_limit() -> None:
+    flow = snowflake_flow("POST", QUERY_PATH, gzip.compress(b'{"sqlText": "select 2"}'))
+    flow.request.headers["content-encoding"] = "gzip"
+    run_request(SnowflakeTraffic(), flow)
+    state = state_of(flow)
+    assert state is not None and state.request_json == {"sqlText": "select 2"}
+
+
+def test_flows_loaded_from_a_file_are_left_alone() -> None:
+    flow = snowflake_flow("POST", QUERY_PATH, {"sqlText": "select 1"}, live=False)
+    run_request(SnowflakeTraffic(), flow)
+    assert state_of(flow) is None
+    assert flow.response is None
+
+
+def test_an_answered_flow_keeps_its_answer() -> None:
+    traffic = SnowflakeTraffic()
+    flow = snowflake_flow("GET", "/not-snowflake")
+    run_request(traffic, flow)
+    refusal = flow.response
+    traffic.request(flow)
+    assert flow.response is refusal
+
+
+def test_unserved_path_is_refused_with_404() -> None:
+    flow = snowflake_flow("POST", "/queries/v1/query-request;x", {"sqlText": "drop table t"})
+    run_request(SnowflakeTraffic(), flow)
+    state = state_of(flow)
+    assert state is not None and state.endpoint is Endpoint.OTHER
+    assert flow.response is not None and flow.response.status_code == 404
+    assert error_of(flow)["code"] == GATEWAY_PROTOCOL
+    assert "not a Snowflake endpoint" in error_of(flow)["message"]
+    assert state.refusal is not None and state.refusal.source == "protocol"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [("GET", QUERY_PATH, "POST"), ("DELETE", f"{STATEMENTS_PATH}/01b2c3d4", "GET")],
+)
+def test_wrong_method_is_refused_with_405(method: str, path: str, allowed: str) -> None:
+    flow = snowflake_flow(method, path)
+    run_request(SnowflakeTraffic(), flow)
+    assert flow.response is not None and flow.response.status_code == 405
+    assert flow.response.headers["Allow"] == allowed
+    assert f"method {method} is not used on this endpoint" in error_of(flow)["message"]
+
+
+def test_a_header_with_a_bare_cr_is_refused_and_escaped_for_the_record() -> None:
+    flow = snowflake_flow("POST", QUERY_PATH, {"sqlText": "select 1"})
+    flow.request.headers.fields = (*flow.request.headers.fields, (b"x-evil", b"a\rb"))
+    run_request(SnowflakeTraffic(), flow)
+    assert error_of(flow)["code"] == GATEWAY_PROTOCOL
+    assert flow.request.headers["x-evil"] == "a\\x0db"
+
+
+def test_an_absolute_form_target_is_refused() -> None:
+    flow = snowflake_flow("POST", QUERY_PATH, {"sqlText": "select 1"})
+    flow.request.authority = "evil.example.com:443"
+    run_request(SnowflakeTraffic(), flow)
+    assert "must be a path, not an absolute URL" in error_of(flow)["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "encoding", "reason"),
+    [
+        (b"[1, 2]", None, "not an object"),
+        (b"{not json", None, "JSON"),
+        (b"\x1f\x8b garbage", "gzip", "gzip"),
+        (gzip.compress(b" " * 4096), "gzip", "limit"),
+    ],
+)
+def test_malformed_bodies_are_refused(body: bytes, encoding: str | None, reason: str) -> None:
+    traffic = SnowflakeTraffic()
+    traffic.request_limit = 1024
+    flow = snowflake_flow("POST", QUERY_PATH, body)
+    if encoding:
+        flow.request.headers["content-encoding"] = encoding
+    run_request(traffic, flow)
+    answer = error_of(flow)
+    assert answer["code"] == GATEWAY_PROTOCOL
+    assert answer["success"] is False
+    assert reason.lower() in answer["message"].lower()
+
+
+def test_response_is_parsed_for_endpoints_that_carry_outcomes() -> None:
+    traffic = SnowflakeTraffic()
+    flow = snowflake_flow("POST", QUERY_PATH, {"sqlText": "select 1"})
+    run_request(traffic, flow)
+    flow.response = answer_json({"success": True, "data": {"queryId": "01b2"}})
+    traffic.response(flow)
+    state = state_of(flow)
+    assert state is not None
+    assert state.response_json == {"success": True, "data": {"queryId": "01b2"}}
+
+
+def test_response_of_other_endpoints_is_kept_as_bytes() -> None:
+    traffic = SnowflakeTraffic()
+    flow = snowflake_flow("POST", "/session/heartbeat")
+    run_request(traffic, flow)
+    flow.response = answer_json({"success": True})
+    traffic.response(flow)
+    state = state_of(flow)
+    assert state is not None
+    assert state.response_body == b'{"success":true}' and state.response_json is None
+
+
+@pytest.mark.parametrize(
+    ("content", "encoding"), [(b"<html>maintenance</html>", None), (b"not gzip", "gzip")]
+)
+def test_an_unreadable_response_is_passed_on_unparsed(content: bytes, encoding: str | None) -> None:
+    traffic = SnowflakeTraffic()
+    flow = snowflake_flow("POST", QUERY_PATH, {"sqlText": "select 1"})
+    run_request(traffic, flow)
+    flow.response = http.Response.make(200, content, {"Content-Type": "text/html"})
+    if encoding:
+        flow.response.headers["content-encoding"] = encoding
+    traffic.response(flow)
+    state = state_of(flow)
+    assert state is not None
+    assert state.response_json is None
+    assert state.response_body == content
+    assert flow.response.raw_content == content
+
+
+def test_response_hooks_skip_flows_the_gateway_answered_or_never_saw() -> None:
+    traffic = SnowflakeTraffic()
+    refused = snowflake_flow("GET", "/nowhere")
+    run_request(traffic, refused)
+    refusal = refused.response
+    traffic.responseheaders(refused)
+    traffic.response(refused)
+    assert refused.response is refusal and refusal is not None and refusal.stream is False
+    unseen = snowflake_flow("POST", QUERY_PATH, live=False)
+    unseen.response = answer_json({"success": True})
+    traffic.responseheaders(unseen)
+    traffic.response(unseen)
+    assert state_of(unseen) is None
+
+
+def big_result(rows: int) -> bytes:
+    return orjson.dumps(
+        {"success": True, "data": {"queryId": "01b2", "rowset": [["x" * 20]] * rows}}
+    )
+
+
+def streaming_context(traffic: SnowflakeTraffic) -> taddons.context:
+    """Recording declares hoopgw_body_limit; the threshold over which answers stream."""
+    tctx = taddons.context(traffic)
+    tctx.options.add_option("hoopgw_body_limit", int, 1024, "")
+    return tctx
+
+
+def test_a_large_result_is_streamed_and_outlined() -> None:
+    traffic = SnowflakeTraffic()
+    with streaming_context(traffic):
+        flow = snowflake_flow("POST", QUERY_PATH, {"sqlText": "select big"})
+        run_request(traffic, flow)
+        content = big_result(200)
+        flow.response = http.Response.make(200, b"", {"Content-Type": "application/json"})
+        flow.response.headers["content-length"] = str(len(content))
+        traffic.responseheaders(flow)
+        state = state_of(flow)
+        assert state is not None and isinstance(state.streamed, StreamedAnswer)
+        assert flow.response.stream is state.streamed
+        state.streamed(content)
+        traffic.response(flow)
+        assert state.response_json is not None
+        assert state.response_json["data"]["queryId"] == "01b2"
+        assert state.streamed.facts()["size"] == len(content)
+
+
+@pytest.mark.parametrize(
+    ("status", "path", "headers"),
+    [
+        (500, QUERY_PATH, {}),
+        (200, LOGIN_PATH, {}),
+        (200, QUERY_PATH, {"transfer-encoding": "chunked"}),
+        (200, QUERY_PATH, {"content-length": "100"}),
+        (200, QUERY_PATH, {"content-encoding": "compress"}),
+    ],
+    ids=["error", "login", "no-length", "small", "unknown-encoding"],
+)
+def test_other_answers_stay_buffered(status: int, path: str, headers: dict[str, str]) -> None:
+    traffic = SnowflakeTraffic()
+    with streaming_context(traffic):
+        flow = snowflake_flow("POST", path, login_body("t") if path == LOGIN_PATH else {})
+        run_request(traffic, flow)
+        flow.response = http.Response.make(status, b"", {"Content-Type": "application/json"})
+        flow.response.headers["content-length"] = "100000"
+        for name, value in headers.items():
+            flow.response.headers[name] = value
+        traffic.responseheaders(flow)
+        state = state_of(flow)
+        assert state is not None and state.streamed is None
+        assert not flow.response.stream
+
+
+def test_without_a_body_limit_nothing_is_streamed() -> None:
+    traffic = SnowflakeTraffic()
+    with taddons.context(traffic):
+        flow = snowflake_flow("POST", QUERY_PATH, {"sqlText": "select big"})
+        run_request(traffic, flow)
+        flow.response = http.Response.make(200, b"", {"Content-Type": "application/json"})
+        flow.response.headers["content-length"] = "10000000"
+        traffic.responseheaders(flow)
+        state = state_of(flow)
+        assert state is not None and state.streamed is None
