@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -59,7 +59,7 @@ class SpoolConfig:
     rollup_part_max_bytes: int = 1 * MiB
     rollup_part_max_entries: int = 10_000
     rollup_idle_seconds: float = 600.0
-    clock: Callable[[], float] = field(default=time.time, compare=False)
+    clock: Callable[[], float] = time.time
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "directory", Path(self.directory))
