@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from hoopgw.recorder.catalog import Archive, SessionNotFound
-from hoopgw.recorder.ids import InvalidSessionId, new_session_id, new_writer_id
+from hoopgw.recorder.ids import InvalidSessionId, InvalidWriterId, new_session_id, new_writer_id
 from hoopgw.recorder.schema import FORMAT_VERSION, GENESIS_HASH, record_hash, validate_record
 from hoopgw.recorder.spool import Spool, SpoolConfig, SpoolError
 from hoopgw.recorder.store import LocalStore
@@ -142,6 +142,16 @@ def test_one_spool_per_directory(make_spool, tmp_path: Path, store: LocalStore) 
     with pytest.raises(SpoolError, match="in use"):
         config = SpoolConfig(tmp_path / "spool", writer_id=new_writer_id(), max_bytes=1)
         Spool(config, store).start()
+
+
+def test_the_config_checks_the_writer_id_and_takes_no_interval_as_no_rollups(tmp_path) -> None:
+    with pytest.raises(InvalidWriterId):
+        SpoolConfig(tmp_path, writer_id="Not-An-Id", max_bytes=1)
+    for interval in (None, 0, -1.0):
+        config = SpoolConfig(
+            str(tmp_path), writer_id=new_writer_id(), max_bytes=1, rollup_interval=interval
+        )
+        assert (config.rollup_interval, config.directory) == (None, tmp_path)
 
 
 # --- durability ----------------------------------------------------------------------
