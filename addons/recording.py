@@ -43,7 +43,7 @@ from hoopgw.recorder.records import (
     withhold_statement_echoes,
 )
 from hoopgw.recorder.schema import RecordKind
-from hoopgw.recorder.spool import Spool
+from hoopgw.recorder.spool import Spool, SpoolConfig
 from hoopgw.recorder.store import Store, open_store
 
 logger = logging.getLogger(__name__)
@@ -177,11 +177,13 @@ class Recording:
             return
         directory = Path(ctx.options.hoopgw_spool_dir)
         self.spool = Spool(
-            directory,
+            SpoolConfig(
+                directory,
+                writer_id=self.writer_id,
+                max_bytes=ctx.options.hoopgw_spool_max_bytes,
+                rollup_interval=ctx.options.hoopgw_rollup_interval or None,
+            ),
             self.store,
-            writer_id=self.writer_id,
-            max_bytes=ctx.options.hoopgw_spool_max_bytes,
-            rollup_interval=ctx.options.hoopgw_rollup_interval or None,
         )
         self.spool.start()
         logger.info("hoopgw: recording to %s (writer %s)", ctx.options.hoopgw_store, self.writer_id)

@@ -33,7 +33,7 @@ from click.testing import CliRunner
 
 from hoopgw.cli.main import main
 from hoopgw.recorder.ids import new_session_id, new_writer_id
-from hoopgw.recorder.spool import Spool
+from hoopgw.recorder.spool import Spool, SpoolConfig
 from hoopgw.recorder.statements import classify, clear_cache
 from hoopgw.recorder.store import open_store
 from tests import stack
@@ -135,7 +135,7 @@ def session_records(number: int) -> list[dict[str, Any]]:
 def record_sessions(store_url: str, endpoint: str, count: int, spool_dir: Path) -> float:
     started = time.perf_counter()
     store = open_store(store_url, s3_endpoint_url=endpoint)
-    spool = Spool(spool_dir, store, writer_id=new_writer_id(), max_bytes=1 << 30)
+    spool = Spool(SpoolConfig(spool_dir, writer_id=new_writer_id(), max_bytes=1 << 30), store)
     spool.start()
     try:
         for number in range(count):

@@ -32,7 +32,7 @@ from hoopgw.recorder.ids import new_session_id, new_writer_id
 from hoopgw.recorder.redaction import body_for_record, redact_headers, redact_sql
 from hoopgw.recorder.schema import GENESIS_HASH, chain_record
 from hoopgw.recorder.segment import COMPRESSION_LEVEL, compress_lines, encode_segment
-from hoopgw.recorder.spool import Spool
+from hoopgw.recorder.spool import Spool, SpoolConfig
 from hoopgw.recorder.store import LocalStore
 
 BODY_LIMIT = 1024 * 1024
@@ -463,10 +463,8 @@ def bench_spool(
     a record of its own session and awaits durability before appending the next."""
     with tempfile.TemporaryDirectory(prefix="hoopgw-bench-") as tmp:
         spool = Spool(
-            Path(tmp) / "spool",
+            SpoolConfig(Path(tmp) / "spool", writer_id=new_writer_id(), max_bytes=1 << 34),
             LocalStore(Path(tmp) / "store"),
-            writer_id=new_writer_id(),
-            max_bytes=1 << 34,
         )
         spool.start()
         latencies: list[float] = []
@@ -488,7 +486,7 @@ def bench_spool(
             return time.perf_counter() - started
 
         elapsed = asyncio.run(run())
-        batches = spool.stats()["batches"]
+        batches = spool.stats().batches
         spool.flush(60)
         spool.close()
     latencies.sort()

@@ -21,7 +21,7 @@ from hoopgw.recorder.ids import InvalidSessionId, new_session_id, new_writer_id
 from hoopgw.recorder.index import ArchiveIndex
 from hoopgw.recorder.schema import chain_record
 from hoopgw.recorder.segment import compress_lines, decompress_segment
-from hoopgw.recorder.spool import Spool
+from hoopgw.recorder.spool import Spool, SpoolConfig
 from hoopgw.recorder.store import LocalStore
 
 DEADLINE = 20.0
@@ -116,7 +116,8 @@ def session_records(session_id: str, who: dict[str, Any], statements: int) -> li
 
 
 def record_into(store: LocalStore, spool_dir: Path, records: list[dict], **options: Any) -> str:
-    spool = Spool(spool_dir, store, writer_id=new_writer_id(), max_bytes=1 << 30, **options)
+    config = SpoolConfig(spool_dir, writer_id=new_writer_id(), max_bytes=1 << 30, **options)
+    spool = Spool(config, store)
     spool.start()
     try:
         futures = [spool.append(record) for record in records]

@@ -21,7 +21,7 @@ import pytest
 from hoopgw.recorder.catalog import Archive
 from hoopgw.recorder.ids import new_session_id, new_writer_id
 from hoopgw.recorder.index import ArchiveIndex
-from hoopgw.recorder.spool import Spool
+from hoopgw.recorder.spool import Spool, SpoolConfig
 from hoopgw.recorder.store import KeyNotFound, S3Store, StoreError, open_store
 
 DEADLINE = 20.0
@@ -164,7 +164,8 @@ def _records(session_id: str, count: int) -> list[dict]:
 
 def test_spool_to_s3_and_back(moto_endpoint: str, bucket: str, tmp_path: Path) -> None:
     store = S3Store(bucket, "hoopgw", endpoint_url=moto_endpoint)
-    spool = Spool(tmp_path / "spool", store, writer_id=new_writer_id(), max_bytes=1 << 30)
+    config = SpoolConfig(tmp_path / "spool", writer_id=new_writer_id(), max_bytes=1 << 30)
+    spool = Spool(config, store)
     spool.start()
     session_id = new_session_id()
     try:
@@ -196,12 +197,14 @@ def test_spool_rides_out_a_hung_s3_server(
         read_timeout=0.5,
     )
     spool = Spool(
-        tmp_path / "spool",
+        SpoolConfig(
+            tmp_path / "spool",
+            writer_id=new_writer_id(),
+            max_bytes=1 << 30,
+            retry_initial=0.05,
+            retry_max=0.2,
+        ),
         store,
-        writer_id=new_writer_id(),
-        max_bytes=1 << 30,
-        retry_initial=0.05,
-        retry_max=0.2,
     )
     spool.start()
     sessions = [new_session_id() for _ in range(2)]
@@ -212,15 +215,15 @@ def test_spool_rides_out_a_hung_s3_server(
                 future = spool.append(record)
             future.result(DEADLINE)
         deadline = time.monotonic() + DEADLINE
-        while spool.stats()["upload_failures"] < 1:
+        while spool.stats().upload_failures < 1:
             assert time.monotonic() < deadline, "uploads did not fail while S3 hung"
             time.sleep(0.02)
-        assert spool.stats()["pending_uploads"] >= 1
+        assert spool.stats().pending_uploads >= 1
     finally:
         process.send_signal(signal.SIGCONT)
     try:
         assert spool.flush(DEADLINE)
-        assert spool.stats()["spool_bytes"] == 0
+        assert spool.stats().spool_bytes == 0
     finally:
         spool.close()
     archive = Archive(store)

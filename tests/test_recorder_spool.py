@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 from hoopgw.recorder.catalog import Archive, SessionNotFound
-from hoopgw.recorder.ids import InvalidSessionId, new_session_id, new_writer_id
+from hoopgw.recorder.ids import InvalidSessionId, InvalidWriterId, new_session_id, new_writer_id
 from hoopgw.recorder.index import ArchiveIndex
 from hoopgw.recorder.schema import FORMAT_VERSION, GENESIS_HASH, record_hash, validate_record
-from hoopgw.recorder.spool import Spool, SpoolError
+from hoopgw.recorder.spool import Spool, SpoolConfig, SpoolError
 from hoopgw.recorder.store import LocalStore
 from tests import stack
 
@@ -70,7 +70,7 @@ def make_spool(tmp_path: Path, store: LocalStore) -> Iterator[Callable[..., Spoo
         options.setdefault("max_bytes", 1 << 30)
         options.setdefault("retry_initial", 0.02)
         options.setdefault("retry_max", 0.1)
-        spool = Spool(tmp_path / "spool", store, writer_id=new_writer_id(), **options)
+        spool = Spool(SpoolConfig(tmp_path / "spool", writer_id=new_writer_id(), **options), store)
         spool.start()
         spools.append(spool)
         return spool
@@ -141,7 +141,18 @@ def test_append_refuses_bad_records_without_using_a_seq(make_spool) -> None:
 def test_one_spool_per_directory(make_spool, tmp_path: Path, store: LocalStore) -> None:
     make_spool()
     with pytest.raises(SpoolError, match="in use"):
-        Spool(tmp_path / "spool", store, writer_id=new_writer_id(), max_bytes=1).start()
+        config = SpoolConfig(tmp_path / "spool", writer_id=new_writer_id(), max_bytes=1)
+        Spool(config, store).start()
+
+
+def test_the_config_checks_the_writer_id_and_takes_no_interval_as_no_rollups(tmp_path) -> None:
+    with pytest.raises(InvalidWriterId):
+        SpoolConfig(tmp_path, writer_id="Not-An-Id", max_bytes=1)
+    for interval in (None, 0, -1.0):
+        config = SpoolConfig(
+            str(tmp_path), writer_id=new_writer_id(), max_bytes=1, rollup_interval=interval
+        )
+        assert (config.rollup_interval, config.directory) == (None, tmp_path)
 
 
 # --- durability ----------------------------------------------------------------------
@@ -199,7 +210,7 @@ def test_futures_resolve_only_after_the_record_is_fsynced(
         future.result(DEADLINE)
     assert problems == []
     records = len(futures)
-    batches = spool.stats()["batches"]
+    batches = spool.stats().batches
     assert records == 480
     assert batches < records / 4, f"{batches} batches for {records} records: no group commit"
     assert calls < records / 4, f"{calls} fsyncs for {records} records"
@@ -250,7 +261,7 @@ def test_an_unawaited_record_reaches_the_wal_on_its_own(make_spool, tmp_path: Pa
     spool = make_spool(segment_max_age=3600, eventual_delay=0.05)
     session_id = new_session_id()
     spool.append_eventually(request(session_id, "answer-only"))
-    wait_for(lambda: spool.stats()["batches"] == 1, "the unawaited record's batch")
+    wait_for(lambda: spool.stats().batches == 1, "the unawaited record's batch")
     assert b"answer-only" in wal_text(tmp_path / "spool")
 
 
@@ -261,10 +272,10 @@ def test_unawaited_records_ride_with_the_next_durable_one_in_order(
     session_id = new_session_id()
     for number in range(5):
         spool.append_eventually(request(session_id, f"eventual-{number}"))
-    assert spool.stats()["batches"] == 0, "an unawaited record woke the writer"
+    assert spool.stats().batches == 0, "an unawaited record woke the writer"
     durable = spool.append(request(session_id, "durable")).result(DEADLINE)
     assert durable["seq"] == 5
-    assert spool.stats()["batches"] == 1, "the durable append's batch took the queued ones"
+    assert spool.stats().batches == 1, "the durable append's batch took the queued ones"
     assert spool.flush(DEADLINE)
     records = Archive(store).read_session(session_id)
     assert [r["flow_id"] for r in records] == [*(f"eventual-{n}" for n in range(5)), "durable"]
@@ -305,7 +316,7 @@ def test_many_open_sessions_keep_file_descriptors_bounded(make_spool, store) -> 
         futures = [spool.append(request(sid, f"{sid}-{round_number}")) for sid in sessions]
         for future in futures:
             future.result(DEADLINE)
-    assert spool.stats()["open_segments"] == 400
+    assert spool.stats().open_segments == 400
     assert open_fds() - before < 300, "one descriptor per open session"
     assert spool.flush(DEADLINE)
     archive = Archive(store)
@@ -326,22 +337,22 @@ def test_ended_sessions_are_forgotten_and_late_records_start_a_new_stream(
 ) -> None:
     """Chain state follows the open sessions; a forgotten session never reuses a seq."""
     spool = make_spool(segment_max_age=3600, max_finished_streams=4)
-    first_writer = spool.stats()["writer"]
+    first_writer = spool.stats().writer
     still_open = new_session_id()
     spool.append(request(still_open, "o1")).result(DEADLINE)
     ended = [new_session_id() for _ in range(4)]
     for sid in ended:
         spool.append(start(sid))
         spool.append(end(sid)).result(DEADLINE)
-    assert spool.stats()["streams"] == 5
+    assert spool.stats().streams == 5
 
     newcomer = new_session_id()
     assert spool.append(request(newcomer, "n1")).result(DEADLINE)["writer"] != first_writer
-    assert spool.stats()["streams"] == 2, "the four ended sessions are forgotten"
+    assert spool.stats().streams == 2, "the four ended sessions are forgotten"
     open_again = spool.append(request(still_open, "o2")).result(DEADLINE)
     assert (open_again["writer"], open_again["seq"]) == (first_writer, 1)
     late = spool.append(request(ended[0], "late")).result(DEADLINE)
-    assert (late["writer"], late["seq"]) == (spool.stats()["writer"], 0)
+    assert (late["writer"], late["seq"]) == (spool.stats().writer, 0)
 
     assert spool.flush(DEADLINE)
     archive = Archive(store)
@@ -363,7 +374,7 @@ def test_summaries_of_ended_sessions_leave_the_uploaders_cache(
     spool.append(start(ended))
     spool.append(end(ended)).result(DEADLINE)
     assert spool.flush(DEADLINE)
-    assert spool.stats()["cached_summaries"] == 1
+    assert spool.stats().cached_summaries == 1
     spool.append(request(ended, "late")).result(DEADLINE)
     assert spool.flush(DEADLINE)
     summary = Archive(store).stream_summaries(ended)[spool.writer_id]
@@ -384,14 +395,14 @@ def test_store_outage_is_ridden_out_without_loss(make_spool, store: LocalStore, 
         for number in range(30):
             spool.append(request(session_id, f"{session_id}-{number}"))
         spool.append(end(session_id)).result(DEADLINE)
-    wait_for(lambda: spool.stats()["upload_failures"] >= 3, "failing uploads")
-    assert spool.stats()["last_upload_error"]
-    assert spool.stats()["pending_uploads"] >= 1
+    wait_for(lambda: spool.stats().upload_failures >= 3, "failing uploads")
+    assert spool.stats().last_upload_error
+    assert spool.stats().pending_uploads >= 1
     assert spool_files(tmp_path / "spool")
     outage.up()
     assert spool.flush(DEADLINE)
     assert spool_files(tmp_path / "spool") == []
-    assert spool.stats()["last_upload_error"] is None
+    assert spool.stats().last_upload_error is None
     for session_id in sessions:
         records = archive.read_session(session_id)
         assert [r["seq"] for r in records] == list(range(32))
@@ -413,11 +424,11 @@ def test_over_limit_while_the_store_is_down(make_spool, store: LocalStore) -> No
         spool.append(request(session_id, f"f{appended}")).result(DEADLINE)
         appended += 1
         assert appended < 500, "the spool never reported being over its limit"
-    assert spool.stats()["over_limit"] is True
+    assert spool.stats().over_limit is True
     outage.up()
     assert spool.flush(DEADLINE)
     assert not spool.over_limit()
-    assert spool.stats()["spool_bytes"] == 0
+    assert spool.stats().spool_bytes == 0
     assert len(Archive(store).read_session(session_id)) == appended
 
 
@@ -438,7 +449,7 @@ def test_restart_uploads_what_an_earlier_process_left(make_spool, store, tmp_pat
     with pytest.raises(SessionNotFound):
         Archive(store).read_session(session_id)
     second = make_spool()
-    assert second.stats()["recovered_segments"] >= 1
+    assert second.stats().recovered_segments >= 1
     assert second.flush(DEADLINE)
     records = Archive(store).read_session(session_id)
     assert [r["flow_id"] for r in records[:25]] == [f"f{n}" for n in range(25)]
@@ -449,13 +460,13 @@ def test_restart_uploads_what_an_earlier_process_left(make_spool, store, tmp_pat
 def test_a_spool_refuses_its_own_writer_id_on_leftovers(tmp_path, store) -> None:
     outage = OutageSwitch(store)
     writer = new_writer_id()
-    spool = Spool(tmp_path / "spool", store, writer_id=writer, max_bytes=1 << 20)
+    spool = Spool(SpoolConfig(tmp_path / "spool", writer_id=writer, max_bytes=1 << 20), store)
     spool.start()
     outage.down()
     spool.append(request(new_session_id(), "f")).result(DEADLINE)
     spool.close()
     outage.up()
-    again = Spool(tmp_path / "spool", store, writer_id=writer, max_bytes=1 << 20)
+    again = Spool(SpoolConfig(tmp_path / "spool", writer_id=writer, max_bytes=1 << 20), store)
     with pytest.raises(SpoolError, match="fresh writer id"):
         again.start()
 
@@ -464,7 +475,7 @@ CHILD = r"""
 import os, sys, threading, time
 from pathlib import Path
 from hoopgw.recorder.ids import new_writer_id
-from hoopgw.recorder.spool import Spool
+from hoopgw.recorder.spool import Spool, SpoolConfig
 from hoopgw.recorder.store import LocalStore
 
 spool_dir, store_dir, mode = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -472,9 +483,10 @@ sessions = sys.argv[4:]
 # "forever": small, short-lived segments so that the kill lands among seals and uploads;
 # a count: nothing seals, every record is only in the WAL and open segment files.
 forever = mode == "forever"
-spool = Spool(Path(spool_dir), LocalStore(Path(store_dir)), writer_id=new_writer_id(),
-              max_bytes=1 << 30, segment_max_bytes=3000 if forever else 1 << 30,
-              segment_max_age=0.05 if forever else 3600)
+config = SpoolConfig(Path(spool_dir), writer_id=new_writer_id(), max_bytes=1 << 30,
+                     segment_max_bytes=3000 if forever else 1 << 30,
+                     segment_max_age=0.05 if forever else 3600)
+spool = Spool(config, LocalStore(Path(store_dir)))
 spool.start()
 out = threading.Lock()
 acks = 0
@@ -551,7 +563,8 @@ def test_sigkill_mid_stream_loses_no_acknowledged_record_and_duplicates_none(
         child.wait()
     assert child.returncode == -signal.SIGKILL
 
-    recovering = Spool(tmp_path / "spool", store, writer_id=new_writer_id(), max_bytes=1 << 30)
+    config = SpoolConfig(tmp_path / "spool", writer_id=new_writer_id(), max_bytes=1 << 30)
+    recovering = Spool(config, store)
     recovering.start()
     try:
         assert recovering.flush(DEADLINE)
@@ -589,11 +602,12 @@ def test_recovery_cuts_a_torn_wal_tail(tmp_path: Path, store: LocalStore) -> Non
         wal.write(torn)
 
     assert list((tmp_path / "spool").glob("*.open")), "the crashed spool left its open segment"
-    recovering = Spool(tmp_path / "spool", store, writer_id=new_writer_id(), max_bytes=1 << 30)
+    config = SpoolConfig(tmp_path / "spool", writer_id=new_writer_id(), max_bytes=1 << 30)
+    recovering = Spool(config, store)
     recovering.start()
     try:
-        assert recovering.stats()["dropped_tail_bytes"] == len(torn)
-        assert recovering.stats()["recovered_records"] == 50
+        assert recovering.stats().dropped_tail_bytes == len(torn)
+        assert recovering.stats().recovered_records == 50
         assert recovering.flush(DEADLINE)
     finally:
         recovering.close()

@@ -33,7 +33,7 @@ from hoopgw.recorder.rollup import (
     thin_record,
 )
 from hoopgw.recorder.segment import compress_lines, decompress_segment
-from hoopgw.recorder.spool import Spool
+from hoopgw.recorder.spool import Spool, SpoolConfig
 from hoopgw.recorder.store import LocalStore, S3Store, Store
 from tests.stack import wait_until
 
@@ -475,11 +475,13 @@ def spool_factory(tmp_path: Path) -> Iterator[Any]:
 
     def make(store: Store, **options: Any) -> Spool:
         spool = Spool(
-            tmp_path / f"spool-{len(spools)}",
+            SpoolConfig(
+                tmp_path / f"spool-{len(spools)}",
+                writer_id=new_writer_id(),
+                max_bytes=1 << 30,
+                **options,
+            ),
             store,
-            writer_id=new_writer_id(),
-            max_bytes=1 << 30,
-            **options,
         )
         spool.start()
         spools.append(spool)
@@ -667,15 +669,15 @@ def test_failing_rollup_puts_never_hold_up_uploads(tmp_path: Path, spool_factory
     spool = spool_factory(store, rollup_interval=0.1)
     record_sessions(spool, 3)  # flush() inside: every segment and summary is stored
     assert len(list(store.list("sessions/"))) == 3
-    wait_until(lambda: spool.stats()["rollup_failures"] >= 2, DEADLINE, "roll-up PUTs retried")
-    assert spool.stats()["rollups_pending"] == 2
-    assert "roll-up" not in str(spool.stats()["last_upload_error"])
+    wait_until(lambda: spool.stats().rollup_failures >= 2, DEADLINE, "roll-up PUTs retried")
+    assert spool.stats().rollups_pending == 2
+    assert "roll-up" not in str(spool.stats().last_upload_error)
 
     blocker.unlink()
     wait_until(
         lambda: described(store) == stored_objects(store), DEADLINE, "roll-ups once possible"
     )
-    assert spool.stats()["last_rollup_error"] is None
+    assert spool.stats().last_rollup_error is None
 
 
 def test_spool_without_rollups_writes_none(tmp_path: Path, spool_factory) -> None:

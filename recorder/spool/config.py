@@ -1,0 +1,68 @@
+"""What a spool is told at construction: where it lives and the limits of each stage."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from hoopgw.recorder.ids import parse_writer_id
+
+MiB: Final = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolConfig:
+    """A spool's directory, writer id and limits; validated when made.
+
+    `writer_id` must be fresh for every process (`recorder.ids.new_writer_id()`):
+    its streams' seqs start at 0 and object keys derive from them.
+
+    `max_bytes` bounds the segments waiting on disk (`Spool.over_limit()`); segments
+    seal at `segment_max_bytes` (uncompressed) or `segment_max_age` seconds
+    after their first record; the WAL rotates at `wal_max_bytes`. Failed
+    uploads retry after `retry_initial` seconds, doubling up to `retry_max`.
+    Chain state is kept for every open session. Once `max_finished_streams`
+    sessions have ended, or the table holds `max_streams` sessions, the ended
+    ones and those idle for `stream_idle_seconds` are forgotten and the writer
+    id rotates (`<writer_id>r<n>`), so a late record of a forgotten session
+    starts a new stream, never reusing seqs. Memory then follows the sessions
+    open at once, not every session the process has seen.
+    Records appended with `append_eventually` reach the WAL within
+    `eventual_delay` seconds.
+
+    The uploader also keeps roll-ups (`recorder.rollup`) of what it stored and
+    PUTs each at most every `rollup_interval` seconds and at `close()` (None or
+    0: no roll-ups, stored as None). They only speed up listing and search: a
+    roll-up PUT is never on the path that makes records durable or stored, and a
+    failed one is retried after another interval. A roll-up part holds up to
+    `rollup_part_max_bytes` of entries or `rollup_part_max_entries` entries; a
+    day's part is let go from memory `rollup_idle_seconds` after its last entry.
+    `clock` stamps the stream summaries the uploader writes.
+    """
+
+    directory: Path
+    writer_id: str
+    max_bytes: int
+    segment_max_bytes: int = 4 * MiB
+    segment_max_age: float = 30.0
+    wal_max_bytes: int = 16 * MiB
+    retry_initial: float = 0.5
+    retry_max: float = 30.0
+    max_streams: int = 100_000
+    max_finished_streams: int = 1024
+    stream_idle_seconds: float = 3600.0
+    eventual_delay: float = 0.05
+    rollup_interval: float | None = 30.0
+    rollup_part_max_bytes: int = 1 * MiB
+    rollup_part_max_entries: int = 10_000
+    rollup_idle_seconds: float = 600.0
+    clock: Callable[[], float] = time.time
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "directory", Path(self.directory))
+        object.__setattr__(self, "writer_id", parse_writer_id(self.writer_id))
+        interval = self.rollup_interval
+        object.__setattr__(self, "rollup_interval", interval if interval and interval > 0 else None)
