@@ -32,7 +32,7 @@ _RESPONSE_HOOKS = ("responseheaders", "response")
 def _state(flow: http.HTTPFlow) -> FlowState:
     state = state_of(flow)
     if state is None:
-        state = FlowState(endpoint=protocol.classify(flow.request.method, flow.request.path))
+        state = FlowState(endpoint=protocol.classify(flow.request.path))
     return state
 
 

@@ -27,15 +27,12 @@ from hoopgw.recorder.redaction import JsonOutline
 logger = logging.getLogger(__name__)
 
 ERROR_SQL_STATE_CONNECTION = "08001"
-ERROR_SQL_STATE_AUTHORIZATION = "28000"
 
 # Error codes the drivers act on (see design.md, "Snowflake protocol facts").
 CODE_BAD_CREDENTIALS = 390100
 CODE_SESSION_INVALID = 390104
-CODE_SESSION_GONE = 390111
 CODE_SESSION_EXPIRED = 390112
 CODE_MASTER_EXPIRED = 390114
-CODE_ID_TOKEN_INVALID = 390195
 # hoopgw's own codes, outside Snowflake's ranges, documented in docs/errors.md.
 CODE_GATEWAY_PROTOCOL = 399001
 CODE_GATEWAY_RECORDING = 399002
@@ -97,7 +94,7 @@ ALLOWED_METHODS: dict[Endpoint, frozenset[str]] = {
 """The HTTP methods the Snowflake drivers use on each endpoint; anything else is refused."""
 
 
-def classify(method: str, path: str) -> Endpoint:
+def classify(path: str) -> Endpoint:
     """Name the Snowflake endpoint a request targets; `path` may carry a query string.
 
     Matching is exact: a path that is not spelled the way the drivers spell it

@@ -141,7 +141,7 @@ class SnowflakeTraffic:
         if not flow.live:
             return
         flow.request.stream = False
-        endpoint = protocol.classify(flow.request.method, flow.request.path)
+        endpoint = protocol.classify(flow.request.path)
         attach(flow, FlowState(endpoint=endpoint))
 
     def request(self, flow: http.HTTPFlow) -> None:
