@@ -110,9 +110,9 @@ class Authentication:
         if in_flight is None or state is None:
             return
         scrub_upstream_credentials(flow.request, state)
-        if flow.response is None or state.answered or in_flight.answered is None:
+        if flow.response is None or state.answered or in_flight.on_answer is None:
             return
-        in_flight.answered(flow, state)
+        in_flight.on_answer(flow, state)
 
     def error(self, flow: http.HTTPFlow) -> None:
         in_flight = self._in_flight.pop(flow, None)

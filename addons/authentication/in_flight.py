@@ -16,10 +16,10 @@ class InFlight:
     """A request the handler rewrote and let go on (or answered itself, successfully).
 
     Once answered, its request loses the gateway's secrets (scrub.py), and
-    `answered`, when set, translates the upstream answer for the client.
+    `on_answer`, when set, translates the upstream answer for the client.
     """
 
-    answered: Callable[[http.HTTPFlow, FlowState], None] | None = None
+    on_answer: Callable[[http.HTTPFlow, FlowState], None] | None = None
 
 
 class Handler(Protocol):
