@@ -23,6 +23,7 @@ from joserfc.jwk import RSAKey
 from mitmproxy import ctx, exceptions
 from mitmproxy.addonmanager import Loader
 
+from hoopgw.addons.flowstate import UpstreamLogin
 from hoopgw.recorder.secrets import SecretError, parse_secret_ref, resolve_secret
 
 logger = logging.getLogger(__name__)
@@ -129,6 +130,8 @@ class UpstreamCredential(Protocol):
     """How the gateway authenticates to Snowflake."""
 
     kind: str
+    authenticator: str
+    """The login's AUTHENTICATOR, as the session_start record names it."""
 
     def login_fields(self, account: str, user: str) -> dict[str, Any]:
         """The login-request `data` fields that carry the credential."""
@@ -141,6 +144,7 @@ class UpstreamCredential(Protocol):
 
 class KeyPairCredential:
     kind = "key-pair"
+    authenticator = "SNOWFLAKE_JWT"
 
     def __init__(self, private_key: RSAPrivateKey) -> None:
         self._private_key = private_key
@@ -153,7 +157,7 @@ class KeyPairCredential:
         return keypair_jwt(account, user, self._private_key, fingerprint=self.fingerprint)
 
     def login_fields(self, account: str, user: str) -> dict[str, Any]:
-        return {"AUTHENTICATOR": "SNOWFLAKE_JWT", "TOKEN": self.jwt(account, user)}
+        return {"AUTHENTICATOR": self.authenticator, "TOKEN": self.jwt(account, user)}
 
     def sql_api_authorization(self, account: str, user: str) -> tuple[str, str] | None:
         return f"Bearer {self.jwt(account, user)}", "KEYPAIR_JWT"
@@ -163,9 +167,10 @@ class KeyPairCredential:
 class PasswordCredential:
     password: str = field(repr=False)
     kind: str = "password"
+    authenticator: str = "SNOWFLAKE"
 
     def login_fields(self, account: str, user: str) -> dict[str, Any]:
-        return {"AUTHENTICATOR": "SNOWFLAKE", "PASSWORD": self.password}
+        return {"AUTHENTICATOR": self.authenticator, "PASSWORD": self.password}
 
     def sql_api_authorization(self, account: str, user: str) -> tuple[str, str] | None:
         return None
@@ -175,9 +180,10 @@ class PasswordCredential:
 class OAuthCredential:
     token: str = field(repr=False)
     kind: str = "oauth"
+    authenticator: str = "OAUTH"
 
     def login_fields(self, account: str, user: str) -> dict[str, Any]:
-        return {"AUTHENTICATOR": "OAUTH", "TOKEN": self.token}
+        return {"AUTHENTICATOR": self.authenticator, "TOKEN": self.token}
 
     def sql_api_authorization(self, account: str, user: str) -> tuple[str, str] | None:
         return f"Bearer {self.token}", "OAUTH"
@@ -276,6 +282,12 @@ class UpstreamCredentials:
         if not self.user:
             needed.append("hoopgw_upstream_user")
         return needed
+
+    def upstream_login(self) -> UpstreamLogin:
+        """Who the gateway logs in as: what the login's session_start record names."""
+        if self.credential is None or not self.account or not self.user:
+            raise RuntimeError("the upstream credential is not configured")
+        return UpstreamLogin(self.account, self.user, self.credential.authenticator)
 
     def login_fields(self) -> dict[str, Any]:
         """ACCOUNT_NAME, LOGIN_NAME and the credential fields of an upstream login."""

@@ -19,11 +19,13 @@ from typing import Any, Final
 
 from mitmproxy import ctx, http
 
-from hoopgw.addons import protocol
-from hoopgw.addons.flowstate import FlowState, Refusal, state_of
+from hoopgw.addons import names, protocol
+from hoopgw.addons.flowstate import FlowState, state_of
+from hoopgw.addons.refusals import refuse
 
 logger = logging.getLogger(__name__)
 
+SOURCE = "failclosed"
 MESSAGE = "hoopgw refused the request: the gateway failed to process it (internal error)"
 _REQUEST_HOOKS = ("requestheaders", "request")
 _RESPONSE_HOOKS = ("responseheaders", "response")
@@ -32,15 +34,14 @@ _RESPONSE_HOOKS = ("responseheaders", "response")
 def _state(flow: http.HTTPFlow) -> FlowState:
     state = state_of(flow)
     if state is None:
-        state = FlowState(endpoint=protocol.classify(flow.request.method, flow.request.path))
+        state = FlowState(endpoint=protocol.classify(flow.request.path))
     return state
 
 
 def _internal_error(flow: http.HTTPFlow, source: str) -> None:
-    state = _state(flow)
+    reason = f"internal error in {source}"
     code = protocol.CODE_GATEWAY_INTERNAL
-    response = protocol.refusal_for(state.endpoint, code, MESSAGE, http_status=500)
-    state.refuse(flow, response, Refusal(code, f"internal error in {source}", "failclosed"))
+    refuse(flow, _state(flow), code, reason, SOURCE, message=MESSAGE, sql_api_status=500)
 
 
 def guarded(addon: Any) -> Any:
@@ -113,7 +114,7 @@ class FailClosed:
         if not flow.live or flow.response is not None:
             return
         state = state_of(flow)
-        missing = {"traffic"} if state is None else self.required - state.passed
+        missing = {names.TRAFFIC} if state is None else self.required - state.passed
         if not missing:
             return
         logger.error(

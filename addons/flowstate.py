@@ -6,14 +6,18 @@ list), and each reads and extends the flow's `FlowState`:
 1. `SnowflakeTraffic` (addons/traffic.py) classifies the endpoint and parses the
    request body once into `state.request_json`; a malformed request is answered
    by the gateway (`state.refusal` set).
-2. `Authentication` (addons/identity.py, credentials.py, session_tokens.py)
-   verifies the caller and swaps credentials; sets `state.caller`,
-   `state.session_id` and the session context, or refuses.
-3. `Guardrails` (addons/guardrails.py) checks statements against the policy;
-   sets `state.guardrail`, or refuses.
-4. `Recording` (addons/recording.py) makes the request record durable before
+2. `Authentication` (addons/authentication/, with identity.py, credentials.py
+   and session_tokens.py) verifies the caller and swaps credentials; sets
+   `state.caller`, `state.session_id`, the context the session logged in with
+   and, on a login, `state.upstream_login`; or refuses.
+3. `SessionContextTracker` (addons/session_context.py) puts the session's
+   current database and schema on a query's `state.context`, and follows them
+   in the answers.
+4. `Guardrails` (addons/guardrails.py) checks statements against the policy;
+   sets `state.classified`, `state.statements` and `state.guardrail`, or refuses.
+5. `Recording` (addons/recording.py) makes the request record durable before
    the request may go upstream, and records the response or error.
-5. `Inspection` (addons/inspection.py) annotates the flow for mitmweb; as the
+6. `Inspection` (addons/inspection.py) annotates the flow for mitmweb; as the
    last hook that reads the state's bodies, it releases them.
 
 A large successful answer on a result endpoint is streamed to the client
@@ -21,9 +25,9 @@ A large successful answer on a result endpoint is streamed to the client
 `state.streamed` holds what was counted, hashed and outlined on the way; the
 outline stands in for `state.response_json`.
 
-Any addon that answers a request itself assigns `flow.response` and calls
-`state.refuse(...)`; later addons skip their work when `state.answered` is set
-but the recorder still records the refusal.
+Any addon that answers a request itself calls `refuse(...)` (addons/refusals.py),
+which sets `flow.response` and `state.refusal`; later addons skip their work
+when `state.answered` is set but the recorder still records the refusal.
 
 mitmproxy logs an exception raised in a hook and carries on with the next
 addon, so a check that crashed would let the request through. Each required
@@ -39,11 +43,14 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mitmproxy import http
 
 from hoopgw.addons.protocol import Endpoint, StreamedAnswer
+
+if TYPE_CHECKING:
+    from hoopgw.recorder.statements import Statement
 
 
 @dataclass(slots=True, frozen=True)
@@ -64,6 +71,15 @@ class Caller:
             "role": self.role,
             "issuer": self.issuer,
         }
+
+
+@dataclass(slots=True, frozen=True)
+class UpstreamLogin:
+    """Who the gateway logged in to Snowflake as, chosen by addons/credentials.py."""
+
+    account: str
+    user: str
+    authenticator: str
 
 
 @dataclass(slots=True)
@@ -95,11 +111,13 @@ class FlowState:
     request_json: dict[str, Any] | None = None
     session_id: str | None = None
     caller: Caller | None = None
+    upstream_login: UpstreamLogin | None = None  # set on a login the gateway forwarded
     context: SessionContext = field(default_factory=SessionContext)
     client_app: str | None = None
     client_version: str | None = None
     refusal: Refusal | None = None
     guardrail: dict[str, Any] | None = None
+    classified: list[Statement] | None = None  # what Guardrails classified, for the context
     statements: list[dict[str, Any]] | None = None
     sql_masked: bool = False  # the request's SQL carried a credential literal
     session_ended: bool = False
@@ -122,11 +140,6 @@ class FlowState:
         self.request_json = None
         self.response_body = None
         self.response_json = None
-
-    def refuse(self, flow: http.HTTPFlow, response: http.Response, refusal: Refusal) -> None:
-        """Answer the flow from the gateway; nothing of it will go upstream."""
-        flow.response = response
-        self.refusal = refusal
 
 
 _states: weakref.WeakKeyDictionary[http.HTTPFlow, FlowState] = weakref.WeakKeyDictionary()

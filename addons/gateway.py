@@ -8,12 +8,14 @@ after it, and the order below is the order of the hooks (see addons/flowstate.py
 
 from __future__ import annotations
 
+from hoopgw.addons import names
 from hoopgw.addons.authentication import Authentication
 from hoopgw.addons.contentview import snowflake_view  # noqa: F401  (registers the view)
 from hoopgw.addons.failclosed import FailClosed, guarded
 from hoopgw.addons.guardrails import Guardrails
 from hoopgw.addons.inspection import Inspection
 from hoopgw.addons.recording import Recording
+from hoopgw.addons.session_context import SessionContextTracker
 from hoopgw.addons.startup import (
     ReadyAnnouncer,
     one_line_option_errors,
@@ -28,10 +30,11 @@ addons = [
     for addon in (
         SnowflakeTraffic(),
         Authentication(),
+        SessionContextTracker(),
         Guardrails(),
         Recording(),
         Inspection(),
-        FailClosed(required=("authentication", "guardrails", "recording")),
+        FailClosed(required=(names.AUTHENTICATION, names.GUARDRAILS, names.RECORDING)),
         ReadyAnnouncer(),
     )
 ]

@@ -11,7 +11,8 @@ statement kinds and the objects on the flow's state for the recorder.
 The policy file is polled in a worker thread and reloaded when it changes; a
 file with an error is refused with one logged line and the last good policy
 stays in force. The session's current database and schema, which relative
-names resolve against, are tracked here per session on this gateway replica.
+names resolve against, are tracked per session by addons/session_context.py;
+this addon only reads them.
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ import hashlib
 import logging
 import re
 import tomllib
-import weakref
-from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -32,21 +31,21 @@ from typing import Any, Literal
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 
-from hoopgw.addons import protocol
-from hoopgw.addons.flowstate import FlowState, Refusal, state_of
+from hoopgw.addons import names, protocol
+from hoopgw.addons.flowstate import FlowState, state_of
 from hoopgw.addons.protocol import Endpoint
+from hoopgw.addons.refusals import refuse
 from hoopgw.recorder.statements import (
     KINDS,
     READ_ONLY_KINDS,
     Statement,
     classify,
-    context_after,
     split_name,
 )
 
 logger = logging.getLogger(__name__)
 
-SOURCE = "guardrails"
+SOURCE = names.GUARDRAILS
 GATEWAY_RULE = "hoopgw-built-in"
 POLICY_SQL_STATE = "42501"
 """SQLSTATE of a refused statement: insufficient privilege."""
@@ -441,45 +440,12 @@ class PolicyFile:
         return True
 
 
-class SessionContexts:
-    """Each session's current database and schema, as far as this gateway replica has seen.
-
-    Snowflake reports the context after every statement (finalDatabaseName,
-    finalSchemaName); when it does not, the statements' own USE effects apply.
-    Bounded: the least recently used sessions are forgotten first, and fall
-    back to the context they logged in with.
-    """
-
-    def __init__(self, limit: int = 100_000) -> None:
-        self.limit = limit
-        self._contexts: OrderedDict[str, tuple[str | None, str | None]] = OrderedDict()
-
-    def get(self, session_id: str) -> tuple[str | None, str | None] | None:
-        context = self._contexts.get(session_id)
-        if context is not None:
-            self._contexts.move_to_end(session_id)
-        return context
-
-    def set(self, session_id: str, context: tuple[str | None, str | None]) -> None:
-        self._contexts[session_id] = context
-        self._contexts.move_to_end(session_id)
-        while len(self._contexts) > self.limit:
-            self._contexts.popitem(last=False)
-
-    def forget(self, session_id: str) -> None:
-        self._contexts.pop(session_id, None)
-
-
 class Guardrails:
     """Checks every statement against the group policy before it goes upstream."""
 
     def __init__(self) -> None:
         self.file: PolicyFile | None = None
         self.reload_seconds = 2.0
-        self.contexts = SessionContexts()
-        self._allowed: weakref.WeakKeyDictionary[http.HTTPFlow, list[Statement]] = (
-            weakref.WeakKeyDictionary()
-        )
         self._watcher: asyncio.Task[None] | None = None
 
     @property
@@ -567,7 +533,7 @@ class Guardrails:
         sql = _statement_text(flow, state)
         if sql is None:
             return
-        database, schema = self._context_for(state)
+        database, schema = state.context.database, state.context.schema
         if len(sql) <= INLINE_CLASSIFY_CHARS:
             statements = classify(sql, database=database, schema=schema)
         else:
@@ -579,34 +545,11 @@ class Guardrails:
             decision = replace(decision, decision="block", rule=None, reason=reason)
         if not decision.blocked:
             decision = _gateway_rules(decision, statements, state.request_json)
+        state.classified = statements
         state.statements = [statement.as_record() for statement in statements]
         state.guardrail = decision.as_record()
         if decision.blocked:
             self._refuse(flow, state, decision, len(statements))
-        else:
-            self._allowed[flow] = statements
-
-    def response(self, flow: http.HTTPFlow) -> None:
-        """Track the session's current database and schema from Snowflake's answer."""
-        statements = self._allowed.pop(flow, None)
-        state = state_of(flow)
-        if state is None or state.session_id is None:
-            return
-        if state.session_ended:
-            self.contexts.forget(state.session_id)
-            return
-        if statements is None or state.endpoint is not Endpoint.QUERY or state.answered:
-            return
-        payload = state.response_json
-        if not isinstance(payload, dict) or not payload.get("success"):
-            return
-        data = payload.get("data") if isinstance(payload.get("data"), dict) else {}
-        database, schema = data.get("finalDatabaseName"), data.get("finalSchemaName")
-        if isinstance(database, str) or isinstance(schema, str):
-            self.contexts.set(state.session_id, (database or None, schema or None))
-        elif any(statement.new_context is not None for statement in statements):
-            before = (state.context.database, state.context.schema)
-            self.contexts.set(state.session_id, context_after(statements, *before))
 
     def _check_login(self, flow: http.HTTPFlow, state: FlowState) -> None:
         """A login that asks for a database or schema uses it, as USE would."""
@@ -629,29 +572,24 @@ class Guardrails:
             state.guardrail = decision.as_record()
             self._refuse(flow, state, decision, 1)
 
-    def _context_for(self, state: FlowState) -> tuple[str | None, str | None]:
-        """The current database and schema; the recorder sees the same through state.context."""
-        if state.endpoint is Endpoint.QUERY and state.session_id is not None:
-            tracked = self.contexts.get(state.session_id)
-            if tracked is not None:
-                state.context.database, state.context.schema = tracked
-        return state.context.database, state.context.schema
-
     @staticmethod
     def _refuse(flow: http.HTTPFlow, state: FlowState, decision: Decision, count: int) -> None:
         reason = decision.reason or "refused by policy"
         message = f"Statement refused by hoopgw policy: {reason}."
         if count > 1 and decision.statement_index is not None:
             message += f" (statement {decision.statement_index + 1} of {count}; none of them ran)"
-        code = protocol.CODE_GATEWAY_POLICY
         if state.endpoint is Endpoint.LOGIN:
             message = f"Login refused by hoopgw policy: {reason}."
-            response = protocol.login_failure(code, message)
-        elif state.endpoint is Endpoint.SQL_API:
-            response = protocol.sql_api_failure(422, code, message)
-        else:
-            response = protocol.query_failure(code, message, sql_state=POLICY_SQL_STATE)
-        state.refuse(flow, response, Refusal(code, reason, SOURCE))
+        refuse(
+            flow,
+            state,
+            protocol.CODE_GATEWAY_POLICY,
+            reason,
+            SOURCE,
+            message=message,
+            sql_state=POLICY_SQL_STATE,
+            sql_api_status=422,
+        )
         subject = state.caller.subject if state.caller else "an unknown caller"
         logger.info("hoopgw: guardrails refused a statement of %s: %s", subject, reason)
 

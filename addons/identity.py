@@ -283,7 +283,6 @@ class OidcVerifier:
         self._generation = 0
         self._last_error: IdentityError | None = None
         self._lock = asyncio.Lock()
-        self.fetch_count = 0
 
     async def warm(self) -> None:
         """Fetch discovery and keys ahead of the first login; failures only log."""
@@ -435,7 +434,6 @@ class OidcVerifier:
         if self._jwks_uri is None:
             discovery_url = self.issuer.rstrip("/") + "/.well-known/openid-configuration"
             document = await self._fetch(discovery_url)
-            self.fetch_count += 1
             if document.get("issuer") != self.issuer:
                 raise IdentityUnavailable(
                     "the identity provider's discovery document names a different issuer"
@@ -449,7 +447,6 @@ class OidcVerifier:
                 raise IdentityUnavailable(str(exc)) from None
             self._jwks_uri = jwks_uri
         document = await self._fetch(self._jwks_uri)
-        self.fetch_count += 1
         self._keys = _signing_keys_of(document)
         self._fetched_at = self._clock()
         self._generation += 1

@@ -13,8 +13,9 @@ import logging
 import re
 import urllib.parse
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Any, Final, Protocol
 
 import brotli
@@ -27,20 +28,26 @@ from hoopgw.recorder.outline import JsonOutline
 logger = logging.getLogger(__name__)
 
 ERROR_SQL_STATE_CONNECTION = "08001"
-ERROR_SQL_STATE_AUTHORIZATION = "28000"
 
 # Error codes the drivers act on (see design.md, "Snowflake protocol facts").
 CODE_BAD_CREDENTIALS = 390100
 CODE_SESSION_INVALID = 390104
-CODE_SESSION_GONE = 390111
 CODE_SESSION_EXPIRED = 390112
 CODE_MASTER_EXPIRED = 390114
-CODE_ID_TOKEN_INVALID = 390195
 # hoopgw's own codes, outside Snowflake's ranges, documented in docs/errors.md.
 CODE_GATEWAY_PROTOCOL = 399001
 CODE_GATEWAY_RECORDING = 399002
 CODE_GATEWAY_POLICY = 399003
 CODE_GATEWAY_INTERNAL = 399004
+GATEWAY_CODES: Final[Mapping[int, str]] = MappingProxyType(
+    {
+        CODE_GATEWAY_PROTOCOL: "refused by hoopgw: malformed request",
+        CODE_GATEWAY_RECORDING: "refused by hoopgw: could not be recorded",
+        CODE_GATEWAY_POLICY: "blocked by hoopgw policy",
+        CODE_GATEWAY_INTERNAL: "refused by hoopgw: internal error (fail closed)",
+    }
+)
+"""Each of the gateway's own codes with its meaning in one line, for views and documentation."""
 
 
 class Endpoint(StrEnum):
@@ -97,7 +104,7 @@ ALLOWED_METHODS: dict[Endpoint, frozenset[str]] = {
 """The HTTP methods the Snowflake drivers use on each endpoint; anything else is refused."""
 
 
-def classify(method: str, path: str) -> Endpoint:
+def classify(path: str) -> Endpoint:
     """Name the Snowflake endpoint a request targets; `path` may carry a query string.
 
     Matching is exact: a path that is not spelled the way the drivers spell it
@@ -263,20 +270,6 @@ def session_failure(code: int, message: str, status: int = 200) -> http.Response
     )
 
 
-def not_served(
-    endpoint: Endpoint, status: int, message: str, allow: Iterable[str] = ()
-) -> http.Response:
-    """A request the gateway does not serve at all (unknown path 404, wrong method 405)."""
-    code = CODE_GATEWAY_PROTOCOL
-    if endpoint is Endpoint.SQL_API:
-        response = sql_api_failure(status, code, message)
-    else:
-        response = session_failure(code, message, status)
-    if allow:
-        response.headers["Allow"] = ", ".join(sorted(allow))
-    return response
-
-
 def query_failure(
     code: int, message: str, sql_state: str = "42000", query_id: str | None = None
 ) -> http.Response:
@@ -299,17 +292,52 @@ def sql_api_failure(status: int, code: int, message: str) -> http.Response:
     return _json_response({"code": str(code), "message": message}, status=status)
 
 
-def refusal_for(
-    endpoint: Endpoint, code: int, message: str, *, sql_state: str = "42000", http_status: int = 400
-) -> http.Response:
-    """The gateway's own answer to a request, in the shape that endpoint's clients expect."""
+class Shape(StrEnum):
+    """The error answers Snowflake's clients read, each in its own shape."""
+
+    LOGIN = "login"
+    """login-request: HTTP 200, `success: false`; drivers show `message`."""
+    SESSION = "session"
+    """Any authenticated call: a bad or expired session, a request not served."""
+    QUERY = "query"
+    """A statement's error on query-request; drivers raise ProgrammingError."""
+    SQL_API = "sql_api"
+    """SQL API v2: a real HTTP status with `code` and `message`."""
+
+
+def shape_for(endpoint: Endpoint) -> Shape:
+    """The shape a refusal of a request to `endpoint` takes unless the refusal says otherwise."""
     if endpoint is Endpoint.LOGIN:
-        return login_failure(code, message)
+        return Shape.LOGIN
     if endpoint is Endpoint.QUERY:
-        return query_failure(code, message, sql_state=sql_state)
+        return Shape.QUERY
     if endpoint is Endpoint.SQL_API:
-        return sql_api_failure(http_status, code, message)
-    return session_failure(code, message)
+        return Shape.SQL_API
+    return Shape.SESSION
+
+
+def error_response(
+    shape: Shape,
+    code: int,
+    message: str,
+    *,
+    sql_state: str = "42000",
+    sql_api_status: int = 400,
+    status: int | None = None,
+) -> http.Response:
+    """The gateway's own error answer in `shape`.
+
+    SQL API clients read the HTTP status (`sql_api_status`); the other clients
+    read the body of an HTTP 200 and would retry a 5xx, so they get 200 unless
+    `status` overrides it for every shape (a request not served at all: 404, 405).
+    """
+    if shape is Shape.LOGIN:
+        return login_failure(code, message)
+    if shape is Shape.QUERY:
+        return query_failure(code, message, sql_state=sql_state)
+    if shape is Shape.SQL_API:
+        return sql_api_failure(status or sql_api_status, code, message)
+    return session_failure(code, message, status or 200)
 
 
 # --- streamed answers --------------------------------------------------------------------

@@ -31,7 +31,9 @@ from mitmproxy.addonmanager import Loader
 
 from hoopgw.addons import protocol
 from hoopgw.addons.flowstate import FlowState, Refusal, attach, state_of
+from hoopgw.addons.names import RECORDING
 from hoopgw.addons.protocol import Endpoint
+from hoopgw.addons.refusals import refuse
 from hoopgw.recorder import ids, redaction
 from hoopgw.recorder.records import (
     Client,
@@ -221,7 +223,7 @@ class Recording:
         except Exception as exc:  # the spool's failure is the gateway's refusal reason
             self._unrecordable(flow, state, f"the spool could not write: {exc}")
             return
-        state.passed.add("recording")
+        state.passed.add(RECORDING)
 
     def response(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)
@@ -294,15 +296,21 @@ class Recording:
             logger.error(
                 "hoopgw: forwarding request %s without a durable record (%s)", flow.id, reason
             )
-            state.passed.add("recording")
+            state.passed.add(RECORDING)
             self._append_quietly([self._request_record(flow, state)])
             return
         message = f"hoopgw cannot record this request, so it was not run: {reason}"
         code = protocol.CODE_GATEWAY_RECORDING
-        response = protocol.refusal_for(
-            state.endpoint, code, message, sql_state="57014", http_status=503
+        refuse(
+            flow,
+            state,
+            code,
+            reason,
+            RECORDING,
+            message=message,
+            sql_state="57014",
+            sql_api_status=503,
         )
-        state.refuse(flow, response, Refusal(code, reason, "recording"))
         logger.error("hoopgw: refused request %s: %s", flow.id, reason)
         self._append_quietly([self._request_record(flow, state)])
 
@@ -326,13 +334,14 @@ class Recording:
         return new_record(kind, state.session_id, client, caller, **fields)
 
     def _session_start(self, flow: http.HTTPFlow, state: FlowState) -> dict[str, Any]:
+        upstream = state.upstream_login
         return self._event(
             flow,
             state,
             "session_start",
-            account=_option("hoopgw_upstream_account"),
-            login_name=_option("hoopgw_upstream_user"),
-            authenticator=_upstream_authenticator(),
+            account=upstream.account if upstream else None,
+            login_name=upstream.user if upstream else None,
+            authenticator=upstream.authenticator if upstream else None,
             upstream_session_id=_response_data(state).get("sessionId"),
             **_context(state),
         )
@@ -450,17 +459,3 @@ def _context(state: FlowState) -> dict[str, Any]:
         "warehouse": context.warehouse,
         "role": context.role,
     }
-
-
-def _option(name: str) -> str | None:
-    return getattr(ctx.options, name, None) or None
-
-
-def _upstream_authenticator() -> str | None:
-    if _option("hoopgw_upstream_private_key"):
-        return "SNOWFLAKE_JWT"
-    if _option("hoopgw_upstream_oauth_token"):
-        return "OAUTH"
-    if _option("hoopgw_upstream_password"):
-        return "SNOWFLAKE"
-    return None

@@ -182,10 +182,6 @@ class TokenSealer:
             self._keys.setdefault(key_id(material), OctKey.import_key(material))
         self._open_cached = functools.lru_cache(maxsize=_OPENED_CACHE_SIZE)(self._open)
 
-    @property
-    def current_key_id(self) -> str:
-        return self._current_id
-
     def seal(self, session: SealedSession) -> str:
         header = {**_PROTECTED_HEADER, "kid": self._current_id}
         plaintext = orjson.dumps(session.as_payload())

@@ -36,8 +36,9 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 
 from hoopgw.addons import protocol
-from hoopgw.addons.flowstate import FlowState, Refusal, attach, state_of
-from hoopgw.addons.protocol import Endpoint, ProtocolError
+from hoopgw.addons.flowstate import FlowState, attach, state_of
+from hoopgw.addons.protocol import Endpoint, ProtocolError, Shape
+from hoopgw.addons.refusals import refuse
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ class SnowflakeTraffic:
         if not flow.live:
             return
         flow.request.stream = False
-        endpoint = protocol.classify(flow.request.method, flow.request.path)
+        endpoint = protocol.classify(flow.request.path)
         attach(flow, FlowState(endpoint=endpoint))
 
     def request(self, flow: http.HTTPFlow) -> None:
@@ -162,7 +163,7 @@ class SnowflakeTraffic:
             # absolute-form would travel upstream as sent, naming a host of the client's choice
             unreadable = "the request target must be a path, not an absolute URL"
         if state.endpoint is Endpoint.OTHER:
-            self._refuse_unserved(
+            _refuse_unserved(
                 flow, state, 404, "the path is not a Snowflake endpoint this gateway serves"
             )
             return
@@ -172,17 +173,17 @@ class SnowflakeTraffic:
         if method not in allowed:
             method = method[:24]
             reason = f"method {method} is not used on this endpoint (use {', '.join(allowed)})"
-            self._refuse_unserved(flow, state, 405, reason, allowed)
+            _refuse_unserved(flow, state, 405, reason, allowed)
             return
         if unreadable:
-            self._refuse_malformed(flow, state, unreadable)
+            _refuse_malformed(flow, state, unreadable)
             return
         try:
             state.request_body = protocol.decode_body(request, self.request_limit)
             if state.endpoint in _JSON_REQUESTS:
                 state.request_json = protocol.parse_json_object(state.request_body)
         except ProtocolError as exc:
-            self._refuse_malformed(flow, state, str(exc))
+            _refuse_malformed(flow, state, str(exc))
             return
         if state.endpoint is Endpoint.LOGIN and state.request_json:
             data = state.request_json.get("data")
@@ -234,26 +235,30 @@ class SnowflakeTraffic:
         except ProtocolError as exc:
             logger.warning("hoopgw: unreadable %s response: %s", state.endpoint, exc)
 
-    @staticmethod
-    def _refuse_malformed(flow: http.HTTPFlow, state: FlowState, reason: str) -> None:
-        code = protocol.CODE_GATEWAY_PROTOCOL
-        response = protocol.refusal_for(
-            state.endpoint, code, f"hoopgw refused the request: {reason}"
-        )
-        state.refuse(flow, response, Refusal(code, reason, _SOURCE))
 
-    @staticmethod
-    def _refuse_unserved(
-        flow: http.HTTPFlow,
-        state: FlowState,
-        status: int,
-        reason: str,
-        allowed: frozenset[str] = frozenset(),
-    ) -> None:
-        code = protocol.CODE_GATEWAY_PROTOCOL
-        message = f"hoopgw refused the request: {reason}"
-        response = protocol.not_served(state.endpoint, status, message, allowed)
-        state.refuse(flow, response, Refusal(code, reason, _SOURCE))
+def _refuse_malformed(flow: http.HTTPFlow, state: FlowState, reason: str) -> None:
+    refuse(flow, state, protocol.CODE_GATEWAY_PROTOCOL, reason, _SOURCE)
+
+
+def _refuse_unserved(
+    flow: http.HTTPFlow,
+    state: FlowState,
+    status: int,
+    reason: str,
+    allowed: frozenset[str] = frozenset(),
+) -> None:
+    """A request the gateway does not serve at all: the status is real for every client."""
+    shape = Shape.SQL_API if state.endpoint is Endpoint.SQL_API else Shape.SESSION
+    refuse(
+        flow,
+        state,
+        protocol.CODE_GATEWAY_PROTOCOL,
+        reason,
+        _SOURCE,
+        shape=shape,
+        status=status,
+        allow=allowed,
+    )
 
 
 def _escape_head(request: http.Request) -> None:

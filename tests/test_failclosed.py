@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import importlib
+from pathlib import Path
 
 import pytest
 from mitmproxy.test import tflow
 
-from hoopgw.addons import protocol
+import hoopgw.addons
+from hoopgw.addons import names, protocol
 from hoopgw.addons.failclosed import FailClosed, guarded
 from hoopgw.addons.flowstate import FlowState, attach, state_of
 from hoopgw.addons.protocol import Endpoint
@@ -61,3 +65,34 @@ def test_fail_closed_refuses_a_flow_the_gateway_never_classified():
     flow = tflow.tflow(resp=False)
     FailClosed(required=("authentication",)).request(flow)
     assert flow.response is not None
+
+
+def _marks_in_source() -> dict[str, set[str]]:
+    """Each name an addon adds to `state.passed`, with the modules that add it."""
+    marks: dict[str, set[str]] = {}
+    root = Path(hoopgw.addons.__path__[0])
+    for path in sorted(root.rglob("*.py")):
+        module_name = ".".join(("hoopgw.addons", *path.relative_to(root).with_suffix("").parts))
+        module_name = module_name.removesuffix(".__init__")
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "add"
+                and isinstance(node.func.value, ast.Attribute)
+                and node.func.value.attr == "passed"
+            ):
+                module = importlib.import_module(module_name)
+                name = eval(ast.unparse(node.args[0]), vars(module))
+                marks.setdefault(name, set()).add(module_name)
+    return marks
+
+
+def test_fail_closed_requires_exactly_the_addons_that_mark_themselves():
+    from hoopgw.addons import gateway
+
+    fail_closed = [addon for addon in gateway.addons if isinstance(addon, FailClosed)]
+    assert len(fail_closed) == 1
+    marks = _marks_in_source()
+    assert fail_closed[0].required == set(marks)
+    assert set(marks) == {names.AUTHENTICATION, names.GUARDRAILS, names.RECORDING}

@@ -12,7 +12,7 @@ from mitmproxy import exceptions, http
 from mitmproxy.test import taddons
 
 from hoopgw.addons import protocol
-from hoopgw.addons.authentication import REDACTED, _scrub_upstream_credentials
+from hoopgw.addons.authentication.scrub import REDACTED, scrub_upstream_credentials
 from hoopgw.addons.flowstate import FlowState
 from hoopgw.addons.identity import (
     AccessPolicy,
@@ -287,7 +287,7 @@ def test_gateway_secrets_are_scrubbed_from_a_forwarded_login() -> None:
         orjson.dumps(body),
         {"Authorization": 'Snowflake Token="upstream-secret"', "Content-Encoding": "identity"},
     )
-    _scrub_upstream_credentials(request, FlowState(endpoint=Endpoint.LOGIN))
+    scrub_upstream_credentials(request, FlowState(endpoint=Endpoint.LOGIN))
     assert b"s3cret" not in (request.content or b"")
     assert orjson.loads(request.content or b"")["data"]["PASSWORD"] == REDACTED
     assert protocol.session_token_from(request.headers) == REDACTED
@@ -295,5 +295,5 @@ def test_gateway_secrets_are_scrubbed_from_a_forwarded_login() -> None:
     sql_api = http.Request.make(
         "GET", "http://127.0.0.1/api/v2/statements/h", b"", {"Authorization": "Bearer key-pair-jwt"}
     )
-    _scrub_upstream_credentials(sql_api, FlowState(endpoint=Endpoint.SQL_API))
+    scrub_upstream_credentials(sql_api, FlowState(endpoint=Endpoint.SQL_API))
     assert sql_api.headers["authorization"] == f"Bearer {REDACTED}"

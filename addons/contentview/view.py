@@ -55,7 +55,7 @@ def _subject(metadata: contentviews.Metadata) -> tuple[Endpoint, bool] | None:
     message = metadata.http_message
     if not isinstance(flow, http.HTTPFlow) or message is None:
         return None
-    endpoint = classify(flow.request.method, flow.request.path)
+    endpoint = classify(flow.request.path)
     if endpoint not in _ENDPOINTS:
         return None
     return endpoint, message is flow.request
