@@ -338,7 +338,7 @@ class Recording:
         return self._event(
             flow,
             state,
-            "session_start",
+            RecordKind.SESSION_START,
             account=upstream.account if upstream else None,
             login_name=upstream.user if upstream else None,
             authenticator=upstream.authenticator if upstream else None,

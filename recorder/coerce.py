@@ -46,3 +46,8 @@ def text(value: Any) -> str | None:
 def mapping(value: Any) -> dict[str, Any]:
     """`value` if it is a JSON object (dict), else an empty one."""
     return value if isinstance(value, dict) else {}
+
+
+def wire_integer(value: Any) -> int | None:
+    """An int, or a string of digits: Snowflake sends some counts and codes as strings."""
+    return integer(value, digits=True)

@@ -11,7 +11,6 @@ from typing import Any
 
 import orjson
 
-from hoopgw.addons.contentview.fields import _dict, _int
 from hoopgw.addons.contentview.report import Report
 from hoopgw.addons.contentview.rows import (
     MAX_ROWS,
@@ -22,15 +21,11 @@ from hoopgw.addons.contentview.rows import (
 )
 from hoopgw.addons.contentview.sql import MAX_SQL_LINES, bindings_section, sql_sections
 from hoopgw.addons.contentview.tables import cell, table
-from hoopgw.addons.protocol import Endpoint
+from hoopgw.addons.protocol import GATEWAY_CODES, Endpoint
+from hoopgw.recorder.coerce import mapping, wire_integer
 from hoopgw.recorder.redaction import REDACTED, redact_json, redact_sql
 
 # hoopgw's own refusal codes (addons/snowflake.py, docs/errors.md).
-_GATEWAY_CODES = {
-    399001: "refused by hoopgw: malformed request",
-    399002: "refused by hoopgw: could not be recorded",
-    399003: "blocked by hoopgw policy",
-}
 _STATEMENT_TYPES = {
     0x0000: "UNKNOWN",
     0x1000: "SELECT",
@@ -71,7 +66,7 @@ def render(
 ) -> str:
     """The view's text for one decoded body; pure, so it is tested without mitmproxy."""
     side = "request" if is_request else "response"
-    truncated = _dict(_dict((hoopgw or {}).get("truncated")).get(side))
+    truncated = mapping(mapping((hoopgw or {}).get("truncated")).get(side))
     report = Report(after_title=_hoopgw_fields(hoopgw or {}))
     if endpoint is Endpoint.LOGIN:
         if is_request:
@@ -103,8 +98,8 @@ def render(
 
 def _hoopgw_fields(hoopgw: dict[str, Any]) -> list[tuple[str, Any]]:
     """The gateway's view of the flow, shown under every title: whose it is, what it decided."""
-    refusal = _dict(hoopgw.get("refusal"))
-    guardrail = _dict(hoopgw.get("guardrail"))
+    refusal = mapping(hoopgw.get("refusal"))
+    guardrail = mapping(hoopgw.get("guardrail"))
     rule = guardrail.get("rule")
     return [
         ("hoopgw session", hoopgw.get("session_id")),
@@ -132,9 +127,9 @@ def _truncation_section(report: Report, truncated: dict[str, Any]) -> None:
             "It was streamed to the client as it arrived; the recording keeps its size, "
             "hash and outline, not its rows."
         )
-    for path, length in list(_dict(truncated.get("trimmed")).items())[:10]:
-        lines.append(f"cut: {path} (was {_int(length) or 0:,} long)")
-    for path, length in list(_dict(truncated.get("elided")).items())[:10]:
+    for path, length in list(mapping(truncated.get("trimmed")).items())[:10]:
+        lines.append(f"cut: {path} (was {wire_integer(length) or 0:,} long)")
+    for path, length in list(mapping(truncated.get("elided")).items())[:10]:
         lines.append(f"left out: {path} ({_bytes(length)})")
     report.section("Recording", lines)
 
@@ -143,7 +138,7 @@ def _truncation_section(report: Report, truncated: dict[str, Any]) -> None:
 
 
 def _login_request(report: Report, body: dict[str, Any], query: dict[str, str]) -> None:
-    data = _dict(redact_json(body).get("data"))
+    data = mapping(redact_json(body).get("data"))
     report.title("Snowflake login request")
     report.field("Account", data.get("ACCOUNT_NAME"))
     report.field("Login name", data.get("LOGIN_NAME"))
@@ -155,7 +150,7 @@ def _login_request(report: Report, body: dict[str, Any], query: dict[str, str]) 
         str(data[key]) for key in ("CLIENT_APP_ID", "CLIENT_APP_VERSION") if key in data
     )
     report.field("Client", client)
-    environment = _dict(data.get("CLIENT_ENVIRONMENT"))
+    environment = mapping(data.get("CLIENT_ENVIRONMENT"))
     shown = ("APPLICATION", "OS", "OS_VERSION", "PYTHON_VERSION", "PYTHON_RUNTIME")
     report.field(
         "Environment",
@@ -165,7 +160,7 @@ def _login_request(report: Report, body: dict[str, Any], query: dict[str, str]) 
     report.field("Schema", query.get("schemaName"))
     report.field("Warehouse", query.get("warehouse"))
     report.field("Role", query.get("roleName"))
-    parameters = _dict(data.get("SESSION_PARAMETERS"))
+    parameters = mapping(data.get("SESSION_PARAMETERS"))
     if parameters:
         report.section(
             f"Session parameters ({len(parameters)})",
@@ -175,13 +170,13 @@ def _login_request(report: Report, body: dict[str, Any], query: dict[str, str]) 
 
 def _login_response(report: Report, body: dict[str, Any]) -> None:
     redacted = redact_json(body)
-    data = _dict(redacted.get("data"))
+    data = mapping(redacted.get("data"))
     if not redacted.get("success", False):
         report.title("Snowflake login response: FAILED")
         _error_fields(report, redacted, data)
         return
     report.title("Snowflake login response: success")
-    info = _dict(data.get("sessionInfo"))
+    info = mapping(data.get("sessionInfo"))
     report.field("Session id", data.get("sessionId"))
     report.field("Database", info.get("databaseName"))
     report.field("Schema", info.get("schemaName"))
@@ -237,7 +232,7 @@ def _query_request(report: Report, endpoint: Endpoint, body: dict[str, Any]) -> 
     bindings = body.get("bindings")
     if isinstance(bindings, dict) and bindings:
         report.section(*bindings_section(bindings))
-    parameters = _dict(redacted.get("parameters"))
+    parameters = mapping(redacted.get("parameters"))
     if parameters:
         report.section(
             f"Statement parameters ({len(parameters)})",
@@ -248,7 +243,7 @@ def _query_request(report: Report, endpoint: Endpoint, body: dict[str, Any]) -> 
 def _query_response(
     report: Report, endpoint: Endpoint, body: dict[str, Any], truncated: dict[str, Any]
 ) -> None:
-    data_raw = _dict(body.get("data"))
+    data_raw = mapping(body.get("data"))
     redacted = redact_json(_without(body, "data"))
     data = redact_json(_without(data_raw, "rowset", "rowsetBase64"))
     what = "result" if endpoint is Endpoint.RESULT else "response"
@@ -275,14 +270,14 @@ def _query_response(
     )
     rowtype = [column for column in data.get("rowtype") or [] if isinstance(column, dict)]
     chunks = [chunk for chunk in data.get("chunks") or [] if isinstance(chunk, dict)]
-    total = _int(data.get("total"))
+    total = wire_integer(data.get("total"))
     result = rows_kept(decode_rowset(data_raw, rowtype), total, truncated)
     report.field("Rows", _row_counts(total, data.get("returned"), result, chunks))
     report.field("Result format", data.get("queryResultFormat"))
     if chunks:
         report.field("Chunks", _chunk_summary(chunks))
     if data.get("stageInfo") is not None:
-        stage = _dict(data.get("stageInfo"))
+        stage = mapping(data.get("stageInfo"))
         report.field(
             "Stage", f"{stage.get('locationType')} {stage.get('location')} (credentials redacted)"
         )
@@ -314,7 +309,7 @@ def _result_table(
     if shown < result.count:
         lines.append(f"… {result.count - shown:,} more inline rows not shown")
     if chunks:
-        rows_in_chunks = sum(_int(chunk.get("rowCount")) or 0 for chunk in chunks)
+        rows_in_chunks = sum(wire_integer(chunk.get("rowCount")) or 0 for chunk in chunks)
         lines.append(
             f"… {rows_in_chunks:,} rows in {len(chunks)} chunks, fetched by the client "
             "from cloud storage, not through the gateway"
@@ -330,10 +325,10 @@ def _row_counts(
         parts.append(f"{total:,} total")
     if (result.count or total) and not result.problem:
         parts.append(f"{result.count:,} inline")
-    if returned is not None and _int(returned) != total:
+    if returned is not None and wire_integer(returned) != total:
         parts.append(f"{returned} returned")
     if chunks:
-        parts.append(f"{sum(_int(c.get('rowCount')) or 0 for c in chunks):,} in chunks")
+        parts.append(f"{sum(wire_integer(c.get('rowCount')) or 0 for c in chunks):,} in chunks")
     return ", ".join(parts) or None
 
 
@@ -342,9 +337,9 @@ def _rows(count: int) -> str:
 
 
 def _chunk_summary(chunks: list[dict[str, Any]]) -> str:
-    rows = sum(_int(chunk.get("rowCount")) or 0 for chunk in chunks)
-    uncompressed = sum(_int(chunk.get("uncompressedSize")) or 0 for chunk in chunks)
-    compressed = sum(_int(chunk.get("compressedSize")) or 0 for chunk in chunks)
+    rows = sum(wire_integer(chunk.get("rowCount")) or 0 for chunk in chunks)
+    uncompressed = sum(wire_integer(chunk.get("uncompressedSize")) or 0 for chunk in chunks)
+    compressed = sum(wire_integer(chunk.get("compressedSize")) or 0 for chunk in chunks)
     return (
         f"{len(chunks)} chunks, {rows:,} rows, {_bytes(uncompressed)} uncompressed, "
         f"{_bytes(compressed)} compressed (downloaded directly from cloud storage)"
@@ -354,7 +349,7 @@ def _chunk_summary(chunks: list[dict[str, Any]]) -> str:
 def _error_fields(report: Report, answer: dict[str, Any], data: dict[str, Any]) -> None:
     code = answer.get("code") or data.get("errorCode")
     report.field("Error code", code)
-    gateway = _GATEWAY_CODES.get(_int(code) or 0)
+    gateway = GATEWAY_CODES.get(wire_integer(code) or 0)
     report.field("Refusal", gateway)
     report.field("SQL state", data.get("sqlState"))
     message = answer.get("message")
@@ -389,14 +384,14 @@ def _sql_api_request(report: Report, body: dict[str, Any]) -> None:
 
 def _sql_api_response(report: Report, body: dict[str, Any], truncated: dict[str, Any]) -> None:
     redacted = redact_json(_without(body, "data"))
-    meta = _dict(redacted.get("resultSetMetaData"))
+    meta = mapping(redacted.get("resultSetMetaData"))
     failed = "sqlState" in redacted and redacted.get("code") not in (None, "090001", "333334")
     report.title("Snowflake SQL API answer" + (": FAILED" if failed else ""))
     report.field("Statement handle", redacted.get("statementHandle"))
     report.field("Code", redacted.get("code"))
     report.field("SQL state", redacted.get("sqlState"))
     report.field("Message", redacted.get("message"))
-    total = _int(meta.get("numRows"))
+    total = wire_integer(meta.get("numRows"))
     report.field("Rows", f"{total:,} total" if total is not None else None)
     partitions = meta.get("partitionInfo")
     if isinstance(partitions, list) and len(partitions) > 1:
@@ -419,7 +414,7 @@ def _token_request(report: Report, body: dict[str, Any], is_request: bool) -> No
         if "oldSessionToken" in redacted:
             report.field("Old token", REDACTED)
         return
-    data = _dict(redacted.get("data"))
+    data = mapping(redacted.get("data"))
     if not redacted.get("success", False):
         report.title("Snowflake session token response: FAILED")
         _error_fields(report, redacted, data)
@@ -436,7 +431,7 @@ def _token_request(report: Report, body: dict[str, Any], is_request: bool) -> No
 
 def _monitoring(report: Report, body: dict[str, Any]) -> None:
     redacted = redact_json(body)
-    data = _dict(redacted.get("data"))
+    data = mapping(redacted.get("data"))
     report.title("Snowflake query status")
     if not redacted.get("success", True):
         _error_fields(report, redacted, data)
@@ -473,7 +468,7 @@ def _column_type(column: dict[str, Any]) -> str:
 
 
 def _statement_type(value: Any) -> str | None:
-    number = _int(value)
+    number = wire_integer(value)
     if number is None:
         return None
     name = _STATEMENT_TYPES.get(number) or _STATEMENT_FAMILIES.get(number & 0xF000)
@@ -500,7 +495,7 @@ def _without(mapping: dict[str, Any], *keys: str) -> dict[str, Any]:
 
 
 def _bytes(size: Any) -> str:
-    number = _int(size)
+    number = wire_integer(size)
     if number is None:
         return "?"
     amount = float(number)

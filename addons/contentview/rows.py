@@ -15,8 +15,8 @@ import decimal
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from hoopgw.addons.contentview.fields import _int
 from hoopgw.addons.contentview.tables import cell
+from hoopgw.recorder.coerce import wire_integer
 from hoopgw.recorder.redaction import redact_json
 
 MAX_ROWS = 100
@@ -45,7 +45,7 @@ def json_rows(rows: list[Any], rowtype: Sequence[dict[str, Any]]) -> DecodedRows
     """The first `MAX_ROWS` rows of a JSON rowset (query answer or SQL API `data`)."""
     shown = rows[:MAX_ROWS]
     kinds = [str(column.get("type", "")).upper() for column in rowtype]
-    scales = [_int(column.get("scale")) or 0 for column in rowtype]
+    scales = [wire_integer(column.get("scale")) or 0 for column in rowtype]
     cells = []
     for row in redact_json(shown):
         values = row if isinstance(row, list) else [row]
@@ -121,9 +121,9 @@ def _arrow_converter(arrow_field: Any, column: dict[str, Any]) -> Any:
     """A function from one Arrow Python value to its display text, per Snowflake's encoding."""
     meta = {key.decode(): value.decode() for key, value in (arrow_field.metadata or {}).items()}
     kind = str(column.get("type") or meta.get("logicalType") or "").upper()
-    scale = _int(column.get("scale"))
+    scale = wire_integer(column.get("scale"))
     if scale is None:
-        scale = _int(meta.get("scale")) or 0
+        scale = wire_integer(meta.get("scale")) or 0
 
     def convert(value: Any) -> str:
         if value is None:

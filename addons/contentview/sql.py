@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from hoopgw.addons.contentview.fields import _dict
 from hoopgw.addons.contentview.report import Report
 from hoopgw.addons.contentview.rows import MAX_ROWS
 from hoopgw.addons.contentview.tables import cell, table
+from hoopgw.recorder.coerce import mapping
 from hoopgw.recorder.redaction import redact_json
 
 MAX_SQL_FORMAT_CHARS = 20_000
@@ -60,10 +60,10 @@ def _bounded_lines(text: str) -> list[str]:
 def bindings_section(bindings: dict[str, Any]) -> tuple[str, list[str]]:
     """Bind values as a table: one row per value, or one per row of an array binding."""
     names = list(bindings)
-    values = [_dict(bindings[name]) for name in names]
+    values = [mapping(bindings[name]) for name in names]
     types = [str(value.get("type", "")) for value in values]
     columns = [
-        _dict(redact_json({"name": name, "value": v.get("value")})).get("value")
+        mapping(redact_json({"name": name, "value": v.get("value")})).get("value")
         for name, v in zip(names, values, strict=True)
     ]
     if any(isinstance(column, list) for column in columns):

@@ -16,6 +16,7 @@ from hoopgw.addons.failclosed import FailClosed, guarded
 from hoopgw.addons.flowstate import state_of
 from hoopgw.addons.guardrails import Guardrails
 from hoopgw.addons.inspection import Inspection
+from hoopgw.addons.recording import Recording
 from hoopgw.addons.traffic import SnowflakeTraffic
 from tests.addons import QUERY_PATH, classified, error_of, snowflake_flow
 from tests.bodies import query_body
@@ -99,6 +100,6 @@ def test_done_while_mitmproxy_shuts_down_does_not_exit() -> None:
 
 
 def test_guarded_keeps_async_hooks_async() -> None:
-    addon = guarded(Guardrails())
+    addon = guarded(Recording())
     assert asyncio.iscoroutinefunction(addon.request)
     assert not asyncio.iscoroutinefunction(addon.response)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from mitmproxy import flow as mitmflow
 from mitmproxy import http
 
-from hoopgw.addons import protocol
-from hoopgw.addons.flowstate import Caller, FlowState, Refusal
+from hoopgw.addons.flowstate import Caller, FlowState
 from hoopgw.addons.inspection import BLOCKED_MARK, FAILED_MARK, Inspection, OfflineViewer
 from hoopgw.addons.protocol import StreamedAnswer
+from hoopgw.addons.refusals import refuse
 from tests.addons import (
     LOGIN_PATH,
     QUERY_PATH,
@@ -59,11 +59,7 @@ def test_an_sql_api_statement_and_a_login_are_named() -> None:
 def test_a_refused_request_is_marked_blocked_with_its_reason() -> None:
     flow, state = seen(body=query_body("drop table t"))
     state.guardrail = {"decision": "block", "rule": "agents-guard"}
-    state.refuse(
-        flow,
-        protocol.query_failure(399003, "refused"),
-        Refusal(399003, "rule 'agents-guard' denies DROP", "guardrails"),
-    )
+    refuse(flow, state, 399003, "rule 'agents-guard' denies DROP", "guardrails")
     inspection = Inspection()
     inspection.request(flow)
     assert flow.marked == BLOCKED_MARK

@@ -18,8 +18,9 @@ from mitmproxy import flow as mitmflow
 from mitmproxy.test import taddons
 
 from hoopgw.addons import protocol
-from hoopgw.addons.flowstate import Caller, FlowState, Refusal, state_of
+from hoopgw.addons.flowstate import Caller, FlowState, state_of
 from hoopgw.addons.recording import Recording
+from hoopgw.addons.refusals import refuse
 from hoopgw.addons.traffic import SnowflakeTraffic
 from hoopgw.recorder.redaction import REDACTED
 from tests.addons import (
@@ -179,11 +180,7 @@ async def test_a_login_opens_and_a_logout_ends_the_session(tmp_path: Path) -> No
 async def test_a_refused_request_is_recorded_as_a_refusal(tmp_path: Path) -> None:
     with recording(tmp_path) as addon:
         flow, state = authenticated(body=query_body("drop table t"))
-        state.refuse(
-            flow,
-            protocol.query_failure(399003, "refused"),
-            Refusal(399003, "rule 'x' denies DROP", "guardrails"),
-        )
+        refuse(flow, state, 399003, "rule 'x' denies DROP", "guardrails")
         state.guardrail = {"decision": "block", "rule": "x"}
         await addon.request(flow)
         assert "recording" not in state.passed
