@@ -20,18 +20,21 @@ from hoopgw.addons.startup import (
     pin_malloc_mmap_threshold,
 )
 from hoopgw.addons.traffic import SnowflakeTraffic
+from hoopgw.addons.transport import TRANSPORT, ClientDeadlines, RequireTls
 
 pin_malloc_mmap_threshold()
 
 addons = [
     one_line_option_errors(guarded(addon))
     for addon in (
+        ClientDeadlines(),
         SnowflakeTraffic(),
+        RequireTls(),
         Authentication(),
         Guardrails(),
         Recording(),
         Inspection(),
-        FailClosed(required=("authentication", "guardrails", "recording")),
+        FailClosed(required=(TRANSPORT, "authentication", "guardrails", "recording")),
         ReadyAnnouncer(),
     )
 ]
