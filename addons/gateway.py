@@ -22,19 +22,24 @@ from hoopgw.addons.startup import (
     pin_malloc_mmap_threshold,
 )
 from hoopgw.addons.traffic import SnowflakeTraffic
+from hoopgw.addons.transport import ClientDeadlines, RequireTls
 
 pin_malloc_mmap_threshold()
 
 addons = [
     one_line_option_errors(guarded(addon))
     for addon in (
+        ClientDeadlines(),
         SnowflakeTraffic(),
+        RequireTls(),
         Authentication(),
         SessionContextTracker(),
         Guardrails(),
         Recording(),
         Inspection(),
-        FailClosed(required=(names.AUTHENTICATION, names.GUARDRAILS, names.RECORDING)),
+        FailClosed(
+            required=(names.TRANSPORT, names.AUTHENTICATION, names.GUARDRAILS, names.RECORDING)
+        ),
         ReadyAnnouncer(),
     )
 ]

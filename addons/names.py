@@ -12,6 +12,7 @@ from typing import Final
 
 TRAFFIC: Final = "traffic"
 """Not a mark: what FailClosed names when the flow was never classified."""
+TRANSPORT: Final = "transport"
 AUTHENTICATION: Final = "authentication"
 GUARDRAILS: Final = "guardrails"
 RECORDING: Final = "recording"

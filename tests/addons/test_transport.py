@@ -1,0 +1,200 @@
+"""ClientDeadlines and RequireTls in process: option parsing and the decision per flow."""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+import pytest
+from mitmproxy import exceptions
+from mitmproxy.test import taddons, tflow
+
+from hoopgw.addons import protocol
+from hoopgw.addons.flowstate import FlowState, attach, state_of
+from hoopgw.addons.names import TRANSPORT
+from hoopgw.addons.transport import (
+    PLAIN_HTTP_MESSAGE,
+    ClientDeadlines,
+    PartialHeadWithheld,
+    RequireTls,
+    _ClientConnection,
+)
+
+LOGIN = b"/session/v1/login-request"
+
+
+def snowflake_flow(path: bytes = LOGIN, *, tls: bool, body: bytes = b'{"data": {}}'):
+    flow = tflow.tflow(req=tflow.treq(method=b"POST", path=path, content=body))
+    if not tls:
+        flow.client_conn.timestamp_tls_setup = None
+    attach(flow, FlowState(endpoint=protocol.classify(flow.request.path)))
+    return flow
+
+
+@pytest.mark.parametrize(
+    ("value", "certs", "required"),
+    [
+        ("auto", [], False),
+        ("auto", ["*=/etc/hoopgw/server.pem"], True),
+        ("on", [], True),
+        ("off", ["*=/etc/hoopgw/server.pem"], False),
+    ],
+)
+def test_require_tls_follows_the_option_and_certs(value, certs, required) -> None:
+    addon = RequireTls()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, hoopgw_require_tls=value, certs=certs)
+        assert addon.required is required
+
+
+def test_require_tls_rejects_other_values_in_one_line() -> None:
+    addon = RequireTls()
+    with taddons.context(addon) as tctx, pytest.raises(exceptions.OptionsError) as failure:
+        tctx.configure(addon, hoopgw_require_tls="yes")
+    assert str(failure.value) == "hoopgw_require_tls must be one of auto, on, off, got 'yes'"
+
+
+@pytest.mark.parametrize(
+    ("path", "shape"),
+    [
+        (LOGIN, "login"),
+        (b"/queries/v1/query-request?requestId=1", "query"),
+        (b"/api/v2/statements", "sql_api"),
+        (b"/not/a/snowflake/path", "session"),
+    ],
+)
+def test_plain_http_is_refused_in_the_endpoint_shape_and_its_body_dropped(path, shape) -> None:
+    addon = RequireTls()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, hoopgw_require_tls="on")
+        flow = snowflake_flow(path, tls=False, body=b'{"data": {"TOKEN": "clear-id-token"}}')
+        state = state_of(flow)
+        assert state is not None
+        addon.requestheaders(flow)
+        state.request_body = flow.request.raw_content  # what SnowflakeTraffic keeps
+        addon.request(flow)
+    assert flow.response is not None and state.refusal is not None
+    assert state.refusal.code == protocol.CODE_GATEWAY_PROTOCOL
+    assert state.refusal.source == TRANSPORT
+    answer = orjson.loads(flow.response.content or b"")
+    assert answer["code"] == str(protocol.CODE_GATEWAY_PROTOCOL)
+    assert answer["message"] == PLAIN_HTTP_MESSAGE
+    assert flow.response.status_code == (403 if shape == "sql_api" else 200)
+    if shape != "sql_api":
+        assert answer["success"] is False
+    assert state.request_body == b"" and flow.request.raw_content == b""
+    assert TRANSPORT in state.passed
+
+
+def test_tls_requests_pass_untouched_with_the_mark() -> None:
+    addon = RequireTls()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, hoopgw_require_tls="on")
+        flow = snowflake_flow(tls=True)
+        addon.requestheaders(flow)
+        addon.request(flow)
+    state = state_of(flow)
+    assert flow.response is None and state is not None and not state.answered
+    assert flow.request.raw_content == b'{"data": {}}'
+    assert TRANSPORT in state.passed
+
+
+def test_plain_http_passes_when_tls_is_not_required() -> None:
+    addon = RequireTls()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, hoopgw_require_tls="auto")
+        flow = snowflake_flow(tls=False)
+        addon.requestheaders(flow)
+        addon.request(flow)
+    assert flow.response is None
+
+
+@pytest.mark.parametrize(
+    "option",
+    ["hoopgw_header_timeout", "hoopgw_idle_timeout", "hoopgw_min_body_rate"],
+)
+def test_deadline_options_must_be_positive(option) -> None:
+    addon = ClientDeadlines()
+    message = f"^{option} must be at least 1, got 0$"
+    with taddons.context(addon) as tctx, pytest.raises(exceptions.OptionsError, match=message):
+        tctx.configure(addon, **{option: 0})
+
+
+def test_the_connection_cap_cannot_be_negative() -> None:
+    addon = ClientDeadlines()
+    with (
+        taddons.context(addon) as tctx,
+        pytest.raises(exceptions.OptionsError, match="hoopgw_max_client_connections"),
+    ):
+        tctx.configure(addon, hoopgw_max_client_connections=-1)
+
+
+def test_each_phase_has_its_deadline_and_a_request_in_flight_has_none() -> None:
+    addon = ClientDeadlines()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, hoopgw_header_timeout=10, hoopgw_idle_timeout=60)
+        tctx.configure(addon, hoopgw_min_body_rate=1000)
+        flow = snowflake_flow(tls=True, body=b"x" * 5000)
+        flow.request.headers["content-length"] = "5000"
+        addon.client_connected(flow.client_conn)
+        tracked = addon.connections[flow.client_conn.id]
+        first = addon.deadline(tracked, tracked.opened)
+        assert first is not None and first.kind == "headers"
+        assert first.when == tracked.opened + 10
+
+        addon.requestheaders(flow)
+        receiving = addon.deadline(tracked, 0)
+        assert receiving is not None and receiving.kind == "body"
+        assert receiving.when - tracked.opened == pytest.approx(10 + 5, abs=1)
+
+        addon.request(flow)
+        assert addon.deadline(tracked, 0) is None  # waiting for Snowflake: never cut
+
+        addon.response(flow)
+        idle = addon.deadline(tracked, 1000.0)
+        assert idle is not None and idle.kind == "idle" and idle.when == 1060.0
+
+        addon.client_disconnected(flow.client_conn)
+    assert addon.connections == {} and not addon.per_address
+
+
+def test_connections_over_the_cap_are_refused_and_counted() -> None:
+    addon = ClientDeadlines()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, hoopgw_max_client_connections=2)
+        clients = [tflow.tclient_conn() for _ in range(3)]
+        for client in clients:
+            client.peername = ("192.0.2.7", 40000)
+            addon.client_connected(client)
+    assert [client.error for client in clients[:2]] == [None, None]
+    assert clients[2].error == "more than 2 connections from 192.0.2.7"
+    assert addon.closed["limit"] == 1
+    assert isinstance(addon.connections[clients[0].id], _ClientConnection)
+
+
+def test_an_unfinished_request_head_stays_out_of_the_log() -> None:
+    record = logging.LogRecord(
+        "mitmproxy.proxy.server",
+        logging.INFO,
+        __file__,
+        1,
+        "Client closed connection before completing request headers: "
+        "b'POST / HTTP/1.1\\r\\nAuthorization: Snowflake Token=\"secret\"'",
+        None,
+        None,
+    )
+    assert PartialHeadWithheld().filter(record)
+    assert "secret" not in record.getMessage()
+    assert "not logged" in record.getMessage()
+
+
+def test_flows_without_state_are_left_to_failclosed() -> None:
+    """No state means SnowflakeTraffic never saw the flow; FailClosed refuses it for that."""
+    addon = RequireTls()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, hoopgw_require_tls="on")
+        flow = tflow.tflow()
+        flow.client_conn.timestamp_tls_setup = None
+        addon.requestheaders(flow)
+        addon.request(flow)
+    assert flow.response is None
