@@ -3,9 +3,13 @@
 The addons run in this order for every request (addons/gateway.py builds the
 list), and each reads and extends the flow's `FlowState`:
 
+0. `ClientDeadlines` (addons/transport.py) bounds how long a client may owe
+   the gateway request headers or a body, and how many connections one
+   address holds; it sees connections, not flows.
 1. `SnowflakeTraffic` (addons/traffic.py) classifies the endpoint and parses the
    request body once into `state.request_json`; a malformed request is answered
-   by the gateway (`state.refusal` set).
+   by the gateway (`state.refusal` set). `RequireTls` (addons/transport.py),
+   right after it, refuses plain HTTP on a gateway that serves TLS.
 2. `Authentication` (addons/authentication/, with identity.py, credentials.py
    and session_tokens.py) verifies the caller and swaps credentials; sets
    `state.caller`, `state.session_id`, the context the session logged in with

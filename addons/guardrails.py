@@ -1,7 +1,7 @@
 """Guardrails: a per-group statement policy, enforced before Snowflake sees a statement.
 
 The policy is a TOML file of rules (docs/policy.md). Each statement of a query
-is classified by recorder/statements.py (sqlglot, Snowflake dialect) and
+is classified by recorder/statements/ (sqlglot, Snowflake dialect) and
 checked against every rule that applies to one of the caller's groups; the
 first rule that blocks a statement refuses the whole request with a Snowflake
 query error (code 399003) naming the rule and the reason, and nothing of it

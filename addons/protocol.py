@@ -455,7 +455,7 @@ class StreamedAnswer:
 
     Every chunk goes on unchanged. On the way it is counted and hashed (as sent
     and, for an encoded body, decoded, up to `decoded_limit` bytes), and a JSON
-    body is outlined (recorder.redaction.JsonOutline): what the record of the
+    body is outlined (recorder.outline.JsonOutline): what the record of the
     answer keeps instead of the body. It never raises: what it cannot decode
     or outline still reaches the client, and the record says what was not read.
     """

@@ -25,7 +25,6 @@ from hoopgw.addons.protocol import GATEWAY_CODES, Endpoint
 from hoopgw.recorder.coerce import mapping, wire_integer
 from hoopgw.recorder.redaction import REDACTED, redact_json, redact_sql
 
-# hoopgw's own refusal codes (addons/snowflake.py, docs/errors.md).
 _STATEMENT_TYPES = {
     0x0000: "UNKNOWN",
     0x1000: "SELECT",
