@@ -76,6 +76,15 @@ class Context:
         return any((self.database, self.schema, self.warehouse, self.role))
 
 
+def outcome_label(success: bool | None, error_code: str | None) -> str:
+    """A statement's outcome in one word for tables: ok, error CODE, or unknown."""
+    if success is None:
+        return "unknown"
+    if success:
+        return "ok"
+    return f"error {error_code}" if error_code else "error"
+
+
 @dataclass(slots=True)
 class RecordedOutcome:
     """What Snowflake answered when the statement first ran, as far as the record tells.
@@ -103,11 +112,7 @@ class RecordedOutcome:
     @property
     def label(self) -> str:
         """A short outcome word for tables: ok, error CODE, or unknown."""
-        if self.success is None:
-            return "unknown"
-        if self.success:
-            return "ok"
-        return f"error {self.error_code}" if self.error_code else "error"
+        return outcome_label(self.success, self.error_code)
 
 
 @dataclass(slots=True)

@@ -20,6 +20,8 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
+from hoopgw.recorder.session import outcome_label
+
 _SAMPLE_ROWS: Final = 3
 
 
@@ -41,11 +43,7 @@ class Observation:
 
     @property
     def label(self) -> str:
-        if self.success is None:
-            return "unknown"
-        if self.success:
-            return "ok"
-        return f"error {self.error_code}" if self.error_code else "error"
+        return outcome_label(self.success, self.error_code)
 
     def to_dict(self, *, with_rows: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {
