@@ -413,12 +413,12 @@ class Recording:
     def _body(
         self, message: http.Message, decoded: bytes | None, parsed: dict[str, Any] | None
     ) -> dict[str, Any]:
-        """The record's body; reuses the JSON the gateway parsed (decoded bodies are bounded)."""
+        """The record's body, treated as what its bytes are whatever its Content-Type says;
+        reuses the JSON the gateway parsed (decoded bodies are bounded)."""
         raw = decoded if decoded is not None else message.raw_content or b""
-        content_type = message.headers.get("content-type")
         if parsed is not None and decoded is not None:
-            return redaction.body_for_record(raw, content_type, self.body_limit, parsed=parsed)
-        return redaction.body_for_record(raw, content_type, self.body_limit)
+            return redaction.body_for_record(raw, self.body_limit, parsed=parsed)
+        return redaction.body_for_record(raw, self.body_limit)
 
 
 def _starts_work(flow: http.HTTPFlow, state: FlowState) -> bool:
