@@ -174,12 +174,17 @@ _URL_PREFIXES: Final = ("https://", "http://", "azure://", "gcs://", "s3://")
 # how a credential value begins whatever it is called: a JWT (`{"` in base64url), a scheme
 _CREDENTIAL_PREFIXES: Final = ("eyJ", "Bearer ", "bearer ", "BEARER ", "Basic ", "Snowflake Token=")
 _SCRUBBED_PREFIXES: Final = _URL_PREFIXES + _CREDENTIAL_PREFIXES
-_JWT: Final = re.compile(r"eyJ[A-Za-z0-9_\-]*\.[A-Za-z0-9_\-]*")
 _CREDENTIAL_VALUE: Final = re.compile(
-    r"eyJ[A-Za-z0-9_\-]*\.[A-Za-z0-9_\-]*|\b(?:bearer|basic)\s+[A-Za-z0-9+/=_.~\-]{8,}"
-    r"|snowflake\s+token\s*=",
+    r"eyJ[A-Za-z0-9_\-]*\.[A-Za-z0-9_\-.]*"
+    r"|\b(?:bearer|basic)\s+[A-Za-z0-9+/=_.~\-]{8,}"
+    r"|snowflake\s+token\s*=\s*\S*",
     re.IGNORECASE,
 )
+
+
+def mask_credential_values(text: str) -> str:
+    """`text` with every JWT and `Bearer ...` / `Basic ...` value in it masked."""
+    return _CREDENTIAL_VALUE.sub(REDACTED, text)
 
 
 def looks_like_credential(value: str) -> bool:
@@ -247,7 +252,7 @@ def _key_rule(key: str) -> int:
 def _redact_value(value: Any, url_key: bool) -> Any:
     """`url_key`: the value sits under a URL-valued key (`chunks[].url`, `presignedUrls`)."""
     if isinstance(value, str):
-        return _redact_url(value, url_key) if value.startswith(_SCRUBBED_PREFIXES) else value
+        return _redact_url(value, url_key) if _scrubbed(value) else value
     if isinstance(value, dict):
         return _redact_dict(value)
     if isinstance(value, list):
@@ -255,17 +260,22 @@ def _redact_value(value: Any, url_key: bool) -> Any:
     return value
 
 
+def _scrubbed(value: str) -> bool:
+    """Whether a JSON string needs a closer look: a URL, or a credential under any key."""
+    return value.startswith(_SCRUBBED_PREFIXES) or "eyJ" in value
+
+
 def _redact_url(value: str, url_key: bool) -> str:
     """A string starting with one of `_SCRUBBED_PREFIXES`: a URL, or perhaps a credential."""
     if not value.startswith(_URL_PREFIXES):
-        return REDACTED if _JWT.match(value) or not value.startswith("eyJ") else value
+        return mask_credential_values(value)
     return strip_url_query(value) if url_key else _scrub_string(value)
 
 
 def _redact_list(items: list[Any], url_key: bool) -> list[Any]:
     """Rows of results are most of what passes here: plain strings and numbers stay as they are."""
     return [
-        (_redact_url(item, url_key) if item.startswith(_SCRUBBED_PREFIXES) else item)
+        (_redact_url(item, url_key) if _scrubbed(item) else item)
         if item.__class__ is str
         else item
         if item is None or item.__class__ is int or item.__class__ is float
@@ -288,7 +298,7 @@ def _redact_dict(obj: dict[Any, Any]) -> dict[Any, Any]:
                 out[key] = redact_sql(value)
             elif rule == _MESSAGE:
                 out[key] = redact_message(value)
-            elif value.startswith(_SCRUBBED_PREFIXES):
+            elif _scrubbed(value):
                 out[key] = _redact_url(value, rule == _URL)
             else:
                 out[key] = value
@@ -374,12 +384,13 @@ def redact_message(text: str) -> str:
 
     Messages quote fragments of the statement (often cut mid-literal, so the
     SQL tokenizer cannot see the literal's extent): everything after a word
-    such as PASSWORD or CREDENTIALS is dropped rather than parsed.
+    such as PASSWORD or CREDENTIALS is dropped rather than parsed. JWTs and
+    `Bearer ...` values a message echoes from the request are masked.
     """
     match = _SQL_TRIGGER.search(text)
-    if match is None:
-        return text
-    return f"{text[: match.end()]} {REDACTED}"
+    if match is not None:
+        text = f"{text[: match.end()]} {REDACTED}"
+    return mask_credential_values(text)
 
 
 def _is_secret_sql_name(upper: str) -> bool:
