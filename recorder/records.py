@@ -260,8 +260,9 @@ def withhold_statement_echoes(record: dict[str, Any]) -> None:
         return
     if "json" in body:
         body["json"] = _mask_messages(body["json"])
-    if isinstance(body.get("text"), str):
-        body["text"] = _first_line_masked(body["text"])
+    for key in ("text", "sample"):
+        if isinstance(body.get(key), str):
+            body[key] = _first_line_masked(body[key])
 
 
 def query_id_in_path(path: str) -> str | None:
