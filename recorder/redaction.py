@@ -598,24 +598,29 @@ def body_for_record(raw: bytes, limit: int, *, parsed: Any = _NOT_PARSED) -> dic
             out["trimmed"] = trimmed
         out["json"] = redacted
         return out
-    text = _utf8(raw)
-    pairs = _parse_form(text) if text is not None else None
+    pairs = _parse_form(_form_region(raw, limit) if over else _utf8(raw))
     if pairs is not None:
         redacted_pairs = [[_scrub_form_text(name), _form_value(name, item)] for name, item in pairs]
         if over:
             redacted_pairs = _trim_pairs(redacted_pairs, limit)
         out["form"] = redacted_pairs
         return out
-    if text is None:
-        sample_text = raw[:_SAMPLE_BYTES].decode("utf-8", "ignore") if _textual(raw) else None
-    else:
-        sample_text = text
-    out["omitted"] = "binary" if sample_text is None else "unparsable"
-    if sample_text:
-        sample = scrub_sample(sample_text, _SAMPLE_CHARS)
-        if sample:
-            out["sample"] = sample
+    if not _textual(raw):
+        out["omitted"] = "binary"
+        return out
+    out["omitted"] = "unparsable"
+    head = raw[3:] if raw.startswith(_BOM) else raw
+    sample = scrub_sample(head[: _SAMPLE_BYTES + 1].decode("utf-8", "ignore"), _SAMPLE_CHARS)
+    if sample:
+        out["sample"] = sample
     return out
+
+
+def _form_region(raw: bytes, limit: int) -> str | None:
+    """The fields of an over-limit body that the record can keep: only those are read."""
+    region = raw[:limit]
+    end = region.rfind(b"&")
+    return _utf8(region[:end] if end > 0 else region)
 
 
 _BOM: Final = b"\xef\xbb\xbf"
@@ -652,14 +657,20 @@ def _utf8(raw: bytes) -> str | None:
 
 
 def _textual(raw: bytes) -> bool:
-    """A body cut mid-character still counts as text; one with NULs does not."""
+    """UTF-8 without NULs, judged on the start (a body cut mid-character still counts)."""
     head = raw[:_SAMPLE_BYTES]
-    return b"\x00" not in head and _utf8(head[: max(0, len(head) - 3)]) is not None
+    if b"\x00" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc.start >= len(head) - 3 and len(raw) > len(head)
+    return True
 
 
-def _parse_form(text: str) -> list[tuple[str, str]] | None:
+def _parse_form(text: str | None) -> list[tuple[str, str]] | None:
     """`name=value&...` read strictly: every field has `=` and a name of URL-safe characters."""
-    if "=" not in text:
+    if text is None or "=" not in text:
         return None
     fields = text.strip().split("&")
     for field in fields:
