@@ -182,14 +182,23 @@ _CREDENTIAL_VALUE: Final = re.compile(
 )
 
 
+_CREDENTIAL_VALUE_WORDS: Final = ("eyj", "bearer", "basic", "token")
+
+
 def mask_credential_values(text: str) -> str:
     """`text` with every JWT and `Bearer ...` / `Basic ...` value in it masked."""
-    return _CREDENTIAL_VALUE.sub(REDACTED, text)
+    return _CREDENTIAL_VALUE.sub(REDACTED, text) if _may_carry_credential(text) else text
 
 
 def looks_like_credential(value: str) -> bool:
     """Whether a value whose name says nothing holds a JWT or an Authorization-style secret."""
-    return _CREDENTIAL_VALUE.search(value) is not None
+    return _may_carry_credential(value) and _CREDENTIAL_VALUE.search(value) is not None
+
+
+def _may_carry_credential(text: str) -> bool:
+    """The words `_CREDENTIAL_VALUE` starts with, found by C substring search first."""
+    lowered = text.lower()
+    return any(word in lowered for word in _CREDENTIAL_VALUE_WORDS)
 
 
 def _is_url(value: str) -> bool:
@@ -633,6 +642,7 @@ _SAMPLE_STOP: Final = re.compile(
     r"|identified|-----",
     re.IGNORECASE,
 )
+_WORD_CHARS: Final = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_"
 _TOKEN_RUN: Final = re.compile(r"[A-Za-z0-9+/=_.~%\-]{20,}")
 
 
@@ -690,10 +700,16 @@ def _form_value(name: str, value: str) -> str:
 
 
 def _scrub_form_text(text: str) -> str:
-    """A form name or value: nothing token-shaped, SQL with its credential literals masked."""
+    """A form name or value: nothing token-shaped, SQL with its credential literals masked,
+    and free text cut after a credential word that something follows (`pwd is ...`)."""
     if looks_like_credential(text):
         return REDACTED
-    return redact_sql(text) if _may_hold_secrets(text) else text
+    if _may_hold_secrets(text):
+        text = redact_sql(text)
+    stop = _SAMPLE_STOP.search(text)
+    if stop is not None and text[stop.end() :].strip(_WORD_CHARS):
+        return f"{text[: stop.end()]} {REDACTED}"
+    return text
 
 
 def scrub_sample(text: str, limit: int) -> str:

