@@ -274,7 +274,7 @@ class Recording:
             state.refusal = Refusal(0, reason, "mitmproxy")
             records.append(self._request_record(flow, state))
         record = self._event(flow, state, RecordKind.ERROR, flow_id=flow.id)
-        record["error"] = reason
+        record["error"] = redaction.mask_credential_values(reason)
         record["duration_ms"] = milliseconds(flow.request.timestamp_start, time.time())
         if state.streamed is not None and flow.response is not None:
             # the answer was being streamed when it broke off: say how far it got
@@ -375,7 +375,7 @@ class Recording:
         if state.guardrail is not None:
             record["guardrail"] = state.guardrail
         if state.refusal is not None:
-            record["refusal"] = state.refusal.as_record()
+            record["refusal"] = _refusal(state.refusal)
         return record
 
     def _response_record(self, flow: http.HTTPFlow, state: FlowState) -> dict[str, Any]:
@@ -395,7 +395,7 @@ class Recording:
             body=self._response_body(response, state),
         )
         if state.refusal is not None:
-            record["refusal"] = state.refusal.as_record()
+            record["refusal"] = _refusal(state.refusal)
         if isinstance(state.response_json, dict) and state.endpoint in _OUTCOME_ENDPOINTS:
             record.update(statement_outcome(state.response_json))
         if state.sql_masked:
@@ -413,12 +413,19 @@ class Recording:
     def _body(
         self, message: http.Message, decoded: bytes | None, parsed: dict[str, Any] | None
     ) -> dict[str, Any]:
-        """The record's body; reuses the JSON the gateway parsed (decoded bodies are bounded)."""
+        """The record's body, treated as what its bytes are whatever its Content-Type says;
+        reuses the JSON the gateway parsed (decoded bodies are bounded)."""
         raw = decoded if decoded is not None else message.raw_content or b""
-        content_type = message.headers.get("content-type")
         if parsed is not None and decoded is not None:
-            return redaction.body_for_record(raw, content_type, self.body_limit, parsed=parsed)
-        return redaction.body_for_record(raw, content_type, self.body_limit)
+            return redaction.body_for_record(raw, self.body_limit, parsed=parsed)
+        return redaction.body_for_record(raw, self.body_limit)
+
+
+def _refusal(refusal: Refusal) -> dict[str, Any]:
+    """A refusal as recorded: a reason may quote the request (a header value), so it is scrubbed."""
+    record = refusal.as_record()
+    record["reason"] = redaction.mask_credential_values(record["reason"])
+    return record
 
 
 def _starts_work(flow: http.HTTPFlow, state: FlowState) -> bool:

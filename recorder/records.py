@@ -16,17 +16,13 @@ from typing import Any, Final, NotRequired, TypedDict
 
 from hoopgw.recorder import redaction
 from hoopgw.recorder.schema import RecordKind
+from hoopgw.recorder.statements import credentials
 
 _MESSAGE_KEYS: Final = frozenset({"message", "errormessage"})
 _QUOTED: Final = re.compile(r"'[^']*(?:'|$)")
 _QUOTED_REDACTED: Final = f"'{redaction.REDACTED}'"
-# a bind placeholder where a credential goes: `PASSWORD = ?`, `TOKEN = :1`, ...
-_CREDENTIAL_PLACEHOLDER: Final = re.compile(
-    r"\b(?:\w*PASSWORD|PASSCODE|PASSPHRASE|\w*SECRET\w*|\w*TOKEN|\w*_KEY(?:_ID)?|"
-    r"RSA_PUBLIC_KEY(?:_2)?)\s*=\s*(?:\?|:\d+)"
-    r"|\b(?:CREDENTIALS|ENCRYPTION)\s*=\s*\([^)]*(?:\?|:\d+)",
-    re.IGNORECASE,
-)
+BINDS_CREDENTIAL: Final = "credential"
+UNREADABLE_SQL: Final = "unreadable sql"
 
 
 # --- types ---------------------------------------------------------------------------
@@ -154,8 +150,10 @@ def add_statement(record: dict[str, Any], body: dict[str, Any], body_limit: int)
     """Add a statement request's SQL, bindings and driver fields from its JSON `body`.
 
     The SQL is stored with credential literals masked and cut to `body_limit`;
-    a statement that binds a credential (`SET PASSWORD = ?`) has every bind value
-    masked. True when the SQL text had something masked, so that the answer's
+    a statement that binds a credential (`SET PASSWORD = ?`, `password => :1`,
+    read off the SQL's tokens by `statements.credentials`) has every bind value
+    masked, and so has one whose SQL cannot be read (`bindings_masked` says
+    which). True when the SQL text had something masked, so that the answer's
     echoes of it are withheld too (`withhold_statement_echoes`).
     """
     masked = False
@@ -168,8 +166,10 @@ def add_statement(record: dict[str, Any], body: dict[str, Any], body_limit: int)
             record["sql_truncated"] = len(sql)
     if body.get("bindings"):
         record["bindings"] = body["bindings"]
-        if isinstance(sql, str) and _CREDENTIAL_PLACEHOLDER.search(sql):
+        binds = credentials.binds_credential(sql) if isinstance(sql, str) else None
+        if binds is not False:
             mask_bindings(record)
+            record["bindings_masked"] = BINDS_CREDENTIAL if binds else UNREADABLE_SQL
     if isinstance(body.get("sequenceId"), int):
         record["sequence_id"] = body["sequenceId"]
     if "asyncExec" in body:
@@ -260,8 +260,9 @@ def withhold_statement_echoes(record: dict[str, Any]) -> None:
         return
     if "json" in body:
         body["json"] = _mask_messages(body["json"])
-    if isinstance(body.get("text"), str):
-        body["text"] = _first_line_masked(body["text"])
+    for key in ("text", "sample"):
+        if isinstance(body.get(key), str):
+            body[key] = _first_line_masked(body[key])
 
 
 def query_id_in_path(path: str) -> str | None:

@@ -21,6 +21,8 @@ from sqlglot.dialects.snowflake import Snowflake
 from sqlglot.errors import SqlglotError
 from sqlglot.tokens import Token, TokenType
 
+from hoopgw.recorder.statements import credentials
+
 REDACTED: Final = "[REDACTED]"
 SQL_REDACTED_LITERAL: Final = "'[REDACTED]'"
 
@@ -41,7 +43,9 @@ _SECRET_HEADER_PARTS: Final = (
     "auth",
     "session",
 )
+# kept when they hold what their name says (a token type such as KEYPAIR_JWT), not a token
 _KEPT_HEADERS: Final = frozenset({"x-snowflake-authorization-token-type"})
+_TOKEN_TYPE: Final = re.compile(r"[A-Za-z_]{1,40}")
 
 
 # Verdicts by name: header names and JSON keys repeat in every flow, so each is
@@ -51,6 +55,7 @@ _secret_headers_seen: dict[str, bool] = {}
 
 
 def is_secret_header(name: str) -> bool:
+    """Whether a header's name says it carries a credential, in any case."""
     secret = _secret_headers_seen.get(name)
     if secret is None:
         lowered = name.lower()
@@ -63,23 +68,36 @@ def is_secret_header(name: str) -> bool:
 
 
 def redact_headers(headers: Iterable[tuple[str, str]]) -> list[list[str]]:
-    """Headers as `[[name, value], ...]` in wire order, credential values replaced."""
-    return [[name, REDACTED if is_secret_header(name) else value] for name, value in headers]
+    """Headers as `[[name, value], ...]` in wire order, credential values replaced.
+
+    By name (`is_secret_header`), and by value: a JWT or `Bearer ...` under any
+    name, and a kept header whose value is not the short word it should be.
+    """
+    return [
+        [name, REDACTED if _secret_header_value(name, value) else value] for name, value in headers
+    ]
+
+
+def _secret_header_value(name: str, value: str) -> bool:
+    if is_secret_header(name) or looks_like_credential(value):
+        return True
+    return name.lower() in _KEPT_HEADERS and _TOKEN_TYPE.fullmatch(value.strip()) is None
 
 
 def redact_path(path: str) -> str:
     """A request path with the values of credential-named query parameters masked.
 
-    Names follow the JSON key rules (`token`, `*_token`, `*password*`, ...); the
-    rest of the path, including parameter order and encoding, is kept as sent.
+    Names follow the JSON key rules (`token`, `*_token`, `*password*`, ...), and
+    a JWT-shaped value is masked under any name; the rest of the path,
+    including parameter order and encoding, is kept as sent.
     """
     route, sep, query = path.partition("?")
     if not sep:
         return path
     pairs = []
     for pair in query.split("&"):
-        name, eq, _ = pair.partition("=")
-        if eq and is_secret_key(unquote_plus(name)):
+        name, eq, value = pair.partition("=")
+        if eq and (is_secret_key(unquote_plus(name)) or looks_like_credential(unquote_plus(value))):
             pairs.append(f"{name}={REDACTED}")
         else:
             pairs.append(pair)
@@ -153,6 +171,34 @@ def strip_url_query(url: str) -> str:
 
 
 _URL_PREFIXES: Final = ("https://", "http://", "azure://", "gcs://", "s3://")
+# how a credential value begins whatever it is called: a JWT (`{"` in base64url), a scheme
+_CREDENTIAL_PREFIXES: Final = ("eyJ", "Bearer ", "bearer ", "BEARER ", "Basic ", "Snowflake Token=")
+_SCRUBBED_PREFIXES: Final = _URL_PREFIXES + _CREDENTIAL_PREFIXES
+_CREDENTIAL_VALUE: Final = re.compile(
+    r"eyJ[A-Za-z0-9_\-]*\.[A-Za-z0-9_\-.]*"
+    r"|\b(?:bearer|basic)\s+[A-Za-z0-9+/=_.~\-]{8,}"
+    r"|snowflake\s+token\s*=\s*\S*",
+    re.IGNORECASE,
+)
+
+
+_CREDENTIAL_VALUE_WORDS: Final = ("eyj", "bearer", "basic", "token")
+
+
+def mask_credential_values(text: str) -> str:
+    """`text` with every JWT and `Bearer ...` / `Basic ...` value in it masked."""
+    return _CREDENTIAL_VALUE.sub(REDACTED, text) if _may_carry_credential(text) else text
+
+
+def looks_like_credential(value: str) -> bool:
+    """Whether a value whose name says nothing holds a JWT or an Authorization-style secret."""
+    return _may_carry_credential(value) and _CREDENTIAL_VALUE.search(value) is not None
+
+
+def _may_carry_credential(text: str) -> bool:
+    """The words `_CREDENTIAL_VALUE` starts with, found by C substring search first."""
+    lowered = text.lower()
+    return any(word in lowered for word in _CREDENTIAL_VALUE_WORDS)
 
 
 def _is_url(value: str) -> bool:
@@ -215,7 +261,7 @@ def _key_rule(key: str) -> int:
 def _redact_value(value: Any, url_key: bool) -> Any:
     """`url_key`: the value sits under a URL-valued key (`chunks[].url`, `presignedUrls`)."""
     if isinstance(value, str):
-        return _redact_url(value, url_key) if value.startswith(_URL_PREFIXES) else value
+        return _redact_url(value, url_key) if _scrubbed(value) else value
     if isinstance(value, dict):
         return _redact_dict(value)
     if isinstance(value, list):
@@ -223,14 +269,22 @@ def _redact_value(value: Any, url_key: bool) -> Any:
     return value
 
 
+def _scrubbed(value: str) -> bool:
+    """Whether a JSON string needs a closer look: a URL, or a credential under any key."""
+    return value.startswith(_SCRUBBED_PREFIXES) or "eyJ" in value
+
+
 def _redact_url(value: str, url_key: bool) -> str:
+    """A string starting with one of `_SCRUBBED_PREFIXES`: a URL, or perhaps a credential."""
+    if not value.startswith(_URL_PREFIXES):
+        return mask_credential_values(value)
     return strip_url_query(value) if url_key else _scrub_string(value)
 
 
 def _redact_list(items: list[Any], url_key: bool) -> list[Any]:
     """Rows of results are most of what passes here: plain strings and numbers stay as they are."""
     return [
-        (_redact_url(item, url_key) if item.startswith(_URL_PREFIXES) else item)
+        (_redact_url(item, url_key) if _scrubbed(item) else item)
         if item.__class__ is str
         else item
         if item is None or item.__class__ is int or item.__class__ is float
@@ -253,7 +307,7 @@ def _redact_dict(obj: dict[Any, Any]) -> dict[Any, Any]:
                 out[key] = redact_sql(value)
             elif rule == _MESSAGE:
                 out[key] = redact_message(value)
-            elif value.startswith(_URL_PREFIXES):
+            elif _scrubbed(value):
                 out[key] = _redact_url(value, rule == _URL)
             else:
                 out[key] = value
@@ -284,6 +338,7 @@ _SQL_TRIGGER_WORDS: Final = (
     "MASTER_KEY",
     "AWS_KEY_ID",
     "API_KEY",
+    "IDENTIFIED",
     "-----BEGIN",
 )
 _SQL_TRIGGER: Final = re.compile("|".join(map(re.escape, _SQL_TRIGGER_WORDS)), re.IGNORECASE)
@@ -319,7 +374,16 @@ _SQL_STRINGS: Final = frozenset(
         TokenType.UNICODE_STRING,
     }
 )
-_SQL_BARE_VALUES: Final = frozenset({TokenType.NUMBER, TokenType.VAR})
+_SQL_HARMLESS: Final = frozenset(
+    {
+        TokenType.PLACEHOLDER,
+        TokenType.TRUE,
+        TokenType.FALSE,
+        TokenType.NULL,
+        TokenType.L_PAREN,
+        TokenType.R_PAREN,
+    }
+)
 _SQL_COMMANDS: Final = frozenset(_SNOWFLAKE_TOKENIZER.COMMANDS)
 _SQL_MAX_DEPTH: Final = 3
 
@@ -329,12 +393,13 @@ def redact_message(text: str) -> str:
 
     Messages quote fragments of the statement (often cut mid-literal, so the
     SQL tokenizer cannot see the literal's extent): everything after a word
-    such as PASSWORD or CREDENTIALS is dropped rather than parsed.
+    such as PASSWORD or CREDENTIALS is dropped rather than parsed. JWTs and
+    `Bearer ...` values a message echoes from the request are masked.
     """
     match = _SQL_TRIGGER.search(text)
-    if match is None:
-        return text
-    return f"{text[: match.end()]} {REDACTED}"
+    if match is not None:
+        text = f"{text[: match.end()]} {REDACTED}"
+    return mask_credential_values(text)
 
 
 def _is_secret_sql_name(upper: str) -> bool:
@@ -422,25 +487,39 @@ def _secret_spans(sql: str, tokens: list[Token], depth: int) -> list[tuple[int, 
             continue
         upper = token.text.upper()
         is_list = upper in _SQL_SECRET_LISTS
-        if not is_list and not _is_secret_sql_name(upper):
+        identified = (
+            upper == "IDENTIFIED" and index + 1 < count and tokens[index + 1].text.upper() == "BY"
+        )
+        if not (is_list or identified or _is_secret_sql_name(upper)):
             index += 1
             continue
-        value_index = index + 1
-        assigned = value_index < count and tokens[value_index].token_type in _SQL_ASSIGN
-        if assigned:
+        value_index = index + 2 if identified else index + 1
+        assigned = identified or (
+            value_index < count and tokens[value_index].token_type in _SQL_ASSIGN
+        )
+        if assigned and not identified:
             value_index += 1
         if value_index >= count:
             break
         value = tokens[value_index]
         if is_list and value.token_type == TokenType.L_PAREN:
-            close = _matching_paren(tokens, value_index)
+            close = credentials.matching_paren(tokens, value_index)
             if close is None:
                 spans.append((value.end + 1, length, REDACTED))
                 break
             spans.append((value.end + 1, tokens[close].start, REDACTED))
             index = close + 1
             continue
-        if value.token_type in _SQL_STRINGS or (assigned and value.token_type in _SQL_BARE_VALUES):
+        if assigned:
+            # the whole expression: `CONCAT('a', 'b')` or `'a' || 'b'` hides as much as `'ab'`
+            end = credentials.value_end(tokens, value_index)
+            if end > value_index and not _harmless_value(tokens, value_index, end):
+                spans.append((value.start, tokens[end - 1].end + 1, SQL_REDACTED_LITERAL))
+                index = end
+            else:
+                index = value_index
+            continue
+        if value.token_type in _SQL_STRINGS:
             spans.append((value.start, value.end + 1, SQL_REDACTED_LITERAL))
             index = value_index + 1
             continue
@@ -462,17 +541,18 @@ def _nested_literal(sql: str, token: Token, depth: int) -> tuple[int, int, str] 
     return token.start, token.end + 1, f"'{quoted}'"
 
 
-def _matching_paren(tokens: list[Token], open_index: int) -> int | None:
-    depth = 0
-    for index in range(open_index, len(tokens)):
+def _harmless_value(tokens: list[Token], start: int, end: int) -> bool:
+    """A value that shows no secret: bind placeholders, booleans and NULL (`PASSWORD = ?`)."""
+    index = start
+    while index < end:
         kind = tokens[index].token_type
-        if kind == TokenType.L_PAREN:
-            depth += 1
-        elif kind == TokenType.R_PAREN:
-            depth -= 1
-            if depth == 0:
-                return index
-    return None
+        if kind in (TokenType.COLON, TokenType.PARAMETER) and index + 1 < end:
+            index += 2
+        elif kind in _SQL_HARMLESS:
+            index += 1
+        else:
+            return False
+    return True
 
 
 # --- bodies --------------------------------------------------------------------------
@@ -481,18 +561,23 @@ _TRIM_ROUNDS: Final = 12
 _NOT_PARSED: Final[Any] = object()
 
 
-def body_for_record(
-    raw: bytes, content_type: str | None, limit: int, *, parsed: Any = _NOT_PARSED
-) -> dict[str, Any]:
+def body_for_record(raw: bytes, limit: int, *, parsed: Any = _NOT_PARSED) -> dict[str, Any]:
     """The record's view of a decoded body: redacted, and bounded by `limit` bytes.
 
+    What the bytes are decides, never the `Content-Type` label (which the
+    sender chooses, so this takes none): bytes that parse as JSON (after a
+    UTF-8 BOM, if any) are redacted as JSON; bytes that parse as a form
+    (`a=b&c=d`, strictly) are redacted per field; anything else is not kept,
+    because redaction cannot see into it: `omitted` is "unparsable" (text) or "binary", with a
+    `sample` of at most 256 characters of text cut at the first credential
+    word and with token-shaped runs masked (`scrub_sample`).
+
     Returns `{"size": N}` plus one of `json` (redacted value), `form` (redacted
-    `[[name, value], ...]`), `text`, or `omitted` ("binary", "too large",
-    "unparsable": JSON that does not parse, which redaction cannot see into). Above
-    `limit`, also `truncated: true` and `sha256` of the full original bytes;
-    JSON keeps its structure with its largest arrays and strings cut, listed in
-    `trimmed` (path -> original length). Small bodies get no hash: a hash of a
-    short body holding a password would let anyone test password guesses.
+    `[[name, value], ...]`), or `omitted` (also "too large"). Above `limit`,
+    also `truncated: true` and `sha256` of the full original bytes; JSON keeps
+    its structure with its largest arrays and strings cut, listed in `trimmed`
+    (path -> original length). Small bodies get no hash: a hash of a short body
+    holding a password would let anyone test password guesses.
 
     `parsed` is `orjson.loads(raw)` when the caller has it already (the gateway
     parses every Snowflake body once); it is read, never modified. A large
@@ -507,48 +592,141 @@ def body_for_record(
     if over:
         out["truncated"] = True
         out["sha256"] = hashlib.sha256(raw).hexdigest()
-    media = (content_type or "").split(";", 1)[0].strip().lower()
-    if "json" in media or (not media and raw.lstrip()[:1] in (b"{", b"[")):
-        value = parsed
-        if value is _NOT_PARSED:
-            try:
-                value = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                # broken JSON cannot be redacted by key: a truncated login body
-                # would keep the caller's token as plain text
-                out["omitted"] = "unparsable"
-                return out
-        if value is not _NOT_PARSED:
-            if not over:
-                out["json"] = redact_json(value)
-                return out
-            redacted, trimmed = _bounded_json(value, limit)
-            if trimmed is None:
-                out["omitted"] = "too large"
-                return out
-            if trimmed:
-                out["trimmed"] = trimmed
-            out["json"] = redacted
+    value = parsed if parsed is not _NOT_PARSED else _parse_json(raw)
+    if value is not _NOT_PARSED:
+        if isinstance(value, str):
+            value = scrub_sample(value, len(value))
+        if not over:
+            out["json"] = redact_json(value)
             return out
-    if media == "application/x-www-form-urlencoded":
-        text = raw.decode("utf-8", "replace")
-        pairs = [
-            [name, REDACTED if is_secret_key(name) else _scrub_string(value)]
-            for name, value in parse_qsl(text, keep_blank_values=True)
-        ]
-        if over:
-            pairs = _trim_pairs(pairs, limit)
-        out["form"] = pairs
+        redacted, trimmed = _bounded_json(value, limit)
+        if trimmed is None:
+            out["omitted"] = "too large"
+            return out
+        if trimmed:
+            out["trimmed"] = trimmed
+        out["json"] = redacted
         return out
-    try:
-        text = (raw[:limit] if over else raw).decode("utf-8", "ignore" if over else "strict")
-    except UnicodeDecodeError:
+    pairs = _parse_form(_form_region(raw, limit) if over else _utf8(raw))
+    if pairs is not None:
+        redacted_pairs = [[_scrub_form_text(name), _form_value(name, item)] for name, item in pairs]
+        if over:
+            redacted_pairs = _trim_pairs(redacted_pairs, limit)
+        out["form"] = redacted_pairs
+        return out
+    if not _textual(raw):
         out["omitted"] = "binary"
         return out
-    if _PEM_PRIVATE_KEY.search(text):
-        text = _PEM_PRIVATE_KEY.sub(_PEM_REDACTED, text)
-    out["text"] = text
+    out["omitted"] = "unparsable"
+    head = raw[3:] if raw.startswith(_BOM) else raw
+    sample = scrub_sample(head[: _SAMPLE_BYTES + 1].decode("utf-8", "ignore"), _SAMPLE_CHARS)
+    if sample:
+        out["sample"] = sample
     return out
+
+
+def _form_region(raw: bytes, limit: int) -> str | None:
+    """The fields of an over-limit body that the record can keep: only those are read."""
+    region = raw[:limit]
+    end = region.rfind(b"&")
+    return _utf8(region[:end] if end > 0 else region)
+
+
+_BOM: Final = b"\xef\xbb\xbf"
+_JSON_STARTS: Final = frozenset(b'{["-0123456789tfn')
+_SAMPLE_CHARS: Final = 256
+_SAMPLE_BYTES: Final = 4 * _SAMPLE_CHARS
+_FORM_NAME: Final = re.compile(r"[\w.\-\[\]%+~*:]+")
+_SAMPLE_STOP: Final = re.compile(
+    r"pass|pwd|secret|token|credential|auth|bearer|key|private|cookie|signature|session"
+    r"|identified|-----",
+    re.IGNORECASE,
+)
+_WORD_CHARS: Final = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_"
+_TOKEN_RUN: Final = re.compile(r"[A-Za-z0-9+/=_.~%\-]{20,}")
+
+
+def _parse_json(raw: bytes) -> Any:
+    """The JSON value of `raw`, or `_NOT_PARSED`; a UTF-8 BOM is skipped (orjson refuses it)."""
+    data = raw[3:] if raw.startswith(_BOM) else raw
+    first = data.lstrip()[:1]
+    if not first or first[0] not in _JSON_STARTS:
+        return _NOT_PARSED
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return _NOT_PARSED
+
+
+def _utf8(raw: bytes) -> str | None:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return text[1:] if text.startswith("\ufeff") else text
+
+
+def _textual(raw: bytes) -> bool:
+    """UTF-8 without NULs, judged on the start (a body cut mid-character still counts)."""
+    head = raw[:_SAMPLE_BYTES]
+    if b"\x00" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc.start >= len(head) - 3 and len(raw) > len(head)
+    return True
+
+
+def _parse_form(text: str | None) -> list[tuple[str, str]] | None:
+    """`name=value&...` read strictly: every field has `=` and a name of URL-safe characters."""
+    if text is None or "=" not in text:
+        return None
+    fields = text.strip().split("&")
+    for field in fields:
+        name, eq, _ = field.partition("=")
+        if not eq or _FORM_NAME.fullmatch(name) is None:
+            return None
+    try:
+        return parse_qsl(text.strip(), keep_blank_values=True, strict_parsing=True)
+    except ValueError:
+        return None
+
+
+def _form_value(name: str, value: str) -> str:
+    if is_secret_key(name):
+        return REDACTED
+    return _scrub_form_text(_scrub_string(value))
+
+
+def _scrub_form_text(text: str) -> str:
+    """A form name or value: nothing token-shaped, SQL with its credential literals masked,
+    and free text cut after a credential word that something follows (`pwd is ...`)."""
+    if looks_like_credential(text):
+        return REDACTED
+    if _may_hold_secrets(text):
+        text = redact_sql(text)
+    stop = _SAMPLE_STOP.search(text)
+    if stop is not None and text[stop.end() :].strip(_WORD_CHARS):
+        return f"{text[: stop.end()]} {REDACTED}"
+    return text
+
+
+def scrub_sample(text: str, limit: int) -> str:
+    """At most `limit` characters of text that did not parse, with nothing credential-like.
+
+    Text is cut at the first word that may introduce a credential (PASSWORD,
+    TOKEN, KEY, AUTH, SECRET, ...) and at `limit`; what is left has every run of
+    20 or more token characters (a JWT, a key, a signature) masked.
+    """
+    head = text[:limit]
+    stop = _SAMPLE_STOP.search(head)
+    if stop is not None:
+        head = f"{head[: stop.end()]} {REDACTED}"
+    elif len(text) > limit:
+        # a word cut at the limit may be the start of a credential word
+        head = head.rsplit(None, 1)[0] if " " in head else ""
+    return _TOKEN_RUN.sub(REDACTED, head)
 
 
 def _trim_pairs(pairs: list[list[str]], limit: int) -> list[list[str]]:

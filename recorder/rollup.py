@@ -58,7 +58,7 @@ _ROLLUP_KEY: Final = re.compile(
     r"rollups/dt=(\d{4}-\d{2}-\d{2})/([0-9a-z]{4,32})-(summaries|segments)-(\d{6,})\.rollup\.zst"
 )
 _DROPPED_FIELDS: Final = frozenset({"headers", "hash", "prev_hash", "statements"})
-_DROPPED_BODY_FIELDS: Final = frozenset({"json", "text", "form"})
+_DROPPED_BODY_FIELDS: Final = frozenset({"json", "text", "form", "sample"})
 _DROPPED_DOCUMENT_FIELDS: Final = frozenset({"sqlText"})
 _DROPPED_DATA_FIELDS: Final = frozenset(
     {"rowset", "rowsetBase64", "chunks", "chunkHeaders", "qrmk", "stageInfo", "parameters"}

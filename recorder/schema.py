@@ -109,6 +109,7 @@ _REQUEST: Final = {
     **_MESSAGE,
     "sql": _opt(OPT_STR, "statement text, credential literals masked"),
     "bindings": _opt(OPT_DICT, 'bind values as sent: {"1": {type, value}}'),
+    "bindings_masked": _opt(OPT_STR, "why every bind value is masked: credential|unreadable sql"),
     "request_id": _opt(OPT_STR, "driver's requestId query parameter"),
     "sequence_id": _opt(OPT_INT, "driver's sequenceId"),
     "async": _opt(OPT_BOOL, "asyncExec flag"),

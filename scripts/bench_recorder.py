@@ -217,7 +217,7 @@ def realistic_session(statements: int, seed: int = 7) -> list[dict[str, Any]]:
         path=f"/session/v1/login-request?request_id={_uuid(rng)}&warehouse=WH_XS",
         endpoint="login",
         headers=redact_headers(_request_headers(rng, len(login), session_token=False)),
-        body=body_for_record(login, "application/json", BODY_LIMIT),
+        body=body_for_record(login, BODY_LIMIT),
     )
     records.append(request)
     login_answer = orjson.dumps(
@@ -238,7 +238,7 @@ def realistic_session(statements: int, seed: int = 7) -> list[dict[str, Any]]:
     response.update(
         status=200,
         headers=redact_headers(_response_headers(len(login_answer))),
-        body=body_for_record(login_answer, "application/json", BODY_LIMIT),
+        body=body_for_record(login_answer, BODY_LIMIT),
         duration_ms=200.0,
         success=True,
     )
@@ -268,7 +268,7 @@ def realistic_session(statements: int, seed: int = 7) -> list[dict[str, Any]]:
             path=f"/queries/v1/query-request?requestId={request_id}",
             endpoint="query",
             headers=redact_headers(_request_headers(rng, len(query_raw))),
-            body=body_for_record(query_raw, "application/json", BODY_LIMIT),
+            body=body_for_record(query_raw, BODY_LIMIT),
             sql=redact_sql(sql),
             bindings=bindings,
             sequence_id=number + 1,
@@ -363,7 +363,7 @@ def realistic_session(statements: int, seed: int = 7) -> list[dict[str, Any]]:
         answer_raw = orjson.dumps(answer)
         response.update(
             headers=redact_headers(_response_headers(len(answer_raw))),
-            body=body_for_record(answer_raw, "application/json", BODY_LIMIT),
+            body=body_for_record(answer_raw, BODY_LIMIT),
             duration_ms=duration,
         )
         records.append(response)

@@ -377,7 +377,7 @@ def test_redact_sql_is_fast() -> None:
 
 def test_body_for_record_small_json_is_redacted_without_hash() -> None:
     raw = orjson.dumps({"data": {"TOKEN": SECRET, "LOGIN_NAME": "bob"}})
-    body = body_for_record(raw, "application/json; charset=utf-8", 1024)
+    body = body_for_record(raw, 1024)
     assert body == {"size": len(raw), "json": {"data": {"TOKEN": REDACTED, "LOGIN_NAME": "bob"}}}
 
 
@@ -386,7 +386,7 @@ def test_body_for_record_truncates_large_json_keeping_structure() -> None:
     answer = {"data": {"queryId": "01b2", "rowset": rows, "total": 5000, "qrmk": SECRET}}
     raw = orjson.dumps(answer)
     limit = 20_000
-    body = body_for_record(raw, "application/json", limit)
+    body = body_for_record(raw, limit)
     assert body["truncated"] is True
     assert body["size"] == len(raw)
     assert body["sha256"] == hashlib.sha256(raw).hexdigest()
@@ -401,39 +401,38 @@ def test_body_for_record_truncates_large_json_keeping_structure() -> None:
 
 def test_body_for_record_truncates_large_strings_and_top_level_arrays() -> None:
     raw = orjson.dumps({"data": {"rowsetBase64": "A" * 100_000, "queryId": "q"}})
-    body = body_for_record(raw, "application/json", 10_000)
+    body = body_for_record(raw, 10_000)
     assert body["trimmed"] == {"data.rowsetBase64": 100_000}
     assert len(body["json"]["data"]["rowsetBase64"]) < 10_000
     listing = orjson.dumps([{"i": i} for i in range(10_000)])
-    body = body_for_record(listing, "application/json", 5_000)
+    body = body_for_record(listing, 5_000)
     assert body["trimmed"] == {"$": 10_000}
     assert body["json"][:2] == [{"i": 0}, {"i": 1}]
 
 
 def test_body_for_record_text_form_binary_and_empty() -> None:
-    assert body_for_record(b"", None, 10) == {"size": 0}
-    text = body_for_record(b"<html>error 502</html>", "text/html", 100)
-    assert text == {"size": 22, "text": "<html>error 502</html>"}
-    cut = body_for_record(b"abcdefghij" * 10, "text/plain", 15)
-    assert cut["text"] == "abcdefghijabcde" and cut["truncated"] is True
+    assert body_for_record(b"", 10) == {"size": 0}
+    text = body_for_record(b"<html>error 502</html>", 100)
+    assert text == {"size": 22, "omitted": "unparsable", "sample": "<html>error 502</html>"}
+    cut = body_for_record(b"abcdefghi " * 10, 15)
+    assert cut["omitted"] == "unparsable" and cut["truncated"] is True
+    assert "sample" in cut and len(cut["sample"]) <= 256
     form = body_for_record(
-        f"grant_type=refresh_token&refresh_token={SECRET}&client_id=app".encode(),
-        "application/x-www-form-urlencoded",
-        1000,
+        f"grant_type=refresh_token&refresh_token={SECRET}&client_id=app".encode(), 1000
     )
     assert form["form"] == [
         ["grant_type", "refresh_token"],
         ["refresh_token", REDACTED],
         ["client_id", "app"],
     ]
-    binary = body_for_record(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00", "image/jpeg", 1000)
+    binary = body_for_record(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00", 1000)
     assert binary == {"size": 11, "omitted": "binary"}
 
 
 def test_body_for_record_keeps_no_text_of_invalid_json() -> None:
-    """Broken JSON cannot be redacted by key, so none of it is kept."""
-    body = body_for_record(b'{"data": {"TOKEN": "eyJ.secret', "application/json", 100)
-    assert body == {"size": 30, "omitted": "unparsable"}
+    """Broken JSON cannot be redacted by key, so only a scrubbed sample is kept."""
+    body = body_for_record(b'{"data": {"TOKEN": "eyJ.secret', 100)
+    assert body == {"size": 30, "omitted": "unparsable", "sample": f'{{"data": {{"TOKEN {REDACTED}'}
 
 
 def test_error_messages_are_cut_at_credential_words():

@@ -7,12 +7,16 @@ file store; what it wrote is read back from the store after `done()`.
 from __future__ import annotations
 
 import asyncio
+import gzip
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import brotli
+import orjson
 import pytest
+import zstandard
 from mitmproxy import exceptions, http
 from mitmproxy import flow as mitmflow
 from mitmproxy.test import taddons
@@ -27,6 +31,7 @@ from tests.addons import (
     LOGIN_PATH,
     LOGOUT_PATH,
     QUERY_PATH,
+    RENEWAL_PATH,
     answered,
     classified,
     error_of,
@@ -397,3 +402,64 @@ async def test_follow_up_calls_name_the_query_they_are_about(tmp_path: Path) -> 
         "01b2-poll",
         "01b2-result",
     ]
+
+
+# --- redaction follows the bytes, not the label ------------------------------------------
+
+_JWT = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJtYWxsb3J5In0.c2lnbmF0dXJlLXNlY3JldA"
+_PASSWORD = "Pw-never-on-record"
+
+
+def _encoded(body: bytes, encoding: str) -> bytes:
+    if encoding == "gzip":
+        return gzip.compress(body)
+    if encoding == "br":
+        return brotli.compress(body)
+    if encoding == "zstd":
+        return zstandard.ZstdCompressor().compress(body)
+    return body
+
+
+async def test_every_endpoint_redacts_what_its_bodies_are_whatever_their_labels(
+    tmp_path: Path,
+) -> None:
+    """Requests and answers labelled text/plain, octet-stream or nothing, plain or
+    compressed, JSON or not: the record keeps no token or password from any of them."""
+    requests = {
+        LOGIN_PATH: login_body(_JWT),
+        QUERY_PATH: query_body(f"create user m password='{_PASSWORD}'"),
+        RENEWAL_PATH: {"oldSessionToken": _JWT, "requestType": "RENEW"},
+        LOGOUT_PATH: {"token": _JWT},
+        "/session/heartbeat": {"note": f"Bearer {_JWT}"},
+        "/telemetry/send": {"logs": [{"message": f"password='{_PASSWORD}' {_JWT}"}]},
+    }
+    answers = [
+        orjson.dumps({"success": True, "data": {"token": _JWT, "masterToken": _JWT}}),
+        f"upstream says: token {_JWT} and password='{_PASSWORD}'".encode(),
+    ]
+    with recording(tmp_path) as addon:
+        for path, request_body in requests.items():
+            for label in ("text/plain", None, "application/octet-stream"):
+                for encoding in ("", "gzip", "br", "zstd"):
+                    for answer_body in answers:
+                        flow = snowflake_flow("POST", path, request_body)
+                        if label is None:
+                            del flow.request.headers["content-type"]
+                        else:
+                            flow.request.headers["content-type"] = label
+                        state = classified(flow)
+                        state.caller = CALLER
+                        await addon.request(flow)
+                        headers = {"Content-Type": label or "", "Content-Encoding": encoding}
+                        flow.response = http.Response.make(
+                            200, _encoded(answer_body, encoding), headers
+                        )
+                        SnowflakeTraffic().response(flow)
+                        addon.response(flow)
+                        await asyncio.sleep(0)
+    stored = records(tmp_path)
+    assert len([r for r in stored if r["kind"] == "response"]) == len(requests) * 3 * 4 * 2
+    text = orjson.dumps(stored)
+    assert _JWT.encode() not in text and _PASSWORD.encode() not in text
+    logins = [r for r in stored if r["kind"] == "request" and r["endpoint"] == "login"]
+    assert {r["body"]["json"]["data"]["TOKEN"] for r in logins} == {REDACTED}
