@@ -613,7 +613,7 @@ def test_search_path_string_spellings_name_their_schemas() -> None:
         "DB.PAYROLL",
         "DB.PUBLIC",
     )
-    assert one("alter session set search_path = 'pay\\'roll'").reads == ('DB.?',)
+    assert one("alter session set search_path = 'pay\\'roll'").reads == ("DB.?",)
 
 
 @pytest.mark.parametrize(
