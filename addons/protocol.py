@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import json
 import logging
+import math
 import re
 import urllib.parse
 import zlib
@@ -229,7 +230,25 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-_REQUEST_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError("number is infinity when parsed as double")
+    return value
+
+
+def _integer(text: str) -> int | float:
+    """Integers as orjson reads them: beyond 64 bits, a double."""
+    value = int(text)
+    return value if -(2**63) <= value < 2**64 else _finite_float(text)
+
+
+_REQUEST_DECODER = json.JSONDecoder(
+    object_pairs_hook=_unique_keys,
+    parse_constant=_no_constant,
+    parse_float=_finite_float,
+    parse_int=_integer,
+)
 
 
 def parse_request_json(data: bytes) -> dict[str, Any] | None:

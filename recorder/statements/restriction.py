@@ -42,6 +42,8 @@ _COMPARISONS = (
     exp.RegexpLike,
     exp.Is,
 )
+_FOLDABLE = (exp.Not, exp.Boolean, exp.Null)
+_CONSTANT_WHEN_COLUMNLESS = (*_COMPARISONS, exp.In, exp.Between)
 _OPPOSITES: dict[type[exp.Expression], type[exp.Expression]] = {
     exp.EQ: exp.NEQ,
     exp.NEQ: exp.EQ,
@@ -57,7 +59,7 @@ def restricts(condition: exp.Expression | None, targets: Iterable[str]) -> bool:
     if condition is None:
         return False
     names = frozenset(name.upper() for name in targets)
-    if sum(1 for _ in condition.walk()) <= _SIMPLIFY_MAX_NODES:
+    if _may_simplify(condition):
         with contextlib.suppress(Exception):  # best effort; the structural check follows
             condition = simplify(condition.copy())
     condition = _unwrap(condition)
@@ -67,6 +69,20 @@ def restricts(condition: exp.Expression | None, targets: Iterable[str]) -> bool:
     if _complementary(branches):
         return False
     return all(_branch_restricts(branch, names) for branch in branches)
+
+
+def _may_simplify(condition: exp.Expression) -> bool:
+    """Whether sqlglot's simplification (costly, ~100 us) could change the verdict: only a
+    small condition with a negation or a constant part in it can fold to a constant."""
+    constant = False
+    for size, node in enumerate(condition.walk(), start=1):
+        if size > _SIMPLIFY_MAX_NODES:
+            return False
+        if isinstance(node, _FOLDABLE) or (
+            isinstance(node, _CONSTANT_WHEN_COLUMNLESS) and node.find(exp.Column) is None
+        ):
+            constant = True
+    return constant
 
 
 def _unwrap(node: exp.Expression) -> exp.Expression:
@@ -160,11 +176,13 @@ def _own_columns(node: exp.Expression) -> list[exp.Column]:
     return [column for column in _nodes(node, exp.Column) if isinstance(column, exp.Column)]
 
 
-def _columns(node: object) -> frozenset[str]:
+def _columns(node: object) -> frozenset[tuple[str, ...]]:
     """The columns an expression references outside subqueries, as comparable text."""
     if not isinstance(node, exp.Expression):
         return frozenset()
-    return frozenset(column.sql(dialect="snowflake").upper() for column in _own_columns(node))
+    return frozenset(
+        tuple(part.name.upper() for part in column.parts) for column in _own_columns(node)
+    )
 
 
 def _is_target_column(column: exp.Column, targets: frozenset[str]) -> bool:
@@ -183,6 +201,8 @@ def _matches_anything(pattern: object) -> bool:
 
 def _complementary(branches: list[exp.Expression]) -> bool:
     """Whether two branches of an OR are a predicate and its negation."""
+    if len(branches) < 2:
+        return False
     seen: set[str] = set()
     negated: set[str] = set()
     for branch in branches:

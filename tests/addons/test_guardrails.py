@@ -334,3 +334,89 @@ async def test_a_login_that_sets_the_search_path_is_refused() -> None:
         await guardrails.request(flow)
         assert "does not let a login set SEARCH_PATH" in error_of(flow)["message"]
         assert state.guardrail is not None and state.guardrail["rule"] == "hoopgw-built-in"
+
+
+# --- issue 17: guardrails without known bypasses ----------------------------------------
+
+
+@pytest.mark.parametrize("value", [["drop table t"], {"sql": "drop table t"}, None, 3, True])
+@pytest.mark.parametrize("path", [QUERY_PATH, STATEMENTS_PATH])
+async def test_statement_fields_that_are_not_text_are_refused(value: object, path: str) -> None:
+    guardrails = Guardrails()
+    with taddons.context(guardrails):
+        flow, state = statement("select 1", path=path)
+        state.request_json = {"sqlText" if path == QUERY_PATH else "statement": value}
+        await guardrails.request(flow)
+        assert state.refusal is not None and state.refusal.source == "guardrails"
+        answer = error_of(flow)
+        assert answer["code"] == str(protocol.CODE_GATEWAY_PROTOCOL)
+        assert "must be a string of SQL" in answer["message"]
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "execute immediate 'use role accountadmin'",
+        "execute immediate $$use secondary roles all$$",
+        "EXECUTE IMMEDIATE 'EXECUTE IMMEDIATE ''USE ROLE R'''",
+        "begin use role accountadmin; end",
+        "begin execute immediate 'use secondary roles all'; end",
+        "select 1; execute immediate 'use role r'",
+        "create procedure p() returns int as $$ begin use role r; return 1; end $$",
+        "alter user hoopgw_svc set default_secondary_roles = ('ALL')",
+        "alter user x unset default_secondary_roles",
+        "begin alter user hoopgw_svc set default_role = accountadmin; end",
+        "execute immediate 'alter user hoopgw_svc set default_secondary_roles = (''ALL'')'",
+    ],
+)
+async def test_role_lock_sees_nested_statements_without_a_policy(sql: str) -> None:
+    guardrails = Guardrails()
+    with taddons.context(guardrails):
+        flow, state = statement(sql)
+        await guardrails.request(flow)
+        assert state.guardrail is not None and state.guardrail["rule"] == "hoopgw-built-in"
+        assert "hoopgw-built-in does not let a session change" in refused_message(flow, state)
+
+
+async def test_role_lock_leaves_other_nested_statements_alone() -> None:
+    guardrails = Guardrails()
+    with taddons.context(guardrails):
+        for sql in (
+            "execute immediate 'use warehouse w'",
+            "begin use schema s; end",
+            "alter user x set comment = 'default_secondary_roles'",
+        ):
+            flow, state = statement(sql)
+            await guardrails.request(flow)
+            assert flow.response is None and state.guardrail["decision"] == "allow", sql
+
+
+@pytest.mark.parametrize(
+    "name", ["SEARCH_PATH", "search_path", " Search_Path ", '"SEARCH_PATH"', "SEARCH _PATH"]
+)
+async def test_search_path_parameters_are_refused_however_named(name: str) -> None:
+    guardrails = Guardrails()
+    with taddons.context(guardrails):
+        flow, state = statement("select 1", parameters={name: "PAYROLL"})
+        await guardrails.request(flow)
+        assert "does not let a request set SEARCH_PATH" in refused_message(flow, state)
+
+
+@pytest.mark.parametrize(
+    ("sql", "reason"),
+    [
+        ("delete from t where id = id", "requires a WHERE clause on DELETE FROM"),
+        ("update t set a = 1 where a = 2 or 1 = 1", "requires a WHERE clause on UPDATE"),
+        ("merge into t using s on 1 = 1 when matched then delete", "requires MERGE INTO"),
+        ("alter session set search_path = $$payroll$$", "denies access to"),
+        ("alter session set search_path = 'pay' || 'roll'", "denies access to *.PAYROLL.*"),
+        ("execute immediate $$alter session set search_path = payroll$$", "denies access to"),
+    ],
+)
+async def test_agents_guard_closes_spellings(policy_file: Path, sql: str, reason: str) -> None:
+    guardrails = Guardrails()
+    with taddons.context(guardrails) as tctx:
+        tctx.configure(guardrails, hoopgw_policy=str(policy_file))
+        flow, state = statement(sql)
+        await guardrails.request(flow)
+        assert reason in refused_message(flow, state)
