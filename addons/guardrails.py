@@ -472,6 +472,20 @@ class Guardrails:
             """,
         )
         loader.add_option(
+            "hoopgw_upstream_secondary_roles",
+            str | None,  # type: ignore[arg-type]
+            None,
+            """
+            The DEFAULT_SECONDARY_ROLES of the gateway's Snowflake user
+            (hoopgw_upstream_user), as the operator has set it: "none" once
+            `ALTER USER <user> SET DEFAULT_SECONDARY_ROLES = ()` has run (see
+            docs/identity.md). Since Snowflake's 2024_08 behaviour change a new
+            user's sessions hold every role granted to it, whatever role the
+            gateway picked; with an upstream user configured, the gateway does
+            not start until this says "none".
+            """,
+        )
+        loader.add_option(
             "hoopgw_policy_reload_ms",
             int,
             2000,
@@ -483,6 +497,8 @@ class Guardrails:
         )
 
     def configure(self, updated: set[str]) -> None:
+        if updated & {"hoopgw_upstream_secondary_roles", "hoopgw_upstream_user"}:
+            _check_secondary_roles()
         if "hoopgw_policy_reload_ms" in updated:
             interval = ctx.options.hoopgw_policy_reload_ms
             if interval < 50:
@@ -601,6 +617,32 @@ class Guardrails:
         )
         subject = state.caller.subject if state.caller else "an unknown caller"
         logger.info("hoopgw: guardrails refused a statement of %s: %s", subject, reason)
+
+
+SECONDARY_ROLES_NONE = "none"
+
+
+def _check_secondary_roles() -> None:
+    """Refuse to start when the shared Snowflake user may bring every granted role along.
+
+    The gateway chooses one role per caller; secondary roles would add all the
+    others to each session, and USE SECONDARY ROLES is refused, so only the user's
+    default can bring them. Only the operator can set it, so the operator states it.
+    """
+    user = getattr(ctx.options, "hoopgw_upstream_user", None)
+    stated = ctx.options.hoopgw_upstream_secondary_roles
+    if stated is not None and stated.strip().lower() != SECONDARY_ROLES_NONE:
+        raise exceptions.OptionsError(
+            f"hoopgw_upstream_secondary_roles: {stated[:40]!r} is not supported; the only "
+            'value is "none" (the user\'s DEFAULT_SECONDARY_ROLES is ())'
+        )
+    if user and stated is None:
+        raise exceptions.OptionsError(
+            f"hoopgw_upstream_secondary_roles: run `ALTER USER {user} SET "
+            "DEFAULT_SECONDARY_ROLES = ()` in Snowflake, then set "
+            "hoopgw_upstream_secondary_roles=none: otherwise every session holds all the "
+            "roles granted to the gateway's user, not only the caller's (docs/identity.md)"
+        )
 
 
 def _gateway_rules(

@@ -10,6 +10,7 @@ from mitmproxy import exceptions, http
 from mitmproxy.test import taddons
 
 from hoopgw.addons import protocol
+from hoopgw.addons.credentials import UpstreamCredentials
 from hoopgw.addons.flowstate import Caller, FlowState
 from hoopgw.addons.guardrails import Guardrails
 from tests.addons import (
@@ -420,3 +421,18 @@ async def test_agents_guard_closes_spellings(policy_file: Path, sql: str, reason
         flow, state = statement(sql)
         await guardrails.request(flow)
         assert reason in refused_message(flow, state)
+
+
+def test_start_is_refused_until_the_service_users_secondary_roles_are_stated() -> None:
+    guardrails, credentials = Guardrails(), UpstreamCredentials()
+    with taddons.context(credentials, guardrails) as tctx:
+        with pytest.raises(exceptions.OptionsError) as refused:
+            tctx.options.update(hoopgw_upstream_user="HOOPGW_SVC")
+        message = str(refused.value)
+        assert "ALTER USER HOOPGW_SVC SET DEFAULT_SECONDARY_ROLES = ()" in message
+        assert "hoopgw_upstream_secondary_roles=none" in message
+        tctx.options.update(
+            hoopgw_upstream_user="HOOPGW_SVC", hoopgw_upstream_secondary_roles="none"
+        )
+        with pytest.raises(exceptions.OptionsError, match='the only value is "none"'):
+            tctx.options.update(hoopgw_upstream_secondary_roles="all")
