@@ -79,6 +79,14 @@ def classify_chunk(chunk: Chunk, context: Context, depth: int) -> Statement:
     except ParseError as error:
         if kind in ("SHOW", "DESCRIBE"):
             return _command(kind, chunk.rest, chunk.text, context, depth)
+        if kind == "USE" and _names_roles(chunk.tokens):
+            # unparsable, but a role change whatever Snowflake makes of the rest
+            return Statement(
+                kind="USE",
+                text=chunk.text,
+                parse_error=_describe_parse_error(error),
+                context=context,
+            )
         return _unknown(chunk.text, context, _describe_parse_error(error))
     except (TokenError, RecursionError, ValueError) as error:
         return _unknown(chunk.text, context, f"cannot be parsed ({type(error).__name__})")
@@ -125,6 +133,15 @@ def _with_procedure_body(
         return dataclasses.replace(statement, hidden="nests procedure bodies too deeply")
     inner = tuple(classify_text(body.name, context, depth + 1))
     return dataclasses.replace(statement, inner=statement.inner + inner)
+
+
+def _names_roles(tokens: Sequence[Token]) -> bool:
+    following = tokens[1] if len(tokens) > 1 else None
+    return (
+        following is not None
+        and following.token_type not in (TokenType.IDENTIFIER, TokenType.STRING)
+        and following.text.upper() in ("ROLE", "ROLES", "SECONDARY")
+    )
 
 
 def _declares_procedure(tokens: Sequence[Token]) -> bool:

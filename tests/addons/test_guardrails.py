@@ -359,6 +359,8 @@ async def test_statement_fields_that_are_not_text_are_refused(value: object, pat
     [
         "execute immediate 'use role accountadmin'",
         "execute immediate $$use secondary roles all$$",
+        "use secondary role all",
+        "execute immediate 'use role r extra words'",
         "EXECUTE IMMEDIATE 'EXECUTE IMMEDIATE ''USE ROLE R'''",
         "begin use role accountadmin; end",
         "begin execute immediate 'use secondary roles all'; end",
