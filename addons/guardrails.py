@@ -701,8 +701,22 @@ def _parameter_name(name: object) -> str:
     return "".join(str(name).split()).strip('"').upper()
 
 
+_SENSITIVE_FIELDS: dict[Endpoint, dict[str, str]] = {
+    endpoint: {name.casefold(): name for name in names}
+    for endpoint, names in (
+        (Endpoint.QUERY, ("sqlText", "parameters", "bindings", "bindStage")),
+        (
+            Endpoint.SQL_API,
+            ("statement", "parameters", "bindings", "database", "schema", "role", "warehouse"),
+        ),
+    )
+}
+"""Body fields that decide what runs and where; another spelling might be the one read."""
+
+
 class _NotText(ValueError):
-    """A statement field that is present but not a string: Snowflake might still read SQL in it."""
+    """A statement body the policy cannot check as Snowflake would read it: a statement field
+    that is not a string, or a field that decides what runs spelled in another case."""
 
 
 def _statement_text(flow: http.HTTPFlow, state: FlowState) -> str | None:
@@ -724,6 +738,12 @@ def _statement_text(flow: http.HTTPFlow, state: FlowState) -> str | None:
         field_name = "statement"
     else:
         return None
+    for key in body:
+        canonical = _SENSITIVE_FIELDS[state.endpoint].get(str(key).casefold())
+        if canonical is not None and key != canonical:
+            raise _NotText(
+                f"the body spells {canonical} as {str(key)[:40]!a}; only {canonical} is read"
+            )
     if field_name not in body:
         return None
     sql = body[field_name]

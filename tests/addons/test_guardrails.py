@@ -438,3 +438,28 @@ def test_start_is_refused_until_the_service_users_secondary_roles_are_stated() -
         )
         with pytest.raises(exceptions.OptionsError, match='the only value is "none"'):
             tctx.options.update(hoopgw_upstream_secondary_roles="all")
+
+
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        (QUERY_PATH, "SQLTEXT"),
+        (QUERY_PATH, "Parameters"),
+        (QUERY_PATH, "BINDINGS"),
+        (STATEMENTS_PATH, "Statement"),
+        (STATEMENTS_PATH, "ROLE"),
+        (STATEMENTS_PATH, "Database"),
+        (STATEMENTS_PATH, "SCHEMA"),
+    ],
+)
+async def test_fields_that_decide_what_runs_must_be_spelled_as_snowflake_spells_them(
+    path: str, field: str
+) -> None:
+    guardrails = Guardrails()
+    with taddons.context(guardrails):
+        flow, state = statement("select 1", path=path)
+        assert isinstance(state.request_json, dict)
+        state.request_json[field] = "x"
+        await guardrails.request(flow)
+        assert state.refusal is not None and state.refusal.source == "guardrails"
+        assert f"spells {field.casefold()}"[:12] in error_of(flow)["message"].casefold()
