@@ -686,3 +686,22 @@ def test_sql_procedure_bodies_are_classified_other_languages_are_not() -> None:
         "create procedure p() returns int language javascript as 'return 1 /* drop table x */'"
     )
     assert javascript.inner == ()
+
+
+@pytest.mark.parametrize(
+    ("sql", "kind"),
+    [
+        ("begin work drop table t", "UNKNOWN"),
+        ("commit drop table t", "UNKNOWN"),
+        ("rollback work delete from t", "UNKNOWN"),
+        ("unset a drop", "UNKNOWN"),
+        ("begin transaction name t", "BEGIN"),
+        ("start transaction", "BEGIN"),
+        ("commit work", "COMMIT"),
+        ("unset (a, b)", "UNSET"),
+    ],
+)
+def test_harmless_lead_words_carry_nothing_more(sql: str, kind: str) -> None:
+    statement = one(sql)
+    assert statement.kind == kind
+    assert statement.read_only is (kind != "UNKNOWN")

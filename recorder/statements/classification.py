@@ -175,7 +175,39 @@ def _simple(kind: str, chunk: Chunk, context: Context) -> Statement:
     following = [token.text.upper() for token in chunk.tokens[1:2]]
     if chunk.tokens[0].text.upper() == "START" and following != ["TRANSACTION"]:
         return _unknown(chunk.text, context, "START must be followed by TRANSACTION")
+    if not _simple_shape(kind, chunk.tokens[1:]):
+        # a harmless lead word must not carry a longer statement past the checks
+        return _unknown(chunk.text, context, f"not a {kind} statement Snowflake runs")
     return Statement(kind=kind, text=chunk.text, read_only=True, context=context)
+
+
+def _is_name(token: Token) -> bool:
+    """A variable name: a word or a quoted identifier (a keyword can name a variable too)."""
+    return token.token_type is TokenType.IDENTIFIER or token.text.replace("_", "").isalnum()
+
+
+def _simple_shape(kind: str, rest: Sequence[Token]) -> bool:
+    """BEGIN|START [WORK|TRANSACTION] [NAME n], COMMIT|ROLLBACK [WORK], UNSET v | (v, ...)."""
+    words = [token.text.upper() for token in rest]
+    if kind == "UNSET":
+        if len(rest) == 1:
+            return _is_name(rest[0])
+        inner = rest[1:-1]
+        return (
+            len(rest) >= 3
+            and rest[0].token_type is TokenType.L_PAREN
+            and rest[-1].token_type is TokenType.R_PAREN
+            and all(
+                _is_name(token) if index % 2 == 0 else token.token_type is TokenType.COMMA
+                for index, token in enumerate(inner)
+            )
+            and len(inner) % 2 == 1
+        )
+    if kind in ("COMMIT", "ROLLBACK"):
+        return words in ([], ["WORK"])
+    if words[:1] in (["WORK"], ["TRANSACTION"]):
+        words, rest = words[1:], rest[1:]
+    return words == [] or (len(words) == 2 and words[0] == "NAME")
 
 
 def _script(chunk: Chunk, context: Context, depth: int) -> Statement:
