@@ -179,9 +179,14 @@ class Rule:
             return f"{rule} denies {what}"
         if self.deny_role_change and kind == "USE" and not statement.read_only:
             return f"{rule} denies changing the role (USE ROLE, USE SECONDARY ROLES)"
-        if self.require_where and kind in ("DELETE", "UPDATE") and statement.has_where is False:
-            verb = "DELETE FROM" if kind == "DELETE" else "UPDATE"
+        if self.require_where and statement.has_where is False:
             target = f" {statement.writes[0]}" if statement.writes else ""
+            if kind == "MERGE":
+                return (
+                    f"{rule} requires MERGE INTO{target} to restrict the rows it updates or "
+                    "deletes (an ON or WHEN MATCHED AND condition on the target's columns)"
+                )
+            verb = "DELETE FROM" if kind == "DELETE" else "UPDATE"
             return f"{rule} requires a WHERE clause on {verb}{target}"
         for name in statement.reads + statement.writes:
             for pattern in self.deny_objects:
@@ -467,6 +472,20 @@ class Guardrails:
             """,
         )
         loader.add_option(
+            "hoopgw_upstream_secondary_roles",
+            str | None,  # type: ignore[arg-type]
+            None,
+            """
+            The DEFAULT_SECONDARY_ROLES of the gateway's Snowflake user
+            (hoopgw_upstream_user), as the operator has set it: "none" once
+            `ALTER USER <user> SET DEFAULT_SECONDARY_ROLES = ()` has run (see
+            docs/identity.md). Since Snowflake's 2024_08 behaviour change a new
+            user's sessions hold every role granted to it, whatever role the
+            gateway picked; with an upstream user configured, the gateway does
+            not start until this says "none".
+            """,
+        )
+        loader.add_option(
             "hoopgw_policy_reload_ms",
             int,
             2000,
@@ -478,6 +497,8 @@ class Guardrails:
         )
 
     def configure(self, updated: set[str]) -> None:
+        if updated & {"hoopgw_upstream_secondary_roles", "hoopgw_upstream_user"}:
+            _check_secondary_roles()
         if "hoopgw_policy_reload_ms" in updated:
             interval = ctx.options.hoopgw_policy_reload_ms
             if interval < 50:
@@ -530,7 +551,11 @@ class Guardrails:
         state.passed.add(SOURCE)
 
     async def _check_statements(self, flow: http.HTTPFlow, state: FlowState) -> None:
-        sql = _statement_text(flow, state)
+        try:
+            sql = _statement_text(flow, state)
+        except _NotText as exc:
+            refuse(flow, state, protocol.CODE_GATEWAY_PROTOCOL, str(exc), SOURCE)
+            return
         if sql is None:
             return
         database, schema = state.context.database, state.context.schema
@@ -594,6 +619,32 @@ class Guardrails:
         logger.info("hoopgw: guardrails refused a statement of %s: %s", subject, reason)
 
 
+SECONDARY_ROLES_NONE = "none"
+
+
+def _check_secondary_roles() -> None:
+    """Refuse to start when the shared Snowflake user may bring every granted role along.
+
+    The gateway chooses one role per caller; secondary roles would add all the
+    others to each session, and USE SECONDARY ROLES is refused, so only the user's
+    default can bring them. Only the operator can set it, so the operator states it.
+    """
+    user = getattr(ctx.options, "hoopgw_upstream_user", None)
+    stated = ctx.options.hoopgw_upstream_secondary_roles
+    if stated is not None and stated.strip().lower() != SECONDARY_ROLES_NONE:
+        raise exceptions.OptionsError(
+            f"hoopgw_upstream_secondary_roles: {stated[:40]!r} is not supported; the only "
+            'value is "none" (the user\'s DEFAULT_SECONDARY_ROLES is ())'
+        )
+    if user and stated is None:
+        raise exceptions.OptionsError(
+            f"hoopgw_upstream_secondary_roles: run `ALTER USER {user} SET "
+            "DEFAULT_SECONDARY_ROLES = ()` in Snowflake, then set "
+            "hoopgw_upstream_secondary_roles=none: otherwise every session holds all the "
+            "roles granted to the gateway's user, not only the caller's (docs/identity.md)"
+        )
+
+
 def _gateway_rules(
     decision: Decision, statements: Sequence[Statement], request: dict[str, Any] | None
 ) -> Decision:
@@ -601,16 +652,14 @@ def _gateway_rules(
 
     The gateway picks the caller's role from its groups, and its Snowflake user
     holds every mapped role: a `USE ROLE` (or secondary roles) would undo that
-    choice. SEARCH_PATH sent as a request parameter would change how names
-    resolve without a statement the policy could see.
+    choice, at any depth (inside EXECUTE IMMEDIATE, a scripting block, a
+    procedure body), and so would changing the service user's default secondary
+    roles, for every caller at once. SEARCH_PATH sent as a request parameter
+    would change how names resolve without a statement the policy could see.
     """
     for index, statement in enumerate(statements):
-        if statement.kind == "USE" and not statement.read_only:
-            reason = (
-                f"{GATEWAY_RULE} does not let a session change its role (USE ROLE, USE "
-                "SECONDARY ROLES): the gateway chose it from your groups; log in with "
-                "another role you are entitled to instead"
-            )
+        reason = _role_change(statement)
+        if reason is not None:
             return replace(
                 decision, decision="block", rule=GATEWAY_RULE, reason=reason, statement_index=index
             )
@@ -620,25 +669,96 @@ def _gateway_rules(
     return decision
 
 
+def _role_change(statement: Statement, outer: Statement | None = None) -> str | None:
+    """Why the built-in role lock refuses this statement or one it runs, if it does."""
+    where = f" (inside {outer.kind})" if outer is not None else ""
+    if statement.kind == "USE" and not statement.read_only:
+        return (
+            f"{GATEWAY_RULE} does not let a session change its role (USE ROLE, USE "
+            f"SECONDARY ROLES){where}: the gateway chose it from your groups; log in with "
+            "another role you are entitled to instead"
+        )
+    if statement.changes_default_roles:
+        return (
+            f"{GATEWAY_RULE} does not let a session change a user's DEFAULT_ROLE or "
+            f"DEFAULT_SECONDARY_ROLES{where}: the gateway's Snowflake user is shared"
+        )
+    for inner in statement.inner:
+        reason = _role_change(inner, outer or statement)
+        if reason is not None:
+            return reason
+    return None
+
+
 def _sets_search_path(parameters: object) -> bool:
+    """Whether parameters name SEARCH_PATH in any spelling Snowflake might accept."""
     return isinstance(parameters, dict) and any(
-        str(name).upper() == "SEARCH_PATH" for name in parameters
+        _parameter_name(name) == "SEARCH_PATH" for name in parameters
     )
 
 
+def _parameter_name(name: object) -> str:
+    return "".join(str(name).split()).strip('"').upper()
+
+
+_SENSITIVE_FIELDS: dict[Endpoint, dict[str, str]] = {
+    endpoint: {name.casefold(): name for name in names}
+    for endpoint, names in (
+        (Endpoint.QUERY, ("sqlText", "parameters", "bindings", "bindStage")),
+        (
+            Endpoint.SQL_API,
+            ("statement", "parameters", "bindings", "database", "schema", "role", "warehouse"),
+        ),
+    )
+}
+"""Body fields that decide what runs and where; another spelling might be the one read."""
+
+
+class _NotText(ValueError):
+    """A statement body the policy cannot check as Snowflake would read it: a statement field
+    that is not a string, or a field that decides what runs spelled in another case."""
+
+
 def _statement_text(flow: http.HTTPFlow, state: FlowState) -> str | None:
-    """The SQL a request asks Snowflake to run, or None for requests that run none."""
+    """The SQL a request asks Snowflake to run, or None for requests that run none.
+
+    Raises _NotText when the field is there but not a string (an array, an object,
+    null, a number): what the policy would check is then not what Snowflake reads.
+    """
     body = state.request_json
     if not isinstance(body, dict):
         return None
     if state.endpoint is Endpoint.QUERY:
-        sql = body.get("sqlText")
+        field_name = "sqlText"
     elif (
         state.endpoint is Endpoint.SQL_API
         and flow.request.method == "POST"
         and flow.request.path.partition("?")[0].rstrip("/") == "/api/v2/statements"
     ):
-        sql = body.get("statement")
+        field_name = "statement"
     else:
         return None
-    return sql if isinstance(sql, str) else None
+    for key in body:
+        canonical = _SENSITIVE_FIELDS[state.endpoint].get(str(key).casefold())
+        if canonical is not None and key != canonical:
+            raise _NotText(
+                f"the body spells {canonical} as {str(key)[:40]!a}; only {canonical} is read"
+            )
+    if field_name not in body:
+        return None
+    sql = body[field_name]
+    if not isinstance(sql, str):
+        raise _NotText(f"{field_name} must be a string of SQL, not {_json_type(sql)}")
+    return sql
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import logging
+import math
 import re
 import urllib.parse
 import zlib
@@ -203,6 +205,82 @@ def parse_json_object(data: bytes) -> dict[str, Any] | None:
         raise ProtocolError(f"body is not valid JSON ({exc.msg})") from None
     if not isinstance(value, dict):
         raise ProtocolError("body is JSON but not an object")
+    return value
+
+
+class _RepeatedKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object whose keys are unique even ignoring case; the first repeat raises."""
+    value = dict(pairs)
+    if len(value) != len(pairs) or len({key.casefold() for key in value}) != len(value):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key.casefold() in seen:
+                raise _RepeatedKey(key)
+            seen.add(key.casefold())
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError("number is infinity when parsed as double")
+    return value
+
+
+def _integer(text: str) -> int | float:
+    """Integers as orjson reads them: beyond 64 bits, a double."""
+    value = int(text)
+    return value if -(2**63) <= value < 2**64 else _finite_float(text)
+
+
+_REQUEST_DECODER = json.JSONDecoder(
+    object_pairs_hook=_unique_keys,
+    parse_constant=_no_constant,
+    parse_float=_finite_float,
+    parse_int=_integer,
+)
+
+
+def parse_request_json(data: bytes) -> dict[str, Any] | None:
+    """A client's JSON object body, parsed so that what the gateway checks is what Snowflake reads.
+
+    An object that repeats a key (also in another case) is refused: the gateway's
+    parser would keep one value and Snowflake's might keep the other, so a
+    statement checked by the policy need not be the one that runs. NaN and
+    Infinity, which are not JSON, are refused too. The stdlib's C scanner with a
+    pairs hook costs about what orjson does on a bindings-heavy body (a hook call
+    per object, none per array element); scripts/bench_policy.py measures it.
+    """
+    if not data.strip():
+        return None
+    try:
+        text = data.decode("utf-8")
+        value = _REQUEST_DECODER.decode(text)
+    except UnicodeDecodeError:
+        raise ProtocolError("body is not valid JSON (not UTF-8)") from None
+    except _RepeatedKey as exc:
+        raise ProtocolError(
+            f"body repeats the key {exc.key[:40]!a} in one object; each key may appear once"
+        ) from None
+    except RecursionError:
+        raise ProtocolError("body is not valid JSON (nested too deeply)") from None
+    except ValueError as exc:
+        message = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+        raise ProtocolError(f"body is not valid JSON ({message})") from None
+    if not isinstance(value, dict):
+        raise ProtocolError("body is JSON but not an object")
+    if "\\u" in text:
+        parse_json_object(data)  # orjson's stricter escapes (lone surrogates) decide
     return value
 
 

@@ -17,6 +17,7 @@ from mitmproxy import http
 from hoopgw.addons.flowstate import state_of
 from hoopgw.addons.protocol import Endpoint
 from hoopgw.recorder.statements import context_after
+from hoopgw.recorder.statements.objects import parse_dotted
 
 
 class SessionContexts:
@@ -63,6 +64,9 @@ class SessionContextTracker:
         state = state_of(flow)
         if state is None or state.answered or state.session_id is None:
             return
+        if state.endpoint is Endpoint.SQL_API:
+            state.context.database = _sql_api_name(state.context.database)
+            state.context.schema = _sql_api_name(state.context.schema)
         if state.endpoint is Endpoint.QUERY:
             tracked = self.contexts.get(state.session_id)
             if tracked is not None:
@@ -89,3 +93,15 @@ class SessionContextTracker:
         elif any(statement.new_context is not None for statement in statements):
             before = (state.context.database, state.context.schema)
             self.contexts.set(state.session_id, context_after(statements, *before))
+
+
+def _sql_api_name(value: str | None) -> str | None:
+    """A SQL API `database` or `schema` value as Snowflake resolves it: an identifier,
+    unquoted upper-cased, `"quoted"` as written. A value that is not one identifier
+    (dots, spaces, stray quotes) is unknown to the policy, which then treats it as any."""
+    if not value:
+        return None
+    parts = parse_dotted(value)
+    if parts is None or len(parts) != 1 or not parts[0]:
+        return None
+    return parts[0]

@@ -181,7 +181,7 @@ class SnowflakeTraffic:
         try:
             state.request_body = protocol.decode_body(request, self.request_limit)
             if state.endpoint in _JSON_REQUESTS:
-                state.request_json = protocol.parse_json_object(state.request_body)
+                state.request_json = protocol.parse_request_json(state.request_body)
         except ProtocolError as exc:
             _refuse_malformed(flow, state, str(exc))
             return

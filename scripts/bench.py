@@ -228,6 +228,7 @@ def running_stack(
                 "hoopgw_role_map": ["agents=ANALYST"],
                 "hoopgw_upstream_account": "bench",
                 "hoopgw_upstream_user": "HOOPGW_SVC",
+                "hoopgw_upstream_secondary_roles": "none",
                 "hoopgw_upstream_password": f"env:{PASSWORD_ENV}",
                 "hoopgw_policy": str(home / "policy.toml"),
                 **(gateway_options or {}),

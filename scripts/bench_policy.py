@@ -15,6 +15,9 @@ import argparse
 import statistics
 import time
 
+import orjson
+
+from hoopgw.addons import protocol
 from hoopgw.addons.guardrails import parse_policy
 from hoopgw.recorder.statements import classify, clear_cache
 
@@ -75,6 +78,45 @@ def measure(sql: str, rounds: int, cold: bool) -> list[float]:
     return samples
 
 
+def request_bodies() -> dict[str, bytes]:
+    """Query-request bodies as drivers send them: one per statement, and a batch insert."""
+    bodies = {
+        label: orjson.dumps(
+            {
+                "sqlText": sql,
+                "asyncExec": False,
+                "sequenceId": 7,
+                "querySubmissionTime": 1733500000000,
+                "isInternal": False,
+                "parameters": {"CLIENT_RESULT_CHUNK_SIZE": 160, "QUERY_TAG": "agent"},
+                "bindings": {"1": {"type": "FIXED", "value": "42"}},
+            }
+        )
+        for label, sql in (("typical statement", STATEMENTS["point select"]),)
+    }
+    rows = 10_000
+    bodies[f"insert, {rows} rows"] = orjson.dumps(
+        {
+            "sqlText": STATEMENTS["insert values"],
+            "bindings": {
+                "1": {"type": "FIXED", "value": [str(i) for i in range(rows)]},
+                "2": {"type": "TEXT", "value": [f"kind-{i % 7}" for i in range(rows)]},
+                "3": {"type": "TEXT", "value": [f'{{"a": {i}}}' for i in range(rows)]},
+            },
+        }
+    )
+    return bodies
+
+
+def measure_parse(body: bytes, rounds: int, parse: object) -> list[float]:
+    samples: list[float] = []
+    for _ in range(rounds):
+        start = time.perf_counter_ns()
+        parse(body)  # type: ignore[operator]
+        samples.append((time.perf_counter_ns() - start) / 1000)
+    return samples
+
+
 def percentile(samples: list[float], fraction: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
@@ -104,6 +146,19 @@ def main() -> None:
         f"{'all, cold':<22} {statistics.median(colds):>7.0f}us {percentile(colds, 0.95):>7.0f}us"
         "   (microseconds per classify + check; target well under 1000us)"
     )
+    print()
+    header = f"{'request body':<22} {'bytes':>9} {'orjson p50':>11} {'checked p50':>12}"
+    print(header)
+    print("-" * len(header))
+    for label, body in request_bodies().items():
+        rounds = args.rounds * 10 if len(body) < 4096 else max(10, args.rounds // 10)
+        plain = measure_parse(body, rounds, orjson.loads)
+        checked = measure_parse(body, rounds, protocol.parse_request_json)
+        print(
+            f"{label:<22} {len(body):>9} {statistics.median(plain):>9.1f}us "
+            f"{statistics.median(checked):>10.1f}us"
+        )
+    print("(checked: parse_request_json, which refuses repeated keys and non-JSON numbers)")
 
 
 if __name__ == "__main__":

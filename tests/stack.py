@@ -388,6 +388,7 @@ def embedded_gateway_options(
         "hoopgw_role_map": ["agents=AGENT", "readers=READER"],
         "hoopgw_upstream_account": "fakesnow",
         "hoopgw_upstream_user": "HOOPGW_SVC",
+        "hoopgw_upstream_secondary_roles": "none",
         "hoopgw_upstream_password": f"env:{password_env}",
     }
 

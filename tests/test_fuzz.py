@@ -383,3 +383,19 @@ def test_body_for_record_never_raises(raw: bytes, limit: int) -> None:
 @example(sql="select $$")
 def test_redact_sql_never_raises(sql: str) -> None:
     assert isinstance(redact_sql(sql), str)
+
+
+@fuzz
+@given(data=st.one_of(st.binary(max_size=512), JSON.map(orjson.dumps)))
+@example(data=b'{"a": "\\ud800"}')
+@example(data=b'{"a": 1, "A": 2}')
+@example(data=b'{"a": NaN}')
+@example(data=b'{"a": 1e400, "b": 123456789012345678901234567890}')
+@example(data=b'{"b": 123456789012345678901234567890, "c": -9223372036854775809}')
+def test_parse_request_json_agrees_with_orjson_or_refuses(data: bytes) -> None:
+    """What the gateway checks is what any parser keeps: no repeated key, strict JSON."""
+    try:
+        parsed = protocol.parse_request_json(data)
+    except ProtocolError:
+        return
+    assert parsed is None or parsed == orjson.loads(data)

@@ -58,6 +58,7 @@ def gateway_options(issuer: str, key: Path, policy: Path) -> dict[str, Any]:
         "hoopgw_role_map": [f"{group}={group.upper()}" for group in GROUPS],
         "hoopgw_upstream_account": ACCOUNT,
         "hoopgw_upstream_user": SERVICE_USER,
+        "hoopgw_upstream_secondary_roles": "none",
         "hoopgw_upstream_private_key": f"file:{key}",
         "hoopgw_upstream_password": "",
         "hoopgw_upstream_oauth_token": "",
@@ -352,3 +353,68 @@ def test_decisions_are_recorded(gw, session, strict, database) -> None:
     assert blocked["kinds"] == ["DROP"]
     assert blocked["objects"] == [f"{database}.APP.T"]
     assert any(d["decision"] == "allow" and d["objects"] == [f"{database}.APP.T"] for d in found)
+
+
+# --- issue 17: guardrails without known bypasses ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "execute immediate 'use role accountadmin'",
+        "execute immediate $$use secondary roles all$$",
+        "begin use role accountadmin; end",
+        "begin execute immediate 'use secondary roles all'; end",
+        "alter user svc_hoopgw set default_secondary_roles = ('ALL')",
+        "create procedure p() returns int language sql as $$ begin use role r; return 1; end $$",
+    ],
+)
+def test_role_lock_reaches_nested_statements(session, strict, sql: str) -> None:
+    """A caller with no policy rule at all: the built-in lock alone refuses these."""
+    message = refused(strict, session("analysts").cursor(), sql)
+    assert "hoopgw-built-in does not let a session change" in message
+
+
+@pytest.mark.parametrize(
+    "condition",
+    ["id = 1 or 1 = 1", "1 = 1 or id = 1", "id = id", "id >= id", "v is null or v is not null"],
+)
+def test_require_where_refuses_tautologies(session, strict, condition: str) -> None:
+    cursor = session("agents").cursor()
+    message = refused(strict, cursor, f"delete from t where {condition}")
+    assert "rule 'agents-guard' requires a WHERE clause on DELETE FROM" in message
+    message = refused(strict, cursor, "merge into t using t s on 1 = 1 when matched then delete")
+    assert "rule 'agents-guard' requires MERGE INTO" in message
+
+
+def test_search_path_spellings_are_refused(session, strict) -> None:
+    cursor = session("agents").cursor()
+    for value in ("$$payroll$$", "'pay' || 'roll'", "payroll"):
+        message = refused(strict, cursor, f"alter session set search_path = {value}")
+        assert "*.PAYROLL.*" in message
+
+
+def test_sql_api_body_with_a_repeated_statement_is_refused(gw, oidc, strict, database) -> None:
+    token = oidc.mint("api-agent", groups=["agents"])
+    mark = strict.mark()
+    statements = f'"statement": "select 1", "statement": "drop table {database}.APP.T"'
+    body = "{" + statements + f', "database": "{database}"' + "}"
+    connection = http.client.HTTPConnection(gw.host, gw.port, timeout=30)
+    try:
+        connection.request(
+            "POST",
+            "/api/v2/statements",
+            body,
+            {
+                "Content-Type": "application/json",
+                "Authorization": f"Bearer {token}",
+                "X-Snowflake-Authorization-Token-Type": "OAUTH",
+            },
+        )
+        answer = connection.getresponse()
+        payload = json.loads(answer.read())
+    finally:
+        connection.close()
+    assert answer.status >= 400
+    assert "repeats the key 'statement'" in payload["message"]
+    assert not [r for r in strict.received_since(mark) if r.path.startswith("/api/v2")]

@@ -543,3 +543,67 @@ def test_no_denied_object_gets_through(
     decision = check(sql, ["agents"])
     assert decision.blocked, sql
     assert decision.reason is not None and "(*.PAYROLL.*)" in decision.reason
+
+
+# --- issue 17: guardrails without known bypasses ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "delete from t where id = 3 or 1 = 1",
+        "delete from t where 1 = 1 or id = 3",
+        "delete from t where id = id",
+        "update t set a = 1 where a >= a",
+        "delete from t where x is not null or x is null",
+        "delete from t where 1 in (1)",
+        "merge into t using s on 1 = 1 when matched then delete",
+        "merge into t using s on true when matched then update set a = 1",
+        "execute immediate 'delete from t where id = id'",
+    ],
+)
+def test_require_where_refuses_conditions_that_restrict_nothing(sql: str) -> None:
+    decision = check(sql, ["agents"])
+    assert decision.blocked and decision.rule == "agents-guard"
+    assert "requires" in (decision.reason or "")
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "delete from t where id = 3",
+        "merge into t using s on t.id = s.id when matched then delete",
+        "merge into t using s on 1 = 1 when not matched then insert (a) values (1)",
+    ],
+)
+def test_require_where_allows_conditions_that_restrict(sql: str) -> None:
+    assert not check(sql, ["agents"]).blocked
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "alter session policy p set session_idle_timeout_mins = 1",
+        'select "SYSTEM$CANCEL_ALL_QUERIES"()',
+        "select snowflake.system$cancel_all_queries()",
+        "call system$cancel_all_queries()",
+        "execute immediate $$alter session policy p unset comment$$",
+    ],
+)
+def test_read_only_refuses_what_shares_a_prefix_or_a_name_with_a_harmless_form(sql: str) -> None:
+    assert check(sql, ["readers"]).blocked
+
+
+@FUZZ
+@given(
+    st.sampled_from(["$$", "'"]),
+    st.lists(st.booleans(), min_size=7, max_size=7),
+    st.sampled_from(["", " ", "  ", "\n"]),
+    st.sampled_from(["{v}", "{v} || ''", "'' || {v}", "concat({v}, '')"]),
+)
+def test_search_path_to_a_denied_schema_is_refused_however_spelled(
+    quote: str, flips: list[bool], space: str, wrap: str
+) -> None:
+    value = wrap.format(v=f"{quote}{space}{_spell('payroll', flips)}{space}{quote}")
+    sql = f"alter session set search_path = {value}"
+    assert check(sql, ["agents"]).blocked, sql

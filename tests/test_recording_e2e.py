@@ -112,6 +112,7 @@ def recording_options(
         "hoopgw_role_map": ["agents=AGENT"],
         "hoopgw_upstream_account": ACCOUNT,
         "hoopgw_upstream_user": SERVICE_USER,
+        "hoopgw_upstream_secondary_roles": "none",
         "hoopgw_upstream_private_key": f"file:{key.path}" if key else "",
         "hoopgw_upstream_password": "" if key else f"env:{PASSWORD_ENV}",
         "hoopgw_upstream_oauth_token": "",

@@ -463,3 +463,245 @@ _PART = st.text(
 @given(st.lists(st.one_of(st.none(), _PART), min_size=1, max_size=3))
 def test_render_and_split_names_round_trip(parts: list[Any]) -> None:
     assert split_name(render_name(parts)) == tuple(parts)
+
+
+# --- issue 17: guardrails without known bypasses ----------------------------------------
+
+TAUTOLOGIES = [
+    "1=1",
+    "1 = 1 OR id = 2",
+    "id = 2 OR 1 = 1",
+    "id = id",
+    "t.id = t.id",
+    "id >= id",
+    "id <= id AND 1 = 1",
+    "x IS NOT NULL OR x IS NULL",
+    "x IS NULL OR NOT x IS NULL",
+    "TRUE",
+    "NOT FALSE",
+    "'a' = 'a'",
+    "1 IN (1)",
+    "id IN (id)",
+    "id + 1 > id",
+    "id BETWEEN id - 1 AND id + 1",
+    "x LIKE '%'",
+    "x ILIKE '%%'",
+    "id > 1 OR id <= 1",
+    "id = 1 OR id <> 1",
+    "(id = 1) OR (id = 2 OR (2 > 1))",
+    "COALESCE(x, 0) = COALESCE(x, 0)",
+    "other.id = 4",
+]
+RESTRICTING = [
+    "id = 3",
+    "id = 3 OR id = 4",
+    "x IS NULL",
+    "id IN (1, 2)",
+    "id = 1 AND 1 = 1",
+    "id = id AND y = 2",
+    "t.id = 3",
+    "a.id = 3",
+    "id > ?",
+    "id IN (SELECT id FROM u)",
+    "x LIKE 'a%'",
+    "a = b",
+]
+
+
+@pytest.mark.parametrize("condition", TAUTOLOGIES)
+def test_conditions_that_restrict_nothing(condition: str) -> None:
+    assert one(f"delete from t as a where {condition}").has_where is False
+    assert one(f"update t set y = 1 where {condition}").has_where is False
+
+
+@pytest.mark.parametrize("condition", RESTRICTING)
+def test_conditions_that_restrict(condition: str) -> None:
+    assert one(f"delete from t as a where {condition}").has_where is True
+
+
+def test_delete_using_another_table_must_restrict_the_target() -> None:
+    assert one("delete from t using s where s.id = 1").has_where is False
+    assert one("delete from t using s where t.id = s.id").has_where is True
+    assert one("update t set y = 1 from s where s.id = 1").has_where is False
+
+
+@pytest.mark.parametrize(
+    ("sql", "has_where"),
+    [
+        ("merge into t using s on 1 = 1 when matched then delete", False),
+        ("merge into t using s on true when matched then update set y = 1", False),
+        ("merge into t using s on t.id = t.id when matched then delete", False),
+        ("merge into t using s on s.id = 1 when matched then delete", False),
+        ("merge into t using s on t.id = s.id when matched then delete", True),
+        ("merge into t using s on 1 = 1 when matched and t.y = 2 then delete", True),
+        (
+            "merge into t using s on 1 = 1 when matched and t.y = 2 then delete "
+            "when matched then update set y = 3",
+            False,
+        ),
+        ("merge into t using s on 1 = 1 when not matched then insert (y) values (1)", None),
+    ],
+)
+def test_merge_restricts_the_rows_it_changes(sql: str, has_where: bool | None) -> None:
+    assert one(sql).has_where is has_where
+
+
+_COLUMNS = st.sampled_from(["id", "x", "t.id", '"Name"'])
+
+
+@st.composite
+def _tautology(draw: st.DrawFn) -> str:
+    column = draw(_COLUMNS)
+    return draw(
+        st.sampled_from(
+            [
+                f"{column} = {column}",
+                f"{column} >= {column}",
+                f"{column} IS NULL OR {column} IS NOT NULL",
+                f"{draw(st.integers(-9, 9))} = {draw(st.integers(-9, 9))} + 0 OR 1 = 1",
+                "NOT FALSE",
+                f"'{draw(st.sampled_from(['a', 'b']))}' = 'a' OR TRUE",
+                f"{column} + {draw(st.integers(1, 9))} > {column}",
+            ]
+        )
+    )
+
+
+@FUZZ
+@given(_tautology(), st.lists(st.tuples(_COLUMNS, st.integers(0, 99)), max_size=3), st.booleans())
+def test_no_tautology_counts_as_a_where(
+    tautology: str, others: list[tuple[str, int]], tautology_first: bool
+) -> None:
+    branches = [f"{column} = {value}" for column, value in others]
+    branches.insert(0 if tautology_first else len(branches), f"({tautology})")
+    assert one("delete from t where " + " or ".join(branches)).has_where is False
+
+
+def test_alter_session_is_harmless_only_when_it_sets_parameters() -> None:
+    assert one("alter session set query_tag = 'x'").read_only
+    assert one("alter session unset search_path").read_only
+    for sql in (
+        "alter session policy p set session_idle_timeout_mins = 1",
+        "alter session policy if exists p unset comment",
+        "alter session policy p rename to q",
+    ):
+        statement = one(sql)
+        assert statement.kind == "ALTER" and not statement.read_only, sql
+
+
+SEARCH_PATH_SPELLINGS = [
+    "$$payroll$$",
+    "$$ PAYROLL $$",
+    "'pay' || 'roll'",
+    "concat('pay', 'roll')",
+    "payroll",
+    '"PAYROLL"',
+    "$path",
+    "identifier('payroll')",
+]
+
+
+@pytest.mark.parametrize("value", SEARCH_PATH_SPELLINGS)
+@pytest.mark.parametrize("before", ["", "query_tag = 'x' ", "query_tag = 'x', "])
+def test_search_path_values_are_read_however_spelled(value: str, before: str) -> None:
+    reads = one(f"alter session set {before}search_path = {value}").reads
+    assert "DB.PAYROLL" in reads or "?.?" in reads, reads
+
+
+def test_search_path_string_spellings_name_their_schemas() -> None:
+    assert one("alter session set search_path = $$payroll, $public$$").reads == (
+        "DB.PAYROLL",
+        "DB.PUBLIC",
+    )
+    assert one("alter session set search_path = 'pay\\'roll'").reads == ("DB.?",)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        'select "SYSTEM$CANCEL_ALL_QUERIES"()',
+        'select "system$cancel_all_queries"()',
+        "select SYSTEM$CANCEL_ALL_QUERIES ( )",
+        "select snowflake.system$cancel_all_queries()",
+        'select snowflake."SYSTEM$CANCEL_ALL_QUERIES"()',
+        "select 1 where system$cancel_all_queries() is not null",
+        "call system$cancel_all_queries()",
+        'call "SYSTEM$CANCEL_ALL_QUERIES"()',
+    ],
+)
+def test_system_functions_however_spelled(sql: str) -> None:
+    statement = one(sql)
+    assert statement.calls == ("SYSTEM$CANCEL_ALL_QUERIES",) and not statement.read_only
+
+
+def _deep_kinds(statement: Statement) -> list[tuple[str, bool]]:
+    found = [(statement.kind, statement.read_only)]
+    for inner in statement.inner:
+        found.extend(_deep_kinds(inner))
+    return found
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "execute immediate 'use role accountadmin'",
+        "execute immediate $$use secondary roles all$$",
+        "execute immediate 'execute immediate ''use role r'''",
+        "begin use role accountadmin; end",
+        "declare x int; begin use secondary roles all; end",
+        "begin execute immediate 'use role r'; end",
+        "begin execute immediate $$ use role r $$; return 1; end",
+        "execute immediate 'begin use role r; end'",
+        "create procedure p() returns int language sql as $$ begin use role r; return 1; end $$",
+        "create procedure p() returns int as 'begin use role r; return 1; end'",
+    ],
+)
+def test_role_changes_are_seen_at_any_depth(sql: str) -> None:
+    assert ("USE", False) in _deep_kinds(one(sql))
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "alter user svc set default_secondary_roles = ()",
+        "alter user svc set default_secondary_roles = ('ALL')",
+        "alter user svc unset default_secondary_roles",
+        'alter user "SVC" set "DEFAULT_ROLE" = r',
+        "begin alter user svc set default_secondary_roles = ('ALL'); end",
+        "execute immediate 'alter user svc set default_role = r'",
+    ],
+)
+def test_changes_to_default_roles_are_marked(sql: str) -> None:
+    def marked(statement: Statement) -> bool:
+        return statement.changes_default_roles or any(marked(s) for s in statement.inner)
+
+    assert marked(one(sql))
+    assert not marked(one("alter user svc set comment = 'default_role'"))
+
+
+def test_sql_procedure_bodies_are_classified_other_languages_are_not() -> None:
+    created = one("create procedure p() returns int as $$ begin drop table x; end $$")
+    assert "DROP" in created.kinds
+    javascript = one(
+        "create procedure p() returns int language javascript as 'return 1 /* drop table x */'"
+    )
+    assert javascript.inner == ()
+
+
+@pytest.mark.parametrize(
+    ("sql", "kind"),
+    [
+        ("begin work drop table t", "UNKNOWN"),
+        ("commit drop table t", "UNKNOWN"),
+        ("rollback work delete from t", "UNKNOWN"),
+        ("unset a drop", "UNKNOWN"),
+        ("begin transaction name t", "BEGIN"),
+        ("start transaction", "BEGIN"),
+        ("commit work", "COMMIT"),
+        ("unset (a, b)", "UNSET"),
+    ],
+)
+def test_harmless_lead_words_carry_nothing_more(sql: str, kind: str) -> None:
+    statement = one(sql)
+    assert statement.kind == kind
+    assert statement.read_only is (kind != "UNKNOWN")

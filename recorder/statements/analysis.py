@@ -6,12 +6,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlglot import exp
-from sqlglot.optimizer.simplify import simplify
 
 from hoopgw.recorder.statements.context import Context
 from hoopgw.recorder.statements.names import level_for, resolve, unknown_object
 from hoopgw.recorder.statements.nodes import identifier, table_parts
 from hoopgw.recorder.statements.objects import parse_dotted, search_path_schemas, stage_object
+from hoopgw.recorder.statements.restriction import restricts
 from hoopgw.recorder.statements.statement import Statement
 from hoopgw.recorder.statements.targets import Targets
 from hoopgw.recorder.statements.vocabulary import (
@@ -55,33 +55,6 @@ _READ_ONLY_SYSTEM_FUNCTIONS = frozenset(
         "SYSTEM$WHITELIST_PRIVATELINK",
     }
 )
-_SIMPLIFY_MAX_NODES = 64
-
-
-def _restricts_rows(condition: exp.Expression) -> bool:
-    """Whether a WHERE condition can restrict rows, as far as cheaply decidable.
-
-    A condition without column references (`1=1`, `TRUE`, `'a'='a'`), or with
-    such a disjunct at its top level (`id = 3 OR 1=1`), is taken as none; small
-    conditions are also simplified by sqlglot (`NOT FALSE`, `x IS NULL OR x IS
-    NOT NULL`). Large conditions are not simplified: that can take seconds.
-    """
-    disjuncts = list(condition.flatten()) if isinstance(condition, exp.Or) else [condition]
-    for disjunct in disjuncts:
-        while isinstance(disjunct, exp.Paren):
-            disjunct = disjunct.this
-        if isinstance(disjunct, exp.Or):
-            if not _restricts_rows(disjunct):
-                return False
-        elif disjunct.find(exp.Column) is None:
-            return False
-    if sum(1 for _ in condition.walk()) > _SIMPLIFY_MAX_NODES:
-        return True
-    try:
-        simplified = simplify(condition.copy())
-    except Exception:  # simplification is best effort; a WHERE is there
-        return True
-    return not (isinstance(simplified, exp.Boolean) and simplified.this is True)
 
 
 class Analysis:
@@ -121,7 +94,7 @@ class Analysis:
             text=self.text,
             reads=tuple(name for name in self.reads if name not in self.writes),
             writes=tuple(self.writes),
-            has_where=self._has_where() if self.kind in ("UPDATE", "DELETE") else None,
+            has_where=self._has_where(),
             replaces=replaces,
             read_only=read_only,
             inner=tuple(self.inner),
@@ -130,9 +103,30 @@ class Analysis:
             new_context=self.marks.new_context,
         )
 
-    def _has_where(self) -> bool:
-        where = self.root.args.get("where")
-        return isinstance(where, exp.Where) and _restricts_rows(where.this)
+    def _has_where(self) -> bool | None:
+        """UPDATE and DELETE: whether the WHERE restricts the target's rows. MERGE with a
+        WHEN MATCHED ... UPDATE or DELETE: whether ON, or each such clause's own condition, does.
+        """
+        root = self.root
+        targets = _target_names(root.this)
+        if isinstance(root, exp.Update | exp.Delete):
+            where = root.args.get("where")
+            return isinstance(where, exp.Where) and restricts(where.this, targets)
+        if not isinstance(root, exp.Merge):
+            return None
+        whens = root.args.get("whens")
+        changing = [
+            when
+            for when in (whens.expressions if isinstance(whens, exp.Whens) else [])
+            if isinstance(when, exp.When)
+            and when.args.get("matched")
+            and _changes_rows(when.args.get("then"))
+        ]
+        if not changing:
+            return None
+        if restricts(root.args.get("on"), targets):
+            return True
+        return all(restricts(when.args.get("condition"), targets) for when in changing)
 
     # The walk.
 
@@ -154,7 +148,7 @@ class Analysis:
             elif isinstance(node, exp.TableFromRows):
                 self._table_from_value(node.this)
             elif isinstance(node, exp.Anonymous):
-                name = str(node.this).upper()
+                name = function_name(node)
                 if name.startswith("SYSTEM$") and name not in _READ_ONLY_SYSTEM_FUNCTIONS:
                     self.calls[name] = None
                 elif name == "GET_DDL":
@@ -254,22 +248,29 @@ class Analysis:
         qualifiers.insert(0, identifier(node) or "")
         function = dot.expression
         name = (
-            str(function.this).upper()
+            function_name(function)
             if isinstance(function, exp.Anonymous)
             else function.sql_name().upper()
         )
         self._add([*qualifiers, name], 3, id(dot))
 
     def _search_path(self, item: exp.SetItem) -> None:
+        """`SET SEARCH_PATH = '...'` reads the schemas it lists; any other spelling of the
+        value (an identifier, a concatenation, a variable) names schemas the gateway cannot
+        know, so it reads an unknown schema."""
         assignment = item.this
-        if (
+        if not (
             isinstance(assignment, exp.EQ)
-            and isinstance(assignment.this, exp.Column)
+            and isinstance(assignment.this, exp.Column | exp.Identifier | exp.Var)
             and assignment.this.name.upper() == "SEARCH_PATH"
-            and isinstance(assignment.expression, exp.Literal)
         ):
-            for name in search_path_schemas(assignment.expression.name, self.context):
+            return
+        value = assignment.expression
+        if (isinstance(value, exp.Literal) and value.is_string) or isinstance(value, exp.RawString):
+            for name in search_path_schemas(value.name, self.context):
                 self.reads[name] = None
+        else:
+            self.reads[unknown_object(2)] = None
 
     def _nested(self, node: exp.Expression) -> None:
         kind = node_kind(node) or "UNKNOWN"
@@ -282,6 +283,27 @@ class Analysis:
             text = node.sql(dialect="snowflake")
             statement = Analysis(node, kind, text, self.context, self.depth + 1).statement()
         self.inner.append(statement)
+
+
+def function_name(call: exp.Anonymous) -> str:
+    """A called function's name, upper-cased whether quoted or not: the denied list is
+    compared without case, so `"SYSTEM$cancel_query"` cannot pass for a different function."""
+    name = call.this
+    text = name.this if isinstance(name, exp.Identifier) else str(name)
+    return text.strip().upper()
+
+
+def _target_names(table: object) -> list[str]:
+    """The names a condition may qualify the target's columns with: its name and alias."""
+    if not isinstance(table, exp.Table):
+        return []
+    return [name for name in (table.name, table.alias) if name]
+
+
+def _changes_rows(then: object) -> bool:
+    if isinstance(then, exp.Update):
+        return True
+    return isinstance(then, exp.Var) and then.name.upper() == "DELETE"
 
 
 def _inside_query(node: exp.Expression) -> bool:

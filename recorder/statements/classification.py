@@ -8,6 +8,7 @@ carry, to a bounded depth.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -18,7 +19,7 @@ from sqlglot.tokens import Token, TokenType
 from hoopgw.recorder.statements.analysis import Analysis
 from hoopgw.recorder.statements.context import Context, context_after
 from hoopgw.recorder.statements.names import unknown_object
-from hoopgw.recorder.statements.objects import scan_objects
+from hoopgw.recorder.statements.objects import scan_objects, search_path_schemas
 from hoopgw.recorder.statements.splitting import Chunk, split_statements
 from hoopgw.recorder.statements.statement import Statement
 from hoopgw.recorder.statements.vocabulary import (
@@ -58,7 +59,7 @@ def classify_text(sql: str, context: Context, depth: int) -> Iterator[Statement]
 
 def classify_chunk(chunk: Chunk, context: Context, depth: int) -> Statement:
     if chunk.script:
-        return _script(chunk, context)
+        return _script(chunk, context, depth)
     lead = chunk.tokens[0]
     kind = None
     if lead.token_type not in (TokenType.IDENTIFIER, TokenType.STRING):
@@ -78,6 +79,14 @@ def classify_chunk(chunk: Chunk, context: Context, depth: int) -> Statement:
     except ParseError as error:
         if kind in ("SHOW", "DESCRIBE"):
             return _command(kind, chunk.rest, chunk.text, context, depth)
+        if kind == "USE" and _names_roles(chunk.tokens):
+            # unparsable, but a role change whatever Snowflake makes of the rest
+            return Statement(
+                kind="USE",
+                text=chunk.text,
+                parse_error=_describe_parse_error(error),
+                context=context,
+            )
         return _unknown(chunk.text, context, _describe_parse_error(error))
     except (TokenError, RecursionError, ValueError) as error:
         return _unknown(chunk.text, context, f"cannot be parsed ({type(error).__name__})")
@@ -93,7 +102,46 @@ def classify_chunk(chunk: Chunk, context: Context, depth: int) -> Statement:
         if kind is None:
             return _unknown(chunk.text, context, "not a statement Snowflake runs")
         return _command(kind, chunk.rest, chunk.text, context, depth)
-    return Analysis(root, kind or root_kind, chunk.text, context, depth).statement()
+    statement = Analysis(root, kind or root_kind, chunk.text, context, depth).statement()
+    if isinstance(root, exp.Create):
+        return _with_procedure_body(statement, root, context, depth)
+    return statement
+
+
+def _with_procedure_body(
+    statement: Statement, root: exp.Create, context: Context, depth: int
+) -> Statement:
+    """CREATE PROCEDURE ... LANGUAGE SQL AS '...': the body's statements are its inner ones,
+    so every check sees what a later CALL runs. Bodies in other languages are not read."""
+    if str(root.args.get("kind") or "").upper() != "PROCEDURE":
+        return statement
+    properties = root.args.get("properties")
+    language = next(
+        (
+            prop.this.name.upper()
+            for prop in (properties.expressions if isinstance(properties, exp.Properties) else [])
+            if isinstance(prop, exp.LanguageProperty) and isinstance(prop.this, exp.Expression)
+        ),
+        "SQL",
+    )
+    body = root.expression
+    if isinstance(body, exp.Block) and len(body.expressions) == 1:
+        body = body.expressions[0]
+    if language != "SQL" or not isinstance(body, exp.Literal | exp.RawString):
+        return statement
+    if depth >= MAX_DEPTH:
+        return dataclasses.replace(statement, hidden="nests procedure bodies too deeply")
+    inner = tuple(classify_text(body.name, context, depth + 1))
+    return dataclasses.replace(statement, inner=statement.inner + inner)
+
+
+def _names_roles(tokens: Sequence[Token]) -> bool:
+    following = tokens[1] if len(tokens) > 1 else None
+    return (
+        following is not None
+        and following.token_type not in (TokenType.IDENTIFIER, TokenType.STRING)
+        and following.text.upper() in ("ROLE", "ROLES", "SECONDARY")
+    )
 
 
 def _declares_procedure(tokens: Sequence[Token]) -> bool:
@@ -127,17 +175,80 @@ def _simple(kind: str, chunk: Chunk, context: Context) -> Statement:
     following = [token.text.upper() for token in chunk.tokens[1:2]]
     if chunk.tokens[0].text.upper() == "START" and following != ["TRANSACTION"]:
         return _unknown(chunk.text, context, "START must be followed by TRANSACTION")
+    if not _simple_shape(kind, chunk.tokens[1:]):
+        # a harmless lead word must not carry a longer statement past the checks
+        return _unknown(chunk.text, context, f"not a {kind} statement Snowflake runs")
     return Statement(kind=kind, text=chunk.text, read_only=True, context=context)
 
 
-def _script(chunk: Chunk, context: Context) -> Statement:
-    """A Snowflake Scripting block: its statements are reported by keyword, as hidden."""
+def _is_name(token: Token) -> bool:
+    """A variable name: a word or a quoted identifier (a keyword can name a variable too)."""
+    return token.token_type is TokenType.IDENTIFIER or token.text.replace("_", "").isalnum()
+
+
+def _simple_shape(kind: str, rest: Sequence[Token]) -> bool:
+    """BEGIN|START [WORK|TRANSACTION] [NAME n], COMMIT|ROLLBACK [WORK], UNSET v | (v, ...)."""
+    words = [token.text.upper() for token in rest]
+    if kind == "UNSET":
+        if len(rest) == 1:
+            return _is_name(rest[0])
+        inner = rest[1:-1]
+        return (
+            len(rest) >= 3
+            and rest[0].token_type is TokenType.L_PAREN
+            and rest[-1].token_type is TokenType.R_PAREN
+            and all(
+                _is_name(token) if index % 2 == 0 else token.token_type is TokenType.COMMA
+                for index, token in enumerate(inner)
+            )
+            and len(inner) % 2 == 1
+        )
+    if kind in ("COMMIT", "ROLLBACK"):
+        return words in ([], ["WORK"])
+    if words[:1] in (["WORK"], ["TRANSACTION"]):
+        words, rest = words[1:], rest[1:]
+    return words == [] or (len(words) == 2 and words[0] == "NAME")
+
+
+def _script(chunk: Chunk, context: Context, depth: int) -> Statement:
+    """A Snowflake Scripting block: its statements are reported by keyword, as hidden.
+
+    What would change the role or the service user is found by its words (`USE ROLE`,
+    `USE SECONDARY ROLES`, `ALTER USER ... DEFAULT_SECONDARY_ROLES`), and the SQL a block
+    gives to `EXECUTE IMMEDIATE` as a literal is classified like any other text.
+    """
     reason = "is a Snowflake Scripting block"
     found: dict[str, None] = {}
-    for token in chunk.tokens[1:]:
-        if token.token_type in (TokenType.VAR, TokenType.STRING, TokenType.IDENTIFIER):
+    nested: list[Statement] = []
+    tokens = chunk.tokens
+    for index, token in enumerate(tokens[1:], start=1):
+        if token.token_type in (TokenType.STRING, TokenType.RAW_STRING):
+            before = tokens[index - 1]
+            if depth >= MAX_DEPTH:
+                pass
+            elif before.token_type in _COMMAND_TOKENS:
+                # the tokenizer keeps the rest of `EXECUTE ...`, `CALL ...` as one string
+                nested.extend(classify_text(f"{before.text} {token.text}", context, depth + 1))
+            elif before.text.upper() == "IMMEDIATE":
+                nested.extend(classify_text(token.text, context, depth + 1))
             continue
-        inner_kind = SCRIPT_WRITE_WORDS.get(token.text.upper())
+        if token.token_type in (TokenType.VAR, TokenType.IDENTIFIER):
+            continue
+        word = token.text.upper()
+        following = tokens[index + 1].text.upper() if index + 1 < len(tokens) else ""
+        if word == "USE" and following in ("ROLE", "SECONDARY"):
+            nested.append(Statement(kind="USE", text=chunk.text, hidden=reason, context=context))
+        elif word == "ALTER" and following == "USER" and _sets_default_roles(tokens[index:]):
+            nested.append(
+                Statement(
+                    kind="ALTER",
+                    text=chunk.text,
+                    hidden=reason,
+                    changes_default_roles=True,
+                    context=context,
+                )
+            )
+        inner_kind = SCRIPT_WRITE_WORDS.get(word)
         if inner_kind is not None:
             found[inner_kind] = None
     inner = tuple(
@@ -148,10 +259,26 @@ def _script(chunk: Chunk, context: Context) -> Statement:
         kind="SCRIPT",
         text=chunk.text,
         reads=scan_objects(chunk.tokens[1:], chunk.sql, context),
-        inner=inner,
+        inner=inner + tuple(nested),
         hidden=reason,
         context=context,
     )
+
+
+_COMMAND_TOKENS = frozenset(DIALECT.tokenizer_class.COMMANDS)
+_DEFAULT_ROLE_PROPERTIES = frozenset({"DEFAULT_ROLE", "DEFAULT_SECONDARY_ROLES"})
+
+
+def _sets_default_roles(tokens: Sequence[Token]) -> bool:
+    """Whether an ALTER USER (up to its `;`) sets, unsets or resets a user's default roles."""
+    for token in tokens:
+        if token.token_type is TokenType.SEMICOLON:
+            return False
+        if token.token_type in (TokenType.STRING, TokenType.RAW_STRING):
+            continue
+        if token.text.strip().upper() in _DEFAULT_ROLE_PROPERTIES:
+            return True
+    return False
 
 
 # --- statements sqlglot keeps as a generic Command ---------------------------
@@ -169,9 +296,17 @@ def _command(kind: str, rest: str, text: str, context: Context, depth: int) -> S
     words = [token.text.upper() for token in tokens[:2]]
     objects = scan_objects(tokens, rest, context, first_is_object=kind == "CALL")
     read_only = kind in READ_ONLY_KINDS and kind != "USE"
-    if kind == "ALTER" and words[:1] == ["SESSION"]:
+    sets_session = (
+        kind == "ALTER" and words[:1] == ["SESSION"] and words[1:] in (["SET"], ["UNSET"])
+    )
+    if sets_session:
         read_only = True
+        objects = tuple(dict.fromkeys((*objects, *_search_path_reads(tokens[2:], context))))
     keeps_reads = read_only or kind in ("CALL", "GET")
+    calls = ()
+    if kind == "CALL" and tokens:
+        name = tokens[0].text.strip().upper()
+        calls = (name,) if name.startswith("SYSTEM$") else ()
     return Statement(
         kind=kind,
         text=text,
@@ -180,8 +315,46 @@ def _command(kind: str, rest: str, text: str, context: Context, depth: int) -> S
         has_where=_where_at_top_level(tokens) if kind in ("DELETE", "UPDATE") else None,
         replaces=kind == "CREATE" and words == ["OR", "REPLACE"],
         read_only=read_only,
+        calls=calls,
+        changes_default_roles=kind == "ALTER"
+        and words[:1] == ["USER"]
+        and _sets_default_roles(tokens),
         context=context,
     )
+
+
+def _search_path_reads(tokens: Sequence[Token], context: Context) -> list[str]:
+    """The schemas `ALTER SESSION SET ... SEARCH_PATH = value ...` reads, from its tokens.
+
+    Only a value of one string literal (quoted or `$$`) is read; any other spelling
+    (an identifier, a concatenation, a variable) names an unknown schema.
+    """
+    for index, token in enumerate(tokens):
+        if token.text.strip().upper() != "SEARCH_PATH" or token.token_type in (
+            TokenType.STRING,
+            TokenType.RAW_STRING,
+        ):
+            continue
+        value = _parameter_value(tokens, index + 2)
+        if len(value) == 1 and value[0].token_type in (TokenType.STRING, TokenType.RAW_STRING):
+            return search_path_schemas(value[0].text, context)
+        return [unknown_object(2)]
+    return []
+
+
+def _parameter_value(tokens: Sequence[Token], start: int) -> list[Token]:
+    """The tokens of one `name = value` assignment's value: up to a comma, a `;`, or the
+    next `name =`."""
+    value: list[Token] = []
+    for index in range(start, len(tokens)):
+        token = tokens[index]
+        if token.token_type in (TokenType.COMMA, TokenType.SEMICOLON):
+            break
+        following = tokens[index + 1] if index + 1 < len(tokens) else None
+        if value and following is not None and following.token_type is TokenType.EQ:
+            break
+        value.append(token)
+    return value
 
 
 _RUN_TIME_SQL = "runs SQL the gateway cannot see (built at run time or read from a stage)"

@@ -13,9 +13,10 @@ from hoopgw.recorder.statements.context import Context
 class Statement:
     """One statement of a SQL text, classified.
 
-    `has_where` is only set for UPDATE and DELETE: True when a WHERE clause can
-    restrict rows (one that names no column, such as `WHERE 1=1`, or is
-    otherwise seen to be always true counts as none). `replaces` is set for
+    `has_where` is only set for UPDATE, DELETE and for MERGE with a WHEN
+    MATCHED ... UPDATE or DELETE: True when its condition restricts the
+    target's rows by the rule in `restriction` (`WHERE 1=1`, `WHERE x = x`,
+    `MERGE ... ON TRUE` count as none). `replaces` is set for
     CREATE OR REPLACE and INSERT OVERWRITE.
     `read_only` means the statement can change neither data nor privileges.
     `inner` holds statements run from inside this one (SQL text given to
@@ -25,6 +26,8 @@ class Statement:
     unparsable ones. An object named by a run-time value (`IDENTIFIER($t)`,
     `TABLE(:name)`) is listed with every part unknown (`?.?.?`). `calls` lists
     the functions a query calls that can change state (SYSTEM$CANCEL_QUERY, ...).
+    `changes_default_roles` is set for ALTER USER ... SET or UNSET of
+    DEFAULT_ROLE or DEFAULT_SECONDARY_ROLES.
     `context` is the (database, schema) the names were resolved against and
     `new_context` the (database, schema) in force after the statement when it
     changes them (USE, CREATE DATABASE/SCHEMA, dropping the current one).
@@ -41,6 +44,7 @@ class Statement:
     inner: tuple[Statement, ...] = ()
     hidden: str | None = None
     calls: tuple[str, ...] = ()
+    changes_default_roles: bool = False
     context: Context = (None, None)
     new_context: Context | None = None
 
@@ -82,6 +86,8 @@ class Statement:
             record["parse_error"] = self.parse_error
         if self.hidden is not None:
             record["hidden"] = self.hidden
+        if self.changes_default_roles:
+            record["changes_default_roles"] = True
         if self.calls:
             record["calls"] = list(self.calls)
         if self.inner:

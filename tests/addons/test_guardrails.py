@@ -10,6 +10,7 @@ from mitmproxy import exceptions, http
 from mitmproxy.test import taddons
 
 from hoopgw.addons import protocol
+from hoopgw.addons.credentials import UpstreamCredentials
 from hoopgw.addons.flowstate import Caller, FlowState
 from hoopgw.addons.guardrails import Guardrails
 from tests.addons import (
@@ -286,10 +287,6 @@ async def test_requests_that_run_no_statement_pass_unchecked(policy_file: Path) 
         state = classified(status)
         await guardrails.request(status)
         assert status.response is None and state.guardrail is None
-        untyped, state = statement("select 1")
-        state.request_json = {"sqlText": ["not", "text"]}
-        await guardrails.request(untyped)
-        assert untyped.response is None and state.guardrail is None
 
 
 async def test_flows_answered_or_never_classified_are_left_alone(policy_file: Path) -> None:
@@ -342,3 +339,131 @@ async def test_a_login_that_sets_the_search_path_is_refused() -> None:
         await guardrails.request(flow)
         assert "does not let a login set SEARCH_PATH" in error_of(flow)["message"]
         assert state.guardrail is not None and state.guardrail["rule"] == "hoopgw-built-in"
+
+
+# --- issue 17: guardrails without known bypasses ----------------------------------------
+
+
+@pytest.mark.parametrize("value", [["drop table t"], {"sql": "drop table t"}, None, 3, True])
+@pytest.mark.parametrize("path", [QUERY_PATH, STATEMENTS_PATH])
+async def test_statement_fields_that_are_not_text_are_refused(value: object, path: str) -> None:
+    guardrails = Guardrails()
+    with taddons.context(guardrails):
+        flow, state = statement("select 1", path=path)
+        state.request_json = {"sqlText" if path == QUERY_PATH else "statement": value}
+        await guardrails.request(flow)
+        assert state.refusal is not None and state.refusal.source == "guardrails"
+        answer = error_of(flow)
+        assert answer["code"] == str(protocol.CODE_GATEWAY_PROTOCOL)
+        assert "must be a string of SQL" in answer["message"]
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "execute immediate 'use role accountadmin'",
+        "execute immediate $$use secondary roles all$$",
+        "use secondary role all",
+        "execute immediate 'use role r extra words'",
+        "EXECUTE IMMEDIATE 'EXECUTE IMMEDIATE ''USE ROLE R'''",
+        "begin use role accountadmin; end",
+        "begin execute immediate 'use secondary roles all'; end",
+        "select 1; execute immediate 'use role r'",
+        "create procedure p() returns int as $$ begin use role r; return 1; end $$",
+        "alter user hoopgw_svc set default_secondary_roles = ('ALL')",
+        "alter user x unset default_secondary_roles",
+        "begin alter user hoopgw_svc set default_role = accountadmin; end",
+        "execute immediate 'alter user hoopgw_svc set default_secondary_roles = (''ALL'')'",
+    ],
+)
+async def test_role_lock_sees_nested_statements_without_a_policy(sql: str) -> None:
+    guardrails = Guardrails()
+    with taddons.context(guardrails):
+        flow, state = statement(sql)
+        await guardrails.request(flow)
+        assert state.guardrail is not None and state.guardrail["rule"] == "hoopgw-built-in"
+        assert "hoopgw-built-in does not let a session change" in refused_message(flow, state)
+
+
+async def test_role_lock_leaves_other_nested_statements_alone() -> None:
+    guardrails = Guardrails()
+    with taddons.context(guardrails):
+        for sql in (
+            "execute immediate 'use warehouse w'",
+            "begin use schema s; end",
+            "alter user x set comment = 'default_secondary_roles'",
+        ):
+            flow, state = statement(sql)
+            await guardrails.request(flow)
+            assert flow.response is None and state.guardrail["decision"] == "allow", sql
+
+
+@pytest.mark.parametrize(
+    "name", ["SEARCH_PATH", "search_path", " Search_Path ", '"SEARCH_PATH"', "SEARCH _PATH"]
+)
+async def test_search_path_parameters_are_refused_however_named(name: str) -> None:
+    guardrails = Guardrails()
+    with taddons.context(guardrails):
+        flow, state = statement("select 1", parameters={name: "PAYROLL"})
+        await guardrails.request(flow)
+        assert "does not let a request set SEARCH_PATH" in refused_message(flow, state)
+
+
+@pytest.mark.parametrize(
+    ("sql", "reason"),
+    [
+        ("delete from t where id = id", "requires a WHERE clause on DELETE FROM"),
+        ("update t set a = 1 where a = 2 or 1 = 1", "requires a WHERE clause on UPDATE"),
+        ("merge into t using s on 1 = 1 when matched then delete", "requires MERGE INTO"),
+        ("alter session set search_path = $$payroll$$", "denies access to"),
+        ("alter session set search_path = 'pay' || 'roll'", "denies access to *.PAYROLL.*"),
+        ("execute immediate $$alter session set search_path = payroll$$", "denies access to"),
+    ],
+)
+async def test_agents_guard_closes_spellings(policy_file: Path, sql: str, reason: str) -> None:
+    guardrails = Guardrails()
+    with taddons.context(guardrails) as tctx:
+        tctx.configure(guardrails, hoopgw_policy=str(policy_file))
+        flow, state = statement(sql)
+        await guardrails.request(flow)
+        assert reason in refused_message(flow, state)
+
+
+def test_start_is_refused_until_the_service_users_secondary_roles_are_stated() -> None:
+    guardrails, credentials = Guardrails(), UpstreamCredentials()
+    with taddons.context(credentials, guardrails) as tctx:
+        with pytest.raises(exceptions.OptionsError) as refused:
+            tctx.options.update(hoopgw_upstream_user="HOOPGW_SVC")
+        message = str(refused.value)
+        assert "ALTER USER HOOPGW_SVC SET DEFAULT_SECONDARY_ROLES = ()" in message
+        assert "hoopgw_upstream_secondary_roles=none" in message
+        tctx.options.update(
+            hoopgw_upstream_user="HOOPGW_SVC", hoopgw_upstream_secondary_roles="none"
+        )
+        with pytest.raises(exceptions.OptionsError, match='the only value is "none"'):
+            tctx.options.update(hoopgw_upstream_secondary_roles="all")
+
+
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        (QUERY_PATH, "SQLTEXT"),
+        (QUERY_PATH, "Parameters"),
+        (QUERY_PATH, "BINDINGS"),
+        (STATEMENTS_PATH, "Statement"),
+        (STATEMENTS_PATH, "ROLE"),
+        (STATEMENTS_PATH, "Database"),
+        (STATEMENTS_PATH, "SCHEMA"),
+    ],
+)
+async def test_fields_that_decide_what_runs_must_be_spelled_as_snowflake_spells_them(
+    path: str, field: str
+) -> None:
+    guardrails = Guardrails()
+    with taddons.context(guardrails):
+        flow, state = statement("select 1", path=path)
+        assert isinstance(state.request_json, dict)
+        state.request_json[field] = "x"
+        await guardrails.request(flow)
+        assert state.refusal is not None and state.refusal.source == "guardrails"
+        assert f"spells {field.casefold()}"[:12] in error_of(flow)["message"].casefold()

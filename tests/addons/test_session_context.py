@@ -16,7 +16,7 @@ from mitmproxy.test import taddons
 
 from hoopgw.addons.guardrails import Guardrails
 from hoopgw.addons.session_context import SessionContextTracker
-from tests.addons import LOGOUT_PATH, answered, classified, snowflake_flow
+from tests.addons import LOGOUT_PATH, STATEMENTS_PATH, answered, classified, snowflake_flow
 from tests.addons.test_guardrails import SESSION, refused_message, statement
 from tests.bodies import GUARDRAILS_POLICY
 
@@ -109,3 +109,36 @@ async def test_the_schema_stays_when_the_statement_failed_or_the_session_ended(
         state.context.database = "SALES"
         await gateway.request(flow)
         assert (state.context.database, state.context.schema) == expected
+
+
+@pytest.mark.parametrize(
+    ("database", "schema", "expected"),
+    [
+        ("sales", "app", ("SALES", "APP")),
+        ('"SALES"', '"APP"', ("SALES", "APP")),
+        ('"sales"', "App", ("sales", "APP")),
+        ("sales", '"A""P"', ("SALES", 'A"P')),
+        ("sales", "x.app", ("SALES", None)),
+        ("sales", "app secrets", ("SALES", None)),
+        ("sales", '"app', ("SALES", None)),
+    ],
+)
+async def test_sql_api_database_and_schema_follow_snowflakes_quoting(
+    policy_file: Path, database: str, schema: str, expected: tuple[str | None, str | None]
+) -> None:
+    async with pipeline(policy_file) as gateway:
+        flow, state = statement("select 1", path=STATEMENTS_PATH)
+        state.context.database, state.context.schema = database, schema
+        await gateway.request(flow)
+        assert (state.context.database, state.context.schema) == expected
+
+
+@pytest.mark.parametrize("schema", ['"APP"', "app", '"app"', "APP -- comment", "x.app"])
+async def test_sql_api_schema_spellings_cannot_hide_a_denied_object(
+    policy_file: Path, schema: str
+) -> None:
+    async with pipeline(policy_file) as gateway:
+        flow, state = statement("select * from secrets", path=STATEMENTS_PATH)
+        state.context.database, state.context.schema = "SALES", schema
+        await gateway.request(flow)
+        assert "denies access to" in refused_message(flow, state)
