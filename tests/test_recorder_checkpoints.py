@@ -39,11 +39,10 @@ from hoopgw.recorder.checkpoints import (
     spool_signing_key,
 )
 from hoopgw.recorder.ids import new_session_id, new_writer_id
-from hoopgw.recorder.schema import chain_record
-from hoopgw.recorder.segment import compress_lines, decompress_segment
 from hoopgw.recorder.spool import Spool, SpoolConfig
 from hoopgw.recorder.store import LocalStore
 from tests import stack
+from tests.tampering import rewrite_session
 
 DEADLINE = 20.0
 
@@ -201,37 +200,10 @@ def test_a_deleted_middle_segment_is_reported_with_its_seq(recorded, store, publ
     assert problem.seq == 3 and "deleted from the middle" in problem.message
 
 
-def rewrite_session(store: LocalStore, archive: Archive, session_id: str, writer: str) -> None:
-    """Alter one statement and make everything else agree: records re-hashed, chain
-    recomputed across segments, summary recomputed and its links rebuilt."""
-    prev = "0" * 64
-    summary = StreamSummary.from_json(store.get(summary_key(session_id, writer)))
-    tally = StreamSummary(session_id, writer)
-    last_by_first: dict[int, tuple[int, str]] = {}
-    for key in archive.segments(session_id):
-        lines = []
-        first = None
-        for line in decompress_segment(store.get(key)).splitlines():
-            record = orjson.loads(line)
-            if record.get("sql") == "select 4":
-                record["sql"] = "select 'nothing to see'"
-            lines.append(chain_record(record, prev))
-            prev = record["hash"]
-            first = record["seq"] if first is None else first
-            tally.add(record)
-            last = (record["seq"], record["hash"])
-        store.put(key, compress_lines(b"".join(lines)))
-        last_by_first[first] = last
-    for link in summary.links:
-        link["last_seq"], link["last_hash"] = last_by_first[link["first_seq"]]
-    summary.last_hash = tally.last_hash
-    store.put(summary_key(session_id, writer), summary.to_json())
-
-
 def test_a_consistent_rewrite_is_reported_as_rewritten(recorded, store, public) -> None:
     recorder, sessions = recorded()
     archive = Archive(store)
-    rewrite_session(store, archive, sessions[1], recorder.writer)
+    assert rewrite_session(store, archive, sessions[1], recorder.writer, "select 4") == 1
 
     without_checkpoints = archive.verify_session(sessions[1], public)
     assert without_checkpoints.verdict == "rewritten"
@@ -243,7 +215,7 @@ def test_a_consistent_rewrite_is_reported_as_rewritten(recorded, store, public) 
 def test_an_altered_checkpoint_fails_its_signature(recorded, store, public) -> None:
     recorder, sessions = recorded()
     archive = Archive(store)
-    rewrite_session(store, archive, sessions[1], recorder.writer)
+    assert rewrite_session(store, archive, sessions[1], recorder.writer, "select 4") == 1
     # the rewriter also fixes the checkpoint's links, but cannot sign them
     key = checkpoint_key(recorder.writer, 1)
     checkpoint = orjson.loads(store.get(key))
