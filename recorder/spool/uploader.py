@@ -136,6 +136,7 @@ class Uploader:
         return True
 
     def _run(self) -> None:
+        self._checkpoint(final=False)  # the genesis: this process ran, whatever follows
         self._upload_until_stopped()
         self._checkpoint(final=True)
 
