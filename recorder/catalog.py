@@ -31,6 +31,7 @@ from hoopgw.recorder.checkpoints import (
     ChainState,
     Checkpoint,
     check_chain,
+    check_predecessors,
     describe_ranges,
     link_hash,
     parse_checkpoint_key,
@@ -603,10 +604,12 @@ class Archive:
             parsed = parse_checkpoint_key(key)
             if parsed is not None:
                 by_chain.setdefault(parsed[0], []).append(key)
-        return {
+        states = {
             chain: check_chain(chain, ((key, self.store.get(key)) for key in keys), public_keys)
             for chain, keys in sorted(by_chain.items())
         }
+        check_predecessors(states)
+        return states
 
     def verify_session(
         self,

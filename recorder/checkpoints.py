@@ -48,6 +48,8 @@ CHECKPOINT_VERSION: Final = 1
 SEED_BYTES: Final = 32
 SPOOL_KEY_FILE: Final = "checkpoint-key"
 SPOOL_PUBLIC_KEY_FILE: Final = "checkpoint-key.pub"
+LAST_CHECKPOINT_FILE: Final = "checkpoint.last"
+"""In the spool directory: the last checkpoint stored, which the next process names."""
 _CHECKPOINT_KEY: Final = re.compile(r"checkpoints/([0-9a-z]{4,32})/(\d{8,})\.json")
 _LINK_FIELDS: Final = (
     "chain",
@@ -234,8 +236,14 @@ class CheckpointChain:
         key: Ed25519PrivateKey,
         interval: float,
         clock: Callable[[], float] = time.time,
+        last_file: Path | None = None,
     ) -> None:
+        """`last_file` keeps the last checkpoint stored (`LAST_CHECKPOINT_FILE` in the spool
+        directory): the genesis names what an earlier process left there as its predecessor,
+        so that the newest checkpoints of a process cannot vanish unnoticed once another
+        process has started on the same spool."""
         self.chain = parse_writer_id(chain)
+        self.last_file = last_file
         self.key = key
         self.key_id = key_id(key)
         self.interval = interval
@@ -295,9 +303,27 @@ class CheckpointChain:
             "links": self.pending,
             "key_id": self.key_id,
         }
+        if self.next_checkpoint == 0:
+            body["predecessor"] = self._predecessor()
         signature = self.key.sign(_canonical(body))
         body["signature"] = base64.urlsafe_b64encode(signature).rstrip(b"=").decode()
         return checkpoint_key(self.chain, self.next_checkpoint), _canonical(body)
+
+    def _predecessor(self) -> dict[str, Any] | None:
+        if self.last_file is None:
+            return None
+        try:
+            last = orjson.loads(self.last_file.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, orjson.JSONDecodeError) as exc:
+            logger.warning(
+                "checkpoints: %s unreadable, no predecessor named: %s", self.last_file, exc
+            )
+            return None
+        if not isinstance(last, dict) or set(last) != {"chain", "n", "hash"}:
+            return None
+        return last
 
     def failed(self, error: str) -> None:
         self.failures += 1
@@ -312,6 +338,18 @@ class CheckpointChain:
         self.final_written = final
         self.written += 1
         self.last_error = None
+        if self.last_file is not None:
+            last = {
+                "chain": self.chain,
+                "n": self.next_checkpoint - 1,
+                "hash": self.previous_checkpoint,
+            }
+            try:
+                _write_new(self.last_file, _canonical(last), 0o600)
+            except OSError as exc:
+                logger.warning(
+                    "checkpoints: cannot note the last checkpoint in %s: %s", self.last_file, exc
+                )
 
 
 # --- reading and checking checkpoints --------------------------------------------------
@@ -333,6 +371,8 @@ class Checkpoint:
     signature: bytes | None
     signed_bytes: bytes
     hash: str
+    predecessor: tuple[str, int, str] | None = None
+    """(chain, n, hash) of the last checkpoint of the process that used the spool before."""
 
     @property
     def when(self) -> str:
@@ -370,6 +410,11 @@ def parse_checkpoint(key: str, data: bytes) -> Checkpoint:
             signature=signature,
             signed_bytes=_canonical(raw),
             hash=hashlib.sha256(data).hexdigest(),
+            predecessor=(
+                (str(predecessor["chain"]), int(predecessor["n"]), str(predecessor["hash"]))
+                if isinstance(predecessor := raw.get("predecessor"), dict)
+                else None
+            ),
         )
     except (KeyError, TypeError, ValueError):
         raise CheckpointFormatError(f"{key}: fields missing or of the wrong type") from None
@@ -387,9 +432,16 @@ class ChainState:
     checkpoints: int = 0
     last: Checkpoint | None = None
     links: dict[int, tuple[dict[str, Any], Checkpoint]] = field(default_factory=dict)
+    by_number: dict[int, Checkpoint] = field(default_factory=dict)
+    successor: str | None = None
+    """The writer that started on the same spool next, and named this one's last checkpoint."""
     problems: list[tuple[str, str]] = field(default_factory=list)
     """(kind, message): kind `signature` or `checkpoint`, as `catalog.Problem.kind`."""
     signed: bool = False
+
+    @property
+    def genesis(self) -> Checkpoint | None:
+        return self.by_number.get(0)
 
     def flag(self, message: str, kind: str = "checkpoint") -> None:
         self.problems.append((kind, message))
@@ -413,9 +465,10 @@ class ChainState:
                 f"writer {self.chain}: stopped cleanly (final checkpoint {last.n} at "
                 f"{last.when}, {covered})"
             )
+        after = f"; writer {self.successor} started on its spool next" if self.successor else ""
         return (
             f"writer {self.chain}: running or not stopped cleanly (last checkpoint {last.n} "
-            f"at {last.when}, {covered})"
+            f"at {last.when}, {covered}{after})"
         )
 
 
@@ -440,6 +493,7 @@ def check_chain(
             continue
         parsed[checkpoint.n] = checkpoint
     state.checkpoints = len(parsed)
+    state.by_number = parsed
     if not parsed:
         return state
     top = max(parsed)
@@ -485,6 +539,36 @@ def check_chain(
             state.flag(f"writer {chain}: checkpoint {n}'s head is not its last link")
     state.last = parsed[top]
     return state
+
+
+def check_predecessors(states: Mapping[str, ChainState]) -> None:
+    """Each process's genesis names the last checkpoint its spool's previous process stored:
+    that checkpoint must be there, as named, and be that process's last."""
+    for state in states.values():
+        genesis = state.genesis
+        if genesis is None or genesis.predecessor is None:
+            continue
+        chain, n, digest = genesis.predecessor
+        before = states.get(chain)
+        stored = before.by_number.get(n) if before is not None else None
+        if stored is None:
+            (before or state).flag(
+                f"writer {chain}: checkpoint {n} is missing: writer {state.chain}, which "
+                "started on the same spool after it, names it as that writer's last "
+                "(its newest checkpoints were deleted)"
+            )
+        elif stored.hash != digest:
+            before.flag(
+                f"writer {chain}: checkpoint {n} is not the one writer {state.chain} "
+                "names as its last (replaced)"
+            )
+        elif before.last is not None and before.last.n != n:
+            before.flag(
+                f"writer {chain}: checkpoints after {n} exist, but writer {state.chain} "
+                f"started on the same spool after checkpoint {n}"
+            )
+        else:
+            before.successor = state.chain
 
 
 def _signature_ok(

@@ -67,12 +67,17 @@ class Recorder:
     """One spool process over a shared store; `segments` seals after each appended batch."""
 
     def __init__(
-        self, tmp_path: Path, store: LocalStore, key: Ed25519PrivateKey, interval: float = 3600
+        self,
+        tmp_path: Path,
+        store: LocalStore,
+        key: Ed25519PrivateKey,
+        interval: float = 3600,
+        directory: Path | None = None,
     ) -> None:
         self.writer = new_writer_id()
         self.spool = Spool(
             SpoolConfig(
-                tmp_path / f"spool-{self.writer}",
+                directory or tmp_path / f"spool-{self.writer}",
                 writer_id=self.writer,
                 max_bytes=1 << 30,
                 rollup_interval=None,
@@ -326,3 +331,31 @@ def test_the_genesis_checkpoint_is_written_at_start(tmp_path, store, key) -> Non
     assert orjson.loads(store.get(first))["head"] is None
     recorder.spool.close()
     assert orjson.loads(store.get(checkpoint_key(recorder.writer, 1)))["final"] is True
+
+
+def test_a_deleted_final_checkpoint_shows_through_the_next_process(
+    tmp_path, store, key, public
+) -> None:
+    spool_dir = tmp_path / "shared-spool"
+    first = Recorder(tmp_path, store, key, directory=spool_dir)
+    first.segment(new_session_id(), range(0, 2), end=True)
+    first.spool.close()
+    second = Recorder(tmp_path, store, key, directory=spool_dir)
+    second.segment(new_session_id(), range(0, 2), end=True)
+    second.spool.close()
+    archive = Archive(store)
+    genesis = orjson.loads(store.get(checkpoint_key(second.writer, 0)))
+    assert genesis["predecessor"]["chain"] == first.writer
+
+    intact = archive.verify_archive(public)
+    final = checkpoint_key(first.writer, genesis["predecessor"]["n"])
+    store.delete(final)
+    cut = archive.verify_archive(public)
+
+    assert intact.ok, intact.problems
+    assert any(f"writer {first.writer}: stopped cleanly" in line for line in intact.chains)
+    assert not cut.ok
+    assert any(
+        p.kind == "checkpoint" and "its newest checkpoints were deleted" in p.message
+        for p in cut.problems
+    ), cut.problems

@@ -39,7 +39,7 @@ import time
 from concurrent.futures import Future
 from typing import Any
 
-from hoopgw.recorder.checkpoints import CheckpointChain
+from hoopgw.recorder.checkpoints import LAST_CHECKPOINT_FILE, CheckpointChain
 from hoopgw.recorder.ids import parse_session_id
 from hoopgw.recorder.rollup import RollupBuilder
 from hoopgw.recorder.spool.config import MiB, SpoolConfig
@@ -91,6 +91,7 @@ class Spool:
                     config.checkpoint_key,
                     config.checkpoint_interval,
                     config.clock,
+                    config.directory / LAST_CHECKPOINT_FILE,
                 )
                 if config.checkpoint_key is not None
                 else None
