@@ -220,3 +220,23 @@ def test_a_killed_gateway_is_not_stopped_cleanly_with_nothing_missing(
     assert result.exit_code == 0, result.output
     assert "not stopped cleanly" in result.stdout
     assert "nothing missing up to it" in result.stdout
+
+
+def test_checkpoint_key_command_makes_a_key_and_its_public_key(tmp_path: Path) -> None:
+    public = tmp_path / "checkpoint.pub"
+
+    made = hoopgw("checkpoint-key", "--public-key-out", str(public))
+    seed = made.stdout.strip()
+    again = CliRunner().invoke(
+        main, ["checkpoint-key", "--public-of", f"env:{KEY_ENV}"], env={KEY_ENV: seed}
+    )
+    wrong = CliRunner().invoke(
+        main, ["checkpoint-key", "--public-of", f"env:{KEY_ENV}"], env={KEY_ENV: "x" + seed}
+    )
+
+    assert made.exit_code == 0 and public.read_text() == public_key_pem(
+        load_signing_key(seed.encode())
+    )
+    assert again.exit_code == 0 and again.stdout == public.read_text()
+    assert wrong.exit_code == 2 and seed not in wrong.output
+    assert hoopgw("checkpoint-key").stdout.strip() != seed
