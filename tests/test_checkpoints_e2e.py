@@ -13,6 +13,7 @@ import shutil
 import uuid
 from pathlib import Path
 
+import boto3
 import orjson
 import pytest
 import snowflake.connector
@@ -240,3 +241,42 @@ def test_checkpoint_key_command_makes_a_key_and_its_public_key(tmp_path: Path) -
     assert again.exit_code == 0 and again.stdout == public.read_text()
     assert wrong.exit_code == 2 and seed not in wrong.output
     assert hoopgw("checkpoint-key").stdout.strip() != seed
+
+
+def test_a_cut_tail_in_s3_is_reported(
+    gateway_factory, fakesnow_server, oidc, connect, moto_s3, s3_bucket, workdir: Path
+) -> None:
+    name = f"checkpoints-s3-{uuid.uuid4().hex[:6]}"
+    url = f"s3://{s3_bucket}/audit"
+    gateway = gateway_factory(
+        fakesnow_server.url, {"hoopgw_store": url, "hoopgw_s3_endpoint_url": moto_s3}, name=name
+    )
+    public = workdir / name / "spool" / SPOOL_PUBLIC_KEY_FILE
+    s3 = boto3.client("s3", endpoint_url=moto_s3)
+
+    def keys() -> list[str]:
+        listed = s3.list_objects_v2(Bucket=s3_bucket, Prefix="audit/")
+        return [item["Key"] for item in listed.get("Contents", [])]
+
+    def ended() -> list[str]:
+        summaries = [key for key in keys() if key.startswith("audit/summaries/")]
+        bodies = [
+            orjson.loads(s3.get_object(Bucket=s3_bucket, Key=k)["Body"].read()) for k in summaries
+        ]
+        return sorted(body["session_id"] for body in bodies if body.get("end_ts") is not None)
+
+    record_sessions(gateway, connect, oidc, 2, "s3")
+    stack.wait_until(lambda: len(ended()) == 2, DEADLINE, "two ended sessions in S3")
+    assert gateway.stop() == 0
+    last = ended()[-1]
+    for key in keys():
+        if last in key:
+            s3.delete_object(Bucket=s3_bucket, Key=key)  # its segment and its summary
+
+    args = ["--store", url, "--s3-endpoint-url", moto_s3, "--public-key", str(public)]
+    one = hoopgw("verify", last, *args)
+    whole = hoopgw("verify", "--all", *args)
+
+    assert one.exit_code == 1 and f"session {last}: BROKEN: tail cut" in one.stdout, one.output
+    assert whole.exit_code == 1 and "tail cut: links" in whole.stdout, whole.output
+    assert "stopped cleanly" in whole.stdout
