@@ -745,7 +745,7 @@ class Archive:
                 )
         unsigned: dict[str, int] = {}
         for writer, summary in summaries.items():
-            for link in summary.links:
+            for link in _links_of(summary):
                 chain = str(link.get("chain"))
                 involved.add(chain)
                 state = chains.get(chain)
@@ -815,7 +815,7 @@ class Archive:
             except (orjson.JSONDecodeError, TypeError):
                 report.problems.append(Problem(key, None, None, "summary does not decode"))
                 continue
-            for link in summary.links:
+            for link in _links_of(summary):
                 if isinstance(link.get("n"), int):
                     summary_links.setdefault(str(link.get("chain")), {})[link["n"]] = link
         for state in chains.values():
@@ -978,6 +978,14 @@ class Archive:
             if facts is not None and segment_first is not None and segment_last is not None:
                 facts[key] = SegmentFacts(segment_first, segment_last[0], segment_last[1])
         return last_seen
+
+
+def _links_of(summary: StreamSummary) -> list[dict[str, Any]]:
+    """A summary's links, whatever a damaged or foreign summary holds there."""
+    links = summary.links
+    if not isinstance(links, list):
+        return []
+    return [link for link in links if isinstance(link, dict)]
 
 
 def _link_order(link: dict[str, Any]) -> tuple[str, int]:
