@@ -38,6 +38,7 @@ from hoopgw.addons.protocol import Endpoint
 from hoopgw.addons.refusals import refuse
 from hoopgw.recorder import ids, redaction
 from hoopgw.recorder.checkpoints import (
+    SPOOL_KEY_FILE,
     CheckpointKeyError,
     key_id,
     load_signing_key,
@@ -224,7 +225,17 @@ class Recording:
         if self.spool is not None or self.store is None:
             return
         directory = Path(ctx.options.hoopgw_spool_dir)
-        signing_key = self.checkpoint_key or self._spool_key(directory)
+        try:
+            signing_key = self.checkpoint_key or self._spool_key(directory)
+        except (CheckpointKeyError, OSError) as exc:
+            # fail closed: without a spool every statement is refused as unrecordable
+            logger.error(
+                "hoopgw: the spool's checkpoint key %s cannot be used, so recording does not "
+                "start and statements are refused: %s",
+                directory / SPOOL_KEY_FILE,
+                exc,
+            )
+            return
         self.spool = Spool(
             SpoolConfig(
                 directory,

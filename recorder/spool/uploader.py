@@ -158,6 +158,8 @@ class Uploader:
             )
             return
         chain.stored(data, final)
+        if final:
+            logger.info("spool: final checkpoint %s stored", key)
 
     def _upload_until_stopped(self) -> None:
         delay = self.retry_initial

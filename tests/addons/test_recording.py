@@ -192,6 +192,19 @@ async def test_without_a_key_the_spool_makes_one_and_says_where(
     assert len(stored) == 4 and {checkpoint["key_id"] for checkpoint in stored} == {made}
 
 
+async def test_a_damaged_spool_key_fails_closed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "spool").mkdir()
+    (tmp_path / "spool" / SPOOL_KEY_FILE).write_text("not a key\n")
+    with recording(tmp_path) as addon:
+        assert addon.spool is None
+        flow, _ = authenticated()
+        await addon.request(flow)
+        assert RECORDING_CODE in flow.response.text
+    assert any("cannot be used" in record.getMessage() for record in caplog.records)
+
+
 # --- requests --------------------------------------------------------------------------
 
 
