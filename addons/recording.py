@@ -26,15 +26,24 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 
 from hoopgw.addons import protocol
+from hoopgw.addons.credentials import resolve_option_secret
 from hoopgw.addons.flowstate import FlowState, Refusal, attach, state_of
 from hoopgw.addons.names import RECORDING
 from hoopgw.addons.protocol import Endpoint
 from hoopgw.addons.refusals import refuse
 from hoopgw.recorder import ids, redaction
+from hoopgw.recorder.checkpoints import (
+    SPOOL_KEY_FILE,
+    CheckpointKeyError,
+    key_id,
+    load_signing_key,
+    spool_signing_key,
+)
 from hoopgw.recorder.records import (
     Client,
     add_statement,
@@ -57,7 +66,14 @@ _OUTCOME_ENDPOINTS = frozenset(
 _QUERY_ID_ENDPOINTS = frozenset({Endpoint.MONITORING, Endpoint.RESULT, Endpoint.ABORT})
 # Options that shape the spool and store; they take effect at start-up only.
 _STARTUP_OPTIONS = frozenset(
-    {"hoopgw_store", "hoopgw_s3_endpoint_url", "hoopgw_spool_dir", "hoopgw_rollup_interval"}
+    {
+        "hoopgw_store",
+        "hoopgw_s3_endpoint_url",
+        "hoopgw_spool_dir",
+        "hoopgw_rollup_interval",
+        "hoopgw_checkpoint_key",
+        "hoopgw_checkpoint_interval",
+    }
 )
 
 
@@ -70,6 +86,7 @@ class Recording:
         self.body_limit = 1024 * 1024
         self.fail_open = False
         self.writer_id = ids.new_writer_id()
+        self.checkpoint_key: Ed25519PrivateKey | None = None
         self._answers: list[tuple[http.HTTPFlow, FlowState]] = []
 
     def load(self, loader: Loader) -> None:
@@ -150,6 +167,32 @@ class Recording:
             """,
         )
 
+        loader.add_option(
+            "hoopgw_checkpoint_key",
+            str | None,  # type: ignore[arg-type]
+            None,
+            """
+            Secret reference (env:NAME, file:/path or aws-secretsmanager:ID) to the
+            Ed25519 private key that signs this gateway's checkpoints: its 32-byte
+            seed in base64url (make one with `hoopgw checkpoint-key`) or a PEM
+            private key. `hoopgw verify --public-key` then detects deleted and
+            rewritten segments. Unset: a key is made at first start in
+            hoopgw_spool_dir (`checkpoint-key`, public half `checkpoint-key.pub`,
+            path logged at start); keep a copy of the public key off this host.
+            """,
+        )
+        loader.add_option(
+            "hoopgw_checkpoint_interval",
+            int,
+            60,
+            """
+            Seconds between the signed checkpoints of what this gateway stored (one
+            is also written at start and at a clean stop). Segments stored since
+            the last checkpoint are chained but not yet signed: their deletion at
+            the very end of the archive is what a checkpoint cannot show.
+            """,
+        )
+
     def configure(self, updated: set[str]) -> None:
         if self.spool is not None and updated & _STARTUP_OPTIONS:
             names = ", ".join(sorted(updated & _STARTUP_OPTIONS))
@@ -167,6 +210,10 @@ class Recording:
             self.body_limit = ctx.options.hoopgw_body_limit
         if "hoopgw_rollup_interval" in updated and ctx.options.hoopgw_rollup_interval < 0:
             raise exceptions.OptionsError("hoopgw_rollup_interval must not be negative")
+        if "hoopgw_checkpoint_interval" in updated and ctx.options.hoopgw_checkpoint_interval < 1:
+            raise exceptions.OptionsError("hoopgw_checkpoint_interval must be positive")
+        if "hoopgw_checkpoint_key" in updated:
+            self.checkpoint_key = _checkpoint_key(ctx.options.hoopgw_checkpoint_key)
         if "hoopgw_spool_max_bytes" in updated and ctx.options.hoopgw_spool_max_bytes < 1:
             raise exceptions.OptionsError("hoopgw_spool_max_bytes must be positive")
         if "hoopgw_fail_open" in updated:
@@ -178,17 +225,48 @@ class Recording:
         if self.spool is not None or self.store is None:
             return
         directory = Path(ctx.options.hoopgw_spool_dir)
+        try:
+            signing_key = self.checkpoint_key or self._spool_key(directory)
+        except (CheckpointKeyError, OSError) as exc:
+            # fail closed: without a spool every statement is refused as unrecordable
+            logger.error(
+                "hoopgw: the spool's checkpoint key %s cannot be used, so recording does not "
+                "start and statements are refused: %s",
+                directory / SPOOL_KEY_FILE,
+                exc,
+            )
+            return
         self.spool = Spool(
             SpoolConfig(
                 directory,
                 writer_id=self.writer_id,
                 max_bytes=ctx.options.hoopgw_spool_max_bytes,
                 rollup_interval=ctx.options.hoopgw_rollup_interval or None,
+                checkpoint_key=signing_key,
+                checkpoint_interval=ctx.options.hoopgw_checkpoint_interval,
             ),
             self.store,
         )
         self.spool.start()
-        logger.info("hoopgw: recording to %s (writer %s)", ctx.options.hoopgw_store, self.writer_id)
+        logger.info(
+            "hoopgw: recording to %s (writer %s, checkpoints signed by key %s)",
+            ctx.options.hoopgw_store,
+            self.writer_id,
+            key_id(signing_key),
+        )
+
+    @staticmethod
+    def _spool_key(directory: Path) -> Ed25519PrivateKey:
+        """No hoopgw_checkpoint_key: the spool's own key, made at first start, and said so."""
+        key, public_path, created = spool_signing_key(directory)
+        logger.warning(
+            "hoopgw: hoopgw_checkpoint_key is unset, so checkpoints are signed with the key %s "
+            "in the spool directory; verify with `hoopgw verify --public-key %s` and keep a "
+            "copy of that public key where whoever can write the store cannot change it",
+            "made now" if created else "kept",
+            public_path,
+        )
+        return key
 
     def done(self) -> None:
         self._record_answers()
@@ -426,6 +504,16 @@ def _refusal(refusal: Refusal) -> dict[str, Any]:
     record = refusal.as_record()
     record["reason"] = redaction.mask_credential_values(record["reason"])
     return record
+
+
+def _checkpoint_key(ref: str | None) -> Ed25519PrivateKey | None:
+    """The configured checkpoint key; failures name the option, never the key."""
+    if not ref:
+        return None
+    try:
+        return load_signing_key(resolve_option_secret("hoopgw_checkpoint_key", ref))
+    except CheckpointKeyError as exc:
+        raise exceptions.OptionsError(f"hoopgw_checkpoint_key: {ref}: {exc}") from None
 
 
 def _starts_work(flow: http.HTTPFlow, state: FlowState) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from hoopgw.cli.inspection import export_command, inspect_command
-from hoopgw.cli.keys import token_key
+from hoopgw.cli.keys import checkpoint_key, token_key
 from hoopgw.cli.replay import replay
 from hoopgw.cli.search import search
 from hoopgw.cli.sessions import sessions
@@ -17,6 +17,7 @@ def register(group: click.Group) -> None:
     group.add_command(export_command)
     group.add_command(inspect_command)
     group.add_command(token_key)
+    group.add_command(checkpoint_key)
     group.add_command(sessions)
     group.add_command(search)
     group.add_command(verify)

@@ -18,13 +18,24 @@ few objects per day instead (never evidence: see there).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
 import orjson
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from hoopgw.recorder.checkpoints import (
+    CHECKPOINTS,
+    ChainState,
+    Checkpoint,
+    check_chain,
+    check_predecessors,
+    describe_ranges,
+    link_hash,
+    parse_checkpoint_key,
+)
 from hoopgw.recorder.flows import merge_streams
 from hoopgw.recorder.ids import (
     is_session_id,
@@ -164,6 +175,8 @@ class StreamSummary:
     last_seq: int = -1
     last_hash: str = GENESIS_HASH
     updated_at: float | None = None
+    links: list[dict[str, Any]] = field(default_factory=list)
+    """The writer-chain link of each stored segment (`recorder.checkpoints`), in order."""
 
     def add(self, record: dict[str, Any]) -> None:
         """Count one record (the writer tallies each open segment this way)."""
@@ -386,6 +399,19 @@ def _utc(ts: float) -> datetime:
 
 # --- verification --------------------------------------------------------------------
 
+PROBLEM_KINDS: Final = (
+    "record",
+    "missing",
+    "cut_tail",
+    "rewritten",
+    "signature",
+    "checkpoint",
+)
+"""What a problem is: a record or segment that is broken in itself; a segment a signed
+checkpoint names that is gone (in the middle, or at the end of its stream); records that
+differ from what a checkpoint signed; a checkpoint whose signature fails; a checkpoint
+missing or out of its chain."""
+
 
 @dataclass(frozen=True, slots=True)
 class Problem:
@@ -395,6 +421,7 @@ class Problem:
     line: int | None
     seq: int | None
     message: str
+    kind: str = "record"
 
     def __str__(self) -> str:
         where = [self.segment or "session"]
@@ -407,33 +434,111 @@ class Problem:
 
 @dataclass(slots=True)
 class VerifyReport:
+    """A session's verification. `chains` says how each writer that stored the session
+    stopped; `unchecked` what could not be checked (no public key, no checkpoint)."""
+
     session_id: str
     segments: int = 0
     records: int = 0
     writers: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    chains: list[str] = field(default_factory=list)
+    unchecked: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
-    def add(self, segment: str | None, line: int | None, seq: int | None, message: str) -> None:
-        self.problems.append(Problem(segment, line, seq, message))
+    @property
+    def verdict(self) -> str:
+        """`intact`, or the gravest kind of problem: rewritten, signature, cut tail, ..."""
+        kinds = {problem.kind for problem in self.problems}
+        for kind in ("signature", "rewritten", "cut_tail", "missing", "checkpoint", "record"):
+            if kind in kinds:
+                return kind
+        return "intact"
+
+    def add(
+        self,
+        segment: str | None,
+        line: int | None,
+        seq: int | None,
+        message: str,
+        kind: str = "record",
+    ) -> None:
+        self.problems.append(Problem(segment, line, seq, message, kind))
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "session_id": self.session_id,
             "ok": self.ok,
+            "verdict": self.verdict,
             "segments": self.segments,
             "records": self.records,
             "writers": self.writers,
             "problems": [
-                {"segment": p.segment, "line": p.line, "seq": p.seq, "message": p.message}
+                {
+                    "segment": p.segment,
+                    "line": p.line,
+                    "seq": p.seq,
+                    "kind": p.kind,
+                    "message": p.message,
+                }
                 for p in self.problems
             ],
             "notes": self.notes,
+            "chains": self.chains,
+            "unchecked": self.unchecked,
         }
+
+
+@dataclass(slots=True)
+class ArchiveReport:
+    """`verify --all`: every session, and each writer chain's own state."""
+
+    sessions: list[VerifyReport] = field(default_factory=list)
+    chains: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    unchecked: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and all(report.ok for report in self.sessions)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "sessions": [report.to_dict() for report in self.sessions],
+            "chains": self.chains,
+            "problems": [
+                {"kind": p.kind, "message": p.message, "seq": p.seq} for p in self.problems
+            ],
+            "notes": self.notes,
+            "unchecked": self.unchecked,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentFacts:
+    """What a stored segment's records say: their seq range and the last one's hash."""
+
+    first_seq: int
+    last_seq: int
+    last_hash: str
+
+
+NO_KEY: Final = (
+    "checkpoint signatures (no --public-key given): deletions and rewrites were checked "
+    "against the checkpoints as stored, which someone able to rewrite the store could "
+    "rewrite too"
+)
+NO_CHECKPOINT: Final = (
+    "no checkpoint covers this session's segments (recorded before checkpoints, by a "
+    "spool without a checkpoint key, or after its writer's last checkpoint): a deleted last "
+    "segment or a consistent rewrite would not show"
+)
 
 
 # --- the archive ---------------------------------------------------------------------
@@ -490,24 +595,61 @@ class Archive:
             raise SessionNotFound(parse_session_id(session_id))
         return parsed
 
-    def verify_session(self, session_id: str) -> VerifyReport:
-        """Check every segment frame, record schema, hash chain and seq run of a session.
+    def checkpoint_chains(
+        self, public_keys: Mapping[str, Ed25519PublicKey] | None
+    ) -> dict[str, ChainState]:
+        """Every writer chain's checkpoints, read and checked (signatures when keys are given)."""
+        by_chain: dict[str, list[str]] = {}
+        for key in self.store.list(f"{CHECKPOINTS}/"):
+            parsed = parse_checkpoint_key(key)
+            if parsed is not None:
+                by_chain.setdefault(parsed[0], []).append(key)
+        states = {
+            chain: check_chain(chain, ((key, self.store.get(key)) for key in keys), public_keys)
+            for chain, keys in sorted(by_chain.items())
+        }
+        check_predecessors(states)
+        return states
+
+    def verify_session(
+        self,
+        session_id: str,
+        public_keys: Mapping[str, Ed25519PublicKey] | None = None,
+        chains: Mapping[str, ChainState] | None = None,
+    ) -> VerifyReport:
+        """Check a session's segments, records, hash chains, and what the checkpoints signed.
 
         A problem means the stored session is not what the gateway wrote (or a
         writer died before it could upload, which `notes` and the summaries tell
         apart): a deleted record shows as a seq gap and a prev_hash mismatch, an
-        altered record as a hash mismatch, reordering as both.
+        altered record as a hash mismatch, reordering as both. With checkpoints
+        (`recorder.checkpoints`), a segment a checkpoint names that is gone is
+        `missing` or `cut_tail`, and records that differ from what it signed are
+        `rewritten`; `public_keys` (by key id) makes those checkpoints evidence
+        rather than hints. A session every segment of which is gone is still
+        reported when a checkpoint names it; SessionNotFound otherwise.
         """
         sid = parse_session_id(session_id)
-        keys = self._segment_keys(sid)
+        if chains is None:
+            chains = self.checkpoint_chains(public_keys)
+        signed = [
+            (link, checkpoint, state)
+            for state in chains.values()
+            for link, checkpoint in state.links.values()
+            if link.get("session_id") == sid
+        ]
+        keys = [p for p in map(parse_segment_key, self.segments(sid)) if p is not None]
+        if not keys and not signed:
+            raise SessionNotFound(sid)
         report = VerifyReport(sid)
         by_writer: dict[str, list[SegmentKey]] = {}
         for parsed in keys:
             by_writer.setdefault(parsed.writer, []).append(parsed)
         summaries = self.stream_summaries(sid)
+        facts: dict[str, SegmentFacts] = {}
         for writer, segments in sorted(by_writer.items()):
             report.writers.append(writer)
-            last_seq, last_hash = self._verify_stream(report, sid, writer, segments)
+            last_seq, last_hash = self._verify_stream(report, sid, writer, segments, facts)
             summary = summaries.get(writer)
             if summary is None:
                 report.notes.append(f"writer {writer}: no summary object")
@@ -518,6 +660,7 @@ class Archive:
                     summary.last_seq,
                     f"writer {writer}: summary counts records up to seq {summary.last_seq} "
                     f"but the segments end at seq {last_seq} (records missing at the end)",
+                    "cut_tail",
                 )
             elif summary.last_seq == last_seq and summary.last_hash != last_hash:
                 report.add(
@@ -531,10 +674,233 @@ class Archive:
                     f"writer {writer}: summary is behind (seq {summary.last_seq} of {last_seq}); "
                     "the writer stopped before updating it"
                 )
+        self._check_links(report, sid, keys, facts, summaries, chains, signed)
+        if public_keys is None:
+            report.unchecked.append(NO_KEY)
+        return report
+
+    def _check_links(
+        self,
+        report: VerifyReport,
+        sid: str,
+        keys: list[SegmentKey],
+        facts: dict[str, SegmentFacts],
+        summaries: dict[str, StreamSummary],
+        chains: Mapping[str, ChainState],
+        signed: list[tuple[dict[str, Any], Checkpoint, ChainState]],
+    ) -> None:
+        """Hold the session's segments to the links its writers' checkpoints signed."""
+        present = {parsed.key for parsed in keys}
+        stream_end: dict[str, int] = {}
+        for parsed in keys:
+            known = facts.get(parsed.key)
+            if known is not None:
+                stream_end[parsed.writer] = max(stream_end.get(parsed.writer, -1), known.last_seq)
+        involved: set[str] = set()
+        covered: set[str] = set()
+        for link, checkpoint, state in sorted(signed, key=lambda item: _link_order(item[0])):
+            involved.add(state.chain)
+            try:
+                key = segment_key(sid, str(link.get("writer")), int(link.get("first_seq", -1)))
+            except ValueError:
+                report.add(None, None, None, f"checkpoint {checkpoint.key}: malformed link")
+                continue
+            covered.add(key)
+            first, last = link.get("first_seq"), link.get("last_seq")
+            signed_by = (
+                f"writer {state.chain} stored it as link {link.get('n')}, signed in checkpoint "
+                f"{checkpoint.n} at {checkpoint.when}"
+                if state.signed
+                else f"writer {state.chain} stored it as link {link.get('n')}, named in "
+                f"checkpoint {checkpoint.n} at {checkpoint.when} (signature not checked)"
+            )
+            if key not in present:
+                cut = isinstance(first, int) and first > stream_end.get(str(link["writer"]), -1)
+                where = "the end of the stream was cut" if cut else "deleted from the middle"
+                report.add(
+                    key,
+                    None,
+                    first if isinstance(first, int) else None,
+                    f"segment missing: records seq {first}..{last} of writer "
+                    f"{link.get('writer')} are gone ({where}); "
+                    f"{signed_by}",
+                    "cut_tail" if cut else "missing",
+                )
+                continue
+            stored = facts.get(key)
+            if stored is None:
+                continue  # undecodable: reported by the stream check
+            if (stored.first_seq, stored.last_seq, stored.last_hash) != (
+                first,
+                last,
+                link.get("last_hash"),
+            ):
+                report.add(
+                    key,
+                    None,
+                    first if isinstance(first, int) else None,
+                    f"segment rewritten: its records (seq {stored.first_seq}..{stored.last_seq}) "
+                    f"are not those of seq {first}..{last} that {signed_by}",
+                    "rewritten",
+                )
+        unsigned: dict[str, int] = {}
+        for writer, summary in summaries.items():
+            for link in _links_of(summary):
+                chain = str(link.get("chain"))
+                involved.add(chain)
+                state = chains.get(chain)
+                number = link.get("n")
+                signed_link = state.links.get(number) if state and isinstance(number, int) else None
+                if signed_link is not None:
+                    if link_hash(signed_link[0]) != link_hash(link):
+                        report.add(
+                            None,
+                            None,
+                            None,
+                            f"writer {writer}: summary's link {number} of writer {chain} differs "
+                            f"from the one checkpoint {signed_link[1].n} holds (rewritten)",
+                            "rewritten",
+                        )
+                elif state is None or not isinstance(number, int) or number > state.head:
+                    unsigned[chain] = unsigned.get(chain, 0) + 1
+                else:
+                    report.add(
+                        None,
+                        None,
+                        None,
+                        f"writer {writer}: summary names link {number} of writer {chain}, "
+                        "which no stored checkpoint holds (a checkpoint is missing)",
+                        "checkpoint",
+                    )
+        for chain, count in sorted(unsigned.items()):
+            report.notes.append(
+                f"{count} segment(s) of this session stored by writer {chain} after its last "
+                "checkpoint: chained to the others, not yet signed"
+            )
+        for chain in sorted(involved):
+            state = chains.get(chain)
+            if state is None:
+                report.chains.append(f"writer {chain}: no checkpoint")
+                continue
+            report.chains.append(state.status())
+            for kind, problem in state.problems:
+                report.add(None, None, None, problem, kind)
+        if not covered:
+            report.unchecked.append(NO_CHECKPOINT)
+
+    def verify_archive(
+        self, public_keys: Mapping[str, Ed25519PublicKey] | None = None
+    ) -> ArchiveReport:
+        """Every session, and every writer chain: each segment a checkpoint names must be there.
+
+        Besides each session's own report, says of each writer whether it stopped
+        cleanly, which of its links are gone at the end (a cut tail) or in the
+        middle, and how many segments it stored after its last checkpoint.
+        """
+        chains = self.checkpoint_chains(public_keys)
+        report = ArchiveReport()
+        sessions: set[str] = set()
+        for key in self.store.list(f"{SESSIONS}/"):
+            parsed = parse_segment_key(key)
+            if parsed is not None:
+                sessions.add(parsed.session_id)
+        summary_links: dict[str, dict[int, dict[str, Any]]] = {}
+        for key in self.store.list(f"{SUMMARIES}/"):
+            parsed_summary = parse_summary_key(key)
+            if parsed_summary is None:
+                continue
+            sessions.add(parsed_summary.session_id)
+            try:
+                summary = StreamSummary.from_json(self.store.get(key))
+            except (orjson.JSONDecodeError, TypeError):
+                report.problems.append(Problem(key, None, None, "summary does not decode"))
+                continue
+            for link in _links_of(summary):
+                if isinstance(link.get("n"), int):
+                    summary_links.setdefault(str(link.get("chain")), {})[link["n"]] = link
+        for state in chains.values():
+            sessions.update(str(link.get("session_id")) for link, _ in state.links.values())
+        present: set[str] = set()
+        for sid in sorted(s for s in sessions if is_session_id(s)):
+            session_report = self.verify_session(sid, public_keys, chains)
+            report.sessions.append(session_report)
+            present.update(self.segments(sid))
+        for chain in sorted(set(chains) | set(summary_links)):
+            state = chains.get(chain)
+            links = summary_links.get(chain, {})
+            if state is None:
+                report.chains.append(f"writer {chain}: no checkpoint ({len(links)} segment(s))")
+                continue
+            for kind, problem in state.problems:
+                report.problems.append(Problem(None, None, None, problem, kind))
+            gone = sorted(
+                number
+                for number, (link, _) in state.links.items()
+                if _link_key(link) not in present
+            )
+            kept = [number for number in state.links if number not in gone]
+            last_kept = max(kept, default=-1)
+            tail = [number for number in gone if number > last_kept]
+            middle = [number for number in gone if number <= last_kept]
+            status = state.status()
+            if tail:
+                report.problems.append(
+                    Problem(
+                        None,
+                        None,
+                        None,
+                        f"writer {chain}: tail cut: links {describe_ranges(tail)} are gone "
+                        f"({_segments_of(state, tail)}); its last checkpoint "
+                        f"{state.last.n if state.last else '-'} signed up to link {state.head}",
+                        "cut_tail",
+                    )
+                )
+            if middle:
+                report.problems.append(
+                    Problem(
+                        None,
+                        None,
+                        None,
+                        f"writer {chain}: links {describe_ranges(middle)} are gone "
+                        f"({_segments_of(state, middle)})",
+                        "missing",
+                    )
+                )
+            if not gone and not state.problems:
+                status += "; nothing missing up to it"
+            after = sorted(number for number in links if number > state.head)
+            if after:
+                expected = list(range(state.head + 1, after[-1] + 1))
+                if after != expected:
+                    missing = sorted(set(expected) - set(after))
+                    report.problems.append(
+                        Problem(
+                            None,
+                            None,
+                            None,
+                            f"writer {chain}: links {describe_ranges(missing)} after its last "
+                            "checkpoint are missing (segments and summaries deleted)",
+                            "missing",
+                        )
+                    )
+                status += f"; {len(after)} segment(s) after it, chained but not yet signed"
+            report.chains.append(status)
+        if public_keys is None:
+            report.unchecked.append(NO_KEY)
+        if not chains:
+            report.unchecked.append(
+                "no checkpoint in the archive: deleted last segments and consistent rewrites "
+                "cannot be detected"
+            )
         return report
 
     def _verify_stream(
-        self, report: VerifyReport, sid: str, writer: str, segments: list[SegmentKey]
+        self,
+        report: VerifyReport,
+        sid: str,
+        writer: str,
+        segments: list[SegmentKey],
+        facts: dict[str, SegmentFacts] | None = None,
     ) -> tuple[int, str]:
         expected_seq: int | None = 0
         prev_hash: str | None = GENESIS_HASH
@@ -554,10 +920,13 @@ class Archive:
                     None,
                     parsed.first_seq,
                     f"segment starts at seq {parsed.first_seq}, expected {expected_seq}",
+                    "missing",
                 )
             if lines and not lines.endswith(b"\n"):
                 report.add(key, None, None, "last line has no newline: the segment was cut")
             first = True
+            segment_first: int | None = None
+            segment_last: tuple[int, str] | None = None
             for number, line in iter_lines(lines):
                 report.records += 1
                 try:
@@ -579,6 +948,8 @@ class Archive:
                     report.add(key, number, seq, "record's writer differs from the key's")
                 if first and seq != parsed.first_seq:
                     report.add(key, number, seq, f"key says the first seq is {parsed.first_seq}")
+                if first:
+                    segment_first = seq
                 first = False
                 if seq is not None and expected_seq is not None and seq != expected_seq:
                     report.add(
@@ -600,9 +971,49 @@ class Archive:
                     )
                 prev_hash = stored_hash if isinstance(stored_hash, str) else None
                 expected_seq = seq + 1 if seq is not None else None
+                if seq is not None:
+                    segment_last = (seq, prev_hash or "")
                 if seq is not None and seq > last_seen[0]:
                     last_seen = (seq, prev_hash or "")
+            if facts is not None and segment_first is not None and segment_last is not None:
+                facts[key] = SegmentFacts(segment_first, segment_last[0], segment_last[1])
         return last_seen
+
+
+def _links_of(summary: StreamSummary) -> list[dict[str, Any]]:
+    """A summary's links, whatever a damaged or foreign summary holds there."""
+    links = summary.links
+    if not isinstance(links, list):
+        return []
+    return [link for link in links if isinstance(link, dict)]
+
+
+def _link_order(link: dict[str, Any]) -> tuple[str, int]:
+    first = link.get("first_seq")
+    return str(link.get("writer")), first if isinstance(first, int) else -1
+
+
+def _link_key(link: dict[str, Any]) -> str | None:
+    try:
+        return segment_key(
+            str(link.get("session_id")), str(link.get("writer")), int(link.get("first_seq", -1))
+        )
+    except (ValueError, TypeError):
+        return None
+
+
+def _segments_of(state: ChainState, numbers: list[int], shown: int = 5) -> str:
+    """`session S records 4..9, ...` for the links `numbers` of a chain."""
+    parts = []
+    for number in numbers[:shown]:
+        link = state.links[number][0]
+        parts.append(
+            f"session {link.get('session_id')} writer {link.get('writer')} records "
+            f"{link.get('first_seq')}..{link.get('last_seq')}"
+        )
+    if len(numbers) > shown:
+        parts.append(f"and {len(numbers) - shown} more")
+    return ", ".join(parts)
 
 
 def _decode(data: bytes, key: str) -> list[dict[str, Any]]:

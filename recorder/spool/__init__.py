@@ -39,6 +39,7 @@ import time
 from concurrent.futures import Future
 from typing import Any
 
+from hoopgw.recorder.checkpoints import LAST_CHECKPOINT_FILE, CheckpointChain
 from hoopgw.recorder.ids import parse_session_id
 from hoopgw.recorder.rollup import RollupBuilder
 from hoopgw.recorder.spool.config import MiB, SpoolConfig
@@ -84,6 +85,17 @@ class Spool:
             retry_initial=config.retry_initial,
             retry_max=config.retry_max,
             clock=config.clock,
+            checkpoints=(
+                CheckpointChain(
+                    config.writer_id,
+                    config.checkpoint_key,
+                    config.checkpoint_interval,
+                    config.clock,
+                    config.directory / LAST_CHECKPOINT_FILE,
+                )
+                if config.checkpoint_key is not None
+                else None
+            ),
         )
         self._writer = SpoolWriter(config, self._bytes, self._uploader.submit)
         self._recovery = Recovery(config.directory, config.writer_id, self._bytes)

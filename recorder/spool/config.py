@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from hoopgw.recorder.ids import parse_writer_id
 
 MiB: Final = 1024 * 1024
@@ -41,6 +43,11 @@ class SpoolConfig:
     `rollup_part_max_bytes` of entries or `rollup_part_max_entries` entries; a
     day's part is let go from memory `rollup_idle_seconds` after its last entry.
     `clock` stamps the stream summaries the uploader writes.
+
+    With a `checkpoint_key` the uploader links every segment it stores to the one
+    before (`recorder.checkpoints`) and writes a checkpoint signed with that key
+    at start, every `checkpoint_interval` seconds while segments were stored,
+    and at `close()`. None: segments are neither linked nor checkpointed.
     """
 
     directory: Path
@@ -60,9 +67,13 @@ class SpoolConfig:
     rollup_part_max_entries: int = 10_000
     rollup_idle_seconds: float = 600.0
     clock: Callable[[], float] = time.time
+    checkpoint_key: Ed25519PrivateKey | None = None
+    checkpoint_interval: float = 60.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "directory", Path(self.directory))
         object.__setattr__(self, "writer_id", parse_writer_id(self.writer_id))
         interval = self.rollup_interval
         object.__setattr__(self, "rollup_interval", interval if interval and interval > 0 else None)
+        if not self.checkpoint_interval > 0:
+            raise ValueError("checkpoint_interval must be a positive number of seconds")

@@ -13,6 +13,7 @@ from typing import Any, Final
 import orjson
 
 from hoopgw.recorder.catalog import StreamSummary, segment_key, summary_key
+from hoopgw.recorder.checkpoints import CheckpointChain
 from hoopgw.recorder.segment import compress_lines
 from hoopgw.recorder.spool.layout import Sealed, Stream
 from hoopgw.recorder.spool.rollups import RollupPublisher
@@ -64,6 +65,12 @@ class Uploader:
     `wait_idle` sees the spool empty only once the last upload finished. A
     stream's segments go up in seq order. A failed upload is retried after
     `retry_initial` seconds, doubling up to `retry_max`, never skipped.
+
+    With a `CheckpointChain`, every segment it stores is linked to the one
+    before (the link goes into the stream's summary), and the same thread writes
+    the chain's signed checkpoints: one at start, one every interval while new
+    links wait, and a final one when it stops. A failed checkpoint PUT is logged
+    and retried an interval later; it never holds up a segment.
     """
 
     def __init__(
@@ -75,8 +82,10 @@ class Uploader:
         retry_initial: float,
         retry_max: float,
         clock: Callable[[], float],
+        checkpoints: CheckpointChain | None = None,
     ) -> None:
         self.store = store
+        self.checkpoints = checkpoints
         self.spool_bytes = spool_bytes
         self.rollups = rollups
         self.retry_initial = retry_initial
@@ -127,15 +136,50 @@ class Uploader:
         return True
 
     def _run(self) -> None:
+        self._checkpoint(final=False)  # the genesis: this process ran, whatever follows
+        self._upload_until_stopped()
+        self._checkpoint(final=True)
+
+    def _checkpoint_due(self) -> float | None:
+        return self.checkpoints.seconds_until_due() if self.checkpoints is not None else None
+
+    def _checkpoint(self, final: bool) -> None:
+        """PUT the chain's next checkpoint; on failure, log it and try again an interval later."""
+        chain = self.checkpoints
+        if chain is None:
+            return
+        key, data = chain.build(final)
+        try:
+            self.store.put(key, data)
+        except Exception as exc:
+            chain.failed(f"{type(exc).__name__}: {exc}"[:500])
+            logger.warning(
+                "spool: checkpoint %s not stored, retrying later: %s", key, chain.last_error
+            )
+            return
+        chain.stored(data, final)
+        if final:
+            logger.info("spool: final checkpoint %s stored", key)
+
+    def _upload_until_stopped(self) -> None:
         delay = self.retry_initial
         while True:
             with self._changed:
                 while not self._uploads and not self._stop.is_set():
-                    self._changed.wait()
+                    due = self._checkpoint_due()
+                    if due is not None and due <= 0:
+                        break
+                    self._changed.wait(due)
                 if self._stop.is_set():
                     return
-                item = self._uploads[0]
-                self._uploading = True
+                if not self._uploads:
+                    item = None
+                else:
+                    item = self._uploads[0]
+                    self._uploading = True
+            if item is None:
+                self._checkpoint(final=False)
+                continue
             try:
                 self._upload(item)
             except Exception as exc:
@@ -160,6 +204,9 @@ class Uploader:
                 self._uploads.popleft()
                 self._uploading = False
                 self._changed.notify_all()
+            due = self._checkpoint_due()
+            if due is not None and due <= 0:
+                self._checkpoint(final=False)
 
     def _upload(self, item: Sealed) -> None:
         """Compress, put (the store verifies), update the summary, then delete locally.
@@ -188,9 +235,17 @@ class Uploader:
             )
             updated = StreamSummary.from_json(summary.to_json())
             updated.merge_segment(item.first_seq, tally, len(compressed), self._clock())
+            link = None
+            if self.checkpoints is not None:
+                link = self.checkpoints.link(
+                    item.session_id, item.writer, item.first_seq, tally.last_seq, tally.last_hash
+                )
+                updated.links.append(link)
             summary_json = updated.to_json()
             stored_key = summary_key(item.session_id, item.writer)
             summary_version = self.store.put(stored_key, summary_json)
+            if link is not None and self.checkpoints is not None:
+                self.checkpoints.commit(link)
             if summary_version is not None and self.rollups is not None:
                 self.rollups.add_summary(stored_key, summary_version, summary_json)
             summary = updated

@@ -26,6 +26,14 @@ from hoopgw.addons.flowstate import Caller, FlowState, state_of
 from hoopgw.addons.recording import Recording
 from hoopgw.addons.refusals import refuse
 from hoopgw.addons.traffic import SnowflakeTraffic
+from hoopgw.recorder.checkpoints import (
+    SPOOL_KEY_FILE,
+    SPOOL_PUBLIC_KEY_FILE,
+    key_id,
+    load_public_key,
+    load_signing_key,
+    new_checkpoint_key,
+)
 from hoopgw.recorder.redaction import REDACTED
 from tests.addons import (
     LOGIN_PATH,
@@ -103,6 +111,8 @@ async def answer(addon: Recording, flow: http.HTTPFlow, payload: dict[str, Any])
         ({"hoopgw_body_limit": -1}, "hoopgw_body_limit must not be negative"),
         ({"hoopgw_rollup_interval": -1}, "hoopgw_rollup_interval must not be negative"),
         ({"hoopgw_spool_max_bytes": 0}, "hoopgw_spool_max_bytes must be positive"),
+        ({"hoopgw_checkpoint_interval": 0}, "hoopgw_checkpoint_interval must be positive"),
+        ({"hoopgw_checkpoint_key": "env:HOOPGW_TEST_NO_SUCH_KEY"}, "hoopgw_checkpoint_key"),
     ],
 )
 def test_configure_refuses_unusable_options(tmp_path: Path, option: dict, message: str) -> None:
@@ -130,6 +140,73 @@ async def test_spool_and_store_options_take_effect_only_at_start_up(tmp_path: Pa
             assert addon.spool is spool, "the spool starts once"
         finally:
             addon.done()
+
+
+def test_a_checkpoint_key_that_does_not_load_is_refused_without_echoing_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    not_a_key = "c2VjcmV0LWJ1dC1ub3QtYS1rZXk"
+    monkeypatch.setenv("HOOPGW_TEST_CHECKPOINT_KEY", not_a_key)
+    addon = Recording()
+    with (
+        taddons.context(addon) as tctx,
+        pytest.raises(exceptions.OptionsError, match="hoopgw_checkpoint_key") as caught,
+    ):
+        tctx.configure(
+            addon, **options(tmp_path), hoopgw_checkpoint_key="env:HOOPGW_TEST_CHECKPOINT_KEY"
+        )
+    assert not_a_key not in str(caught.value)
+
+
+async def test_checkpoints_are_signed_with_the_configured_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seed = new_checkpoint_key()
+    monkeypatch.setenv("HOOPGW_TEST_CHECKPOINT_KEY", seed)
+    with recording(tmp_path, hoopgw_checkpoint_key="env:HOOPGW_TEST_CHECKPOINT_KEY"):
+        pass
+    expected = key_id(load_signing_key(seed.encode()))
+    stored = [
+        orjson.loads(path.read_bytes())
+        for path in sorted((tmp_path / "store" / "checkpoints").rglob("*.json"))
+    ]
+    assert [checkpoint["final"] for checkpoint in stored] == [False, True]
+    assert {checkpoint["key_id"] for checkpoint in stored} == {expected}
+    assert not (tmp_path / "spool" / SPOOL_KEY_FILE).exists()
+
+
+async def test_without_a_key_the_spool_makes_one_and_says_where(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with recording(tmp_path):
+        pass
+    with recording(tmp_path):
+        pass
+    public = tmp_path / "spool" / SPOOL_PUBLIC_KEY_FILE
+    made = key_id(load_public_key(public.read_bytes()))
+    warnings = [
+        r.getMessage() for r in caplog.records if "hoopgw_checkpoint_key is unset" in r.getMessage()
+    ]
+    assert len(warnings) == 2 and "made now" in warnings[0] and "kept" in warnings[1]
+    assert str(public) in warnings[0]
+    stored = [
+        orjson.loads(path.read_bytes())
+        for path in sorted((tmp_path / "store" / "checkpoints").rglob("*.json"))
+    ]
+    assert len(stored) == 4 and {checkpoint["key_id"] for checkpoint in stored} == {made}
+
+
+async def test_a_damaged_spool_key_fails_closed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "spool").mkdir()
+    (tmp_path / "spool" / SPOOL_KEY_FILE).write_text("not a key\n")
+    with recording(tmp_path) as addon:
+        assert addon.spool is None
+        flow, _ = authenticated()
+        await addon.request(flow)
+        assert RECORDING_CODE in flow.response.text
+    assert any("cannot be used" in record.getMessage() for record in caplog.records)
 
 
 # --- requests --------------------------------------------------------------------------
