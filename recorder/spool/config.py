@@ -41,6 +41,10 @@ class SpoolConfig:
     `rollup_part_max_bytes` of entries or `rollup_part_max_entries` entries; a
     day's part is let go from memory `rollup_idle_seconds` after its last entry.
     `clock` stamps the stream summaries the uploader writes.
+
+    When the disk fills, the writer refuses records and probes the disk
+    `disk_probe_interval` seconds later, the wait doubling up to
+    `disk_probe_max_interval`, until a probe write and its fsync succeed.
     """
 
     directory: Path
@@ -60,6 +64,8 @@ class SpoolConfig:
     rollup_part_max_entries: int = 10_000
     rollup_idle_seconds: float = 600.0
     clock: Callable[[], float] = time.time
+    disk_probe_interval: float = 1.0
+    disk_probe_max_interval: float = 5.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "directory", Path(self.directory))
