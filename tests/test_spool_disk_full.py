@@ -124,9 +124,8 @@ def test_a_full_disk_is_ridden_out_and_left_by_itself(
     for number in range(3):
         with pytest.raises(SpoolDiskFull, match="spool disk full"):
             spool.append(request(session_id, 10_000 + number))
-    with pytest.raises(SpoolDiskFull):
-        spool.append_eventually(request(session_id, 20_000))
-    assert spool.stats().refused_while_full == refused_before + 4
+    spool.append_eventually(request(session_id, 20_000))  # an outcome: kept for later
+    assert spool.stats().refused_while_full == refused_before + 3
     assert spool.flush(timeout=1.0) is False, "nothing can be sealed while the disk is full"
     assert spool.stats().state == "disk_full", "probes must fail while the ballast is there"
     assert_whole_lines(disk / "spool")
@@ -137,14 +136,13 @@ def test_a_full_disk_is_ridden_out_and_left_by_itself(
     stats = spool.stats()
     assert (stats.recoveries, stats.disk_full, stats.disk_full_since) == (1, None, None)
     assert "spool disk writable again" in caplog.text
-    assert f"{refused_before + 4} append(s) refused while full" in caplog.text
+    assert f"{refused_before + 3} append(s) refused while full" in caplog.text
 
     after = spool.append(request(session_id, 50_000)).result(DEADLINE)
-    assert after["seq"] == acknowledged[-1]["seq"] + 1, "the chain continues after the last ack"
-    assert after["prev_hash"] == acknowledged[-1]["hash"]
+    assert after["seq"] == acknowledged[-1]["seq"] + 2, "the chain goes on after the kept one"
     spool.append(end(session_id)).result(DEADLINE)
     assert spool.flush(DEADLINE)
-    expected = [record["flow_id"] for record in acknowledged] + ["f50000"]
+    expected = [record["flow_id"] for record in acknowledged] + ["f20000", "f50000"]
     assert stored_flows(store, session_id) == expected
     assert Archive(store).verify_session(session_id).ok
 
@@ -233,3 +231,30 @@ def test_a_record_acknowledged_but_not_yet_filed_reaches_the_store(
     assert stored_flows(store, second) == ["f0"]
     assert stored_flows(store, first) == [f"f{n}" for n in range(number)]
     assert Archive(store).verify_session(second).ok
+
+
+def test_outcomes_in_flight_when_the_disk_fills_are_kept_and_written_after(
+    make_spool, disk: Path, store: LocalStore
+) -> None:
+    """A record nobody waits on (an answer's) rides with the next statement's batch; when
+    that batch meets the full disk, the statement is refused but the answer is kept."""
+    spool = make_spool()
+    session_id = new_session_id()
+    spool.append(request(session_id, 0)).result(DEADLINE)
+    expected = ["f0"]
+    small_fs.fill(disk)
+    for number in range(1, MAX_APPENDS, 2):
+        spool.append_eventually(request(session_id, number))
+        expected.append(f"f{number}")
+        try:
+            spool.append(request(session_id, number + 1)).result(DEADLINE)
+        except SpoolDiskFull:
+            break
+        expected.append(f"f{number + 1}")
+    assert spool.stats().state == "disk_full"
+    small_fs.free(disk)
+    wait_for_state(spool, "ok")
+    spool.append(end(session_id)).result(DEADLINE)
+    assert spool.flush(DEADLINE)
+    assert stored_flows(store, session_id) == expected
+    assert Archive(store).verify_session(session_id).ok

@@ -7,11 +7,13 @@ segment file. A segment seals on size, age or its session's end: fsync, rename
 
 A full disk (ENOSPC, EDQUOT) is a state the writer leaves by itself. The
 failed WAL append is cut back, so the batch's records are neither on disk nor
-acknowledged: their futures fail, as do the queued records, whose chains step
-back to the last durable record. Until a probe (a small write and its fsync,
-every `disk_probe_interval` s, backing off) succeeds, records are refused at
-once; then lines filed but not yet written, seals not yet noted and a due WAL
-rotation are retried, and records are taken again. Any other failure (EIO, a
+acknowledged: their futures fail, as do those of the queued records, and each
+stream's chain steps back to its first failed record. Records nobody waits on
+(outcomes of statements already forwarded) are kept in memory instead, up to
+`HELD_MAX_BYTES`, and written after the spell. Until a probe (a small write and
+its fsync, every `disk_probe_interval` s, backing off) succeeds, records someone
+waits on are refused at once; then lines filed but not yet written, seals not
+yet noted and a due WAL rotation are retried, and records are taken again. Any other failure (EIO, a
 failed fsync of a segment, a WAL that could not be cut back) is for good: after
 a failed fsync the kernel may have dropped the unsynced pages, so only a
 restart's recovery from the WAL is trusted.
@@ -44,6 +46,8 @@ logger = logging.getLogger(__name__)
 DISK_FULL_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
 PROBE_FILE: Final = ".disk-probe"
 PROBE_BYTES: Final = 64 * 1024
+HELD_MAX_BYTES: Final = 16 * 1024 * 1024
+"""Records nobody waits on, kept in memory while the disk is full; beyond it they are lost."""
 
 
 class SpoolWriter:
@@ -94,6 +98,7 @@ class SpoolWriter:
         self.batches = 0
         self.sealed_segments = 0
         self._to_seal: list[OpenSegment] = []
+        self._held_bytes = 0
         self._refused_before = 0
         self._full_since_monotonic = 0.0
         self._next_probe = 0.0
@@ -146,7 +151,7 @@ class SpoolWriter:
         stored.setdefault("v", FORMAT_VERSION)
         ends = kind == SESSION_END
         with self._lock:
-            self._check_taking()
+            self._check_taking(awaited=future is not None)
             chains = self.chains
             chain = chains.chains.get(session_id)
             if chain is None:
@@ -163,6 +168,8 @@ class SpoolWriter:
                 Write((session_id, chain.writer), stored["seq"], line, future, stored, ends)
             )
             self.records += 1
+            if self.disk_full is not None:
+                self._held_bytes += len(line)
             if future is not None:
                 self._wake()
 
@@ -183,13 +190,18 @@ class SpoolWriter:
             self._wake()
         return future
 
-    def _check_taking(self, record: bool = True) -> None:
-        """Called under the lock: raise unless records (or seal requests) are taken."""
+    def _check_taking(self, awaited: bool = True, record: bool = True) -> None:
+        """Called under the lock: raise unless records (or seal requests) are taken.
+
+        While the disk is full, records nobody waits on (the outcomes of statements
+        already forwarded) are kept in memory, up to `HELD_MAX_BYTES`, and written
+        once the disk has room; a record someone waits on is refused.
+        """
         if not self.running or self._closing:
             raise SpoolError("spool is not running")
         if self.failure is not None:
             raise SpoolError(f"spool disk failed: {self.failure}")
-        if self.disk_full is not None:
+        if self.disk_full is not None and (awaited or self._held_bytes >= HELD_MAX_BYTES):
             self.refused_while_full += record
             raise SpoolDiskFull(f"spool disk full: {self.disk_full}")
 
@@ -220,13 +232,28 @@ class SpoolWriter:
                     # unwoken records may be queued at any moment: look every eventual_delay
                     if timeout is None or timeout > self.eventual_delay:
                         timeout = self.eventual_delay
-                    if not self._wake_writer.wait(timeout) and self._queue:
+                    if (
+                        not self._wake_writer.wait(timeout)
+                        and self._queue
+                        and self.disk_full is None
+                    ):
                         break
-                batch, self._queue = self._queue, []
                 self._woken = False
-            stop = any(item is STOP for item in batch)
-            if self.disk_full is not None and (stop or time.monotonic() >= self._next_probe):
-                self._probe()
+                full = self.disk_full is not None
+                if not full:
+                    batch, self._queue = self._queue, []
+                    stop = any(item is STOP for item in batch)
+                else:  # the queue holds records kept for after the spell
+                    stop = any(item is STOP for item in self._queue)
+            if full:
+                if stop or time.monotonic() >= self._next_probe:
+                    self._probe()
+                if stop and self.disk_full is not None:
+                    self._give_up_held()
+                    self.segments.close()
+                    self.wal.close(remove=False)
+                    return
+                continue
             if self.state == "ok":
                 self._process([item for item in batch if item is not STOP])
             if self.state == "ok":
@@ -240,6 +267,13 @@ class SpoolWriter:
                 self.segments.close()
                 self.wal.close(remove=self.state == "ok")
                 return
+
+    def _give_up_held(self) -> None:
+        """Closing while the disk is still full: the records kept for later are lost."""
+        with self._lock:
+            held, self._queue = self._queue, []
+        pending = [item for item in held if item is not STOP]
+        self._settle_failed(pending, SpoolDiskFull(f"spool disk full: {self.disk_full}"))
 
     def _next_deadline(self) -> float | None:
         """Seconds until the writer has work of its own: a probe, or a segment due by age."""
@@ -320,9 +354,10 @@ class SpoolWriter:
     def _enter_disk_full(self, reason: str, writes: list[Write], seals: list[Seal]) -> None:
         """Refuse records until a probe succeeds; nothing written is given up.
 
-        `writes` (the batch whose WAL append was cut back) and everything queued
-        fail, and their streams' chains step back to their last durable record,
-        so the next record of each session takes the first failed one's seq.
+        Of `writes` (the batch whose WAL append was cut back) and the queued
+        records, those someone waits on fail, and so do the records after them
+        in their streams, whose chains step back (`_rewind_chains`); the rest
+        stay queued for after the spell. Queued seal requests fail.
         """
         now = time.monotonic()
         with self._lock:
@@ -330,38 +365,51 @@ class SpoolWriter:
             self.disk_full_since = time.time()
             queued, self._queue = self._queue, []
             self._refused_before = self.refused_while_full
-            failed = [*writes, *(item for item in queued if isinstance(item, Write))]
-            self._rewind_chains(failed)
-            if any(item is STOP for item in queued):
-                self._queue.append(STOP)
+            unwritten = [*writes, *(item for item in queued if isinstance(item, Write))]
+            kept, failed = self._rewind_chains(unwritten)
+            self._queue = [*kept, *(item for item in queued if item is STOP)]
+            self._held_bytes = sum(len(write.line) for write in kept)
         self._full_since_monotonic = now
         self._probe_wait = self.probe_interval
         self._next_probe = now + self._probe_wait
-        pending = [*writes, *seals, *(item for item in queued if item is not STOP)]
         logger.error(
             "spool disk full (%s): refusing records until a write succeeds again, "
-            "probing every %.1f s; %d record(s) in flight refused, acknowledged ones kept",
+            "probing every %.1f s; %d record(s) in flight refused, %d kept for later",
             reason,
             self.probe_interval,
             len(failed),
+            len(kept),
         )
-        self._settle_failed(pending, SpoolDiskFull(f"spool disk full: {reason}"))
+        self._settle_failed(
+            [*failed, *seals, *(item for item in queued if isinstance(item, Seal))],
+            SpoolDiskFull(f"spool disk full: {reason}"),
+        )
 
-    def _rewind_chains(self, failed: list[Write]) -> None:
-        """Called under the lock: each stream's chain back to before its first failed record."""
-        first: dict[tuple[str, str], Write] = {}
-        for write in failed:
-            known = first.get(write.stream)
-            if known is None or write.seq < known.seq:
-                first[write.stream] = write
-        for (session_id, writer), write in first.items():
+    def _rewind_chains(self, unwritten: list[Write]) -> tuple[list[Write], list[Write]]:
+        """Called under the lock: which unwritten records to keep and which fail.
+
+        In each stream (`unwritten` is in seq order within each), the records
+        before the first one someone waits on are kept, to be written after the
+        spell; that one and all after it fail, and the chain steps back to it.
+        """
+        kept: list[Write] = []
+        failed: list[Write] = []
+        first_failed: dict[tuple[str, str], Write] = {}
+        for write in unwritten:
+            if write.stream in first_failed or write.future is not None:
+                first_failed.setdefault(write.stream, write)
+                failed.append(write)
+            else:
+                kept.append(write)
+        for (session_id, writer), write in first_failed.items():
             chain = self.chains.chains.get(session_id)
             if chain is None or chain.writer != writer:
                 continue
             chain.next_seq = write.seq
             chain.prev_hash = write.record["prev_hash"]
-            if any(item.seal_after and item.stream == write.stream for item in failed):
+            if any(item.seal_after for item in failed if item.stream == write.stream):
                 chain.ended = False
+        return kept, failed
 
     def _probe(self) -> None:
         """Try a small write and its fsync, then the work left behind; leave the state if
@@ -382,12 +430,16 @@ class SpoolWriter:
             self.disk_full = None
             self.disk_full_since = None
             refused = self.refused_while_full - self._refused_before
+            held = sum(isinstance(item, Write) for item in self._queue)
+            self._held_bytes = 0
             self.recoveries += 1
+            self._woken = True
         logger.warning(
             "spool disk writable again after %.1f s: taking records; %d append(s) refused "
-            "while full",
+            "while full, %d kept record(s) now written",
             time.monotonic() - self._full_since_monotonic,
             refused,
+            held,
         )
 
     def _probe_write(self) -> None:
