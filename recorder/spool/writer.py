@@ -263,6 +263,8 @@ class SpoolWriter:
             if stop:
                 if self.state == "ok":
                     self._seal_or_fail(self.segments.take_all())
+                if self.state == "disk_full":
+                    self._give_up_held()
                 # with nothing left open, the WAL has no record worth keeping
                 self.segments.close()
                 self.wal.close(remove=self.state == "ok")
