@@ -214,6 +214,8 @@ def test_a_record_acknowledged_but_not_yet_filed_reaches_the_store(
         size = sum(path.stat().st_size for path in wal.glob("wal-*.log"))
         if size % 4096 < 1024:
             break
+    # filing follows the acknowledgement: let it finish before the disk fills
+    stack.wait_until(lambda: spool.stats().written_bytes == size, DEADLINE, "lines filed")
     small_fs.fill(disk)
     second = new_session_id()
     record = spool.append(request(second, 0)).result(DEADLINE)

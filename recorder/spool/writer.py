@@ -13,10 +13,10 @@ stream's chain steps back to its first failed record. Records nobody waits on
 `HELD_MAX_BYTES`, and written after the spell. Until a probe (a small write and
 its fsync, every `disk_probe_interval` s, backing off) succeeds, records someone
 waits on are refused at once; then lines filed but not yet written, seals not
-yet noted and a due WAL rotation are retried, and records are taken again. Any other failure (EIO, a
-failed fsync of a segment, a WAL that could not be cut back) is for good: after
-a failed fsync the kernel may have dropped the unsynced pages, so only a
-restart's recovery from the WAL is trusted.
+yet noted and a due WAL rotation are retried, and records are taken again.
+Any other failure (EIO, a failed fsync of a segment, a WAL that could not be
+cut back) is for good: after a failed fsync the kernel may have dropped the
+unsynced pages, so only a restart's recovery from the WAL is trusted.
 """
 
 from __future__ import annotations
@@ -422,7 +422,6 @@ class SpoolWriter:
             self._write_behind()
         except Exception as exc:
             if not _is_disk_full(exc):
-                self.disk_full = None
                 self._fail(_describe(exc), [], [])
                 return
             self._probe_wait = min(self._probe_wait * 2, self.probe_max_interval)
@@ -438,7 +437,7 @@ class SpoolWriter:
             self._woken = True
         logger.warning(
             "spool disk writable again after %.1f s: taking records; %d append(s) refused "
-            "while full, %d kept record(s) now written",
+            "while full, %d kept record(s) to write",
             time.monotonic() - self._full_since_monotonic,
             refused,
             held,
