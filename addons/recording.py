@@ -104,7 +104,9 @@ class Recording:
             Local directory of the write-ahead spool. Every request record is
             fsync'd here before the request goes upstream; segments leave the
             spool only once the store has verified them. Use a persistent disk:
-            leftovers are uploaded at the next start.
+            leftovers are uploaded at the next start. While its filesystem is
+            full, requests are refused (399002) until it has room again; the
+            gateway notices that by itself.
             """,
         )
         loader.add_option(
