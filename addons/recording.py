@@ -10,7 +10,9 @@ when another hook of this addon runs first), so that building them adds
 nothing to the statement's latency. While the spool is over
 `hoopgw_spool_max_bytes` (the store is out of reach) logins and new
 statements are refused with 399002; the rest of a session still runs,
-recorded, so that sessions can end and drain.
+recorded, so that sessions can end and drain. While the spool's disk is full
+every request is refused (399002, "the recording spool's disk is full") until
+the spool finds room again by itself.
 
 An answer streamed to the client (addons/traffic.py) is recorded from what was
 counted, hashed and outlined on the way (`redaction.streamed_body_for_record`);
@@ -54,7 +56,7 @@ from hoopgw.recorder.records import (
     withhold_statement_echoes,
 )
 from hoopgw.recorder.schema import RecordKind
-from hoopgw.recorder.spool import Spool, SpoolConfig
+from hoopgw.recorder.spool import Spool, SpoolConfig, SpoolDiskFull
 from hoopgw.recorder.store import Store, open_store
 
 logger = logging.getLogger(__name__)
@@ -119,7 +121,9 @@ class Recording:
             Local directory of the write-ahead spool. Every request record is
             fsync'd here before the request goes upstream; segments leave the
             spool only once the store has verified them. Use a persistent disk:
-            leftovers are uploaded at the next start.
+            leftovers are uploaded at the next start. While its filesystem is
+            full, requests are refused (399002) until it has room again; the
+            gateway notices that by itself.
             """,
         )
         loader.add_option(
@@ -298,6 +302,9 @@ class Recording:
             return
         try:
             await spool.append_on_loop(record)
+        except SpoolDiskFull:
+            self._unrecordable(flow, state, "the recording spool's disk is full")
+            return
         except Exception as exc:  # the spool's failure is the gateway's refusal reason
             self._unrecordable(flow, state, f"the spool could not write: {exc}")
             return

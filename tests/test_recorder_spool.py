@@ -255,6 +255,7 @@ def test_append_on_loop_settles_on_the_loop_after_the_fsync(
     failing.set()
     with pytest.raises(SpoolError, match=r"spool disk failed: .*Input/output error"):
         asyncio.run(append_and_wait("f2"))
+    assert spool.stats().state == "failed", "an I/O error is not a full disk: failed for good"
 
 
 def test_an_unawaited_record_reaches_the_wal_on_its_own(make_spool, tmp_path: Path) -> None:

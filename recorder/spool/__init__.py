@@ -23,6 +23,10 @@ once every segment holding its records is sealed; a seal is noted in the WAL
 (`{"$sealed": ...}`) before the segment may be uploaded, so recovery knows which
 WAL records are already in sealed (or uploaded) segments.
 
+A full disk (ENOSPC, EDQUOT) refuses records (`SpoolDiskFull`) until a probe
+write succeeds, then the spool takes records again by itself; nothing it
+acknowledged is lost (see `writer`). `stats().state` says which it is in.
+
 One object per stage, each owning its thread and its lock:
 `writer.SpoolWriter` (queue, chains in `chains`, the WAL in `wal`, open segments
 in `segments`), `recovery.Recovery` (start-up), `uploader.Uploader` (with its
@@ -43,7 +47,7 @@ from hoopgw.recorder.checkpoints import LAST_CHECKPOINT_FILE, CheckpointChain
 from hoopgw.recorder.ids import parse_session_id
 from hoopgw.recorder.rollup import RollupBuilder
 from hoopgw.recorder.spool.config import MiB, SpoolConfig
-from hoopgw.recorder.spool.errors import SpoolError
+from hoopgw.recorder.spool.errors import SpoolDiskFull, SpoolError
 from hoopgw.recorder.spool.intake import LoopWaiter
 from hoopgw.recorder.spool.recovery import Recovery
 from hoopgw.recorder.spool.rollups import RollupPublisher
@@ -52,7 +56,7 @@ from hoopgw.recorder.spool.uploader import Uploader
 from hoopgw.recorder.spool.writer import SpoolWriter
 from hoopgw.recorder.store import Store
 
-__all__ = ["MiB", "Spool", "SpoolConfig", "SpoolError", "SpoolStats"]
+__all__ = ["MiB", "Spool", "SpoolConfig", "SpoolDiskFull", "SpoolError", "SpoolStats"]
 
 
 class Spool:
@@ -164,7 +168,8 @@ class Spool:
         `record` needs `kind`, `session_id` and `ts`; the spool adds `v` (if
         missing), `writer`, `seq`, `prev_hash` and `hash`. The caller's dict is not
         modified. Invalid records raise here (ValueError, TypeError for values
-        JSON cannot hold); a failed disk fails the future and every later append.
+        JSON cannot hold); a failed disk fails the future and every later append
+        (a full disk, `SpoolDiskFull`, only until the writer's probe write succeeds).
         Costs one orjson encoding and one sha256 in the caller's thread.
         """
         future: Future[dict[str, Any]] = Future()
@@ -250,6 +255,11 @@ class Spool:
             dropped_tail_bytes=recovery.dropped_tail_bytes,
             vanished_segments=uploader.vanished_segments,
             failed=writer.failure,
+            state=writer.state,
+            disk_full=writer.disk_full,
+            disk_full_since=writer.disk_full_since,
+            refused_while_full=writer.refused_while_full,
+            recoveries=writer.recoveries,
             rollup_puts=rollups.puts if rollups is not None else 0,
             rollup_failures=rollups.failures if rollups is not None else 0,
             last_rollup_error=rollups.last_error if rollups is not None else None,

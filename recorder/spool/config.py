@@ -35,6 +35,10 @@ class SpoolConfig:
     Records appended with `append_eventually` reach the WAL within
     `eventual_delay` seconds.
 
+    When the disk fills, the writer refuses records and probes the disk
+    `disk_probe_interval` seconds later, the wait doubling up to
+    `disk_probe_max_interval`, until a probe write and its fsync succeed.
+
     The uploader also keeps roll-ups (`recorder.rollup`) of what it stored and
     PUTs each at most every `rollup_interval` seconds and at `close()` (None or
     0: no roll-ups, stored as None). They only speed up listing and search: a
@@ -62,6 +66,8 @@ class SpoolConfig:
     max_finished_streams: int = 1024
     stream_idle_seconds: float = 3600.0
     eventual_delay: float = 0.05
+    disk_probe_interval: float = 1.0
+    disk_probe_max_interval: float = 5.0
     rollup_interval: float | None = 30.0
     rollup_part_max_bytes: int = 1 * MiB
     rollup_part_max_entries: int = 10_000

@@ -6,7 +6,7 @@ import collections
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -33,7 +33,11 @@ _MAX_OPEN_FILES: Final = 256
 
 @dataclass(slots=True)
 class OpenSegment:
-    """An `.open` file."""
+    """An `.open` file, created with its first write.
+
+    `size` counts every line filed into it, `on_disk` those written: lines a
+    full disk refused wait in `unwritten`, and the file never keeps a part of one.
+    """
 
     stream: Stream
     path: Path
@@ -44,6 +48,10 @@ class OpenSegment:
     opened_at: float
     tally: StreamSummary
     size: int = 0
+    on_disk: int = 0
+    created: bool = False
+    renamed: bool = False
+    unwritten: list[bytes] = field(default_factory=list)
 
 
 class OpenSegments:
@@ -52,6 +60,10 @@ class OpenSegments:
     Lines land here after the WAL made them durable, so segment files are written
     without fsync and fsync'd once, when sealed. A segment seals at
     `max_bytes`, `max_age` seconds after it opened, or when its session ends.
+
+    Filing (`file`) only decides where lines go; `write_unwritten` writes them,
+    and a write a full disk refuses is cut back and kept for the next call, so
+    that `write_unwritten` and `seal` can be retried until they succeed.
     """
 
     def __init__(
@@ -64,6 +76,7 @@ class OpenSegments:
         self.written_bytes = 0
         self._open: dict[Stream, OpenSegment] = {}
         self._fds: collections.OrderedDict[Stream, OpenSegment] = collections.OrderedDict()
+        self._unwritten: dict[int, OpenSegment] = {}
         self._sealer: ThreadPoolExecutor | None = None
 
     def __len__(self) -> int:
@@ -77,7 +90,10 @@ class OpenSegments:
             self._sealer.shutdown(wait=False)
 
     def file(self, batch: list[Write | Seal], wal_number: int) -> list[OpenSegment]:
-        """Copy durable lines into their sessions' segments; what to seal, in batch order."""
+        """File durable lines into their sessions' segments; what to seal, in batch order.
+
+        Touches no file: `write_unwritten` writes the lines.
+        """
         to_seal: list[OpenSegment] = []
         buffers: dict[int, tuple[OpenSegment, list[bytes]]] = {}
         for item in batch:
@@ -96,11 +112,30 @@ class OpenSegments:
             if item.seal_after or segment.size >= self.max_bytes:
                 to_seal.append(self._open.pop(item.stream))
         for segment, lines in buffers.values():
-            data = b"".join(lines)
-            write_all(self._fd(segment), data)
+            segment.unwritten.append(b"".join(lines))
+            self._unwritten[id(segment)] = segment
+        return to_seal
+
+    def write_unwritten(self) -> None:
+        """Write the lines filed but not yet written, segment by segment.
+
+        A failed write (a full disk) is cut back to the segment's last whole
+        line and raised; what was not written stays for the next call.
+        """
+        while self._unwritten:
+            segment = next(iter(self._unwritten.values()))
+            data = b"".join(segment.unwritten)
+            fd = self._fd(segment)
+            try:
+                write_all(fd, data)
+            except OSError:
+                os.ftruncate(fd, segment.on_disk)
+                raise
+            segment.unwritten.clear()
+            segment.on_disk += len(data)
+            del self._unwritten[id(segment)]
             self.spool_bytes.add(len(data))
             self.written_bytes += len(data)
-        return to_seal
 
     def next_age_deadline(self) -> float | None:
         """Seconds until the oldest segment is due by age; None when none is open."""
@@ -130,20 +165,27 @@ class OpenSegments:
     def seal(self, segments: list[OpenSegment]) -> tuple[list[Sealed], bytes]:
         """fsync (in parallel) and rename to `.jsonl`; the sealed segments and their WAL marks.
 
-        The caller notes the marks in the WAL before anyone may upload them.
+        The caller notes the marks in the WAL before anyone may upload them. May
+        be called again with the same segments after it raised (a full disk).
         """
-        for segment in segments:
+        self.write_unwritten()
+        to_sync = [segment for segment in segments if not segment.renamed]
+        for segment in to_sync:
             self._release_fd(segment)
-        if len(segments) == 1 or self._sealer is None:
-            for segment in segments:
+        if len(to_sync) == 1 or self._sealer is None:
+            for segment in to_sync:
                 _sync_and_close(segment)
         else:
-            list(self._sealer.map(_sync_and_close, segments))
+            list(self._sealer.map(_sync_and_close, to_sync))
+        for segment in to_sync:
+            path = segment.path.with_suffix(SEALED_SUFFIX)
+            os.rename(segment.path, path)
+            segment.path = path
+            segment.renamed = True
         sealed = []
         marks = []
         for segment in segments:
-            path = segment.path.with_suffix(SEALED_SUFFIX)
-            os.rename(segment.path, path)
+            path = segment.path
             session_id, writer = segment.stream
             segment.tally.bytes = segment.size
             sealed.append(
@@ -158,21 +200,20 @@ class OpenSegments:
 
     def close(self) -> None:
         """Close every descriptor; what is still open stays on disk for recovery."""
-        for segment in self._open.values():
+        for segment in [*self._open.values(), *self._fds.values()]:
             if segment.fd >= 0:
                 os.close(segment.fd)
                 segment.fd = -1
         self._open.clear()
+        self._unwritten.clear()
         self._fds.clear()
 
     def _open_segment(self, stream: Stream, first_seq: int, wal_number: int) -> OpenSegment:
         path = segment_path(self.directory, stream, first_seq, OPEN_SUFFIX)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC
-        fd = os.open(path, flags, 0o600)
         segment = OpenSegment(
             stream,
             path,
-            fd,
+            -1,
             first_seq,
             first_seq,
             wal_number,
@@ -180,13 +221,17 @@ class OpenSegments:
             StreamSummary(*stream),
         )
         self._open[stream] = segment
-        self._keep_fd(segment)
         return segment
 
     def _fd(self, segment: OpenSegment) -> int:
-        """The segment's descriptor, reopened if it was closed to bound open files."""
+        """The segment's descriptor: the file created on first use, reopened if it was
+        closed to bound open files."""
         if segment.fd < 0:
-            segment.fd = os.open(segment.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
+            if not segment.created:
+                flags |= os.O_CREAT | os.O_TRUNC
+            segment.fd = os.open(segment.path, flags, 0o600)
+            segment.created = True
         self._keep_fd(segment)
         return segment.fd
 
@@ -204,11 +249,18 @@ class OpenSegments:
             del self._fds[segment.stream]
 
 
+class SegmentSyncError(RuntimeError):
+    """A segment's fsync failed: after that, a later fsync may succeed without its lines on
+    disk, so only a restart (recovery rebuilds segments from the WAL) makes it whole."""
+
+
 def _sync_and_close(segment: OpenSegment) -> None:
     """fsync a segment file (reopening it if its descriptor was let go) and close it."""
     fd = segment.fd if segment.fd >= 0 else os.open(segment.path, os.O_WRONLY | os.O_CLOEXEC)
     segment.fd = -1
     try:
         os.fsync(fd)
+    except OSError as exc:
+        raise SegmentSyncError(f"fsync of {segment.path.name} failed: {exc.strerror}") from exc
     finally:
         os.close(fd)

@@ -21,7 +21,13 @@ class SpoolBytes:
 
 @dataclass(frozen=True, slots=True)
 class SpoolStats:
-    """Counters for logs and health checks; `last_upload_error` clears on success."""
+    """Counters for logs and health checks; `last_upload_error` clears on success.
+
+    `state` is `ok`, `disk_full` (records refused since `disk_full_since`, epoch
+    seconds, until a probe write succeeds: it recovers by itself) or `failed`
+    (for good, reason in `failed`). `refused_while_full` counts the appends
+    refused in every disk-full spell, `recoveries` the spells that ended.
+    """
 
     writer: str
     streams: int
@@ -44,6 +50,11 @@ class SpoolStats:
     dropped_tail_bytes: int
     vanished_segments: int
     failed: str | None
+    state: str
+    disk_full: str | None
+    disk_full_since: float | None
+    refused_while_full: int
+    recoveries: int
     rollup_puts: int
     rollup_failures: int
     last_rollup_error: str | None

@@ -9,6 +9,11 @@ from hoopgw.recorder.spool.layout import wal_path, write_all
 from hoopgw.recorder.store import fsync_dir
 
 
+class WalTornError(RuntimeError):
+    """A failed append left bytes in the WAL that could not be cut off: only a restart's
+    recovery (which drops a torn tail) makes the WAL whole again."""
+
+
 class WriteAheadLog:
     """The shared `wal-<n>.log` files; touched only by the writer thread once it runs.
 
@@ -34,7 +39,11 @@ class WriteAheadLog:
             os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC,
             0o600,
         )
-        fsync_dir(self.directory)
+        try:
+            fsync_dir(self.directory)
+        except BaseException:
+            os.close(fd)
+            raise
         if self._fd >= 0:
             os.close(self._fd)
         self._fd = fd
@@ -43,10 +52,30 @@ class WriteAheadLog:
         self._files.append(number)
 
     def append(self, data: bytes) -> None:
-        """Write and fsync: when this returns, `data` survives a crash."""
-        write_all(self._fd, data)
-        os.fsync(self._fd)
+        """Write and fsync: when this returns, `data` survives a crash.
+
+        When either fails (a full disk), the file is cut back to its last good
+        size, so that no part of `data` is left for recovery to find; the next
+        successful `append` or `sync` makes the cut durable.
+        """
+        try:
+            write_all(self._fd, data)
+            os.fsync(self._fd)
+        except OSError:
+            self._cut_back()
+            raise
         self._size += len(data)
+
+    def sync(self) -> None:
+        """fsync the current file: a cut made after a failed append is then durable."""
+        os.fsync(self._fd)
+
+    def _cut_back(self) -> None:
+        try:
+            os.ftruncate(self._fd, self._size)
+        except OSError as exc:
+            message = f"the WAL could not be cut back after a failed write: {exc.strerror}"
+            raise WalTornError(message) from exc
 
     def rotate_if_full(self) -> bool:
         if self._size < self.max_bytes:

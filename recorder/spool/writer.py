@@ -4,29 +4,50 @@ Per batch: one write and one fsync of the WAL, then the batch's futures resolve
 (the records are durable), then the lines are copied into each session's open
 segment file. A segment seals on size, age or its session's end: fsync, rename
 `.open` -> `.jsonl`, note the seal in the WAL, hand it to the uploader.
+
+A full disk (ENOSPC, EDQUOT) is a state the writer leaves by itself. The
+failed WAL append is cut back, so the batch's records are neither on disk nor
+acknowledged: their futures fail, as do those of the queued records, and each
+stream's chain steps back to its first failed record. Records nobody waits on
+(outcomes of statements already forwarded) are kept in memory instead, up to
+`HELD_MAX_BYTES`, and written after the spell. Until a probe (a small write and
+its fsync, every `disk_probe_interval` s, backing off) succeeds, records someone
+waits on are refused at once; then lines filed but not yet written, seals not
+yet noted and a due WAL rotation are retried, and records are taken again.
+Any other failure (EIO, a failed fsync of a segment, a WAL that could not be
+cut back) is for good: after a failed fsync the kernel may have dropped the
+unsynced pages, so only a restart's recovery from the WAL is trusted.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, Final
 
 from hoopgw.recorder.ids import parse_session_id
 from hoopgw.recorder.schema import FORMAT_VERSION, KINDS, SESSION_END, chain_record
 from hoopgw.recorder.spool.chains import ChainTable
 from hoopgw.recorder.spool.config import SpoolConfig
-from hoopgw.recorder.spool.errors import SpoolError
+from hoopgw.recorder.spool.errors import SpoolDiskFull, SpoolError
 from hoopgw.recorder.spool.intake import STOP, LoopWaiter, Seal, Write
-from hoopgw.recorder.spool.layout import Sealed
+from hoopgw.recorder.spool.layout import Sealed, write_all
 from hoopgw.recorder.spool.segments import OpenSegment, OpenSegments
 from hoopgw.recorder.spool.stats import SpoolBytes
 from hoopgw.recorder.spool.wal import WriteAheadLog
 
 logger = logging.getLogger(__name__)
+
+DISK_FULL_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
+PROBE_FILE: Final = ".disk-probe"
+PROBE_BYTES: Final = 64 * 1024
+HELD_MAX_BYTES: Final = 16 * 1024 * 1024
+"""Records nobody waits on, kept in memory while the disk is full; beyond it they are lost."""
 
 
 class SpoolWriter:
@@ -47,6 +68,9 @@ class SpoolWriter:
     ) -> None:
         """`hand_over` takes segments once sealed and their seal noted in the WAL."""
         self.eventual_delay = config.eventual_delay
+        self.directory = config.directory
+        self.probe_interval = config.disk_probe_interval
+        self.probe_max_interval = max(config.disk_probe_interval, config.disk_probe_max_interval)
         self.chains = ChainTable(
             config.writer_id,
             config.max_streams,
@@ -66,9 +90,19 @@ class SpoolWriter:
         self._thread: threading.Thread | None = None
         self.running = False
         self.failure: str | None = None
+        self.disk_full: str | None = None
+        self.disk_full_since: float | None = None
+        self.refused_while_full = 0
+        self.recoveries = 0
         self.records = 0
         self.batches = 0
         self.sealed_segments = 0
+        self._to_seal: list[OpenSegment] = []
+        self._held_bytes = 0
+        self._refused_before = 0
+        self._full_since_monotonic = 0.0
+        self._next_probe = 0.0
+        self._probe_wait = 0.0
 
     # --- lifecycle (the spool's start and close) -------------------------------------
 
@@ -117,10 +151,7 @@ class SpoolWriter:
         stored.setdefault("v", FORMAT_VERSION)
         ends = kind == SESSION_END
         with self._lock:
-            if not self.running or self._closing:
-                raise SpoolError("spool is not running")
-            if self.failure is not None:
-                raise SpoolError(f"spool disk failed: {self.failure}")
+            self._check_taking(awaited=future is not None)
             chains = self.chains
             chain = chains.chains.get(session_id)
             if chain is None:
@@ -137,6 +168,8 @@ class SpoolWriter:
                 Write((session_id, chain.writer), stored["seq"], line, future, stored, ends)
             )
             self.records += 1
+            if self.disk_full is not None:
+                self._held_bytes += len(line)
             if future is not None:
                 self._wake()
 
@@ -152,13 +185,34 @@ class SpoolWriter:
         """Seal one session's open segments, or every one (None), after what is queued."""
         future: Future[None] = Future()
         with self._lock:
-            if not self.running or self._closing:
-                raise SpoolError("spool is not running")
-            if self.failure is not None:
-                raise SpoolError(f"spool disk failed: {self.failure}")
+            self._check_taking(record=False)
             self._queue.append(Seal(session_id, future))
             self._wake()
         return future
+
+    def _check_taking(self, awaited: bool = True, record: bool = True) -> None:
+        """Called under the lock: raise unless records (or seal requests) are taken.
+
+        While the disk is full, records nobody waits on (the outcomes of statements
+        already forwarded) are kept in memory, up to `HELD_MAX_BYTES`, and written
+        once the disk has room; a record someone waits on is refused.
+        """
+        if not self.running or self._closing:
+            raise SpoolError("spool is not running")
+        if self.failure is not None:
+            raise SpoolError(f"spool disk failed: {self.failure}")
+        if self.disk_full is not None and (awaited or self._held_bytes >= HELD_MAX_BYTES):
+            self.refused_while_full += record
+            raise SpoolDiskFull(f"spool disk full: {self.disk_full}")
+
+    @property
+    def state(self) -> str:
+        """`ok`, `disk_full` (recovers by itself) or `failed` (until a restart)."""
+        if self.failure is not None:
+            return "failed"
+        if self.disk_full is not None:
+            return "disk_full"
+        return "ok"
 
     def _wake(self) -> None:
         """Called under the lock. One notify per batch: the writer takes the whole queue."""
@@ -172,30 +226,64 @@ class SpoolWriter:
         while True:
             with self._lock:
                 while not self._woken:
-                    timeout = self.segments.next_age_deadline() if self.failure is None else None
+                    timeout = self._next_deadline()
                     if timeout is not None and timeout <= 0:
                         break
                     # unwoken records may be queued at any moment: look every eventual_delay
                     if timeout is None or timeout > self.eventual_delay:
                         timeout = self.eventual_delay
-                    if not self._wake_writer.wait(timeout) and self._queue:
+                    if (
+                        not self._wake_writer.wait(timeout)
+                        and self._queue
+                        and self.disk_full is None
+                    ):
                         break
-                batch, self._queue = self._queue, []
                 self._woken = False
-            stop = any(item is STOP for item in batch)
-            if self.failure is None:
+                full = self.disk_full is not None
+                if not full:
+                    batch, self._queue = self._queue, []
+                    stop = any(item is STOP for item in batch)
+                else:  # the queue holds records kept for after the spell
+                    stop = any(item is STOP for item in self._queue)
+            if full:
+                if stop or time.monotonic() >= self._next_probe:
+                    self._probe()
+                if stop and self.disk_full is not None:
+                    self._give_up_held()
+                    self.segments.close()
+                    self.wal.close(remove=False)
+                    return
+                continue
+            if self.state == "ok":
                 self._process([item for item in batch if item is not STOP])
-            if self.failure is None:
+            if self.state == "ok":
                 aged = self.segments.take_aged()
                 if aged:
                     self._seal_or_fail(aged)
             if stop:
-                if self.failure is None:
+                if self.state == "ok":
                     self._seal_or_fail(self.segments.take_all())
+                if self.state == "disk_full":
+                    self._give_up_held()
                 # with nothing left open, the WAL has no record worth keeping
                 self.segments.close()
-                self.wal.close(remove=self.failure is None)
+                self.wal.close(remove=self.state == "ok")
                 return
+
+    def _give_up_held(self) -> None:
+        """Closing while the disk is still full: the records kept for later are lost."""
+        with self._lock:
+            held, self._queue = self._queue, []
+        pending = [item for item in held if item is not STOP]
+        self._settle_failed(pending, SpoolDiskFull(f"spool disk full: {self.disk_full}"))
+
+    def _next_deadline(self) -> float | None:
+        """Seconds until the writer has work of its own: a probe, or a segment due by age."""
+        if self.failure is not None:
+            return None
+        if self.disk_full is not None:
+            return self._next_probe - time.monotonic()
+        return self.segments.next_age_deadline()
 
     def _process(self, batch: list[Any]) -> None:
         """Make the batch's records durable and acknowledge them, then file them.
@@ -210,41 +298,162 @@ class SpoolWriter:
             try:
                 self.wal.append(b"".join(write.line for write in writes))
             except Exception as exc:
-                self._fail(_describe(exc), writes, seals)
+                self._failed(exc, writes, seals)
                 return
             self.batches += 1
             for write in writes:
                 if write.future is not None:
                     write.future.set_result(write.record)
         try:
-            self._seal(self.segments.file(batch, self.wal.number))
-            if self.wal.rotate_if_full():
-                self._checkpoint()
+            self._to_seal.extend(self.segments.file(batch, self.wal.number))
+            self._write_behind()
         except Exception as exc:
-            self._fail(_describe(exc), [], seals)
+            self._failed(exc, [], seals)
             return
         for seal in seals:
             seal.future.set_result(None)
 
-    def _seal(self, segments: list[OpenSegment]) -> None:
-        """Seal, note the seals in the WAL, then hand the segments to the uploader."""
-        if not segments:
+    def _write_behind(self) -> None:
+        """What follows the acknowledgement: write filed lines, seal, rotate the WAL.
+
+        Each step leaves what it did not finish for the next call (after a full disk).
+        """
+        self.segments.write_unwritten()
+        self._seal()
+        if self.wal.rotate_if_full():
+            self._checkpoint()
+
+    def _seal(self) -> None:
+        """Seal what is due, note the seals in the WAL, then hand the segments to the uploader."""
+        if not self._to_seal:
             return
-        sealed, marks = self.segments.seal(segments)
+        sealed, marks = self.segments.seal(self._to_seal)
         self.wal.append(marks)
+        self._to_seal = []
         self.sealed_segments += len(sealed)
         self._hand_over(sealed)
         self._checkpoint()
 
     def _seal_or_fail(self, segments: list[OpenSegment]) -> None:
+        self._to_seal.extend(segments)
         try:
-            self._seal(segments)
+            self._seal()
         except Exception as exc:
-            self._fail(f"sealing failed: {_describe(exc)}", [], [])
+            self._failed(exc, [], [], "sealing failed: ")
+
+    def _failed(
+        self, exc: Exception, writes: list[Write], seals: list[Seal], context: str = ""
+    ) -> None:
+        if _is_disk_full(exc):
+            self._enter_disk_full(f"{context}{_describe(exc)}", writes, seals)
+        else:
+            self._fail(f"{context}{_describe(exc)}", writes, seals)
 
     def _checkpoint(self) -> None:
         """Delete WAL files whose every record is in a sealed, fsync'd segment."""
         self.wal.checkpoint(self.segments.oldest_wal())
+
+    def _enter_disk_full(self, reason: str, writes: list[Write], seals: list[Seal]) -> None:
+        """Refuse records until a probe succeeds; nothing written is given up.
+
+        Of `writes` (the batch whose WAL append was cut back) and the queued
+        records, those someone waits on fail, and so do the records after them
+        in their streams, whose chains step back (`_rewind_chains`); the rest
+        stay queued for after the spell. Queued seal requests fail.
+        """
+        now = time.monotonic()
+        with self._lock:
+            self.disk_full = reason
+            self.disk_full_since = time.time()
+            queued, self._queue = self._queue, []
+            self._refused_before = self.refused_while_full
+            unwritten = [*writes, *(item for item in queued if isinstance(item, Write))]
+            kept, failed = self._rewind_chains(unwritten)
+            self._queue = [*kept, *(item for item in queued if item is STOP)]
+            self._held_bytes = sum(len(write.line) for write in kept)
+        self._full_since_monotonic = now
+        self._probe_wait = self.probe_interval
+        self._next_probe = now + self._probe_wait
+        logger.error(
+            "spool disk full (%s): refusing records until a write succeeds again, "
+            "probing every %.1f s; %d record(s) in flight refused, %d kept for later",
+            reason,
+            self.probe_interval,
+            len(failed),
+            len(kept),
+        )
+        self._settle_failed(
+            [*failed, *seals, *(item for item in queued if isinstance(item, Seal))],
+            SpoolDiskFull(f"spool disk full: {reason}"),
+        )
+
+    def _rewind_chains(self, unwritten: list[Write]) -> tuple[list[Write], list[Write]]:
+        """Called under the lock: which unwritten records to keep and which fail.
+
+        In each stream (`unwritten` is in seq order within each), the records
+        before the first one someone waits on are kept, to be written after the
+        spell; that one and all after it fail, and the chain steps back to it.
+        """
+        kept: list[Write] = []
+        failed: list[Write] = []
+        first_failed: dict[tuple[str, str], Write] = {}
+        for write in unwritten:
+            if write.stream in first_failed or write.future is not None:
+                first_failed.setdefault(write.stream, write)
+                failed.append(write)
+            else:
+                kept.append(write)
+        for (session_id, writer), write in first_failed.items():
+            chain = self.chains.chains.get(session_id)
+            if chain is None or chain.writer != writer:
+                continue
+            chain.next_seq = write.seq
+            chain.prev_hash = write.record["prev_hash"]
+            if any(item.seal_after for item in failed if item.stream == write.stream):
+                chain.ended = False
+        return kept, failed
+
+    def _probe(self) -> None:
+        """Try a small write and its fsync, then the work left behind; leave the state if
+        all of it succeeded, or probe again later (backing off)."""
+        try:
+            self._probe_write()
+            self.wal.sync()
+            self._write_behind()
+        except Exception as exc:
+            if not _is_disk_full(exc):
+                self._fail(_describe(exc), [], [])
+                return
+            self._probe_wait = min(self._probe_wait * 2, self.probe_max_interval)
+            self._next_probe = time.monotonic() + self._probe_wait
+            return
+        with self._lock:
+            self.disk_full = None
+            self.disk_full_since = None
+            refused = self.refused_while_full - self._refused_before
+            held = sum(isinstance(item, Write) for item in self._queue)
+            self._held_bytes = 0
+            self.recoveries += 1
+            self._woken = True
+        logger.warning(
+            "spool disk writable again after %.1f s: taking records; %d append(s) refused "
+            "while full, %d kept record(s) to write",
+            time.monotonic() - self._full_since_monotonic,
+            refused,
+            held,
+        )
+
+    def _probe_write(self) -> None:
+        path = self.directory / PROBE_FILE
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                write_all(fd, bytes(PROBE_BYTES))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        finally:
+            path.unlink(missing_ok=True)
 
     def _fail(self, reason: str, writes: list[Write], seals: list[Seal]) -> None:
         """A write, fsync or rename failed: nothing more can be promised durable.
@@ -256,8 +465,15 @@ class SpoolWriter:
         error = SpoolError(f"spool disk failed: {reason}")
         with self._lock:
             self.failure = reason
+            self.disk_full = None
             queued, self._queue = self._queue, []
         pending = [*writes, *seals, *(item for item in queued if item is not STOP)]
+        self._settle_failed(pending, error)
+        if any(item is STOP for item in queued):
+            with self._lock:
+                self._queue.append(STOP)
+
+    def _settle_failed(self, pending: list[Write | Seal], error: SpoolError) -> None:
         unawaited = 0
         for item in pending:
             if item.future is None:
@@ -266,9 +482,10 @@ class SpoolWriter:
                 item.future.set_exception(error)
         if unawaited:
             logger.error("spool: %d record(s) appended without a future were lost", unawaited)
-        if any(item is STOP for item in queued):
-            with self._lock:
-                self._queue.append(STOP)
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS
 
 
 def _describe(exc: BaseException) -> str:
