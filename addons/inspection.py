@@ -14,17 +14,20 @@ read alike:
   identity or recording refusal), FAILED_MARK when Snowflake reported an error
   or the exchange failed.
 
-Loaded on its own (`mitmweb -r FILE -s addons/inspection.py`, what `hoopgw
-inspect` runs), it is the offline viewer: the Snowflake content view plus
+Loaded on its own (what `hoopgw inspect` runs: mitmweb with `server=false` on
+loopback), it is the offline viewer: the Snowflake content view plus
 `OfflineViewer`, and none of the gateway's hooks.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
-from mitmproxy import http
+import mitmproxy.types
+from mitmproxy import command, ctx, exceptions, http
+from mitmproxy.flow import Flow
 
 from hoopgw.addons.contentview import snowflake_view  # noqa: F401  (registers the view)
 from hoopgw.addons.flowstate import FlowState, state_of
@@ -114,17 +117,68 @@ REPLAY_REFUSED = (
     "hoopgw inspect shows recorded flows and does not send them anywhere. "
     "To run a session's statements again, use `hoopgw replay` against a sandbox account."
 )
+# Options that would make the viewer send, hold or write traffic; mitmweb's Options tab
+# can set them while it runs.
+_VIEWER_LOCKED = {
+    "server": False,
+    "intercept": None,
+    "intercept_active": False,
+    "client_replay": [],
+    "server_replay": [],
+    "save_stream_file": None,
+    "mode": ["regular"],
+}
 
 
 class OfflineViewer:
-    """Keeps mitmweb a reader of recorded flows: a replay from its UI never leaves the process.
+    """Keeps mitmweb a reader of recorded flows: nothing leaves the process, the evidence stays.
 
     Recorded requests carry redacted credentials and were meant for the
     production account; a replay would at best fail there and at worst run a
-    statement twice. The answer is made here, before any connection is opened.
+    statement twice. mitmweb's Replay button calls the `replay.client` command;
+    this addon, loaded after mitmproxy's own, takes that name, so a click only
+    logs why and leaves the flow (and its recorded response) as it was. Options
+    that would open a proxy listener, intercept, replay or save flows are
+    refused while the viewer runs (`hoopgw inspect` starts mitmweb with
+    `server=false`).
     """
 
+    def __init__(self) -> None:
+        self._started = False
+
+    def configure(self, updated: set[str]) -> None:
+        if not self._started:
+            return
+        for name in updated & _VIEWER_LOCKED.keys():
+            value = getattr(ctx.options, name)
+            if value != _VIEWER_LOCKED[name] and value not in (None, [], (), False, ""):
+                raise exceptions.OptionsError(
+                    f"hoopgw inspect is a viewer of recorded flows: {name} cannot be changed"
+                )
+
+    def running(self) -> None:
+        self._started = True
+        if ctx.options.server:
+            logger.warning(
+                "hoopgw: this mitmweb has a proxy listener; open recordings with "
+                "`hoopgw inspect SESSION_ID` or `hoopgw inspect FILE.flows` instead"
+            )
+
+    @command.command("replay.client")
+    def replay_client(self, flows: Sequence[Flow]) -> None:
+        """Replay is disabled in `hoopgw inspect`: the recorded flows stay as recorded."""
+        for item in flows:
+            logger.warning(
+                "hoopgw: refused to replay recorded flow %s: %s", item.id, REPLAY_REFUSED
+            )
+
+    @command.command("replay.client.file")
+    def replay_client_file(self, path: mitmproxy.types.Path) -> None:
+        """Replay is disabled in `hoopgw inspect`."""
+        logger.warning("hoopgw: refused to replay the flows in %s: %s", path, REPLAY_REFUSED)
+
     def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """The last guard, for a replay started some other way: answered here, never sent."""
         if flow.is_replay != "request":
             return
         flow.response = http.Response.make(
@@ -133,6 +187,6 @@ class OfflineViewer:
         logger.warning("hoopgw: refused to replay recorded flow %s", flow.id)
 
 
-# What `mitmweb -s addons/inspection.py` loads: the offline viewer only. The
-# gateway imports `Inspection` from here and builds its own list.
+# What `hoopgw inspect` loads into mitmweb: the offline viewer only. The gateway
+# imports `Inspection` from here and builds its own list.
 addons = [OfflineViewer()]

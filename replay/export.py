@@ -14,6 +14,7 @@ and a marked flow's comment starts with its mark (⛔ blocked, ❌ failed).
 
 from __future__ import annotations
 
+import os
 import re
 import urllib.parse
 from collections.abc import Iterable
@@ -31,6 +32,7 @@ from hoopgw.recorder.flows import Flow, SessionRecords
 from hoopgw.recorder.schema import STATEMENT_KINDS, RecordKind
 
 DEFAULT_HOST = "snowflake.invalid"
+PRIVATE_FILE_MODE = 0o600
 
 # List labels for flows without SQL, so `hoopgw inspect` can show the comment instead of the URL.
 _EVENTS = {
@@ -53,22 +55,42 @@ class ExportResult:
     truncated_bodies: int
 
 
-def export_session(archive: Archive, session_id: str, destination: Path) -> ExportResult:
-    """Write session `session_id` to `destination` as a mitmproxy flow file.
+def export_session(
+    archive: Archive, session_id: str, destination: Path, *, overwrite: bool = False
+) -> ExportResult:
+    """Write session `session_id` to `destination` as a mitmproxy flow file, mode 0600.
 
-    Raises what `Archive.read_session` raises (InvalidSessionId, SessionNotFound, ...).
-    The file is written next to `destination` first and renamed, so a reader
-    never sees half a file.
+    Raises what `Archive.read_session` raises (InvalidSessionId, SessionNotFound, ...),
+    and FileExistsError when `destination` exists and `overwrite` is false. The
+    file is written next to `destination` first and then linked or renamed into
+    place, so a reader never sees half a file.
     """
-    records = archive.read_session(session_id)
-    flows = records_to_flows(records)
+    flows = records_to_flows(archive.read_session(session_id))
     temporary = destination.with_name(f".{destination.name}.partial")
+    temporary.unlink(missing_ok=True)
     try:
-        with open(temporary, "wb") as file:
+        # 0600 from the start: a flow file holds query results, like the archive
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+        with os.fdopen(descriptor, "wb") as file:
             write_flows(flows, file)
-        temporary.replace(destination)
+        if overwrite:
+            temporary.replace(destination)
+        else:
+            # a hard link fails if the destination exists, where a rename would replace it
+            os.link(temporary, destination)
     finally:
         temporary.unlink(missing_ok=True)
+    return _result(session_id, flows)
+
+
+def export_session_to(archive: Archive, session_id: str, file: BinaryIO) -> ExportResult:
+    """Write session `session_id` as a flow file to an open binary stream (standard output)."""
+    flows = records_to_flows(archive.read_session(session_id))
+    write_flows(flows, file)
+    return _result(session_id, flows)
+
+
+def _result(session_id: str, flows: list[http.HTTPFlow]) -> ExportResult:
     truncated = sum(len(mapping(f.metadata["hoopgw"].get("truncated"))) for f in flows)
     return ExportResult(session_id, len(flows), truncated)
 

@@ -659,7 +659,7 @@ def test_verify_reports_what_is_broken_and_where(recorded: Rig, change, expected
 
 @pytest.mark.parametrize(
     "bad_id",
-    ["../../etc/passwd", "0190f3c4-7b1a-7c2e-9d4f-1a2b3c4d5e6f/..", "0190F3C4", "x" * 300],
+    ["../../etc/passwd", "0190f3c4-7b1a-7c2e-9d4f-1a2b3c4d5e6f/..", "019", "x" * 300],
 )
 @pytest.mark.parametrize(
     "command", [["sessions", "show"], ["verify"], ["replay", "--dry-run"]], ids=" ".join
@@ -671,7 +671,7 @@ def test_malformed_session_id_is_refused_before_any_store_access(command, bad_id
     )
     assert result.exit_code == 2
     assert "invalid session id" in result.stderr
-    assert "expected a lowercase UUIDv7" in result.stderr
+    assert "expected a UUIDv7" in result.stderr
 
 
 @pytest.mark.parametrize("command", [["sessions", "show"], ["verify"], ["replay", "--dry-run"]])
