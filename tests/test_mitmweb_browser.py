@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from playwright.sync_api import expect, sync_playwright
 
+from hoopgw.cli.main import main
 from hoopgw.recorder.catalog import Archive
 from hoopgw.recorder.index import ArchiveIndex
 from hoopgw.recorder.store import open_store
@@ -84,15 +86,11 @@ def session(
 @pytest.fixture
 def viewer(session: Session, tmp_path: Path) -> Iterator[Viewer]:
     """`hoopgw inspect` as an analyst runs it, on a free loopback port."""
-    argv = [
-        str(stack.BIN / "hoopgw"),
-        "inspect",
-        session.session_id,
-        "--store",
-        session.store,
-        "--port",
-        str(stack.free_port()),
-    ]
+    yield from start_viewer([session.session_id, "--store", session.store], tmp_path)
+
+
+def start_viewer(arguments: list[str], tmp_path: Path) -> Iterator[Viewer]:
+    argv = [str(stack.BIN / "hoopgw"), "inspect", *arguments, "--port", str(stack.free_port())]
     proc = stack.Proc("hoopgw-inspect", argv, tmp_path / "inspect.log", cwd=tmp_path).start()
     found: list[str] = []
 
@@ -210,7 +208,7 @@ def test_the_viewer_has_no_proxy_listener_and_refuses_to_open_one(session, viewe
     """Only the web UI listens; the Options tab cannot turn the proxy server on."""
     assert viewer.proc.process is not None
     listening = _listening_ports(viewer.proc.process.pid)
-    assert listening == [int(viewer.url.split(":")[2].split("/")[0])], listening
+    assert listening == [_port(viewer.url)], listening
     page.goto(viewer.url)
     expect(page.locator(".flow-table tbody tr.has-request")).to_have_count(session.flows)
     # what the Options tab sends, from the page, with mitmweb's XSRF cookie
@@ -259,3 +257,25 @@ def _listening_ports(pid: int) -> list[int]:
             if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
                 ports.add(int(fields[1].rpartition(":")[2], 16))
     return sorted(ports)
+
+
+def test_an_exported_flow_file_opens_the_same_way(session, page, tmp_path):
+    """`hoopgw inspect FILE.flows`, from a directory that is not the repository."""
+    flows_file = tmp_path / "incident-42.flows"
+    exported = CliRunner().invoke(
+        main, ["export", session.session_id[:8], "-o", str(flows_file), "--store", session.store]
+    )
+    assert exported.exit_code == 0, exported.output
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for viewer in start_viewer([str(flows_file)], elsewhere):
+        assert viewer.proc.process is not None
+        assert _listening_ports(viewer.proc.process.pid) == [_port(viewer.url)]
+        page.goto(viewer.url)
+        expect(page.locator(".flow-table tbody tr.has-request")).to_have_count(session.flows)
+        expect(page.locator(".flow-table td.col-comment").first).to_have_text("login: agent-1")
+        assert str(flows_file) in viewer.proc.log()
+
+
+def _port(url: str) -> int:
+    return int(url.split(":")[2].split("/")[0])
