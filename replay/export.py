@@ -46,6 +46,8 @@ _EVENTS = {
 }
 _MARK_SYMBOLS = {BLOCKED_MARK: "⛔", FAILED_MARK: "❌"}
 _FLOW_ID = re.compile(r"[0-9a-f-]{1,64}")
+_HOST = re.compile(r"[0-9A-Za-z._:-]{1,253}")
+_DEFAULT_PORTS = {"https": 443, "http": 80}
 
 
 @dataclass(frozen=True)
@@ -203,11 +205,11 @@ def _flow(flow_id: str, parts: _Parts, session: dict[str, Any]) -> http.HTTPFlow
 
 def _request(record: dict[str, Any], session: dict[str, Any]) -> http.Request:
     headers = _headers(record.get("headers"))
-    host = _upstream_host(session, headers)
     path = str(record.get("path") or "/")
     if not path.startswith("/"):
         path = "/" + path
-    request = http.Request.make(str(record.get("method") or "GET"), f"https://{host}{path}")
+    url = f"{upstream_origin(session, headers)}{path}"
+    request = http.Request.make(str(record.get("method") or "GET"), url)
     request.headers = headers
     _set_body(request, record.get("body"))
     return request
@@ -317,11 +319,21 @@ def _error_text(record: dict[str, Any]) -> str:
     return str(error or "error")
 
 
-def _upstream_host(session: dict[str, Any], headers: http.Headers) -> str:
-    """Where the request went: its Host header (the upstream's, in reverse mode), port included."""
+def upstream_origin(session: dict[str, Any], headers: http.Headers) -> str:
+    """Where the request went, `scheme://host[:port]`: the upstream the session_start record
+    names; for records without it, https and the recorded Host header (the upstream's, in
+    reverse mode)."""
     upstream = mapping(session.get("upstream"))
-    host = headers.get("host") or upstream.get("host") or DEFAULT_HOST
-    return str(host).strip() or DEFAULT_HOST
+    scheme = str(upstream.get("scheme") or "").lower()
+    host = upstream.get("host")
+    if scheme in _DEFAULT_PORTS and isinstance(host, str) and _HOST.fullmatch(host):
+        port = upstream.get("port")
+        shown = f"[{host}]" if ":" in host else host
+        if isinstance(port, int) and not isinstance(port, bool) and port != _DEFAULT_PORTS[scheme]:
+            shown += f":{port}"
+        return f"{scheme}://{shown}"
+    header = str(headers.get("host") or "").strip()
+    return f"https://{header or DEFAULT_HOST}"
 
 
 def _address(text: Any) -> tuple[str, int] | None:

@@ -9,6 +9,7 @@ with the real CLI and read back with mitmproxy's FlowReader, as `mitmweb -r` doe
 from __future__ import annotations
 
 import time
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from io import BytesIO
@@ -310,3 +311,20 @@ def test_export_files_are_private_kept_unless_forced_and_dash_is_standard_output
 
 def flow_ids(data: bytes) -> list[str]:
     return [flow.id for flow in io.FlowReader(BytesIO(data)).stream()]
+
+
+def test_exported_urls_are_the_upstream_the_gateway_recorded(full, tmp_path, fakesnow_server):
+    """The gateway records its upstream in session_start; export rebuilds URLs from it."""
+    upstream = urllib.parse.urlsplit(fakesnow_server.url)
+    start = next(r for r in full.records if r["kind"] == "session_start")
+    assert start["upstream"] == {
+        "scheme": upstream.scheme,
+        "host": upstream.hostname,
+        "port": upstream.port,
+    }
+    assert upstream.scheme == "http"  # the test upstream: no longer shown as https
+    flows = export(full, tmp_path / "session.flows")
+    assert {(f.request.scheme, f.request.host, f.request.port) for f in flows} == {
+        (upstream.scheme, upstream.hostname, upstream.port)
+    }
+    assert flows[0].request.url.startswith(f"{fakesnow_server.url.rstrip('/')}/session/")
