@@ -5,7 +5,8 @@ caller are known. The annotations use the same names as the flows that
 `hoopgw export` writes from a recording, so the live and the offline views
 read alike:
 
-- `flow.comment`: the statement's first line, shortened, credential literals masked;
+- `flow.comment`: the statement's first line, shortened, credential literals masked,
+  and for a refused request who refused it and the whole reason;
 - `flow.metadata["hoopgw"]`: `{"session_id", "caller", "role", "endpoint"}` and,
   when there is one, the `refusal` and `guardrail` decision, and for an answer
   streamed to the client (which mitmweb cannot show) `streamed`: its size and
@@ -32,7 +33,12 @@ from mitmproxy.flow import Flow
 from hoopgw.addons.contentview import snowflake_view  # noqa: F401  (registers the view)
 from hoopgw.addons.flowstate import FlowState, state_of
 from hoopgw.addons.protocol import Endpoint
-from hoopgw.recorder.annotations import BLOCKED_MARK, FAILED_MARK, statement_comment
+from hoopgw.recorder.annotations import (
+    BLOCKED_MARK,
+    FAILED_MARK,
+    refusal_comment,
+    statement_comment,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +102,13 @@ class Inspection:
 
 
 def _comment(state: FlowState) -> str:
+    """What the request was and, when the gateway refused it, the whole reason (as export)."""
+    refusal = state.refusal
+    refused = refusal_comment(refusal.source, refusal.reason) if refusal is not None else ""
+    return " · ".join(part for part in (_description(state), refused) if part)
+
+
+def _description(state: FlowState) -> str:
     body = state.request_json or {}
     if state.endpoint in _STATEMENT_ENDPOINTS:
         sql = body.get("sqlText") or body.get("statement")

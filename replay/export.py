@@ -25,7 +25,12 @@ from typing import Any, BinaryIO
 import orjson
 from mitmproxy import connection, flow, http, io
 
-from hoopgw.recorder.annotations import BLOCKED_MARK, FAILED_MARK, statement_comment
+from hoopgw.recorder.annotations import (
+    BLOCKED_MARK,
+    FAILED_MARK,
+    refusal_comment,
+    statement_comment,
+)
 from hoopgw.recorder.catalog import Archive
 from hoopgw.recorder.coerce import mapping, number
 from hoopgw.recorder.flows import Flow, SessionRecords
@@ -167,9 +172,7 @@ def _flow(flow_id: str, parts: _Parts, session: dict[str, Any]) -> http.HTTPFlow
 
     refusal = mapping(recorded.get("refusal")) or mapping((parts.refusal or {}).get("refusal"))
     if refusal and answer is None and error is None:
-        result.error = flow.Error(
-            f"refused by hoopgw ({refusal.get('by')}): {refusal.get('reason')}"
-        )
+        result.error = flow.Error(refusal_comment(refusal.get("by"), refusal.get("reason")))
 
     notes = (("request", _truncation(recorded.get("body"))),)
     if answer is not None:
@@ -278,7 +281,7 @@ def _comment(
 ) -> str:
     notes = [_description(record)]
     if refusal:
-        notes.append(f"refused by hoopgw ({refusal.get('by')}): {refusal.get('reason')}")
+        notes.append(refusal_comment(refusal.get("by"), refusal.get("reason")))
     for side, note in truncated.items():
         what = "omitted" if note.get("omitted") else "truncated"
         notes.append(f"{side} body {what} in the recording ({note.get('size')} bytes)")

@@ -72,6 +72,20 @@ def test_a_refused_request_is_marked_blocked_with_its_reason() -> None:
     assert flow.marked == BLOCKED_MARK
 
 
+def test_the_comment_carries_a_refusal_reason_whole() -> None:
+    flow, state = seen(body=query_body("drop table payroll.salaries"))
+    reason = "rule 'agents-guard' denies DROP on PAYROLL.SALARIES: " + "ask the data owners " * 12
+    refuse(flow, state, 399003, reason, "guardrails")
+    Inspection().request(flow)
+    assert flow.comment == (
+        f"drop table payroll.salaries · refused by hoopgw (guardrails): {reason.strip()}"
+    )
+    flow, state = seen(body=query_body("drop table t"))
+    refuse(flow, state, 399003, "x" * 5000, "guardrails")
+    Inspection().request(flow)
+    assert len(flow.comment) < 1100 and flow.comment.endswith("x…")
+
+
 def test_a_snowflake_error_is_marked_failed_and_the_bodies_released() -> None:
     flow, state = seen()
     answered(flow, {"success": False, "code": "002003", "message": "does not exist"})
