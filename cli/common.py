@@ -290,6 +290,17 @@ class WhenType(click.ParamType):
 WHEN = WhenType()
 
 
+def check_time_range(since: datetime | None, until: datetime | None) -> None:
+    """A backwards range matches nothing: say so instead of printing an empty list."""
+    if since is not None and until is not None and since >= until:
+        raise click.BadParameter(
+            f"--since {since:%Y-%m-%d %H:%M:%S} is not before --until {until:%Y-%m-%d %H:%M:%S}"
+            " (UTC), so nothing can match; relative times count back from now, so "
+            "--since 2h --until 1h is the hour before last",
+            param_hint="'--since' / '--until'",
+        )
+
+
 def echo_json(document: Any) -> None:
     click.echo(orjson.dumps(document, option=orjson.OPT_INDENT_2, default=str).decode())
 

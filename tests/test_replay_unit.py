@@ -238,7 +238,7 @@ def test_load_session_pairs_flows_and_tracks_context():
     assert insert.objects == ("DB.APP.ORDERS",)
     assert insert.outcome.row_count == 2
     assert drop.blocked == "blocked by guardrail rule agents-guard: DROP is denied for agents"
-    assert missing.outcome.success is False and missing.outcome.error_code == "2003"
+    assert missing.outcome.success is False and missing.outcome.error_code == "002003"
     assert secret.unreplayable == "the recorded SQL has a credential literal masked"
     assert lost.outcome.success is None and lost.outcome.transport_error == "reset"
     assert trimmed.outcome.result is None
@@ -318,8 +318,9 @@ def test_recorded_account_falls_back_to_the_login_account():
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [
-        ("002003", "2003"),
-        (2003, "2003"),
+        ("002003", "002003"),
+        (2003, "002003"),
+        ("2003", "002003"),
         ("390100", "390100"),
         ("XX000", "XX000"),
         (None, None),
@@ -398,10 +399,10 @@ def test_connector_sends_the_recorded_bindings_unchanged():
 
 def test_outcome_difference_hides_the_rest():
     recorded = Observation(True, row_count=3, columns=("A",))
-    replayed = Observation(False, error_code="2003", message="Table missing")
+    replayed = Observation(False, error_code="002003", message="Table missing")
     (difference,) = compare(recorded, replayed, ordered=False)
     assert difference.aspect == "outcome"
-    assert str(difference) == "outcome: recorded ok, replay error 2003 (Table missing)"
+    assert str(difference) == "outcome: recorded ok, replay error 002003 (Table missing)"
 
 
 def test_failures_compare_on_error_code():
