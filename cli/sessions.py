@@ -29,7 +29,13 @@ from hoopgw.recorder.session import load_session
 
 @click.group()
 def sessions() -> None:
-    """List recorded sessions and show one statement by statement."""
+    """List recorded sessions and show one statement by statement.
+
+    \b
+    Examples:
+      hoopgw sessions list --since 1d
+      hoopgw sessions show 0190f3c4
+    """
 
 
 @sessions.command("list")
