@@ -484,6 +484,54 @@ def test_connection_file_writable_by_others_is_refused(tmp_path, monkeypatch):
         load_named_connection("sandbox")
 
 
+def test_a_connection_file_others_may_read_is_one_line_naming_the_file(
+    tmp_path, monkeypatch, recwarn
+):
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("SNOWFLAKE_HOME", str(home))
+    monkeypatch.delenv("SNOWFLAKE_CONNECTIONS", raising=False)
+    for skip in (
+        "SF_SKIP_TOKEN_FILE_PERMISSIONS_VERIFICATION",
+        "SKIP_TOKEN_FILE_PERMISSIONS_VERIFICATION",
+    ):
+        monkeypatch.delenv(skip, raising=False)
+    monkeypatch.delenv("SF_SKIP_WARNING_FOR_READ_PERMISSIONS_ON_CONFIG_FILE", raising=False)
+    connections = home / "connections.toml"
+    connections.write_text('[sandbox]\naccount = "sbx"\n')
+    connections.chmod(0o644)
+    target = resolve_target(connection="sandbox")
+    assert target.source == f"connection 'sandbox' from {connections}"
+    assert target.notes == (
+        f"{connections} may be read by others (mode 0644): run chmod 0600 {connections}",
+    )
+    assert not [w for w in recwarn if "permissions" in str(w.message)]
+
+    connections.chmod(0o600)
+    assert resolve_target(connection="sandbox").notes == ()
+
+
+def test_a_snowflake_home_that_does_not_exist_is_said_with_the_file_read_instead(
+    tmp_path, monkeypatch
+):
+    missing = tmp_path / "no-such-home"
+    fallback = tmp_path / "xdg" / "snowflake"
+    fallback.mkdir(parents=True)
+    write_private(fallback / "config.toml", '[connections.sandbox]\naccount = "fallback"\n')
+    monkeypatch.setenv("SNOWFLAKE_HOME", str(missing))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("SNOWFLAKE_CONNECTIONS", raising=False)
+    target = resolve_target(connection="sandbox")
+    assert target.params["account"] == "fallback"
+    assert target.source == f"connection 'sandbox' from {fallback / 'config.toml'}"
+    assert target.notes == (
+        f"$SNOWFLAKE_HOME is {missing}, which does not exist; the connector reads {fallback} "
+        "instead",
+    )
+    with pytest.raises(TargetError, match=r"known: sandbox\); \$SNOWFLAKE_HOME is .* not exist"):
+        resolve_target(connection="prod")
+
+
 def test_explicit_options_override_the_connection_and_secrets_stay_hidden(tmp_path, monkeypatch):
     home = tmp_path / "home"
     home.mkdir()
