@@ -109,10 +109,13 @@ def inspect_command(
 
     mitmweb runs on 127.0.0.1 only, with the Snowflake view and the Comment
     column (each statement's SQL), without the gateway's hooks and without a
-    proxy listener: nothing can be sent through it, and Replay, Edit and
-    Intercept are disabled. A session is exported to a private temporary
-    directory that is removed when mitmweb stops. The printed URL carries
-    mitmweb's access token. Stop with Ctrl-C.
+    proxy listener: nothing can be sent through it. Replay only logs why it
+    does nothing and leaves the recorded response on screen; options that would
+    open a listener, intercept, replay or save flows are refused; an Edit
+    changes only the viewer's copy (Revert undoes it). A session is exported to
+    a private temporary directory that is removed when mitmweb stops; a flow
+    file is read where it is. The printed URL carries mitmweb's access token.
+    Stop with Ctrl-C.
 
     \b
     Examples:
