@@ -5,7 +5,8 @@ caller are known. The annotations use the same names as the flows that
 `hoopgw export` writes from a recording, so the live and the offline views
 read alike:
 
-- `flow.comment`: the statement's first line, shortened, credential literals masked;
+- `flow.comment`: the statement's first line, shortened, credential literals masked,
+  and for a refused request who refused it and the whole reason;
 - `flow.metadata["hoopgw"]`: `{"session_id", "caller", "role", "endpoint"}` and,
   when there is one, the `refusal` and `guardrail` decision, and for an answer
   streamed to the client (which mitmweb cannot show) `streamed`: its size and
@@ -14,22 +15,30 @@ read alike:
   identity or recording refusal), FAILED_MARK when Snowflake reported an error
   or the exchange failed.
 
-Loaded on its own (`mitmweb -r FILE -s addons/inspection.py`, what `hoopgw
-inspect` runs), it is the offline viewer: the Snowflake content view plus
+Loaded on its own (what `hoopgw inspect` runs: mitmweb with `server=false` on
+loopback), it is the offline viewer: the Snowflake content view plus
 `OfflineViewer`, and none of the gateway's hooks.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
-from mitmproxy import http
+import mitmproxy.types
+from mitmproxy import command, ctx, exceptions, http
+from mitmproxy.flow import Flow
 
 from hoopgw.addons.contentview import snowflake_view  # noqa: F401  (registers the view)
 from hoopgw.addons.flowstate import FlowState, state_of
 from hoopgw.addons.protocol import Endpoint
-from hoopgw.recorder.annotations import BLOCKED_MARK, FAILED_MARK, statement_comment
+from hoopgw.recorder.annotations import (
+    BLOCKED_MARK,
+    FAILED_MARK,
+    refusal_comment,
+    statement_comment,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +102,13 @@ class Inspection:
 
 
 def _comment(state: FlowState) -> str:
+    """What the request was and, when the gateway refused it, the whole reason (as export)."""
+    refusal = state.refusal
+    refused = refusal_comment(refusal.source, refusal.reason) if refusal is not None else ""
+    return " · ".join(part for part in (_description(state), refused) if part)
+
+
+def _description(state: FlowState) -> str:
     body = state.request_json or {}
     if state.endpoint in _STATEMENT_ENDPOINTS:
         sql = body.get("sqlText") or body.get("statement")
@@ -114,17 +130,68 @@ REPLAY_REFUSED = (
     "hoopgw inspect shows recorded flows and does not send them anywhere. "
     "To run a session's statements again, use `hoopgw replay` against a sandbox account."
 )
+# Options that would make the viewer send, hold or write traffic; mitmweb's Options tab
+# can set them while it runs.
+_VIEWER_LOCKED = {
+    "server": False,
+    "intercept": None,
+    "intercept_active": False,
+    "client_replay": [],
+    "server_replay": [],
+    "save_stream_file": None,
+    "mode": ["regular"],
+}
 
 
 class OfflineViewer:
-    """Keeps mitmweb a reader of recorded flows: a replay from its UI never leaves the process.
+    """Keeps mitmweb a reader of recorded flows: nothing leaves the process, the evidence stays.
 
     Recorded requests carry redacted credentials and were meant for the
     production account; a replay would at best fail there and at worst run a
-    statement twice. The answer is made here, before any connection is opened.
+    statement twice. mitmweb's Replay button calls the `replay.client` command;
+    this addon, loaded after mitmproxy's own, takes that name, so a click only
+    logs why and leaves the flow (and its recorded response) as it was. Options
+    that would open a proxy listener, intercept, replay or save flows are
+    refused while the viewer runs (`hoopgw inspect` starts mitmweb with
+    `server=false`).
     """
 
+    def __init__(self) -> None:
+        self._started = False
+
+    def configure(self, updated: set[str]) -> None:
+        if not self._started:
+            return
+        for name in updated & _VIEWER_LOCKED.keys():
+            value = getattr(ctx.options, name)
+            if value != _VIEWER_LOCKED[name] and value not in (None, [], (), False, ""):
+                raise exceptions.OptionsError(
+                    f"hoopgw inspect is a viewer of recorded flows: {name} cannot be changed"
+                )
+
+    def running(self) -> None:
+        self._started = True
+        if ctx.options.server:
+            logger.warning(
+                "hoopgw: this mitmweb has a proxy listener; open recordings with "
+                "`hoopgw inspect SESSION_ID` or `hoopgw inspect FILE.flows` instead"
+            )
+
+    @command.command("replay.client")
+    def replay_client(self, flows: Sequence[Flow]) -> None:
+        """Replay is disabled in `hoopgw inspect`: the recorded flows stay as recorded."""
+        for item in flows:
+            logger.warning(
+                "hoopgw: refused to replay recorded flow %s: %s", item.id, REPLAY_REFUSED
+            )
+
+    @command.command("replay.client.file")
+    def replay_client_file(self, path: mitmproxy.types.Path) -> None:
+        """Replay is disabled in `hoopgw inspect`."""
+        logger.warning("hoopgw: refused to replay the flows in %s: %s", path, REPLAY_REFUSED)
+
     def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """The last guard, for a replay started some other way: answered here, never sent."""
         if flow.is_replay != "request":
             return
         flow.response = http.Response.make(
@@ -133,6 +200,6 @@ class OfflineViewer:
         logger.warning("hoopgw: refused to replay recorded flow %s", flow.id)
 
 
-# What `mitmweb -s addons/inspection.py` loads: the offline viewer only. The
-# gateway imports `Inspection` from here and builds its own list.
+# What `hoopgw inspect` loads into mitmweb: the offline viewer only. The gateway
+# imports `Inspection` from here and builds its own list.
 addons = [OfflineViewer()]

@@ -428,6 +428,12 @@ class Recording:
             login_name=upstream.user if upstream else None,
             authenticator=upstream.authenticator if upstream else None,
             upstream_session_id=_response_data(state).get("sessionId"),
+            # in reverse mode the request's address is the upstream's, whatever the Host header
+            upstream={
+                "scheme": flow.request.scheme,
+                "host": flow.request.host,
+                "port": flow.request.port,
+            },
             **_context(state),
         )
 

@@ -18,8 +18,8 @@ from typing import Any, Final
 import click
 import orjson
 
-from hoopgw.recorder.catalog import Archive, SessionNotFound
-from hoopgw.recorder.ids import InvalidSessionId, parse_session_id
+from hoopgw.recorder.catalog import SESSIONS, Archive, SessionNotFound, parse_segment_key
+from hoopgw.recorder.ids import InvalidSessionId, is_session_id
 from hoopgw.recorder.index import ArchiveIndex, default_cache_dir
 from hoopgw.recorder.segment import SegmentError
 from hoopgw.recorder.store import StoreError, open_store
@@ -33,6 +33,11 @@ FORMATS: Final = ("table", "json", "jsonl")
 EXIT_FINDING: Final = 1
 EXIT_USAGE: Final = 2
 
+MIN_PREFIX: Final = 4
+"""Hex digits a session id prefix needs, as git's shortest abbreviation."""
+_ID_PREFIX = re.compile(r"[0-9a-f][0-9a-f-]{0,35}")
+_CANDIDATES_SHOWN: Final = 20
+_ARCHIVE_DIRS: Final = ("sessions", "summaries", "rollups")
 _RELATIVE = re.compile(r"(\d+)\s*([smhdw])")
 _UNITS: Final = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -84,28 +89,125 @@ def format_option[F: Callable[..., Any]](command: F) -> F:
 
 
 def session_id_argument[F: Callable[..., Any]](command: F) -> F:
-    """A SESSION_ID argument checked with `parse_session_id` before anything touches a store."""
+    """A SESSION_ID argument checked before anything touches a store.
+
+    A whole id in any case, or (as git takes commit ids) a unique prefix of at
+    least `MIN_PREFIX` hex digits, which `archive_errors` resolves in the store.
+    """
     return click.argument("session_id", metavar="SESSION_ID", callback=_check_session_id)(command)
 
 
 def _check_session_id(ctx: click.Context, param: click.Parameter, value: str) -> str:
     try:
-        return parse_session_id(value)
+        return normalize_session_id(value)
     except InvalidSessionId as exc:
         raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
 
 
+def normalize_session_id(text: str) -> str:
+    """A whole session id in lower case, or a lower-case id prefix; InvalidSessionId else."""
+    lowered = text.strip().lower()
+    if is_session_id(lowered):
+        return lowered
+    digits = lowered.replace("-", "")
+    if (
+        _ID_PREFIX.fullmatch(lowered)
+        and len(digits) >= MIN_PREFIX
+        and ("-" not in lowered or _hyphenated(digits).startswith(lowered))
+    ):
+        return lowered
+    shown = repr(text[:48]) + ("…" if len(text) > 48 else "")
+    raise InvalidSessionId(
+        f"invalid session id {shown}: expected a UUIDv7 like "
+        f"0190f3c4-7b1a-7c2e-9d4f-1a2b3c4d5e6f, or a unique prefix of one "
+        f"(at least {MIN_PREFIX} hex digits)"
+    )
+
+
+def resolve_session_id(archive: Archive, text: str) -> str:
+    """The one recorded session whose id starts with `text` (from `normalize_session_id`).
+
+    The first twelve hex digits of a UUIDv7 are its start time in milliseconds,
+    so a prefix names the days to look in; only those `dt=` partitions are listed.
+    """
+    if is_session_id(text):
+        return text
+    digits = text.replace("-", "")
+    first_ms = int(digits[:12].ljust(12, "0"), 16)
+    last_ms = int(digits[:12].ljust(12, "f"), 16)
+    tomorrow = datetime.now(UTC) + timedelta(days=1)
+    day = datetime.fromtimestamp(first_ms / 1000, tz=UTC).date()
+    last_day = min(datetime.fromtimestamp(last_ms / 1000, tz=UTC), tomorrow).date()
+    found: set[str] = set()
+    while day <= last_day:
+        listing = f"{SESSIONS}/dt={day.isoformat()}/{_hyphenated(digits)}"
+        for key in archive.store.list(listing):
+            parsed = parse_segment_key(key)
+            if parsed is not None:
+                found.add(parsed.session_id)
+        day += timedelta(days=1)
+    if len(found) == 1:
+        return found.pop()
+    if not found:
+        raise CommandError(f"no recorded session id starts with {text}")
+    candidates = sorted(found)
+    shown = "\n  ".join(candidates[:_CANDIDATES_SHOWN])
+    more = (
+        f"\n  ... and {len(candidates) - _CANDIDATES_SHOWN} more"
+        if len(candidates) > _CANDIDATES_SHOWN
+        else ""
+    )
+    raise CommandError(
+        f"session id prefix {text} is ambiguous; it starts {len(candidates)} sessions:\n  "
+        f"{shown}{more}"
+    )
+
+
+def _hyphenated(digits: str) -> str:
+    """Hex digits of an id (or of its start) with the hyphens of the canonical form."""
+    parts, start = [], 0
+    for end in (8, 12, 16, 20, 32):
+        if start < len(digits):
+            parts.append(digits[start:end])
+        start = end
+    text = "-".join(parts)
+    return text + "-" if len(digits) in (8, 12, 16, 20) else text
+
+
 def open_archive(store: str, s3_endpoint_url: str | None) -> Archive:
+    store = store_url(store)
     local = _local_store_path(store)
     if local is not None and not local.is_dir():
         # opening a local store creates its directory; a reader must not
         raise CommandError(f"no recordings at {local}: the directory does not exist")
+    if local is not None and not any((local / name).is_dir() for name in _ARCHIVE_DIRS):
+        raise CommandError(
+            f"no recordings at {local}: the directory exists but holds no hoopgw archive "
+            f"(no {'/, '.join(_ARCHIVE_DIRS)}/ inside); check {_store_source()}"
+        )
     try:
         return Archive(open_store(store, s3_endpoint_url=s3_endpoint_url))
     except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="'--store'") from None
+        raise click.BadParameter(str(exc), param_hint=_store_source()) from None
     except StoreError as exc:
         raise CommandError(str(exc)) from None
+
+
+def store_url(store: str) -> str:
+    """`--store` as given, or a bare local path (`/srv/rec`, `./rec`, `~/rec`) as `file:`."""
+    if store.startswith(("/", "./", "../", "~")):
+        return "file:" + str(Path(store).expanduser())
+    return store
+
+
+def _store_source() -> str:
+    """How the store was named, for error messages: the option or the environment variable."""
+    context = click.get_current_context(silent=True)
+    if context is not None:
+        source = context.get_parameter_source("store")
+        if source is click.core.ParameterSource.ENVIRONMENT:
+            return f"${STORE_ENV}"
+    return "'--store'"
 
 
 def _local_store_path(store: str) -> Path | None:
@@ -134,6 +236,10 @@ def archive_errors[F: Callable[..., Any]](command: F) -> F:
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
+            session_id = kwargs.get("session_id")
+            if isinstance(session_id, str) and not is_session_id(session_id):
+                archive = open_archive(kwargs["store"], kwargs.get("s3_endpoint_url"))
+                kwargs["session_id"] = resolve_session_id(archive, session_id)
             return command(*args, **kwargs)
         except SessionNotFound as exc:
             raise CommandError(f"{exc} (store {kwargs.get('store', '?')})") from None
@@ -182,6 +288,17 @@ class WhenType(click.ParamType):
 
 
 WHEN = WhenType()
+
+
+def check_time_range(since: datetime | None, until: datetime | None) -> None:
+    """A backwards range matches nothing: say so instead of printing an empty list."""
+    if since is not None and until is not None and since >= until:
+        raise click.BadParameter(
+            f"--since {since:%Y-%m-%d %H:%M:%S} is not before --until {until:%Y-%m-%d %H:%M:%S}"
+            " (UTC), so nothing can match; relative times count back from now, so "
+            "--since 2h --until 1h is the hour before last",
+            param_hint="'--since' / '--until'",
+        )
 
 
 def echo_json(document: Any) -> None:

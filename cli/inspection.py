@@ -22,10 +22,13 @@ import click
 from hoopgw.cli.common import (
     CommandError,
     archive_errors,
+    normalize_session_id,
     open_archive,
+    resolve_session_id,
     session_id_argument,
     store_options,
 )
+from hoopgw.recorder.ids import InvalidSessionId
 
 LOOPBACK = "127.0.0.1"
 # mitmweb's flow list for recorded sessions: the comment (the SQL, see replay/export.py)
@@ -40,27 +43,50 @@ _STARTUP_SECONDS = 60.0
 @click.option(
     "-o",
     "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(dir_okay=False, path_type=Path, allow_dash=True),
     default=None,
-    help="Flow file to write  [default: <session-id>.flows]",
+    help="Flow file to write, mode 0600; - for standard output  [default: <session-id>.flows]",
 )
+@click.option("--force", is_flag=True, help="Replace the output file if it exists.")
 @store_options
 @archive_errors
-def export_command(session_id: str, output: Path | None, store: str, s3_endpoint_url: str | None):
+def export_command(
+    session_id: str, output: Path | None, force: bool, store: str, s3_endpoint_url: str | None
+):
     """Write a recorded session as a mitmproxy flow file.
 
     Requests and responses are as recorded, so secrets stay redacted; bodies the
-    recorder truncated are marked in the flow's comment. Open the file with
-    `hoopgw inspect`, or with `mitmweb -r FILE -s addons/inspection.py`.
+    recorder truncated are marked in the flow's comment. The file holds query
+    results: it is written readable by you only, and an existing file is kept
+    unless --force is given. Open it with `hoopgw inspect FILE`.
+
+    \b
+    Examples:
+      hoopgw export 0190f3c4 -o incident-42.flows
+      hoopgw export 0190f3c4-7b1a-7c2e-9d4f-1a2b3c4d5e6f -o - | gzip > incident-42.flows.gz
     """
-    destination = output or Path(f"{session_id}.flows")
-    result = _export(session_id, destination, store, s3_endpoint_url)
+    from hoopgw.replay.export import export_session_to
+
+    if output == Path("-"):
+        if sys.stdout.isatty():
+            raise CommandError("refusing to write a binary flow file to a terminal; redirect it")
+        archive = open_archive(store, s3_endpoint_url)
+        stream = click.get_binary_stream("stdout")
+        result = export_session_to(archive, session_id, stream)
+        stream.flush()
+        where = "standard output"
+    else:
+        destination = output or Path(f"{session_id}.flows")
+        result = _export(session_id, destination, store, s3_endpoint_url, overwrite=force)
+        where = str(destination)
     truncated = f", {result.truncated_bodies} truncated bodies" if result.truncated_bodies else ""
-    click.echo(f"wrote {result.flows} flows of session {session_id} to {destination}{truncated}")
+    click.echo(
+        f"wrote {result.flows} flows of session {session_id} to {where}{truncated}", err=True
+    )
 
 
 @click.command("inspect")
-@session_id_argument
+@click.argument("source", metavar="SESSION_ID|FILE.flows")
 @click.option(
     "--port",
     type=click.IntRange(0, 65535),
@@ -77,18 +103,36 @@ def export_command(session_id: str, output: Path | None, store: str, s3_endpoint
 @store_options
 @archive_errors
 def inspect_command(
-    session_id: str, port: int, open_browser: bool, store: str, s3_endpoint_url: str | None
+    source: str, port: int, open_browser: bool, store: str, s3_endpoint_url: str | None
 ):
-    """Open a recorded session in mitmweb, on loopback, with the Snowflake view.
+    """Open a recorded session, or a flow file from `hoopgw export`, in mitmweb.
 
-    mitmweb runs without the gateway's hooks and without a proxy listener, on a
-    copy of the session exported to a private temporary directory that is
-    removed when it stops. The printed URL carries mitmweb's access token.
+    mitmweb runs on 127.0.0.1 only, with the Snowflake view and the Comment
+    column (each statement's SQL), without the gateway's hooks and without a
+    proxy listener: nothing can be sent through it. Replay only logs why it
+    does nothing and leaves the recorded response on screen; options that would
+    open a listener, intercept, replay or save flows are refused; an Edit
+    changes only the viewer's copy (Revert undoes it). A session is exported to
+    a private temporary directory that is removed when mitmweb stops; a flow
+    file is read where it is. The printed URL carries mitmweb's access token.
     Stop with Ctrl-C.
+
+    \b
+    Examples:
+      hoopgw inspect 0190f3c4-7b1a-7c2e-9d4f-1a2b3c4d5e6f --store s3://audit/hoopgw
+      hoopgw inspect 0190f3c4 --open-browser
+      hoopgw inspect incident-42.flows
     """
+    flows_path = _flow_file(source)
     with tempfile.TemporaryDirectory(prefix="hoopgw-inspect-") as work, _terminate_as_exit():
-        flows_file = Path(work) / f"{session_id}.flows"
-        result = _export(session_id, flows_file, store, s3_endpoint_url)
+        if flows_path is not None:
+            flows_file, title = flows_path, str(flows_path)
+            count = None
+        else:
+            session_id = _session_id(source, store, s3_endpoint_url)
+            flows_file = Path(work) / f"{session_id}.flows"
+            count = _export(session_id, flows_file, store, s3_endpoint_url).flows
+            title = f"session {session_id}"
         argv = mitmweb_argv(
             flows_file,
             port or free_port(),
@@ -104,7 +148,7 @@ def inspect_command(
         )
         try:
             url = _wait_for_url(process)
-            click.echo(f"session {session_id}: {result.flows} flows")
+            click.echo(f"{title}: {count} flows" if count is not None else title)
             click.echo(f"mitmweb: {url}")
             click.echo("Press Ctrl-C to stop.", err=True)
             assert process.stdout is not None
@@ -117,6 +161,26 @@ def inspect_command(
             click.echo("stopping mitmweb", err=True)
         finally:
             _stop(process)
+
+
+def _flow_file(source: str) -> Path | None:
+    """The flow file `source` names, or None when it is a session id (or a prefix of one)."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        return path.resolve()
+    if source.endswith(".flows") or "/" in source:
+        raise CommandError(f"no flow file at {source}")
+    return None
+
+
+def _session_id(text: str, store: str, s3_endpoint_url: str | None) -> str:
+    try:
+        wanted = normalize_session_id(text)
+    except InvalidSessionId as exc:
+        raise click.BadParameter(
+            f"{exc}; or the path of a flow file", param_hint="'SESSION_ID|FILE.flows'"
+        ) from None
+    return resolve_session_id(open_archive(store, s3_endpoint_url), wanted)
 
 
 def mitmweb_argv(flows_file: Path, port: int, *, confdir: Path, open_browser: bool) -> list[str]:
@@ -167,12 +231,21 @@ def _mitmweb() -> str:
     return found
 
 
-def _export(session_id: str, destination: Path, store: str, s3_endpoint_url: str | None) -> Any:
+def _export(
+    session_id: str,
+    destination: Path,
+    store: str,
+    s3_endpoint_url: str | None,
+    *,
+    overwrite: bool = False,
+) -> Any:
     from hoopgw.replay.export import export_session
 
     archive = open_archive(store, s3_endpoint_url)
     try:
-        return export_session(archive, session_id, destination)
+        return export_session(archive, session_id, destination, overwrite=overwrite)
+    except FileExistsError:
+        raise CommandError(f"{destination} exists; give --force to replace it") from None
     except OSError as exc:
         raise CommandError(f"cannot write {destination}: {exc.strerror or exc}") from None
 

@@ -145,6 +145,10 @@ def replay(
             )
         except TargetError as exc:
             raise CommandError(str(exc)) from None
+        for remark in target.notes:
+            note(f"note: {remark}")
+        if connection:
+            note(f"sandbox: {target.source}")
     elif not dry_run:
         raise click.UsageError(
             "no sandbox given: use --connection NAME, or --account/--user with "

@@ -11,6 +11,7 @@ from hoopgw.cli.common import (
     CommandError,
     archive_errors,
     cache_option,
+    check_time_range,
     emit,
     format_option,
     note,
@@ -61,7 +62,8 @@ def search(
 
     Objects are fully qualified as Snowflake resolves them (unquoted names upper
     case), from the guardrail's record or by parsing the SQL against the
-    session's context at that point.
+    session's context at that point. Requests refused without SQL (a refused
+    login) are found with --outcome blocked, their reason in the SQL column.
 
     \b
     Examples:
@@ -74,6 +76,7 @@ def search(
             "give at least one of --sql, --object, --user, --group, --since, "
             "--until, --outcome (see hoopgw search --help)"
         )
+    check_time_range(since, until)
     query = listing.SearchQuery(
         sql=sql_text,
         object=object_name,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import click
 
@@ -10,6 +11,7 @@ from hoopgw.cli.common import (
     WHEN,
     archive_errors,
     cache_option,
+    check_time_range,
     echo_json,
     echo_jsonl,
     echo_table,
@@ -27,7 +29,13 @@ from hoopgw.recorder.session import load_session
 
 @click.group()
 def sessions() -> None:
-    """List recorded sessions and show one statement by statement."""
+    """List recorded sessions and show one statement by statement.
+
+    \b
+    Examples:
+      hoopgw sessions list --since 1d
+      hoopgw sessions show 0190f3c4
+    """
 
 
 @sessions.command("list")
@@ -55,13 +63,16 @@ def list_sessions(
 
     \b
     Columns: session id, user, start (UTC), duration, statements, errors,
-    statements blocked by the gateway, client application.
+    statements blocked by the gateway, client application. A session the
+    gateway refused to open (a refused login) shows "(not verified)" as its
+    user and "refused" as its duration; `sessions show` gives the reason.
 
     \b
     Examples:
       hoopgw sessions list --since 7d --user ada@example.com
       hoopgw sessions list --store s3://audit/hoopgw --group agents --format jsonl
     """
+    check_time_range(since, until)
     with open_index(store, s3_endpoint_url, no_cache=no_cache) as index:
         found = index.list_sessions(since=since, until=until, user=user, group=group, limit=limit)
     emit(
@@ -77,32 +88,58 @@ def list_sessions(
 @sessions.command("show")
 @session_id_argument
 @store_options
+@click.option(
+    "--verify/--no-verify",
+    "verify_chain",
+    default=True,
+    show_default=True,
+    help="Check the session's hash chains (as hoopgw verify does) and show their state.",
+)
 @format_option
 @archive_errors
 def show_session(
-    session_id: str, store: str, s3_endpoint_url: str | None, output_format: str
+    session_id: str, store: str, s3_endpoint_url: str | None, verify_chain: bool, output_format: str
 ) -> None:
     """One session's statements in order, with timing, rows and outcome.
 
     \b
     TIME is when the gateway received the statement (UTC), MS how long Snowflake
     took to answer, ROWS the rows returned (or changed, for DML), OUTCOME ok,
-    error CODE, or blocked (refused by the gateway, never sent to Snowflake).
-    JSON output adds bindings, context, query ids and error messages.
+    error CODE (Snowflake's six digits), or blocked (refused by the gateway,
+    never sent to Snowflake). The header says whether the session's hash chains
+    are intact, and lists refused requests without SQL (a refused login) with
+    their reason. JSON output adds bindings, context, query ids and error
+    messages. SESSION_ID may be a unique prefix, in any case.
 
     \b
-    Example:
+    Examples:
       hoopgw sessions show 0190f3c4-7b1a-7c2e-9d4f-1a2b3c4d5e6f --format json
+      hoopgw sessions show 0190f3c4
     """
     archive = open_archive(store, s3_endpoint_url)
-    session = load_session(session_id, archive.read_session(session_id))
+    records = archive.read_session(session_id)
+    session = load_session(session_id, records)
+    refused = listing.refused_requests(records)
+    if verify_chain:
+        report = archive.verify_session(session_id)
+        chain: dict[str, Any] | None = {
+            "verified": True,
+            "ok": report.ok,
+            "problems": len(report.problems),
+        }
+        chain_line = listing.chain_state(report.ok, len(report.problems), report.records)
+    else:
+        chain = {"verified": False}
+        chain_line = f"not verified (--no-verify); run hoopgw verify {session_id}"
     if output_format == "json":
-        echo_json(listing.session_dict(session))
+        echo_json(listing.session_dict(session, refused, chain))
         return
     if output_format == "jsonl":
         echo_jsonl(listing.statement_dict(s, session.session_id) for s in session.statements)
+        if chain.get("ok") is False:
+            note(f"warning: session {session_id}: {chain_line}")
         return
-    for name, value in listing.session_header(session):
+    for name, value in listing.session_header(session, refused, chain_line):
         click.echo(f"{name + ':':<12}{value}")
     click.echo()
     if session.statements:
@@ -111,3 +148,5 @@ def show_session(
         )
     else:
         note("no statements in this session")
+    if chain.get("ok") is False:
+        note(f"warning: session {session_id}: {chain_line}")

@@ -16,6 +16,8 @@ BLOCKED_MARK: Final = ":no_entry:"
 FAILED_MARK: Final = ":x:"
 """`flow.marked` of a flow Snowflake reported an error for, or that failed outright."""
 COMMENT_CHARS: Final = 100
+REFUSAL_CHARS: Final = 1000
+"""A refusal's reason is kept whole in the comment up to this length (a bound, not a cut)."""
 
 
 def statement_comment(sql: str, limit: int = COMMENT_CHARS) -> str:
@@ -27,3 +29,11 @@ def statement_comment(sql: str, limit: int = COMMENT_CHARS) -> str:
     if len(first) > limit:
         return first[: limit - 1] + "…"
     return first + (" …" if len(lines) > 1 else "")
+
+
+def refusal_comment(by: object, reason: object, limit: int = REFUSAL_CHARS) -> str:
+    """Who refused and the whole reason, on one line; only a reason over `limit` is cut."""
+    text = " ".join(str(reason or "").split())
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return f"refused by hoopgw ({by}): {text}"

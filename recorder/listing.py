@@ -17,8 +17,18 @@ from hoopgw.recorder import coerce
 from hoopgw.recorder.catalog import SessionSummary
 from hoopgw.recorder.flows import statement_records
 from hoopgw.recorder.index import ArchiveIndex
-from hoopgw.recorder.session import RecordedSession, RecordedStatement, client_app, load_session
+from hoopgw.recorder.schema import REFUSAL, STATEMENT_KINDS
+from hoopgw.recorder.session import (
+    RecordedSession,
+    RecordedStatement,
+    client_app,
+    load_session,
+    normalize_error_code,
+)
 
+UNVERIFIED: Final = "(not verified)"
+"""The user of a session whose caller the gateway never verified."""
+_REFUSALS_SHOWN: Final = 10
 LONG_SESSION: Final = timedelta(days=1)
 """Sessions that started up to this long before `--since` are searched too."""
 
@@ -48,12 +58,30 @@ def summary_duration(summary: SessionSummary) -> float | None:
     return (last - summary.start).total_seconds() if last else None
 
 
+def summary_refused(summary: SessionSummary) -> bool:
+    """A session the gateway never opened: no verified caller, no statement, only refusals
+    (a refused login, or a request without valid credentials). It has no end to wait for."""
+    return (
+        not summary.ended
+        and summary.caller is None
+        and summary.statements == 0
+        and summary.blocked > 0
+    )
+
+
 def summary_row(summary: SessionSummary) -> list[Any]:
+    refused = summary_refused(summary)
+    if refused:
+        shown_duration = "refused"
+    else:
+        shown_duration = format_duration(summary_duration(summary)) + (
+            "" if summary.ended else " (open)"
+        )
     return [
         summary.session_id,
-        summary_user(summary) or "",
+        summary_user(summary) or (UNVERIFIED if refused else ""),
         format_time(summary.start),
-        format_duration(summary_duration(summary)) + ("" if summary.ended else " (open)"),
+        shown_duration,
         summary.statements,
         summary.errors,
         summary.blocked,
@@ -66,7 +94,85 @@ def summary_dict(summary: SessionSummary) -> dict[str, Any]:
     data["user"] = summary_user(summary)
     data["duration_s"] = summary_duration(summary)
     data["client_app"] = client_app(summary.client)
+    data["refused"] = summary_refused(summary)
     return data
+
+
+# --- refused requests without SQL (logins, requests without valid credentials) -------
+
+
+@dataclass(frozen=True, slots=True)
+class RefusedRequest:
+    """A request the gateway refused that carried no SQL, read defensively from its record."""
+
+    ts: float | None
+    endpoint: str
+    code: str | None
+    reason: str
+    by: str
+    count: int
+    """How many refusals the record stands for (1, or a window's count when aggregated)."""
+    claimed: dict[str, Any] | None
+    """Who the caller said they were, never verified, when the record keeps it."""
+
+    @property
+    def what(self) -> str:
+        return "login" if self.endpoint == "login" else f"{self.endpoint} request"
+
+    def describe(self) -> str:
+        times = f" ({self.count} times)" if self.count > 1 else ""
+        return f"{self.what} refused by {self.by}{times}: {self.reason}"
+
+
+def refused_requests(records: Iterable[dict[str, Any]]) -> list[RefusedRequest]:
+    """The session's refusal records without SQL, in order."""
+    found = []
+    for record in records:
+        if record.get("kind") != REFUSAL or isinstance(record.get("sql"), str):
+            continue
+        refusal = coerce.mapping(record.get("refusal"))
+        count = record.get("count")
+        claimed = record.get("claimed")
+        found.append(
+            RefusedRequest(
+                ts=coerce.number(record.get("ts")),
+                endpoint=coerce.text(record.get("endpoint")) or "other",
+                code=normalize_error_code(refusal.get("code")),
+                reason=coerce.text(refusal.get("reason")) or "no reason on record",
+                by=coerce.text(refusal.get("by")) or "hoopgw",
+                count=count if isinstance(count, int) and count > 1 else 1,
+                claimed=claimed if isinstance(claimed, dict) else None,
+            )
+        )
+    return found
+
+
+def claimed_name(claimed: dict[str, Any] | None) -> str | None:
+    """The identity a refused caller's token claimed, marked as such."""
+    if not claimed:
+        return None
+    name = coerce.text(claimed.get("email")) or coerce.text(claimed.get("subject"))
+    return f"{name} (claimed, not verified)" if name else None
+
+
+def refusal_digest(refused: RefusedRequest, session_id: str) -> dict[str, Any]:
+    """A refused request as search keeps it, beside the statements: outcome blocked."""
+    return {
+        "session_id": session_id,
+        "number": None,
+        "ts": format_iso(refused.ts),
+        "sql": None,
+        "refused": refused.describe(),
+        "endpoint": refused.endpoint,
+        "user": claimed_name(refused.claimed),
+        "outcome": "blocked",
+        "success": None,
+        "error_code": refused.code,
+        "message": refused.reason,
+        "blocked": {"code": refused.code, "reason": refused.reason, "by": refused.by},
+        "objects": [],
+        "epoch": refused.ts,
+    }
 
 
 # --- one session ---------------------------------------------------------------------
@@ -118,18 +224,31 @@ def statement_dict(statement: RecordedStatement, session_id: str) -> dict[str, A
     }
 
 
-def session_header(session: RecordedSession) -> list[tuple[str, str]]:
+def session_header(
+    session: RecordedSession,
+    refused: list[RefusedRequest] | None = None,
+    chain: str | None = None,
+) -> list[tuple[str, str]]:
+    """The `sessions show` header; `refused` from `refused_requests`, `chain` the state of
+    the session's hash chains (see `chain_state`)."""
+    refused = refused or []
     caller = session.caller or {}
     groups = caller.get("groups")
     context = ", ".join(
         f"{name}={value}" for name, value in session.context.as_dict().items() if value
     )
+    never_opened = session.caller is None and not session.statements and bool(refused)
     end = format_time(session.end_ts) if session.end_ts else "(open)"
     if session.end_reason:
         end += f" ({session.end_reason})"
-    return [
+    elif never_opened:
+        last = max((r.ts for r in refused if r.ts is not None), default=None)
+        end = f"{format_time(last)} (refused: {refused[-1].what})".lstrip()
+    claimed = next((claimed_name(r.claimed) for r in refused if r.claimed), None)
+    user = session.user or claimed or (UNVERIFIED if never_opened else "(unknown)")
+    header = [
         ("session", session.session_id),
-        ("user", session.user or "(unknown)"),
+        ("user", user),
         ("groups", ", ".join(map(str, groups)) if isinstance(groups, list) else ""),
         ("role", str(caller.get("role") or "")),
         ("client", session.client_app or ""),
@@ -139,9 +258,26 @@ def session_header(session: RecordedSession) -> list[tuple[str, str]]:
         ("upstream", ", ".join(filter(None, [session.upstream_host, *session.upstream_accounts]))),
         ("statements", str(len(session.statements))),
     ]
+    header += [("refused", item.describe()) for item in refused[:_REFUSALS_SHOWN]]
+    if len(refused) > _REFUSALS_SHOWN:
+        header.append(("refused", f"... and {len(refused) - _REFUSALS_SHOWN} more"))
+    if chain is not None:
+        header.append(("chain", chain))
+    return header
 
 
-def session_dict(session: RecordedSession) -> dict[str, Any]:
+def chain_state(ok: bool, problems: int, records: int) -> str:
+    """One line on the session's hash chains, from `Archive.verify_session`'s report."""
+    if ok:
+        return f"intact ({records} records, hashes and sequence numbers checked)"
+    return f"BROKEN: {problems} problem(s); the records may have been altered, run hoopgw verify"
+
+
+def session_dict(
+    session: RecordedSession,
+    refused: list[RefusedRequest] | None = None,
+    chain: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     return {
         "session_id": session.session_id,
         "user": session.user,
@@ -155,6 +291,19 @@ def session_dict(session: RecordedSession) -> dict[str, Any]:
         "upstream_host": session.upstream_host,
         "upstream_accounts": list(session.upstream_accounts),
         "records": session.records,
+        "chain": chain,
+        "refused": [
+            {
+                "ts": format_iso(item.ts),
+                "endpoint": item.endpoint,
+                "code": item.code,
+                "reason": item.reason,
+                "by": item.by,
+                "count": item.count,
+                "claimed": item.claimed,
+            }
+            for item in refused or []
+        ],
         "statements": [statement_dict(s, session.session_id) for s in session.statements],
     }
 
@@ -188,12 +337,13 @@ class Match:
         statement = self.statement
         return [
             statement["session_id"],
-            statement["number"],
+            "" if statement.get("number") is None else statement["number"],
             format_time(statement.get("epoch")),
             statement.get("user") or "",
             "" if statement.get("rows") is None else statement["rows"],
             statement.get("outcome") or "",
-            statement.get("sql") or "",
+            statement.get("sql")
+            or (f"({statement['refused']})" if statement.get("refused") else ""),
         ]
 
     def to_dict(self) -> dict[str, Any]:
@@ -221,7 +371,12 @@ def digest_session(session_id: str, records: list[dict[str, Any]]) -> list[dict[
     digests = [statement_digest(statement, session_id) for statement in session.statements]
     for digest in digests:
         digest["user"] = digest["user"] or session.user
-    return digests
+    refusals = [refusal_digest(item, session_id) for item in refused_requests(records)]
+    for digest in refusals:
+        digest["user"] = digest["user"] or session.user
+    return sorted(
+        digests + refusals, key=lambda d: d["epoch"] if d.get("epoch") is not None else 0.0
+    )
 
 
 def search(index: ArchiveIndex, query: SearchQuery) -> SearchResult:
@@ -334,7 +489,7 @@ def _session_could_match(query: SearchQuery) -> Callable[[list[dict[str, Any]]],
         return None
 
     def could_match(records: list[dict[str, Any]]) -> bool:
-        for record in statement_records(records):
+        for record in _searched_records(records, with_refusals=sql is None):
             if sql is not None and sql not in record["sql"].casefold():
                 continue
             ts = coerce.number(record.get("ts"))
@@ -347,6 +502,20 @@ def _session_could_match(query: SearchQuery) -> Callable[[list[dict[str, Any]]],
         return False
 
     return could_match
+
+
+def _searched_records(
+    records: list[dict[str, Any]], *, with_refusals: bool
+) -> Iterable[dict[str, Any]]:
+    """Statement records and, unless SQL text is searched, refusal records without SQL."""
+    if not with_refusals:
+        return statement_records(records)
+    return (
+        record
+        for record in records
+        if record.get("kind") in STATEMENT_KINDS
+        and (isinstance(record.get("sql"), str) or record.get("kind") == REFUSAL)
+    )
 
 
 def _outcome_is(statement: dict[str, Any], wanted: str) -> bool:

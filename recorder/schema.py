@@ -126,6 +126,7 @@ KIND_FIELDS: Final[dict[str, dict[str, Field]]] = {
         "login_name": _opt(OPT_STR, "upstream Snowflake user the gateway logged in as"),
         "authenticator": _opt(OPT_STR, "how the gateway authenticated upstream"),
         "upstream_session_id": _opt(CODE, "Snowflake's own session id (not a secret)"),
+        "upstream": _opt(OPT_DICT, "where the gateway sent the session: scheme, host, port"),
         **_CONTEXT,
     },
     REQUEST: _REQUEST,

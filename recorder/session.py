@@ -394,11 +394,12 @@ def is_dml_count_column(name: str) -> bool:
 
 
 def normalize_error_code(value: Any) -> str | None:
-    """Snowflake's `"002003"`, the connector's `2003` and the gateway's `399003` compare equal."""
+    """Snowflake's six-digit form, everywhere: `"002003"`, the connector's `2003` and the
+    gateway's `399003` become `"002003"` and `"399003"`; other codes (SQL states) as given."""
     if value is None or value == "":
         return None
     text = str(value).strip()
-    return str(int(text)) if text.isdigit() else text
+    return f"{int(text):06d}" if text.isascii() and text.isdigit() else text
 
 
 def _complete_result(

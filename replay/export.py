@@ -14,6 +14,7 @@ and a marked flow's comment starts with its mark (⛔ blocked, ❌ failed).
 
 from __future__ import annotations
 
+import os
 import re
 import urllib.parse
 from collections.abc import Iterable
@@ -24,13 +25,19 @@ from typing import Any, BinaryIO
 import orjson
 from mitmproxy import connection, flow, http, io
 
-from hoopgw.recorder.annotations import BLOCKED_MARK, FAILED_MARK, statement_comment
+from hoopgw.recorder.annotations import (
+    BLOCKED_MARK,
+    FAILED_MARK,
+    refusal_comment,
+    statement_comment,
+)
 from hoopgw.recorder.catalog import Archive
 from hoopgw.recorder.coerce import mapping, number
 from hoopgw.recorder.flows import Flow, SessionRecords
 from hoopgw.recorder.schema import STATEMENT_KINDS, RecordKind
 
 DEFAULT_HOST = "snowflake.invalid"
+PRIVATE_FILE_MODE = 0o600
 
 # List labels for flows without SQL, so `hoopgw inspect` can show the comment instead of the URL.
 _EVENTS = {
@@ -44,6 +51,8 @@ _EVENTS = {
 }
 _MARK_SYMBOLS = {BLOCKED_MARK: "⛔", FAILED_MARK: "❌"}
 _FLOW_ID = re.compile(r"[0-9a-f-]{1,64}")
+_HOST = re.compile(r"[0-9A-Za-z._:-]{1,253}")
+_DEFAULT_PORTS = {"https": 443, "http": 80}
 
 
 @dataclass(frozen=True)
@@ -53,22 +62,42 @@ class ExportResult:
     truncated_bodies: int
 
 
-def export_session(archive: Archive, session_id: str, destination: Path) -> ExportResult:
-    """Write session `session_id` to `destination` as a mitmproxy flow file.
+def export_session(
+    archive: Archive, session_id: str, destination: Path, *, overwrite: bool = False
+) -> ExportResult:
+    """Write session `session_id` to `destination` as a mitmproxy flow file, mode 0600.
 
-    Raises what `Archive.read_session` raises (InvalidSessionId, SessionNotFound, ...).
-    The file is written next to `destination` first and renamed, so a reader
-    never sees half a file.
+    Raises what `Archive.read_session` raises (InvalidSessionId, SessionNotFound, ...),
+    and FileExistsError when `destination` exists and `overwrite` is false. The
+    file is written next to `destination` first and then linked or renamed into
+    place, so a reader never sees half a file.
     """
-    records = archive.read_session(session_id)
-    flows = records_to_flows(records)
+    flows = records_to_flows(archive.read_session(session_id))
     temporary = destination.with_name(f".{destination.name}.partial")
+    temporary.unlink(missing_ok=True)
     try:
-        with open(temporary, "wb") as file:
+        # 0600 from the start: a flow file holds query results, like the archive
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+        with os.fdopen(descriptor, "wb") as file:
             write_flows(flows, file)
-        temporary.replace(destination)
+        if overwrite:
+            temporary.replace(destination)
+        else:
+            # a hard link fails if the destination exists, where a rename would replace it
+            os.link(temporary, destination)
     finally:
         temporary.unlink(missing_ok=True)
+    return _result(session_id, flows)
+
+
+def export_session_to(archive: Archive, session_id: str, file: BinaryIO) -> ExportResult:
+    """Write session `session_id` as a flow file to an open binary stream (standard output)."""
+    flows = records_to_flows(archive.read_session(session_id))
+    write_flows(flows, file)
+    return _result(session_id, flows)
+
+
+def _result(session_id: str, flows: list[http.HTTPFlow]) -> ExportResult:
     truncated = sum(len(mapping(f.metadata["hoopgw"].get("truncated"))) for f in flows)
     return ExportResult(session_id, len(flows), truncated)
 
@@ -143,9 +172,7 @@ def _flow(flow_id: str, parts: _Parts, session: dict[str, Any]) -> http.HTTPFlow
 
     refusal = mapping(recorded.get("refusal")) or mapping((parts.refusal or {}).get("refusal"))
     if refusal and answer is None and error is None:
-        result.error = flow.Error(
-            f"refused by hoopgw ({refusal.get('by')}): {refusal.get('reason')}"
-        )
+        result.error = flow.Error(refusal_comment(refusal.get("by"), refusal.get("reason")))
 
     notes = (("request", _truncation(recorded.get("body"))),)
     if answer is not None:
@@ -181,11 +208,11 @@ def _flow(flow_id: str, parts: _Parts, session: dict[str, Any]) -> http.HTTPFlow
 
 def _request(record: dict[str, Any], session: dict[str, Any]) -> http.Request:
     headers = _headers(record.get("headers"))
-    host = _upstream_host(session, headers)
     path = str(record.get("path") or "/")
     if not path.startswith("/"):
         path = "/" + path
-    request = http.Request.make(str(record.get("method") or "GET"), f"https://{host}{path}")
+    url = f"{upstream_origin(session, headers)}{path}"
+    request = http.Request.make(str(record.get("method") or "GET"), url)
     request.headers = headers
     _set_body(request, record.get("body"))
     return request
@@ -254,7 +281,7 @@ def _comment(
 ) -> str:
     notes = [_description(record)]
     if refusal:
-        notes.append(f"refused by hoopgw ({refusal.get('by')}): {refusal.get('reason')}")
+        notes.append(refusal_comment(refusal.get("by"), refusal.get("reason")))
     for side, note in truncated.items():
         what = "omitted" if note.get("omitted") else "truncated"
         notes.append(f"{side} body {what} in the recording ({note.get('size')} bytes)")
@@ -295,11 +322,21 @@ def _error_text(record: dict[str, Any]) -> str:
     return str(error or "error")
 
 
-def _upstream_host(session: dict[str, Any], headers: http.Headers) -> str:
-    """Where the request went: its Host header (the upstream's, in reverse mode), port included."""
+def upstream_origin(session: dict[str, Any], headers: http.Headers) -> str:
+    """Where the request went, `scheme://host[:port]`: the upstream the session_start record
+    names; for records without it, https and the recorded Host header (the upstream's, in
+    reverse mode)."""
     upstream = mapping(session.get("upstream"))
-    host = headers.get("host") or upstream.get("host") or DEFAULT_HOST
-    return str(host).strip() or DEFAULT_HOST
+    scheme = str(upstream.get("scheme") or "").lower()
+    host = upstream.get("host")
+    if scheme in _DEFAULT_PORTS and isinstance(host, str) and _HOST.fullmatch(host):
+        port = upstream.get("port")
+        shown = f"[{host}]" if ":" in host else host
+        if isinstance(port, int) and not isinstance(port, bool) and port != _DEFAULT_PORTS[scheme]:
+            shown += f":{port}"
+        return f"{scheme}://{shown}"
+    header = str(headers.get("host") or "").strip()
+    return f"https://{header or DEFAULT_HOST}"
 
 
 def _address(text: Any) -> tuple[str, int] | None:

@@ -16,6 +16,8 @@ and never appear in `describe()`, messages or reports.
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +29,8 @@ _SECRET_PARAMS = frozenset(
     {"password", "private_key", "private_key_file_pwd", "token", "passcode", "oauth_client_secret"}
 )
 _SNOWFLAKE_DOMAIN = ".snowflakecomputing.com"
+SNOWFLAKE_HOME_ENV = "SNOWFLAKE_HOME"
+CONNECTIONS_ENV = "SNOWFLAKE_CONNECTIONS"
 
 
 class TargetError(ValueError):
@@ -44,6 +48,8 @@ class Target:
     params: Mapping[str, Any]
     source: str
     secrets: frozenset[str] = field(default=frozenset())
+    notes: tuple[str, ...] = ()
+    """One-line remarks on how the connection was found (see `read_named_connection`)."""
 
     @property
     def account(self) -> str | None:
@@ -73,8 +79,24 @@ def connection_config_dir() -> Path:
     return Path(_resolve_platform_dirs().user_config_path)
 
 
+@dataclass(frozen=True)
+class NamedConnection:
+    params: dict[str, Any]
+    source: str
+    """Which file the connector read the connection from (or its environment variable)."""
+    notes: tuple[str, ...] = ()
+    """One line each: what the person running replay should know (a fallback, a loose mode)."""
+
+
 def load_named_connection(name: str) -> tuple[dict[str, Any], str]:
     """The parameters of connection `name` and a description of where they were found."""
+    found = read_named_connection(name)
+    return found.params, found.source
+
+
+def read_named_connection(name: str) -> NamedConnection:
+    """Connection `name` as the connector reads it, with the file it came from and one-line
+    notes in place of the connector's multi-line warnings."""
     import tomlkit
     from snowflake.connector.config_manager import (
         ConfigManager,
@@ -83,7 +105,14 @@ def load_named_connection(name: str) -> tuple[dict[str, Any], str]:
     )
     from snowflake.connector.errors import Error as ConnectorError
 
+    notes: list[str] = []
     directory = connection_config_dir()
+    home = os.environ.get(SNOWFLAKE_HOME_ENV)
+    if home and not Path(home).expanduser().exists():
+        notes.append(
+            f"${SNOWFLAKE_HOME_ENV} is {home}, which does not exist; "
+            f"the connector reads {directory} instead"
+        )
     connections_file = directory / "connections.toml"
     config_file = directory / "config.toml"
     manager = ConfigManager(
@@ -96,20 +125,53 @@ def load_named_connection(name: str) -> tuple[dict[str, Any], str]:
     manager.add_option(name="connections", parse_str=tomlkit.parse, default=dict())
     manager.add_option(name="default_connection_name", default="default")
     try:
-        connections = manager["connections"]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            connections = manager["connections"]
     except ConnectorError as exc:
         raise TargetError(f"cannot read Snowflake connections: {_first_line(exc)}") from None
     except Exception as exc:  # tomlkit parse errors surface as several types
         raise TargetError(f"cannot read Snowflake connections: {_first_line(exc)}") from None
-    where = f"{connections_file} or {config_file}"
+    notes += [_one_line_warning(str(item.message)) for item in caught]
+    where = _read_from(connections_file, config_file)
     if not isinstance(connections, Mapping) or name not in connections:
         known = sorted(connections) if isinstance(connections, Mapping) else []
         listing = ", ".join(known) if known else "none"
-        raise TargetError(f"no connection named {name!r} in {where} (known: {listing})")
+        raise TargetError(
+            f"no connection named {name!r} in {where} (known: {listing})"
+            + "".join(f"; {remark}" for remark in notes if remark.startswith("$"))
+        )
     entry = connections[name]
     if not isinstance(entry, Mapping):
         raise TargetError(f"connection {name!r} in {where} is not a table")
-    return _plain(entry), f"connection {name!r} from {where}"
+    return NamedConnection(_plain(entry), f"connection {name!r} from {where}", tuple(notes))
+
+
+def _read_from(connections_file: Path, config_file: Path) -> str:
+    """Where the connector took `[connections]` from: the environment variable, else
+    connections.toml when it exists (it replaces config.toml's table), else config.toml."""
+    if os.environ.get(CONNECTIONS_ENV):
+        return f"${CONNECTIONS_ENV}"
+    if connections_file.exists():
+        return str(connections_file)
+    if config_file.exists():
+        return str(config_file)
+    return f"{connections_file} (it does not exist, nor does {config_file.name})"
+
+
+def _one_line_warning(message: str) -> str:
+    """The connector's warnings, shortened to one line; `Bad owner or permissions on FILE`
+    (a file others may read) says what to run."""
+    first = message.strip().splitlines()[0] if message.strip() else "warning"
+    prefix = "Bad owner or permissions on "
+    if first.startswith(prefix):
+        path = first[len(prefix) :].rstrip(".")
+        try:
+            mode = f"mode {Path(path).stat().st_mode & 0o777:04o}"
+        except OSError:
+            mode = "its mode or owner"
+        return f"{path} may be read by others ({mode}): run chmod 0600 {path}"
+    return first[:300]
 
 
 def resolve_target(
@@ -127,8 +189,10 @@ def resolve_target(
     """A named connection with explicit options laid over it, or explicit options alone."""
     params: dict[str, Any] = {}
     source = "command-line options"
+    notes: tuple[str, ...] = ()
     if connection:
-        params, source = load_named_connection(connection)
+        found = read_named_connection(connection)
+        params, source, notes = found.params, found.source, found.notes
     explicit = {"account": account, "user": user, "host": host, "port": port, "protocol": protocol}
     params.update({name: value for name, value in explicit.items() if value is not None})
     if password_ref:
@@ -145,7 +209,8 @@ def resolve_target(
         params.setdefault("authenticator", "SNOWFLAKE_JWT")
     if not params.get("account"):
         raise TargetError("no sandbox given: use --connection NAME or --account (with --user)")
-    return Target(params, source, frozenset(name for name in params if name in _SECRET_PARAMS))
+    secrets = frozenset(name for name in params if name in _SECRET_PARAMS)
+    return Target(params, source, secrets, notes)
 
 
 def normalize_account(value: str) -> str:

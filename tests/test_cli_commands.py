@@ -228,7 +228,7 @@ def test_replay_into_empty_sandbox_matches_every_statement(recorded: Rig, tmp_pa
     by_sql = {s["sql"]: s for s in report["statements"]}
     bound = by_sql["select id, customer, amount from orders where customer = ? order by id"]
     assert bound["recorded"]["rows_compared"] and bound["replayed"]["row_count"] == 2
-    assert by_sql["select * from no_such_table_here"]["replayed"]["error_code"] == "2003"
+    assert by_sql["select * from no_such_table_here"]["replayed"]["error_code"] == "002003"
     assert (
         by_sql["update orders set amount = amount * 2 where id = ?"]["replayed"]["row_count"] == 1
     )
@@ -478,7 +478,7 @@ def test_sessions_show_lists_statements_in_order(recorded: Rig):
     positions = [result.stdout.index(sql) for sql in recorded.setup_statements]
     assert positions == sorted(positions)
     failing = next(line for line in result.stdout.splitlines() if "no_such_table_here" in line)
-    assert "error 2003" in failing
+    assert "error 002003" in failing
 
     document = orjson.loads(
         hoopgw(
@@ -659,7 +659,7 @@ def test_verify_reports_what_is_broken_and_where(recorded: Rig, change, expected
 
 @pytest.mark.parametrize(
     "bad_id",
-    ["../../etc/passwd", "0190f3c4-7b1a-7c2e-9d4f-1a2b3c4d5e6f/..", "0190F3C4", "x" * 300],
+    ["../../etc/passwd", "0190f3c4-7b1a-7c2e-9d4f-1a2b3c4d5e6f/..", "019", "x" * 300],
 )
 @pytest.mark.parametrize(
     "command", [["sessions", "show"], ["verify"], ["replay", "--dry-run"]], ids=" ".join
@@ -671,7 +671,7 @@ def test_malformed_session_id_is_refused_before_any_store_access(command, bad_id
     )
     assert result.exit_code == 2
     assert "invalid session id" in result.stderr
-    assert "expected a lowercase UUIDv7" in result.stderr
+    assert "UUIDv7 like 0190f3c4-7b1a-7c2e-9d4f-1a2b3c4d5e6f" in result.stderr
 
 
 @pytest.mark.parametrize("command", [["sessions", "show"], ["verify"], ["replay", "--dry-run"]])
@@ -683,11 +683,16 @@ def test_unknown_session_is_a_clear_error(recorded: Rig, command):
 
 def test_every_command_has_help_with_an_example():
     commands = [
+        [],
+        ["sessions"],
         ["sessions", "list"],
         ["sessions", "show"],
         ["search"],
         ["verify"],
         ["replay"],
+        ["export"],
+        ["inspect"],
+        ["token-key"],
     ]
     hoopgw_bin = str(Path(sys.executable).parent / "hoopgw")
     for command in commands:
@@ -700,7 +705,11 @@ def test_every_command_has_help_with_an_example():
         )
         assert done.returncode == 0, done.stderr
         assert "Example" in done.stdout, command
-        assert "--store" in done.stdout, command
+        if command not in ([], ["sessions"], ["token-key"]):
+            assert "--store" in done.stdout, command
+    listed = (Path(__file__).parents[1] / "docs" / "cli.md").read_text()
+    for name in main.commands:
+        assert f"`hoopgw {name}" in listed, name
 
 
 def test_unreadable_store_is_a_clear_error(recorded: Rig, tmp_path: Path):
@@ -718,3 +727,136 @@ def test_unreadable_store_is_a_clear_error(recorded: Rig, tmp_path: Path):
     assert f"no recordings at {tmp_path / 'nothing'}" in missing_dir.stderr
     assert not (tmp_path / "nothing").exists()
     assert bad_url.exit_code == 2 and "unsupported store URL" in bad_url.stderr
+
+
+# --- what a newcomer trips on ----------------------------------------------------------
+
+
+def test_session_ids_in_upper_case_and_unique_prefixes(recorded: Rig):
+    upper = hoopgw("sessions", "show", recorded.setup_id.upper(), *recorded.store_args())
+    assert upper.exit_code == 0, upper.output
+    assert f"session:    {recorded.setup_id}" in upper.stdout
+
+    # the two sessions were recorded seconds apart: their ids share the first 8 digits
+    shared = ""
+    for mine, theirs in zip(recorded.setup_id, recorded.reads_id, strict=True):
+        if mine != theirs:
+            break
+        shared += mine
+    assert len(shared.replace("-", "")) >= 4
+    unique = recorded.setup_id[: len(shared) + 1]
+    by_prefix = hoopgw("sessions", "show", unique, *recorded.store_args())
+    assert by_prefix.exit_code == 0, by_prefix.output
+    assert f"session:    {recorded.setup_id}" in by_prefix.stdout
+    replayed = hoopgw("replay", unique.upper(), "--dry-run", *recorded.store_args())
+    assert replayed.exit_code == 0, replayed.output
+    assert f"session {recorded.setup_id}" in replayed.stdout
+
+    ambiguous = hoopgw("sessions", "show", shared, *recorded.store_args())
+    assert ambiguous.exit_code == 2
+    assert f"session id prefix {shared} is ambiguous" in ambiguous.stderr
+    assert recorded.setup_id in ambiguous.stderr and recorded.reads_id in ambiguous.stderr
+
+    unknown = hoopgw("sessions", "show", "0190f3c4", *recorded.store_args())
+    assert unknown.exit_code == 2
+    assert "no recorded session id starts with 0190f3c4" in unknown.stderr
+
+
+def test_sessions_show_says_whether_the_chain_is_intact(recorded: Rig):
+    intact = hoopgw("sessions", "show", recorded.setup_id, *recorded.store_args())
+    chain = next(line for line in intact.stdout.splitlines() if line.startswith("chain:"))
+    assert "intact" in chain
+
+    store = tampered_copy(recorded, recorded.setup_id, drop_line(4))
+    tampered = hoopgw("sessions", "show", recorded.setup_id, *recorded.store_args(store))
+    assert tampered.exit_code == 0, tampered.output
+    chain = next(line for line in tampered.stdout.splitlines() if line.startswith("chain:"))
+    assert "BROKEN" in chain and "run hoopgw verify" in chain
+    assert f"warning: session {recorded.setup_id}: BROKEN" in tampered.stderr
+
+    unverified = hoopgw(
+        "sessions", "show", recorded.setup_id, *recorded.store_args(store), "--no-verify"
+    )
+    assert "chain:      not verified (--no-verify); run hoopgw verify" in unverified.stdout
+
+
+def test_error_codes_are_shown_one_way(recorded: Rig):
+    shown = hoopgw("sessions", "show", recorded.setup_id, *recorded.store_args())
+    searched = hoopgw("search", "--outcome", "error", *recorded.store_args(), "--format", "json")
+    assert "error 002003" in shown.stdout and "error 2003" not in shown.stdout
+    (match,) = orjson.loads(searched.stdout)
+    assert match["error_code"] == "002003" and match["outcome"] == "error 002003"
+
+
+def test_a_backwards_time_range_is_an_error_not_an_empty_list(recorded: Rig):
+    for command in (["search"], ["sessions", "list"]):
+        result = hoopgw(*command, "--since", "1h", "--until", "2h", *recorded.store_args())
+        assert result.exit_code == 2, command
+        assert "is not before --until" in result.stderr and "nothing can match" in result.stderr
+
+
+def test_a_directory_without_an_archive_and_a_bare_store_path(recorded: Rig, tmp_path: Path):
+    empty = tmp_path / "not-an-archive"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("x")
+    result = hoopgw("sessions", "list", "--store", f"file:{empty}")
+    assert result.exit_code == 2
+    assert f"no recordings at {empty}: the directory exists but holds no hoopgw archive" in (
+        result.stderr
+    )
+    assert "no sessions match" not in result.stderr
+
+    by_env = hoopgw("sessions", "list", env={"HOOPGW_STORE": str(empty)})
+    assert by_env.exit_code == 2 and "check $HOOPGW_STORE" in by_env.stderr
+    bad_env = hoopgw("sessions", "list", env={"HOOPGW_STORE": "ftp://host/x"})
+    assert bad_env.exit_code == 2
+    assert "$HOOPGW_STORE" in bad_env.stderr and "'--store'" not in bad_env.stderr
+
+
+def test_a_bare_absolute_store_path_is_a_file_store(
+    tmp_path: Path, gateway_factory, connect, fakesnow_server, agent_token
+):
+    gateway = gateway_factory(fakesnow_server.url, {}, name="cli-bare-path")
+    connection = connect(gateway, agent_token)
+    connection.cursor().execute("select 1")
+    connection.close()
+    gateway.stop()
+    store = gateway.workdir / "store"
+    listed = hoopgw("sessions", "list", "--format", "jsonl", env={"HOOPGW_STORE": str(store)})
+    assert listed.exit_code == 0, listed.output
+    assert len(listed.stdout.splitlines()) == 1
+
+
+def test_a_refused_login_is_listed_with_its_reason_and_found_as_blocked(
+    gateway_factory, connect, fakesnow_server
+):
+    gateway = gateway_factory(fakesnow_server.url, {}, name="cli-refused-login")
+    with pytest.raises(snowflake.connector.errors.DatabaseError):
+        connect(gateway, "not-a-token")
+    gateway.stop()
+    store = ["--store", f"file:{gateway.workdir / 'store'}"]
+    listed = stack.wait_until(
+        lambda: hoopgw("sessions", "list", *store, "--format", "jsonl").stdout.splitlines(),
+        RECORDING_DEADLINE,
+        "the refused login in the store",
+    )
+    (summary,) = map(orjson.loads, listed)
+    assert summary["refused"] is True and summary["blocked"] >= 1
+    row = hoopgw("sessions", "list", *store).stdout.splitlines()[1]
+    assert "(not verified)" in row and "refused" in row and "(open)" not in row
+
+    shown = hoopgw("sessions", "show", summary["session_id"], *store)
+    header = dict(
+        line.split(":", 1) for line in shown.stdout.splitlines() if line and ":" in line[:12]
+    )
+    assert header["user"].strip() == "(not verified)"
+    assert "(refused: login)" in header["end"]
+    assert header["refused"].strip().startswith("login refused by ")
+    assert "intact" in header["chain"]
+
+    blocked = hoopgw("search", "--outcome", "blocked", *store, "--format", "jsonl")
+    (match,) = map(orjson.loads, blocked.stdout.splitlines())
+    assert match["session_id"] == summary["session_id"] and match["outcome"] == "blocked"
+    assert match["endpoint"] == "login" and match["message"]
+    table = hoopgw("search", "--outcome", "blocked", "--since", "1d", *store)
+    assert "(login refused by " in table.stdout

@@ -455,3 +455,43 @@ def test_a_100k_row_json_rowset_is_bounded_too():
     assert "|            0 | 2024-01-02 | 2024-01-02 03:04:05.123 |" in text
     assert len(text.splitlines()) < MAX_ROWS + 30
     assert elapsed < 1.0, f"rendering took {elapsed:.2f}s"
+
+
+def test_temporal_bindings_read_like_result_rows():
+    """Bind values as the Python connector encodes them, shown as the row decoder shows dates."""
+    import datetime
+
+    from snowflake.connector.converter import SnowflakeConverter
+
+    from hoopgw.addons.contentview.sql import bindings_section
+
+    moment = datetime.datetime(2024, 3, 1, 12, 34, 56, 789000)
+    converter = SnowflakeConverter()
+    values = {
+        "1": ("TIMESTAMP_NTZ", moment),
+        "2": ("DATE", moment.date()),
+        "3": ("TIME", moment.time()),
+        "4": (
+            "TIMESTAMP_TZ",
+            moment.replace(tzinfo=datetime.timezone(datetime.timedelta(hours=2))),
+        ),
+        "5": ("TIMESTAMP_NTZ", "not a number"),
+    }
+    bindings = {
+        name: {
+            "type": kind,
+            "value": value
+            if isinstance(value, str)
+            else converter.to_snowflake_bindings(kind, value),
+        }
+        for name, (kind, value) in values.items()
+    }
+    heading, lines = bindings_section(bindings)
+    text = "\n".join(lines)
+    assert heading == "Bindings (5)"
+    assert "2024-03-01 12:34:56.789" in text
+    assert "| 2 | DATE          | 2024-03-01" in text
+    assert "| 3 | TIME          | 12:34:56.789 " in text
+    assert "2024-03-01 12:34:56.789 +02:00" in text
+    assert "not a number" in text
+    assert bindings["1"]["value"] not in text

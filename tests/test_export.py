@@ -9,8 +9,10 @@ with the real CLI and read back with mitmproxy's FlowReader, as `mitmweb -r` doe
 from __future__ import annotations
 
 import time
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 
 import pytest
@@ -275,3 +277,54 @@ def test_records_without_an_answer_become_refused_or_failed_flows():
     assert broken.comment == "❌ query status"
     assert broken.error is not None and broken.error.msg == "connection reset"
     assert broken.response is None
+
+
+def test_export_files_are_private_kept_unless_forced_and_dash_is_standard_output(full, tmp_path):
+    runner = CliRunner()
+    target = tmp_path / "incident.flows"
+    args = ["export", full.session_id[:13].upper(), "--store", full.store]
+    first = runner.invoke(main, [*args, "-o", str(target)])
+    assert first.exit_code == 0, first.output
+    assert target.stat().st_mode & 0o777 == 0o600
+    written = flow_ids(target.read_bytes())
+    assert len(written) == len(export(full, tmp_path / "reference.flows"))
+    (tmp_path / "reference.flows").unlink()
+
+    target.write_bytes(b"kept")
+    again = runner.invoke(main, [*args, "-o", str(target)])
+    assert again.exit_code == 2
+    assert f"{target} exists; give --force to replace it" in again.stderr
+    assert target.read_bytes() == b"kept"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["incident.flows"]
+
+    forced = runner.invoke(main, [*args, "-o", str(target), "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert flow_ids(target.read_bytes()) == written
+    assert target.stat().st_mode & 0o777 == 0o600
+
+    piped = runner.invoke(main, [*args, "-o", "-"])
+    assert piped.exit_code == 0, piped.stderr
+    assert flow_ids(piped.stdout_bytes) == written
+    assert "to standard output" in piped.stderr
+    assert not (Path.cwd() / "-").exists()
+
+
+def flow_ids(data: bytes) -> list[str]:
+    return [flow.id for flow in io.FlowReader(BytesIO(data)).stream()]
+
+
+def test_exported_urls_are_the_upstream_the_gateway_recorded(full, tmp_path, fakesnow_server):
+    """The gateway records its upstream in session_start; export rebuilds URLs from it."""
+    upstream = urllib.parse.urlsplit(fakesnow_server.url)
+    start = next(r for r in full.records if r["kind"] == "session_start")
+    assert start["upstream"] == {
+        "scheme": upstream.scheme,
+        "host": upstream.hostname,
+        "port": upstream.port,
+    }
+    assert upstream.scheme == "http"  # the test upstream: no longer shown as https
+    flows = export(full, tmp_path / "session.flows")
+    assert {(f.request.scheme, f.request.host, f.request.port) for f in flows} == {
+        (upstream.scheme, upstream.hostname, upstream.port)
+    }
+    assert flows[0].request.url.startswith(f"{fakesnow_server.url.rstrip('/')}/session/")

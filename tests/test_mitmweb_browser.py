@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from playwright.sync_api import expect, sync_playwright
 
+from hoopgw.cli.main import main
 from hoopgw.recorder.catalog import Archive
 from hoopgw.recorder.index import ArchiveIndex
 from hoopgw.recorder.store import open_store
@@ -84,15 +86,11 @@ def session(
 @pytest.fixture
 def viewer(session: Session, tmp_path: Path) -> Iterator[Viewer]:
     """`hoopgw inspect` as an analyst runs it, on a free loopback port."""
-    argv = [
-        str(stack.BIN / "hoopgw"),
-        "inspect",
-        session.session_id,
-        "--store",
-        session.store,
-        "--port",
-        str(stack.free_port()),
-    ]
+    yield from start_viewer([session.session_id, "--store", session.store], tmp_path)
+
+
+def start_viewer(arguments: list[str], tmp_path: Path) -> Iterator[Viewer]:
+    argv = [str(stack.BIN / "hoopgw"), "inspect", *arguments, "--port", str(stack.free_port())]
     proc = stack.Proc("hoopgw-inspect", argv, tmp_path / "inspect.log", cwd=tmp_path).start()
     found: list[str] = []
 
@@ -188,7 +186,8 @@ def test_analyst_reads_a_recorded_session_in_mitmweb(session, viewer, page, tmp_
 
 
 def test_replaying_from_the_viewer_never_leaves_it(session, viewer, page):
-    """The recorded request points at the upstream; the offline viewer answers it itself."""
+    """The recorded request points at the upstream: Replay only says why it does nothing,
+    and the recorded response stays on screen."""
     page.goto(viewer.url)
     flow_row(page, workload.SELECT_ADA).click()
     page.locator(".flow-detail nav a", has_text="Response").click()
@@ -196,6 +195,87 @@ def test_replaying_from_the_viewer_never_leaves_it(session, viewer, page):
     expect(view.locator("pre")).to_contain_text("Snowflake query response: success")
 
     page.get_by_role("button", name="Replay").click()  # in the Flow menu of the selected flow
-    expect(flow_row(page, workload.SELECT_ADA).locator("td.col-status")).to_have_text("403")
-    expect(view.locator("pre")).to_contain_text("hoopgw inspect shows recorded flows")
-    assert "refused to replay recorded flow" in viewer.proc.log()
+    stack.wait_until(
+        lambda: "refused to replay recorded flow" in viewer.proc.log(), 15, "the refusal"
+    )
+    expect(flow_row(page, workload.SELECT_ADA).locator("td.col-status")).to_have_text("200")
+    expect(view.locator("pre")).to_contain_text("Snowflake query response: success")
+    assert "hoopgw inspect shows recorded flows" not in content_text(page)
+    assert "Result: 2 rows" in content_text(page)
+
+
+def test_the_viewer_has_no_proxy_listener_and_refuses_to_open_one(session, viewer, page):
+    """Only the web UI listens; the Options tab cannot turn the proxy server on."""
+    assert viewer.proc.process is not None
+    listening = _listening_ports(viewer.proc.process.pid)
+    assert listening == [_port(viewer.url)], listening
+    page.goto(viewer.url)
+    expect(page.locator(".flow-table tbody tr.has-request")).to_have_count(session.flows)
+    # what the Options tab sends, from the page, with mitmweb's XSRF cookie
+    status, text = page.evaluate(
+        """async () => {
+            const xsrf = document.cookie.match(/_xsrf=([^;]+)/)[1];
+            const answer = await fetch("/options", {
+                method: "PUT",
+                credentials: "same-origin",
+                headers: {"Content-Type": "application/json", "X-XSRFToken": xsrf},
+                body: JSON.stringify({server: true}),
+            });
+            return [answer.status, await answer.text()];
+        }"""
+    )
+    assert status == 400, text
+    assert "server cannot be changed" in text
+    assert _listening_ports(viewer.proc.process.pid) == listening
+
+
+def _process_tree(pid: int) -> list[int]:
+    found, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            pending += [int(child) for child in task.read_text().split()]
+    return found
+
+
+def _listening_ports(pid: int) -> list[int]:
+    """TCP ports the process and its children listen on, from /proc (no extra tools)."""
+    inodes = set()
+    for member in _process_tree(pid):
+        for link in Path(f"/proc/{member}/fd").iterdir():
+            try:
+                target = link.readlink().as_posix()
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                ports.add(int(fields[1].rpartition(":")[2], 16))
+    return sorted(ports)
+
+
+def test_an_exported_flow_file_opens_the_same_way(session, page, tmp_path):
+    """`hoopgw inspect FILE.flows`, from a directory that is not the repository."""
+    flows_file = tmp_path / "incident-42.flows"
+    exported = CliRunner().invoke(
+        main, ["export", session.session_id[:8], "-o", str(flows_file), "--store", session.store]
+    )
+    assert exported.exit_code == 0, exported.output
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for viewer in start_viewer([str(flows_file)], elsewhere):
+        assert viewer.proc.process is not None
+        assert _listening_ports(viewer.proc.process.pid) == [_port(viewer.url)]
+        page.goto(viewer.url)
+        expect(page.locator(".flow-table tbody tr.has-request")).to_have_count(session.flows)
+        expect(page.locator(".flow-table td.col-comment").first).to_have_text("login: agent-1")
+        assert str(flows_file) in viewer.proc.log()
+
+
+def _port(url: str) -> int:
+    return int(url.split(":")[2].split("/")[0])

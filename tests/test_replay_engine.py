@@ -156,7 +156,7 @@ def test_differences_and_unrecorded_outcomes(sandbox: Target, schema: str):
         Verdict.MATCH, Verdict.MATCH, Verdict.MATCH, Verdict.DIFFERS, Verdict.DIFFERS,
         Verdict.UNCOMPARED, Verdict.DIFFERS,
     ]  # fmt: skip
-    assert str(report.results[3].differences[0]) == "outcome: recorded error 2003, replay ok"
+    assert str(report.results[3].differences[0]) == "outcome: recorded error 002003, replay ok"
     assert str(report.results[4].differences[0]) == "columns: recorded ID; replay OTHER"
     assert report.results[5].reason == "nothing to compare: reset"
     # rows cut by the body limit: only the count is compared

@@ -238,7 +238,7 @@ def test_load_session_pairs_flows_and_tracks_context():
     assert insert.objects == ("DB.APP.ORDERS",)
     assert insert.outcome.row_count == 2
     assert drop.blocked == "blocked by guardrail rule agents-guard: DROP is denied for agents"
-    assert missing.outcome.success is False and missing.outcome.error_code == "2003"
+    assert missing.outcome.success is False and missing.outcome.error_code == "002003"
     assert secret.unreplayable == "the recorded SQL has a credential literal masked"
     assert lost.outcome.success is None and lost.outcome.transport_error == "reset"
     assert trimmed.outcome.result is None
@@ -318,8 +318,9 @@ def test_recorded_account_falls_back_to_the_login_account():
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [
-        ("002003", "2003"),
-        (2003, "2003"),
+        ("002003", "002003"),
+        (2003, "002003"),
+        ("2003", "002003"),
         ("390100", "390100"),
         ("XX000", "XX000"),
         (None, None),
@@ -398,10 +399,10 @@ def test_connector_sends_the_recorded_bindings_unchanged():
 
 def test_outcome_difference_hides_the_rest():
     recorded = Observation(True, row_count=3, columns=("A",))
-    replayed = Observation(False, error_code="2003", message="Table missing")
+    replayed = Observation(False, error_code="002003", message="Table missing")
     (difference,) = compare(recorded, replayed, ordered=False)
     assert difference.aspect == "outcome"
-    assert str(difference) == "outcome: recorded ok, replay error 2003 (Table missing)"
+    assert str(difference) == "outcome: recorded ok, replay error 002003 (Table missing)"
 
 
 def test_failures_compare_on_error_code():
@@ -481,6 +482,54 @@ def test_connection_file_writable_by_others_is_refused(tmp_path, monkeypatch):
     (home / "connections.toml").chmod(0o666)
     with pytest.raises(TargetError, match="writable by group or others"):
         load_named_connection("sandbox")
+
+
+def test_a_connection_file_others_may_read_is_one_line_naming_the_file(
+    tmp_path, monkeypatch, recwarn
+):
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("SNOWFLAKE_HOME", str(home))
+    monkeypatch.delenv("SNOWFLAKE_CONNECTIONS", raising=False)
+    for skip in (
+        "SF_SKIP_TOKEN_FILE_PERMISSIONS_VERIFICATION",
+        "SKIP_TOKEN_FILE_PERMISSIONS_VERIFICATION",
+    ):
+        monkeypatch.delenv(skip, raising=False)
+    monkeypatch.delenv("SF_SKIP_WARNING_FOR_READ_PERMISSIONS_ON_CONFIG_FILE", raising=False)
+    connections = home / "connections.toml"
+    connections.write_text('[sandbox]\naccount = "sbx"\n')
+    connections.chmod(0o644)
+    target = resolve_target(connection="sandbox")
+    assert target.source == f"connection 'sandbox' from {connections}"
+    assert target.notes == (
+        f"{connections} may be read by others (mode 0644): run chmod 0600 {connections}",
+    )
+    assert not [w for w in recwarn if "permissions" in str(w.message)]
+
+    connections.chmod(0o600)
+    assert resolve_target(connection="sandbox").notes == ()
+
+
+def test_a_snowflake_home_that_does_not_exist_is_said_with_the_file_read_instead(
+    tmp_path, monkeypatch
+):
+    missing = tmp_path / "no-such-home"
+    fallback = tmp_path / "xdg" / "snowflake"
+    fallback.mkdir(parents=True)
+    write_private(fallback / "config.toml", '[connections.sandbox]\naccount = "fallback"\n')
+    monkeypatch.setenv("SNOWFLAKE_HOME", str(missing))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("SNOWFLAKE_CONNECTIONS", raising=False)
+    target = resolve_target(connection="sandbox")
+    assert target.params["account"] == "fallback"
+    assert target.source == f"connection 'sandbox' from {fallback / 'config.toml'}"
+    assert target.notes == (
+        f"$SNOWFLAKE_HOME is {missing}, which does not exist; the connector reads {fallback} "
+        "instead",
+    )
+    with pytest.raises(TargetError, match=r"known: sandbox\); \$SNOWFLAKE_HOME is .* not exist"):
+        resolve_target(connection="prod")
 
 
 def test_explicit_options_override_the_connection_and_secrets_stay_hidden(tmp_path, monkeypatch):

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
+import datetime
+from typing import Any, Final
 
 from hoopgw.addons.contentview.report import Report
 from hoopgw.addons.contentview.rows import MAX_ROWS
+from hoopgw.addons.contentview.rows import _time_of_day as time_of_day
+from hoopgw.addons.contentview.rows import _timestamp as timestamp
 from hoopgw.addons.contentview.tables import cell, table
 from hoopgw.recorder.coerce import mapping
 from hoopgw.recorder.redaction import redact_json
 
 MAX_SQL_FORMAT_CHARS = 20_000
 MAX_SQL_LINES = 200
+_TEMPORAL: Final = frozenset({"DATE", "TIME", "TIMESTAMP_NTZ", "TIMESTAMP_LTZ", "TIMESTAMP_TZ"})
+_NANOS: Final = 1_000_000_000
+_FAR_DATE_MILLIS: Final = 31_536_000_000_000
 
 
 def sql_sections(report: Report, sql: str) -> None:
@@ -78,9 +84,37 @@ def bindings_section(bindings: dict[str, Any]) -> tuple[str, list[str]]:
         heading = f"Bindings: array of {count} rows" + (
             f", first {MAX_ROWS} shown" if count > MAX_ROWS else ""
         )
-        cells = [[cell(value) for value in row] for row in rows]
+        cells = [
+            [binding_cell(value, kind) for value, kind in zip(row, types, strict=True)]
+            for row in rows
+        ]
         return heading, table(names, cells, types=types)
     rows = [
-        [name, kind, cell(value)] for name, kind, value in zip(names, types, columns, strict=True)
+        [name, kind, binding_cell(value, kind)]
+        for name, kind, value in zip(names, types, columns, strict=True)
     ]
     return f"Bindings ({len(names)})", table(["#", "type", "value"], rows)
+
+
+def binding_cell(value: Any, kind: str) -> str:
+    """A bind value as the result rows show its type: drivers bind dates as epoch
+    milliseconds, times as nanoseconds since midnight, timestamps as epoch nanoseconds
+    (TIMESTAMP_TZ followed by its offset in minutes plus 1440)."""
+    if not isinstance(value, str) or kind not in _TEMPORAL:
+        return cell(value)
+    try:
+        if kind == "DATE":
+            number = int(value)
+            # bulk inserts bind far dates in nanoseconds, where milliseconds would overflow
+            millis = number // 1_000_000 if number >= _FAR_DATE_MILLIS else number
+            day = datetime.date(1970, 1, 1) + datetime.timedelta(milliseconds=millis)
+            return day.isoformat()
+        if kind == "TIME":
+            seconds, nanos = divmod(int(value), _NANOS)
+            return time_of_day(seconds, nanos)
+        stamp, _, offset = value.strip().partition(" ")
+        seconds, nanos = divmod(int(stamp), _NANOS)
+        minutes = int(offset) - 1440 if offset else None
+        return timestamp(seconds, nanos, kind, minutes)
+    except (ValueError, OverflowError):
+        return cell(value)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+from mitmproxy import exceptions, http
 from mitmproxy import flow as mitmflow
-from mitmproxy import http
+from mitmproxy.addons.clientplayback import ClientPlayback
+from mitmproxy.test import taddons
 
 from hoopgw.addons.flowstate import Caller, FlowState
 from hoopgw.addons.inspection import BLOCKED_MARK, FAILED_MARK, Inspection, OfflineViewer
@@ -69,6 +72,20 @@ def test_a_refused_request_is_marked_blocked_with_its_reason() -> None:
     assert flow.marked == BLOCKED_MARK
 
 
+def test_the_comment_carries_a_refusal_reason_whole() -> None:
+    flow, state = seen(body=query_body("drop table payroll.salaries"))
+    reason = "rule 'agents-guard' denies DROP on PAYROLL.SALARIES: " + "ask the data owners " * 12
+    refuse(flow, state, 399003, reason, "guardrails")
+    Inspection().request(flow)
+    assert flow.comment == (
+        f"drop table payroll.salaries · refused by hoopgw (guardrails): {reason.strip()}"
+    )
+    flow, state = seen(body=query_body("drop table t"))
+    refuse(flow, state, 399003, "x" * 5000, "guardrails")
+    Inspection().request(flow)
+    assert len(flow.comment) < 1100 and flow.comment.endswith("x…")
+
+
 def test_a_snowflake_error_is_marked_failed_and_the_bodies_released() -> None:
     flow, state = seen()
     answered(flow, {"success": False, "code": "002003", "message": "does not exist"})
@@ -127,3 +144,18 @@ def test_the_offline_viewer_refuses_to_replay_recorded_flows() -> None:
     flow.is_replay = "request"
     OfflineViewer().requestheaders(flow)
     assert flow.response is not None and flow.response.status_code == 403
+
+
+def test_the_offline_viewer_takes_over_the_replay_command_and_keeps_the_flow() -> None:
+    flow = snowflake_flow("POST", QUERY_PATH, query_body("select 1"))
+    flow.response = http.Response.make(200, b'{"success": true}')
+    viewer = OfflineViewer()
+    with taddons.context(ClientPlayback(), viewer) as context:
+        context.options.server = False
+        context.master.commands.call("replay.client", [flow])
+        assert flow.response is not None and flow.response.status_code == 200
+        assert flow.is_replay is None and not flow.modified()
+        viewer.running()
+        with pytest.raises(exceptions.OptionsError, match="server cannot be changed"):
+            context.options.update(server=True)
+        assert context.options.server is False
