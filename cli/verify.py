@@ -14,12 +14,13 @@ from hoopgw.cli.common import (
     echo_json,
     echo_jsonl,
     format_option,
+    normalize_session_id,
     open_archive,
     store_options,
 )
 from hoopgw.recorder.catalog import ArchiveReport, VerifyReport
 from hoopgw.recorder.checkpoints import CheckpointKeyError, load_public_key, public_keys_by_id
-from hoopgw.recorder.ids import InvalidSessionId, parse_session_id
+from hoopgw.recorder.ids import InvalidSessionId
 
 VERDICTS = {
     "intact": "intact",
@@ -33,10 +34,11 @@ VERDICTS = {
 
 
 def _session_id(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A whole id in any case or a unique prefix, as the other commands take it."""
     if value is None:
         return None
     try:
-        return parse_session_id(value)
+        return normalize_session_id(value)
     except InvalidSessionId as exc:
         raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
 

@@ -751,6 +751,9 @@ def test_session_ids_in_upper_case_and_unique_prefixes(recorded: Rig):
     replayed = hoopgw("replay", unique.upper(), "--dry-run", *recorded.store_args())
     assert replayed.exit_code == 0, replayed.output
     assert f"session {recorded.setup_id}" in replayed.stdout
+    verified = hoopgw("verify", unique.upper(), *recorded.store_args())
+    assert verified.exit_code == 0, verified.output
+    assert f"session {recorded.setup_id}" in verified.stdout
 
     ambiguous = hoopgw("sessions", "show", shared, *recorded.store_args())
     assert ambiguous.exit_code == 2
