@@ -15,6 +15,7 @@ from hoopgw.addons.failclosed import FailClosed, guarded
 from hoopgw.addons.guardrails import Guardrails
 from hoopgw.addons.inspection import Inspection
 from hoopgw.addons.recording import Recording
+from hoopgw.addons.results import ChunkFetch, ResultChunks
 from hoopgw.addons.session_context import SessionContextTracker
 from hoopgw.addons.startup import (
     ReadyAnnouncer,
@@ -24,15 +25,18 @@ from hoopgw.addons.startup import (
 from hoopgw.addons.traffic import SnowflakeTraffic
 
 pin_malloc_mmap_threshold()
+result_chunks = ResultChunks()
 
 addons = [
     one_line_option_errors(guarded(addon))
     for addon in (
         SnowflakeTraffic(),
+        result_chunks,
         Authentication(),
         SessionContextTracker(),
         Guardrails(),
         Recording(),
+        ChunkFetch(result_chunks),
         Inspection(),
         FailClosed(required=(names.AUTHENTICATION, names.GUARDRAILS, names.RECORDING)),
         ReadyAnnouncer(),
