@@ -56,7 +56,7 @@ from hoopgw.addons.credentials import resolve_option_secret
 from hoopgw.addons.flowstate import Caller, FlowState, state_of
 from hoopgw.addons.names import AUTHENTICATION
 from hoopgw.addons.protocol import CHUNK_PATH_PREFIX, Endpoint, Shape
-from hoopgw.addons.refusals import refuse
+from hoopgw.addons.refusals import refuse, replace_answer
 from hoopgw.addons.session_tokens import SessionTokens, TokenError, decode_token_key
 from hoopgw.recorder import redaction
 from hoopgw.recorder.records import Client, milliseconds, new_record
@@ -74,6 +74,10 @@ _KEY_ID_BYTES: Final = 6
 _NONCE_BYTES: Final = 12
 _AAD: Final = b"hoopgw chunk ticket v1"
 _RESULT_ENDPOINTS: Final = frozenset({Endpoint.QUERY, Endpoint.RESULT})
+STAGE_NOTE: Final = "hoopgw_stage_transfer"
+"""The field the record of a PUT/GET answer gains when the client was handed stage keys."""
+# What a PUT/GET answer carries that lets its holder reach the stage directly.
+_STAGE_KEYS: Final = frozenset({"stageInfo", "encryptionMaterial", "presignedUrls"})
 # What a chunk request may carry on to cloud storage besides the key headers.
 _FORWARDED_HEADERS: Final = ("accept", "accept-encoding", "user-agent")
 # keys, not values: in a rowset a string is followed by `,` or `]`, never by `:`
@@ -332,7 +336,6 @@ class ResultChunks:
         state = state_of(flow)
         if (
             state is None
-            or self.mode != PROXY
             or state.endpoint not in _RESULT_ENDPOINTS
             or state.answered
             or state.streamed is not None
@@ -341,9 +344,12 @@ class ResultChunks:
             return
         payload = state.response_json
         data = payload.get("data") if isinstance(payload, dict) else None
-        if not isinstance(data, dict) or not (
-            "chunks" in data or "qrmk" in data or "chunkHeaders" in data
-        ):
+        if not isinstance(data, dict):
+            return
+        if _STAGE_KEYS.intersection(data):
+            self._stage_answer(flow, state)
+            return
+        if self.mode != PROXY or not ("chunks" in data or "qrmk" in data or "chunkHeaders" in data):
             return
         assert payload is not None
         headers = chunk_key_headers(data)
@@ -378,6 +384,35 @@ class ResultChunks:
         protocol.write_json_body(flow.response, payload)
         state.response_json = withheld
         state.response_body = orjson.dumps(withheld)
+
+    @staticmethod
+    def _stage_answer(flow: http.HTTPFlow, state: FlowState) -> None:
+        """A PUT/GET answer carries temporary cloud keys: handed out only where policy allows.
+
+        Guardrails refuses PUT and GET it recognises before they run; this is the
+        check on what actually comes back, whatever statement asked for it.
+        """
+        guardrails = ctx.master.addons.get("guardrails")
+        policy = getattr(guardrails, "policy", None)
+        groups = state.caller.groups if state.caller is not None else ()
+        if policy is not None and policy.allows_stage_transfer(groups):
+            # the record's copy says so; its `creds` are redacted like every secret
+            noted = orjson.loads(orjson.dumps(state.response_json))
+            noted["data"][STAGE_NOTE] = "temporary stage credentials handed out"
+            state.response_json = noted
+            state.response_body = orjson.dumps(noted)
+            return
+        reason = (
+            "the answer hands out stage credentials (PUT/GET) and no policy rule for your "
+            "groups sets allow_stage_transfer"
+        )
+        replace_answer(
+            flow,
+            state,
+            Shape.QUERY,
+            protocol.CODE_GATEWAY_POLICY,
+            f"Statement refused by hoopgw policy: {reason}.",
+        )
 
     def _base_url(self, flow: http.HTTPFlow) -> str:
         if self.public_url:

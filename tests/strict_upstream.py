@@ -19,7 +19,10 @@ sits between the gateway and fakesnow and:
   a large result: the first rows inline, the rest as N chunks on the storage,
   each behind a pre-signed URL and encrypted with the answer's `qrmk` (JSON
   chunks gzip'd rows without the outer brackets, served with Content-Encoding
-  gzip; Arrow chunks IPC streams, gzip'd without the header, as S3 serves them).
+  gzip; Arrow chunks IPC streams, gzip'd without the header, as S3 serves them);
+- answers `PUT`/`GET` itself as Snowflake's first round of a file transfer:
+  `stageInfo` with temporary cloud keys (`STAGE_CREDENTIALS`) and
+  `encryptionMaterial`, without running anything.
 """
 
 from __future__ import annotations
@@ -53,6 +56,12 @@ from tests.cloud_storage import CloudStorage
 
 CHUNKED = re.compile(r"/\*chunks:(\d+):(json|arrow)\*/")
 INLINE_ROWS = 10
+STAGE_CREDENTIALS = {
+    "AWS_KEY_ID": "ASIA-STRICT-STAGE-KEY-ID",
+    "AWS_SECRET_KEY": "strict-stage-secret-key-0123456789",
+    "AWS_TOKEN": "strict-stage-session-token-0123456789",
+}
+STAGE_MASTER_KEY = "c3RyaWN0LXN0YWdlLW1hc3Rlci1rZXk="
 
 BAD_CREDENTIALS = {
     "data": {"nextAction": None, "authnMethod": "PASSWORD"},
@@ -204,6 +213,8 @@ class StrictUpstream(stack.LoopbackServer):
             return _Answer.json(_failure("390112", "Session token expired"))
         if route == "/telemetry/send":
             return _Answer.json({"success": True, "data": None, "code": None, "message": None})
+        if route == "/queries/v1/query-request" and _file_transfer(body):
+            return _Answer.json(_stage_answer(body))
         answer = self._forward(method, path, headers, body, session.fakesnow_token)
         if route == "/queries/v1/query-request" and self.storage is not None:
             answer = self._chunked(body, answer)
@@ -440,6 +451,46 @@ class StrictUpstream(stack.LoopbackServer):
             qrmk=qrmk,
         )
         return _Answer.json(payload)
+
+
+def _file_transfer(body: bytes) -> bool:
+    try:
+        sql = str(json.loads(body).get("sqlText") or "")
+    except (ValueError, AttributeError):
+        return False
+    return sql.lstrip().lower().startswith(("put ", "get "))
+
+
+def _stage_answer(body: bytes) -> dict[str, Any]:
+    """Snowflake's answer to PUT/GET: where the stage is and the keys to reach it."""
+    upload = str(json.loads(body).get("sqlText")).lstrip().lower().startswith("put ")
+    return {
+        "data": {
+            "command": "UPLOAD" if upload else "DOWNLOAD",
+            "src_locations": ["/tmp/data.csv"],
+            "parallel": 4,
+            "autoCompress": True,
+            "sourceCompression": "auto_detect",
+            "overwrite": False,
+            "stageInfo": {
+                "locationType": "S3",
+                "location": "strict-stage-bucket/stages/abc/",
+                "path": "stages/abc/",
+                "region": "us-west-2",
+                "endPoint": None,
+                "creds": dict(STAGE_CREDENTIALS),
+            },
+            "encryptionMaterial": {
+                "queryStageMasterKey": STAGE_MASTER_KEY,
+                "queryId": "01b2c3d4-0000-0000-0000-00000000feed",
+                "smkId": 1234,
+            },
+            "queryId": "01b2c3d4-0000-0000-0000-00000000feed",
+        },
+        "code": None,
+        "message": None,
+        "success": True,
+    }
 
 
 def _arrow_table(data: dict[str, Any]) -> Any:

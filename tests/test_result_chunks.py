@@ -23,8 +23,9 @@ import pytest
 import snowflake.connector
 
 from hoopgw.addons.protocol import CHUNK_PATH_PREFIX
+from hoopgw.addons.results import STAGE_NOTE
 from hoopgw.recorder.schema import validate_record
-from tests import stack
+from tests import stack, strict_upstream
 from tests.cloud_storage import CloudStorage
 from tests.conftest import UPSTREAM_TEST_PASSWORD
 from tests.raw_http import Answer, login, query, send, session_authorization, stored_records
@@ -300,3 +301,46 @@ def test_direct_mode_hands_out_snowflakes_urls_as_before(
     assert len(rows) == ROWS
     forged = send(gateway.port, "GET", CHUNK_PATH_PREFIX + "AQ" + "A" * 80)
     assert forged.status == 403
+
+
+# --- stage transfers --------------------------------------------------------------------------
+
+PUT_SQL = "put file:///tmp/data.csv @~/staged"
+
+
+def test_put_is_refused_without_a_policy_that_allows_stage_transfers(
+    gateway_factory, strict, oidc
+) -> None:
+    gateway = gateway_factory(strict.url, name="stage-refused")
+    session = login(gateway.port, oidc.mint("uploader", ["agents"]))
+    mark = strict.mark()
+    refused = query(gateway.port, session.token, PUT_SQL, "put-refused")
+    assert refused.code == "399003"
+    assert "allow_stage_transfer" in refused.message
+    assert strict_upstream.STAGE_CREDENTIALS["AWS_SECRET_KEY"] not in refused.body.decode()
+    assert not [r for r in strict.received_since(mark) if b"put file" in r.body]
+
+
+def test_put_allowed_by_policy_is_recorded_without_the_credentials(
+    gateway_factory, strict, oidc, tmp_path
+) -> None:
+    policy = tmp_path / "stage.toml"
+    policy.write_text(
+        '[[rule]]\nname = "uploads"\ngroups = ["agents"]\nallow_stage_transfer = true\n'
+    )
+    gateway = gateway_factory(strict.url, {"hoopgw_policy": str(policy)}, name="stage-allowed")
+    session = login(gateway.port, oidc.mint("uploader", ["agents"]))
+    allowed = query(gateway.port, session.token, PUT_SQL, "put-allowed")
+    assert allowed.json["success"] is True
+    assert allowed.json["data"]["stageInfo"]["creds"] == strict_upstream.STAGE_CREDENTIALS
+    gateway.stop()
+    records = stored_records(gateway.workdir / "store")
+    (answer,) = [
+        r
+        for r in records
+        if r["kind"] == "response" and "stageInfo" in r["body"].get("json", {}).get("data", {})
+    ]
+    assert answer["body"]["json"]["data"][STAGE_NOTE] == "temporary stage credentials handed out"
+    text = json.dumps(records)
+    assert not [v for v in strict_upstream.STAGE_CREDENTIALS.values() if v in text]
+    assert strict_upstream.STAGE_MASTER_KEY not in text
