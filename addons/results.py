@@ -202,10 +202,32 @@ class ResultChunks:
         self.mode = PROXY
         self.lifetime = 6 * 3600
         self.public_url: str | None = None
+        self.per_session = 8
+        self.in_total = 64
+        self.active: dict[str, int] = {}
         self.tickets = ChunkTickets(os.urandom(32))
         self.admitted: weakref.WeakKeyDictionary[http.HTTPFlow, Admitted] = (
             weakref.WeakKeyDictionary()
         )
+        # each rewritten answer's flow, so mitmweb can show how many of its chunks were fetched
+        self.answers: weakref.WeakValueDictionary[tuple[str, str], http.HTTPFlow] = (
+            weakref.WeakValueDictionary()
+        )
+        self._fetched: weakref.WeakKeyDictionary[http.HTTPFlow, set[int]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def chunk_fetched(self, ticket: ChunkTicket) -> None:
+        """Note on the answer's flow (`metadata["hoopgw"]["chunks_fetched"]`) one more chunk."""
+        answer = self.answers.get((ticket.session_id, ticket.query_id))
+        if answer is None:
+            return
+        fetched = self._fetched.setdefault(answer, set())
+        fetched.add(ticket.index)
+        hoopgw = answer.metadata.get("hoopgw")
+        if not isinstance(hoopgw, dict):
+            hoopgw = answer.metadata["hoopgw"] = {}
+        hoopgw["chunks_fetched"] = len(fetched)
 
     def load(self, loader: Loader) -> None:
         loader.add_option(
@@ -233,6 +255,25 @@ class ResultChunks:
             """,
         )
         loader.add_option(
+            "hoopgw_chunk_fetches_per_session",
+            int,
+            self.per_session,
+            """
+            Most result chunks the gateway fetches at once for one session; a
+            request beyond it is answered 429 and the driver retries it. Chunks
+            are streamed, so each fetch costs buffers, not the chunk's size.
+            """,
+        )
+        loader.add_option(
+            "hoopgw_chunk_fetches",
+            int,
+            self.in_total,
+            """
+            Most result chunks the gateway fetches at once over all sessions;
+            a request beyond it is answered 429 and the driver retries it.
+            """,
+        )
+        loader.add_option(
             "hoopgw_public_url",
             str | None,  # type: ignore[arg-type]
             None,
@@ -252,6 +293,13 @@ class ResultChunks:
                     "hoopgw_chunk_url_lifetime must be a positive number of seconds"
                 )
             self.lifetime = ctx.options.hoopgw_chunk_url_lifetime
+        for name in ("hoopgw_chunk_fetches_per_session", "hoopgw_chunk_fetches"):
+            if name in updated and getattr(ctx.options, name) < 1:
+                raise exceptions.OptionsError(f"{name} must be at least 1")
+        if "hoopgw_chunk_fetches_per_session" in updated:
+            self.per_session = ctx.options.hoopgw_chunk_fetches_per_session
+        if "hoopgw_chunk_fetches" in updated:
+            self.in_total = ctx.options.hoopgw_chunk_fetches
         if "hoopgw_public_url" in updated:
             url = ctx.options.hoopgw_public_url
             if url and urllib.parse.urlsplit(url).scheme not in ("http", "https"):
@@ -314,8 +362,23 @@ class ResultChunks:
             if session.session_id != ticket.session_id:
                 _refuse(flow, state, "the chunk URL belongs to another session")
                 return
+        if (
+            sum(self.active.values()) >= self.in_total
+            or self.active.get(ticket.session_id, 0) >= self.per_session
+        ):
+            _refuse(flow, state, "too many chunk downloads at once; retry", status=429)
+            return
+        self.active[ticket.session_id] = self.active.get(ticket.session_id, 0) + 1
         self.admitted[flow] = Admitted(ticket, time.time())
         state.passed.add(AUTHENTICATION)
+
+    def release(self, admitted: Admitted) -> None:
+        """One chunk download of the session is over, whichever way it ended."""
+        left = self.active.get(admitted.ticket.session_id, 0) - 1
+        if left > 0:
+            self.active[admitted.ticket.session_id] = left
+        else:
+            self.active.pop(admitted.ticket.session_id, None)
 
     # answers that carry chunk URLs
 
@@ -382,6 +445,8 @@ class ResultChunks:
             data.pop(name, None)
             withheld["data"].pop(name, None)
         protocol.write_json_body(flow.response, payload)
+        if chunks:
+            self.answers[(state.session_id or "", query_id)] = flow
         state.response_json = withheld
         state.response_body = orjson.dumps(withheld)
 
@@ -482,6 +547,9 @@ class ChunkFetch:
         admitted = self.chunks.admitted.pop(flow, None)
         if admitted is None:
             return
+        self.chunks.release(admitted)
+        if admitted.original is None:
+            return  # refused by a later addon: nothing was fetched
         _restore(flow, admitted)
         status = flow.response.status_code if flow.response is not None else None
         error = None if status == 200 else f"cloud storage answered HTTP {status}"
@@ -491,6 +559,7 @@ class ChunkFetch:
         admitted = self.chunks.admitted.pop(flow, None)
         if admitted is None:
             return
+        self.chunks.release(admitted)
         _restore(flow, admitted)
         status = flow.response.status_code if flow.response is not None else None
         reason = str(flow.error.msg) if flow.error else "unknown"
@@ -515,6 +584,8 @@ class ChunkFetch:
         }
         if tap is not None:
             fields.update(tap.facts(ticket.result_format))
+        if fields["complete"]:
+            self.chunks.chunk_fetched(ticket)
         if error is not None:
             fields["error"] = error
         elif tap is not None and tap.undecodable is not None:
@@ -661,7 +732,7 @@ def _restore(flow: http.HTTPFlow, admitted: Admitted) -> None:
     flow.request.headers = headers
 
 
-def _refuse(flow: http.HTTPFlow, state: FlowState, reason: str) -> None:
+def _refuse(flow: http.HTTPFlow, state: FlowState, reason: str, status: int = 403) -> None:
     refuse(
         flow,
         state,
@@ -669,7 +740,7 @@ def _refuse(flow: http.HTTPFlow, state: FlowState, reason: str) -> None:
         reason,
         SOURCE,
         shape=Shape.SESSION,
-        status=403,
+        status=status,
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import click
 
 from hoopgw.cli.common import (
@@ -14,6 +16,8 @@ from hoopgw.cli.common import (
     session_id_argument,
     store_options,
 )
+from hoopgw.recorder.catalog import verify_chunks
+from hoopgw.recorder.segment import SegmentError
 
 
 @click.command()
@@ -28,7 +32,9 @@ def verify(session_id: str, store: str, s3_endpoint_url: str | None, output_form
     Checks every segment's zstd frame and content checksum, every record
     against the record schema, each writer's sequence numbers (no gap, no
     repeat) and hash chain (each record's hash, and its link to the previous
-    record), and the last record against the writer's summary. Each problem is
+    record), the last record against the writer's summary, and each result
+    chunk's record against the answer that handed the chunk out (its SHA-256
+    present, the same for every fetch of one chunk). Each problem is
     printed with its segment, line and sequence number.
 
     \b
@@ -40,6 +46,8 @@ def verify(session_id: str, store: str, s3_endpoint_url: str | None, output_form
     """
     archive = open_archive(store, s3_endpoint_url)
     report = archive.verify_session(session_id)
+    with contextlib.suppress(SegmentError):  # a segment that does not decode is reported above
+        verify_chunks(archive.read_session(session_id), report)
     if output_format == "json":
         echo_json(report.to_dict())
     elif output_format == "jsonl":

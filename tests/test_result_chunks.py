@@ -21,9 +21,12 @@ from typing import Any
 
 import pytest
 import snowflake.connector
+from click.testing import CliRunner
 
 from hoopgw.addons.protocol import CHUNK_PATH_PREFIX
 from hoopgw.addons.results import STAGE_NOTE
+from hoopgw.cli.main import main
+from hoopgw.recorder.catalog import VerifyReport, verify_chunks
 from hoopgw.recorder.schema import validate_record
 from tests import stack, strict_upstream
 from tests.cloud_storage import CloudStorage
@@ -107,6 +110,7 @@ class Run:
     refused_reached_storage: int
     records: list[dict[str, Any]]
     stored_hashes: dict[str, str]
+    store: str
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +167,7 @@ def run(gateway_factory, strict, storage, oidc) -> Run:
         refused_reached_storage,
         records,
         storage.hashes(),
+        f"file:{gateway.workdir / 'store'}",
     )
 
 
@@ -237,6 +242,46 @@ def test_refused_chunk_requests_are_on_record(run: Run) -> None:
     ]
     assert len(refused) == 3
     assert {r["refusal"]["by"] for r in refused} == {"results"}
+
+
+def session_of_chunks(run: Run, query_id: str) -> str:
+    (session_id,) = {
+        r["session_id"] for r in run.records if r["kind"] == "chunk" and r["query_id"] == query_id
+    }
+    return session_id
+
+
+def test_sessions_show_says_how_many_chunks_of_each_result_were_fetched(run: Run) -> None:
+    fetched = session_of_chunks(run, run.json_query_id)
+    shown = CliRunner().invoke(main, ["sessions", "show", fetched, "--store", run.store])
+    assert shown.exit_code == 0, shown.output
+    assert f"{ROWS} rows in {CHUNKS} chunks, all fetched" in shown.output
+    partly = session_of_chunks(run, run.wire.json["data"]["queryId"])
+    shown = CliRunner().invoke(main, ["sessions", "show", partly, "--store", run.store])
+    assert f"{ROWS} rows in {CHUNKS} chunks, 2 of {CHUNKS} fetched" in shown.output
+
+
+def test_verify_checks_the_chunk_records(run: Run) -> None:
+    session_id = session_of_chunks(run, run.json_query_id)
+    outcome = CliRunner().invoke(main, ["verify", session_id, "--store", run.store])
+    assert outcome.exit_code == 0, outcome.output
+    assert f"query {run.json_query_id}: {CHUNKS} chunks, all fetched" in outcome.output
+
+
+def test_verify_finds_a_chunk_no_answer_handed_out_or_hashed_two_ways(run: Run) -> None:
+    session_id = session_of_chunks(run, run.json_query_id)
+    records = [r for r in run.records if r["session_id"] == session_id]
+    chunk = next(r for r in records if r["kind"] == "chunk")
+    twice = {**chunk, "sha256": "0" * 64}
+    stray = {**chunk, "chunk_index": CHUNKS}
+    report = VerifyReport(session_id)
+    verify_chunks([*records, twice, stray], report)
+    messages = [problem.message for problem in report.problems]
+    assert any("different SHA-256" in m for m in messages)
+    assert any(f"chunk {CHUNKS} of query" in m and "handed it out" in m for m in messages)
+    clean = VerifyReport(session_id)
+    verify_chunks(records, clean)
+    assert clean.ok
 
 
 # --- one gateway each -----------------------------------------------------------------------

@@ -236,3 +236,20 @@ def test_a_streamed_answer_is_cut_before_a_result_key_goes_out() -> None:
             guard(wire[i : i + 16])
     rows_only = KeyGuard(_PassThrough(), "")
     assert rows_only(b'{"data":{"rowset":[["chunks"],["qrmk"]]}}') != b""
+
+
+def test_chunk_downloads_at_once_are_bounded_per_session_and_released() -> None:
+    chunks = ResultChunks()
+    fetch = ChunkFetch(chunks)
+    with taddons.context(chunks, fetch) as tctx:
+        tctx.configure(chunks, hoopgw_chunk_fetches_per_session=2)
+        first, second = chunk_request(chunks, ticket()), chunk_request(chunks, ticket())
+        third = chunk_request(chunks, ticket())
+        assert third.response is not None and third.response.status_code == 429
+        other = chunk_request(chunks, ticket(session_id="0190a0b0-0000-7000-8000-000000000002"))
+        assert other.response is None
+        for flow in (first, second):
+            fetch.request(flow)
+            flow.response = answer_json({})
+            fetch.response(flow)
+        assert chunk_request(chunks, ticket()).response is None
