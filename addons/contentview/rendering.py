@@ -367,7 +367,12 @@ def _chunk_summary(chunks: list[dict[str, Any]]) -> str:
     compressed = sum(wire_integer(chunk.get("compressedSize")) or 0 for chunk in chunks)
     return (
         f"{len(chunks)} chunks, {rows:,} rows, {_bytes(uncompressed)} uncompressed, "
-        f"{_bytes(compressed)} compressed (downloaded directly from cloud storage)"
+        f"{_bytes(compressed)} compressed "
+        + (
+            "(fetched through the gateway)"
+            if _through_gateway(chunks)
+            else "(downloaded directly from cloud storage)"
+        )
     )
 
 

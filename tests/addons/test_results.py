@@ -13,6 +13,7 @@ import pytest
 from mitmproxy.test import taddons
 
 from hoopgw.addons import protocol
+from hoopgw.addons.contentview import render
 from hoopgw.addons.flowstate import Caller, state_of
 from hoopgw.addons.protocol import CHUNK_PATH_PREFIX, Endpoint
 from hoopgw.addons.results import (
@@ -253,3 +254,28 @@ def test_chunk_downloads_at_once_are_bounded_per_session_and_released() -> None:
             flow.response = answer_json({})
             fetch.response(flow)
         assert chunk_request(chunks, ticket()).response is None
+
+
+def test_the_answers_view_counts_the_chunks_fetched_through_the_gateway() -> None:
+    chunks = ResultChunks()
+    fetch = ChunkFetch(chunks)
+    with taddons.context(chunks, fetch):
+        answer = snowflake_flow("POST", QUERY_PATH, {"sqlText": "select 1"})
+        state = classified(answer)
+        state.session_id = ticket().session_id
+        answered(answer, {**chunked_answer(), "data": {**chunked_answer()["data"], "total": 108}})  # type: ignore[dict-item]
+        chunks.response(answer)
+        sent = orjson.loads(answer.response.content or b"")  # type: ignore[union-attr]
+        first = sent["data"]["chunks"][0]["url"].split("://", 1)[1].split("/", 1)[1]
+        flow = snowflake_flow("GET", "/" + first)
+        classified(flow)
+        chunks.request(flow)
+        fetch.request(flow)
+        flow.response = answer_json({})
+        fetch.responseheaders(flow)
+        fetch.response(flow)
+    hoopgw = answer.metadata["hoopgw"]
+    assert hoopgw["chunks_fetched"] == 1
+    text = render(Endpoint.QUERY, False, sent, hoopgw=hoopgw)
+    assert "108 rows in 2 chunks, 1 of 2 fetched" in text
+    assert "fetched through the gateway" in text
