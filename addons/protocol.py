@@ -87,7 +87,7 @@ _ROUTES: tuple[tuple[re.Pattern[str], Endpoint], ...] = tuple(
         (rf"/api/v2/statements(?:/{_ID}(?:/cancel)?)?/?", Endpoint.SQL_API),
         (r"/session/authenticator-request", Endpoint.AUTHENTICATOR),
         # a result chunk the gateway fetches for the client (addons/results.py)
-        (rf"{CHUNK_PATH_PREFIX}[A-Za-z0-9_-]{{1,8192}}", Endpoint.CHUNK),
+        (rf"{CHUNK_PATH_PREFIX}[A-Za-z0-9_-]{{1,16384}}", Endpoint.CHUNK),
     )
 )
 _POST = frozenset({"POST"})

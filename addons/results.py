@@ -102,6 +102,7 @@ class ChunkTicket:
     result_format: str | None
     expires_at: int
     caller: dict[str, Any] | None = None
+    size: int | None = None
 
     def as_payload(self) -> dict[str, Any]:
         return {
@@ -115,6 +116,7 @@ class ChunkTicket:
             "f": self.result_format,
             "exp": self.expires_at,
             "c": self.caller,
+            "z": self.size,
         }
 
     @classmethod
@@ -131,6 +133,7 @@ class ChunkTicket:
                 result_format=payload.get("f") if isinstance(payload.get("f"), str) else None,
                 expires_at=int(payload["exp"]),
                 caller=payload.get("c") if isinstance(payload.get("c"), dict) else None,
+                size=payload.get("z") if isinstance(payload.get("z"), int) else None,
             )
         except (KeyError, TypeError, ValueError, AttributeError):
             raise TicketError("the chunk ticket's content is incomplete") from None
@@ -434,7 +437,8 @@ class ResultChunks:
                 query_id=query_id,
                 index=index,
                 count=len(chunks),
-                rows=chunk.get("rowCount") if isinstance(chunk.get("rowCount"), int) else None,
+                rows=_integer(chunk.get("rowCount")),
+                size=_integer(chunk.get("uncompressedSize")),
                 result_format=result_format if isinstance(result_format, str) else None,
                 expires_at=expires_at,
                 caller=caller,
@@ -527,7 +531,9 @@ class ChunkFetch:
         )
         kept = [(name, request.headers.get(name)) for name in _FORWARDED_HEADERS]
         request.url = admitted.ticket.url
-        request.headers = http.Headers(host=request.host_header or request.host)
+        # exactly the URL's authority: a pre-signed URL's signature covers the Host header
+        authority = urllib.parse.urlsplit(admitted.ticket.url).netloc.rpartition("@")[2]
+        request.headers = http.Headers(host=authority)
         for name, value in kept:
             if value is not None:
                 request.headers[name] = value
@@ -540,7 +546,7 @@ class ChunkFetch:
         if admitted is None or response is None or response.status_code != 200:
             return
         encoding = response.headers.get("content-encoding", "").strip().lower()
-        admitted.tap = ChunkTap(encoding, _body_limit())
+        admitted.tap = ChunkTap(encoding, _body_limit(), admitted.ticket.size)
         response.stream = admitted.tap
 
     def response(self, flow: http.HTTPFlow) -> None:
@@ -608,19 +614,23 @@ class ChunkFetch:
 
 
 class ChunkTap:
-    """The pass-through a chunk streams through: hashed as sent, measured decoded, rows kept.
+    """The pass-through a chunk streams through: hashed as sent, its rows kept within the limit.
 
-    Each piece goes on unchanged; the decoded bytes are kept only while they
-    fit the body limit, so a 160 MB chunk costs a zlib window, not 160 MB.
+    Each piece goes on unchanged and is hashed. It is decoded only while its
+    rows may still be kept (`hoopgw_body_limit`): a chunk the answer declared
+    larger is never decoded, so a 160 MB chunk costs a hash, not an inflate,
+    and its record gives the declared size.
     """
 
-    def __init__(self, encoding: str, limit: int) -> None:
+    def __init__(self, encoding: str, limit: int, declared_size: int | None = None) -> None:
         self.limit = limit
+        self.declared_size = declared_size
         self.wire_size = 0
         self.size = 0
         self.undecodable: str | None = None
         self._hash = hashlib.sha256()
-        self._kept: list[bytes] | None = []
+        over = declared_size is not None and declared_size > limit
+        self._kept: list[bytes] | None = None if over else []
         self._inflate: Any = None
         self._encoding = encoding
         self._sniffed = False
@@ -630,7 +640,7 @@ class ChunkTap:
             return piece
         self.wire_size += len(piece)
         self._hash.update(piece)
-        if self.undecodable is None:
+        if self._kept is not None and self.undecodable is None:
             try:
                 self._decode(piece)
             except zlib.error as exc:
@@ -648,32 +658,41 @@ class ChunkTap:
             elif self._encoding == "deflate":
                 self._inflate = zlib.decompressobj()
             elif self._encoding not in ("", "identity"):
-                self.undecodable = f"chunk in {self._encoding!r} encoding not measured"
+                self.undecodable = f"chunk in {self._encoding!r} encoding not decoded"
                 return
-        decoded = self._inflate.decompress(piece) if self._inflate is not None else piece
+        room = self.limit - self.size + 1
+        if self._inflate is not None:
+            decoded = self._inflate.decompress(piece, room)
+        else:
+            decoded = piece[:room]
         self.size += len(decoded)
-        if self._kept is not None:
-            if self.size <= self.limit:
-                self._kept.append(decoded)
-            else:
-                self._kept = None
+        if self.size > self.limit or (self._inflate is not None and self._inflate.unconsumed_tail):
+            self._kept = None  # over the limit: no more decoding
+        else:
+            self._kept.append(decoded)  # type: ignore[union-attr]
 
     def facts(self, result_format: str | None) -> dict[str, Any]:
         facts: dict[str, Any] = {"wire_size": self.wire_size, "sha256": self._hash.hexdigest()}
-        if self.undecodable is None:
-            facts["size"] = self.size
+        if self.declared_size is not None:
+            facts["declared_size"] = self.declared_size
         if self._kept is None:
-            facts["body"] = {"size": self.size, "omitted": "over hoopgw_body_limit"}
-        elif self.undecodable is None:
-            kept = b"".join(self._kept)
-            if result_format == "arrow":
-                facts["body"] = redaction.body_for_record(
-                    kept, "application/vnd.apache.arrow.stream", self.limit
-                )
-            else:
-                facts["body"] = redaction.body_for_record(
-                    b"[" + kept + b"]", "application/json", self.limit
-                )
+            size = self.declared_size
+            facts["body"] = {"omitted": "over hoopgw_body_limit"}
+            if size is not None:
+                facts["body"]["size"] = size
+            return facts
+        if self.undecodable is not None:
+            return facts
+        facts["size"] = self.size
+        kept = b"".join(self._kept)
+        if result_format == "arrow":
+            facts["body"] = redaction.body_for_record(
+                kept, "application/vnd.apache.arrow.stream", self.limit
+            )
+        else:
+            facts["body"] = redaction.body_for_record(
+                b"[" + kept + b"]", "application/json", self.limit
+            )
         return facts
 
 
@@ -713,6 +732,10 @@ class KeyGuard:
             raise ChunkKeyInStreamError("a streamed result answer carried chunk URLs or a key")
         self._tail = window[-16:]
         return self.inner(piece)
+
+
+def _integer(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _storage_url(value: object) -> bool:

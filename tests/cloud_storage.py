@@ -100,6 +100,11 @@ class CloudStorage(stack.LoopbackServer):
         with self._lock:
             return list(self._state.objects.values())[-1].key
 
+    def last_body(self) -> bytes:
+        """The bytes of the object put last."""
+        with self._lock:
+            return list(self._state.objects.values())[-1].body
+
     def requests(self) -> list[StorageRequest]:
         with self._lock:
             return list(self._state.requests)

@@ -20,6 +20,8 @@ sits between the gateway and fakesnow and:
   each behind a pre-signed URL and encrypted with the answer's `qrmk` (JSON
   chunks gzip'd rows without the outer brackets, served with Content-Encoding
   gzip; Arrow chunks IPC streams, gzip'd without the header, as S3 serves them);
+  `/*chunks:N:json:BYTES*/` instead makes N synthetic chunks of about BYTES
+  decoded bytes each, one shared blob (for benchmarks: scripts/bench_chunks.py);
 - answers `PUT`/`GET` itself as Snowflake's first round of a file transfer:
   `stageInfo` with temporary cloud keys (`STAGE_CREDENTIALS`) and
   `encryptionMaterial`, without running anything.
@@ -28,6 +30,7 @@ sits between the gateway and fakesnow and:
 from __future__ import annotations
 
 import base64
+import functools
 import gzip
 import hashlib
 import http.client
@@ -54,7 +57,7 @@ from joserfc.jwk import RSAKey
 from tests import stack
 from tests.cloud_storage import CloudStorage
 
-CHUNKED = re.compile(r"/\*chunks:(\d+):(json|arrow)\*/")
+CHUNKED = re.compile(r"/\*chunks:(\d+):(json|arrow)(?::(\d+))?\*/")
 INLINE_ROWS = 10
 STAGE_CREDENTIALS = {
     "AWS_KEY_ID": "ASIA-STRICT-STAGE-KEY-ID",
@@ -411,8 +414,10 @@ class StrictUpstream(stack.LoopbackServer):
             return answer
         assert self.storage is not None
         chunk_count, result_format = int(marker.group(1)), marker.group(2)
-        table = _arrow_table(data)
         qrmk = base64.b64encode(secrets.token_bytes(32)).decode()
+        if marker.group(3):
+            return _Answer.json(self._synthetic(payload, chunk_count, int(marker.group(3)), qrmk))
+        table = _arrow_table(data)
         inline, rest = table.slice(0, INLINE_ROWS), table.slice(INLINE_ROWS)
         step = -(-rest.num_rows // chunk_count)
         chunks = []
@@ -451,6 +456,43 @@ class StrictUpstream(stack.LoopbackServer):
             qrmk=qrmk,
         )
         return _Answer.json(payload)
+
+    def _synthetic(
+        self, payload: dict[str, Any], chunk_count: int, size: int, qrmk: str
+    ) -> dict[str, Any]:
+        """N chunks of one shared synthetic blob of JSON rows: the answer keeps its inline rows."""
+        assert self.storage is not None
+        raw, stored, rows = _synthetic_blob(size)
+        data = payload["data"]
+        chunks = [
+            {
+                "url": self.storage.put(
+                    f"{data.get('queryId')}/synthetic_{index}",
+                    stored,
+                    qrmk,
+                    content_type="application/json",
+                    content_encoding="gzip",
+                ),
+                "rowCount": rows,
+                "uncompressedSize": raw,
+                "compressedSize": len(stored),
+            }
+            for index in range(chunk_count)
+        ]
+        data.update(queryResultFormat="json", chunks=chunks, qrmk=qrmk)
+        data["total"] = int(data.get("total") or 0) + rows * chunk_count
+        return payload
+
+
+@functools.cache
+def _synthetic_blob(size: int) -> tuple[int, bytes, int]:
+    """About `size` bytes of rows that compress as real data does (about 2:1): sizes and rows."""
+    row = 43  # one row's bytes, comma included
+    rows = max(1, size // row)
+    text = secrets.token_hex(rows * 29 // 2 + 1)
+    raw = ",".join(f'["{i % 1000000:06d}","{text[i * 29 : i * 29 + 29]}"]' for i in range(rows))
+    encoded = raw.encode()
+    return len(encoded), gzip.compress(encoded, compresslevel=1), rows
 
 
 def _file_transfer(body: bytes) -> bool:

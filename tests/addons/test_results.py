@@ -220,6 +220,16 @@ def test_the_tap_hashes_what_was_sent_and_keeps_rows_within_the_limit() -> None:
     small = ChunkTap("gzip", 4)
     small(wire)
     assert small.facts("json")["body"]["omitted"] == "over hoopgw_body_limit"
+    assert "size" not in small.facts("json")
+
+
+def test_a_chunk_declared_over_the_limit_is_hashed_but_never_decoded() -> None:
+    tap = ChunkTap("gzip", 1024, declared_size=10 * 1024)
+    assert tap(b"not gzip at all") == b"not gzip at all"
+    facts = tap.facts("json")
+    assert facts["sha256"] == hashlib.sha256(b"not gzip at all").hexdigest()
+    assert facts["declared_size"] == 10 * 1024 and "size" not in facts
+    assert tap.undecodable is None
 
 
 class _PassThrough:
