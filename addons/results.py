@@ -35,6 +35,7 @@ import base64
 import hashlib
 import logging
 import os
+import re
 import time
 import urllib.parse
 import weakref
@@ -80,8 +81,13 @@ STAGE_NOTE: Final = "hoopgw_stage_transfer"
 _STAGE_KEYS: Final = frozenset({"stageInfo", "encryptionMaterial", "presignedUrls"})
 # What a chunk request may carry on to cloud storage besides the key headers.
 _FORWARDED_HEADERS: Final = ("accept", "accept-encoding", "user-agent")
-# keys, not values: in a rowset a string is followed by `,` or `]`, never by `:`
-_KEY_MARKERS: Final = (b'"qrmk":', b'"chunkHeaders":', b'"chunks":')
+# a key with a value that matters (a key string, a header, a chunk); in a rowset a
+# string is followed by `,` or `]`, never by `:`, and a quote inside one is escaped
+_KEY_MARKER: Final = re.compile(
+    rb'"qrmk"\s*:\s*"|"chunkHeaders"\s*:\s*\{\s*"|"chunks"\s*:\s*\[\s*\{'
+)
+_MARKER_TAIL: Final = 64
+_SCAN_PIECE: Final = 1 << 20
 
 
 class TicketError(ValueError):
@@ -410,6 +416,9 @@ class ResultChunks:
             return
         payload = state.response_json
         data = payload.get("data") if isinstance(payload, dict) else None
+        if payload is None and self.mode == PROXY:
+            self._unread_answer(flow, state)
+            return
         if not isinstance(data, dict):
             return
         if _STAGE_KEYS.intersection(data):
@@ -453,6 +462,24 @@ class ResultChunks:
             self.answers[(state.session_id or "", query_id)] = flow
         state.response_json = withheld
         state.response_body = orjson.dumps(withheld)
+
+    @staticmethod
+    def _unread_answer(flow: http.HTTPFlow, state: FlowState) -> None:
+        """An answer too large (or too odd) to parse cannot be rewritten: never pass a key on."""
+        response = flow.response
+        assert response is not None
+        encoding = response.headers.get("content-encoding", "").strip().lower()
+        if not 200 <= response.status_code < 300 or not response.raw_content:
+            return
+        if carries_result_key(response.raw_content, encoding):
+            replace_answer(
+                flow,
+                state,
+                Shape.QUERY,
+                protocol.CODE_GATEWAY_INTERNAL,
+                "hoopgw could not read this result answer to take its result key out "
+                "(over hoopgw_response_limit?); it was withheld",
+            )
 
     @staticmethod
     def _stage_answer(flow: http.HTTPFlow, state: FlowState) -> None:
@@ -722,16 +749,35 @@ class KeyGuard:
     def __call__(self, piece: bytes) -> bytes:
         if self._inflate is False:
             raise ChunkKeyInStreamError("a streamed result answer in an unreadable encoding")
-        try:
-            decoded = self._inflate.decompress(piece) if self._inflate is not None else piece
-        except zlib.error:
-            decoded = b""
+        if self._inflate is None:
+            self._scan(piece)
+        else:
+            data = piece
+            while data:  # bounded pieces: a bomb never inflates at once
+                try:
+                    self._scan(self._inflate.decompress(data, _SCAN_PIECE))
+                except zlib.error:
+                    break  # the answer's own record says it was undecodable
+                data = self._inflate.unconsumed_tail
+        return self.inner(piece)
+
+    def _scan(self, decoded: bytes) -> None:
         window = self._tail + decoded
-        if any(marker in window for marker in _KEY_MARKERS):
+        if _KEY_MARKER.search(window):
             logger.error("hoopgw: a streamed result answer carried chunk URLs or a key; cut")
             raise ChunkKeyInStreamError("a streamed result answer carried chunk URLs or a key")
-        self._tail = window[-16:]
-        return self.inner(piece)
+        self._tail = window[-_MARKER_TAIL:]
+
+
+def carries_result_key(raw: bytes, encoding: str) -> bool:
+    """Whether an answer the gateway could not parse holds chunk URLs or a result key."""
+    guard = KeyGuard(lambda piece: piece, encoding)
+    try:
+        for start in range(0, len(raw), _SCAN_PIECE):
+            guard(raw[start : start + _SCAN_PIECE])
+    except ChunkKeyInStreamError:
+        return True
+    return False
 
 
 def _integer(value: object) -> int | None:

@@ -26,6 +26,7 @@ from hoopgw.addons.results import (
     KeyGuard,
     ResultChunks,
     TicketError,
+    carries_result_key,
     chunk_key_headers,
 )
 from tests.addons import QUERY_PATH, answer_json, answered, classified, snowflake_flow
@@ -246,7 +247,24 @@ def test_a_streamed_answer_is_cut_before_a_result_key_goes_out() -> None:
         for i in range(0, len(wire), 16):
             guard(wire[i : i + 16])
     rows_only = KeyGuard(_PassThrough(), "")
-    assert rows_only(b'{"data":{"rowset":[["chunks"],["qrmk"]]}}') != b""
+    assert rows_only(b'{"data":{"rowset":[["chunks"],["qrmk"],["\\"qrmk\\":\\"x"]],') != b""
+    assert rows_only(b'"chunks": [], "qrmk": null, "chunkHeaders": {}}}') != b""
+    with pytest.raises(ChunkKeyInStreamError):
+        KeyGuard(_PassThrough(), "")(b'{"data":{"qrmk" : "a2V5"}}')
+
+
+def test_an_answer_too_large_to_parse_is_withheld_when_it_carries_a_key() -> None:
+    assert carries_result_key(gzip.compress(orjson.dumps(chunked_answer())), "gzip")
+    assert not carries_result_key(gzip.compress(b'{"data":{"rowset":[["1"]]}}'), "gzip")
+    chunks = ResultChunks()
+    with taddons.context(chunks):
+        flow = snowflake_flow("POST", QUERY_PATH, {"sqlText": "select 1"})
+        state = classified(flow)
+        flow.response = answer_json(chunked_answer())
+        state.response_json = None  # as when the answer is over hoopgw_response_limit
+        chunks.response(flow)
+    assert QRMK.encode() not in (flow.response.content or b"")
+    assert orjson.loads(flow.response.content or b"")["code"] == str(protocol.CODE_GATEWAY_INTERNAL)
 
 
 def test_chunk_downloads_at_once_are_bounded_per_session_and_released() -> None:
