@@ -337,9 +337,10 @@ class ResultChunks:
         state = state_of(flow)
         if state is None or state.answered or state.endpoint is not Endpoint.CHUNK:
             return
-        ticket_text = flow.request.path.partition("?")[0].removeprefix(CHUNK_PATH_PREFIX)
+        route, mark, query = flow.request.path.partition("?")
+        ticket_text = route.removeprefix(CHUNK_PATH_PREFIX)
         # the record shows which chunk, never the ticket (it is the chunk's credential)
-        flow.request.path = CHUNK_PATH_PREFIX + "sealed"
+        flow.request.path = f"{CHUNK_PATH_PREFIX}sealed{mark}{query}"
         if self.mode != PROXY:
             _refuse(flow, state, "the gateway does not proxy result chunks (direct mode)")
             return
@@ -348,7 +349,7 @@ class ResultChunks:
         except TicketError as exc:
             _refuse(flow, state, str(exc))
             return
-        flow.request.path = f"{CHUNK_PATH_PREFIX}{ticket.query_id}/{ticket.index}"
+        flow.request.path = f"{CHUNK_PATH_PREFIX}{ticket.query_id}/{ticket.index}{mark}{query}"
         state.session_id = ticket.session_id
         if ticket.caller is not None:
             state.caller = _caller(ticket.caller)
