@@ -307,3 +307,23 @@ def test_the_answers_view_counts_the_chunks_fetched_through_the_gateway() -> Non
     text = render(Endpoint.QUERY, False, sent, hoopgw=hoopgw)
     assert "108 rows in 2 chunks, 1 of 2 fetched" in text
     assert "fetched through the gateway" in text
+
+
+def test_an_answer_with_stage_credentials_is_withheld_without_the_policy() -> None:
+    chunks = ResultChunks()
+    with taddons.context(chunks):
+        flow = snowflake_flow("POST", QUERY_PATH, {"sqlText": "call hides_a_put()"})
+        classified(flow)
+        secret = "stage-secret-key-0123456789"
+        answered(
+            flow,
+            {
+                "success": True,
+                "data": {"stageInfo": {"location": "b/p/", "creds": {"AWS_SECRET_KEY": secret}}},
+            },
+        )
+        chunks.response(flow)
+    sent = orjson.loads(flow.response.content or b"")  # type: ignore[union-attr]
+    assert sent["code"] == str(protocol.CODE_GATEWAY_POLICY)
+    assert "allow_stage_transfer" in sent["message"]
+    assert secret.encode() not in (flow.response.content or b"")  # type: ignore[union-attr]
