@@ -15,6 +15,7 @@ from hoopgw.addons.failclosed import FailClosed, guarded
 from hoopgw.addons.guardrails import Guardrails
 from hoopgw.addons.inspection import Inspection
 from hoopgw.addons.recording import Recording
+from hoopgw.addons.results import ChunkFetch, ResultChunks
 from hoopgw.addons.session_context import SessionContextTracker
 from hoopgw.addons.startup import (
     ReadyAnnouncer,
@@ -25,6 +26,7 @@ from hoopgw.addons.traffic import SnowflakeTraffic
 from hoopgw.addons.transport import ClientDeadlines, RequireTls
 
 pin_malloc_mmap_threshold()
+result_chunks = ResultChunks()
 
 addons = [
     one_line_option_errors(guarded(addon))
@@ -32,10 +34,12 @@ addons = [
         ClientDeadlines(),
         SnowflakeTraffic(),
         RequireTls(),
+        result_chunks,
         Authentication(),
         SessionContextTracker(),
         Guardrails(),
         Recording(),
+        ChunkFetch(result_chunks),
         Inspection(),
         FailClosed(
             required=(names.TRANSPORT, names.AUTHENTICATION, names.GUARDRAILS, names.RECORDING)

@@ -66,8 +66,11 @@ RULE_KEYS = frozenset(
         "deny_replace",
         "deny_role_change",
         "on_unparsable",
+        "allow_stage_transfer",
     }
 )
+STAGE_TRANSFER_KINDS = frozenset({"PUT", "GET"})
+"""Statements whose answer hands the client temporary cloud-storage credentials."""
 POLICY_KINDS = KINDS - {"UNKNOWN"}
 ANY_GROUP = "*"
 
@@ -135,6 +138,7 @@ class Rule:
     deny_replace: bool = False
     deny_role_change: bool = False
     on_unparsable: Literal["deny", "allow"] = "deny"
+    allow_stage_transfer: bool = False
 
     def applies_to(self, groups: Iterable[str]) -> bool:
         return ANY_GROUP in self.groups or not self.groups.isdisjoint(groups)
@@ -274,6 +278,10 @@ class Policy:
                     return Decision("block", rule.name, reason, index, kinds, objects, version)
         return Decision("allow", None, None, None, kinds, objects, version)
 
+    def allows_stage_transfer(self, groups: Sequence[str]) -> bool:
+        """Whether a rule for these groups lets PUT/GET hand out temporary stage credentials."""
+        return any(rule.allow_stage_transfer for rule in self.rules_for(groups))
+
 
 NO_POLICY = Policy()
 """In force when hoopgw_policy is unset: every statement is allowed."""
@@ -332,7 +340,13 @@ def _parse_rule(entry: dict[str, Any], number: int, source: str) -> Rule:
     if not groups:
         raise fail("groups", "must name at least one group")
     flags = {}
-    for key in ("read_only", "require_where", "deny_replace", "deny_role_change"):
+    for key in (
+        "read_only",
+        "require_where",
+        "deny_replace",
+        "deny_role_change",
+        "allow_stage_transfer",
+    ):
         value = entry.get(key, False)
         if not isinstance(value, bool):
             raise fail(key, f"must be true or false, not {value!r}")
@@ -372,6 +386,7 @@ def _parse_rule(entry: dict[str, Any], number: int, source: str) -> Rule:
         deny_replace=flags["deny_replace"],
         deny_role_change=flags["deny_role_change"],
         on_unparsable=on_unparsable,
+        allow_stage_transfer=flags["allow_stage_transfer"],
     )
 
 
@@ -570,6 +585,10 @@ class Guardrails:
             decision = replace(decision, decision="block", rule=None, reason=reason)
         if not decision.blocked:
             decision = _gateway_rules(decision, statements, state.request_json)
+        if not decision.blocked and not policy.allows_stage_transfer(
+            state.caller.groups if state.caller else ()
+        ):
+            decision = _stage_transfer_rule(decision, statements)
         state.classified = statements
         state.statements = [statement.as_record() for statement in statements]
         state.guardrail = decision.as_record()
@@ -688,6 +707,20 @@ def _role_change(statement: Statement, outer: Statement | None = None) -> str | 
         if reason is not None:
             return reason
     return None
+
+
+def _stage_transfer_rule(decision: Decision, statements: Sequence[Statement]) -> Decision:
+    """PUT and GET hand the client temporary cloud keys: only where a rule allows it."""
+    for index, statement in enumerate(statements):
+        if STAGE_TRANSFER_KINDS.intersection(statement.kinds):
+            reason = (
+                f"{GATEWAY_RULE} does not hand out stage credentials for PUT/GET: no policy "
+                "rule for your groups sets allow_stage_transfer"
+            )
+            return replace(
+                decision, decision="block", rule=GATEWAY_RULE, reason=reason, statement_index=index
+            )
+    return decision
 
 
 def _sets_search_path(parameters: object) -> bool:

@@ -64,12 +64,15 @@ class Endpoint(StrEnum):
     RESULT = "result"
     SQL_API = "sql_api"
     AUTHENTICATOR = "authenticator"
+    CHUNK = "chunk"
     OTHER = "other"
 
 
 # Path segments that name a query or statement: Snowflake's ids are hex and dashes.
 # Anything else (dots, percent-escapes, semicolons) could be an alias that the
 # upstream normalises into another endpoint, so it does not match.
+CHUNK_PATH_PREFIX: Final = "/hoopgw/v1/chunks/"
+"""The gateway's own path for result chunks; never forwarded to Snowflake."""
 _ID = r"[0-9A-Za-z][0-9A-Za-z_-]{0,127}"
 _ROUTES: tuple[tuple[re.Pattern[str], Endpoint], ...] = tuple(
     (re.compile(pattern), endpoint)
@@ -85,6 +88,8 @@ _ROUTES: tuple[tuple[re.Pattern[str], Endpoint], ...] = tuple(
         (rf"/queries/{_ID}/result/?", Endpoint.RESULT),
         (rf"/api/v2/statements(?:/{_ID}(?:/cancel)?)?/?", Endpoint.SQL_API),
         (r"/session/authenticator-request", Endpoint.AUTHENTICATOR),
+        # a result chunk the gateway fetches for the client (addons/results.py)
+        (rf"{CHUNK_PATH_PREFIX}[A-Za-z0-9_-]{{1,16384}}", Endpoint.CHUNK),
     )
 )
 _POST = frozenset({"POST"})
@@ -101,6 +106,7 @@ ALLOWED_METHODS: dict[Endpoint, frozenset[str]] = {
     Endpoint.RESULT: _GET,
     Endpoint.SQL_API: frozenset({"GET", "POST"}),
     Endpoint.AUTHENTICATOR: _POST,
+    Endpoint.CHUNK: _GET,
     Endpoint.OTHER: frozenset(),
 }
 """The HTTP methods the Snowflake drivers use on each endpoint; anything else is refused."""

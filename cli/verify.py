@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import click
@@ -18,9 +19,10 @@ from hoopgw.cli.common import (
     open_archive,
     store_options,
 )
-from hoopgw.recorder.catalog import ArchiveReport, VerifyReport
+from hoopgw.recorder.catalog import ArchiveReport, VerifyReport, verify_chunks
 from hoopgw.recorder.checkpoints import CheckpointKeyError, load_public_key, public_keys_by_id
 from hoopgw.recorder.ids import InvalidSessionId
+from hoopgw.recorder.segment import SegmentError
 
 VERDICTS = {
     "intact": "intact",
@@ -85,13 +87,15 @@ def verify(
     \b
     Checks every segment's zstd frame and content checksum, every record
     against the record schema, each writer's sequence numbers (no gap, no
-    repeat) and hash chain, and the last record against the writer's summary.
-    Then holds the segments to the gateway's signed checkpoints: a segment a
-    checkpoint names that is gone is reported as missing (with its sequence
-    numbers) or as a cut tail, records that differ from what a checkpoint
-    signed as rewritten, and a deleted or altered checkpoint as such. Says of
-    each gateway process whether it stopped cleanly, and which segments it
-    stored after its last checkpoint (chained, not yet signed).
+    repeat) and hash chain, the last record against the writer's summary, and
+    each result chunk's record against the answer that handed the chunk out
+    (its SHA-256 present, the same for every fetch of one chunk). Then holds
+    the segments to the gateway's signed checkpoints: a segment a checkpoint
+    names that is gone is reported as missing (with its sequence numbers) or
+    as a cut tail, records that differ from what a checkpoint signed as
+    rewritten, and a deleted or altered checkpoint as such. Says of each
+    gateway process whether it stopped cleanly, and which segments it stored
+    after its last checkpoint (chained, not yet signed).
 
     \b
     Exit status: 0 intact, 1 broken, 2 unknown session, unreadable store or key.
@@ -110,6 +114,8 @@ def verify(
     archive = open_archive(store, s3_endpoint_url)
     if session_id is not None:
         report = archive.verify_session(session_id, keys)
+        with contextlib.suppress(SegmentError):  # a segment that does not decode is reported
+            verify_chunks(archive.read_session(session_id), report)
         _print_session(report, output_format)
         ok = report.ok
     else:

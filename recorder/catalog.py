@@ -45,7 +45,9 @@ from hoopgw.recorder.ids import (
     session_start,
 )
 from hoopgw.recorder.schema import (
+    CHUNK,
     GENESIS_HASH,
+    RESPONSE,
     SESSION_END,
     SESSION_START,
     is_blocked,
@@ -1021,3 +1023,60 @@ def _decode(data: bytes, key: str) -> list[dict[str, Any]]:
         return decode_segment(data)
     except SegmentError as exc:
         raise SegmentError(f"{key}: {exc}") from None
+
+
+# --- result chunks -------------------------------------------------------------------
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def verify_chunks(records: list[dict[str, Any]], report: VerifyReport) -> None:
+    """Check a session's `chunk` records against the answers that handed the chunks out.
+
+    The chain proves no record was altered; this proves the chunk records tell
+    one story: each chunk belongs to a chunked answer of the session, carries
+    the SHA-256 of what the client received when it arrived whole, and every
+    whole fetch of one chunk hashed the same. A note says how many of each
+    result's chunks were fetched.
+    """
+    counts: dict[str, int] = {}
+    for record in records:
+        count = record.get("chunk_count")
+        query_id = record.get("query_id")
+        if record.get("kind") == RESPONSE and isinstance(count, int) and isinstance(query_id, str):
+            counts[query_id] = count
+    hashes: dict[tuple[str, int], str] = {}
+    for record in records:
+        if record.get("kind") != CHUNK:
+            continue
+        seq = record.get("seq") if isinstance(record.get("seq"), int) else None
+        query_id, index = record.get("query_id"), record.get("chunk_index")
+        if not isinstance(query_id, str) or not isinstance(index, int):
+            continue  # validate_record reports the missing fields
+        if not 0 <= index < counts.get(query_id, 0):
+            report.add(
+                None,
+                None,
+                seq,
+                f"chunk {index} of query {query_id}: no answer of the session handed it out",
+            )
+        if record.get("complete") is not True:
+            continue
+        digest = record.get("sha256")
+        if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+            report.add(None, None, seq, f"chunk {index} of query {query_id}: no SHA-256")
+            continue
+        if hashes.setdefault((query_id, index), digest) != digest:
+            report.add(
+                None,
+                None,
+                seq,
+                f"chunk {index} of query {query_id}: fetched twice "
+                "with different SHA-256 (not the same bytes)",
+            )
+    for query_id, count in counts.items():
+        fetched = len({index for q, index in hashes if q == query_id})
+        if fetched:
+            state = "all fetched" if fetched >= count else f"{fetched} of {count} fetched"
+            report.notes.append(f"query {query_id}: {count} chunks, {state}")

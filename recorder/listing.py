@@ -19,6 +19,7 @@ from hoopgw.recorder.flows import statement_records
 from hoopgw.recorder.index import ArchiveIndex
 from hoopgw.recorder.schema import REFUSAL, STATEMENT_KINDS
 from hoopgw.recorder.session import (
+    RecordedOutcome,
     RecordedSession,
     RecordedStatement,
     client_app,
@@ -192,7 +193,7 @@ def statement_row(statement: RecordedStatement) -> list[Any]:
         statement.number,
         started.strftime("%H:%M:%S.%f")[:-3] if started else "",
         _ms(statement.outcome.duration_ms),
-        "" if statement.outcome.row_count is None else statement.outcome.row_count,
+        _rows_cell(statement.outcome),
         statement_outcome(statement),
         statement.sql,
     ]
@@ -221,7 +222,19 @@ def statement_dict(statement: RecordedStatement, session_id: str) -> dict[str, A
         "columns": list(outcome.columns) if outcome.columns is not None else None,
         "blocked": statement.blocked,
         "guardrail": statement.guardrail,
+        **(
+            {"chunks": {"count": outcome.chunk_count, "fetched": outcome.chunks_fetched or 0}}
+            if outcome.chunk_count
+            else {}
+        ),
     }
+
+
+def _rows_cell(outcome: RecordedOutcome) -> Any:
+    """The row count; for a chunked result, how many of its chunks the client fetched."""
+    if outcome.integrity is not None:
+        return outcome.integrity
+    return "" if outcome.row_count is None else outcome.row_count
 
 
 def session_header(

@@ -30,6 +30,7 @@ class RecordKind(StrEnum):
     ERROR = "error"
     REFUSAL = "refusal"
     SESSION_END = "session_end"
+    CHUNK = "chunk"
 
 
 SESSION_START: Final = RecordKind.SESSION_START
@@ -38,6 +39,7 @@ RESPONSE: Final = RecordKind.RESPONSE
 ERROR: Final = RecordKind.ERROR
 REFUSAL: Final = RecordKind.REFUSAL
 SESSION_END: Final = RecordKind.SESSION_END
+CHUNK: Final = RecordKind.CHUNK
 KINDS: Final = tuple(RecordKind)
 STATEMENT_KINDS: Final = frozenset({REQUEST, REFUSAL})
 """Kinds that make a statement when they carry `sql`: a forwarded or a refused request."""
@@ -165,6 +167,23 @@ KIND_FIELDS: Final[dict[str, dict[str, Field]]] = {
     },
     SESSION_END: {
         "reason": _req(str, "logout, expired, gateway_shutdown, ..."),
+    },
+    CHUNK: {
+        **_FLOW,
+        "query_id": _req(str, "the query whose result the chunk belongs to"),
+        "chunk_index": _req(int, "position in data.chunks[], from 0"),
+        "chunk_count": _opt(OPT_INT, "chunks in the result"),
+        "result_format": _opt(OPT_STR, "json or arrow"),
+        "rows": _opt(OPT_INT, "rows in the chunk (chunks[].rowCount)"),
+        "status": _opt(OPT_INT, "HTTP status cloud storage answered"),
+        "complete": _req(bool, "the whole chunk reached the client"),
+        "size": _opt(OPT_INT, "uncompressed bytes, measured (chunks within hoopgw_body_limit)"),
+        "declared_size": _opt(OPT_INT, "uncompressed bytes the answer declared"),
+        "wire_size": _opt(OPT_INT, "bytes as sent to the client (compressed)"),
+        "sha256": _opt(OPT_STR, "sha256 of the bytes as sent to the client"),
+        "duration_ms": _opt(OPT_NUMBER, "request start to the chunk's last byte"),
+        "body": _opt(OPT_DICT, "the chunk's rows within hoopgw_body_limit, see body_for_record"),
+        "error": _opt(OPT_STR, "why the chunk did not reach the client whole"),
     },
 }
 

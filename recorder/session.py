@@ -108,6 +108,19 @@ class RecordedOutcome:
     result: dict[str, Any] | None = None
     rows_note: str | None = None
     transport_error: str | None = None
+    chunk_count: int | None = None
+    chunks_fetched: int | None = None
+
+    @property
+    def integrity(self) -> str | None:
+        """For a chunked result: "N rows in M chunks, all fetched" or "... K of M fetched"."""
+        if not self.chunk_count:
+            return None
+        rows = "" if self.row_count is None else f"{self.row_count} rows in "
+        fetched = self.chunks_fetched or 0
+        if fetched >= self.chunk_count:
+            return f"{rows}{self.chunk_count} chunks, all fetched"
+        return f"{rows}{self.chunk_count} chunks, {fetched} of {self.chunk_count} fetched"
 
     @property
     def label(self) -> str:
@@ -209,6 +222,7 @@ def load_session(session_id: str, records: list[dict[str, Any]]) -> RecordedSess
         answer = flow.answer
         if match and answer is not None:
             result_fetches.setdefault(match[1], answer)
+    chunks_fetched = fetched_chunks(records)
 
     start = grouped.start
     end = grouped.end
@@ -246,6 +260,10 @@ def load_session(session_id: str, records: list[dict[str, Any]]) -> RecordedSess
         statement = _statement(
             len(statements) + 1, record, answer, statement_context, result_fetches
         )
+        if statement.outcome.chunk_count and statement.outcome.query_id:
+            statement.outcome.chunks_fetched = len(
+                chunks_fetched.get(statement.outcome.query_id, ())
+            )
         statements.append(statement)
         if statement.blocked is None and statement.outcome.success is not False:
             unfolded = statement
@@ -265,6 +283,19 @@ def load_session(session_id: str, records: list[dict[str, Any]]) -> RecordedSess
         statements=statements,
         records=len(records),
     )
+
+
+def fetched_chunks(records: list[dict[str, Any]]) -> dict[str, set[int]]:
+    """Each query's chunks that reached the client whole, from its `chunk` records."""
+    fetched: dict[str, set[int]] = {}
+    for record in records:
+        if record.get("kind") != RecordKind.CHUNK or record.get("complete") is not True:
+            continue
+        query_id = coerce.text(record.get("query_id"))
+        index = record.get("chunk_index")
+        if query_id is not None and isinstance(index, int):
+            fetched.setdefault(query_id, set()).add(index)
+    return fetched
 
 
 def client_app(client: dict[str, Any] | None) -> str | None:
@@ -355,6 +386,8 @@ def recorded_outcome(answer: dict[str, Any] | None) -> RecordedOutcome:
         outcome.columns = tuple(str(name) for name in columns)
     total = flat.get("total", data.get("total"))
     outcome.row_count = total if isinstance(total, int) else None
+    chunk_count = flat.get("chunk_count")
+    outcome.chunk_count = chunk_count if isinstance(chunk_count, int) and chunk_count else None
     if success:
         outcome.result, outcome.rows_note = _complete_result(body, data)
         dml_rows = dml_row_count(data)

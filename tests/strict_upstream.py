@@ -13,16 +13,30 @@ sits between the gateway and fakesnow and:
   `/session/token-request` renewals with the master token, and answers 390112
   once told to expire the current session tokens;
 - checks SQL API v2 calls for a key-pair JWT bearer token;
-- records every request it receives, so tests can assert what upstream saw.
+- records every request it receives, so tests can assert what upstream saw;
+- given a `CloudStorage` (tests/cloud_storage.py), answers a query whose text
+  carries `/*chunks:N:json*/` or `/*chunks:N:arrow*/` the way Snowflake answers
+  a large result: the first rows inline, the rest as N chunks on the storage,
+  each behind a pre-signed URL and encrypted with the answer's `qrmk` (JSON
+  chunks gzip'd rows without the outer brackets, served with Content-Encoding
+  gzip; Arrow chunks IPC streams, gzip'd without the header, as S3 serves them);
+  `/*chunks:N:json:BYTES*/` instead makes N synthetic chunks of about BYTES
+  decoded bytes each, one shared blob (for benchmarks: scripts/bench_chunks.py);
+- answers `PUT`/`GET` itself as Snowflake's first round of a file transfer:
+  `stageInfo` with temporary cloud keys (`STAGE_CREDENTIALS`) and
+  `encryptionMaterial`, without running anything.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
+import gzip
 import hashlib
 import http.client
 import itertools
 import json
+import re
 import secrets
 import threading
 import time
@@ -32,6 +46,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.ipc
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from joserfc import jws, jwt
@@ -39,6 +55,16 @@ from joserfc.errors import JoseError
 from joserfc.jwk import RSAKey
 
 from tests import stack
+from tests.cloud_storage import CloudStorage
+
+CHUNKED = re.compile(r"/\*chunks:(\d+):(json|arrow)(?::(\d+))?\*/")
+INLINE_ROWS = 10
+STAGE_CREDENTIALS = {
+    "AWS_KEY_ID": "ASIA-STRICT-STAGE-KEY-ID",
+    "AWS_SECRET_KEY": "strict-stage-secret-key-0123456789",
+    "AWS_TOKEN": "strict-stage-session-token-0123456789",
+}
+STAGE_MASTER_KEY = "c3RyaWN0LXN0YWdlLW1hc3Rlci1rZXk="
 
 BAD_CREDENTIALS = {
     "data": {"nextAction": None, "authnMethod": "PASSWORD"},
@@ -109,6 +135,7 @@ class StrictUpstream(stack.LoopbackServer):
         password: str | None = None,
         session_validity: int = 3600,
         master_validity: int = 14400,
+        storage: CloudStorage | None = None,
     ) -> None:
         parsed = urllib.parse.urlsplit(fakesnow_url)
         self.fakesnow = (parsed.hostname or "127.0.0.1", parsed.port or 80)
@@ -118,6 +145,7 @@ class StrictUpstream(stack.LoopbackServer):
         self.password = password
         self.session_validity = session_validity
         self.master_validity = master_validity
+        self.storage = storage
         self._state = _State()
         self._lock = threading.Lock()
         self._session_ids = itertools.count(1_000_001)
@@ -188,7 +216,11 @@ class StrictUpstream(stack.LoopbackServer):
             return _Answer.json(_failure("390112", "Session token expired"))
         if route == "/telemetry/send":
             return _Answer.json({"success": True, "data": None, "code": None, "message": None})
+        if route == "/queries/v1/query-request" and _file_transfer(body):
+            return _Answer.json(_stage_answer(body))
         answer = self._forward(method, path, headers, body, session.fakesnow_token)
+        if route == "/queries/v1/query-request" and self.storage is not None:
+            answer = self._chunked(body, answer)
         if route == "/session" and "delete=true" in path:
             with self._lock:
                 self._state.sessions.pop(token or "", None)
@@ -369,6 +401,164 @@ class StrictUpstream(stack.LoopbackServer):
             )
         finally:
             connection.close()
+
+    def _chunked(self, request: bytes, answer: _Answer) -> _Answer:
+        """A result split the way Snowflake splits a large one, when the query asks for it."""
+        try:
+            marker = CHUNKED.search(json.loads(request).get("sqlText") or "")
+            payload = json.loads(answer.body)
+        except (ValueError, AttributeError):
+            return answer
+        data = payload.get("data") if isinstance(payload, dict) else None
+        if marker is None or not isinstance(data, dict) or not payload.get("success"):
+            return answer
+        assert self.storage is not None
+        chunk_count, result_format = int(marker.group(1)), marker.group(2)
+        qrmk = base64.b64encode(secrets.token_bytes(32)).decode()
+        if marker.group(3):
+            return _Answer.json(self._synthetic(payload, chunk_count, int(marker.group(3)), qrmk))
+        table = _arrow_table(data)
+        inline, rest = table.slice(0, INLINE_ROWS), table.slice(INLINE_ROWS)
+        step = -(-rest.num_rows // chunk_count)
+        chunks = []
+        for index in range(chunk_count):
+            piece = rest.slice(index * step, step)
+            name = f"{data.get('queryId')}/{result_format}_{index}"
+            if result_format == "json":
+                raw = json.dumps(_json_rows(piece))[1:-1].encode()
+                stored = gzip.compress(raw)
+                url = self.storage.put(
+                    name, stored, qrmk, content_type="application/json", content_encoding="gzip"
+                )
+            else:
+                raw = _arrow_bytes(piece)
+                stored = gzip.compress(raw)
+                url = self.storage.put(name, stored, qrmk)
+            chunks.append(
+                {
+                    "url": url,
+                    "rowCount": piece.num_rows,
+                    "uncompressedSize": len(raw),
+                    "compressedSize": len(stored),
+                }
+            )
+        data.pop("rowsetBase64", None)
+        data.pop("rowset", None)
+        if result_format == "json":
+            data["rowset"] = _json_rows(inline)
+        else:
+            data["rowsetBase64"] = base64.b64encode(_arrow_bytes(inline)).decode()
+        data.update(
+            queryResultFormat=result_format,
+            total=table.num_rows,
+            returned=inline.num_rows,
+            chunks=chunks,
+            qrmk=qrmk,
+        )
+        return _Answer.json(payload)
+
+    def _synthetic(
+        self, payload: dict[str, Any], chunk_count: int, size: int, qrmk: str
+    ) -> dict[str, Any]:
+        """N chunks of one shared synthetic blob of JSON rows: the answer keeps its inline rows."""
+        assert self.storage is not None
+        raw, stored, rows = _synthetic_blob(size)
+        data = payload["data"]
+        chunks = [
+            {
+                "url": self.storage.put(
+                    f"{data.get('queryId')}/synthetic_{index}",
+                    stored,
+                    qrmk,
+                    content_type="application/json",
+                    content_encoding="gzip",
+                ),
+                "rowCount": rows,
+                "uncompressedSize": raw,
+                "compressedSize": len(stored),
+            }
+            for index in range(chunk_count)
+        ]
+        data.update(queryResultFormat="json", chunks=chunks, qrmk=qrmk)
+        data["total"] = int(data.get("total") or 0) + rows * chunk_count
+        return payload
+
+
+@functools.cache
+def _synthetic_blob(size: int) -> tuple[int, bytes, int]:
+    """About `size` bytes of rows that compress as real data does (about 2:1): sizes and rows."""
+    row = 43  # one row's bytes, comma included
+    rows = max(1, size // row)
+    text = secrets.token_hex(rows * 29 // 2 + 1)
+    raw = ",".join(f'["{i % 1000000:06d}","{text[i * 29 : i * 29 + 29]}"]' for i in range(rows))
+    encoded = raw.encode()
+    return len(encoded), gzip.compress(encoded, compresslevel=1), rows
+
+
+def _file_transfer(body: bytes) -> bool:
+    try:
+        sql = str(json.loads(body).get("sqlText") or "")
+    except (ValueError, AttributeError):
+        return False
+    return sql.lstrip().lower().startswith(("put ", "get "))
+
+
+def _stage_answer(body: bytes) -> dict[str, Any]:
+    """Snowflake's answer to PUT/GET: where the stage is and the keys to reach it."""
+    upload = str(json.loads(body).get("sqlText")).lstrip().lower().startswith("put ")
+    return {
+        "data": {
+            "command": "UPLOAD" if upload else "DOWNLOAD",
+            "src_locations": ["/tmp/data.csv"],
+            "parallel": 4,
+            "autoCompress": True,
+            "sourceCompression": "auto_detect",
+            "overwrite": False,
+            "stageInfo": {
+                "locationType": "S3",
+                "location": "strict-stage-bucket/stages/abc/",
+                "path": "stages/abc/",
+                "region": "us-west-2",
+                "endPoint": None,
+                "creds": dict(STAGE_CREDENTIALS),
+            },
+            "encryptionMaterial": {
+                "queryStageMasterKey": STAGE_MASTER_KEY,
+                "queryId": "01b2c3d4-0000-0000-0000-00000000feed",
+                "smkId": 1234,
+            },
+            "queryId": "01b2c3d4-0000-0000-0000-00000000feed",
+        },
+        "code": None,
+        "message": None,
+        "success": True,
+    }
+
+
+def _arrow_table(data: dict[str, Any]) -> Any:
+    """The whole result as a pyarrow table, whichever format fakesnow answered in."""
+    if data.get("rowsetBase64"):
+        return pyarrow.ipc.open_stream(base64.b64decode(data["rowsetBase64"])).read_all()
+    names = [column["name"] for column in data["rowtype"]]
+    rows = data.get("rowset") or []
+    return pa.table({name: [row[i] for row in rows] for i, name in enumerate(names)})
+
+
+def _arrow_bytes(table: Any) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pyarrow.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def _json_rows(table: Any) -> list[list[str | None]]:
+    """Snowflake's JSON rowset: every value as text (the tests chunk integer and text columns)."""
+    columns = table.to_pydict()
+    names = list(columns)
+    return [
+        [None if columns[n][i] is None else str(columns[n][i]) for n in names]
+        for i in range(table.num_rows)
+    ]
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from hoopgw.addons.protocol import CODE_GATEWAY_PROTOCOL
+from hoopgw.addons.protocol import CODE_GATEWAY_POLICY, CODE_GATEWAY_PROTOCOL
 from tests import stack
 from tests.bodies import login_body
 from tests.conftest import UPSTREAM_TEST_PASSWORD
@@ -40,6 +40,7 @@ from tests.raw_http import (
 
 REQUEST_LIMIT = 64 * 1024
 PROTOCOL = str(CODE_GATEWAY_PROTOCOL)
+POLICY = str(CODE_GATEWAY_POLICY)
 QUERY_ID = "01b2c3d4-0000-0000-0000-000000000001"
 QUERY_BODY = {"sqlText": "select 1", "sequenceId": 1}
 
@@ -622,8 +623,30 @@ HEAD_CASES = [
     ),
 ]
 
+# Result chunk URLs (addons/results.py): the sealed URL is the credential.
+CHUNK_CASES: list[Hostile] = [
+    Hostile(
+        "chunk-forged",
+        b"GET",
+        b"/hoopgw/v1/chunks/AQ" + b"A" * 80,
+        status=403,
+        code=POLICY,
+        says="the chunk URL",
+    ),
+    Hostile(
+        "chunk-method-POST",
+        b"POST",
+        b"/hoopgw/v1/chunks/AQ" + b"A" * 80,
+        status=405,
+        code=PROTOCOL,
+        says="is not used on this endpoint",
+        allow="GET",
+    ),
+]
+
 CASES: list[Hostile] = [
     *_credential_cases(),
+    *CHUNK_CASES,
     *_body_cases(),
     *LOGIN_CASES,
     *SQL_API_CASES,

@@ -21,7 +21,7 @@ from hoopgw.addons.contentview.rows import (
 )
 from hoopgw.addons.contentview.sql import MAX_SQL_LINES, bindings_section, sql_sections
 from hoopgw.addons.contentview.tables import cell, table
-from hoopgw.addons.protocol import GATEWAY_CODES, Endpoint
+from hoopgw.addons.protocol import CHUNK_PATH_PREFIX, GATEWAY_CODES, Endpoint
 from hoopgw.recorder.coerce import mapping, wire_integer
 from hoopgw.recorder.redaction import REDACTED, redact_json, redact_sql
 
@@ -76,9 +76,9 @@ def render(
         if is_request:
             _query_request(report, endpoint, body)
         else:
-            _query_response(report, endpoint, body, truncated)
+            _query_response(report, endpoint, body, truncated, hoopgw or {})
     elif endpoint is Endpoint.RESULT:
-        _query_response(report, endpoint, body, truncated)
+        _query_response(report, endpoint, body, truncated, hoopgw or {})
     elif endpoint is Endpoint.SQL_API:
         if is_request:
             _sql_api_request(report, body)
@@ -240,7 +240,11 @@ def _query_request(report: Report, endpoint: Endpoint, body: dict[str, Any]) -> 
 
 
 def _query_response(
-    report: Report, endpoint: Endpoint, body: dict[str, Any], truncated: dict[str, Any]
+    report: Report,
+    endpoint: Endpoint,
+    body: dict[str, Any],
+    truncated: dict[str, Any],
+    hoopgw: dict[str, Any],
 ) -> None:
     data_raw = mapping(body.get("data"))
     redacted = redact_json(_without(body, "data"))
@@ -275,6 +279,8 @@ def _query_response(
     report.field("Result format", data.get("queryResultFormat"))
     if chunks:
         report.field("Chunks", _chunk_summary(chunks))
+        if _through_gateway(chunks):
+            report.field("Integrity", _chunks_fetched(total, chunks, hoopgw))
     if data.get("stageInfo") is not None:
         stage = mapping(data.get("stageInfo"))
         report.field(
@@ -309,11 +315,30 @@ def _result_table(
         lines.append(f"… {result.count - shown:,} more inline rows not shown")
     if chunks:
         rows_in_chunks = sum(wire_integer(chunk.get("rowCount")) or 0 for chunk in chunks)
-        lines.append(
-            f"… {rows_in_chunks:,} rows in {len(chunks)} chunks, fetched by the client "
-            "from cloud storage, not through the gateway"
+        where = (
+            "through the gateway, each chunk a flow of its own"
+            if _through_gateway(chunks)
+            else "by the client from cloud storage, not through the gateway"
         )
+        lines.append(f"… {rows_in_chunks:,} rows in {len(chunks)} chunks, fetched {where}")
     report.section(heading, lines)
+
+
+def _through_gateway(chunks: list[dict[str, Any]]) -> bool:
+    """Chunk URLs the gateway rewrote: its own path live, `hoopgw:chunk/` on record."""
+    urls = [str(chunk.get("url") or "") for chunk in chunks]
+    return all(CHUNK_PATH_PREFIX in url or url.startswith("hoopgw:chunk/") for url in urls)
+
+
+def _chunks_fetched(total: int | None, chunks: list[dict[str, Any]], hoopgw: dict[str, Any]) -> str:
+    """ "N rows in M chunks, all fetched" or "K of M fetched", as far as the gateway has seen."""
+    rows = f"{total:,} rows in " if total is not None else ""
+    fetched = hoopgw.get("chunks_fetched")
+    if not isinstance(fetched, int) or isinstance(fetched, bool):
+        return f"{rows}{len(chunks)} chunks, fetches not seen here"
+    if fetched >= len(chunks):
+        return f"{rows}{len(chunks)} chunks, all fetched"
+    return f"{rows}{len(chunks)} chunks, {fetched} of {len(chunks)} fetched"
 
 
 def _row_counts(
@@ -341,7 +366,12 @@ def _chunk_summary(chunks: list[dict[str, Any]]) -> str:
     compressed = sum(wire_integer(chunk.get("compressedSize")) or 0 for chunk in chunks)
     return (
         f"{len(chunks)} chunks, {rows:,} rows, {_bytes(uncompressed)} uncompressed, "
-        f"{_bytes(compressed)} compressed (downloaded directly from cloud storage)"
+        f"{_bytes(compressed)} compressed "
+        + (
+            "(fetched through the gateway)"
+            if _through_gateway(chunks)
+            else "(downloaded directly from cloud storage)"
+        )
     )
 
 

@@ -1,0 +1,391 @@
+"""Large results through the gateway: every chunk fetched by the gateway, counted, hashed, recorded.
+
+The strict upstream (tests/strict_upstream.py) answers a query marked
+`/*chunks:N:FORMAT*/` the way Snowflake answers a large result: the first rows
+inline, the rest as N pre-signed URLs on a loopback cloud storage
+(tests/cloud_storage.py) that refuses a GET without the result key. The real
+connector fetches through a real gateway (mitmdump); raw HTTP reads what the
+client is handed on the wire.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+import urllib.parse
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import snowflake.connector
+from click.testing import CliRunner
+
+from hoopgw.addons.protocol import CHUNK_PATH_PREFIX
+from hoopgw.addons.results import STAGE_NOTE
+from hoopgw.cli.main import main
+from hoopgw.recorder.catalog import VerifyReport, verify_chunks
+from hoopgw.recorder.schema import validate_record
+from tests import stack, strict_upstream
+from tests.cloud_storage import CloudStorage
+from tests.conftest import UPSTREAM_TEST_PASSWORD
+from tests.raw_http import Answer, login, query, send, session_authorization, stored_records
+from tests.strict_upstream import INLINE_ROWS, StrictUpstream
+
+CHUNKS = 20
+PER_CHUNK = 100
+ROWS = INLINE_ROWS + CHUNKS * PER_CHUNK
+SELECT = f"select seq4() as id, 'row-' || seq4() as label from table(generator(rowcount => {ROWS}))"
+JSON_SQL = f"{SELECT} /*chunks:{CHUNKS}:json*/"
+ARROW_SQL = f"{SELECT} /*chunks:4:arrow*/"
+
+
+@pytest.fixture(scope="module")
+def storage() -> Iterator[CloudStorage]:
+    server = CloudStorage().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def strict(fakesnow_server, storage) -> Iterator[StrictUpstream]:
+    upstream = StrictUpstream(
+        fakesnow_server.url,
+        "fakesnow",
+        "HOOPGW_SVC",
+        password=UPSTREAM_TEST_PASSWORD,
+        storage=storage,
+    ).start()
+    yield upstream
+    upstream.stop()
+
+
+def connector(url: str, **params: Any) -> snowflake.connector.SnowflakeConnection:
+    host, port = url.rsplit("//", 1)[1].rsplit(":", 1)
+    settings: dict[str, Any] = {
+        "account": "fakesnow",
+        "host": host,
+        "port": int(port),
+        "protocol": "http",
+        "login_timeout": 30,
+        "network_timeout": 60,
+        **params,
+    }
+    return snowflake.connector.connect(**settings)
+
+
+def direct_connection(strict: StrictUpstream) -> snowflake.connector.SnowflakeConnection:
+    return connector(strict.url, user="HOOPGW_SVC", password=UPSTREAM_TEST_PASSWORD)
+
+
+def chunk_urls(answer: Answer) -> list[str]:
+    return [chunk["url"] for chunk in answer.json["data"]["chunks"]]
+
+
+def gateway_path(url: str) -> str:
+    parsed = urllib.parse.urlsplit(url)
+    return parsed.path + (f"?{parsed.query}" if parsed.query else "")
+
+
+def tampered(path: str) -> str:
+    """The same ticket with one character changed in its middle."""
+    cut = len(CHUNK_PATH_PREFIX) + (len(path) - len(CHUNK_PATH_PREFIX)) // 2
+    return path[:cut] + ("A" if path[cut] != "A" else "B") + path[cut + 1 :]
+
+
+@dataclass(frozen=True)
+class Run:
+    through_json: list[tuple[Any, ...]]
+    direct_json: list[tuple[Any, ...]]
+    through_arrow: Any
+    direct_arrow: Any
+    json_query_id: str
+    storage_gets: int
+    wire: Answer
+    qrmk: str
+    storage_url: str
+    refusals: dict[str, Answer]
+    refused_reached_storage: int
+    records: list[dict[str, Any]]
+    stored_hashes: dict[str, str]
+    store: str
+
+
+@pytest.fixture(scope="module")
+def run(gateway_factory, strict, storage, oidc) -> Run:
+    gateway = gateway_factory(strict.url, name="chunks-gw")
+    token = oidc.mint("chunky", ["agents"], email="chunky@example.com")
+    before = storage.mark()
+    with contextlib.closing(connector(gateway.url, authenticator="oauth", token=token)) as c:
+        cursor = c.cursor().execute(JSON_SQL)
+        json_query_id = cursor.sfqid
+        through_json = cursor.fetchall()
+        # fetch_pandas_all needs pandas, which the environment lacks; fetchall takes
+        # the same Arrow download and decoding path
+        through_arrow = c.cursor().execute(ARROW_SQL).fetchall()
+    storage_gets = len(storage.requests_since(before))
+    with contextlib.closing(direct_connection(strict)) as c:
+        direct_json = c.cursor().execute(JSON_SQL).fetchall()
+        direct_arrow = c.cursor().execute(ARROW_SQL).fetchall()
+
+    # what a client is handed, read on the wire
+    session = login(gateway.port, token)
+    wire = query(gateway.port, session.token, JSON_SQL, "wire")
+    assert wire.status == 200
+    qrmk = storage.last_key()
+    paths = [gateway_path(url) for url in chunk_urls(wire)]
+    other = login(gateway.port, oidc.mint("someone-else", ["agents"]))
+
+    quiet = storage.mark()
+    refusals = {
+        "other session": send(
+            gateway.port, "GET", paths[0], headers=[session_authorization(other.token)]
+        ),
+        "tampered": send(gateway.port, "GET", tampered(paths[1])),
+        "forged": send(gateway.port, "GET", CHUNK_PATH_PREFIX + "AQ" + "A" * 80),
+    }
+    refused_reached_storage = len(storage.requests_since(quiet))
+    refusals["own session"] = send(
+        gateway.port, "GET", paths[2], headers=[session_authorization(session.token)]
+    )
+    refusals["no token"] = send(gateway.port, "GET", paths[3])
+    gateway.stop()
+    records = stored_records(gateway.workdir / "store")
+    return Run(
+        through_json,
+        direct_json,
+        through_arrow,
+        direct_arrow,
+        json_query_id,
+        storage_gets,
+        wire,
+        qrmk,
+        storage.url,
+        refusals,
+        refused_reached_storage,
+        records,
+        storage.hashes(),
+        f"file:{gateway.workdir / 'store'}",
+    )
+
+
+def test_a_20_chunk_json_result_equals_the_direct_fetch(run: Run) -> None:
+    assert len(run.through_json) == ROWS
+    assert run.through_json == run.direct_json
+
+
+def test_an_arrow_result_equals_the_direct_fetch(run: Run) -> None:
+    assert len(run.through_arrow) == ROWS
+    assert run.through_arrow == run.direct_arrow
+
+
+def test_the_gateway_fetched_every_chunk_with_the_key(run: Run) -> None:
+    assert run.storage_gets == CHUNKS + 4
+
+
+def test_the_client_is_handed_no_key_no_storage_host_and_no_signature(run: Run) -> None:
+    text = run.wire.body.decode()
+    data = run.wire.json["data"]
+    assert "qrmk" not in data and "chunkHeaders" not in data
+    assert run.qrmk not in text
+    assert urllib.parse.urlsplit(run.storage_url).netloc not in text
+    assert "X-Amz-Signature" not in text and "X-Amz-Expires" not in text
+    assert len(chunk_urls(run.wire)) == CHUNKS
+    assert all(CHUNK_PATH_PREFIX in url for url in chunk_urls(run.wire))
+
+
+def test_a_chunk_url_of_another_session_tampered_or_forged_is_refused_unsent(run: Run) -> None:
+    for name in ("other session", "tampered", "forged"):
+        answer = run.refusals[name]
+        assert answer.status == 403, name
+        assert answer.code == "399003", name
+    assert "another session" in run.refusals["other session"].message
+    assert run.refused_reached_storage == 0
+
+
+def test_the_own_session_fetches_with_or_without_its_token(run: Run) -> None:
+    assert run.refusals["own session"].status == 200
+    assert run.refusals["no token"].status == 200
+
+
+def test_every_chunk_is_recorded_once_with_the_hash_of_what_the_client_got(run: Run) -> None:
+    chunks = [r for r in run.records if r["kind"] == "chunk" and r["query_id"] == run.json_query_id]
+    assert Counter(r["chunk_index"] for r in chunks) == Counter(range(CHUNKS))
+    for record in chunks:
+        assert record["complete"] is True
+        name = f"{run.json_query_id}/json_{record['chunk_index']}"
+        assert record["sha256"] == run.stored_hashes[name]
+        assert record["rows"] == PER_CHUNK
+        assert record["chunk_count"] == CHUNKS
+        rows = record["body"]["json"]
+        assert len(rows) == PER_CHUNK
+        assert rows[0][1] == f"row-{INLINE_ROWS + PER_CHUNK * record['chunk_index']}"
+    assert sum(r["rows"] for r in chunks) == ROWS - INLINE_ROWS
+
+
+def test_records_are_valid_and_hold_no_key_or_ticket(run: Run) -> None:
+    assert all(validate_record(r) == [] for r in run.records)
+    text = json.dumps(run.records)
+    assert run.qrmk not in text
+    tickets = [gateway_path(url).removeprefix(CHUNK_PATH_PREFIX) for url in chunk_urls(run.wire)]
+    assert not [t for t in tickets if t in text]
+    assert "X-Amz-Signature" not in text
+
+
+def test_refused_chunk_requests_are_on_record(run: Run) -> None:
+    refused = [
+        r
+        for r in run.records
+        if r["kind"] == "refusal" and r.get("path", "").startswith(CHUNK_PATH_PREFIX)
+    ]
+    assert len(refused) == 3
+    assert {r["refusal"]["by"] for r in refused} == {"results"}
+
+
+def session_of_chunks(run: Run, query_id: str) -> str:
+    (session_id,) = {
+        r["session_id"] for r in run.records if r["kind"] == "chunk" and r["query_id"] == query_id
+    }
+    return session_id
+
+
+def test_sessions_show_says_how_many_chunks_of_each_result_were_fetched(run: Run) -> None:
+    fetched = session_of_chunks(run, run.json_query_id)
+    shown = CliRunner().invoke(main, ["sessions", "show", fetched, "--store", run.store])
+    assert shown.exit_code == 0, shown.output
+    assert f"{ROWS} rows in {CHUNKS} chunks, all fetched" in shown.output
+    partly = session_of_chunks(run, run.wire.json["data"]["queryId"])
+    shown = CliRunner().invoke(main, ["sessions", "show", partly, "--store", run.store])
+    assert f"{ROWS} rows in {CHUNKS} chunks, 2 of {CHUNKS} fetched" in shown.output
+
+
+def test_verify_checks_the_chunk_records(run: Run) -> None:
+    session_id = session_of_chunks(run, run.json_query_id)
+    outcome = CliRunner().invoke(main, ["verify", session_id, "--store", run.store])
+    assert outcome.exit_code == 0, outcome.output
+    assert f"query {run.json_query_id}: {CHUNKS} chunks, all fetched" in outcome.output
+
+
+def test_verify_finds_a_chunk_no_answer_handed_out_or_hashed_two_ways(run: Run) -> None:
+    session_id = session_of_chunks(run, run.json_query_id)
+    records = [r for r in run.records if r["session_id"] == session_id]
+    chunk = next(r for r in records if r["kind"] == "chunk")
+    twice = {**chunk, "sha256": "0" * 64}
+    stray = {**chunk, "chunk_index": CHUNKS}
+    report = VerifyReport(session_id)
+    verify_chunks([*records, twice, stray], report)
+    messages = [problem.message for problem in report.problems]
+    assert any("different SHA-256" in m for m in messages)
+    assert any(f"chunk {CHUNKS} of query" in m and "handed it out" in m for m in messages)
+    clean = VerifyReport(session_id)
+    verify_chunks(records, clean)
+    assert clean.ok
+
+
+# --- one gateway each -----------------------------------------------------------------------
+
+
+def test_an_expired_chunk_url_is_refused_unsent(gateway_factory, strict, storage, oidc) -> None:
+    gateway = gateway_factory(strict.url, {"hoopgw_chunk_url_lifetime": 1}, name="chunks-expiry")
+    session = login(gateway.port, oidc.mint("late", ["agents"]))
+    answer = query(gateway.port, session.token, JSON_SQL, "expiring")
+    issued = time.time()
+    stack.wait_until(lambda: time.time() > issued + 1.5, 5, "the chunk URL to expire")
+    mark = storage.mark()
+    refused = send(gateway.port, "GET", gateway_path(chunk_urls(answer)[0]))
+    assert refused.status == 403 and "expired" in refused.message
+    assert storage.requests_since(mark) == []
+
+
+def test_storage_down_mid_result_is_a_clear_error_and_on_record(
+    gateway_factory, fakesnow_server, oidc
+) -> None:
+    failing = CloudStorage().start()
+    upstream = StrictUpstream(
+        fakesnow_server.url,
+        "fakesnow",
+        "HOOPGW_SVC",
+        password=UPSTREAM_TEST_PASSWORD,
+        storage=failing,
+    ).start()
+    try:
+        gateway = gateway_factory(upstream.url, name="chunks-storage-down")
+        session = login(gateway.port, oidc.mint("unlucky", ["agents"]))
+        paths = [
+            gateway_path(url)
+            for url in chunk_urls(query(gateway.port, session.token, JSON_SQL, "down"))
+        ]
+        assert send(gateway.port, "GET", paths[0]).status == 200
+        failing.stop()
+        broken = send(gateway.port, "GET", paths[1])
+        assert broken.status == 502
+        gateway.stop()
+    finally:
+        upstream.stop()
+    records = stored_records(gateway.workdir / "store")
+    chunks = {r["chunk_index"]: r for r in records if r["kind"] == "chunk"}
+    assert chunks[0]["complete"] is True
+    assert chunks[1]["complete"] is False and "did not reach the client" in chunks[1]["error"]
+    errors = [r for r in records if r["kind"] == "error"]
+    assert len(errors) == 1
+
+
+def test_direct_mode_hands_out_snowflakes_urls_as_before(
+    gateway_factory, strict, storage, oidc
+) -> None:
+    gateway = gateway_factory(strict.url, {"hoopgw_result_chunks": "direct"}, name="chunks-direct")
+    token = oidc.mint("direct", ["agents"])
+    session = login(gateway.port, token)
+    answer = query(gateway.port, session.token, JSON_SQL, "direct")
+    assert answer.json["data"]["qrmk"]
+    assert all(url.startswith(storage.url) for url in chunk_urls(answer))
+    with contextlib.closing(connector(gateway.url, authenticator="oauth", token=token)) as c:
+        rows = c.cursor().execute(JSON_SQL).fetchall()
+    assert len(rows) == ROWS
+    forged = send(gateway.port, "GET", CHUNK_PATH_PREFIX + "AQ" + "A" * 80)
+    assert forged.status == 403
+
+
+# --- stage transfers --------------------------------------------------------------------------
+
+PUT_SQL = "put file:///tmp/data.csv @~/staged"
+
+
+def test_put_is_refused_without_a_policy_that_allows_stage_transfers(
+    gateway_factory, strict, oidc
+) -> None:
+    gateway = gateway_factory(strict.url, name="stage-refused")
+    session = login(gateway.port, oidc.mint("uploader", ["agents"]))
+    mark = strict.mark()
+    refused = query(gateway.port, session.token, PUT_SQL, "put-refused")
+    assert refused.code == "399003"
+    assert "allow_stage_transfer" in refused.message
+    assert strict_upstream.STAGE_CREDENTIALS["AWS_SECRET_KEY"] not in refused.body.decode()
+    assert not [r for r in strict.received_since(mark) if b"put file" in r.body]
+
+
+def test_put_allowed_by_policy_is_recorded_without_the_credentials(
+    gateway_factory, strict, oidc, tmp_path
+) -> None:
+    policy = tmp_path / "stage.toml"
+    policy.write_text(
+        '[[rule]]\nname = "uploads"\ngroups = ["agents"]\nallow_stage_transfer = true\n'
+    )
+    gateway = gateway_factory(strict.url, {"hoopgw_policy": str(policy)}, name="stage-allowed")
+    session = login(gateway.port, oidc.mint("uploader", ["agents"]))
+    allowed = query(gateway.port, session.token, PUT_SQL, "put-allowed")
+    assert allowed.json["success"] is True
+    assert allowed.json["data"]["stageInfo"]["creds"] == strict_upstream.STAGE_CREDENTIALS
+    gateway.stop()
+    records = stored_records(gateway.workdir / "store")
+    (answer,) = [
+        r
+        for r in records
+        if r["kind"] == "response" and "stageInfo" in r["body"].get("json", {}).get("data", {})
+    ]
+    assert answer["body"]["json"]["data"][STAGE_NOTE] == "temporary stage credentials handed out"
+    text = json.dumps(records)
+    assert not [v for v in strict_upstream.STAGE_CREDENTIALS.values() if v in text]
+    assert strict_upstream.STAGE_MASTER_KEY not in text
