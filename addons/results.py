@@ -714,13 +714,9 @@ class ChunkTap:
         facts["size"] = self.size
         kept = b"".join(self._kept)
         if result_format == "arrow":
-            facts["body"] = redaction.body_for_record(
-                kept, "application/vnd.apache.arrow.stream", self.limit
-            )
+            facts["body"] = redaction.body_for_record(kept, self.limit)
         else:
-            facts["body"] = redaction.body_for_record(
-                b"[" + kept + b"]", "application/json", self.limit
-            )
+            facts["body"] = redaction.body_for_record(b"[" + kept + b"]", self.limit)
         return facts
 
 
