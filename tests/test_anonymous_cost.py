@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from hoopgw.cli.main import main
 from tests import stack
 from tests.bodies import login_body
 from tests.raw_http import secrets_in, send, stored_records
@@ -215,7 +217,7 @@ def test_anonymous_refusals_cannot_fill_the_spool(gateway_factory, fakesnow_serv
 
 
 def test_refusal_summaries_count_sample_and_hold_no_secret(
-    gateway_factory, fakesnow_server, oidc
+    gateway_factory, fakesnow_server, oidc, tmp_path, monkeypatch
 ) -> None:
     gateway = gateway_factory(
         fakesnow_server.url,
@@ -255,3 +257,24 @@ def test_refusal_summaries_count_sample_and_hold_no_secret(
     assert all(set(sample) >= {"endpoint", "path", "refusal", "body_size"} for sample in samples)
     assert secrets_in(records, secrets) == []
     assert not [secret for secret in secrets if secret in gateway.log()]
+
+    # the archive's readers take the summaries in their stride
+    monkeypatch.setenv("HOOPGW_CACHE_DIR", str(tmp_path / "cache"))
+    store = f"file:{gateway.workdir / 'store'}"
+    listed = CliRunner().invoke(
+        main, ["sessions", "list", "--store", store, "--format", "jsonl"], catch_exceptions=False
+    )
+    assert listed.exit_code == 0, listed.output
+    rows = [json.loads(line) for line in listed.output.splitlines() if line.strip()]
+    assert {summary["session_id"] for summary in summaries} <= {row["session_id"] for row in rows}
+    shown = CliRunner().invoke(
+        main,
+        ["sessions", "show", summaries[0]["session_id"], "--store", store],
+        catch_exceptions=False,
+    )
+    assert shown.exit_code == 0, shown.output
+    searched = CliRunner().invoke(
+        main, ["search", "--store", store, "--outcome", "blocked"], catch_exceptions=False
+    )
+    assert searched.exit_code == 0, searched.output
+    assert PASSWORD not in listed.output + shown.output + searched.output
