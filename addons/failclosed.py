@@ -14,7 +14,7 @@ import inspect
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final
 
 from mitmproxy import ctx, http
@@ -79,12 +79,21 @@ def _guard(method: Callable[..., Any], hook: str, name: str) -> Callable[..., An
 
         return guard_async
 
-    @functools.wraps(method)
-    def guard(flow: http.HTTPFlow) -> None:
+    async def guard_awaitable(result: Awaitable[Any], flow: http.HTTPFlow) -> None:
         try:
-            method(flow)
+            await result
         except Exception:
             handle(flow)
+
+    @functools.wraps(method)
+    def guard(flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """A hook that returns an awaitable (work it does off the loop) is guarded to its end."""
+        try:
+            result = method(flow)
+        except Exception:
+            handle(flow)
+            return None
+        return guard_awaitable(result, flow) if inspect.isawaitable(result) else None
 
     return guard
 

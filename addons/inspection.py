@@ -109,6 +109,9 @@ def _comment(state: FlowState) -> str:
 
 
 def _description(state: FlowState) -> str:
+    if state.answered and state.caller is None:
+        # refused with no verified caller: its SQL is not scanned (see addons/recording.py)
+        return ""
     body = state.request_json or {}
     if state.endpoint in _STATEMENT_ENDPOINTS:
         sql = body.get("sqlText") or body.get("statement")

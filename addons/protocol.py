@@ -16,6 +16,7 @@ import re
 import urllib.parse
 import zlib
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, Final, Protocol
@@ -199,6 +200,64 @@ def decode_body(message: http.Message, limit: int) -> bytes:
         # a second gzip member would be read by the upstream but not by the gateway
         raise ProtocolError(f"trailing data after the {encoding} body")
     return data
+
+
+_BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
+
+
+@dataclass(frozen=True, slots=True)
+class HeadRefusal:
+    """Why a request is refused from its head; `unread`: its body must not be read at all."""
+
+    reason: str
+    unread: bool
+
+
+_UNREAD_FLOOR: Final = 32 * 1024 * 1024
+"""Declared bodies over both this and twice the request limit are not read at all (see below)."""
+
+
+def refusal_from_head(request: http.Request, limit: int) -> HeadRefusal | None:
+    """A request refused before its body is read, judged from its head alone; None if it may go on.
+
+    A body declared over `limit`, or of unknown length (chunked HTTP/1.1, an
+    HTTP/2 or HTTP/3 body method without content-length: the drivers always
+    declare it), is refused here and never decoded, parsed or recorded.
+    mitmproxy 12 sends an addon's answer only after it has read the whole
+    body (up to `body_size_limit`), so a body declared over twice `limit` and
+    over `_UNREAD_FLOOR` is not read at all: `unread`, the flow is killed and
+    the connection closed. Smaller ones are read and answered: mitmproxy 12.2
+    keeps the socket of a flow killed after its whole body has arrived open
+    (observed on loopback), so killing is only safe for bodies that cannot
+    all be in flight yet.
+    """
+    lengths = request.headers.get_all("content-length")
+    if request.is_http2 or request.is_http3:
+        if not lengths and request.method.upper() in _BODY_METHODS:
+            return HeadRefusal("a request body must declare its content-length", unread=False)
+    elif "transfer-encoding" in request.headers:
+        return HeadRefusal(
+            "a request body must declare its Content-Length, not be sent chunked", unread=False
+        )
+    if len(lengths) != 1 or not lengths[0].strip().isdigit():
+        return None  # none (no body), or conflicting ones mitmproxy refuses itself
+    size = int(lengths[0].strip())
+    if size > limit:
+        reason = f"body of {size} bytes is over the {limit}-byte limit"
+        return HeadRefusal(reason, unread=size > max(2 * limit, _UNREAD_FLOOR))
+    return None
+
+
+def read_body(
+    message: http.Message, limit: int, parse_json: bool
+) -> tuple[bytes, dict[str, Any] | None]:
+    """The decoded body and, with `parse_json`, the JSON object it holds.
+
+    Touches nothing but the message's bytes and headers, so it may run on a
+    worker thread while mitmproxy waits for the hook.
+    """
+    body = decode_body(message, limit)
+    return body, parse_request_json(body) if parse_json else None
 
 
 def parse_json_object(data: bytes) -> dict[str, Any] | None:

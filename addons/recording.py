@@ -17,6 +17,16 @@ the spool finds room again by itself.
 An answer streamed to the client (addons/traffic.py) is recorded from what was
 counted, hashed and outlined on the way (`redaction.streamed_body_for_record`);
 one that broke off mid-stream gets an `error` record saying how far it got.
+
+A refused request that carries no verified caller (no token, a bad one, a
+malformed request, a body refused unread) is not recorded on its own: it is
+counted in a `recorder.refusal_tally.RefusalTally`, from its head only (its
+body is never parsed, scanned or stored, only its size), and each time window
+becomes one `refusal_summary` record within `hoopgw_refusal_budget_bytes` per
+hour, apart from `hoopgw_spool_max_bytes`. So anonymous traffic costs the
+event loop a few dictionary updates and can neither fill the spool nor queue
+uploads ahead of authenticated sessions. Refusals of a verified caller (a
+policy block, an unrecordable statement) stay ordinary records of its session.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +66,7 @@ from hoopgw.recorder.records import (
     statement_outcome,
     withhold_statement_echoes,
 )
+from hoopgw.recorder.refusal_tally import RefusalTally
 from hoopgw.recorder.schema import RecordKind
 from hoopgw.recorder.spool import Spool, SpoolConfig, SpoolDiskFull
 from hoopgw.recorder.store import Store, open_store
@@ -75,8 +87,14 @@ _STARTUP_OPTIONS = frozenset(
         "hoopgw_rollup_interval",
         "hoopgw_checkpoint_key",
         "hoopgw_checkpoint_interval",
+        "hoopgw_refusal_budget_bytes",
+        "hoopgw_refusal_window",
+        "hoopgw_refusal_samples",
     }
 )
+# What a refusal summary keeps of each sampled request's head.
+_SAMPLE_PATH_CHARS = 256
+_SAMPLE_HEADER_CHARS = 100
 
 
 class Recording:
@@ -90,6 +108,9 @@ class Recording:
         self.writer_id = ids.new_writer_id()
         self.checkpoint_key: Ed25519PrivateKey | None = None
         self._answers: list[tuple[http.HTTPFlow, FlowState]] = []
+        self.refusals: RefusalTally | None = None
+        self._tallied: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()
+        self._windows: asyncio.Task[None] | None = None
 
     def load(self, loader: Loader) -> None:
         loader.add_option(
@@ -159,6 +180,37 @@ class Recording:
             """,
         )
         loader.add_option(
+            "hoopgw_refusal_budget_bytes",
+            int,
+            1024 * 1024,
+            """
+            Bytes per hour that summaries of refused anonymous requests (no
+            verified caller) may write, apart from hoopgw_spool_max_bytes.
+            While it is spent, refusals are only counted and their summary is
+            written once the allowance refills (samples dropped first); they
+            never block and never take what authenticated statements need.
+            """,
+        )
+        loader.add_option(
+            "hoopgw_refusal_window",
+            int,
+            60,
+            """
+            Seconds of anonymous refusals counted into one refusal_summary
+            record (per reason, endpoint and client address, with samples).
+            """,
+        )
+        loader.add_option(
+            "hoopgw_refusal_samples",
+            int,
+            20,
+            """
+            Refused anonymous requests kept as samples in each refusal_summary
+            (head facts only: endpoint, method, redacted path, reason, body
+            size); the rest of the window is counted.
+            """,
+        )
+        loader.add_option(
             "hoopgw_rollup_interval",
             int,
             60,
@@ -220,6 +272,11 @@ class Recording:
             self.checkpoint_key = _checkpoint_key(ctx.options.hoopgw_checkpoint_key)
         if "hoopgw_spool_max_bytes" in updated and ctx.options.hoopgw_spool_max_bytes < 1:
             raise exceptions.OptionsError("hoopgw_spool_max_bytes must be positive")
+        for name in ("hoopgw_refusal_budget_bytes", "hoopgw_refusal_window"):
+            if name in updated and getattr(ctx.options, name) < 1:
+                raise exceptions.OptionsError(f"{name} must be positive")
+        if "hoopgw_refusal_samples" in updated and ctx.options.hoopgw_refusal_samples < 0:
+            raise exceptions.OptionsError("hoopgw_refusal_samples must not be negative")
         if "hoopgw_fail_open" in updated:
             self.fail_open = ctx.options.hoopgw_fail_open
             if self.fail_open:
@@ -252,6 +309,16 @@ class Recording:
             self.store,
         )
         self.spool.start()
+        self.refusals = RefusalTally(
+            window_seconds=ctx.options.hoopgw_refusal_window,
+            max_samples=ctx.options.hoopgw_refusal_samples,
+            budget_bytes=ctx.options.hoopgw_refusal_budget_bytes,
+            now=time.time(),
+        )
+        try:
+            self._windows = asyncio.get_running_loop().create_task(self._close_windows())
+        except RuntimeError:  # no event loop (an in-process test): windows close as refusals come
+            self._windows = None
         logger.info(
             "hoopgw: recording to %s (writer %s, checkpoints signed by key %s)",
             ctx.options.hoopgw_store,
@@ -272,8 +339,47 @@ class Recording:
         )
         return key
 
+    async def _close_windows(self) -> None:
+        """Write each closed refusal window's summary, as long as the gateway runs."""
+        assert self.refusals is not None
+        tick = min(5.0, float(self.refusals.window_seconds))
+        while True:
+            await asyncio.sleep(tick)
+            self._write_refusal_summary()
+
+    def _write_refusal_summary(self, *, closing: bool = False) -> None:
+        """One summary per window, in a session of its own that ends at once (so it seals)."""
+        if self.refusals is None:
+            return
+        try:
+            summary = self.refusals.due(time.time(), closing=closing)
+        except Exception:
+            logger.exception("hoopgw: the refusal summary could not be built")
+            return
+        if summary is None:
+            return
+        session_id = ids.new_session_id()
+        client = Client(address=None, application=None, version=None)
+        self._append_quietly(
+            [
+                new_record(RecordKind.REFUSAL_SUMMARY, session_id, client, None, **summary),
+                new_record(
+                    RecordKind.SESSION_END, session_id, client, None, reason="refusal_window"
+                ),
+            ]
+        )
+
     def done(self) -> None:
         self._record_answers()
+        if self._windows is not None:
+            self._windows.cancel()
+            self._windows = None
+        self._write_refusal_summary(closing=True)
+        if self.refusals is not None and self.refusals.pending():
+            logger.warning(
+                "hoopgw: %d anonymous refusal(s) not written: the refusal budget is spent",
+                self.refusals.pending(),
+            )
         if self.spool is None:
             return
         if not self.spool.flush(timeout=20.0):
@@ -286,8 +392,11 @@ class Recording:
         state = state_of(flow)
         if state is None:
             return
+        if state.answered and state.caller is None and state.session_id is None:
+            self._tally(flow, state)
+            return
         if state.session_id is None:
-            # a login, or a refused request outside any session: each gets its own id
+            # a login, or a refused request in no session: each gets its own id
             state.session_id = ids.new_session_id()
         record = self._request_record(flow, state)
         if state.answered:
@@ -313,6 +422,8 @@ class Recording:
     def response(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)
         if state is None or (state.refusal is not None and state.refusal.source == "recording"):
+            return
+        if flow in self._tallied:
             return
         # a copy: the last hook lets go of the bodies on the flow's own state
         self._answers.append((flow, dataclasses.replace(state)))
@@ -350,8 +461,18 @@ class Recording:
             if not flow.live:
                 return
             state = attach(flow, FlowState(endpoint=Endpoint.OTHER))
+        if flow in self._tallied:
+            return
         reason = str(flow.error.msg) if flow.error else "unknown"
         records = []
+        if state.session_id is None and state.caller is None:
+            # refused before the request hook: by mitmproxy (bad framing, body over
+            # body_size_limit) or unread by the gateway (addons/traffic.py); nothing
+            # went upstream and no caller is known, so it is counted with the refusals
+            if state.refusal is None:
+                state.refusal = Refusal(0, reason, "mitmproxy")
+            self._tally(flow, state)
+            return
         if state.session_id is None:
             # mitmproxy refused the request itself (bad framing, body over the size cap)
             # before the request hook: nothing went upstream, but it is on record
@@ -370,6 +491,43 @@ class Recording:
             )
         records.append(record)
         self._append_quietly(records)
+
+    def _tally(self, flow: http.HTTPFlow, state: FlowState) -> None:
+        """Count a refusal of no verified caller: from its head only, never its body."""
+        self._tallied.add(flow)
+        refusal = state.refusal
+        if self.refusals is None or refusal is None:
+            logger.warning("hoopgw: an anonymous refusal was not counted (recording not running)")
+            return
+        request = flow.request
+        body_size = _body_size(request)
+        address = flow.client_conn.peername[0] if flow.client_conn.peername else None
+        response = flow.response
+        sample = {
+            "ts": request.timestamp_start,
+            "flow_id": flow.id,
+            "endpoint": str(state.endpoint),
+            "method": protocol.printable(request.data.method)[:24],
+            "path": redaction.redact_path(protocol.printable(request.data.path))[
+                :_SAMPLE_PATH_CHARS
+            ],
+            "http_version": request.http_version,
+            "status": response.status_code if response is not None else None,
+            "refusal": refusal.as_record(),
+            "client": address,
+            "body_size": body_size,
+            "content_type": _head_value(request, "content-type"),
+            "content_encoding": _head_value(request, "content-encoding"),
+        }
+        self.refusals.add(
+            endpoint=str(state.endpoint),
+            code=refusal.code,
+            reason=refusal.reason,
+            address=address,
+            body_size=body_size,
+            sample=sample,
+        )
+        self._write_refusal_summary()
 
     def _unrecordable(self, flow: http.HTTPFlow, state: FlowState, reason: str) -> None:
         """Refuse the request (or, failing open, forward it), recording that on a best-effort basis.
@@ -527,6 +685,19 @@ def _checkpoint_key(ref: str | None) -> Ed25519PrivateKey | None:
         return load_signing_key(resolve_option_secret("hoopgw_checkpoint_key", ref))
     except CheckpointKeyError as exc:
         raise exceptions.OptionsError(f"hoopgw_checkpoint_key: {ref}: {exc}") from None
+
+
+def _body_size(request: http.Request) -> int:
+    """The body's size as received, or as declared when it was refused unread."""
+    if request.raw_content:
+        return len(request.raw_content)
+    declared = request.headers.get("content-length", "").strip()
+    return int(declared) if declared.isdigit() and len(declared) < 20 else 0
+
+
+def _head_value(request: http.Request, name: str) -> str | None:
+    value = request.headers.get(name)
+    return None if value is None else protocol.printable(value.encode())[:_SAMPLE_HEADER_CHARS]
 
 
 def _starts_work(flow: http.HTTPFlow, state: FlowState) -> bool:

@@ -14,6 +14,14 @@ records as a refusal):
   invalid or trailing gzip data) and, on endpoints whose body the gateway
   reads, bodies that are not one JSON object.
 
+A body declared over `hoopgw_request_limit`, or of unknown length (chunked
+HTTP/1.1, an HTTP/2 or HTTP/3 POST without content-length), is refused from
+the request's head (`protocol.refusal_from_head`) and never decoded, parsed
+or recorded; a very large declared one is not even read (the flow is killed).
+Bodies within the limit are decoded and parsed on a worker thread when they
+are larger than `_INLINE_BODY_BYTES`, so a large body costs the event loop
+nothing but the wait.
+
 It also leaves every later hook a bounded view of each body
 (`state.request_body`, `state.response_body`), so no hook ever decompresses
 an unbounded body through mitmproxy's `content`.
@@ -30,7 +38,11 @@ renewals, whose answers the gateway rewrites.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
@@ -61,6 +73,10 @@ _JSON_RESPONSES = frozenset(
 # Client credentials Snowflake never reads; they must not travel upstream.
 _CLIENT_ONLY_HEADERS = ("cookie", "proxy-authorization")
 _SOURCE = "protocol"
+# Bodies up to this size are read on the event loop; decoding and parsing them takes microseconds.
+_INLINE_BODY_BYTES = 64 * 1024
+# Worker threads that decode and parse larger bodies: a bound on the CPU they take at once.
+_BODY_READERS = 2
 
 
 class SnowflakeTraffic:
@@ -77,6 +93,7 @@ class SnowflakeTraffic:
         self.request_limit = 16 * 1024 * 1024
         self.response_limit = 512 * 1024 * 1024
         self._body_size_limit: str | None = None
+        self._readers: ThreadPoolExecutor | None = None
 
     def load(self, loader: Loader) -> None:
         loader.add_option(
@@ -138,22 +155,33 @@ class SnowflakeTraffic:
             self._body_size_limit = wanted
             ctx.options.update(body_size_limit=wanted)
 
+    def done(self) -> None:
+        if self._readers is not None:
+            self._readers.shutdown(wait=False, cancel_futures=True)
+            self._readers = None
+
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if not flow.live:
             return
         flow.request.stream = False
         endpoint = protocol.classify(flow.request.path)
-        attach(flow, FlowState(endpoint=endpoint))
+        state = attach(flow, FlowState(endpoint=endpoint))
+        refusal = protocol.refusal_from_head(flow.request, self.request_limit)
+        if refusal is not None:
+            _refuse_malformed(flow, state, refusal.reason)
+            if refusal.unread:
+                flow.kill()
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
+        """Check the request; a large body is read off the loop, by the coroutine returned."""
         state = state_of(flow)
         if state is None:
-            return
+            return None
         request = flow.request
         # until the body is known to decode within bounds, later hooks see it as received
         state.request_body = request.raw_content or b""
         if state.answered:
-            return
+            return None
         for name in _CLIENT_ONLY_HEADERS:
             request.headers.pop(name, None)
         unreadable = protocol.unreadable_head(request.data.path, request.headers.fields)
@@ -166,7 +194,7 @@ class SnowflakeTraffic:
             _refuse_unserved(
                 flow, state, 404, "the path is not a Snowflake endpoint this gateway serves"
             )
-            return
+            return None
         allowed = protocol.allowed_methods(state.endpoint, request.path)
         # `request.method` is upper-cased by mitmproxy; upstream gets the bytes as sent
         method = protocol.printable(request.data.method)
@@ -174,17 +202,41 @@ class SnowflakeTraffic:
             method = method[:24]
             reason = f"method {method} is not used on this endpoint (use {', '.join(allowed)})"
             _refuse_unserved(flow, state, 405, reason, allowed)
-            return
+            return None
         if unreadable:
             _refuse_malformed(flow, state, unreadable)
-            return
+            return None
+        parse = state.endpoint in _JSON_REQUESTS
+        if len(state.request_body) > _INLINE_BODY_BYTES:
+            return self._read_off_loop(flow, state, parse)
         try:
-            state.request_body = protocol.decode_body(request, self.request_limit)
-            if state.endpoint in _JSON_REQUESTS:
-                state.request_json = protocol.parse_request_json(state.request_body)
+            body, parsed = protocol.read_body(request, self.request_limit, parse)
+        except ProtocolError as exc:
+            _refuse_malformed(flow, state, str(exc))
+            return None
+        self._accept(flow, state, body, parsed)
+        return None
+
+    async def _read_off_loop(self, flow: http.HTTPFlow, state: FlowState, parse: bool) -> None:
+        """Decode and parse a large body on a worker thread, at most `_BODY_READERS` at once."""
+        if self._readers is None:
+            self._readers = ThreadPoolExecutor(_BODY_READERS, thread_name_prefix="hoopgw-body")
+        loop = asyncio.get_running_loop()
+        try:
+            body, parsed = await loop.run_in_executor(
+                self._readers, protocol.read_body, flow.request, self.request_limit, parse
+            )
         except ProtocolError as exc:
             _refuse_malformed(flow, state, str(exc))
             return
+        self._accept(flow, state, body, parsed)
+
+    def _accept(
+        self, flow: http.HTTPFlow, state: FlowState, body: bytes, parsed: dict[str, Any] | None
+    ) -> None:
+        state.request_body = body
+        state.request_json = parsed
+        request = flow.request
         if state.endpoint is Endpoint.LOGIN and state.request_json:
             data = state.request_json.get("data")
             if isinstance(data, dict):

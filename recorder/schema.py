@@ -31,6 +31,7 @@ class RecordKind(StrEnum):
     REFUSAL = "refusal"
     SESSION_END = "session_end"
     CHUNK = "chunk"
+    REFUSAL_SUMMARY = "refusal_summary"
 
 
 SESSION_START: Final = RecordKind.SESSION_START
@@ -40,6 +41,7 @@ ERROR: Final = RecordKind.ERROR
 REFUSAL: Final = RecordKind.REFUSAL
 SESSION_END: Final = RecordKind.SESSION_END
 CHUNK: Final = RecordKind.CHUNK
+REFUSAL_SUMMARY: Final = RecordKind.REFUSAL_SUMMARY
 KINDS: Final = tuple(RecordKind)
 STATEMENT_KINDS: Final = frozenset({REQUEST, REFUSAL})
 """Kinds that make a statement when they carry `sql`: a forwarded or a refused request."""
@@ -166,7 +168,18 @@ KIND_FIELDS: Final[dict[str, dict[str, Field]]] = {
         **_MESSAGE,
     },
     SESSION_END: {
-        "reason": _req(str, "logout, expired, gateway_shutdown, ..."),
+        "reason": _req(str, "logout, expired, gateway_shutdown, refusal_window, ..."),
+    },
+    REFUSAL_SUMMARY: {
+        "window_start": _req(NUMBER, "Unix epoch seconds: the window's first moment"),
+        "window_end": _req(NUMBER, "Unix epoch seconds: when the window was closed"),
+        "refused": _req(int, "requests without a verified caller refused in the window"),
+        "body_bytes": _opt(int, "sum of their body sizes (as received or declared)"),
+        "reasons": _req(list, "[{endpoint, code, reason, count}], most frequent first"),
+        "clients": _req(list, "[{address, count}] by client address, most frequent first"),
+        "samples": _req(list, "the window's first refusals: head facts only, never a body"),
+        "samples_omitted": _opt(int, "refusals counted but not kept as samples"),
+        "windows_carried": _opt(int, "windows the refusal budget held back into this one"),
     },
     CHUNK: {
         **_FLOW,
@@ -283,7 +296,7 @@ def is_error(record: dict[str, Any]) -> bool:
 
 def is_blocked(record: dict[str, Any]) -> bool:
     """A refusal, or a record whose guardrail decision was to block."""
-    if record.get("kind") == REFUSAL:
+    if record.get("kind") in (REFUSAL, REFUSAL_SUMMARY):
         return True
     guardrail = record.get("guardrail")
     return isinstance(guardrail, dict) and guardrail.get("decision") == "block"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -404,9 +405,12 @@ async def test_a_request_mitmproxy_refused_before_the_hooks_is_on_record(tmp_pat
         state = state_of(flow)
         assert state is not None and state.refusal is not None
         assert state.refusal.source == "mitmproxy"
-    refusal, error = records(tmp_path)
-    assert refusal["kind"] == "refusal" and refusal["refusal"]["by"] == "mitmproxy"
-    assert error["error"] == "HTTP/1 protocol error: body too large"
+    summary, end = records(tmp_path)
+    assert summary["kind"] == "refusal_summary" and end["reason"] == "refusal_window"
+    (sample,) = summary["samples"]
+    assert sample["flow_id"] == flow.id
+    assert sample["refusal"]["by"] == "mitmproxy"
+    assert sample["refusal"]["reason"] == "HTTP/1 protocol error: body too large"
 
 
 async def test_flows_loaded_from_a_file_are_not_recorded(tmp_path: Path) -> None:
@@ -540,3 +544,63 @@ async def test_every_endpoint_redacts_what_its_bodies_are_whatever_their_labels(
     assert _JWT.encode() not in text and _PASSWORD.encode() not in text
     logins = [r for r in stored if r["kind"] == "request" and r["endpoint"] == "login"]
     assert {r["body"]["json"]["data"]["TOKEN"] for r in logins} == {REDACTED}
+
+
+# --- refusals of no verified caller: counted, sampled, within their own budget -----------
+
+
+async def test_an_anonymous_refusal_is_counted_not_recorded_and_its_body_never_kept(
+    tmp_path: Path,
+) -> None:
+    secret = "anonymous-Pa55word-" + "z" * 12
+    with recording(tmp_path) as addon:
+        flow = snowflake_flow(
+            "POST", QUERY_PATH, query_body(f"alter user u set password='{secret}'")
+        )
+        state = classified(flow)
+        refuse(flow, state, 390104, "no session token", "authentication")
+        await addon.request(flow)
+        addon.response(flow)
+        await asyncio.sleep(0)
+        assert state.session_id is None  # no session of its own
+    summary, end = records(tmp_path)
+    assert summary["kind"] == "refusal_summary" and end["kind"] == "session_end"
+    assert summary["session_id"] == end["session_id"]
+    assert summary["refused"] == 1
+    assert summary["reasons"] == [
+        {"endpoint": "query", "code": 390104, "reason": "no session token", "count": 1}
+    ]
+    (sample,) = summary["samples"]
+    assert sample["body_size"] == len(flow.request.raw_content)
+    assert sample["refusal"]["by"] == "authentication"
+    assert secret not in orjson.dumps(records(tmp_path)).decode()
+
+
+async def test_a_refusal_of_a_verified_caller_stays_a_record_of_its_own(tmp_path: Path) -> None:
+    with recording(tmp_path) as addon:
+        flow, state = authenticated()
+        refuse(flow, state, 399003, "blocked", "guardrails")
+        await addon.request(flow)
+    assert kinds(tmp_path) == ["refusal"]
+
+
+async def test_a_spent_refusal_budget_counts_on_and_never_blocks_statements(
+    tmp_path: Path,
+) -> None:
+    with recording(tmp_path, hoopgw_refusal_budget_bytes=1, hoopgw_refusal_window=1) as addon:
+        for _ in range(5):
+            flow = snowflake_flow("POST", QUERY_PATH, query_body("select 1"))
+            refuse(flow, classified(flow), 390104, "no session token", "authentication")
+            await addon.request(flow)
+        assert addon.refusals is not None
+        assert addon.refusals.due(time.time() + 2) is None  # over budget: carried on
+        assert addon.refusals.pending() == 5
+        flow, state = authenticated()
+        await addon.request(flow)
+        assert "recording" in state.passed
+    by_kind = {record["kind"]: record for record in records(tmp_path)}
+    # at shutdown the carried count is written once, without samples
+    summary = by_kind["refusal_summary"]
+    assert summary["refused"] == 5 and summary["samples"] == []
+    assert summary["samples_omitted"] == 5 and summary["windows_carried"] >= 1
+    assert "request" in by_kind

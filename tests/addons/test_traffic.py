@@ -303,3 +303,86 @@ def test_without_a_body_limit_nothing_is_streamed() -> None:
         traffic.responseheaders(flow)
         state = state_of(flow)
         assert state is not None and state.streamed is None
+
+
+# --- bodies refused from the head, and large bodies read off the event loop -------------
+
+
+def headers_only(path: str, *fields: tuple[str, str], http_version: str = "HTTP/1.1"):
+    """A flow as `requestheaders` sees it: the head is there, the body not yet."""
+    flow = snowflake_flow("POST", path, None, fields)
+    flow.request.http_version = http_version
+    flow.request.data.content = None
+    return flow
+
+
+@pytest.mark.parametrize(
+    ("fields", "http_version", "unread", "says"),
+    [
+        ((("content-length", "1025"),), "HTTP/1.1", False, "body of 1025 bytes is over"),
+        ((("content-length", "33554433"),), "HTTP/1.1", True, "33554433 bytes is over"),
+        ((("transfer-encoding", "chunked"),), "HTTP/1.1", False, "not be sent chunked"),
+        ((), "HTTP/2.0", False, "must declare its content-length"),
+    ],
+)
+def test_a_body_over_the_limit_or_of_unknown_length_is_refused_from_the_head(
+    fields: tuple[tuple[str, str], ...], http_version: str, unread: bool, says: str
+) -> None:
+    traffic = SnowflakeTraffic()
+    traffic.request_limit = 1024
+    flow = headers_only(QUERY_PATH, *fields, http_version=http_version)
+    flow.request.headers.pop("content-length", None)
+    for name, value in fields:
+        flow.request.headers[name] = value
+    traffic.requestheaders(flow)
+    state = state_of(flow)
+    assert state is not None and state.refusal is not None
+    assert says in state.refusal.reason
+    assert error_of(flow)["code"] == GATEWAY_PROTOCOL
+    # killed: mitmproxy closes the connection instead of reading the body to answer
+    assert (flow.error is not None and not flow.live) is unread
+
+
+@pytest.mark.parametrize(
+    ("fields", "http_version"),
+    [((("content-length", "1024"),), "HTTP/1.1"), ((), "HTTP/1.1"), ((), "HTTP/2.0")],
+)
+def test_a_body_within_the_limit_is_not_refused_from_the_head(
+    fields: tuple[tuple[str, str], ...], http_version: str
+) -> None:
+    traffic = SnowflakeTraffic()
+    traffic.request_limit = 1024
+    flow = headers_only(QUERY_PATH, http_version=http_version)
+    flow.request.headers.pop("content-length", None)
+    for name, value in fields:
+        flow.request.headers[name] = value
+    if http_version == "HTTP/2.0":
+        flow.request.method = "GET"  # no body method: nothing to declare
+    traffic.requestheaders(flow)
+    state = state_of(flow)
+    assert state is not None and state.refusal is None and flow.live
+
+
+async def test_a_large_body_is_parsed_on_a_worker_thread() -> None:
+    traffic = SnowflakeTraffic()
+    sql = "select '" + "x" * (256 * 1024) + "'"
+    flow = snowflake_flow("POST", QUERY_PATH, {"sqlText": sql})
+    traffic.requestheaders(flow)
+    pending = traffic.request(flow)
+    assert pending is not None, "a body this large is not parsed on the event loop"
+    await pending
+    state = state_of(flow)
+    assert state is not None and state.refusal is None
+    assert state.request_json == {"sqlText": sql}
+    traffic.done()
+
+
+async def test_a_large_malformed_body_is_refused_from_the_worker_thread() -> None:
+    traffic = SnowflakeTraffic()
+    flow = snowflake_flow("POST", QUERY_PATH, b"{" + b" " * (256 * 1024))
+    traffic.requestheaders(flow)
+    pending = traffic.request(flow)
+    assert pending is not None
+    await pending
+    assert "not valid JSON" in error_of(flow)["message"]
+    traffic.done()
