@@ -59,7 +59,7 @@ from hoopgw.addons.names import AUTHENTICATION
 from hoopgw.addons.protocol import CHUNK_PATH_PREFIX, Endpoint, Shape
 from hoopgw.addons.refusals import refuse, replace_answer
 from hoopgw.addons.session_tokens import SessionTokens, TokenError, decode_token_key
-from hoopgw.recorder import redaction
+from hoopgw.recorder import coerce, redaction
 from hoopgw.recorder.records import Client, milliseconds, new_record
 from hoopgw.recorder.schema import RecordKind
 
@@ -447,8 +447,8 @@ class ResultChunks:
                 query_id=query_id,
                 index=index,
                 count=len(chunks),
-                rows=_integer(chunk.get("rowCount")),
-                size=_integer(chunk.get("uncompressedSize")),
+                rows=coerce.integer(chunk.get("rowCount")),
+                size=coerce.integer(chunk.get("uncompressedSize")),
                 result_format=result_format if isinstance(result_format, str) else None,
                 expires_at=expires_at,
                 caller=caller,
@@ -775,10 +775,6 @@ def carries_result_key(raw: bytes, encoding: str) -> bool:
     except ChunkKeyInStreamError:
         return True
     return False
-
-
-def _integer(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _storage_url(value: object) -> bool:
