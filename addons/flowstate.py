@@ -128,6 +128,7 @@ class FlowState:
     response_body: bytes | None = None
     response_json: dict[str, Any] | None = None
     streamed: StreamedAnswer | None = None  # the answer went to the client as it arrived
+    detections: list[dict[str, Any]] | None = None  # what addons/masking.py found in the rows
     passed: set[str] = field(default_factory=set)
 
     @property

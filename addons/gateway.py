@@ -14,6 +14,7 @@ from hoopgw.addons.contentview import snowflake_view  # noqa: F401  (registers t
 from hoopgw.addons.failclosed import FailClosed, guarded
 from hoopgw.addons.guardrails import Guardrails
 from hoopgw.addons.inspection import Inspection
+from hoopgw.addons.masking import Masking
 from hoopgw.addons.recording import Recording
 from hoopgw.addons.session_context import SessionContextTracker
 from hoopgw.addons.startup import (
@@ -25,6 +26,7 @@ from hoopgw.addons.traffic import SnowflakeTraffic
 from hoopgw.addons.transport import ClientDeadlines, RequireTls
 
 pin_malloc_mmap_threshold()
+guardrails = Guardrails()
 
 addons = [
     one_line_option_errors(guarded(addon))
@@ -34,7 +36,8 @@ addons = [
         RequireTls(),
         Authentication(),
         SessionContextTracker(),
-        Guardrails(),
+        guardrails,
+        Masking(guardrails),
         Recording(),
         Inspection(),
         FailClosed(

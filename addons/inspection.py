@@ -29,7 +29,12 @@ from mitmproxy import http
 from hoopgw.addons.contentview import snowflake_view  # noqa: F401  (registers the view)
 from hoopgw.addons.flowstate import FlowState, state_of
 from hoopgw.addons.protocol import Endpoint
-from hoopgw.recorder.annotations import BLOCKED_MARK, FAILED_MARK, statement_comment
+from hoopgw.recorder.annotations import (
+    BLOCKED_MARK,
+    FAILED_MARK,
+    SENSITIVE_MARK,
+    statement_comment,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +55,8 @@ def hoopgw_metadata(state: FlowState) -> dict[str, Any]:
         metadata["guardrail"] = state.guardrail
     if state.streamed is not None:
         metadata["streamed"] = state.streamed.facts()
+    if state.detections:
+        metadata["detections"] = state.detections
     return metadata
 
 
@@ -74,6 +81,9 @@ class Inspection:
         flow.metadata["hoopgw"] = hoopgw_metadata(state)
         if state.answered:
             flow.marked = BLOCKED_MARK
+        elif state.detections:
+            flow.marked = SENSITIVE_MARK
+            flow.comment = _with_detections(flow.comment, state.detections)
         elif _failed(flow, state):
             flow.marked = FAILED_MARK
         state.release_bodies()
@@ -100,6 +110,18 @@ def _comment(state: FlowState) -> str:
     if state.endpoint is Endpoint.LOGIN and state.caller is not None:
         return f"login: {state.caller.subject}"
     return ""
+
+
+def _with_detections(comment: str, detections: list[dict[str, Any]]) -> str:
+    """The comment with what was found: `[email x3 masked, iban x1 withheld]`."""
+    found = ", ".join(
+        f"{item.get('kind')} x{item.get('count')} {_ACTION_WORDS.get(item.get('action'), '')}"
+        for item in detections
+    )
+    return f"{comment} [{found.strip()}]" if comment else f"[{found.strip()}]"
+
+
+_ACTION_WORDS = {"mask": "masked", "record": "recorded", "withhold": "withheld"}
 
 
 def _failed(flow: http.HTTPFlow, state: FlowState) -> bool:

@@ -15,6 +15,8 @@ BLOCKED_MARK: Final = ":no_entry:"
 """`flow.marked` of a flow the gateway answered itself (policy, identity, recording)."""
 FAILED_MARK: Final = ":x:"
 """`flow.marked` of a flow Snowflake reported an error for, or that failed outright."""
+SENSITIVE_MARK: Final = ":lock:"
+"""`flow.marked` of an answer whose rows held sensitive data (masked, recorded or withheld)."""
 COMMENT_CHARS: Final = 100
 
 
