@@ -130,6 +130,8 @@ class MaskPlan:
                 current = detect.get(kind)
                 if current is None or ACTIONS.index(action) > ACTIONS.index(current):
                     detect[kind] = action
+        if not columns and not detect:
+            return NO_MASKING
         return cls(tuple(columns), detect)
 
 
