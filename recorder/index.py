@@ -64,7 +64,7 @@ from hoopgw.recorder.store import KeyNotFound, Store, StoreError, file_version
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT: Final = 1
+CACHE_FORMAT: Final = 2  # 2: statement digests carry `detections`
 WORKERS: Final = 32
 BATCH: Final = 256
 ROLLUP_MIN_OBJECTS: Final = 16

@@ -8,15 +8,18 @@ tests/addons/test_masking.py and tests/test_masking.py.
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 import snowflake.connector
+from click.testing import CliRunner
 from snowflake.connector import ProgrammingError
 
 from hoopgw.addons.protocol import CODE_GATEWAY_SENSITIVE
+from hoopgw.cli.main import main
 from tests import stack
 from tests.raw_http import stored_records
 
@@ -203,3 +206,11 @@ def test_records_hold_what_the_caller_received_and_the_detections(
     for record in answers:
         for detection in record["detections"]:
             assert set(detection) == {"column", "kind", "count", "action"}
+    store = ["--store", f"file:{gateway.workdir / 'store'}", "--no-cache", "--format", "jsonl"]
+    found = CliRunner().invoke(main, ["search", "--detected", "aws_access_key", *store])
+    assert found.exit_code == 0, found.output
+    matches = [json.loads(line) for line in found.output.splitlines() if line.startswith("{")]
+    assert sorted(m["outcome"] for m in matches) == ["error 399007", "ok"]  # withheld, masked
+    assert all("select" in m["sql"] for m in matches)
+    found = CliRunner().invoke(main, ["search", "--detected", "iban", *store])
+    assert len([line for line in found.output.splitlines() if line.startswith("{")]) == 2
