@@ -1,6 +1,6 @@
 """Masking Arrow IPC streams (`rowsetBase64`, Arrow result chunks): batches rebuilt, schema kept.
 
-Each record batch is rebuilt with the same schema, field metadata included
+The stream is rebuilt with the same schema, field metadata included
 (Snowflake's drivers read a column's logical type and scale from it): a
 masked string becomes the marker, a masked value of any other type null.
 Detection runs on string columns only, vectorised (detectors.detect_array).
@@ -26,28 +26,24 @@ def mask_stream(data: bytes, rowtype: Sequence[Any], plan: MaskPlan, outcome: Ou
     """The stream with `plan` applied; the same bytes when nothing in it was masked."""
     if not plan.active or not data:
         return data
-    reader = pa.ipc.open_stream(data)
-    schema = reader.schema
-    batches = list(reader)
+    table = pa.ipc.open_stream(data).read_all()
+    schema = table.schema
     columns = [Column.from_rowtype(entry) for entry in rowtype]
+    arrays: list[pa.Array | pa.ChunkedArray] = list(table.columns)
     changed = False
-    rebuilt: list[pa.RecordBatch] = []
-    for batch in batches:
-        arrays = list(batch.columns)
-        for index, array in enumerate(arrays):
-            column = columns[index] if index < len(columns) else Column(schema.names[index], "")
-            replaced = _mask_array(array, column, plan, outcome)
-            if replaced is not None:
-                arrays[index] = replaced
-                changed = True
-        rebuilt.append(pa.RecordBatch.from_arrays(arrays, schema=schema))
+    for index, chunked in enumerate(table.columns):
+        column = columns[index] if index < len(columns) else Column(schema.names[index], "")
+        # one array per column: the per-call cost of the kernels is paid once, not per batch
+        replaced = _mask_array(chunked.combine_chunks(), column, plan, outcome)
+        if replaced is not None:
+            arrays[index] = replaced
+            changed = True
     if not changed:
         return data
     outcome.changed = True
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, schema) as writer:
-        for batch in rebuilt:
-            writer.write_batch(batch)
+        writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
     return sink.getvalue().to_pybytes()
 
 

@@ -52,8 +52,6 @@ def _ssn(text: str) -> bool:
 
 
 def _phone(text: str) -> bool:
-    if text and text[0] not in "+(0123456789":
-        text = text[1:]  # the character before the number, which the pattern had to read
     try:
         number = phonenumbers.parse(text, "US")
     except phonenumbers.NumberParseException:
@@ -112,12 +110,23 @@ DETECTORS: Final[dict[str, Detector]] = {
         # the common practical shape (RFC 5322 allows more than anyone uses); no library
         # finds addresses in running text
         Detector("email", r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"),
+        # international numbers with their `+`, or North American ones in the NANP's shape
+        # (area code and exchange start with 2-9): ids and references with digit groups
+        # would otherwise all reach the validator
         Detector(
             "phone",
-            r"(?:^|[^A-Za-z0-9+(])\+?\(?\d{1,4}\)?[ .-]?\(?\d{2,4}\)?[ .-]?\d{3,4}[ .-]?\d{3,4}\b",
+            r"\+\d{1,3}[ .-]?\(?\d{1,4}\)?(?:[ .-]?\d{2,4}){2,4}\b"
+            r"|(?:\(|\b)[2-9]\d{2}\)?[ .-]?[2-9]\d{2}[ .-]?\d{4}\b",
             _phone,
         ),
-        Detector("credit_card", r"\b\d(?:[ -]?\d){12,18}\b", _card),
+        # as cards are written: 13-19 digits, groups of four, or Amex's 4-6-5; other digit
+        # runs with dashes (order and reference numbers) never reach the Luhn check
+        Detector(
+            "credit_card",
+            r"\b(?:\d{13,19}|\d{4}(?: \d{4}){2} \d{1,7}|\d{4}(?:-\d{4}){2}-\d{1,7}"
+            r"|\d{4}[ -]\d{6}[ -]\d{5})\b",
+            _card,
+        ),
         Detector("iban", r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b", _iban),
         Detector("us_ssn", r"\b\d{3}-\d{2}-\d{4}\b", _ssn),
         Detector(
