@@ -68,8 +68,8 @@ def mask_answer(answer: dict[str, Any], plan: MaskPlan) -> Outcome:
     encoded = data.get("rowsetBase64")
     if isinstance(encoded, str) and encoded:
         try:
-            stream = base64.b64decode(encoded, validate=True)
-        except binascii.Error:
+            stream = binascii.a2b_base64(encoded, strict_mode=True)
+        except (binascii.Error, ValueError):
             raise UnmaskableAnswer("rowsetBase64 is not base64") from None
         try:
             masked = arrow.mask_stream(stream, rowtype, plan, outcome)
