@@ -33,6 +33,7 @@ from hoopgw.recorder.annotations import (
     BLOCKED_MARK,
     FAILED_MARK,
     SENSITIVE_MARK,
+    detections_note,
     statement_comment,
 )
 
@@ -83,7 +84,8 @@ class Inspection:
             flow.marked = BLOCKED_MARK
         elif state.detections:
             flow.marked = SENSITIVE_MARK
-            flow.comment = _with_detections(flow.comment, state.detections)
+            note = detections_note(state.detections)
+            flow.comment = f"{flow.comment} {note}" if flow.comment else note
         elif _failed(flow, state):
             flow.marked = FAILED_MARK
         state.release_bodies()
@@ -110,18 +112,6 @@ def _comment(state: FlowState) -> str:
     if state.endpoint is Endpoint.LOGIN and state.caller is not None:
         return f"login: {state.caller.subject}"
     return ""
-
-
-def _with_detections(comment: str, detections: list[dict[str, Any]]) -> str:
-    """The comment with what was found: `[email x3 masked, iban x1 withheld]`."""
-    found = ", ".join(
-        f"{item.get('kind')} x{item.get('count')} {_ACTION_WORDS.get(item.get('action'), '')}"
-        for item in detections
-    )
-    return f"{comment} [{found.strip()}]" if comment else f"[{found.strip()}]"
-
-
-_ACTION_WORDS = {"mask": "masked", "record": "recorded", "withhold": "withheld"}
 
 
 def _failed(flow: http.HTTPFlow, state: FlowState) -> bool:

@@ -20,6 +20,8 @@ from snowflake.connector import ProgrammingError
 
 from hoopgw.addons.protocol import CODE_GATEWAY_SENSITIVE
 from hoopgw.cli.main import main
+from hoopgw.recorder.annotations import SENSITIVE_MARK
+from hoopgw.replay.export import records_to_flows
 from tests import stack
 from tests.raw_http import stored_records
 
@@ -214,3 +216,8 @@ def test_records_hold_what_the_caller_received_and_the_detections(
     assert all("select" in m["sql"] for m in matches)
     found = CliRunner().invoke(main, ["search", "--detected", "iban", *store])
     assert len([line for line in found.output.splitlines() if line.startswith("{")]) == 2
+    flows = records_to_flows(records)
+    marked = [flow for flow in flows if flow.marked == SENSITIVE_MARK]
+    assert len(marked) == 3  # masked, recorded and withheld, as in the live view
+    assert all(flow.comment.startswith("🔒 select") for flow in marked)
+    assert any("aws_access_key x1 withheld" in flow.comment for flow in marked)

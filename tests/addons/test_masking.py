@@ -14,9 +14,11 @@ from mitmproxy.test import taddons
 from hoopgw.addons import protocol
 from hoopgw.addons.flowstate import Caller, FlowState
 from hoopgw.addons.guardrails import Guardrails, PolicyError, parse_policy
+from hoopgw.addons.inspection import Inspection
 from hoopgw.addons.masking import Masking
 from hoopgw.addons.protocol import StreamedAnswer
 from hoopgw.addons.recording import Recording
+from hoopgw.recorder.annotations import SENSITIVE_MARK
 from hoopgw.recorder.masking import NO_MASKING
 from tests.addons import QUERY_PATH, STATEMENTS_PATH, answered, classified, snowflake_flow
 from tests.bodies import query_body
@@ -251,3 +253,22 @@ def test_masking_keys_are_parsed_into_the_rule() -> None:
     rule = policy.rules[0]
     assert [pattern.text for pattern in rule.mask_columns] == ["*.hr.*.salary"]
     assert (rule.detect, rule.on_detect) == (frozenset({"email", "iban"}), "withhold")
+
+
+def test_mitmweb_marks_an_answer_with_detections_and_says_what_was_done(
+    masking: Masking,
+) -> None:
+    flow, state = asked(AGENT)
+    Inspection().request(flow)
+    answered(flow, query_answer())
+    masking.response(flow)
+    Inspection().response(flow)
+    assert flow.marked == SENSITIVE_MARK
+    assert flow.comment.startswith("select * from customers [")
+    assert "credit_card x1 masked" in flow.comment and "iban x1 masked" in flow.comment
+    assert flow.metadata["hoopgw"]["detections"] == state.detections
+    plain, _ = asked(ANALYST)
+    answered(plain, query_answer())
+    masking.response(plain)
+    Inspection().response(plain)
+    assert not plain.marked
