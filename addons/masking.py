@@ -5,8 +5,10 @@ per group, which result columns are masked whole and which kinds of value
 are looked for in the rest; the library in recorder/masking/ does the work.
 This addon applies it to every answer that carries rows inline: query answers
 (`data.rowset`, `data.rowsetBase64`), `GET /queries/{id}/result` and SQL API v2
-statements and partitions. Result chunks fetched through the gateway are
-masked by the chunk path with `hoopgw.recorder.masking.mask_chunk`.
+statements and partitions. Result chunks are to be masked by the chunk path
+with `hoopgw.recorder.masking.mask_chunk`; until that path exists, an answer
+with chunks in cloud storage is withheld from a caller with masking rules,
+since its chunks would reach the caller unmasked.
 
 It runs after `Guardrails` and before `Recording`: its response hook changes
 the answer before mitmproxy writes it to the client, and the recorder, next in
@@ -110,6 +112,17 @@ class Masking:
                     flow, state, "the answer could not be read, so it could not be masked", None
                 )
             return
+        if _has_chunks(answer):
+            # the chunks would go from cloud storage to the client unmasked: until the
+            # chunk path masks them (recorder.masking.mask_chunk), such a result is withheld
+            self._withhold(
+                flow,
+                state,
+                "the result is larger than one inline part, and its further parts "
+                "(result chunks) cannot be masked yet; narrow the query or add a LIMIT",
+                _query_id(answer),
+            )
+            return
         try:
             outcome = self._mask(flow, state, answer, plan)
         except UnmaskableAnswer as exc:
@@ -155,6 +168,11 @@ class Masking:
         shape = Shape.SQL_API if state.endpoint is Endpoint.SQL_API else Shape.QUERY
         replace_answer(flow, state, shape, protocol.CODE_GATEWAY_SENSITIVE, message)
         logger.info("hoopgw: withheld the answer to %s: %s", flow.id, reason)
+
+
+def _has_chunks(answer: dict[str, Any]) -> bool:
+    data = answer.get("data")
+    return isinstance(data, dict) and bool(data.get("chunks"))
 
 
 def _query_id(answer: dict[str, Any]) -> str | None:

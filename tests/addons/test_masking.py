@@ -272,3 +272,22 @@ def test_mitmweb_marks_an_answer_with_detections_and_says_what_was_done(
     masking.response(plain)
     Inspection().response(plain)
     assert not plain.marked
+
+
+def test_a_result_with_chunks_in_cloud_storage_is_withheld_until_chunks_are_masked(
+    masking: Masking,
+) -> None:
+    chunked = query_answer()
+    chunked["data"]["chunks"] = [{"url": "https://bucket.example/c0", "rowCount": 9}]
+    flow, _ = asked(AGENT)
+    answered(flow, chunked)
+    masking.response(flow)
+    assert flow.response is not None
+    answer = orjson.loads(flow.response.content or b"")
+    assert answer["code"] == "399007" and "result chunks" in answer["message"]
+    assert "bucket.example" not in flow.response.text
+    plain, _ = asked(ANALYST)
+    answered(plain, chunked)
+    masking.response(plain)
+    assert plain.response is not None
+    assert "bucket.example" in plain.response.text
