@@ -2,8 +2,9 @@
 
 fakesnow answers queries in Arrow (`rowsetBase64`) and reports no origin
 database, schema or table for a column, so column rules here are written
-`*.*.*.NAME`; origin globs, JSON rowsets and SQL API answers are covered in
-tests/addons/test_masking.py and tests/test_masking.py.
+`*.*.*.NAME`; origin globs and JSON rowsets are covered in
+tests/addons/test_masking.py and tests/test_masking.py, SQL API answers in
+tests/test_masking_sql_api_e2e.py.
 """
 
 from __future__ import annotations

@@ -96,8 +96,12 @@ class Column:
 
     @property
     def textual(self) -> bool:
-        """Whether a marker string can stand in a value (anything else becomes NULL)."""
-        return self.type in TEXT_TYPES
+        """Whether a marker string can stand in a value (anything else becomes NULL).
+
+        A column whose type the answer does not give is treated as text: in a
+        JSON rowset every value is a string, and looking is the safe side.
+        """
+        return self.type in TEXT_TYPES or not self.type
 
 
 TEXT_TYPES: Final = frozenset({"text", "variant", "object", "array", "string", "varchar"})
