@@ -19,6 +19,10 @@ list), and each reads and extends the flow's `FlowState`:
    in the answers.
 4. `Guardrails` (addons/guardrails.py) checks statements against the policy;
    sets `state.classified`, `state.statements` and `state.guardrail`, or refuses.
+   `Masking` (addons/masking.py), right after it, masks or withholds
+   sensitive values in an answer's rows per the caller's rules and sets
+   `state.detections`; in the response hooks it runs before `Recording`, so
+   the record holds the answer as the caller received it.
 5. `Recording` (addons/recording.py) makes the request record durable before
    the request may go upstream, and records the response or error.
 6. `Inspection` (addons/inspection.py) annotates the flow for mitmweb; as the
@@ -128,6 +132,7 @@ class FlowState:
     response_body: bytes | None = None
     response_json: dict[str, Any] | None = None
     streamed: StreamedAnswer | None = None  # the answer went to the client as it arrived
+    detections: list[dict[str, Any]] | None = None  # what addons/masking.py found in the rows
     passed: set[str] = field(default_factory=set)
 
     @property

@@ -14,6 +14,7 @@ from hoopgw.addons.contentview import snowflake_view  # noqa: F401  (registers t
 from hoopgw.addons.failclosed import FailClosed, guarded
 from hoopgw.addons.guardrails import Guardrails
 from hoopgw.addons.inspection import Inspection
+from hoopgw.addons.masking import Masking
 from hoopgw.addons.recording import Recording
 from hoopgw.addons.results import ChunkFetch, ResultChunks
 from hoopgw.addons.session_context import SessionContextTracker
@@ -27,6 +28,7 @@ from hoopgw.addons.transport import ClientDeadlines, RequireTls
 
 pin_malloc_mmap_threshold()
 result_chunks = ResultChunks()
+guardrails = Guardrails()
 
 addons = [
     one_line_option_errors(guarded(addon))
@@ -37,7 +39,8 @@ addons = [
         result_chunks,
         Authentication(),
         SessionContextTracker(),
-        Guardrails(),
+        guardrails,
+        Masking(guardrails),
         Recording(),
         ChunkFetch(result_chunks),
         Inspection(),

@@ -35,6 +35,9 @@ from hoopgw.addons import names, protocol
 from hoopgw.addons.flowstate import FlowState, state_of
 from hoopgw.addons.protocol import Endpoint
 from hoopgw.addons.refusals import refuse
+from hoopgw.recorder.masking import ACTIONS as MASK_ACTIONS
+from hoopgw.recorder.masking import KINDS as MASK_KINDS
+from hoopgw.recorder.masking import Action, ColumnPattern
 from hoopgw.recorder.statements import (
     KINDS,
     READ_ONLY_KINDS,
@@ -67,6 +70,9 @@ RULE_KEYS = frozenset(
         "deny_role_change",
         "on_unparsable",
         "allow_stage_transfer",
+        "mask_columns",
+        "detect",
+        "on_detect",
     }
 )
 STAGE_TRANSFER_KINDS = frozenset({"PUT", "GET"})
@@ -139,6 +145,9 @@ class Rule:
     deny_role_change: bool = False
     on_unparsable: Literal["deny", "allow"] = "deny"
     allow_stage_transfer: bool = False
+    mask_columns: tuple[ColumnPattern, ...] = ()
+    detect: frozenset[str] = frozenset()
+    on_detect: Action = "mask"
 
     def applies_to(self, groups: Iterable[str]) -> bool:
         return ANY_GROUP in self.groups or not self.groups.isdisjoint(groups)
@@ -374,6 +383,7 @@ def _parse_rule(entry: dict[str, Any], number: int, source: str) -> Rule:
     description = entry.get("description")
     if description is not None and not isinstance(description, str):
         raise fail("description", "must be a string")
+    mask_columns, detect, on_detect = _masking(entry, fail)
     return Rule(
         name=name,
         groups=frozenset(groups),
@@ -387,7 +397,31 @@ def _parse_rule(entry: dict[str, Any], number: int, source: str) -> Rule:
         deny_role_change=flags["deny_role_change"],
         on_unparsable=on_unparsable,
         allow_stage_transfer=flags["allow_stage_transfer"],
+        mask_columns=mask_columns,
+        detect=detect,
+        on_detect=on_detect,
     )
+
+
+def _masking(
+    entry: dict[str, Any], fail: Any
+) -> tuple[tuple[ColumnPattern, ...], frozenset[str], Action]:
+    """The rule's result masking keys (docs/masking.md): column globs, kinds, action."""
+    patterns: list[ColumnPattern] = []
+    for text in _strings(entry, "mask_columns", fail):
+        try:
+            patterns.append(ColumnPattern.parse(text))
+        except ValueError as exc:
+            raise fail("mask_columns", str(exc)) from None
+    detect = frozenset(kind.lower() for kind in _strings(entry, "detect", fail))
+    for kind in sorted(detect - MASK_KINDS):
+        raise fail("detect", f"unknown kind {kind!r} (known: {', '.join(sorted(MASK_KINDS))})")
+    on_detect = entry.get("on_detect", "mask")
+    if on_detect not in MASK_ACTIONS:
+        raise fail("on_detect", f'must be "mask", "record" or "withhold", not {on_detect!r}')
+    if "on_detect" in entry and not detect:
+        raise fail("on_detect", "has no effect without detect")
+    return tuple(patterns), detect, on_detect
 
 
 def _strings(entry: dict[str, Any], key: str, fail: Any, *, required: bool = False) -> list[str]:

@@ -36,6 +36,8 @@ from hoopgw.addons.protocol import Endpoint
 from hoopgw.recorder.annotations import (
     BLOCKED_MARK,
     FAILED_MARK,
+    SENSITIVE_MARK,
+    detections_note,
     refusal_comment,
     statement_comment,
 )
@@ -59,6 +61,8 @@ def hoopgw_metadata(state: FlowState) -> dict[str, Any]:
         metadata["guardrail"] = state.guardrail
     if state.streamed is not None:
         metadata["streamed"] = state.streamed.facts()
+    if state.detections:
+        metadata["detections"] = state.detections
     return metadata
 
 
@@ -83,6 +87,10 @@ class Inspection:
         flow.metadata["hoopgw"] = hoopgw_metadata(state)
         if state.answered:
             flow.marked = BLOCKED_MARK
+        elif state.detections:
+            flow.marked = SENSITIVE_MARK
+            note = detections_note(state.detections)
+            flow.comment = f"{flow.comment} {note}" if flow.comment else note
         elif _failed(flow, state):
             flow.marked = FAILED_MARK
         state.release_bodies()

@@ -42,12 +42,14 @@ CODE_GATEWAY_PROTOCOL = 399001
 CODE_GATEWAY_RECORDING = 399002
 CODE_GATEWAY_POLICY = 399003
 CODE_GATEWAY_INTERNAL = 399004
+CODE_GATEWAY_SENSITIVE = 399007
 GATEWAY_CODES: Final[Mapping[int, str]] = MappingProxyType(
     {
         CODE_GATEWAY_PROTOCOL: "refused by hoopgw: malformed request",
         CODE_GATEWAY_RECORDING: "refused by hoopgw: could not be recorded",
         CODE_GATEWAY_POLICY: "blocked by hoopgw policy",
         CODE_GATEWAY_INTERNAL: "refused by hoopgw: internal error (fail closed)",
+        CODE_GATEWAY_SENSITIVE: "result withheld by hoopgw: sensitive data (policy)",
     }
 )
 """Each of the gateway's own codes with its meaning in one line, for views and documentation."""

@@ -649,6 +649,8 @@ class Recording:
             record.update(statement_outcome(state.response_json))
         if state.sql_masked:
             withhold_statement_echoes(record)
+        if state.detections:
+            record["detections"] = state.detections
         return record
 
     def _response_body(self, response: http.Response, state: FlowState) -> dict[str, Any]:

@@ -19,6 +19,9 @@ from hoopgw.cli.common import (
     store_options,
 )
 from hoopgw.recorder import listing
+from hoopgw.recorder.masking import COLUMN_KIND, KINDS
+
+DETECTED_CHOICES = sorted(KINDS | {COLUMN_KIND, "any"})
 
 
 @click.command()
@@ -39,6 +42,12 @@ from hoopgw.recorder import listing
     type=click.Choice(("ok", "error", "blocked")),
     help="Only statements that succeeded, failed, or were blocked by the gateway.",
 )
+@click.option(
+    "--detected",
+    type=click.Choice(DETECTED_CHOICES),
+    help="Only statements whose answer held this kind of sensitive data (masked, recorded "
+    "or withheld; `column` for masked columns, `any` for all).",
+)
 @click.option("--limit", type=click.IntRange(min=1), default=200, show_default=True)
 @store_options
 @cache_option
@@ -52,6 +61,7 @@ def search(
     since: datetime | None,
     until: datetime | None,
     outcome: str | None,
+    detected: str | None,
     limit: int,
     store: str,
     s3_endpoint_url: str | None,
@@ -70,11 +80,12 @@ def search(
       hoopgw search --object PAYROLL.SALARIES --since 30d
       hoopgw search --sql "delete from" --user ada@example.com --format jsonl
       hoopgw search --outcome blocked --since yesterday
+      hoopgw search --detected credit_card --since 7d
     """
-    if not any((sql_text, object_name, user, group, since, until, outcome)):
+    if not any((sql_text, object_name, user, group, since, until, outcome, detected)):
         raise CommandError(
             "give at least one of --sql, --object, --user, --group, --since, "
-            "--until, --outcome (see hoopgw search --help)"
+            "--until, --outcome, --detected (see hoopgw search --help)"
         )
     check_time_range(since, until)
     query = listing.SearchQuery(
@@ -85,6 +96,7 @@ def search(
         since=since,
         until=until,
         outcome=outcome,
+        detected=detected,
         limit=limit,
     )
     with open_index(store, s3_endpoint_url, no_cache=no_cache) as index:

@@ -7,7 +7,7 @@ comment, so the live and the offline views read alike.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 from hoopgw.recorder.redaction import redact_sql
 
@@ -15,9 +15,30 @@ BLOCKED_MARK: Final = ":no_entry:"
 """`flow.marked` of a flow the gateway answered itself (policy, identity, recording)."""
 FAILED_MARK: Final = ":x:"
 """`flow.marked` of a flow Snowflake reported an error for, or that failed outright."""
+SENSITIVE_MARK: Final = ":lock:"
+"""`flow.marked` of an answer whose rows held sensitive data (masked, recorded or withheld)."""
 COMMENT_CHARS: Final = 100
 REFUSAL_CHARS: Final = 1000
 """A refusal's reason is kept whole in the comment up to this length (a bound, not a cut)."""
+
+
+_ACTION_WORDS: Final = {"mask": "masked", "record": "recorded", "withhold": "withheld"}
+
+
+def detections_note(detections: list[Any]) -> str:
+    """What masking found, for a comment: `[credit_card x2 masked, iban x1 withheld]`."""
+    found = ", ".join(
+        " ".join(
+            (
+                f"{item.get('kind')}",
+                f"x{item.get('count')}",
+                _ACTION_WORDS.get(item.get("action"), ""),
+            )
+        ).strip()
+        for item in detections
+        if isinstance(item, dict)
+    )
+    return f"[{found}]"
 
 
 def statement_comment(sql: str, limit: int = COMMENT_CHARS) -> str:

@@ -64,8 +64,8 @@ from hoopgw.recorder.store import KeyNotFound, Store, StoreError, file_version
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT: Final = 2
-"""Raised when what a digest holds changes (2: six-digit error codes)."""
+CACHE_FORMAT: Final = 3
+"""Raised when what a digest holds changes (2: six-digit error codes; 3: `detections`)."""
 WORKERS: Final = 32
 BATCH: Final = 256
 ROLLUP_MIN_OBJECTS: Final = 16

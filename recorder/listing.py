@@ -333,6 +333,8 @@ class SearchQuery:
     since: datetime | None = None
     until: datetime | None = None
     outcome: str | None = None
+    detected: str | None = None
+    """A kind of sensitive data the answer held (docs/masking.md), `column`, or `any`."""
     limit: int | None = None
 
 
@@ -382,14 +384,32 @@ def statement_digest(statement: RecordedStatement, session_id: str) -> dict[str,
 def digest_session(session_id: str, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     session = load_session(session_id, records)
     digests = [statement_digest(statement, session_id) for statement in session.statements]
+    detections = _detections(records)
     for digest in digests:
         digest["user"] = digest["user"] or session.user
+        found = detections.get(digest.get("flow_id")) or detections.get(digest.get("query_id"))
+        if found:
+            digest["detections"] = found
     refusals = [refusal_digest(item, session_id) for item in refused_requests(records)]
     for digest in refusals:
         digest["user"] = digest["user"] or session.user
     return sorted(
         digests + refusals, key=lambda d: d["epoch"] if d.get("epoch") is not None else 0.0
     )
+
+
+def _detections(records: list[dict[str, Any]]) -> dict[Any, list[dict[str, Any]]]:
+    """What masking found in each answer, by its flow and by its query id (a result
+    fetched later by query id is the same statement's rows)."""
+    found: dict[Any, list[dict[str, Any]]] = {}
+    for record in records:
+        detections = record.get("detections")
+        if record.get("kind") != "response" or not isinstance(detections, list):
+            continue
+        for key in (record.get("flow_id"), record.get("query_id")):
+            if isinstance(key, str):
+                found.setdefault(key, []).extend(d for d in detections if isinstance(d, dict))
+    return found
 
 
 def search(index: ArchiveIndex, query: SearchQuery) -> SearchResult:
@@ -485,6 +505,8 @@ def _statement_matcher(query: SearchQuery) -> Callable[[dict[str, Any]], bool]:
             return False
         if query.outcome is not None and not _outcome_is(statement, query.outcome):
             return False
+        if query.detected is not None and not _detected(statement, query.detected):
+            return False
         return query.object is None or object_matches(query.object, statement.get("objects") or ())
 
     return matches
@@ -528,6 +550,13 @@ def _searched_records(
         for record in records
         if record.get("kind") in STATEMENT_KINDS
         and (isinstance(record.get("sql"), str) or record.get("kind") == REFUSAL)
+    )
+
+
+def _detected(statement: dict[str, Any], kind: str) -> bool:
+    return any(
+        isinstance(item, dict) and (kind == "any" or item.get("kind") == kind)
+        for item in statement.get("detections") or ()
     )
 
 

@@ -158,6 +158,9 @@ KIND_FIELDS: Final[dict[str, dict[str, Field]]] = {
         "message": _opt(OPT_STR, "Snowflake's error message"),
         "guardrail": _opt(OPT_DICT, "policy decision, when taken on the response"),
         "refusal": _opt(OPT_DICT, "set when the gateway itself answered (see refusal records)"),
+        "detections": _opt(
+            OPT_LIST, "sensitive data in the rows: [{column, kind, count, action}], no values"
+        ),
         **_CONTEXT,
     },
     ERROR: {

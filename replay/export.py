@@ -28,6 +28,8 @@ from mitmproxy import connection, flow, http, io
 from hoopgw.recorder.annotations import (
     BLOCKED_MARK,
     FAILED_MARK,
+    SENSITIVE_MARK,
+    detections_note,
     refusal_comment,
     statement_comment,
 )
@@ -49,7 +51,7 @@ _EVENTS = {
     "result": "query result",
     "authenticator": "authenticator request",
 }
-_MARK_SYMBOLS = {BLOCKED_MARK: "⛔", FAILED_MARK: "❌"}
+_MARK_SYMBOLS = {BLOCKED_MARK: "⛔", FAILED_MARK: "❌", SENSITIVE_MARK: "🔒"}
 _FLOW_ID = re.compile(r"[0-9a-f-]{1,64}")
 _HOST = re.compile(r"[0-9A-Za-z._:-]{1,253}")
 _DEFAULT_PORTS = {"https": 443, "http": 80}
@@ -193,16 +195,22 @@ def _flow(flow_id: str, parts: _Parts, session: dict[str, Any]) -> http.HTTPFlow
         metadata["refusal"] = refusal
     if recorded.get("guardrail") is not None:
         metadata["guardrail"] = recorded["guardrail"]
+    detections = (answer or {}).get("detections")
+    if isinstance(detections, list) and detections:
+        metadata["detections"] = detections
     result.metadata["hoopgw"] = metadata
 
     if refusal:
         result.marked = BLOCKED_MARK
+    elif "detections" in metadata:
+        result.marked = SENSITIVE_MARK
     elif _failed(result, answer):
         result.marked = FAILED_MARK
     # `hoopgw inspect` lists comments without the path column that shows marks
     mark = _MARK_SYMBOLS.get(result.marked)
     comment = _comment(recorded, refusal, truncated)
-    result.comment = " ".join(part for part in (mark, comment) if part)
+    note = detections_note(metadata["detections"]) if "detections" in metadata else None
+    result.comment = " ".join(part for part in (mark, comment, note) if part)
     return result
 
 

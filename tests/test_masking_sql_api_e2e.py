@@ -1,0 +1,108 @@
+"""Masking SQL API v2 answers end to end: a real gateway in front of the strict upstream.
+
+The strict upstream answers every SQL API statement with one row that echoes
+the statement text, so what the caller sends comes back as result data.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from hoopgw.recorder.secrets import new_token_key
+from tests import stack
+from tests.bodies import write_service_key
+from tests.strict_upstream import StrictUpstream
+
+ACCOUNT = "mk12345"
+SERVICE_USER = "svc_hoopgw"
+TOKEN_KEY_ENV = "HOOPGW_TEST_TOKEN_KEY"
+GROUPS = ["agents", "readers"]
+POLICY = """
+[[rule]]
+name = "agents-see-no-pii"
+groups = ["agents"]
+detect = ["email", "credit_card"]
+"""
+
+
+@pytest.fixture(scope="module")
+def service_key(workdir: Path) -> Path:
+    path = workdir / f"masking-key-{uuid.uuid4().hex[:6]}.p8"
+    write_service_key(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def strict(fakesnow_server, service_key: Path) -> Iterator[StrictUpstream]:
+    public_key = serialization.load_pem_private_key(service_key.read_bytes(), None).public_key()
+    upstream = StrictUpstream(
+        fakesnow_server.url,
+        ACCOUNT,
+        SERVICE_USER,
+        public_key=public_key,  # type: ignore[arg-type]
+    ).start()
+    yield upstream
+    upstream.stop()
+
+
+@pytest.fixture(scope="module")
+def gw(gateway_factory, strict, oidc, service_key: Path, workdir: Path) -> stack.Gateway:
+    policy = workdir / f"masking-sql-api-{uuid.uuid4().hex[:6]}.toml"
+    policy.write_text(POLICY)
+    options = {
+        "hoopgw_allowed_groups": GROUPS,
+        "hoopgw_role_map": [f"{group}={group.upper()}" for group in GROUPS],
+        "hoopgw_upstream_account": ACCOUNT,
+        "hoopgw_upstream_user": SERVICE_USER,
+        "hoopgw_upstream_secondary_roles": "none",
+        "hoopgw_upstream_private_key": f"file:{service_key}",
+        "hoopgw_upstream_password": "",
+        "hoopgw_token_key": f"env:{TOKEN_KEY_ENV}",
+        "hoopgw_policy": str(policy),
+    }
+    return gateway_factory(
+        strict.url, options, env={TOKEN_KEY_ENV: new_token_key()}, name="masking-sql-api-gw"
+    )
+
+
+def statement(gateway: stack.Gateway, token: str, sql: str) -> tuple[int, dict[str, Any]]:
+    connection = http.client.HTTPConnection(stack.LOOPBACK, gateway.port, timeout=30)
+    try:
+        connection.request(
+            "POST",
+            "/api/v2/statements",
+            json.dumps({"statement": sql}),
+            {
+                "Content-Type": "application/json",
+                "Authorization": f"Bearer {token}",
+                "X-Snowflake-Authorization-Token-Type": "OAUTH",
+            },
+        )
+        answer = connection.getresponse()
+        return answer.status, json.loads(answer.read())
+    finally:
+        connection.close()
+
+
+SQL = "select 'ada@example.com', '4111 1111 1111 1111'"
+
+
+def test_sql_api_rows_are_masked_for_a_caller_whose_rules_say_so(gw, oidc) -> None:
+    status, answer = statement(gw, oidc.mint("ada", groups=["agents"]), SQL)
+    assert status == 200, answer
+    assert answer["data"][0][0] == "[MASKED:credit_card]"  # the first kind found in the cell
+    assert "ada@example.com" not in json.dumps(answer["data"])
+
+
+def test_sql_api_rows_are_untouched_for_a_caller_without_rules(gw, oidc) -> None:
+    status, answer = statement(gw, oidc.mint("rex", groups=["readers"]), SQL)
+    assert status == 200, answer
+    assert answer["data"][0][0] == SQL
