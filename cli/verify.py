@@ -19,7 +19,7 @@ from hoopgw.cli.common import (
     open_archive,
     store_options,
 )
-from hoopgw.recorder.catalog import ArchiveReport, VerifyReport, verify_chunks
+from hoopgw.recorder.catalog import ArchiveReport, SessionNotFound, VerifyReport, verify_chunks
 from hoopgw.recorder.checkpoints import CheckpointKeyError, load_public_key, public_keys_by_id
 from hoopgw.recorder.ids import InvalidSessionId
 from hoopgw.recorder.segment import SegmentError
@@ -114,7 +114,8 @@ def verify(
     archive = open_archive(store, s3_endpoint_url)
     if session_id is not None:
         report = archive.verify_session(session_id, keys)
-        with contextlib.suppress(SegmentError):  # a segment that does not decode is reported
+        # a segment that does not decode, or none left at all, is reported above
+        with contextlib.suppress(SegmentError, SessionNotFound):
             verify_chunks(archive.read_session(session_id), report)
         _print_session(report, output_format)
         ok = report.ok

@@ -50,11 +50,15 @@ def record_sessions(gateway, connect, oidc, count: int, tag: str) -> None:
 
 
 def ended_sessions(store: LocalStore) -> list[str]:
-    """Session ids whose summary says they ended, oldest first."""
+    """Callers' session ids whose summary says they ended, oldest first.
+
+    Refusal windows (`refusal_summary` records of requests nobody verified) are
+    sessions of their own that end at once; they are not the callers' sessions.
+    """
     ended = []
     for key in store.list("summaries/"):
         summary = orjson.loads(store.get(key))
-        if summary.get("end_ts") is not None:
+        if summary.get("end_ts") is not None and summary.get("end_reason") != "refusal_window":
             ended.append(summary["session_id"])
     return sorted(ended)
 
