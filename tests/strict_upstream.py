@@ -4,8 +4,9 @@ fakesnow accepts any login, so a gateway that forwarded the caller's token, or
 a malformed key-pair JWT, would pass every test against it. `StrictUpstream`
 sits between the gateway and fakesnow and:
 
-- accepts a login only with the configured account and user and either a
-  key-pair JWT (AUTHENTICATOR=SNOWFLAKE_JWT: RS256, signature by the registered
+- accepts a login only with the configured account and a user it knows (the
+  configured one, or one of `users`, each with its own registered public key)
+  and either a key-pair JWT (AUTHENTICATOR=SNOWFLAKE_JWT: RS256, signature by the registered
   public key, `iss = ACCOUNT.USER.SHA256:<fingerprint>`, `sub = ACCOUNT.USER`,
   `iat`/`exp` at most an hour apart, as Snowflake's key-pair documentation
   states) or the configured password; anything else gets 390100;
@@ -107,6 +108,7 @@ class StrictUpstream(stack.LoopbackServer):
         *,
         public_key: RSAPublicKey | None = None,
         password: str | None = None,
+        users: dict[str, RSAPublicKey] | None = None,
         session_validity: int = 3600,
         master_validity: int = 14400,
     ) -> None:
@@ -116,6 +118,7 @@ class StrictUpstream(stack.LoopbackServer):
         self.user = user
         self.public_key = public_key
         self.password = password
+        self.users = {name.upper(): key for name, key in (users or {}).items()}
         self.session_validity = session_validity
         self.master_validity = master_validity
         self._state = _State()
@@ -250,33 +253,46 @@ class StrictUpstream(stack.LoopbackServer):
     def _credentials_ok(self, data: dict[str, Any]) -> bool:
         if data.get("ACCOUNT_NAME") != self.account:
             return False
-        if str(data.get("LOGIN_NAME") or "").upper() != self.user.upper():
+        user = str(data.get("LOGIN_NAME") or "").upper()
+        if user != self.user.upper() and user not in self.users:
             return False
         authenticator = str(data.get("AUTHENTICATOR") or "SNOWFLAKE").upper()
         if authenticator == "SNOWFLAKE_JWT":
-            return "PASSWORD" not in data and self._keypair_jwt_ok(data.get("TOKEN"))
+            return (
+                "PASSWORD" not in data and self._keypair_jwt_ok(data.get("TOKEN"), user) is not None
+            )
         if authenticator == "SNOWFLAKE":
             return (
-                self.password is not None
+                user == self.user.upper()
+                and self.password is not None
                 and "TOKEN" not in data
                 and data.get("PASSWORD") == self.password
             )
         return False
 
-    def _keypair_jwt_ok(self, token: object) -> bool:
-        if self.public_key is None or not isinstance(token, str):
-            return False
+    def _keypair_jwt_ok(self, token: object, user: str | None = None) -> str | None:
+        """The user a key-pair JWT signs in as, verified with that user's key; None if invalid.
+
+        Like Snowflake: the user named in `sub` must carry the public key that
+        signed, and `iss` must name that key's fingerprint.
+        """
+        user = (user or self._jwt_user(token) or "").upper()
+        public_key = self.users.get(user) or (
+            self.public_key if user == self.user.upper() else None
+        )
+        if public_key is None or not isinstance(token, str):
+            return None
         try:
             if jws.extract_compact(token.encode()).protected.get("alg") != "RS256":
-                return False
-            claims = jwt.decode(token, RSAKey.import_key(self.public_key), ["RS256"]).claims
+                return None
+            claims = jwt.decode(token, RSAKey.import_key(public_key), ["RS256"]).claims
         except (JoseError, ValueError):
-            return False
-        qualified = f"{snowflake_account(self.account)}.{self.user.upper()}"
+            return None
+        qualified = f"{snowflake_account(self.account)}.{user}"
         now = time.time()
         iat, exp = claims.get("iat"), claims.get("exp")
-        return (
-            claims.get("iss") == f"{qualified}.{fingerprint(self.public_key)}"
+        valid = (
+            claims.get("iss") == f"{qualified}.{fingerprint(public_key)}"
             and claims.get("sub") == qualified
             and isinstance(iat, int)
             and isinstance(exp, int)
@@ -284,6 +300,19 @@ class StrictUpstream(stack.LoopbackServer):
             and exp > now
             and exp - iat <= 3600
         )
+        return user if valid else None
+
+    def _jwt_user(self, token: object) -> str | None:
+        """The user part of an unverified JWT's `sub` (ACCOUNT.USER), to pick the key to check."""
+        if not isinstance(token, str):
+            return None
+        try:
+            payload = token.split(".")[1]
+            claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        except (IndexError, ValueError):
+            return None
+        subject = claims.get("sub") if isinstance(claims, dict) else None
+        return subject.partition(".")[2] if isinstance(subject, str) else None
 
     def _renew(self, headers: dict[str, str], body: bytes) -> _Answer:
         master = _snowflake_token(headers) or ""
@@ -324,7 +353,7 @@ class StrictUpstream(stack.LoopbackServer):
         if (
             token_type.upper() != "KEYPAIR_JWT"
             or not authorization.startswith("Bearer ")
-            or not self._keypair_jwt_ok(authorization.removeprefix("Bearer "))
+            or self._keypair_jwt_ok(authorization.removeprefix("Bearer ")) is None
         ):
             return _Answer.json(
                 {"code": "390100", "message": "Incorrect username or password was specified."},
