@@ -9,6 +9,7 @@ after it, and the order below is the order of the hooks (see addons/flowstate.py
 from __future__ import annotations
 
 from hoopgw.addons import names
+from hoopgw.addons.attribution import Attribution
 from hoopgw.addons.authentication import Authentication
 from hoopgw.addons.contentview import snowflake_view  # noqa: F401  (registers the view)
 from hoopgw.addons.failclosed import FailClosed, guarded
@@ -34,11 +35,18 @@ addons = [
         RequireTls(),
         Authentication(),
         SessionContextTracker(),
+        Attribution(),
         Guardrails(),
         Recording(),
         Inspection(),
         FailClosed(
-            required=(names.TRANSPORT, names.AUTHENTICATION, names.GUARDRAILS, names.RECORDING)
+            required=(
+                names.TRANSPORT,
+                names.AUTHENTICATION,
+                names.ATTRIBUTION,
+                names.GUARDRAILS,
+                names.RECORDING,
+            )
         ),
         ReadyAnnouncer(),
     )

@@ -14,6 +14,9 @@ sits between the gateway and fakesnow and:
   `/session/token-request` renewals with the master token, and answers 390112
   once told to expire the current session tokens;
 - checks SQL API v2 calls for a key-pair JWT bearer token;
+- keeps each session's QUERY_TAG (from the login's SESSION_PARAMETERS, a
+  query's `parameters`, or `ALTER SESSION SET QUERY_TAG`, which fakesnow does
+  not implement and this upstream answers itself), so tests read what it saw;
 - records every request it receives, so tests can assert what upstream saw.
 """
 
@@ -24,10 +27,12 @@ import hashlib
 import http.client
 import itertools
 import json
+import re
 import secrets
 import threading
 import time
 import urllib.parse
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
@@ -70,6 +75,7 @@ class _Session:
     master_token: str
     session_id: int
     expired: bool = False
+    query_tag: str | None = None
 
 
 @dataclass
@@ -80,6 +86,7 @@ class _State:
     received: list[Received] = field(default_factory=list)
     issued: set[str] = field(default_factory=set)
     logins: list[dict[str, Any]] = field(default_factory=list)
+    query_tags: list[str | None] = field(default_factory=list)
     renewals: int = 0
 
 
@@ -148,6 +155,11 @@ class StrictUpstream(stack.LoopbackServer):
         with self._lock:
             return list(self._state.logins)
 
+    def query_tags(self) -> list[str | None]:
+        """The QUERY_TAG in force for each statement and login, in the order they came."""
+        with self._lock:
+            return list(self._state.query_tags)
+
     @property
     def renewals(self) -> int:
         with self._lock:
@@ -191,6 +203,10 @@ class StrictUpstream(stack.LoopbackServer):
             return _Answer.json(_failure("390112", "Session token expired"))
         if route == "/telemetry/send":
             return _Answer.json({"success": True, "data": None, "code": None, "message": None})
+        if route == "/queries/v1/query-request":
+            altered = self._query_tag(session, body)
+            if altered is not None:
+                return altered
         answer = self._forward(method, path, headers, body, session.fakesnow_token)
         if route == "/session" and "delete=true" in path:
             with self._lock:
@@ -226,7 +242,18 @@ class StrictUpstream(stack.LoopbackServer):
         master_token = "ver:1-hint:strict-MT-" + secrets.token_urlsafe(24)
         session_id = next(self._session_ids)
         with self._lock:
-            self._state.sessions[session_token] = _Session(fakesnow_token, master_token, session_id)
+            session_tag = next(
+                (
+                    v
+                    for k, v in (data.get("SESSION_PARAMETERS") or {}).items()
+                    if k.upper() == "QUERY_TAG"
+                ),
+                None,
+            )
+            self._state.sessions[session_token] = _Session(
+                fakesnow_token, master_token, session_id, query_tag=session_tag
+            )
+            self._state.query_tags.append(session_tag)
             self._state.masters[master_token] = session_token
             self._state.issued.update({session_token, master_token, fakesnow_token})
             self._state.logins.append(
@@ -249,6 +276,39 @@ class StrictUpstream(stack.LoopbackServer):
             idToken="ver:1-hint:strict-ID-" + secrets.token_urlsafe(16),
         )
         return _Answer.json(payload)
+
+    def _query_tag(self, session: _Session, body: bytes) -> _Answer | None:
+        """Note the statement's QUERY_TAG; answer ALTER SESSION SET/UNSET QUERY_TAG here."""
+        try:
+            request = json.loads(body)
+        except ValueError:
+            return None
+        parameters = request.get("parameters") or {}
+        tags = [v for k, v in parameters.items() if k.upper() == "QUERY_TAG"]
+        altered = _ALTER_QUERY_TAG.match(str(request.get("sqlText") or ""))
+        with self._lock:
+            if altered is not None:
+                session.query_tag = (
+                    None if altered["verb"].upper() == "UNSET" else _sql_string(altered["value"])
+                )
+            self._state.query_tags.append(tags[0] if tags else session.query_tag)
+        if altered is None:
+            return None
+        return _Answer.json(
+            {
+                "data": {
+                    "queryId": str(uuid.uuid4()),
+                    "rowtype": [{"name": "status", "type": "text", "nullable": False}],
+                    "rowset": [["Statement executed successfully."]],
+                    "total": 1,
+                    "returned": 1,
+                    "queryResultFormat": "json",
+                },
+                "code": None,
+                "message": None,
+                "success": True,
+            }
+        )
 
     def _credentials_ok(self, data: dict[str, Any]) -> bool:
         if data.get("ACCOUNT_NAME") != self.account:
@@ -419,6 +479,19 @@ def _failure(code: str, message: str) -> dict[str, Any]:
         "success": False,
         "headers": None,
     }
+
+
+_ALTER_QUERY_TAG = re.compile(
+    r"^\s*alter\s+session\s+(?P<verb>set|unset)\s+query_tag\s*(?:=\s*(?P<value>'.*'))?\s*;?\s*$",
+    re.IGNORECASE | re.DOTALL,
+)
+
+
+def _sql_string(literal: str | None) -> str | None:
+    """A Snowflake string literal's value: '' and backslash escapes undone."""
+    if literal is None:
+        return None
+    return re.sub(r"\\(.)|''", lambda m: m.group(1) or "'", literal[1:-1])
 
 
 def _snowflake_token(headers: dict[str, str]) -> str | None:

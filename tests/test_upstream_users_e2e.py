@@ -7,6 +7,7 @@ for exactly the user it names.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -120,3 +121,41 @@ def test_a_caller_with_no_mapped_user_is_refused_without_contacting_snowflake(
         "hoopgw refused the login: no Snowflake user is mapped to you (hoopgw_upstream_user_map)"
     )
     assert strict.received_since(mark) == []
+
+
+def bodies_since(strict: StrictUpstream, mark: int, route: str) -> list[dict]:
+    return [json.loads(r.body) for r in strict.received_since(mark) if r.path.startswith(route)]
+
+
+def test_query_tag_upstream_names_session_and_caller_and_keeps_the_clients(
+    gw, strict, oidc, connect
+) -> None:
+    mark = strict.mark()
+    token = oidc.mint("gus", groups=["agents"], preferred_username="bea")
+    answer = call(
+        gw, LOGIN_PATH, login_body(token, SESSION_PARAMETERS={"QUERY_TAG": "agent-login"})
+    )
+    assert answer[1]["success"], answer
+    session = answer[1]["data"]["token"]
+    login = bodies_since(strict, mark, "/session/v1/login-request")[-1]
+    tag = json.loads(login["data"]["SESSION_PARAMETERS"]["QUERY_TAG"])
+    assert tag["caller"] == "gus" and tag["client"] == "agent-login"
+    session_id = tag["hoopgw_session"]
+
+    mark = strict.mark()
+    path = f"/queries/v1/query-request?requestId={uuid.uuid4()}"
+    body = {"sqlText": "select 1", "sequenceId": 1, "parameters": {"query_tag": "per-query"}}
+    assert call(gw, path, body, token=session)[1]["success"]
+    altered = query(gw, session, "alter session set query_tag = 'agent-alter'")
+    assert altered["success"], altered
+    sent = bodies_since(strict, mark, "/queries/v1/query-request")
+    per_query = json.loads(sent[0]["parameters"]["QUERY_TAG"])
+    assert per_query == {"hoopgw_session": session_id, "caller": "gus", "client": "per-query"}
+    assert "agent-alter" in sent[1]["sqlText"] and session_id in sent[1]["sqlText"]
+    assert query(gw, session, "select 2")["success"]
+    in_force = json.loads(strict.query_tags()[-1] or "{}")
+    assert in_force == {"hoopgw_session": session_id, "caller": "gus", "client": "agent-alter"}
+
+    refused = query(gw, session, "alter session set query_tag = 'x'; select 1")
+    assert refused["success"] is False
+    assert "hoopgw sets QUERY_TAG itself" in refused["message"]
