@@ -15,6 +15,7 @@ from hoopgw.addons.contentview import snowflake_view  # noqa: F401  (registers t
 from hoopgw.addons.failclosed import FailClosed, guarded
 from hoopgw.addons.guardrails import Guardrails
 from hoopgw.addons.inspection import Inspection
+from hoopgw.addons.query_ids import QueryIds
 from hoopgw.addons.recording import Recording
 from hoopgw.addons.session_context import SessionContextTracker
 from hoopgw.addons.startup import (
@@ -27,15 +28,17 @@ from hoopgw.addons.transport import ClientDeadlines, RequireTls
 
 pin_malloc_mmap_threshold()
 
+authentication = Authentication()
 addons = [
     one_line_option_errors(guarded(addon))
     for addon in (
         ClientDeadlines(),
         SnowflakeTraffic(),
         RequireTls(),
-        Authentication(),
+        authentication,
         SessionContextTracker(),
         Attribution(),
+        QueryIds(authentication.tokens),
         Guardrails(),
         Recording(),
         Inspection(),
@@ -44,6 +47,7 @@ addons = [
                 names.TRANSPORT,
                 names.AUTHENTICATION,
                 names.ATTRIBUTION,
+                names.QUERY_IDS,
                 names.GUARDRAILS,
                 names.RECORDING,
             )

@@ -17,6 +17,8 @@ sits between the gateway and fakesnow and:
 - keeps each session's QUERY_TAG (from the login's SESSION_PARAMETERS, a
   query's `parameters`, or `ALTER SESSION SET QUERY_TAG`, which fakesnow does
   not implement and this upstream answers itself), so tests read what it saw;
+- answers `LAST_QUERY_ID()` (which fakesnow lacks) with the session's last
+  query id, as Snowflake does inside the session;
 - records every request it receives, so tests can assert what upstream saw.
 """
 
@@ -76,6 +78,7 @@ class _Session:
     session_id: int
     expired: bool = False
     query_tag: str | None = None
+    last_query_id: str | None = None
 
 
 @dataclass
@@ -207,7 +210,10 @@ class StrictUpstream(stack.LoopbackServer):
             altered = self._query_tag(session, body)
             if altered is not None:
                 return altered
+            body = self._last_query_id(session, body)
         answer = self._forward(method, path, headers, body, session.fakesnow_token)
+        if route == "/queries/v1/query-request":
+            self._note_query_id(session, answer)
         if route == "/session" and "delete=true" in path:
             with self._lock:
                 self._state.sessions.pop(token or "", None)
@@ -309,6 +315,28 @@ class StrictUpstream(stack.LoopbackServer):
                 "success": True,
             }
         )
+
+    @staticmethod
+    def _last_query_id(session: _Session, body: bytes) -> bytes:
+        """LAST_QUERY_ID() runs inside Snowflake; fakesnow lacks it, so it is answered here."""
+        try:
+            request = json.loads(body)
+        except ValueError:
+            return body
+        sql = request.get("sqlText")
+        if not isinstance(sql, str) or not _LAST_QUERY_ID.search(sql):
+            return body
+        request["sqlText"] = _LAST_QUERY_ID.sub(f"'{session.last_query_id}'", sql)
+        return json.dumps(request).encode()
+
+    def _note_query_id(self, session: _Session, answer: _Answer) -> None:
+        try:
+            query_id = json.loads(answer.body).get("data", {}).get("queryId")
+        except (ValueError, AttributeError):
+            return
+        if isinstance(query_id, str):
+            with self._lock:
+                session.last_query_id = query_id
 
     def _credentials_ok(self, data: dict[str, Any]) -> bool:
         if data.get("ACCOUNT_NAME") != self.account:
@@ -485,6 +513,9 @@ _ALTER_QUERY_TAG = re.compile(
     r"^\s*alter\s+session\s+(?P<verb>set|unset)\s+query_tag\s*(?:=\s*(?P<value>'.*'))?\s*;?\s*$",
     re.IGNORECASE | re.DOTALL,
 )
+
+
+_LAST_QUERY_ID = re.compile(r"last_query_id\s*\(\s*\)", re.IGNORECASE)
 
 
 def _sql_string(literal: str | None) -> str | None:

@@ -99,6 +99,7 @@ def test_fail_closed_requires_exactly_the_addons_that_mark_themselves():
         names.TRANSPORT,
         names.AUTHENTICATION,
         names.ATTRIBUTION,
+        names.QUERY_IDS,
         names.GUARDRAILS,
         names.RECORDING,
     }
