@@ -215,6 +215,8 @@ class UpstreamCredentials:
             """
             The Snowflake user the gateway logs in as (a service user that holds
             the roles of hoopgw_role_map). It replaces the LOGIN_NAME clients send.
+            With hoopgw_upstream_user_map, the user for callers the map does not
+            name is only what its `*=USER` entry says.
             """,
         )
         loader.add_option(
@@ -283,26 +285,41 @@ class UpstreamCredentials:
             needed.append("hoopgw_upstream_user")
         return needed
 
-    def upstream_login(self) -> UpstreamLogin:
-        """Who the gateway logs in as: what the login's session_start record names."""
-        if self.credential is None or not self.account or not self.user:
-            raise RuntimeError("the upstream credential is not configured")
-        return UpstreamLogin(self.account, self.user, self.credential.authenticator)
+    def upstream_login(self, user: str | None = None) -> UpstreamLogin:
+        """Who the gateway logs in as: what the login's session_start record names.
 
-    def login_fields(self) -> dict[str, Any]:
+        `user` is the caller's mapped Snowflake user (hoopgw_upstream_user_map);
+        None is the shared hoopgw_upstream_user.
+        """
+        account, user, credential = self._login_as(user)
+        return UpstreamLogin(account, user, credential.authenticator)
+
+    def login_fields(self, user: str | None = None) -> dict[str, Any]:
         """ACCOUNT_NAME, LOGIN_NAME and the credential fields of an upstream login."""
-        if self.credential is None or not self.account or not self.user:
-            raise RuntimeError("the upstream credential is not configured")
+        account, user, credential = self._login_as(user)
         return {
-            "ACCOUNT_NAME": self.account,
-            "LOGIN_NAME": self.user,
-            **self.credential.login_fields(self.account, self.user),
+            "ACCOUNT_NAME": account,
+            "LOGIN_NAME": user,
+            **credential.login_fields(account, user),
         }
 
-    def sql_api_authorization(self) -> tuple[str, str] | None:
-        if self.credential is None or not self.account or not self.user:
+    def sql_api_authorization(self, user: str | None = None) -> tuple[str, str] | None:
+        if self.credential is None or not self.account or not (user or self.user):
             return None
-        return self.credential.sql_api_authorization(self.account, self.user)
+        account, user, credential = self._login_as(user)
+        return credential.sql_api_authorization(account, user)
+
+    @property
+    def signs_for_any_user(self) -> bool:
+        """A key-pair credential signs in as any user that carries its public key; others cannot."""
+        return isinstance(self.credential, KeyPairCredential)
+
+    def _login_as(self, user: str | None) -> tuple[str, str, UpstreamCredential]:
+        if self.credential is None or not self.account or not (user or self.user):
+            raise RuntimeError("the upstream credential is not configured")
+        if user is not None and not self.signs_for_any_user:
+            raise RuntimeError(f"a {self.credential.kind} credential signs in only as one user")
+        return self.account, user or self.user or "", self.credential
 
     @staticmethod
     def _read_credential() -> UpstreamCredential | None:

@@ -9,12 +9,14 @@ after it, and the order below is the order of the hooks (see addons/flowstate.py
 from __future__ import annotations
 
 from hoopgw.addons import names
+from hoopgw.addons.attribution import Attribution
 from hoopgw.addons.authentication import Authentication
 from hoopgw.addons.contentview import snowflake_view  # noqa: F401  (registers the view)
 from hoopgw.addons.failclosed import FailClosed, guarded
 from hoopgw.addons.guardrails import Guardrails
 from hoopgw.addons.inspection import Inspection
 from hoopgw.addons.masking import Masking
+from hoopgw.addons.query_ids import QueryIds
 from hoopgw.addons.recording import Recording
 from hoopgw.addons.results import ChunkFetch, ResultChunks
 from hoopgw.addons.session_context import SessionContextTracker
@@ -28,6 +30,7 @@ from hoopgw.addons.transport import ClientDeadlines, RequireTls
 
 pin_malloc_mmap_threshold()
 result_chunks = ResultChunks()
+authentication = Authentication()
 guardrails = Guardrails()
 
 addons = [
@@ -37,15 +40,24 @@ addons = [
         SnowflakeTraffic(),
         RequireTls(),
         result_chunks,
-        Authentication(),
+        authentication,
         SessionContextTracker(),
+        Attribution(),
+        QueryIds(authentication.tokens),
         guardrails,
         Masking(guardrails),
         Recording(),
         ChunkFetch(result_chunks),
         Inspection(),
         FailClosed(
-            required=(names.TRANSPORT, names.AUTHENTICATION, names.GUARDRAILS, names.RECORDING)
+            required=(
+                names.TRANSPORT,
+                names.AUTHENTICATION,
+                names.ATTRIBUTION,
+                names.QUERY_IDS,
+                names.GUARDRAILS,
+                names.RECORDING,
+            )
         ),
         ReadyAnnouncer(),
     )

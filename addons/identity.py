@@ -87,6 +87,121 @@ class Grant:
     groups: tuple[str, ...]
     role: str | None
     warehouse: str | None
+    upstream_user: str | None = None
+    """The Snowflake user the gateway signs in as for this caller; None: the shared user."""
+
+
+MAX_SNOWFLAKE_USER_CHARS = 255
+_USER_NAME_SEPARATORS = str.maketrans({"@": "_", ".": "_", "-": "_", "+": "_"})
+_USER_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_$")
+
+
+def snowflake_user_name(value: str) -> str:
+    """A claim's value as an unquoted Snowflake user name; raises ValueError saying why not.
+
+    Upper-cased; `@`, `.`, `-` and `+` become `_`; every other character outside
+    `A-Z`, `0-9`, `_` and `$` is dropped (so `ada.lovelace@example.com` is
+    `ADA_LOVELACE_EXAMPLE_COM`). The result must start with a letter or `_` and
+    be at most 255 characters: an unquoted identifier Snowflake accepts as is.
+    """
+    name = "".join(
+        ch
+        for ch in value.strip().upper().translate(_USER_NAME_SEPARATORS)
+        if ch in _USER_NAME_CHARS
+    )
+    if not name:
+        raise ValueError("leaves no character of a Snowflake user name")
+    if not (name[0].isalpha() or name[0] == "_"):
+        raise ValueError("does not start with a letter or underscore")
+    if len(name) > MAX_SNOWFLAKE_USER_CHARS:
+        raise ValueError(f"is longer than {MAX_SNOWFLAKE_USER_CHARS} characters")
+    return name
+
+
+def _is_plain_user_name(name: str) -> bool:
+    return (
+        bool(name)
+        and (name[0].isalpha() or name[0] == "_")
+        and all(ch.isascii() and (ch.isalnum() or ch in "_$") for ch in name)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class UserRule:
+    """One entry of the user map: a claim to read the user from, or a group's (or anyone's) user."""
+
+    claim: str | None = None
+    group: str | None = None
+    user: str | None = None
+
+    def __str__(self) -> str:
+        if self.claim is not None:
+            return f"claim:{self.claim}"
+        return f"{self.group or '*'}={self.user}"
+
+
+def parse_user_map(entries: Iterable[str]) -> tuple[UserRule, ...]:
+    """Parse `claim:NAME`, `group=USER` and `*=USER` entries; raises ValueError naming the entry.
+
+    Blank entries are skipped. `*=USER` (anyone else) must come last: entries
+    after it could never apply.
+    """
+    rules: list[UserRule] = []
+    for entry in entries:
+        if not entry.strip():
+            continue
+        if rules and rules[-1].claim is None and rules[-1].group is None:
+            raise ValueError(f"{entry!r} comes after the fallback '*=USER', which must be last")
+        if entry.strip().startswith("claim:"):
+            claim = entry.strip().removeprefix("claim:").strip()
+            if not claim or "=" in claim:
+                raise ValueError(f"{entry!r} is not claim:NAME")
+            rules.append(UserRule(claim=claim))
+            continue
+        group, sep, user = (part.strip() for part in entry.partition("="))
+        if not sep or not group or not user:
+            raise ValueError(f"{entry!r} is not claim:NAME, group=USER or *=USER")
+        if not _is_plain_user_name(user):
+            raise ValueError(f"{entry!r}: {user!r} is not an unquoted Snowflake user name")
+        rules.append(UserRule(group=None if group == "*" else group, user=user.upper()))
+    return tuple(rules)
+
+
+class UserMap:
+    """Which Snowflake user the gateway signs in as for a caller: the first entry that names one.
+
+    Without entries every caller gets the shared `hoopgw_upstream_user`; with
+    entries, a caller no entry names a user for is refused (the shared user is
+    a fallback only where the operator writes `*=USER`).
+    """
+
+    def __init__(self, rules: Sequence[UserRule]) -> None:
+        self.rules = tuple(rules)
+
+    def __bool__(self) -> bool:
+        return bool(self.rules)
+
+    def fixed_users(self) -> tuple[str, ...]:
+        """The users the map names outright (group and fallback entries), in order."""
+        return tuple(dict.fromkeys(rule.user for rule in self.rules if rule.user))
+
+    def user_for(self, claims: dict[str, Any], groups: Sequence[str]) -> str:
+        """The caller's Snowflake user; raises IdentityError when no entry yields one."""
+        unusable: list[str] = []
+        for rule in self.rules:
+            if rule.claim is not None:
+                value = claims.get(rule.claim)
+                if not isinstance(value, str) or not value.strip():
+                    continue
+                try:
+                    return snowflake_user_name(value)
+                except ValueError as exc:
+                    unusable.append(f"the token's {rule.claim!r} claim {exc}")
+            elif rule.group is None or rule.group in groups:
+                assert rule.user is not None
+                return rule.user
+        reason = "no Snowflake user is mapped to you (hoopgw_upstream_user_map)"
+        raise IdentityError(f"{reason}: {'; '.join(unusable)}" if unusable else reason)
 
 
 def parse_role_map(entries: Iterable[str]) -> tuple[RoleRule, ...]:
@@ -481,6 +596,7 @@ class Identity:
         self.policy = AccessPolicy((), ())
         self.groups_claim = "groups"
         self.accept_password_token = False
+        self.user_map = UserMap(())
 
     def load(self, loader: Loader) -> None:
         loader.add_option(
@@ -537,6 +653,21 @@ class Identity:
             """,
         )
         loader.add_option(
+            "hoopgw_upstream_user_map",
+            Sequence[str],
+            [],
+            """
+            The Snowflake user the gateway signs in as for each caller, in
+            priority order: `claim:preferred_username` or `claim:email` (the
+            claim's value made a Snowflake user name: upper-cased, @ . - + as _,
+            other characters dropped), `group=USER`, and last `*=USER` for
+            everyone else. A caller no entry names a user for is refused at
+            login. Every user carries the gateway's public key (`hoopgw
+            upstream-keys`); key-pair credential only. Empty: every caller
+            signs in as hoopgw_upstream_user.
+            """,
+        )
+        loader.add_option(
             "hoopgw_accept_password_token",
             bool,
             False,
@@ -589,6 +720,11 @@ class Identity:
                 raise exceptions.OptionsError(f"hoopgw_role_map: {exc}") from None
             allowed = [g.strip() for g in ctx.options.hoopgw_allowed_groups if g.strip()]
             self.policy = AccessPolicy(allowed, rules)
+        if "hoopgw_upstream_user_map" in updated:
+            try:
+                self.user_map = UserMap(parse_user_map(ctx.options.hoopgw_upstream_user_map))
+            except ValueError as exc:
+                raise exceptions.OptionsError(f"hoopgw_upstream_user_map: {exc}") from None
         if "hoopgw_accept_password_token" in updated:
             self.accept_password_token = ctx.options.hoopgw_accept_password_token
 

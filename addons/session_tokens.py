@@ -299,7 +299,9 @@ class SessionTokens:
     """Owns the token key, the token lifetimes and this replica's revocation list."""
 
     def __init__(self) -> None:
-        self.sealer = TokenSealer(os.urandom(KEY_BYTES))
+        self.key_material: tuple[bytes, ...] = (os.urandom(KEY_BYTES),)
+        """The token keys, current first: other secrets derive from them (query ids)."""
+        self.sealer = TokenSealer(self.key_material[0])
         self.revoked = RevocationList()
         self.session_lifetime = 3600
         self.master_lifetime = 4 * 3600
@@ -371,7 +373,9 @@ class SessionTokens:
         ]
         ref = ctx.options.hoopgw_token_key
         if ref:
-            self.sealer = TokenSealer(_read_key("hoopgw_token_key", ref), previous)
+            current = _read_key("hoopgw_token_key", ref)
+            self.sealer = TokenSealer(current, previous)
+            self.key_material = (current, *previous)
             self.shared_key = True
             return
         if previous:
@@ -379,7 +383,8 @@ class SessionTokens:
                 "hoopgw_token_previous_keys is set but hoopgw_token_key is not; "
                 "set the current key too"
             )
-        self.sealer = TokenSealer(os.urandom(KEY_BYTES))
+        self.key_material = (os.urandom(KEY_BYTES),)
+        self.sealer = TokenSealer(self.key_material[0])
         self.shared_key = False
         logger.warning(
             "hoopgw: hoopgw_token_key is unset, so session tokens are sealed with a "

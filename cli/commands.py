@@ -9,6 +9,7 @@ from hoopgw.cli.keys import checkpoint_key, token_key
 from hoopgw.cli.replay import replay
 from hoopgw.cli.search import search
 from hoopgw.cli.sessions import sessions
+from hoopgw.cli.upstream_keys import upstream_keys
 from hoopgw.cli.verify import verify
 
 
@@ -18,6 +19,7 @@ def register(group: click.Group) -> None:
     group.add_command(inspect_command)
     group.add_command(token_key)
     group.add_command(checkpoint_key)
+    group.add_command(upstream_keys)
     group.add_command(sessions)
     group.add_command(search)
     group.add_command(verify)

@@ -4,8 +4,9 @@ fakesnow accepts any login, so a gateway that forwarded the caller's token, or
 a malformed key-pair JWT, would pass every test against it. `StrictUpstream`
 sits between the gateway and fakesnow and:
 
-- accepts a login only with the configured account and user and either a
-  key-pair JWT (AUTHENTICATOR=SNOWFLAKE_JWT: RS256, signature by the registered
+- accepts a login only with the configured account and a user it knows (the
+  configured one, or one of `users`, each with its own registered public key)
+  and either a key-pair JWT (AUTHENTICATOR=SNOWFLAKE_JWT: RS256, signature by the registered
   public key, `iss = ACCOUNT.USER.SHA256:<fingerprint>`, `sub = ACCOUNT.USER`,
   `iat`/`exp` at most an hour apart, as Snowflake's key-pair documentation
   states) or the configured password; anything else gets 390100;
@@ -14,6 +15,11 @@ sits between the gateway and fakesnow and:
   once told to expire the current session tokens;
 - checks SQL API v2 calls for a key-pair JWT bearer token;
 - records every request it receives, so tests can assert what upstream saw;
+- keeps each session's QUERY_TAG (from the login's SESSION_PARAMETERS, a
+  query's `parameters`, or `ALTER SESSION SET QUERY_TAG`, which fakesnow does
+  not implement and this upstream answers itself), so tests read what it saw;
+- answers `LAST_QUERY_ID()` (which fakesnow lacks) with the session's last
+  query id, as Snowflake does inside the session;
 - given a `CloudStorage` (tests/cloud_storage.py), answers a query whose text
   carries `/*chunks:N:json*/` or `/*chunks:N:arrow*/` the way Snowflake answers
   a large result: the first rows inline, the rest as N chunks on the storage,
@@ -41,6 +47,7 @@ import secrets
 import threading
 import time
 import urllib.parse
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
@@ -95,6 +102,8 @@ class _Session:
     master_token: str
     session_id: int
     expired: bool = False
+    query_tag: str | None = None
+    last_query_id: str | None = None
 
 
 @dataclass
@@ -105,6 +114,7 @@ class _State:
     received: list[Received] = field(default_factory=list)
     issued: set[str] = field(default_factory=set)
     logins: list[dict[str, Any]] = field(default_factory=list)
+    query_tags: list[str | None] = field(default_factory=list)
     renewals: int = 0
 
 
@@ -133,6 +143,7 @@ class StrictUpstream(stack.LoopbackServer):
         *,
         public_key: RSAPublicKey | None = None,
         password: str | None = None,
+        users: dict[str, RSAPublicKey] | None = None,
         session_validity: int = 3600,
         master_validity: int = 14400,
         storage: CloudStorage | None = None,
@@ -143,6 +154,7 @@ class StrictUpstream(stack.LoopbackServer):
         self.user = user
         self.public_key = public_key
         self.password = password
+        self.users = {name.upper(): key for name, key in (users or {}).items()}
         self.session_validity = session_validity
         self.master_validity = master_validity
         self.storage = storage
@@ -172,6 +184,11 @@ class StrictUpstream(stack.LoopbackServer):
         """Accepted logins: authenticator, login name, role and warehouse asked for."""
         with self._lock:
             return list(self._state.logins)
+
+    def query_tags(self) -> list[str | None]:
+        """The QUERY_TAG in force for each statement and login, in the order they came."""
+        with self._lock:
+            return list(self._state.query_tags)
 
     @property
     def renewals(self) -> int:
@@ -218,7 +235,14 @@ class StrictUpstream(stack.LoopbackServer):
             return _Answer.json({"success": True, "data": None, "code": None, "message": None})
         if route == "/queries/v1/query-request" and _file_transfer(body):
             return _Answer.json(_stage_answer(body))
+        if route == "/queries/v1/query-request":
+            altered = self._query_tag(session, body)
+            if altered is not None:
+                return altered
+            body = self._last_query_id(session, body)
         answer = self._forward(method, path, headers, body, session.fakesnow_token)
+        if route == "/queries/v1/query-request":
+            self._note_query_id(session, answer)
         if route == "/queries/v1/query-request" and self.storage is not None:
             answer = self._chunked(body, answer)
         if route == "/session" and "delete=true" in path:
@@ -255,7 +279,18 @@ class StrictUpstream(stack.LoopbackServer):
         master_token = "ver:1-hint:strict-MT-" + secrets.token_urlsafe(24)
         session_id = next(self._session_ids)
         with self._lock:
-            self._state.sessions[session_token] = _Session(fakesnow_token, master_token, session_id)
+            session_tag = next(
+                (
+                    v
+                    for k, v in (data.get("SESSION_PARAMETERS") or {}).items()
+                    if k.upper() == "QUERY_TAG"
+                ),
+                None,
+            )
+            self._state.sessions[session_token] = _Session(
+                fakesnow_token, master_token, session_id, query_tag=session_tag
+            )
+            self._state.query_tags.append(session_tag)
             self._state.masters[master_token] = session_token
             self._state.issued.update({session_token, master_token, fakesnow_token})
             self._state.logins.append(
@@ -279,36 +314,104 @@ class StrictUpstream(stack.LoopbackServer):
         )
         return _Answer.json(payload)
 
+    def _query_tag(self, session: _Session, body: bytes) -> _Answer | None:
+        """Note the statement's QUERY_TAG; answer ALTER SESSION SET/UNSET QUERY_TAG here."""
+        try:
+            request = json.loads(body)
+        except ValueError:
+            return None
+        parameters = request.get("parameters") or {}
+        tags = [v for k, v in parameters.items() if k.upper() == "QUERY_TAG"]
+        altered = _ALTER_QUERY_TAG.match(str(request.get("sqlText") or ""))
+        with self._lock:
+            if altered is not None:
+                session.query_tag = (
+                    None if altered["verb"].upper() == "UNSET" else _sql_string(altered["value"])
+                )
+            self._state.query_tags.append(tags[0] if tags else session.query_tag)
+        if altered is None:
+            return None
+        return _Answer.json(
+            {
+                "data": {
+                    "queryId": str(uuid.uuid4()),
+                    "rowtype": [{"name": "status", "type": "text", "nullable": False}],
+                    "rowset": [["Statement executed successfully."]],
+                    "total": 1,
+                    "returned": 1,
+                    "queryResultFormat": "json",
+                },
+                "code": None,
+                "message": None,
+                "success": True,
+            }
+        )
+
+    @staticmethod
+    def _last_query_id(session: _Session, body: bytes) -> bytes:
+        """LAST_QUERY_ID() runs inside Snowflake; fakesnow lacks it, so it is answered here."""
+        try:
+            request = json.loads(body)
+        except ValueError:
+            return body
+        sql = request.get("sqlText")
+        if not isinstance(sql, str) or not _LAST_QUERY_ID.search(sql):
+            return body
+        request["sqlText"] = _LAST_QUERY_ID.sub(f"'{session.last_query_id}'", sql)
+        return json.dumps(request).encode()
+
+    def _note_query_id(self, session: _Session, answer: _Answer) -> None:
+        try:
+            query_id = json.loads(answer.body).get("data", {}).get("queryId")
+        except (ValueError, AttributeError):
+            return
+        if isinstance(query_id, str):
+            with self._lock:
+                session.last_query_id = query_id
+
     def _credentials_ok(self, data: dict[str, Any]) -> bool:
         if data.get("ACCOUNT_NAME") != self.account:
             return False
-        if str(data.get("LOGIN_NAME") or "").upper() != self.user.upper():
+        user = str(data.get("LOGIN_NAME") or "").upper()
+        if user != self.user.upper() and user not in self.users:
             return False
         authenticator = str(data.get("AUTHENTICATOR") or "SNOWFLAKE").upper()
         if authenticator == "SNOWFLAKE_JWT":
-            return "PASSWORD" not in data and self._keypair_jwt_ok(data.get("TOKEN"))
+            return (
+                "PASSWORD" not in data and self._keypair_jwt_ok(data.get("TOKEN"), user) is not None
+            )
         if authenticator == "SNOWFLAKE":
             return (
-                self.password is not None
+                user == self.user.upper()
+                and self.password is not None
                 and "TOKEN" not in data
                 and data.get("PASSWORD") == self.password
             )
         return False
 
-    def _keypair_jwt_ok(self, token: object) -> bool:
-        if self.public_key is None or not isinstance(token, str):
-            return False
+    def _keypair_jwt_ok(self, token: object, user: str | None = None) -> str | None:
+        """The user a key-pair JWT signs in as, verified with that user's key; None if invalid.
+
+        Like Snowflake: the user named in `sub` must carry the public key that
+        signed, and `iss` must name that key's fingerprint.
+        """
+        user = (user or self._jwt_user(token) or "").upper()
+        public_key = self.users.get(user) or (
+            self.public_key if user == self.user.upper() else None
+        )
+        if public_key is None or not isinstance(token, str):
+            return None
         try:
             if jws.extract_compact(token.encode()).protected.get("alg") != "RS256":
-                return False
-            claims = jwt.decode(token, RSAKey.import_key(self.public_key), ["RS256"]).claims
+                return None
+            claims = jwt.decode(token, RSAKey.import_key(public_key), ["RS256"]).claims
         except (JoseError, ValueError):
-            return False
-        qualified = f"{snowflake_account(self.account)}.{self.user.upper()}"
+            return None
+        qualified = f"{snowflake_account(self.account)}.{user}"
         now = time.time()
         iat, exp = claims.get("iat"), claims.get("exp")
-        return (
-            claims.get("iss") == f"{qualified}.{fingerprint(self.public_key)}"
+        valid = (
+            claims.get("iss") == f"{qualified}.{fingerprint(public_key)}"
             and claims.get("sub") == qualified
             and isinstance(iat, int)
             and isinstance(exp, int)
@@ -316,6 +419,19 @@ class StrictUpstream(stack.LoopbackServer):
             and exp > now
             and exp - iat <= 3600
         )
+        return user if valid else None
+
+    def _jwt_user(self, token: object) -> str | None:
+        """The user part of an unverified JWT's `sub` (ACCOUNT.USER), to pick the key to check."""
+        if not isinstance(token, str):
+            return None
+        try:
+            payload = token.split(".")[1]
+            claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        except (IndexError, ValueError):
+            return None
+        subject = claims.get("sub") if isinstance(claims, dict) else None
+        return subject.partition(".")[2] if isinstance(subject, str) else None
 
     def _renew(self, headers: dict[str, str], body: bytes) -> _Answer:
         master = _snowflake_token(headers) or ""
@@ -356,7 +472,7 @@ class StrictUpstream(stack.LoopbackServer):
         if (
             token_type.upper() != "KEYPAIR_JWT"
             or not authorization.startswith("Bearer ")
-            or not self._keypair_jwt_ok(authorization.removeprefix("Bearer "))
+            or self._keypair_jwt_ok(authorization.removeprefix("Bearer ")) is None
         ):
             return _Answer.json(
                 {"code": "390100", "message": "Incorrect username or password was specified."},
@@ -580,6 +696,22 @@ def _failure(code: str, message: str) -> dict[str, Any]:
         "success": False,
         "headers": None,
     }
+
+
+_ALTER_QUERY_TAG = re.compile(
+    r"^\s*alter\s+session\s+(?P<verb>set|unset)\s+query_tag\s*(?:=\s*(?P<value>'.*'))?\s*;?\s*$",
+    re.IGNORECASE | re.DOTALL,
+)
+
+
+_LAST_QUERY_ID = re.compile(r"last_query_id\s*\(\s*\)", re.IGNORECASE)
+
+
+def _sql_string(literal: str | None) -> str | None:
+    """A Snowflake string literal's value: '' and backslash escapes undone."""
+    if literal is None:
+        return None
+    return re.sub(r"\\(.)|''", lambda m: m.group(1) or "'", literal[1:-1])
 
 
 def _snowflake_token(headers: dict[str, str]) -> str | None:

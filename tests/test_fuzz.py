@@ -298,7 +298,9 @@ def _valid_record(kind: str) -> dict[str, Any]:
     record.update(writer="w1", seq=0)
     for name, spec in FIELDS[kind].items():
         if spec.required and name not in record and name not in ("prev_hash", "hash"):
-            record[name] = {dict: {}, str: "x", int: 1, list: [], bool: True}.get(spec.types[0], "x")
+            record[name] = {dict: {}, str: "x", int: 1, list: [], bool: True}.get(
+                spec.types[0], "x"
+            )
     chain_record(record, GENESIS_HASH)
     return record
 

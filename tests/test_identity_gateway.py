@@ -22,7 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from joserfc.jwk import RSAKey
 from snowflake.connector import DatabaseError
 
-from hoopgw.addons.session_tokens import TOKEN_PREFIX
+from hoopgw.addons.query_ids import QueryIdBinder, session_scope
+from hoopgw.addons.session_tokens import TOKEN_PREFIX, TokenSealer, decode_token_key
 from hoopgw.recorder.secrets import new_token_key
 from tests import stack
 from tests.bodies import login_body, write_service_key
@@ -260,6 +261,9 @@ def test_gateway_renews_locally_when_upstream_issues_no_master_token(
     assert connection.rest.token != first
 
 
+PLACEHOLDER_ID = "01b2c3d4-0000-0000-0000-000000000001"
+
+
 @pytest.mark.parametrize(
     ("method", "path"),
     [
@@ -271,13 +275,22 @@ def test_gateway_renews_locally_when_upstream_issues_no_master_token(
         ("GET", "/queries/01b2c3d4-0000-0000-0000-000000000001/result"),
     ],
 )
-def test_session_endpoints_pass_with_the_swap(gw, strict, oidc, connect, method, path) -> None:
+def test_session_endpoints_pass_with_the_swap(
+    gw, strict, oidc, connect, token_key_env, method, path
+) -> None:
     connection = connect(gw, oidc.mint("pia", groups=["agents"]))
+    upstream_path = path
+    if PLACEHOLDER_ID in path:  # an id this session was given, mapped back on the way
+        bound = query(gw, connection.rest.token, "select 1")["data"]["queryId"]
+        key = decode_token_key(token_key_env[TOKEN_KEY_ENV])
+        session_id = TokenSealer(key).open(connection.rest.token).session_id
+        raw = QueryIdBinder([key]).unbind(bound, session_scope(session_id))
+        path, upstream_path = path.replace(PLACEHOLDER_ID, bound), path.replace(PLACEHOLDER_ID, raw)
     mark = strict.mark()
     body = {"sqlText": "select 1", "requestId": "1"} if method == "POST" else None
     call(gw, path, body, token=connection.rest.token, method=method)
     received = strict.received_since(mark)
-    assert [(r.method, r.path) for r in received] == [(method, path)]
+    assert [(r.method, r.path) for r in received] == [(method, upstream_path)]
     authorization = received[0].headers["Authorization"]
     assert "strict-ST-" in authorization
     assert connection.rest.token not in authorization

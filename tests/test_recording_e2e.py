@@ -26,6 +26,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from snowflake.connector import DatabaseError, ProgrammingError
 
+from hoopgw.addons.query_ids import QueryIdBinder, session_scope
+from hoopgw.addons.session_tokens import decode_token_key
 from hoopgw.recorder.catalog import Archive
 from hoopgw.recorder.index import ArchiveIndex
 from hoopgw.recorder.secrets import new_token_key
@@ -254,7 +256,16 @@ def test_mixed_session_is_in_s3_statement_by_statement(
 
     requests = statement_requests(records)
     responses = {r["flow_id"]: r for r in records if r["kind"] == "response"}
-    assert [r["sql"] for r in requests] == [step.sql for step in ran]
+    # the client holds session-bound query ids; the record keeps Snowflake's (addons/query_ids.py)
+    binder = QueryIdBinder([decode_token_key(gateway_secrets.token_key)])
+
+    def raw(bound: str) -> str:
+        return binder.unbind(bound, session_scope(summary.session_id))
+
+    async_id = next(step.query_id for step in ran if step.is_async)
+    assert [r["sql"] for r in requests] == [
+        step.sql.replace(async_id, raw(async_id)) for step in ran
+    ]
     # exactly what reached Snowflake, bindings included, in the same order
     assert [(r["sql"], r.get("bindings")) for r in requests] == [
         (body["sqlText"], body.get("bindings")) for body in upstream_saw
@@ -288,15 +299,14 @@ def test_mixed_session_is_in_s3_statement_by_statement(
             assert response["message"] in step.error.msg
         else:
             assert response["success"] is True, step.sql
-            assert response["query_id"] == step.query_id, step.sql
+            assert response["query_id"] == raw(step.query_id), step.sql
         if step.rows is not None:
             assert response["total"] == step.rows, step.sql
     answer = responses[bound_select["flow_id"]]
     assert (answer["columns"], answer["total"]) == (["ID", "CUSTOMER"], 2)
 
-    async_id = next(step.query_id for step in ran if step.is_async)
     polls = [r for r in records if r["kind"] == "request" and r["endpoint"] == "monitoring"]
-    assert polls and all(r["query_id"] == async_id for r in polls)
+    assert polls and all(r["query_id"] == raw(async_id) for r in polls)
 
     assert summary.statements == len(ran)
     assert summary.errors == sum(1 for step in ran if step.error is not None) == 1

@@ -86,6 +86,13 @@ class Authentication:
                     "hoopgw_oidc_issuer is set, so the gateway needs its own Snowflake "
                     f"login: set {', '.join(missing)}"
                 )
+        credential = self.credentials.credential
+        if self.identity.user_map and credential and not self.credentials.signs_for_any_user:
+            raise exceptions.OptionsError(
+                "hoopgw_upstream_user_map needs hoopgw_upstream_private_key: a password "
+                "or OAuth token belongs to one Snowflake user, so only the shared "
+                "hoopgw_upstream_user works with it"
+            )
 
     def running(self) -> None:
         verifier = self.identity.verifier

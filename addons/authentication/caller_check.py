@@ -11,7 +11,7 @@ NOT_CONFIGURED = "identity is not configured on this gateway (hoopgw_oidc_issuer
 
 
 class CallerCheck:
-    """Verifies a token, names the caller on the flow's state and chooses the role."""
+    """Verifies a token, names the caller on the flow's state, chooses the role and the user."""
 
     def __init__(self, identity: Identity) -> None:
         self.identity = identity
@@ -35,6 +35,9 @@ class CallerCheck:
             caller = Caller(verified.subject, verified.email, groups, None, verifier.issuer)
             state.caller = caller
             grant = self.identity.policy.decide(groups, requested_role)
+            if self.identity.user_map:
+                user = self.identity.user_map.user_for(verified.claims, grant.groups)
+                grant = replace(grant, upstream_user=user)
         except IdentityUnavailable as exc:
             raise IdentityError(f"the token cannot be verified now: {exc}") from None
         state.caller = replace(caller, role=grant.role)

@@ -97,8 +97,8 @@ class Login:
             query["warehouse"] = grant.warehouse
         upstream_data = {k: v for k, v in data.items() if k in _FORWARDED_LOGIN_FIELDS}
         upstream_data.setdefault("SESSION_PARAMETERS", {})
-        upstream_data.update(self.credentials.login_fields())
-        state.upstream_login = self.credentials.upstream_login()
+        upstream_data.update(self.credentials.login_fields(grant.upstream_user))
+        state.upstream_login = self.credentials.upstream_login(grant.upstream_user)
         protocol.write_json_body(flow.request, {"data": upstream_data})
         flow.request.headers["authorization"] = NO_TOKEN_AUTHORIZATION
         state.context = _requested_context(flow.request)

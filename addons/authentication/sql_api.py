@@ -47,7 +47,7 @@ class SqlApi:
         except IdentityError as exc:
             _refuse(flow, state, str(exc))
             return None
-        upstream = self.credentials.sql_api_authorization()
+        upstream = self.credentials.sql_api_authorization(grant.upstream_user)
         if upstream is None:
             _refuse(
                 flow,

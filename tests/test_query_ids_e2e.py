@@ -1,0 +1,182 @@
+"""Results readable only by their caller: query ids bound to the session, across replicas.
+
+Two gateways share one token key (two replicas); the strict upstream in front
+of fakesnow sees what each let through. Caller A's ids work for A through
+either replica; caller B is refused on every route, and nothing reaches
+Snowflake for it.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow
+import pyarrow.ipc
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from hoopgw.addons.query_ids import QueryIdBinder, QueryIdError, session_scope, sql_api_scope
+from hoopgw.addons.session_tokens import TokenSealer, decode_token_key
+from hoopgw.recorder.secrets import new_token_key
+from tests import stack
+from tests.bodies import login_body, write_service_key
+from tests.strict_upstream import StrictUpstream
+from tests.test_identity_gateway import ACCOUNT, SERVICE_USER, call, identity_options, query
+
+TOKEN_KEY_ENV = "HOOPGW_TEST_TOKEN_KEY"
+
+NOT_ISSUED = "was not issued to this session"
+
+
+@pytest.fixture(scope="module")
+def service_key(workdir: Path) -> tuple[rsa.RSAPrivateKey, Path]:
+    path = workdir / f"ids-key-{uuid.uuid4().hex[:6]}.p8"
+    key, _ = write_service_key(path)
+    return key, path
+
+
+@pytest.fixture(scope="module")
+def strict(fakesnow_server, service_key) -> Iterator[StrictUpstream]:
+    upstream = StrictUpstream(
+        fakesnow_server.url, ACCOUNT, SERVICE_USER, public_key=service_key[0].public_key()
+    ).start()
+    yield upstream
+    upstream.stop()
+
+
+@pytest.fixture(scope="module")
+def token_key_env() -> dict[str, str]:
+    return {TOKEN_KEY_ENV: new_token_key()}
+
+
+@pytest.fixture(scope="module")
+def replicas(gateway_factory, strict, oidc, service_key, token_key_env) -> list[stack.Gateway]:
+    return [
+        gateway_factory(
+            strict.url,
+            identity_options(oidc.issuer, service_key[1]),
+            env=token_key_env,
+            name=f"ids-replica-{index}",
+        )
+        for index in (1, 2)
+    ]
+
+
+def binder(token_key_env: dict[str, str]) -> QueryIdBinder:
+    return QueryIdBinder([decode_token_key(token_key_env[TOKEN_KEY_ENV])])
+
+
+def session_of(token: str, token_key_env: dict[str, str]) -> str:
+    return TokenSealer(decode_token_key(token_key_env[TOKEN_KEY_ENV])).open(token).session_id
+
+
+def log_in(gateway: stack.Gateway, token: str) -> str:
+    answer = call(gateway, "/session/v1/login-request?request_id=1", login_body(token))[1]
+    assert answer["success"], answer
+    return answer["data"]["token"]
+
+
+def rows(answer: dict[str, Any]) -> list[list[Any]]:
+    """The rows of a query answer (fakesnow answers in Arrow)."""
+    data = answer["data"]
+    if "rowset" in data:
+        return data["rowset"]
+    table = pyarrow.ipc.open_stream(base64.b64decode(data["rowsetBase64"])).read_all()
+    return [list(row.values()) for row in table.to_pylist()]
+
+
+def refused_for(keys: QueryIdBinder, bound: str, scope: str) -> bool:
+    try:
+        keys.unbind(bound, scope)
+    except QueryIdError:
+        return True
+    return False
+
+
+def test_caller_b_is_refused_for_caller_as_query_ids_on_every_route(
+    replicas,
+    strict,
+    oidc,
+    token_key_env,
+) -> None:
+    first, second = replicas
+    ada = log_in(first, oidc.mint("ada", groups=["agents"]))
+    bea = log_in(second, oidc.mint("bea", groups=["agents"]))
+    keys, bea_scope = binder(token_key_env), session_scope(session_of(bea, token_key_env))
+    # about 2% of ids map to an issued-looking id under B's key and would reach
+    # Snowflake as an unknown id: the test uses one of the other 98%
+    for _ in range(20):
+        bound = query(first, ada, "select 42")["data"]["queryId"]
+        if refused_for(keys, bound, bea_scope):
+            break
+    else:
+        raise AssertionError("no id of 20 was refused under B's key")
+    assert str(uuid.UUID(bound)) == bound
+
+    # A, through the other replica: the id maps back to Snowflake's
+    mark = strict.mark()
+    assert call(second, f"/monitoring/queries/{bound}", token=ada, method="GET")[1]["success"]
+    raw = keys.unbind(bound, session_scope(session_of(ada, token_key_env)))
+    assert [r.path for r in strict.received_since(mark)] == [f"/monitoring/queries/{raw}"]
+    scanned = query(second, ada, f"select * from table(result_scan('{bound}'))")
+    assert scanned["success"] and rows(scanned) == [[42]], scanned
+
+    for gateway in replicas:
+        mark = strict.mark()
+        answers: list[dict[str, Any]] = [
+            call(gateway, f"/queries/{bound}/result", token=bea, method="GET")[1],
+            call(gateway, f"/monitoring/queries/{bound}", token=bea, method="GET")[1],
+            call(gateway, f"/monitoring/queries//{bound}", token=bea, method="GET")[1],
+            call(gateway, f"/queries/{bound}/abort-request", {"requestId": "1"}, token=bea)[1],
+            query(gateway, bea, f"select * from table(result_scan('{bound}'))"),
+        ]
+        for answer in answers:
+            assert answer["success"] is False
+            assert answer["message"] == f"hoopgw refused the request: query {bound} {NOT_ISSUED}"
+        assert strict.received_since(mark) == []
+
+
+def test_result_scan_of_last_query_id_works_for_the_callers_own_query(replicas, oidc) -> None:
+    ada = log_in(replicas[0], oidc.mint("ada", groups=["agents"]))
+    assert query(replicas[0], ada, "select 7")["success"]
+    scanned = query(replicas[1], ada, "select * from table(result_scan(last_query_id()))")
+    assert scanned["success"] and rows(scanned) == [[7]], scanned
+
+
+def test_sql_api_statement_handles_belong_to_their_caller(
+    replicas,
+    strict,
+    oidc,
+    token_key_env,
+) -> None:
+    first, second = replicas
+    keys = binder(token_key_env)
+
+    def bearer(subject: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {oidc.mint(subject, groups=['agents'])}"}
+
+    status, submitted, _ = call(
+        first, "/api/v2/statements", {"statement": "select 1"}, headers=bearer("ada")
+    )
+    assert status == 200, submitted
+    handle = submitted["statementHandle"]
+    assert handle != "01b2c3d4-0000-0000-0000-000000000001"
+    assert (
+        call(second, f"/api/v2/statements/{handle}", headers=bearer("ada"), method="GET")[0] == 200
+    )
+
+    other = next(
+        subject
+        for subject in (f"bea{index}" for index in range(20))
+        if refused_for(keys, handle, sql_api_scope(oidc.issuer, subject))
+    )
+    mark = strict.mark()
+    status, answer, _ = call(
+        second, f"/api/v2/statements/{handle}", headers=bearer(other), method="GET"
+    )
+    assert status != 200 and NOT_ISSUED in answer["message"], answer
+    assert strict.received_since(mark) == []
