@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Any
 
 from mitmproxy import http
 
-from hoopgw.addons.protocol import Endpoint, StreamedAnswer
+from hoopgw.addons.protocol import Endpoint, StreamedAnswer, write_json_body
 
 if TYPE_CHECKING:
     from hoopgw.recorder.statements import Statement
@@ -131,6 +131,9 @@ class FlowState:
     session_ended: bool = False
     response_body: bytes | None = None
     response_json: dict[str, Any] | None = None
+    # the answer as the client gets it, once an addon made it differ from the record's
+    # copy above (sealed chunk URLs, session-bound query ids): see `answer_for_client`
+    client_json: dict[str, Any] | None = None
     streamed: StreamedAnswer | None = None  # the answer went to the client as it arrived
     detections: list[dict[str, Any]] | None = None  # what addons/masking.py found in the rows
     passed: set[str] = field(default_factory=set)
@@ -138,6 +141,22 @@ class FlowState:
     @property
     def answered(self) -> bool:
         return self.refusal is not None
+
+    def answer_for_client(self) -> dict[str, Any] | None:
+        """The answer document the client will receive, for an addon that changes it.
+
+        The record keeps `response_json` (raw query ids, chunk URLs withheld);
+        the client may get a different document. Addons that rewrite the answer
+        change this one and send it with `send_to_client`, so no rewrite undoes
+        another's.
+        """
+        return self.client_json if self.client_json is not None else self.response_json
+
+    def send_to_client(self, flow: http.HTTPFlow, answer: dict[str, Any]) -> None:
+        """Make `answer` the body the client receives (and what later rewrites start from)."""
+        assert flow.response is not None
+        self.client_json = answer
+        write_json_body(flow.response, answer)
 
     def release_bodies(self) -> None:
         """Let go of the bodies once the last hook has read them.
@@ -149,6 +168,7 @@ class FlowState:
         self.request_json = None
         self.response_body = None
         self.response_json = None
+        self.client_json = None
 
 
 _states: weakref.WeakKeyDictionary[http.HTTPFlow, FlowState] = weakref.WeakKeyDictionary()

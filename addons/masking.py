@@ -138,8 +138,13 @@ class Masking:
             )
             self._withhold(flow, state, reason, _query_id(answer))
         elif outcome.changed:
-            protocol.write_json_body(response, answer)
             state.response_body = orjson.dumps(answer)
+            client = state.client_json
+            if client is None:
+                protocol.write_json_body(response, answer)
+            else:  # the client's copy differs from the record's (bound ids, sealed URLs)
+                self._mask(flow, state, client, plan)
+                state.send_to_client(flow, client)
 
     def _mask(
         self, flow: http.HTTPFlow, state: FlowState, answer: dict[str, Any], plan: MaskPlan

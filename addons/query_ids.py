@@ -184,13 +184,13 @@ class QueryIds:
         if state is None or flow.response is None or state.answered or state.streamed is not None:
             return
         scope = _scope(state) if self.enabled else None
-        answer = state.response_json
+        answer = state.answer_for_client()
         if scope is None or not isinstance(answer, dict):
             return
         binder = self._binder()
         bound = bind_answer(answer, lambda raw: binder.bind(raw, scope))
         if bound is not None:
-            protocol.write_json_body(flow.response, bound)
+            state.send_to_client(flow, bound)  # the record keeps Snowflake's raw ids
 
     @staticmethod
     def _map_request(flow: http.HTTPFlow, state: FlowState, unbind: Callable[[str], str]) -> None:

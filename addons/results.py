@@ -415,7 +415,7 @@ class ResultChunks:
             or flow.response is None
         ):
             return
-        payload = state.response_json
+        payload = state.answer_for_client()
         data = payload.get("data") if isinstance(payload, dict) else None
         if payload is None and self.mode == PROXY:
             self._unread_answer(flow, state)
@@ -436,7 +436,7 @@ class ResultChunks:
         base = self._base_url(flow)
         expires_at = int(time.time()) + self.lifetime
         caller = state.caller.as_record() if state.caller is not None else None
-        withheld = orjson.loads(orjson.dumps(payload))
+        withheld = orjson.loads(orjson.dumps(state.response_json))  # the record's copy
         for index, chunk in enumerate(chunks):
             if not isinstance(chunk, dict) or not _storage_url(chunk.get("url")):
                 continue
@@ -458,7 +458,7 @@ class ResultChunks:
         for name in ("qrmk", "chunkHeaders"):
             data.pop(name, None)
             withheld["data"].pop(name, None)
-        protocol.write_json_body(flow.response, payload)
+        state.send_to_client(flow, payload)
         if chunks:
             self.answers[(state.session_id or "", query_id)] = flow
         state.response_json = withheld

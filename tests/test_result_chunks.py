@@ -113,6 +113,18 @@ class Run:
     store: str
 
 
+def recorded_query_id(records: list[dict[str, Any]], sql: str) -> str:
+    """Snowflake's own id of `sql`'s query, as the record keeps it.
+
+    The client sees a session-bound form of it (addons/query_ids.py); the
+    records, the storage and the chunk tickets use Snowflake's.
+    """
+    flow_id = next(r["flow_id"] for r in records if r["kind"] == "request" and r.get("sql") == sql)
+    return next(
+        r["query_id"] for r in records if r["kind"] == "response" and r["flow_id"] == flow_id
+    )
+
+
 @pytest.fixture(scope="module")
 def run(gateway_factory, strict, storage, oidc) -> Run:
     gateway = gateway_factory(strict.url, name="chunks-gw")
@@ -120,7 +132,7 @@ def run(gateway_factory, strict, storage, oidc) -> Run:
     before = storage.mark()
     with contextlib.closing(connector(gateway.url, authenticator="oauth", token=token)) as c:
         cursor = c.cursor().execute(JSON_SQL)
-        json_query_id = cursor.sfqid
+        assert cursor.sfqid  # bound to this session; see recorded_query_id
         through_json = cursor.fetchall()
         # fetch_pandas_all needs pandas, which the environment lacks; fetchall takes
         # the same Arrow download and decoding path
@@ -158,7 +170,7 @@ def run(gateway_factory, strict, storage, oidc) -> Run:
         direct_json,
         through_arrow,
         direct_arrow,
-        json_query_id,
+        recorded_query_id(records, JSON_SQL),
         storage_gets,
         wire,
         qrmk,
@@ -256,7 +268,8 @@ def test_sessions_show_says_how_many_chunks_of_each_result_were_fetched(run: Run
     shown = CliRunner().invoke(main, ["sessions", "show", fetched, "--store", run.store])
     assert shown.exit_code == 0, shown.output
     assert f"{ROWS} rows in {CHUNKS} chunks, all fetched" in shown.output
-    partly = session_of_chunks(run, run.wire.json["data"]["queryId"])
+    # the raw-HTTP session fetched two of its chunks (its query id on the wire is bound)
+    (partly,) = {r["session_id"] for r in run.records if r["kind"] == "chunk"} - {fetched}
     shown = CliRunner().invoke(main, ["sessions", "show", partly, "--store", run.store])
     assert f"{ROWS} rows in {CHUNKS} chunks, 2 of {CHUNKS} fetched" in shown.output
 
