@@ -29,6 +29,7 @@ from hoopgw.addons.transport import ClientDeadlines, RequireTls
 pin_malloc_mmap_threshold()
 result_chunks = ResultChunks()
 guardrails = Guardrails()
+masking = Masking(guardrails, result_chunks)
 
 addons = [
     one_line_option_errors(guarded(addon))
@@ -40,7 +41,7 @@ addons = [
         Authentication(),
         SessionContextTracker(),
         guardrails,
-        Masking(guardrails),
+        masking,
         Recording(),
         ChunkFetch(result_chunks),
         Inspection(),
