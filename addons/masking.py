@@ -16,7 +16,7 @@ when the chunk is fetched, on whichever replica serves it. For a caller with
 rules the chunk is buffered instead of streamed, decoded (bounded by
 `hoopgw_response_limit`), masked with `mask_chunk`, encoded back the way cloud
 storage sent it, and its `chunk` record hashes what the caller received and
-lists the detections. A withheld chunk is answered 403 with a reason phrase the
+lists the detections. A withheld chunk is answered 451 with a reason phrase the
 connector shows in its error. A caller without rules keeps the streamed path:
 one look-up per chunk, nothing buffered or decoded.
 
@@ -72,6 +72,8 @@ from hoopgw.recorder.masking import (
 
 logger = logging.getLogger(__name__)
 
+WITHHELD_CHUNK_STATUS = 451
+"""Unavailable For Legal Reasons: the policy's refusal, and a status the connector quotes."""
 _PLAN_CACHE = 1024
 _ROW_TYPE_CACHE = 4096
 """SQL API statements whose columns are remembered for their later partitions."""
@@ -240,10 +242,13 @@ class Masking:
     def _withhold_chunk(
         flow: http.HTTPFlow, state: FlowState, admitted: Admitted, reason: str
     ) -> None:
-        """A 403 with the reason in its status line: the connector's error shows that line.
+        """A 451 whose reason phrase says why: the connector's error shows that phrase.
 
-        The connector retries any failed chunk download (ten times, with backoff);
-        no status avoids that, and each retry is withheld and recorded again.
+        Connector 4.8 retries every failed chunk download ten times with backoff,
+        whatever the status, and each retry is withheld and recorded again. For
+        403 (and other statuses it deems retryable) its final error is a bare
+        "HTTP 403: Forbidden"; for any other it quotes the status line, so the
+        caller reads who withheld the chunk and why.
         """
         ticket = admitted.ticket
         message = (
@@ -251,7 +256,7 @@ class Masking:
             "Your policy does not allow this data to be returned to you."
         )
         response = protocol.error_response(
-            Shape.SESSION, protocol.CODE_GATEWAY_SENSITIVE, message, status=403
+            Shape.SESSION, protocol.CODE_GATEWAY_SENSITIVE, message, status=WITHHELD_CHUNK_STATUS
         )
         response.reason = _status_line_text(f"Withheld by hoopgw: {reason}")
         flow.response = response
