@@ -25,8 +25,11 @@ streams the answer back without holding it whole, and writes a `chunk` record:
 size as sent and decoded, SHA-256 of what the client got, rows, timing, and
 the rows themselves within `hoopgw_body_limit`. The storage host is only ever
 one an upstream answer named, sealed into a ticket: the gateway is no open
-proxy. A first chunk large enough to be streamed (addons/traffic.py) cannot be
-rewritten; if it carries a result key the stream is cut before the key goes out.
+proxy. Every ticket also carries the result's columns, so that for a caller
+with masking rules addons/masking.py buffers and masks the chunk instead of
+letting it stream (`Admitted.buffered`). A first chunk large enough to be
+streamed (addons/traffic.py) cannot be rewritten; if it carries a result key
+the stream is cut before the key goes out.
 """
 
 from __future__ import annotations
@@ -333,7 +336,8 @@ class ResultChunks:
             """
             Most result chunks the gateway fetches at once for one session; a
             request beyond it is answered 429 and the driver retries it. Chunks
-            are streamed, so each fetch costs buffers, not the chunk's size.
+            are streamed, so each fetch costs buffers, not the chunk's size;
+            a caller with masking rules has each chunk buffered whole and masked.
             """,
         )
         loader.add_option(
