@@ -201,9 +201,10 @@ def test_every_arrow_chunk_is_masked_and_pandas_keeps_the_types(gw, oidc, table)
     assert all(r["detections"] and r["complete"] for r in records)
 
 
-def test_a_chunk_with_a_withheld_kind_is_refused_and_on_record(gw, oidc, table) -> None:
+@pytest.mark.parametrize("fmt", ["json", "arrow"])
+def test_a_chunk_with_a_withheld_kind_is_refused_and_on_record(gw, oidc, table, fmt) -> None:
     with as_caller(gw, oidc, "guarded") as cursor:
-        cursor.execute(sql(table, "json", "id, note"))
+        cursor.execute(sql(table, fmt, "id, note"))
         query_id = cursor.sfqid
         with pytest.raises(Error) as failure:
             cursor.fetchall()
