@@ -32,6 +32,7 @@ pin_malloc_mmap_threshold()
 result_chunks = ResultChunks()
 authentication = Authentication()
 guardrails = Guardrails()
+masking = Masking(guardrails, result_chunks)
 
 addons = [
     one_line_option_errors(guarded(addon))
@@ -45,7 +46,7 @@ addons = [
         Attribution(),
         QueryIds(authentication.tokens),
         guardrails,
-        Masking(guardrails),
+        masking,
         Recording(),
         ChunkFetch(result_chunks),
         Inspection(),

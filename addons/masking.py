@@ -5,10 +5,20 @@ per group, which result columns are masked whole and which kinds of value
 are looked for in the rest; the library in recorder/masking/ does the work.
 This addon applies it to every answer that carries rows inline: query answers
 (`data.rowset`, `data.rowsetBase64`), `GET /queries/{id}/result` and SQL API v2
-statements and partitions. Result chunks are to be masked by the chunk path
-with `hoopgw.recorder.masking.mask_chunk`; until that path exists, an answer
-with chunks in cloud storage is withheld from a caller with masking rules,
-since its chunks would reach the caller unmasked.
+statements and partitions, and every result chunk the gateway proxies
+(addons/results.py). An answer whose chunks are not proxied (option
+`hoopgw_result_chunks=direct`) is withheld from a caller with masking rules,
+since its chunks would go from cloud storage to the caller unmasked.
+
+A chunk request carries no session token: its sealed ticket names the caller
+and the result's columns, so the plan is the caller's under the policy in force
+when the chunk is fetched, on whichever replica serves it. For a caller with
+rules the chunk is buffered instead of streamed, decoded (bounded by
+`hoopgw_response_limit`), masked with `mask_chunk`, encoded back the way cloud
+storage sent it, and its `chunk` record hashes what the caller received and
+lists the detections. A withheld chunk is answered 451 with a reason phrase the
+connector shows in its error. A caller without rules keeps the streamed path:
+one look-up per chunk, nothing buffered or decoded.
 
 It runs after `Guardrails` and before `Recording`: its response hook changes
 the answer before mitmproxy writes it to the client, and the recorder, next in
@@ -33,24 +43,37 @@ from collections import OrderedDict
 from typing import Any
 
 import orjson
-from mitmproxy import http
+from mitmproxy import ctx, http
 
 from hoopgw.addons import protocol
 from hoopgw.addons.flowstate import FlowState, state_of
 from hoopgw.addons.guardrails import Guardrails
 from hoopgw.addons.protocol import Endpoint, Shape
 from hoopgw.addons.refusals import replace_answer
+from hoopgw.addons.results import (
+    PROXIED_URL_PREFIX,
+    Admitted,
+    ChunkTap,
+    ChunkUnreadable,
+    ResultChunks,
+    read_chunk,
+    write_chunk,
+)
 from hoopgw.recorder.masking import (
     NO_MASKING,
+    Detection,
     MaskPlan,
     Outcome,
     UnmaskableAnswer,
     mask_answer,
+    mask_chunk,
     mask_sql_api,
 )
 
 logger = logging.getLogger(__name__)
 
+WITHHELD_CHUNK_STATUS = 451
+"""Unavailable For Legal Reasons: the policy's refusal, and a status the connector quotes."""
 _PLAN_CACHE = 1024
 _ROW_TYPE_CACHE = 4096
 """SQL API statements whose columns are remembered for their later partitions."""
@@ -59,8 +82,9 @@ _ROW_TYPE_CACHE = 4096
 class Masking:
     """Masks or withholds sensitive values in result rows, per the caller's rules."""
 
-    def __init__(self, guardrails: Guardrails) -> None:
+    def __init__(self, guardrails: Guardrails, chunks: ResultChunks | None = None) -> None:
         self._guardrails = guardrails
+        self._chunks = chunks
         self._plans: dict[tuple[str | None, frozenset[str]], MaskPlan] = {}
         self._row_types: OrderedDict[str, list[Any]] = OrderedDict()
 
@@ -88,7 +112,12 @@ class Masking:
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)
-        if state is None or state.streamed is None or flow.response is None:
+        if state is None or flow.response is None:
+            return
+        if state.endpoint is Endpoint.CHUNK:
+            self._chunk_headers(flow, state)
+            return
+        if state.streamed is None:
             return
         if self.plan_for(state).active:
             # streamed rows would reach the caller unmasked: buffer this answer instead
@@ -99,6 +128,9 @@ class Masking:
         state = state_of(flow)
         response = flow.response
         if state is None or response is None or state.answered or not flow.live:
+            return
+        if state.endpoint is Endpoint.CHUNK:
+            self._chunk_answer(flow, state)
             return
         if not protocol.carries_results(state.endpoint, flow.request.method, flow.request.path):
             return
@@ -112,14 +144,14 @@ class Masking:
                     flow, state, "the answer could not be read, so it could not be masked", None
                 )
             return
-        if _has_chunks(answer):
-            # the chunks would go from cloud storage to the client unmasked: until the
-            # chunk path masks them (recorder.masking.mask_chunk), such a result is withheld
+        if _unproxied_chunks(answer):
+            # the chunks would go from cloud storage to the client unmasked
             self._withhold(
                 flow,
                 state,
                 "the result is larger than one inline part, and its further parts "
-                "(result chunks) cannot be masked yet; narrow the query or add a LIMIT",
+                "(result chunks) would reach you from cloud storage unmasked "
+                "(hoopgw_result_chunks=direct); narrow the query or add a LIMIT",
                 _query_id(answer),
             )
             return
@@ -132,11 +164,7 @@ class Masking:
             state.detections = outcome.as_record()
         withheld = outcome.withheld
         if withheld is not None:
-            reason = (
-                f"column {withheld.column} holds {withheld.kind} "
-                f"({withheld.count} value{'s' if withheld.count != 1 else ''})"
-            )
-            self._withhold(flow, state, reason, _query_id(answer))
+            self._withhold(flow, state, _withheld_reason(withheld), _query_id(answer))
         elif outcome.changed:
             state.response_body = orjson.dumps(answer)
             client = state.client_json
@@ -163,6 +191,85 @@ class Masking:
         known = self._row_types.get(_statement_handle(flow.request.path) or "")
         return mask_sql_api(answer, plan, known)
 
+    # result chunks (addons/results.py admits them; ChunkFetch fetches and records them)
+
+    def _admitted(self, flow: http.HTTPFlow) -> Admitted | None:
+        return self._chunks.admitted.get(flow) if self._chunks is not None else None
+
+    def _chunk_headers(self, flow: http.HTTPFlow, state: FlowState) -> None:
+        """A masked caller's chunk is buffered: masking needs it whole."""
+        admitted = self._admitted(flow)
+        response = flow.response
+        if admitted is None or response is None or response.status_code != 200:
+            return
+        if self.plan_for(state).active:
+            admitted.buffered = True
+            response.stream = False
+            state.streamed = None
+
+    def _chunk_answer(self, flow: http.HTTPFlow, state: FlowState) -> None:
+        admitted = self._admitted(flow)
+        response = flow.response
+        if admitted is None or response is None or response.status_code != 200:
+            return
+        if not admitted.buffered:
+            return
+        plan = self.plan_for(state)
+        # the answer's own record never holds the rows; the chunk record holds them masked
+        state.response_body = b""
+        state.response_json = None
+        ticket = admitted.ticket
+        rowtype = ticket.rowtype()
+        try:
+            if rowtype is None:
+                raise UnmaskableAnswer(
+                    "the result has too many columns for its chunk URLs to describe them"
+                )
+            body, how = read_chunk(response, _response_limit())
+            masked, outcome = mask_chunk(body, ticket.result_format or "json", rowtype, plan)
+        except (UnmaskableAnswer, ChunkUnreadable) as exc:
+            self._withhold_chunk(flow, state, admitted, f"{exc}, so it could not be masked")
+            return
+        admitted.detections = outcome.as_record()
+        if outcome.detections:
+            state.detections = admitted.detections
+        withheld = outcome.withheld
+        if withheld is not None:
+            self._withhold_chunk(flow, state, admitted, _withheld_reason(withheld))
+            return
+        if masked is not body:
+            write_chunk(response, masked, how)
+        encoding = response.headers.get("content-encoding", "").strip().lower()
+        admitted.tap = ChunkTap(encoding, _body_limit(), ticket.size)
+        admitted.tap(response.raw_content or b"")
+
+    @staticmethod
+    def _withhold_chunk(
+        flow: http.HTTPFlow, state: FlowState, admitted: Admitted, reason: str
+    ) -> None:
+        """A 451 whose reason phrase says why: the connector's error shows that phrase.
+
+        Connector 4.8 retries every failed chunk download ten times with backoff,
+        whatever the status, and each retry is withheld and recorded again. For
+        403 (and other statuses it deems retryable) its final error is a bare
+        "HTTP 403: Forbidden"; for any other it quotes the status line, so the
+        caller reads who withheld the chunk and why.
+        """
+        ticket = admitted.ticket
+        message = (
+            f"hoopgw withheld result chunk {ticket.index} of query {ticket.query_id}: {reason}. "
+            "Your policy does not allow this data to be returned to you."
+        )
+        response = protocol.error_response(
+            Shape.SESSION, protocol.CODE_GATEWAY_SENSITIVE, message, status=WITHHELD_CHUNK_STATUS
+        )
+        response.reason = _status_line_text(f"Withheld by hoopgw: {reason}")
+        flow.response = response
+        state.response_body = response.raw_content
+        state.response_json = orjson.loads(response.raw_content or b"{}")
+        admitted.withheld = reason
+        logger.info("hoopgw: withheld chunk %s of %s: %s", ticket.index, flow.id, reason)
+
     @staticmethod
     def _withhold(flow: http.HTTPFlow, state: FlowState, reason: str, query_id: str | None) -> None:
         ran = f" (query id {query_id})" if query_id else ""
@@ -175,9 +282,40 @@ class Masking:
         logger.info("hoopgw: withheld the answer to %s: %s", flow.id, reason)
 
 
-def _has_chunks(answer: dict[str, Any]) -> bool:
+def _chunks(answer: dict[str, Any]) -> list[Any]:
     data = answer.get("data")
-    return isinstance(data, dict) and bool(data.get("chunks"))
+    chunks = data.get("chunks") if isinstance(data, dict) else None
+    return chunks if isinstance(chunks, list) else []
+
+
+def _unproxied_chunks(answer: dict[str, Any]) -> bool:
+    """Whether some chunk of the answer goes to the client other than through the gateway.
+
+    `answer` is the record's copy, in which ResultChunks replaced every chunk URL
+    it rewrote with `hoopgw:chunk/...`; any other URL is one the client fetches itself.
+    """
+    return any(
+        not (isinstance(chunk, dict) and str(chunk.get("url", "")).startswith(PROXIED_URL_PREFIX))
+        for chunk in _chunks(answer)
+    )
+
+
+def _withheld_reason(withheld: Detection) -> str:
+    plural = "s" if withheld.count != 1 else ""
+    return f"column {withheld.column} holds {withheld.kind} ({withheld.count} value{plural})"
+
+
+def _status_line_text(text: str) -> str:
+    """`text` as an HTTP/1.1 reason phrase: printable ASCII, one line, bounded."""
+    return "".join(c if " " <= c <= "~" else "?" for c in text)[:200]
+
+
+def _response_limit() -> int:
+    return int(getattr(ctx.options, "hoopgw_response_limit", 512 * 1024 * 1024))
+
+
+def _body_limit() -> int:
+    return int(getattr(ctx.options, "hoopgw_body_limit", 1024 * 1024))
 
 
 def _query_id(answer: dict[str, Any]) -> str | None:

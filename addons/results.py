@@ -25,13 +25,18 @@ streams the answer back without holding it whole, and writes a `chunk` record:
 size as sent and decoded, SHA-256 of what the client got, rows, timing, and
 the rows themselves within `hoopgw_body_limit`. The storage host is only ever
 one an upstream answer named, sealed into a ticket: the gateway is no open
-proxy. A first chunk large enough to be streamed (addons/traffic.py) cannot be
-rewritten; if it carries a result key the stream is cut before the key goes out.
+proxy. Every ticket also carries the result's columns, so that for a caller
+with masking rules addons/masking.py buffers and masks the chunk instead of
+letting it stream (`Admitted.buffered`). A first chunk large enough to be
+streamed (addons/traffic.py) cannot be rewritten; if it carries a result key
+the stream is cut before the key goes out.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
+import gzip
 import hashlib
 import logging
 import os
@@ -71,9 +76,21 @@ DIRECT: Final = "direct"
 SSE_C_ALGORITHM: Final = "x-amz-server-side-encryption-customer-algorithm"
 SSE_C_KEY: Final = "x-amz-server-side-encryption-customer-key"
 _TICKET_VERSION: Final = b"\x01"
+_TICKET_VERSION_COMPRESSED: Final = b"\x02"
+"""v2: the payload is zlib-compressed before sealing (it carries the result's columns)."""
 _KEY_ID_BYTES: Final = 6
 _NONCE_BYTES: Final = 12
 _AAD: Final = b"hoopgw chunk ticket v1"
+_AAD_COMPRESSED: Final = b"hoopgw chunk ticket v2 zlib"
+_PAYLOAD_LIMIT: Final = 1 << 20
+TICKET_TEXT_LIMIT: Final = 12 * 1024
+"""Longest ticket sealed with the result's columns; over it the columns are left out.
+
+The router admits tickets of up to 16 KiB; a result wide enough to pass this
+(several hundred columns) gets tickets without its columns, and a caller with
+masking rules is then refused its chunks (addons/masking.py), never sent them unmasked.
+"""
+PROXIED_URL_PREFIX: Final = "hoopgw:chunk/"
 _RESULT_ENDPOINTS: Final = frozenset({Endpoint.QUERY, Endpoint.RESULT})
 STAGE_NOTE: Final = "hoopgw_stage_transfer"
 """The field the record of a PUT/GET answer gains when the client was handed stage keys."""
@@ -109,6 +126,14 @@ class ChunkTicket:
     expires_at: int
     caller: dict[str, Any] | None = None
     size: int | None = None
+    columns: tuple[tuple[str | None, ...], ...] | None = None
+    """The result's columns as masking reads them (name, type, database, schema, table)."""
+
+    def rowtype(self) -> list[dict[str, str | None]] | None:
+        """`columns` in `data.rowtype`'s shape, for recorder.masking.mask_chunk."""
+        if self.columns is None:
+            return None
+        return [dict(zip(_COLUMN_KEYS, column, strict=False)) for column in self.columns]
 
     def as_payload(self) -> dict[str, Any]:
         return {
@@ -123,6 +148,7 @@ class ChunkTicket:
             "exp": self.expires_at,
             "c": self.caller,
             "z": self.size,
+            "t": self.columns,
         }
 
     @classmethod
@@ -140,9 +166,39 @@ class ChunkTicket:
                 expires_at=int(payload["exp"]),
                 caller=payload.get("c") if isinstance(payload.get("c"), dict) else None,
                 size=payload.get("z") if isinstance(payload.get("z"), int) else None,
+                columns=_columns_from_payload(payload.get("t")),
             )
         except (KeyError, TypeError, ValueError, AttributeError):
             raise TicketError("the chunk ticket's content is incomplete") from None
+
+
+_COLUMN_KEYS: Final = ("name", "type", "database", "schema", "table")
+
+
+def compact_columns(rowtype: object) -> tuple[tuple[str | None, ...], ...] | None:
+    """What masking needs of `data.rowtype`, small enough to seal into each chunk's ticket."""
+    if not isinstance(rowtype, list):
+        return None
+    columns = []
+    for entry in rowtype:
+        entry = entry if isinstance(entry, dict) else {}
+        columns.append(
+            tuple(
+                value if isinstance(value, str) and value else None
+                for value in (entry.get(key) for key in _COLUMN_KEYS)
+            )
+        )
+    return tuple(columns)
+
+
+def _columns_from_payload(value: object) -> tuple[tuple[str | None, ...], ...] | None:
+    if not isinstance(value, list):
+        return None
+    return tuple(
+        tuple(item if isinstance(item, str) else None for item in column)
+        for column in value
+        if isinstance(column, list)
+    )
 
 
 def _ticket_key(token_key: bytes) -> bytes:
@@ -163,8 +219,9 @@ class ChunkTickets:
 
     def seal(self, ticket: ChunkTicket) -> str:
         nonce = os.urandom(_NONCE_BYTES)
-        sealed = self._keys[self._current].encrypt(nonce, orjson.dumps(ticket.as_payload()), _AAD)
-        raw = _TICKET_VERSION + self._current + nonce + sealed
+        plaintext = zlib.compress(orjson.dumps(ticket.as_payload()), 9)
+        sealed = self._keys[self._current].encrypt(nonce, plaintext, _AAD_COMPRESSED)
+        raw = _TICKET_VERSION_COMPRESSED + self._current + nonce + sealed
         return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
     def open(self, text: str) -> ChunkTicket:
@@ -175,15 +232,24 @@ class ChunkTickets:
         if base64.urlsafe_b64encode(raw).rstrip(b"=").decode() != text:
             raise TicketError("the chunk URL is malformed")  # one spelling per ticket
         head = 1 + _KEY_ID_BYTES + _NONCE_BYTES
-        if len(raw) <= head or raw[:1] != _TICKET_VERSION:
+        version = raw[:1]
+        if len(raw) <= head or version not in (_TICKET_VERSION, _TICKET_VERSION_COMPRESSED):
             raise TicketError("the chunk URL was not issued by hoopgw")
         aead = self._keys.get(raw[1 : 1 + _KEY_ID_BYTES])
         if aead is None:
             raise TicketError("the chunk URL was sealed with a key this gateway does not hold")
         try:
-            plaintext = aead.decrypt(raw[1 + _KEY_ID_BYTES : head], raw[head:], _AAD)
+            compressed = version == _TICKET_VERSION_COMPRESSED
+            aad = _AAD_COMPRESSED if compressed else _AAD
+            plaintext = aead.decrypt(raw[1 + _KEY_ID_BYTES : head], raw[head:], aad)
+            if compressed:
+                # sealed by a gateway holding the key: authentic, yet bounded all the same
+                inflate = zlib.decompressobj()
+                plaintext = inflate.decompress(plaintext, _PAYLOAD_LIMIT)
+                if inflate.unconsumed_tail or not inflate.eof:
+                    raise TicketError("the chunk URL does not verify")
             payload = orjson.loads(plaintext)
-        except (InvalidTag, orjson.JSONDecodeError):
+        except (InvalidTag, orjson.JSONDecodeError, zlib.error):
             raise TicketError("the chunk URL does not verify") from None
         return ChunkTicket.from_payload(payload)
 
@@ -201,7 +267,7 @@ def chunk_key_headers(data: dict[str, Any]) -> dict[str, str]:
 
 def withheld_url(query_id: str, index: int) -> str:
     """What a record shows for a rewritten chunk URL: which chunk, never the ticket."""
-    return f"hoopgw:chunk/{query_id}/{index}"
+    return f"{PROXIED_URL_PREFIX}{query_id}/{index}"
 
 
 class ResultChunks:
@@ -270,7 +336,8 @@ class ResultChunks:
             """
             Most result chunks the gateway fetches at once for one session; a
             request beyond it is answered 429 and the driver retries it. Chunks
-            are streamed, so each fetch costs buffers, not the chunk's size.
+            are streamed, so each fetch costs buffers, not the chunk's size;
+            a caller with masking rules has each chunk buffered whole and masked.
             """,
         )
         loader.add_option(
@@ -436,6 +503,7 @@ class ResultChunks:
         base = self._base_url(flow)
         expires_at = int(time.time()) + self.lifetime
         caller = state.caller.as_record() if state.caller is not None else None
+        columns = compact_columns(data.get("rowtype"))
         withheld = orjson.loads(orjson.dumps(state.response_json))  # the record's copy
         for index, chunk in enumerate(chunks):
             if not isinstance(chunk, dict) or not _storage_url(chunk.get("url")):
@@ -452,8 +520,12 @@ class ResultChunks:
                 result_format=result_format if isinstance(result_format, str) else None,
                 expires_at=expires_at,
                 caller=caller,
+                columns=columns,
             )
-            chunk["url"] = f"{base}{CHUNK_PATH_PREFIX}{self.tickets.seal(ticket)}"
+            sealed = self.tickets.seal(ticket)
+            if len(sealed) > TICKET_TEXT_LIMIT:
+                sealed = self.tickets.seal(dataclasses.replace(ticket, columns=None))
+            chunk["url"] = f"{base}{CHUNK_PATH_PREFIX}{sealed}"
             withheld["data"]["chunks"][index]["url"] = withheld_url(query_id, index)
         for name in ("qrmk", "chunkHeaders"):
             data.pop(name, None)
@@ -532,6 +604,11 @@ class Admitted:
     started: float
     original: tuple[str, str, int, str, http.Headers] | None = None
     tap: ChunkTap | None = None
+    buffered: bool = False
+    """The caller has masking rules: the chunk is buffered and masked (addons/masking.py)."""
+    detections: list[dict[str, Any]] | None = None
+    withheld: str | None = None
+    """Why the chunk was withheld from the caller (masking), when it was."""
 
 
 class ChunkFetch:
@@ -573,6 +650,8 @@ class ChunkFetch:
         response = flow.response
         if admitted is None or response is None or response.status_code != 200:
             return
+        if admitted.buffered:
+            return  # masked whole by addons/masking.py, which taps what the client gets
         encoding = response.headers.get("content-encoding", "").strip().lower()
         admitted.tap = ChunkTap(encoding, _body_limit(), admitted.ticket.size)
         response.stream = admitted.tap
@@ -585,6 +664,9 @@ class ChunkFetch:
         if admitted.original is None:
             return  # refused by a later addon: nothing was fetched
         _restore(flow, admitted)
+        if admitted.withheld is not None:
+            self._record(flow, admitted, 200, f"withheld by hoopgw: {admitted.withheld}")
+            return
         status = flow.response.status_code if flow.response is not None else None
         error = None if status == 200 else f"cloud storage answered HTTP {status}"
         self._record(flow, admitted, status, error)
@@ -618,6 +700,8 @@ class ChunkFetch:
         }
         if tap is not None:
             fields.update(tap.facts(ticket.result_format))
+        if admitted.detections is not None:
+            fields["detections"] = admitted.detections
         if fields["complete"]:
             self.chunks.chunk_fetched(ticket)
         if error is not None:
@@ -777,6 +861,53 @@ def carries_result_key(raw: bytes, encoding: str) -> bool:
     return False
 
 
+class ChunkUnreadable(ValueError):
+    """A chunk the gateway cannot decode within its limit, so it cannot mask it."""
+
+
+def read_chunk(response: http.Response, limit: int) -> tuple[bytes, str]:
+    """The whole decoded chunk and how it came (`gzip` without a header, as S3 serves Arrow).
+
+    JSON chunks come with `Content-Encoding: gzip`; Arrow chunks as a raw gzip
+    blob the drivers recognise by its magic number. Either way the decoded
+    size is bounded by `limit` (hoopgw_response_limit): a gzip bomb is refused.
+    """
+    raw = response.raw_content or b""
+    encoding = response.headers.get("content-encoding", "").strip().lower()
+    if encoding in ("", "identity") and raw[:2] == b"\x1f\x8b":
+        encoding = "gzip-blob"
+    if encoding in ("", "identity"):
+        if len(raw) > limit:
+            raise ChunkUnreadable(f"the chunk is over hoopgw_response_limit ({limit} bytes)")
+        return raw, encoding
+    if encoding not in ("gzip", "x-gzip", "gzip-blob", "deflate"):
+        raise ChunkUnreadable(f"the chunk came in {encoding[:40]!r} encoding")
+    wbits = zlib.MAX_WBITS if encoding == "deflate" else zlib.MAX_WBITS | 16
+    inflate = zlib.decompressobj(wbits)
+    try:
+        data = inflate.decompress(raw, limit + 1)
+    except zlib.error:
+        raise ChunkUnreadable("the chunk's compression is broken") from None
+    if len(data) > limit or inflate.unconsumed_tail:
+        raise ChunkUnreadable(f"the decoded chunk is over hoopgw_response_limit ({limit} bytes)")
+    if not inflate.eof:
+        raise ChunkUnreadable("the chunk is truncated")
+    return data, encoding
+
+
+def write_chunk(response: http.Response, data: bytes, how: str) -> None:
+    """Replace the chunk's body with `data`, encoded the way cloud storage sent it."""
+    if how in ("gzip", "x-gzip", "gzip-blob"):
+        raw = gzip.compress(data, compresslevel=1, mtime=0)
+    elif how == "deflate":
+        raw = zlib.compress(data, 1)
+    else:
+        raw = data
+    response.raw_content = raw
+    if "transfer-encoding" not in response.headers:
+        response.headers["content-length"] = str(len(raw))
+
+
 def _storage_url(value: object) -> bool:
     if not isinstance(value, str):
         return False
@@ -840,10 +971,15 @@ def _peer(flow: http.HTTPFlow) -> str | None:
 
 
 __all__ = [
+    "Admitted",
     "ChunkFetch",
+    "ChunkTap",
     "ChunkTicket",
     "ChunkTickets",
+    "ChunkUnreadable",
     "ResultChunks",
     "TicketError",
     "chunk_key_headers",
+    "read_chunk",
+    "write_chunk",
 ]

@@ -200,6 +200,7 @@ KIND_FIELDS: Final[dict[str, dict[str, Field]]] = {
         "duration_ms": _opt(OPT_NUMBER, "request start to the chunk's last byte"),
         "body": _opt(OPT_DICT, "the chunk's rows within hoopgw_body_limit, see body_for_record"),
         "error": _opt(OPT_STR, "why the chunk did not reach the client whole"),
+        "detections": _opt(OPT_LIST, "what masking found in the chunk, as for a response"),
     },
 }
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
+import hashlib
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +15,20 @@ from mitmproxy import http
 from mitmproxy.test import taddons
 
 from hoopgw.addons import protocol
-from hoopgw.addons.flowstate import Caller, FlowState
+from hoopgw.addons.flowstate import Caller, FlowState, state_of
 from hoopgw.addons.guardrails import Guardrails, PolicyError, parse_policy
 from hoopgw.addons.inspection import Inspection
 from hoopgw.addons.masking import Masking
 from hoopgw.addons.protocol import StreamedAnswer
 from hoopgw.addons.recording import Recording
+from hoopgw.addons.results import (
+    SSE_C_KEY,
+    ChunkFetch,
+    ChunkTap,
+    ChunkTicket,
+    ResultChunks,
+    compact_columns,
+)
 from hoopgw.recorder.annotations import SENSITIVE_MARK
 from hoopgw.recorder.masking import NO_MASKING
 from tests.addons import QUERY_PATH, STATEMENTS_PATH, answered, classified, snowflake_flow
@@ -274,9 +285,7 @@ def test_mitmweb_marks_an_answer_with_detections_and_says_what_was_done(
     assert not plain.marked
 
 
-def test_a_result_with_chunks_in_cloud_storage_is_withheld_until_chunks_are_masked(
-    masking: Masking,
-) -> None:
+def test_a_result_whose_chunks_are_not_proxied_is_withheld(masking: Masking) -> None:
     chunked = query_answer()
     chunked["data"]["chunks"] = [{"url": "https://bucket.example/c0", "rowCount": 9}]
     flow, _ = asked(AGENT)
@@ -291,3 +300,166 @@ def test_a_result_with_chunks_in_cloud_storage_is_withheld_until_chunks_are_mask
     masking.response(plain)
     assert plain.response is not None
     assert "bucket.example" in plain.response.text
+
+
+# proxied result chunks
+
+STORAGE = "https://sfc-results.s3.amazonaws.com/r/0_1?X-Amz-Signature=abc&X-Amz-Expires=21600"
+CHUNK_ROWS = b'["4","eve@example.com","card 4111 1111 1111 1111"],["5","bob@example.com","hello"]'
+
+
+@pytest.fixture
+def chunk_path(tmp_path: Path):
+    """Masking wired to the chunk proxy as in addons/gateway.py: (chunks, masking, fetch)."""
+    policy = tmp_path / "policy.toml"
+    policy.write_text(POLICY)
+    guardrails, chunks = Guardrails(), ResultChunks()
+    masking, fetch = Masking(guardrails, chunks), ChunkFetch(chunks)
+    with taddons.context(guardrails, chunks, masking, fetch) as tctx:
+        tctx.configure(guardrails, hoopgw_policy=str(policy))
+        yield chunks, masking, fetch
+
+
+def chunk_flow(chunks: ResultChunks, caller: Caller, **changes: Any) -> http.HTTPFlow:
+    fields: dict[str, Any] = {
+        "url": STORAGE,
+        "headers": {SSE_C_KEY: "a2V5"},
+        "session_id": "0190f3c4-7b1a-7c2e-9d4f-1a2b3c4d5e6f",
+        "query_id": "01b-q",
+        "index": 0,
+        "count": 1,
+        "rows": 2,
+        "result_format": "json",
+        "expires_at": int(time.time()) + 60,
+        "caller": caller.as_record(),
+        "columns": compact_columns(ROWTYPE),
+        **changes,
+    }
+    sealed = chunks.tickets.seal(ChunkTicket(**fields))
+    flow = snowflake_flow("GET", f"/hoopgw/v1/chunks/{sealed}")
+    classified(flow)
+    chunks.request(flow)
+    return flow
+
+
+def storage_answers(flow: http.HTTPFlow, wire: bytes, **headers: str) -> None:
+    """Cloud storage's answer, `wire` as sent (already encoded as `headers` say)."""
+    flow.response = http.Response.make(200, b"", {"content-type": "application/json", **headers})
+    flow.response.raw_content = wire
+
+
+def fetched(flow: http.HTTPFlow, masking: Masking, fetch: ChunkFetch) -> None:
+    """The gateway's hooks on a chunk answer, in the order addons/gateway.py runs them."""
+    fetch.request(flow)
+    masking.responseheaders(flow)
+    fetch.responseheaders(flow)
+    masking.response(flow)
+    fetch.response(flow)
+
+
+def test_a_masked_callers_chunk_is_buffered_masked_and_sent_encoded_as_it_came(
+    chunk_path,
+) -> None:
+    chunks, masking, fetch = chunk_path
+    flow = chunk_flow(chunks, AGENT)
+    admitted = chunks.admitted[flow]
+    storage_answers(flow, gzip.compress(CHUNK_ROWS), **{"content-encoding": "gzip"})
+    fetched(flow, masking, fetch)
+    assert admitted.buffered and flow.response is not None
+    assert flow.response.stream is False
+    assert flow.response.headers["content-encoding"] == "gzip"
+    rows = orjson.loads(b"[" + gzip.decompress(flow.response.raw_content or b"") + b"]")
+    assert rows == [
+        ["4", "[MASKED:column]", "[MASKED:credit_card]"],
+        ["5", "[MASKED:column]", "hello"],
+    ]
+    assert admitted.tap is not None
+    facts = admitted.tap.facts("json")
+    assert facts["sha256"] == hashlib.sha256(flow.response.raw_content or b"").hexdigest()
+    assert facts["body"]["json"] == rows
+    assert {(d["column"], d["kind"]) for d in admitted.detections or []} == {
+        ("SHOP.CRM.CUSTOMERS.EMAIL", "column"),
+        ("SHOP.CRM.CUSTOMERS.NOTE", "credit_card"),
+    }
+    state = state_of(flow)
+    assert state is not None and state.detections == admitted.detections
+    assert b"example.com" not in (state.response_body or b"")
+
+
+def test_an_arrow_chunk_served_as_a_bare_gzip_blob_goes_back_the_same_way(chunk_path) -> None:
+    import pyarrow as pa
+
+    chunks, masking, fetch = chunk_path
+    table = pa.table({"ID": [4], "EMAIL": ["eve@example.com"], "NOTE": ["x"]})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    flow = chunk_flow(chunks, AGENT, result_format="arrow")
+    storage_answers(flow, gzip.compress(sink.getvalue().to_pybytes()))
+    fetched(flow, masking, fetch)
+    assert flow.response is not None and "content-encoding" not in flow.response.headers
+    masked = pa.ipc.open_stream(gzip.decompress(flow.response.raw_content or b"")).read_all()
+    assert masked.schema == table.schema
+    assert masked.column("EMAIL").to_pylist() == ["[MASKED:column]"]
+
+
+def test_a_caller_without_rules_keeps_the_streamed_path(chunk_path) -> None:
+    chunks, masking, fetch = chunk_path
+    flow = chunk_flow(chunks, ANALYST)
+    admitted = chunks.admitted[flow]
+    wire = gzip.compress(CHUNK_ROWS)
+    storage_answers(flow, wire, **{"content-encoding": "gzip"})
+    fetch.request(flow)
+    masking.responseheaders(flow)
+    fetch.responseheaders(flow)
+    assert flow.response is not None and isinstance(flow.response.stream, ChunkTap)
+    tap = flow.response.stream
+    assert tap(wire) == wire  # what mitmproxy streams through it
+    masking.response(flow)
+    assert not admitted.buffered and admitted.detections is None
+    assert admitted.tap is tap and flow.response.raw_content == wire
+
+
+def test_a_chunk_holding_a_withheld_kind_is_answered_451_and_never_sent(chunk_path) -> None:
+    chunks, masking, fetch = chunk_path
+    flow = chunk_flow(chunks, AGENT)
+    admitted = chunks.admitted[flow]
+    rows = b'["6","x@example.com","key AKIAIOSFODNN7EXAMPLE"]'
+    storage_answers(flow, gzip.compress(rows), **{"content-encoding": "gzip"})
+    fetched(flow, masking, fetch)
+    assert flow.response is not None and flow.response.status_code == 451
+    assert flow.response.reason.startswith("Withheld by hoopgw: column SHOP.CRM.CUSTOMERS.NOTE")
+    assert b"AKIA" not in (flow.response.raw_content or b"")
+    answer = orjson.loads(flow.response.content or b"")
+    assert answer["code"] == str(protocol.CODE_GATEWAY_SENSITIVE)
+    assert admitted.withheld is not None and "aws_access_key" in admitted.withheld
+    assert admitted.tap is None
+
+
+def test_a_chunk_whose_ticket_lacks_the_columns_is_withheld(chunk_path) -> None:
+    chunks, masking, fetch = chunk_path
+    flow = chunk_flow(chunks, AGENT, columns=None)
+    storage_answers(flow, gzip.compress(CHUNK_ROWS), **{"content-encoding": "gzip"})
+    fetched(flow, masking, fetch)
+    assert flow.response is not None and flow.response.status_code == 451
+    assert "too many columns" in flow.response.reason
+    assert b"example.com" not in (flow.response.raw_content or b"")
+
+
+def test_a_masked_answer_with_proxied_chunks_keeps_the_sealed_urls(chunk_path) -> None:
+    chunks, masking, _ = chunk_path
+    flow, state = asked(AGENT)
+    answer = query_answer()
+    answer["data"].update(
+        qrmk="a2V5", chunks=[{"url": STORAGE, "rowCount": 2, "uncompressedSize": 90}]
+    )
+    answered(flow, answer)
+    chunks.response(flow)
+    masking.response(flow)
+    assert flow.response is not None
+    sent = orjson.loads(flow.response.content or b"")
+    assert sent["data"]["chunks"][0]["url"].split("/hoopgw/v1/chunks/")[1]
+    assert sent["data"]["rowset"][0][1] == "[MASKED:column]"
+    recorded = orjson.loads(state.response_body or b"")
+    assert recorded["data"]["chunks"][0]["url"] == "hoopgw:chunk/01b-q/0"
+    assert recorded["data"]["rowset"][0][1] == "[MASKED:column]"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import gzip
 import hashlib
 import os
@@ -10,24 +11,32 @@ import zlib
 
 import orjson
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from mitmproxy import http
 from mitmproxy.test import taddons
 
 from hoopgw.addons import protocol
+from hoopgw.addons import results as results_module
 from hoopgw.addons.contentview import render
 from hoopgw.addons.flowstate import Caller, state_of
 from hoopgw.addons.protocol import CHUNK_PATH_PREFIX, Endpoint
 from hoopgw.addons.results import (
     SSE_C_KEY,
+    TICKET_TEXT_LIMIT,
     ChunkFetch,
     ChunkKeyInStreamError,
     ChunkTap,
     ChunkTicket,
     ChunkTickets,
+    ChunkUnreadable,
     KeyGuard,
     ResultChunks,
     TicketError,
     carries_result_key,
     chunk_key_headers,
+    compact_columns,
+    read_chunk,
+    write_chunk,
 )
 from tests.addons import QUERY_PATH, answer_json, answered, classified, snowflake_flow
 
@@ -327,3 +336,82 @@ def test_an_answer_with_stage_credentials_is_withheld_without_the_policy() -> No
     assert sent["code"] == str(protocol.CODE_GATEWAY_POLICY)
     assert "allow_stage_transfer" in sent["message"]
     assert secret.encode() not in (flow.response.content or b"")  # type: ignore[union-attr]
+
+
+def rowtype(columns: int) -> list[dict[str, str]]:
+    return [
+        {
+            "name": f"COLUMN_NAME_{i:02d}",
+            "type": ("text", "fixed", "date", "timestamp_ntz")[i % 4],
+            "database": "ANALYTICS",
+            "schema": "SALES",
+            "table": "ORDERS",
+        }
+        for i in range(columns)
+    ]
+
+
+def test_a_ticket_carries_the_results_columns_for_masking() -> None:
+    tickets = ChunkTickets(os.urandom(32))
+    columns = compact_columns(rowtype(50))
+    sealed = tickets.seal(ticket(columns=columns))
+    opened = tickets.open(sealed)
+    assert opened.rowtype() == rowtype(50)
+    # 50 columns cost little: the payload is compressed before sealing
+    assert len(sealed) < 2 * len(tickets.seal(ticket()))
+    assert len(sealed) < 1200
+
+
+def test_an_answer_too_wide_for_its_tickets_gets_them_without_columns() -> None:
+    chunks = ResultChunks()
+    wide = [
+        {"name": os.urandom(12).hex(), "type": "text", "database": os.urandom(8).hex()}
+        for _ in range(400)
+    ]
+    with taddons.context(chunks):
+        flow = snowflake_flow("POST", QUERY_PATH, {"sqlText": "select 1"})
+        classified(flow)
+        answered(flow, {**chunked_answer(), "data": {**chunked_answer()["data"], "rowtype": wide}})  # type: ignore[dict-item]
+        chunks.response(flow)
+        narrow = snowflake_flow("POST", QUERY_PATH, {"sqlText": "select 1"})
+        classified(narrow)
+        answered(
+            narrow, {**chunked_answer(), "data": {**chunked_answer()["data"], "rowtype": wide[:20]}}
+        )  # type: ignore[dict-item]
+        chunks.response(narrow)
+    for answer, has_columns in ((flow, False), (narrow, True)):
+        url = orjson.loads(answer.response.content or b"")["data"]["chunks"][0]["url"]  # type: ignore[union-attr]
+        sealed = url.split(CHUNK_PATH_PREFIX, 1)[1]
+        assert len(sealed) <= TICKET_TEXT_LIMIT
+        assert (chunks.tickets.open(sealed).columns is not None) is has_columns
+
+
+def test_a_chunk_is_read_whole_within_the_limit_and_written_back_as_it_came() -> None:
+    rows = b'["1","a"],["2","b"]'
+    blob = http.Response.make(200, gzip.compress(rows))
+    data, how = read_chunk(blob, 1024)
+    assert (data, how) == (rows, "gzip-blob")
+    write_chunk(blob, b'["1","x"]', how)
+    assert gzip.decompress(blob.raw_content or b"") == b'["1","x"]'
+    assert blob.headers["content-length"] == str(len(blob.raw_content or b""))
+    bomb = http.Response.make(200, b"", {"content-encoding": "gzip"})
+    bomb.raw_content = gzip.compress(b"0" * 4096)
+    with pytest.raises(ChunkUnreadable, match="over hoopgw_response_limit"):
+        read_chunk(bomb, 1024)
+    cut = http.Response.make(200, b"", {"content-encoding": "gzip"})
+    cut.raw_content = gzip.compress(rows)[:-6]
+    with pytest.raises(ChunkUnreadable):
+        read_chunk(cut, 1024)
+
+
+def test_a_ticket_of_the_first_format_still_opens() -> None:
+    key = os.urandom(32)
+    tickets = ChunkTickets(key)
+    derived = results_module._ticket_key(key)
+    kid = hashlib.sha256(derived).digest()[:6]
+    nonce = os.urandom(12)
+    sealed = AESGCM(derived).encrypt(
+        nonce, orjson.dumps(ticket().as_payload()), b"hoopgw chunk ticket v1"
+    )
+    text = base64.urlsafe_b64encode(b"\x01" + kid + nonce + sealed).rstrip(b"=").decode()
+    assert tickets.open(text) == ticket()
