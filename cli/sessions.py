@@ -63,9 +63,12 @@ def list_sessions(
 
     \b
     Columns: session id, user, start (UTC), duration, statements, errors,
-    statements blocked by the gateway, client application. A session the
-    gateway refused to open (a refused login) shows "(not verified)" as its
-    user and "refused" as its duration; `sessions show` gives the reason.
+    statements blocked by the gateway, client application. Requests refused
+    without a verified caller (a refused login, a bad token) are counted per
+    time window by each gateway process: such a window shows "(not verified)"
+    as its user, "refused" as its duration, how many it refused under BLOCKED
+    and by which endpoint under CLIENT; `sessions show` gives the reasons and
+    samples.
 
     \b
     Examples:
@@ -75,11 +78,12 @@ def list_sessions(
     check_time_range(since, until)
     with open_index(store, s3_endpoint_url, no_cache=no_cache) as index:
         found = index.list_sessions(since=since, until=until, user=user, group=group, limit=limit)
+        windows = listing.window_totals(index, found)
     emit(
         output_format,
         listing.SESSION_HEADERS,
-        [listing.summary_row(summary) for summary in found],
-        [listing.summary_dict(summary) for summary in found],
+        [listing.summary_row(s, windows.get(s.session_id)) for s in found],
+        [listing.summary_dict(s, windows.get(s.session_id)) for s in found],
     )
     if output_format == "table" and not found:
         note("no sessions match")
@@ -120,6 +124,7 @@ def show_session(
     records = archive.read_session(session_id)
     session = load_session(session_id, records)
     refused = listing.refused_requests(records)
+    windows = listing.refusal_windows(records)
     if verify_chain:
         report = archive.verify_session(session_id)
         chain: dict[str, Any] | None = {
@@ -132,14 +137,14 @@ def show_session(
         chain = {"verified": False}
         chain_line = f"not verified (--no-verify); run hoopgw verify {session_id}"
     if output_format == "json":
-        echo_json(listing.session_dict(session, refused, chain))
+        echo_json(listing.session_dict(session, refused, chain, windows))
         return
     if output_format == "jsonl":
         echo_jsonl(listing.statement_dict(s, session.session_id) for s in session.statements)
         if chain.get("ok") is False:
             note(f"warning: session {session_id}: {chain_line}")
         return
-    for name, value in listing.session_header(session, refused, chain_line):
+    for name, value in listing.session_header(session, refused, chain_line, windows):
         click.echo(f"{name + ':':<12}{value}")
     click.echo()
     if session.statements:

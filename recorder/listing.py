@@ -17,7 +17,7 @@ from hoopgw.recorder import coerce
 from hoopgw.recorder.catalog import SessionSummary
 from hoopgw.recorder.flows import statement_records
 from hoopgw.recorder.index import ArchiveIndex
-from hoopgw.recorder.schema import REFUSAL, STATEMENT_KINDS
+from hoopgw.recorder.schema import REFUSAL, REFUSAL_SUMMARY, STATEMENT_KINDS
 from hoopgw.recorder.session import (
     RecordedOutcome,
     RecordedSession,
@@ -29,7 +29,12 @@ from hoopgw.recorder.session import (
 
 UNVERIFIED: Final = "(not verified)"
 """The user of a session whose caller the gateway never verified."""
+REFUSAL_WINDOW: Final = "refusal_window"
+"""The end reason of a session that holds one `refusal_summary` (docs/record-format.md)."""
 _REFUSALS_SHOWN: Final = 10
+_REASONS_SHOWN: Final = 3
+_INTERNAL: Final = frozenset({"epoch", "window"})
+"""Digest fields for sorting and for `sessions list`, not part of a search match."""
 LONG_SESSION: Final = timedelta(days=1)
 """Sessions that started up to this long before `--since` are searched too."""
 
@@ -59,9 +64,21 @@ def summary_duration(summary: SessionSummary) -> float | None:
     return (last - summary.start).total_seconds() if last else None
 
 
+def summary_is_refusal_window(summary: SessionSummary) -> bool:
+    """A session that holds one window of refusals without a verified caller."""
+    return summary.end_reason == REFUSAL_WINDOW and summary.caller is None
+
+
 def summary_refused(summary: SessionSummary) -> bool:
-    """A session the gateway never opened: no verified caller, no statement, only refusals
-    (a refused login, or a request without valid credentials). It has no end to wait for."""
+    """A session the gateway never opened: no verified caller, no statement, only refusals.
+
+    Either a window of refusals (`refusal_summary`: refused logins, requests
+    without valid credentials), or, in archives written before refusals were
+    counted by window, one refused request with a session of its own that never
+    ends. Neither has an end to wait for.
+    """
+    if summary_is_refusal_window(summary):
+        return True
     return (
         not summary.ended
         and summary.caller is None
@@ -70,13 +87,22 @@ def summary_refused(summary: SessionSummary) -> bool:
     )
 
 
-def summary_row(summary: SessionSummary) -> list[Any]:
+def summary_row(summary: SessionSummary, window: dict[str, Any] | None = None) -> list[Any]:
+    """`window` is the session's `window_totals` when it is a refusal window: its count
+    goes under BLOCKED and its most frequent reasons under CLIENT."""
     refused = summary_refused(summary)
     if refused:
         shown_duration = "refused"
     else:
         shown_duration = format_duration(summary_duration(summary)) + (
             "" if summary.ended else " (open)"
+        )
+    blocked: Any = summary.blocked
+    client = client_app(summary.client) or ""
+    if window is not None:
+        blocked = window.get("refused", blocked)
+        client = "refusals: " + ", ".join(
+            f"{item['endpoint']} x{item['count']}" for item in window.get("endpoints") or ()
         )
     return [
         summary.session_id,
@@ -85,18 +111,40 @@ def summary_row(summary: SessionSummary) -> list[Any]:
         shown_duration,
         summary.statements,
         summary.errors,
-        summary.blocked,
-        client_app(summary.client) or "",
+        blocked,
+        client,
     ]
 
 
-def summary_dict(summary: SessionSummary) -> dict[str, Any]:
+def summary_dict(summary: SessionSummary, window: dict[str, Any] | None = None) -> dict[str, Any]:
     data = summary.to_dict()
     data["user"] = summary_user(summary)
     data["duration_s"] = summary_duration(summary)
     data["client_app"] = client_app(summary.client)
     data["refused"] = summary_refused(summary)
+    if window is not None:
+        data["refusals"] = window
     return data
+
+
+def window_totals(index: ArchiveIndex, summaries: list[SessionSummary]) -> dict[str, Any]:
+    """Each listed refusal window's totals (`RefusalWindow.totals`), by session id.
+
+    The catalog's summaries count a window as one blocked record; its counts are
+    in the `refusal_summary` itself, read through the index's digests (cached
+    like search's, so a window is read once).
+    """
+    windows = [summary for summary in summaries if summary_is_refusal_window(summary)]
+    totals: dict[str, Any] = {}
+    if not windows:
+        return totals
+    for digest in index.digests(windows, digest_session):
+        for statement in digest.statements or ():
+            window = statement.get("window")
+            if isinstance(window, dict):
+                totals[digest.summary.session_id] = window
+                break
+    return totals
 
 
 # --- refused requests without SQL (logins, requests without valid credentials) -------
@@ -104,7 +152,8 @@ def summary_dict(summary: SessionSummary) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class RefusedRequest:
-    """A request the gateway refused that carried no SQL, read defensively from its record."""
+    """A request the gateway refused that carried no SQL, read defensively from its record:
+    a `refusal` record, or one of the samples a `refusal_summary` kept."""
 
     ts: float | None
     endpoint: str
@@ -115,6 +164,8 @@ class RefusedRequest:
     """How many refusals the record stands for (1, or a window's count when aggregated)."""
     claimed: dict[str, Any] | None
     """Who the caller said they were, never verified, when the record keeps it."""
+    client: str | None = None
+    """The client's address, for a sample of a refusal window (its session has none)."""
 
     @property
     def what(self) -> str:
@@ -122,14 +173,80 @@ class RefusedRequest:
 
     def describe(self) -> str:
         times = f" ({self.count} times)" if self.count > 1 else ""
-        return f"{self.what} refused by {self.by}{times}: {self.reason}"
+        source = f" (from {self.client})" if self.client else ""
+        return f"{self.what} refused by {self.by}{times}{source}: {self.reason}"
+
+
+@dataclass(frozen=True, slots=True)
+class RefusalWindow:
+    """One `refusal_summary`: the refusals without a verified caller a gateway process
+    counted over a time window, by reason and client address."""
+
+    start: float | None
+    end: float | None
+    refused: int
+    reasons: tuple[tuple[str, str | None, str, int], ...]
+    """(endpoint, code, reason, count), most frequent first."""
+    clients: tuple[tuple[str, int], ...]
+    samples: int
+    samples_omitted: int
+    windows_carried: int
+
+    def endpoints(self) -> list[tuple[str, int]]:
+        """Refusals by endpoint, most frequent first."""
+        counts: dict[str, int] = {}
+        for endpoint, _code, _reason, count in self.reasons:
+            counts[endpoint] = counts.get(endpoint, 0) + count
+        return sorted(counts.items(), key=lambda item: -item[1])
+
+    def describe(self) -> str:
+        span = f"{format_time(self.start)} to {format_time(self.end)}"
+        carried = (
+            f", {self.windows_carried} window(s) held back by the refusal budget"
+            if self.windows_carried
+            else ""
+        )
+        return f"{self.refused} without a verified caller, {span}{carried}"
+
+    def totals(self) -> dict[str, Any]:
+        """What `sessions list` shows of the window, JSON-ready."""
+        return {
+            "refused": self.refused,
+            "window_start": format_iso(self.start),
+            "window_end": format_iso(self.end),
+            "endpoints": [
+                {"endpoint": endpoint, "count": count} for endpoint, count in self.endpoints()
+            ],
+            "top_reasons": [
+                {"endpoint": endpoint, "code": code, "reason": reason, "count": count}
+                for endpoint, code, reason, count in self.reasons[:_REASONS_SHOWN]
+            ],
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            **self.totals(),
+            "reasons": [
+                {"endpoint": endpoint, "code": code, "reason": reason, "count": count}
+                for endpoint, code, reason, count in self.reasons
+            ],
+            "clients": [{"address": address, "count": count} for address, count in self.clients],
+            "samples": self.samples,
+            "samples_omitted": self.samples_omitted,
+            "windows_carried": self.windows_carried,
+        }
 
 
 def refused_requests(records: Iterable[dict[str, Any]]) -> list[RefusedRequest]:
-    """The session's refusal records without SQL, in order."""
+    """The session's refusals without SQL, in order: its `refusal` records without `sql`
+    and the samples its `refusal_summary` records kept."""
     found = []
     for record in records:
-        if record.get("kind") != REFUSAL or isinstance(record.get("sql"), str):
+        kind = record.get("kind")
+        if kind == REFUSAL_SUMMARY:
+            found.extend(_sampled(record))
+            continue
+        if kind != REFUSAL or isinstance(record.get("sql"), str):
             continue
         refusal = coerce.mapping(record.get("refusal"))
         count = record.get("count")
@@ -146,6 +263,69 @@ def refused_requests(records: Iterable[dict[str, Any]]) -> list[RefusedRequest]:
             )
         )
     return found
+
+
+def _sampled(summary: dict[str, Any]) -> list[RefusedRequest]:
+    samples = summary.get("samples")
+    found = []
+    for sample in samples if isinstance(samples, list) else ():
+        if not isinstance(sample, dict):
+            continue
+        refusal = coerce.mapping(sample.get("refusal"))
+        claimed = sample.get("claimed")
+        found.append(
+            RefusedRequest(
+                ts=coerce.number(sample.get("ts")),
+                endpoint=coerce.text(sample.get("endpoint")) or "other",
+                code=normalize_error_code(refusal.get("code")),
+                reason=coerce.text(refusal.get("reason")) or "no reason on record",
+                by=coerce.text(refusal.get("by")) or "hoopgw",
+                count=1,
+                claimed=claimed if isinstance(claimed, dict) else None,
+                client=coerce.text(sample.get("client")),
+            )
+        )
+    return found
+
+
+def refusal_windows(records: Iterable[dict[str, Any]]) -> list[RefusalWindow]:
+    """The session's `refusal_summary` records, read defensively."""
+    windows = []
+    for record in records:
+        if record.get("kind") != REFUSAL_SUMMARY:
+            continue
+        reasons = []
+        for item in _dicts(record.get("reasons")):
+            reasons.append(
+                (
+                    coerce.text(item.get("endpoint")) or "other",
+                    normalize_error_code(item.get("code")),
+                    coerce.text(item.get("reason")) or "no reason on record",
+                    coerce.integer(item.get("count"), 0),
+                )
+            )
+        clients = [
+            (coerce.text(item.get("address")) or "unknown", coerce.integer(item.get("count"), 0))
+            for item in _dicts(record.get("clients"))
+        ]
+        samples = record.get("samples")
+        windows.append(
+            RefusalWindow(
+                start=coerce.number(record.get("window_start")),
+                end=coerce.number(record.get("window_end")),
+                refused=coerce.integer(record.get("refused"), 0),
+                reasons=tuple(sorted(reasons, key=lambda item: -item[3])),
+                clients=tuple(sorted(clients, key=lambda item: -item[1])),
+                samples=len(samples) if isinstance(samples, list) else 0,
+                samples_omitted=coerce.integer(record.get("samples_omitted"), 0),
+                windows_carried=coerce.integer(record.get("windows_carried"), 0),
+            )
+        )
+    return windows
+
+
+def _dicts(value: Any) -> list[dict[str, Any]]:
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
 
 
 def claimed_name(claimed: dict[str, Any] | None) -> str | None:
@@ -173,6 +353,33 @@ def refusal_digest(refused: RefusedRequest, session_id: str) -> dict[str, Any]:
         "blocked": {"code": refused.code, "reason": refused.reason, "by": refused.by},
         "objects": [],
         "epoch": refused.ts,
+    }
+
+
+def unsampled_digest(window: RefusalWindow, session_id: str) -> dict[str, Any]:
+    """A window's refusals that no sample stands for, as one search match (outcome
+    blocked, its most frequent reason), so search finds them too."""
+    endpoint, code, reason, _count = (
+        window.reasons[0] if window.reasons else ("other", None, "no reason on record", 0)
+    )
+    return {
+        "session_id": session_id,
+        "number": None,
+        "ts": format_iso(window.end),
+        "sql": None,
+        "refused": (
+            f"{window.samples_omitted} more refusals without a verified caller, not kept"
+            f" as samples; most frequent: {endpoint}: {reason}"
+        ),
+        "endpoint": endpoint,
+        "user": UNVERIFIED,
+        "outcome": "blocked",
+        "success": None,
+        "error_code": code,
+        "message": reason,
+        "blocked": {"code": code, "reason": reason, "by": None},
+        "objects": [],
+        "epoch": window.end,
     }
 
 
@@ -241,18 +448,22 @@ def session_header(
     session: RecordedSession,
     refused: list[RefusedRequest] | None = None,
     chain: str | None = None,
+    windows: list[RefusalWindow] | None = None,
 ) -> list[tuple[str, str]]:
     """The `sessions show` header; `refused` from `refused_requests`, `chain` the state of
-    the session's hash chains (see `chain_state`)."""
+    the session's hash chains (see `chain_state`), `windows` from `refusal_windows`."""
     refused = refused or []
+    windows = windows or []
     caller = session.caller or {}
     groups = caller.get("groups")
     context = ", ".join(
         f"{name}={value}" for name, value in session.context.as_dict().items() if value
     )
-    never_opened = session.caller is None and not session.statements and bool(refused)
+    never_opened = session.caller is None and not session.statements and bool(refused or windows)
     end = format_time(session.end_ts) if session.end_ts else "(open)"
-    if session.end_reason:
+    if windows and session.end_reason == REFUSAL_WINDOW:
+        end += " (refusal window closed)"
+    elif session.end_reason:
         end += f" ({session.end_reason})"
     elif never_opened:
         last = max((r.ts for r in refused if r.ts is not None), default=None)
@@ -271,7 +482,25 @@ def session_header(
         ("upstream", ", ".join(filter(None, [session.upstream_host, *session.upstream_accounts]))),
         ("statements", str(len(session.statements))),
     ]
-    header += [("refused", item.describe()) for item in refused[:_REFUSALS_SHOWN]]
+    for window in windows:
+        header.append(("refusals", window.describe()))
+        header += [
+            ("reason", f"{count} x {endpoint}{f' {code}' if code else ''}: {reason}")
+            for endpoint, code, reason, count in window.reasons[:_REFUSALS_SHOWN]
+        ]
+        if len(window.reasons) > _REFUSALS_SHOWN:
+            header.append(("reason", f"... and {len(window.reasons) - _REFUSALS_SHOWN} more"))
+        header.append(
+            ("clients", ", ".join(f"{address} x{count}" for address, count in window.clients))
+        )
+        if window.samples_omitted:
+            header.append(
+                ("samples", f"{window.samples} kept, {window.samples_omitted} more not kept")
+            )
+    header += [
+        ("refused", f"{format_time(item.ts)} {item.describe()}".lstrip())
+        for item in refused[:_REFUSALS_SHOWN]
+    ]
     if len(refused) > _REFUSALS_SHOWN:
         header.append(("refused", f"... and {len(refused) - _REFUSALS_SHOWN} more"))
     if chain is not None:
@@ -290,6 +519,7 @@ def session_dict(
     session: RecordedSession,
     refused: list[RefusedRequest] | None = None,
     chain: dict[str, Any] | None = None,
+    windows: list[RefusalWindow] | None = None,
 ) -> dict[str, Any]:
     return {
         "session_id": session.session_id,
@@ -314,9 +544,11 @@ def session_dict(
                 "by": item.by,
                 "count": item.count,
                 "claimed": item.claimed,
+                "client": item.client,
             }
             for item in refused or []
         ],
+        "refusal_windows": [window.as_dict() for window in windows or []],
         "statements": [statement_dict(s, session.session_id) for s in session.statements],
     }
 
@@ -362,7 +594,7 @@ class Match:
         ]
 
     def to_dict(self) -> dict[str, Any]:
-        return {key: value for key, value in self.statement.items() if key != "epoch"}
+        return {key: value for key, value in self.statement.items() if key not in _INTERNAL}
 
 
 @dataclass(slots=True)
@@ -391,8 +623,15 @@ def digest_session(session_id: str, records: list[dict[str, Any]]) -> list[dict[
         if found:
             digest["detections"] = found
     refusals = [refusal_digest(item, session_id) for item in refused_requests(records)]
+    windows = refusal_windows(records)
+    refusals += [
+        unsampled_digest(window, session_id) for window in windows if window.samples_omitted
+    ]
     for digest in refusals:
-        digest["user"] = digest["user"] or session.user
+        digest["user"] = digest["user"] or session.user or UNVERIFIED
+        if windows:
+            # what `sessions list` shows of the window, kept with the digests it caches
+            digest["window"] = windows[0].totals()
     return sorted(
         digests + refusals, key=lambda d: d["epoch"] if d.get("epoch") is not None else 0.0
     )
@@ -515,8 +754,9 @@ def _statement_matcher(query: SearchQuery) -> Callable[[dict[str, Any]], bool]:
 def _session_could_match(query: SearchQuery) -> Callable[[list[dict[str, Any]]], bool] | None:
     """A test on a session's records that is False only when none of its statements
     can match the SQL text and time criteria (each statement is a `request` or
-    `refusal` record with `sql`, its time that record's `ts`), or None when the query
-    has none of those criteria."""
+    `refusal` record with `sql`, its time that record's `ts`; without SQL text, a
+    refusal window may match anywhere from its start to its end), or None when the
+    query has none of those criteria."""
     sql = query.sql.casefold() if query.sql else None
     since = query.since.timestamp() if query.since else None
     until = query.until.timestamp() if query.until else None
@@ -524,6 +764,14 @@ def _session_could_match(query: SearchQuery) -> Callable[[list[dict[str, Any]]],
         return None
 
     def could_match(records: list[dict[str, Any]]) -> bool:
+        if sql is None:
+            spans = [(window.start, window.end) for window in refusal_windows(records)]
+            spans += [(item.ts, item.ts) for item in refused_requests(records)]
+            for start, end in spans:
+                if start is None or end is None:
+                    continue
+                if (since is None or end >= since) and (until is None or start < until):
+                    return True
         for record in _searched_records(records, with_refusals=sql is None):
             if sql is not None and sql not in record["sql"].casefold():
                 continue

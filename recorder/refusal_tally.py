@@ -6,7 +6,9 @@ spool bytes) let anonymous traffic fill the spool and delay everyone's
 uploads. Instead each refusal is counted here, by reason and by client
 address, with the first few requests of the window kept as samples that hold
 only what the gateway read from the request's head (no body: only its size);
-when a window closes its tally becomes one `refusal_summary` record.
+when a window closes its tally becomes one `refusal_summary` record. A reason
+or a head value may quote what the client sent (a JWT as a Content-Encoding),
+so every text is scrubbed of credential values before it is kept.
 
 The summaries have their own byte budget per hour, separate from the spool's
 limit: while it is spent a closing window is not written but carried on (its
@@ -24,6 +26,8 @@ from typing import Any, Final
 
 import orjson
 
+from hoopgw.recorder import redaction
+
 BUDGET_PERIOD: Final = 3600.0
 """Seconds over which `budget_bytes` of summaries may be written (a refilling allowance)."""
 MAX_REASONS: Final = 64
@@ -31,6 +35,9 @@ MAX_REASONS: Final = 64
 MAX_CLIENTS: Final = 64
 """Distinct client addresses in one summary; the rest are counted as `other`."""
 MAX_TEXT: Final = 200
+MAX_SCRUBBED: Final = 4096
+"""Characters of a text scrubbed for credentials; longer texts are cut first (a JWT cut
+before its first dot is only its public header)."""
 OTHER: Final = "other"
 
 
@@ -76,8 +83,9 @@ class RefusalTally:
         body_size: int,
         sample: dict[str, Any],
     ) -> None:
-        """Count one refusal; `sample` (bounded fields only) is kept if the window has room."""
-        key = (endpoint[:MAX_TEXT], code, reason[:MAX_TEXT])
+        """Count one refusal; `sample` (bounded fields only) is kept, scrubbed, if the window
+        has room."""
+        key = (endpoint[:MAX_TEXT], code, _scrubbed(reason)[:MAX_TEXT])
         client = address or "unknown"
         with self._lock:
             window = self._window
@@ -86,7 +94,7 @@ class RefusalTally:
             _bump(window.reasons, key, (key[0], key[1], OTHER), MAX_REASONS)
             _bump(window.clients, client, OTHER, MAX_CLIENTS)
             if len(window.samples) < self.max_samples:
-                window.samples.append(sample)
+                window.samples.append(_scrubbed(sample))  # bounded fields: cheap
             else:
                 window.samples_omitted += 1
 
@@ -132,6 +140,17 @@ class RefusalTally:
         self._refilled_at = now
         rate = self.budget_bytes / BUDGET_PERIOD
         self._allowance = min(float(self.budget_bytes), self._allowance + elapsed * rate)
+
+
+def _scrubbed(value: Any) -> Any:
+    """`value` with every JWT and Authorization-style value in its texts masked."""
+    if isinstance(value, str):
+        return redaction.mask_credential_values(value[:MAX_SCRUBBED])
+    if isinstance(value, dict):
+        return {name: _scrubbed(item) for name, item in value.items()}
+    if isinstance(value, list):
+        return [_scrubbed(item) for item in value]
+    return value
 
 
 def _bump(table: dict[Any, int], key: Any, overflow: Any, limit: int) -> None:

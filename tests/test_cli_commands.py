@@ -32,6 +32,7 @@ from hoopgw.recorder.rollup import ROLLUPS, decode_rollup
 from hoopgw.recorder.segment import compress_lines, decompress_segment
 from hoopgw.recorder.store import open_store
 from tests import stack
+from tests.raw_http import stored_records
 
 RECORDING_DEADLINE = 30.0
 SANDBOX_ACCOUNT = "sandbox"
@@ -833,9 +834,12 @@ def test_a_bare_absolute_store_path_is_a_file_store(
 def test_a_refused_login_is_listed_with_its_reason_and_found_as_blocked(
     gateway_factory, connect, fakesnow_server
 ):
+    """A refused login has no verified caller: it is counted in its gateway's refusal window
+    (a `refusal_summary` in a session of its own), which the CLI lists, shows and searches."""
+    refused_token = f"not-a-token-{uuid.uuid4().hex}"
     gateway = gateway_factory(fakesnow_server.url, {}, name="cli-refused-login")
     with pytest.raises(snowflake.connector.errors.DatabaseError):
-        connect(gateway, "not-a-token")
+        connect(gateway, refused_token)
     gateway.stop()
     store = ["--store", f"file:{gateway.workdir / 'store'}"]
     listed = stack.wait_until(
@@ -844,22 +848,41 @@ def test_a_refused_login_is_listed_with_its_reason_and_found_as_blocked(
         "the refused login in the store",
     )
     (summary,) = map(orjson.loads, listed)
-    assert summary["refused"] is True and summary["blocked"] >= 1
+    assert summary["refused"] is True and summary["end_reason"] == "refusal_window"
+    refused = summary["refusals"]["refused"]
+    assert refused >= 1 and summary["refusals"]["endpoints"] == [
+        {"endpoint": "login", "count": refused}
+    ]
+    (top,) = summary["refusals"]["top_reasons"]
+    assert top["endpoint"] == "login" and top["reason"] and top["count"] == refused
     row = hoopgw("sessions", "list", *store).stdout.splitlines()[1]
     assert "(not verified)" in row and "refused" in row and "(open)" not in row
+    assert f"refusals: login x{refused}" in row
 
     shown = hoopgw("sessions", "show", summary["session_id"], *store)
     header = dict(
         line.split(":", 1) for line in shown.stdout.splitlines() if line and ":" in line[:12]
     )
     assert header["user"].strip() == "(not verified)"
-    assert "(refused: login)" in header["end"]
-    assert header["refused"].strip().startswith("login refused by ")
+    assert "(refusal window closed)" in header["end"]
+    assert header["refusals"].strip().startswith(f"{refused} without a verified caller")
+    assert f"{refused} x login" in header["reason"] and top["reason"] in header["reason"]
+    assert "login refused by authentication" in header["refused"]
+    assert "(from 127.0.0.1)" in header["refused"]
     assert "intact" in header["chain"]
 
     blocked = hoopgw("search", "--outcome", "blocked", *store, "--format", "jsonl")
-    (match,) = map(orjson.loads, blocked.stdout.splitlines())
-    assert match["session_id"] == summary["session_id"] and match["outcome"] == "blocked"
-    assert match["endpoint"] == "login" and match["message"]
+    matches = list(map(orjson.loads, blocked.stdout.splitlines()))
+    assert len(matches) == refused
+    for match in matches:
+        assert match["session_id"] == summary["session_id"] and match["outcome"] == "blocked"
+        assert match["endpoint"] == "login" and match["message"] == top["reason"]
+        assert match["user"] == "(not verified)" and match["ts"]
     table = hoopgw("search", "--outcome", "blocked", "--since", "1d", *store)
     assert "(login refused by " in table.stdout
+    assert "(not verified)" in table.stdout
+    outside = hoopgw("search", "--outcome", "blocked", "--until", "1d", *store)
+    assert "login refused" not in outside.stdout
+
+    assert refused_token not in orjson.dumps(stored_records(gateway.workdir / "store")).decode()
+    assert refused_token not in shown.stdout + blocked.stdout + gateway.log()

@@ -95,3 +95,26 @@ def test_at_shutdown_the_count_is_written_even_with_the_budget_spent() -> None:
     final = counter.due(2000.5, closing=True)
     assert final is not None
     assert final["refused"] == 2 and final["samples"] == [] and final["samples_omitted"] == 2
+
+
+def test_a_credential_quoted_by_a_reason_or_a_head_value_is_never_kept() -> None:
+    """A refusal reason may quote what the client sent: a JWT as its Content-Encoding."""
+    jwt = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJtYWxsb3J5In0.c2lnbmF0dXJl"
+    counter = tally()
+    reason = f"unsupported Content-Encoding '{jwt.lower()}'"
+    counter.add(
+        endpoint="login",
+        code=399001,
+        reason=reason,
+        address="10.0.0.1",
+        body_size=2,
+        sample={"refusal": {"reason": reason}, "content_encoding": jwt, "path": "/x"},
+    )
+    summary = counter.due(1060.0)
+    assert summary is not None
+    text = orjson.dumps(summary).decode()
+    assert jwt.lower() not in text.lower() and "eyJzdWIi".lower() not in text.lower()
+    assert summary["reasons"][0]["reason"] == "unsupported Content-Encoding '[REDACTED]'"
+    (sample,) = summary["samples"]
+    assert sample["refusal"]["reason"] == summary["reasons"][0]["reason"]
+    assert sample["content_encoding"] == "[REDACTED]" and sample["path"] == "/x"

@@ -54,6 +54,7 @@ def exchange(gateway_factory, strict, oidc) -> Iterator[dict[str, Any]]:
     gateway = gateway_factory(strict.url, name="redaction-gw")
     secrets: list[str] = [UPSTREAM_TEST_PASSWORD]
     outcomes: dict[str, Answer] = {}
+    targets: dict[str, str] = {}
 
     def id_token(subject: str = "mallory") -> str:
         token = oidc.mint(subject, ["agents"])
@@ -65,6 +66,7 @@ def exchange(gateway_factory, strict, oidc) -> Iterator[dict[str, Any]]:
         target = f"{path}{joiner}requestId={uuid.uuid4()}"
         answer = send(gateway.port, "POST", target, body, headers)
         outcomes[case] = answer
+        targets[case] = target
         return answer
 
     # logins: the caller's ID token in the body, under every label and shape
@@ -187,6 +189,7 @@ def exchange(gateway_factory, strict, oidc) -> Iterator[dict[str, Any]]:
         "home": home,
         "secrets": secrets,
         "outcomes": outcomes,
+        "targets": targets,
         "records": stored_records(home / "store"),
         "log": gateway.log(),
     }
@@ -216,10 +219,13 @@ def test_the_gateway_parsed_what_it_was_sent_whatever_the_label(exchange) -> Non
 def test_no_secret_in_any_stored_byte(exchange) -> None:
     assert exchange["records"], "nothing was stored"
     found = []
+    payloads = _jwt_payloads(exchange)
     for path, data in _every_stored_byte(exchange["home"]):
         for secret in exchange["secrets"]:
             if secret.encode() in data:
                 found.append((path.name, secret[:12]))
+        lowered = data.lower()
+        found += [(path.name, payload) for payload in payloads if payload.encode() in lowered]
     assert found == []
 
 
@@ -227,6 +233,7 @@ def test_no_secret_in_the_gateway_log(exchange) -> None:
     log = exchange["log"]
     assert "hoopgw" in log
     assert [secret[:12] for secret in exchange["secrets"] if secret in log] == []
+    assert [payload for payload in _jwt_payloads(exchange) if payload in log.lower()] == []
 
 
 def _request(records: list[dict[str, Any]], path_start: str, predicate) -> list[dict[str, Any]]:
@@ -245,7 +252,18 @@ def test_mislabelled_bodies_are_recorded_redacted_as_what_they_are(exchange) -> 
     assert len(logins) >= len(LABELS) + 2  # every label, the BOM and the gzip
     assert {login["body"]["json"]["data"]["TOKEN"] for login in logins} == {"[REDACTED]"}
     unparsed = _request(records, LOGIN_PATH, lambda r: "omitted" in r["body"])
-    assert unparsed and all("json" not in r["body"] for r in unparsed)
+    assert all("json" not in r["body"] for r in unparsed)
+    # logins whose body does not parse are refused without a verified caller: counted in a
+    # refusal_summary, whose samples keep the body's size and nothing of its bytes
+    refused = _refused_login_cases(exchange)
+    assert len(refused) >= 8
+    samples = {sample["path"]: sample for sample in _samples(records)}
+    targets = exchange["targets"]
+    for case in refused:
+        sample = samples[targets[case]]
+        assert sample["endpoint"] == "login" and sample["refusal"]["by"] == "protocol", case
+        assert sample["body_size"] > 0 and "body" not in sample, case
+    assert not {targets[case] for case in refused} & {r.get("path") for r in records}
     bound = _request(records, "/queries/v1/query-request", lambda r: "bindings" in r)
     assert len(bound) == 5
     assert {r["bindings_masked"] for r in bound} == {"credential"}
@@ -254,8 +272,45 @@ def test_mislabelled_bodies_are_recorded_redacted_as_what_they_are(exchange) -> 
 
 
 def test_refusal_and_error_texts_hold_no_token(exchange) -> None:
-    """A refusal reason quotes what was refused (here a Content-Encoding that is a JWT)."""
-    refusals = [r for r in exchange["records"] if r["kind"] == "refusal"]
-    assert any("Content-Encoding '[REDACTED]'" in r["refusal"]["reason"] for r in refusals)
-    text = json.dumps([r.get("refusal") for r in refusals])
+    """A refusal reason quotes what was refused (here a Content-Encoding that is a JWT, which
+    the gateway lower-cases): the refusal of that anonymous login is counted in a
+    refusal_summary whose reasons and samples hold the reason with the token masked."""
+    records = exchange["records"]
+    summaries = [r for r in records if r["kind"] == "refusal_summary"]
+    masked = "unsupported Content-Encoding '[REDACTED]'"
+    assert masked in [item["reason"] for r in summaries for item in r["reasons"]]
+    sample = {s["path"]: s for s in _samples(records)}[
+        exchange["targets"]["login-token-as-encoding"]
+    ]
+    assert sample["refusal"]["reason"] == masked
+    refusals = [r.get("refusal") for r in records if r["kind"] == "refusal"]
+    text = json.dumps([refusals, summaries])
     assert [secret[:12] for secret in exchange["secrets"] if secret in text] == []
+    assert [payload for payload in _jwt_payloads(exchange) if payload in text.lower()] == []
+
+
+def _refused_login_cases(exchange: dict[str, Any]) -> list[str]:
+    return [
+        case
+        for case, answer in exchange["outcomes"].items()
+        if case.startswith("login-") and answer.json.get("success") is False
+    ]
+
+
+def _samples(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        sample
+        for record in records
+        if record["kind"] == "refusal_summary"
+        for sample in record["samples"]
+    ]
+
+
+def _jwt_payloads(exchange: dict[str, Any]) -> list[str]:
+    """The start of each ID token's claims, lower-cased: a reason may quote a token in any
+    case, cut anywhere, so its whole text is no test."""
+    return [
+        secret.split(".")[1][:24].lower()
+        for secret in exchange["secrets"]
+        if secret.count(".") == 2 and secret.startswith("eyJ")
+    ]

@@ -247,13 +247,31 @@ def test_records_are_valid_and_hold_no_key_or_ticket(run: Run) -> None:
 
 
 def test_refused_chunk_requests_are_on_record(run: Run) -> None:
+    """The URL of one session presented with another session's valid token is refused to a
+    verified caller: a `refusal` record, in the session the URL names. The tampered and
+    forged URLs name no session and come with no token: counted in a `refusal_summary`,
+    a sample each."""
     refused = [
         r
         for r in run.records
         if r["kind"] == "refusal" and r.get("path", "").startswith(CHUNK_PATH_PREFIX)
     ]
-    assert len(refused) == 3
-    assert {r["refusal"]["by"] for r in refused} == {"results"}
+    assert len(refused) == 1
+    (other,) = refused
+    assert other["refusal"]["by"] == "results" and "another session" in other["refusal"]["reason"]
+    # on record in the session the sealed URL names, whose chunks the other session asked for
+    assert other["session_id"] == session_of_chunks(run, run.wire.json["data"]["queryId"])
+    samples = [
+        sample
+        for r in run.records
+        if r["kind"] == "refusal_summary"
+        for sample in r["samples"]
+        if sample["path"].startswith(CHUNK_PATH_PREFIX)
+    ]
+    assert len(samples) == 2
+    assert {s["endpoint"] for s in samples} == {"chunk"}
+    assert {s["refusal"]["by"] for s in samples} == {"results"}
+    assert {s["status"] for s in samples} == {403}
 
 
 def session_of_chunks(run: Run, query_id: str) -> str:
