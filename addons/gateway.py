@@ -9,6 +9,7 @@ after it, and the order below is the order of the hooks (see addons/flowstate.py
 from __future__ import annotations
 
 from hoopgw.addons import names
+from hoopgw.addons.approval import ApprovalDesk, Approvals, ApprovalShared
 from hoopgw.addons.authentication import Authentication
 from hoopgw.addons.contentview import snowflake_view  # noqa: F401  (registers the view)
 from hoopgw.addons.failclosed import FailClosed, guarded
@@ -25,6 +26,7 @@ from hoopgw.addons.traffic import SnowflakeTraffic
 from hoopgw.addons.transport import ClientDeadlines, RequireTls
 
 pin_malloc_mmap_threshold()
+approvals = ApprovalShared()
 
 addons = [
     one_line_option_errors(guarded(addon))
@@ -32,13 +34,21 @@ addons = [
         ClientDeadlines(),
         SnowflakeTraffic(),
         RequireTls(),
+        ApprovalDesk(approvals),
         Authentication(),
         SessionContextTracker(),
         Guardrails(),
         Recording(),
+        Approvals(approvals),
         Inspection(),
         FailClosed(
-            required=(names.TRANSPORT, names.AUTHENTICATION, names.GUARDRAILS, names.RECORDING)
+            required=(
+                names.TRANSPORT,
+                names.AUTHENTICATION,
+                names.GUARDRAILS,
+                names.RECORDING,
+                names.APPROVAL,
+            )
         ),
         ReadyAnnouncer(),
     )

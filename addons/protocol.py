@@ -41,12 +41,16 @@ CODE_GATEWAY_PROTOCOL = 399001
 CODE_GATEWAY_RECORDING = 399002
 CODE_GATEWAY_POLICY = 399003
 CODE_GATEWAY_INTERNAL = 399004
+CODE_APPROVAL_DENIED = 399005
+CODE_APPROVAL_TIMEOUT = 399006
 GATEWAY_CODES: Final[Mapping[int, str]] = MappingProxyType(
     {
         CODE_GATEWAY_PROTOCOL: "refused by hoopgw: malformed request",
         CODE_GATEWAY_RECORDING: "refused by hoopgw: could not be recorded",
         CODE_GATEWAY_POLICY: "blocked by hoopgw policy",
         CODE_GATEWAY_INTERNAL: "refused by hoopgw: internal error (fail closed)",
+        CODE_APPROVAL_DENIED: "held by hoopgw for review and denied by an approver",
+        CODE_APPROVAL_TIMEOUT: "held by hoopgw for review and not decided in time",
     }
 )
 """Each of the gateway's own codes with its meaning in one line, for views and documentation."""
@@ -64,6 +68,8 @@ class Endpoint(StrEnum):
     RESULT = "result"
     SQL_API = "sql_api"
     AUTHENTICATOR = "authenticator"
+    APPROVALS = "approvals"
+    """The gateway's own approval desk (addons/approval.py); never forwarded upstream."""
     OTHER = "other"
 
 
@@ -85,6 +91,7 @@ _ROUTES: tuple[tuple[re.Pattern[str], Endpoint], ...] = tuple(
         (rf"/queries/{_ID}/result/?", Endpoint.RESULT),
         (rf"/api/v2/statements(?:/{_ID}(?:/cancel)?)?/?", Endpoint.SQL_API),
         (r"/session/authenticator-request", Endpoint.AUTHENTICATOR),
+        (rf"/hoopgw/v1/approvals(?:/{_ID}(?:/approve|/deny)?)?/?", Endpoint.APPROVALS),
     )
 )
 _POST = frozenset({"POST"})
@@ -101,6 +108,7 @@ ALLOWED_METHODS: dict[Endpoint, frozenset[str]] = {
     Endpoint.RESULT: _GET,
     Endpoint.SQL_API: frozenset({"GET", "POST"}),
     Endpoint.AUTHENTICATOR: _POST,
+    Endpoint.APPROVALS: frozenset({"GET", "POST"}),
     Endpoint.OTHER: frozenset(),
 }
 """The HTTP methods the Snowflake drivers use on each endpoint; anything else is refused."""

@@ -95,4 +95,10 @@ def test_fail_closed_requires_exactly_the_addons_that_mark_themselves():
     assert len(fail_closed) == 1
     marks = _marks_in_source()
     assert fail_closed[0].required == set(marks)
-    assert set(marks) == {names.TRANSPORT, names.AUTHENTICATION, names.GUARDRAILS, names.RECORDING}
+    assert set(marks) == {
+        names.TRANSPORT,
+        names.AUTHENTICATION,
+        names.GUARDRAILS,
+        names.RECORDING,
+        names.APPROVAL,
+    }

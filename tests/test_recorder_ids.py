@@ -194,6 +194,8 @@ def test_every_kind_has_a_field_list() -> None:
             "error",
             "refusal",
             "session_end",
+            "approval_request",
+            "approval_decision",
         }
     )
     for fields in FIELDS.values():
