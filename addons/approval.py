@@ -316,7 +316,7 @@ class Approvals:
             approvers=tuple(guardrail.get("approvers") or ()),
             created=now,
             expires=now + timeout,
-            sql=redaction.mask_credential_values(sql)[:4096],
+            sql=redaction.redact_sql(sql)[:4096],
             objects=tuple(guardrail.get("objects") or ()),
             kinds=tuple(guardrail.get("kinds") or ()),
             fingerprint=print_,
