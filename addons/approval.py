@@ -186,6 +186,7 @@ class Approvals:
         self.webhook: str | None = None
         self._known: OrderedDict[str, ApprovalRequest] = OrderedDict()
         self._by_request_id: OrderedDict[str, str] = OrderedDict()
+        self._not_held: OrderedDict[str, None] = OrderedDict()
         self._background: set[asyncio.Task[Any]] = set()
 
     def load(self, loader: Loader) -> None:
@@ -409,9 +410,15 @@ class Approvals:
         book = self.shared.required_book()
         request = self._known.get(approval_id)
         if request is None:
+            if approval_id in self._not_held:
+                return
             request = await asyncio.to_thread(book.request, approval_id)
             if request is None:
-                return  # a query id of Snowflake's own
+                # a query id of Snowflake's own; an approval is stored before its id is handed out
+                self._not_held[approval_id] = None
+                while len(self._not_held) > _KNOWN_LIMIT:
+                    self._not_held.popitem(last=False)
+                return
             self._remember(request)
         if state.caller is None or state.caller.subject != request.subject:
             refuse(

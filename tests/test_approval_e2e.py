@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.client
 import json
 import threading
+import time
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from snowflake.connector import ProgrammingError
 
 from hoopgw.cli.main import main
+from hoopgw.recorder.approvals import ApprovalBook, ApprovalDecision
 from hoopgw.recorder.catalog import Archive
 from hoopgw.recorder.secrets import new_token_key
 from hoopgw.recorder.store import LocalStore
@@ -407,3 +409,75 @@ def _b64encode(data: bytes) -> str:
     import base64
 
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _rss_kib(gateway: stack.Gateway) -> int:
+    assert gateway.proc.process is not None
+    status = Path(f"/proc/{gateway.proc.process.pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1])
+
+
+def _latencies(cursor: Any, count: int) -> list[float]:
+    timings = []
+    for _ in range(count):
+        start = time.perf_counter()
+        cursor.execute("select 1").fetchall()
+        timings.append(time.perf_counter() - start)
+    return sorted(timings)
+
+
+def test_a_hundred_held_statements_do_not_slow_other_clients(
+    session, replicas, database, store_dir
+) -> None:
+    """The cost of holding: memory per hold, and other clients' latency while 100 drivers poll."""
+    gateway = replicas[0]
+    other = session("agents").cursor()
+    before = _latencies(other, 40)
+    rss_before = _rss_kib(gateway)
+    holder = session("agents")
+    token = holder.rest.token
+    ids = []
+    for number in range(100):
+        held = _post_statement(
+            gateway, token, f"delete from {database}.APP.T where id = {1000 + number}"
+        )
+        assert held["code"] == "333333"
+        ids.append(held["data"]["queryId"])
+    stop = threading.Event()
+    polls = [0]
+
+    def poll(approval_id: str) -> None:
+        host, port = urllib.parse.urlsplit(gateway.url).netloc.rsplit(":", 1)
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        while not stop.is_set():
+            conn.request(
+                "GET",
+                f"/queries/{approval_id}/result",
+                headers={"Authorization": f'Snowflake Token="{token}"'},
+            )
+            answer = json.loads(conn.getresponse().read())
+            polls[0] += 1
+            if answer.get("code") != "333333":
+                return
+        conn.close()
+
+    threads = [threading.Thread(target=poll, args=(i,), daemon=True) for i in ids]
+    for thread in threads:
+        thread.start()
+    stack.wait_until(lambda: polls[0] >= 100, WAIT, "every held statement polled once")
+    during = _latencies(other, 40)
+    rss_during = _rss_kib(gateway)
+    book = ApprovalBook(LocalStore(store_dir))
+    for approval_id in ids:
+        book.decide(ApprovalDecision(approval_id, "denied", time.time(), None, "load test"))
+    stop.set()
+    for thread in threads:
+        thread.join(WAIT)
+    median_before, median_during = before[len(before) // 2], during[len(during) // 2]
+    print(
+        f"\nselect 1 median {median_before * 1000:.1f} ms alone, {median_during * 1000:.1f} ms "
+        f"with 100 held statements polling; p90 {before[35] * 1000:.1f} / "
+        f"{during[35] * 1000:.1f} ms; gateway RSS {rss_before} KiB -> {rss_during} KiB "
+        f"({(rss_during - rss_before) / 100:.1f} KiB per held, polling statement)"
+    )
+    assert median_during < 2 * median_before + 0.02

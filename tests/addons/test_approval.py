@@ -370,3 +370,32 @@ async def test_the_webhook_names_the_command_and_is_retried(
         assert "delete from db.app.t" in titles["statement"]
         assert post_webhook(hook.url, request, attempts=2)
         assert len(hook.received) == 2 and hook.received[1]["approval_id"] == approval_id
+
+
+async def test_a_waiting_poll_reads_the_store_at_the_configured_rate(
+    tmp_path: Path, issuer: LocalIssuer, service_key: Path
+) -> None:
+    """One decision read per hoopgw_approval_check_ms, the request read once: the cost of a hold."""
+    async with gateway(tmp_path, issuer, service_key) as (approvals, _desk, shared, _rec):
+        flow, _ = held_flow()
+        await approvals.request(flow)
+        approval_id = answer(flow)["data"]["queryId"]
+        book = shared.required_book()
+        reads = book.reads
+        poll, _ = poll_flow(approval_id)
+        await approvals.request(poll)  # 1 s, checking every 100 ms
+        assert answer(poll)["code"] == "333333"
+        assert 8 <= book.reads - reads <= 12
+
+
+async def test_a_snowflake_query_id_costs_one_store_read(
+    tmp_path: Path, issuer: LocalIssuer, service_key: Path
+) -> None:
+    async with gateway(tmp_path, issuer, service_key) as (approvals, _desk, shared, _rec):
+        book = shared.required_book()
+        reads = book.reads
+        for _ in range(3):
+            poll, _state = poll_flow("01b2c3d4-0000-1234-0000-00012e0a5e2d")
+            await approvals.request(poll)
+            assert poll.response is None
+        assert book.reads - reads == 1
