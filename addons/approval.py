@@ -292,7 +292,8 @@ class Approvals:
         book = self.shared.required_book()
         body = state.request_json or {}
         sql = body.get("sqlText") if isinstance(body.get("sqlText"), str) else ""
-        print_ = fingerprint(state.caller.subject, sql, body.get("bindings"))
+        objects = guardrail.get("objects") or ()
+        print_ = fingerprint(state.caller.subject, sql, body.get("bindings"), objects)
         latest = await asyncio.to_thread(self._latest, book, print_)
         if latest is not None:
             outcome = latest.state()

@@ -42,10 +42,15 @@ def is_approval_id(text: str) -> bool:
         return False
 
 
-def fingerprint(subject: str, sql: str, bindings: Any) -> str:
-    """What an approval binds: the caller, the statement text and its bindings."""
+def fingerprint(subject: str, sql: str, bindings: Any, objects: Any = ()) -> str:
+    """What an approval binds: the caller, the statement text and its bindings.
+
+    `objects` are the names the statement resolved to in its session's context:
+    the same text run with another current schema is another statement.
+    """
     material = orjson.dumps(
-        {"subject": subject, "sql": sql, "bindings": bindings}, option=orjson.OPT_SORT_KEYS
+        {"subject": subject, "sql": sql, "bindings": bindings, "objects": list(objects)},
+        option=orjson.OPT_SORT_KEYS,
     )
     return hashlib.sha256(material).hexdigest()
 

@@ -176,7 +176,7 @@ KIND_FIELDS: Final[dict[str, dict[str, Field]]] = {
         "reason": _opt(OPT_STR, "why the rule sends it to review"),
         "approvers": _req(list, "identity-provider groups that may decide"),
         "expires": _req(NUMBER, "Unix epoch seconds when it times out undecided"),
-        "fingerprint": _req(str, "sha256 of caller, statement text and bindings"),
+        "fingerprint": _req(str, "sha256 of caller, statement text, bindings and objects"),
         "joined": _opt(OPT_BOOL, "a retry that joined an open request instead of opening one"),
     },
     APPROVAL_DECISION: {
