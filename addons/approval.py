@@ -61,6 +61,7 @@ from hoopgw.recorder.approvals import (
 )
 from hoopgw.recorder.records import Client, new_record, query_id_in_path
 from hoopgw.recorder.schema import RecordKind
+from hoopgw.recorder.statements import classify
 from hoopgw.recorder.store import Store, StoreError, open_store
 
 logger = logging.getLogger(__name__)
@@ -89,6 +90,35 @@ class BodySealer:
     def open(self, approval_id: str, text: str) -> bytes:
         raw = base64.b64decode(text.encode("ascii"), validate=True)
         return self._aead.decrypt(raw[:12], raw[12:], approval_id.encode())
+
+
+SQL_API_SUBMIT = "/api/v2/statements"
+
+
+def is_sql_api(request: ApprovalRequest) -> bool:
+    return request.path.startswith(SQL_API_SUBMIT)
+
+
+def held_answer(request: ApprovalRequest, message: str) -> http.Response:
+    """ "Still running" in the shape the client polls: the drivers' 333333, or the SQL API's 202."""
+    if is_sql_api(request):
+        body = {
+            "code": "333334",
+            "message": message,
+            "statementHandle": request.id,
+            "statementStatusUrl": f"{SQL_API_SUBMIT}/{request.id}",
+        }
+        return http.Response.make(202, orjson.dumps(body), {"content-type": "application/json"})
+    return in_progress(request.id, message)
+
+
+def _sql_api_handle(flow: http.HTTPFlow) -> tuple[str | None, bool]:
+    """The statement handle an SQL API call names, and whether it cancels it."""
+    route = flow.request.path.partition("?")[0].rstrip("/")
+    parts = route.removeprefix(SQL_API_SUBMIT).strip("/").split("/")
+    if not parts[0]:
+        return None, False
+    return parts[0], len(parts) == 2 and parts[1] == "cancel"
 
 
 def in_progress(approval_id: str, message: str) -> http.Response:
@@ -277,21 +307,27 @@ class Approvals:
                 await self._poll(flow, state, approval_id)
         elif state.endpoint is Endpoint.ABORT:
             await self._abort(flow, state)
+        elif state.endpoint is Endpoint.SQL_API:
+            handle, cancel = _sql_api_handle(flow)
+            if handle is not None and is_approval_id(handle):
+                if flow.request.method == "GET":
+                    await self._poll(flow, state, handle)
+                elif cancel:
+                    await self._cancel(flow, state, handle)
         state.passed.add(SOURCE)
 
     # --- holding ---------------------------------------------------------------------------
 
     async def _hold(self, flow: http.HTTPFlow, state: FlowState, guardrail: dict[str, Any]) -> None:
-        if state.endpoint is not Endpoint.QUERY or state.caller is None:
-            reason = (
-                f"{guardrail.get('reason')}, and this gateway holds statements for review only "
-                "on the drivers' query endpoint"
-            )
+        sql_api = state.endpoint is Endpoint.SQL_API and flow.request.method == "POST"
+        if not (state.endpoint is Endpoint.QUERY or sql_api) or state.caller is None:
+            reason = f"{guardrail.get('reason')}, and this request cannot wait for a decision"
             refuse(flow, state, protocol.CODE_GATEWAY_POLICY, reason, SOURCE, sql_state="42501")
             return
         book = self.shared.required_book()
         body = state.request_json or {}
-        sql = body.get("sqlText") if isinstance(body.get("sqlText"), str) else ""
+        sql_field = "statement" if sql_api else "sqlText"
+        sql = body.get(sql_field) if isinstance(body.get(sql_field), str) else ""
         objects = guardrail.get("objects") or ()
         print_ = fingerprint(state.caller.subject, sql, body.get("bindings"), objects)
         latest = await asyncio.to_thread(self._latest, book, print_)
@@ -308,7 +344,8 @@ class Approvals:
         now = time.time()
         approval_id = new_approval_id()
         timeout = float(guardrail.get("review_timeout") or 900)
-        raw = state.request_body or b""
+        # the SQL API body as Authentication rewrote it (role, warehouse); a query's as sent
+        raw = (flow.request.content if sql_api else state.request_body) or b""
         request = ApprovalRequest(
             id=approval_id,
             session_id=state.session_id or "",
@@ -366,7 +403,7 @@ class Approvals:
             self._by_request_id[request_id] = request.id
             while len(self._by_request_id) > _KNOWN_LIMIT:
                 self._by_request_id.popitem(last=False)
-        flow.response = in_progress(request.id, self._waiting_message(request))
+        flow.response = held_answer(request, self._waiting_message(request))
         logger.info(
             "hoopgw: held statement %s of %s for review (rule %s)",
             request.id,
@@ -443,7 +480,7 @@ class Approvals:
                 break
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                flow.response = in_progress(approval_id, self._waiting_message(request))
+                flow.response = held_answer(request, self._waiting_message(request))
                 return
             await asyncio.sleep(min(self.check_seconds, remaining))
         await self._settle(flow, state, request, decision)
@@ -455,12 +492,28 @@ class Approvals:
         request: ApprovalRequest,
         decision: ApprovalDecision,
     ) -> None:
+        shape = Shape.SQL_API if is_sql_api(request) else Shape.QUERY
         if decision.outcome == "approved":
+            body = self.shared.sealer.open(request.id, request.sealed_body)
+            refused = await self._now_refused(state, request, body)
+            if refused is not None:
+                refuse(
+                    flow,
+                    state,
+                    protocol.CODE_GATEWAY_POLICY,
+                    refused,
+                    SOURCE,
+                    message=f"Statement refused by hoopgw policy: {refused}.",
+                    shape=shape,
+                    sql_state="42501",
+                    sql_api_status=422,
+                )
+                return
             released = await asyncio.to_thread(
                 self.shared.required_book().release, request.id, self.shared.writer()
             )
             if released:
-                self._release(flow, state, request)
+                self._release(flow, state, request, body)
                 return
             reason = f"approval {request.id} was approved and its statement already ran"
             code = protocol.CODE_GATEWAY_PROTOCOL
@@ -483,11 +536,37 @@ class Approvals:
                 f"Statement not approved within its review time by {', '.join(request.approvers)}"
                 f"; it did not run (hoopgw approval {request.id})."
             )
-        refuse(flow, state, code, reason, SOURCE, message=message, shape=Shape.QUERY)
+        refuse(flow, state, code, reason, SOURCE, message=message, shape=shape, sql_api_status=422)
 
-    def _release(self, flow: http.HTTPFlow, state: FlowState, request: ApprovalRequest) -> None:
+    @staticmethod
+    async def _now_refused(state: FlowState, request: ApprovalRequest, body: bytes) -> str | None:
+        """Deny wins over an approval too: the policy in force now may refuse what was held."""
+        guardrails = ctx.master.addons.get("guardrails")
+        policy = getattr(guardrails, "policy", None)
+        if policy is None:
+            return None
+        parsed = orjson.loads(body) if body else {}
+        sql = parsed.get("statement" if is_sql_api(request) else "sqlText")
+        if not isinstance(sql, str):
+            return None
+        groups = tuple(request.caller.get("groups") or ())
+        if is_sql_api(request):  # each SQL API call names its own context
+            database, schema = parsed.get("database"), parsed.get("schema")
+        else:
+            database, schema = state.context.database, state.context.schema
+        statements = await asyncio.to_thread(
+            classify,
+            sql,
+            database=database if isinstance(database, str) else None,
+            schema=schema if isinstance(schema, str) else None,
+        )
+        decision = policy.check(statements, groups)
+        return decision.reason if decision.blocked else None
+
+    def _release(
+        self, flow: http.HTTPFlow, state: FlowState, request: ApprovalRequest, body: bytes
+    ) -> None:
         """This GET becomes the held POST, body as sent; Snowflake's answer is its answer."""
-        body = self.shared.sealer.open(request.id, request.sealed_body)
         outgoing = flow.request
         outgoing.method = "POST"
         outgoing.path = request.path
@@ -507,15 +586,36 @@ class Approvals:
         request = self._known.get(approval_id) if approval_id else None
         if request is None or state.caller is None or state.caller.subject != request.subject:
             return  # not a held statement: Snowflake's own abort
-        book = self.shared.required_book()
-        withdrawn = ApprovalDecision(request.id, "withdrawn", time.time(), None, "aborted")
-        decision = await asyncio.to_thread(book.decide, withdrawn)
-        if decision is withdrawn:
-            self.shared.record(_decision_record(flow, state, request, decision, None))
+        await self._withdraw(flow, state, request)
         answer = {"code": None, "data": None, "message": None, "success": True}
         flow.response = http.Response.make(
             200, orjson.dumps(answer), {"content-type": "application/json"}
         )
+
+    async def _cancel(self, flow: http.HTTPFlow, state: FlowState, handle: str) -> None:
+        request = self._known.get(handle) or await asyncio.to_thread(
+            self.shared.required_book().request, handle
+        )
+        if request is None or state.caller is None or state.caller.subject != request.subject:
+            return
+        await self._withdraw(flow, state, request)
+        answer = {
+            "code": "000604",
+            "sqlState": "57014",
+            "message": "Statement withdrawn before a decision.",
+            "statementHandle": handle,
+        }
+        flow.response = http.Response.make(
+            200, orjson.dumps(answer), {"content-type": "application/json"}
+        )
+
+    async def _withdraw(
+        self, flow: http.HTTPFlow, state: FlowState, request: ApprovalRequest
+    ) -> None:
+        withdrawn = ApprovalDecision(request.id, "withdrawn", time.time(), None, "aborted")
+        decision = await asyncio.to_thread(self.shared.required_book().decide, withdrawn)
+        if decision is withdrawn:
+            self.shared.record(_decision_record(flow, state, request, decision, None))
 
     # --- notification ----------------------------------------------------------------------
 

@@ -481,3 +481,45 @@ def test_a_hundred_held_statements_do_not_slow_other_clients(
         f"({(rss_during - rss_before) / 100:.1f} KiB per held, polling statement)"
     )
     assert median_during < 2 * median_before + 0.02
+
+
+def _sql_api(gateway: stack.Gateway, token: str, method: str, path: str, body: Any = None):
+    host, port = urllib.parse.urlsplit(gateway.url).netloc.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        conn.request(
+            method,
+            path,
+            json.dumps(body) if body is not None else None,
+            {
+                "Content-Type": "application/json",
+                "Authorization": f"Bearer {token}",
+                "X-Snowflake-Authorization-Token-Type": "OAUTH",
+            },
+        )
+        answer = conn.getresponse()
+        return answer.status, json.loads(answer.read())
+    finally:
+        conn.close()
+
+
+def test_an_sql_api_statement_is_held_and_polled_by_its_handle(
+    replicas, strict, database, approver, oidc
+) -> None:
+    token = oidc.mint(f"erin-{uuid.uuid4().hex[:6]}", groups=["agents"])
+    sql = f"delete from {database}.APP.T where id = 77"
+    mark = strict.mark()
+    status, held = _sql_api(replicas[0], token, "POST", "/api/v2/statements", {"statement": sql})
+    assert status == 202 and held["code"] == "333334"
+    handle = held["statementHandle"]
+    status, again = _sql_api(replicas[1], token, "GET", held["statementStatusUrl"])
+    assert status == 202 and again["statementHandle"] == handle
+    assert not [r for r in strict.received_since(mark) if r.path.startswith("/api/v2")]
+    dba = approver()
+    assert pending_for(replicas[0], dba, sql)["id"] == handle
+    assert cli(replicas[0], dba, "approve", handle).exit_code == 0
+    status, result = _sql_api(replicas[1], token, "GET", held["statementStatusUrl"])
+    assert status == 200, result
+    assert result["data"] == [[sql, "AGENTS"]]
+    sent = [r for r in strict.received_since(mark) if r.path.startswith("/api/v2")]
+    assert [(r.method, r.path) for r in sent] == [("POST", "/api/v2/statements")]

@@ -31,7 +31,7 @@ from hoopgw.addons.approval import (
 )
 from hoopgw.addons.authentication import Authentication
 from hoopgw.addons.flowstate import Caller, FlowState, state_of
-from hoopgw.addons.guardrails import PolicyError, parse_policy
+from hoopgw.addons.guardrails import Guardrails, PolicyError, parse_policy
 from hoopgw.addons.recording import Recording
 from hoopgw.recorder.approvals import ApprovalDecision
 from hoopgw.recorder.secrets import new_token_key
@@ -67,12 +67,16 @@ review_timeout = 60
 
 
 @asynccontextmanager
-async def gateway(tmp_path: Path, issuer: LocalIssuer, service_key: Path) -> AsyncIterator[Any]:
+async def gateway(
+    tmp_path: Path, issuer: LocalIssuer, service_key: Path, policy: Path | None = None
+) -> AsyncIterator[Any]:
     """The approval addons with the real Authentication and Recording they lean on."""
     shared = ApprovalShared()
-    auth, recording = Authentication(), Recording()
+    auth, recording, guardrails = Authentication(), Recording(), Guardrails()
     approvals, desk = Approvals(shared), ApprovalDesk(shared)
-    with taddons.context(auth, recording, approvals, desk) as tctx:
+    with taddons.context(auth, guardrails, recording, approvals, desk) as tctx:
+        if policy is not None:
+            tctx.configure(guardrails, hoopgw_policy=str(policy))
         tctx.configure(
             auth,
             hoopgw_oidc_issuer=issuer.issuer,
@@ -81,6 +85,7 @@ async def gateway(tmp_path: Path, issuer: LocalIssuer, service_key: Path) -> Asy
             hoopgw_role_map=["agents=AGENT"],
             hoopgw_upstream_account="acct",
             hoopgw_upstream_user="svc",
+            hoopgw_upstream_secondary_roles="none",
             hoopgw_upstream_private_key=f"file:{service_key}",
         )
         tctx.configure(
@@ -399,3 +404,86 @@ async def test_a_snowflake_query_id_costs_one_store_read(
             await approvals.request(poll)
             assert poll.response is None
         assert book.reads - reads == 1
+
+
+def sql_api_flow(
+    method: str, path: str, body: dict | None = None
+) -> tuple[http.HTTPFlow, FlowState]:
+    flow = snowflake_flow(method, path, body)
+    state = classified(flow)
+    state.caller, state.session_id = ALICE, SESSION
+    return flow, state
+
+
+async def test_an_sql_api_statement_is_held_with_a_statement_handle(
+    tmp_path: Path, issuer: LocalIssuer, service_key: Path
+) -> None:
+    async with gateway(tmp_path, issuer, service_key) as (approvals, _desk, shared, _rec):
+        flow, state = sql_api_flow(
+            "POST", "/api/v2/statements?async=false", {"statement": "delete from t where id = 1"}
+        )
+        state.guardrail = dict(REVIEW)
+        sent = flow.request.content
+        await approvals.request(flow)
+        assert flow.response is not None and flow.response.status_code == 202
+        handle = answer(flow)["statementHandle"]
+        assert answer(flow)["statementStatusUrl"] == f"/api/v2/statements/{handle}"
+
+        poll, _ = sql_api_flow("GET", f"/api/v2/statements/{handle}")
+        await approvals.request(poll)
+        assert poll.response is not None and poll.response.status_code == 202
+
+        shared.required_book().decide(ApprovalDecision(handle, "approved", 2e9, None, "ok"))
+        poll, _ = sql_api_flow("GET", f"/api/v2/statements/{handle}")
+        await approvals.request(poll)
+        assert poll.response is None
+        assert (poll.request.method, poll.request.path) == (
+            "POST",
+            "/api/v2/statements?async=false",
+        )
+        assert poll.request.content == sent
+
+
+async def test_an_sql_api_cancel_withdraws_the_held_statement(
+    tmp_path: Path, issuer: LocalIssuer, service_key: Path
+) -> None:
+    async with gateway(tmp_path, issuer, service_key) as (approvals, _desk, shared, _rec):
+        flow, state = sql_api_flow("POST", "/api/v2/statements", {"statement": "delete from t"})
+        state.guardrail = dict(REVIEW)
+        await approvals.request(flow)
+        handle = answer(flow)["statementHandle"]
+        cancel, _ = sql_api_flow("POST", f"/api/v2/statements/{handle}/cancel")
+        await approvals.request(cancel)
+        assert answer(cancel)["statementHandle"] == handle
+        decision = shared.required_book().decision(handle)
+        assert decision is not None and decision.outcome == "withdrawn"
+        poll, _ = sql_api_flow("GET", f"/api/v2/statements/{handle}")
+        await approvals.request(poll)
+        assert poll.response is not None and poll.response.status_code == 422
+        assert answer(poll)["code"] == str(protocol.CODE_APPROVAL_DENIED)
+
+
+async def test_a_policy_that_now_denies_the_statement_wins_over_its_approval(
+    tmp_path: Path, issuer: LocalIssuer, service_key: Path
+) -> None:
+    policy = tmp_path / "policy.toml"
+    policy.write_text(POLICY)
+    async with gateway(tmp_path, issuer, service_key, policy) as (approvals, _d, shared, _r):
+        flow, _ = held_flow()
+        await approvals.request(flow)
+        approval_id = answer(flow)["data"]["queryId"]
+        shared.required_book().decide(ApprovalDecision(approval_id, "approved", 2e9, None, None))
+        policy.write_text(POLICY.replace('deny_kinds = ["DROP"]', 'deny_kinds = ["DELETE"]'))
+        guardrails = ctx_addon("guardrails")
+        assert guardrails.file.refresh()
+        poll, state = poll_flow(approval_id)
+        await approvals.request(poll)
+        assert state.refusal is not None and state.refusal.code == protocol.CODE_GATEWAY_POLICY
+        assert "denies DELETE" in answer(poll)["message"]
+        assert not shared.required_book().released(approval_id)
+
+
+def ctx_addon(name: str) -> Any:
+    from mitmproxy import ctx
+
+    return ctx.master.addons.get(name)
