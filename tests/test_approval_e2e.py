@@ -523,3 +523,25 @@ def test_an_sql_api_statement_is_held_and_polled_by_its_handle(
     assert result["data"] == [[sql, "AGENTS"]]
     sent = [r for r in strict.received_since(mark) if r.path.startswith("/api/v2")]
     assert [(r.method, r.path) for r in sent] == [("POST", "/api/v2/statements")]
+
+
+def test_execute_async_waits_for_the_decision_then_returns_snowflakes_query_id(
+    session, replicas, strict, database, approver
+) -> None:
+    """Held async statements make `execute_async` itself wait (docs/approval.md, "Not yet")."""
+    connection = session("agents")
+    connection.cursor().execute(f"insert into {database}.APP.T values (88, 'async')")
+    cursor = connection.cursor()
+    sql = f"delete from {database}.APP.T where id = 88"
+    started = threading.Thread(target=cursor.execute_async, args=(sql,), daemon=True)
+    started.start()
+    dba = approver()
+    item = pending_for(replicas[0], dba, sql)
+    assert started.is_alive()
+    assert cli(replicas[0], dba, "approve", item["id"]).exit_code == 0
+    started.join(WAIT)
+    assert not started.is_alive()
+    assert cursor.sfqid and cursor.sfqid != item["id"]
+    results = connection.cursor()
+    results.get_results_from_sfqid(cursor.sfqid)
+    assert results.fetchall() == [(1,)]
