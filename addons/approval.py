@@ -191,12 +191,14 @@ def _decision_record(
     request: ApprovalRequest,
     decision: ApprovalDecision,
     caller: dict[str, Any] | None,
+    **fields: Any,
 ) -> dict[str, Any]:
     return new_record(
         RecordKind.APPROVAL_DECISION,
         request.session_id,
         _client(flow, state),
         caller,
+        **fields,
         approval_id=request.id,
         outcome=decision.outcome,
         approver=decision.approver,
@@ -439,7 +441,9 @@ class Approvals:
                 f"reused: {decision.reason or 'approved'}",
             ),
             state.caller.as_record() if state.caller else None,
+            flow_id=flow.id,  # the flow that ran it: replay runs this one
         )
+        record["session_id"] = state.session_id
         self.shared.record(record)
 
     # --- polling ---------------------------------------------------------------------------

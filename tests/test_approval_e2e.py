@@ -28,6 +28,7 @@ from hoopgw.cli.main import main
 from hoopgw.recorder.approvals import ApprovalBook, ApprovalDecision
 from hoopgw.recorder.catalog import Archive
 from hoopgw.recorder.secrets import new_token_key
+from hoopgw.recorder.session import load_session
 from hoopgw.recorder.store import LocalStore
 from tests import stack
 from tests.bodies import write_service_key
@@ -397,6 +398,43 @@ def test_holds_and_decisions_are_in_the_session_chain(
 
     found = stack.wait_until(kinds, WAIT, "the approval records in the store")
     assert found == ["approval_request", "approval_decision"]
+    held = [
+        s
+        for s in load_session(
+            item["session_id"], archive.read_session(item["session_id"])
+        ).statements
+        if s.sql == sql
+    ]
+    assert [s.blocked for s in held] == ["held for review: denied"], "replay skips it"
+
+
+def test_an_approved_statement_replays_once_with_its_released_outcome(
+    session, replicas, database, approver, store_dir
+) -> None:
+    connection = session("agents")
+    connection.cursor().execute(f"insert into {database}.APP.T values (66, 'replay')")
+    sql = f"delete from {database}.APP.T where id = 66"
+    waiting = Waiting(connection.cursor(), sql)
+    dba = approver()
+    item = pending_for(replicas[0], dba, sql)
+    assert cli(replicas[0], dba, "approve", item["id"]).exit_code == 0
+    waiting.join()
+    assert waiting.result == [(1,)]
+    connection.close()
+    archive = Archive(LocalStore(store_dir))
+
+    def statements() -> list[Any] | None:
+        try:
+            records = archive.read_session(item["session_id"])
+        except Exception:
+            return None
+        if not any(r.get("kind") == "approval_decision" for r in records):
+            return None
+        return [s for s in load_session(item["session_id"], records).statements if s.sql == sql]
+
+    held = stack.wait_until(statements, WAIT, "the approved session in the store")
+    assert len(held) == 1 and held[0].blocked is None
+    assert held[0].outcome.query_id != item["id"] and held[0].outcome.success is True
 
 
 def _b64decode(text: str) -> bytes:
