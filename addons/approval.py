@@ -69,6 +69,8 @@ logger = logging.getLogger(__name__)
 SOURCE = names.APPROVAL
 IN_PROGRESS = "333333"
 DESK_PREFIX = "/hoopgw/v1/approvals"
+HELD_MARK = ":hourglass:"
+"""`flow.marked` in mitmweb of a held statement and of the polls that wait for its decision."""
 _KNOWN_LIMIT = 10_000
 _WEBHOOK_ATTEMPTS = 4
 
@@ -406,6 +408,7 @@ class Approvals:
             while len(self._by_request_id) > _KNOWN_LIMIT:
                 self._by_request_id.popitem(last=False)
         flow.response = held_answer(request, self._waiting_message(request))
+        _annotate(flow, request, "held for review")
         logger.info(
             "hoopgw: held statement %s of %s for review (rule %s)",
             request.id,
@@ -485,9 +488,11 @@ class Approvals:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 flow.response = held_answer(request, self._waiting_message(request))
+                _annotate(flow, request, "waiting for a decision")
                 return
             await asyncio.sleep(min(self.check_seconds, remaining))
         await self._settle(flow, state, request, decision)
+        _annotate(flow, request, decision.outcome)
 
     async def _settle(
         self,
@@ -629,6 +634,13 @@ class Approvals:
         task = asyncio.create_task(asyncio.to_thread(post_webhook, self.webhook, request))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+def _annotate(flow: http.HTTPFlow, request: ApprovalRequest, what: str) -> None:
+    """What mitmweb shows: Inspection comments a statement with its SQL; a poll gets this."""
+    flow.marked = HELD_MARK
+    flow.comment = f"approval {request.id}: {what}"
+    flow.metadata["hoopgw_approval"] = {"id": request.id, "rule": request.rule, "state": what}
 
 
 def webhook_payload(request: ApprovalRequest) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from mitmproxy.test import taddons
 
 from hoopgw.addons import protocol
 from hoopgw.addons.approval import (
+    HELD_MARK,
     ApprovalDesk,
     Approvals,
     ApprovalShared,
@@ -156,9 +157,11 @@ async def test_a_poll_answers_in_progress_until_the_approval_then_becomes_the_he
         await approvals.request(flow)
         approval_id = answer(flow)["data"]["queryId"]
 
+        assert flow.marked == HELD_MARK
         poll, _ = poll_flow(approval_id)
         await approvals.request(poll)
         assert answer(poll)["code"] == "333333"
+        assert poll.comment == f"approval {approval_id}: waiting for a decision"
 
         shared.required_book().decide(
             ApprovalDecision(approval_id, "approved", 1.0e9 * 2, {"subject": "bob"}, "ok")
