@@ -490,3 +490,30 @@ def ctx_addon(name: str) -> Any:
     from mitmproxy import ctx
 
     return ctx.master.addons.get(name)
+
+
+async def test_a_new_hold_notifies_the_webhook_without_waiting_for_it(
+    tmp_path: Path,
+    issuer: LocalIssuer,
+    service_key: Path,
+    hook: Hook,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asyncio
+    import time
+
+    monkeypatch.setenv("HOOPGW_TEST_WEBHOOK", hook.url)
+    async with gateway(tmp_path, issuer, service_key) as (approvals, _desk, _shared, _rec):
+        from mitmproxy import ctx
+
+        ctx.options.update(hoopgw_approval_webhook="env:HOOPGW_TEST_WEBHOOK")
+        assert approvals.webhook == hook.url
+        flow, _ = held_flow()
+        await approvals.request(flow)
+        assert answer(flow)["code"] == "333333"
+        approval_id = answer(flow)["data"]["queryId"]
+        deadline = time.monotonic() + 30
+        while not any(item.get("approval_id") == approval_id for item in hook.received[1:]):
+            assert time.monotonic() < deadline, "the webhook was not retried to success"
+            await asyncio.sleep(0.05)
+        assert hook.received[0]["approval_id"] == approval_id, "the failed first call was retried"
