@@ -62,7 +62,7 @@ from hoopgw.recorder.approvals import (
 from hoopgw.recorder.records import Client, new_record, query_id_in_path
 from hoopgw.recorder.schema import RecordKind
 from hoopgw.recorder.statements import classify
-from hoopgw.recorder.store import Store, StoreError, open_store
+from hoopgw.recorder.store import Store, StoreError
 
 logger = logging.getLogger(__name__)
 
@@ -135,21 +135,17 @@ def in_progress(approval_id: str, message: str) -> http.Response:
 
 
 class ApprovalShared:
-    """The store, the body key and the recorder's spool, shared by both addons."""
+    """The store, the body key and the recorder's spool, shared by both addons.
+
+    The store and the spool are the Recording addon's (found by name when
+    needed), so approvals live where the sessions they belong to are recorded.
+    """
 
     def __init__(self) -> None:
         self.book: ApprovalBook | None = None
         self.sealer = BodySealer(os.urandom(32))
 
     def configure(self, updated: set[str]) -> None:
-        if updated & {"hoopgw_store", "hoopgw_s3_endpoint_url"}:
-            try:
-                store: Store = open_store(
-                    ctx.options.hoopgw_store, s3_endpoint_url=ctx.options.hoopgw_s3_endpoint_url
-                )
-            except ValueError as exc:
-                raise exceptions.OptionsError(f"hoopgw_store: {exc}") from None
-            self.book = ApprovalBook(store)
         if "hoopgw_token_key" in updated and ctx.options.hoopgw_token_key:
             ref = ctx.options.hoopgw_token_key
             try:
@@ -159,8 +155,12 @@ class ApprovalShared:
             self.sealer = BodySealer(key)
 
     def required_book(self) -> ApprovalBook:
-        if self.book is None:
+        """The approvals in the recorder's store (hoopgw_store), which every replica shares."""
+        store: Store | None = getattr(ctx.master.addons.get("recording"), "store", None)
+        if store is None:
             raise RuntimeError("no store for approvals (hoopgw_store is unset)")
+        if self.book is None or self.book.store is not store:
+            self.book = ApprovalBook(store)
         return self.book
 
     @staticmethod
