@@ -76,13 +76,20 @@ _WEBHOOK_ATTEMPTS = 4
 
 
 class BodySealer:
-    """Encrypts held request bodies for the store: replicas sharing the token key open them."""
+    """Encrypts held request bodies for the store: replicas sharing the token key open them.
+
+    It also holds the key that signs decisions (`decision_key`), derived from the same
+    token key, so a decision object someone else put in the store is not obeyed.
+    """
 
     def __init__(self, key: bytes) -> None:
         derived = HKDF(
             algorithm=hashes.SHA256(), length=32, salt=None, info=b"hoopgw approval bodies"
         ).derive(key)
         self._aead = AESGCM(derived)
+        self.decision_key = HKDF(
+            algorithm=hashes.SHA256(), length=32, salt=None, info=b"hoopgw approval decisions"
+        ).derive(key)
 
     def seal(self, approval_id: str, body: bytes) -> str:
         nonce = os.urandom(12)
@@ -159,8 +166,9 @@ class ApprovalShared:
         store: Store | None = getattr(ctx.master.addons.get("recording"), "store", None)
         if store is None:
             raise RuntimeError("no store for approvals (hoopgw_store is unset)")
-        if self.book is None or self.book.store is not store:
-            self.book = ApprovalBook(store)
+        key = self.sealer.decision_key
+        if self.book is None or self.book.store is not store or self.book.mac_key != key:
+            self.book = ApprovalBook(store, key)
         return self.book
 
     @staticmethod
@@ -480,8 +488,8 @@ class Approvals:
             decision = await asyncio.to_thread(book.decision, approval_id)
             if decision is None and time.time() >= request.expires:
                 timeout = ApprovalDecision(approval_id, "timeout", time.time())
-                decision = await asyncio.to_thread(book.decide, timeout)
-                if decision is timeout:
+                decision, written = await asyncio.to_thread(book.decide, timeout)
+                if written:
                     self.shared.record(_decision_record(flow, state, request, decision, None))
             if decision is not None:
                 break
@@ -622,8 +630,8 @@ class Approvals:
         self, flow: http.HTTPFlow, state: FlowState, request: ApprovalRequest
     ) -> None:
         withdrawn = ApprovalDecision(request.id, "withdrawn", time.time(), None, "aborted")
-        decision = await asyncio.to_thread(self.shared.required_book().decide, withdrawn)
-        if decision is withdrawn:
+        decision, written = await asyncio.to_thread(self.shared.required_book().decide, withdrawn)
+        if written:
             self.shared.record(_decision_record(flow, state, request, decision, None))
 
     # --- notification ----------------------------------------------------------------------
@@ -772,12 +780,12 @@ class ApprovalDesk:
         outcome = "approved" if action == "approve" else "denied"
         decision = ApprovalDecision(request.id, outcome, time.time(), approver, reason)  # type: ignore[arg-type]
         book = self.shared.required_book()
-        stored = await asyncio.to_thread(book.decide, decision)
-        if stored is not decision:
+        stored, written = await asyncio.to_thread(book.decide, decision)
+        if not written:
             return 409, {"error": f"approval {request.id} is already {stored.outcome}"}
-        written = self.shared.record(_decision_record(flow, None, request, decision, approver))
-        if written is not None:
-            await written
+        durable = self.shared.record(_decision_record(flow, None, request, decision, approver))
+        if durable is not None:
+            await durable
         logger.info("hoopgw: approval %s %s by %s", request.id, outcome, approver.get("subject"))
         approval.decision = decision
         return 200, approval.as_dict()

@@ -16,14 +16,18 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
+import logging
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import orjson
 
 from hoopgw.recorder.store import KeyNotFound, Store
+
+logger = logging.getLogger(__name__)
 
 PREFIX = "approvals/"
 Outcome = Literal["approved", "denied", "withdrawn", "timeout"]
@@ -109,9 +113,24 @@ class ApprovalDecision:
     ts: float
     approver: dict[str, Any] | None = None
     reason: str | None = None
+    mac: str | None = None
+    """HMAC-SHA256 of the other fields with the gateways' shared key: only a replica decides."""
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self))
+
+    def signed_content(self) -> bytes:
+        fields = asdict(self)
+        fields.pop("mac")
+        return orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
+
+    def signed(self, key: bytes) -> ApprovalDecision:
+        mac = hmac.new(key, self.signed_content(), hashlib.sha256).hexdigest()
+        return replace(self, mac=mac)
+
+    def verified(self, key: bytes) -> bool:
+        expected = hmac.new(key, self.signed_content(), hashlib.sha256).hexdigest()
+        return isinstance(self.mac, str) and hmac.compare_digest(expected, self.mac)
 
     @classmethod
     def from_json(cls, data: bytes) -> ApprovalDecision:
@@ -152,6 +171,8 @@ class ApprovalBook:
     """The approval objects of one store. Blocking calls: run them off the event loop."""
 
     store: Store
+    mac_key: bytes | None = None
+    """With a key, decisions are signed when written and ignored unless they verify."""
     reads: int = field(default=0)
 
     def _get(self, key: str) -> bytes | None:
@@ -174,15 +195,28 @@ class ApprovalBook:
 
     def decision(self, approval_id: str) -> ApprovalDecision | None:
         data = self._get(f"{PREFIX}{approval_id}.decision.json")
-        return ApprovalDecision.from_json(data) if data is not None else None
+        if data is None:
+            return None
+        decision = ApprovalDecision.from_json(data)
+        if self.mac_key is not None and not decision.verified(self.mac_key):
+            logger.error(
+                "hoopgw: the decision on approval %s in the store is not signed by a gateway; "
+                "ignored",
+                approval_id,
+            )
+            return None
+        return decision
 
-    def decide(self, decision: ApprovalDecision) -> ApprovalDecision:
-        """Store `decision` unless one is there already; returns the decision in force."""
+    def decide(self, decision: ApprovalDecision) -> tuple[ApprovalDecision, bool]:
+        """Store `decision` unless one is there already: the decision in force, and whether
+        it is this one."""
         existing = self.decision(decision.id)
         if existing is not None:
-            return existing
+            return existing, False
+        if self.mac_key is not None:
+            decision = decision.signed(self.mac_key)
         self.store.put(f"{PREFIX}{decision.id}.decision.json", decision.to_json())
-        return decision
+        return decision, True
 
     def released(self, approval_id: str) -> bool:
         self.reads += 1

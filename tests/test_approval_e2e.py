@@ -25,7 +25,6 @@ from cryptography.hazmat.primitives import serialization
 from snowflake.connector import ProgrammingError
 
 from hoopgw.cli.main import main
-from hoopgw.recorder.approvals import ApprovalBook, ApprovalDecision
 from hoopgw.recorder.catalog import Archive
 from hoopgw.recorder.secrets import new_token_key
 from hoopgw.recorder.session import load_session
@@ -464,8 +463,24 @@ def _latencies(cursor: Any, count: int) -> list[float]:
     return sorted(timings)
 
 
+def _desk_call(gateway: stack.Gateway, token: str, path: str, body: Any) -> tuple[int, Any]:
+    host, port = urllib.parse.urlsplit(gateway.url).netloc.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        conn.request(
+            "POST",
+            f"/hoopgw/v1/approvals{path}",
+            json.dumps(body),
+            {"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
+        answer = conn.getresponse()
+        return answer.status, json.loads(answer.read())
+    finally:
+        conn.close()
+
+
 def test_a_hundred_held_statements_do_not_slow_other_clients(
-    session, replicas, database, store_dir
+    session, replicas, database, approver
 ) -> None:
     """The cost of holding: memory per hold, and other clients' latency while 100 drivers poll."""
     gateway = replicas[0]
@@ -505,9 +520,10 @@ def test_a_hundred_held_statements_do_not_slow_other_clients(
     stack.wait_until(lambda: polls[0] >= 100, WAIT, "every held statement polled once")
     during = _latencies(other, 40)
     rss_during = _rss_kib(gateway)
-    book = ApprovalBook(LocalStore(store_dir))
+    dba = approver().read_text()
     for approval_id in ids:
-        book.decide(ApprovalDecision(approval_id, "denied", time.time(), None, "load test"))
+        status, _ = _desk_call(gateway, dba, f"/{approval_id}/deny", {"reason": "load test"})
+        assert status == 200
     stop.set()
     for thread in threads:
         thread.join(WAIT)

@@ -34,7 +34,7 @@ from hoopgw.addons.authentication import Authentication
 from hoopgw.addons.flowstate import Caller, FlowState, state_of
 from hoopgw.addons.guardrails import Guardrails, PolicyError, parse_policy
 from hoopgw.addons.recording import Recording
-from hoopgw.recorder.approvals import ApprovalDecision
+from hoopgw.recorder.approvals import ApprovalBook, ApprovalDecision
 from hoopgw.recorder.secrets import new_token_key
 from hoopgw.recorder.statements import classify as classify_in
 from tests import stack
@@ -517,3 +517,19 @@ async def test_a_new_hold_notifies_the_webhook_without_waiting_for_it(
             assert time.monotonic() < deadline, "the webhook was not retried to success"
             await asyncio.sleep(0.05)
         assert hook.received[0]["approval_id"] == approval_id, "the failed first call was retried"
+
+
+async def test_a_decision_put_into_the_store_by_anyone_but_a_gateway_is_ignored(
+    tmp_path: Path, issuer: LocalIssuer, service_key: Path
+) -> None:
+    async with gateway(tmp_path, issuer, service_key) as (approvals, _desk, shared, _rec):
+        flow, _ = held_flow()
+        await approvals.request(flow)
+        approval_id = answer(flow)["data"]["queryId"]
+        book = shared.required_book()
+        forged = ApprovalDecision(approval_id, "approved", 2e9, {"subject": "mallory"}, "me")
+        ApprovalBook(book.store).decide(forged)  # no key: what a store writer can do
+        assert book.decision(approval_id) is None
+        poll, _ = poll_flow(approval_id)
+        await approvals.request(poll)
+        assert answer(poll)["code"] == "333333", "the forged approval released nothing"
