@@ -223,6 +223,12 @@ def test_a_reviewed_delete_waits_and_runs_once_approved(
     item = pending_for(replicas[0], dba, sql)
     assert item["rule"] == "agents-review-deletes"
     assert item["objects"] == [f"{database}.APP.T"]
+    table = CliRunner().invoke(
+        main, ["approvals", "list", "--gateway", replicas[1].url, "--token-file", str(dba)]
+    )
+    assert table.exit_code == 0, table.output
+    row = next(line for line in table.output.splitlines() if line.startswith(item["id"]))
+    assert "pending" in row and "agents-review-deletes" in row and f"{database}.APP.T" in row
     assert waiting.thread.is_alive()
     assert deletes_upstream(strict, mark, database) == []
     result = cli(replicas[0], dba, "approve", item["id"], "--reason", "ticket 42")
