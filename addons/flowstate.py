@@ -179,6 +179,12 @@ def attach(flow: http.HTTPFlow, state: FlowState) -> FlowState:
     return state
 
 
+def detach(flow: http.HTTPFlow) -> None:
+    """Take the flow out of the gateway's hooks: it is answered by the gateway itself
+    (its approval desk) and belongs to no Snowflake session."""
+    _states.pop(flow, None)
+
+
 def state_of(flow: http.HTTPFlow) -> FlowState | None:
     """The flow's state, or None for flows the gateway did not see (e.g. loaded with -r)."""
     return _states.get(flow)

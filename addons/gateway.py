@@ -9,6 +9,7 @@ after it, and the order below is the order of the hooks (see addons/flowstate.py
 from __future__ import annotations
 
 from hoopgw.addons import names
+from hoopgw.addons.approval import ApprovalDesk, Approvals, ApprovalShared
 from hoopgw.addons.attribution import Attribution
 from hoopgw.addons.authentication import Authentication
 from hoopgw.addons.contentview import snowflake_view  # noqa: F401  (registers the view)
@@ -29,6 +30,7 @@ from hoopgw.addons.traffic import SnowflakeTraffic
 from hoopgw.addons.transport import ClientDeadlines, RequireTls
 
 pin_malloc_mmap_threshold()
+approvals = ApprovalShared()
 result_chunks = ResultChunks()
 authentication = Authentication()
 guardrails = Guardrails()
@@ -40,6 +42,7 @@ addons = [
         ClientDeadlines(),
         SnowflakeTraffic(),
         RequireTls(),
+        ApprovalDesk(approvals),
         result_chunks,
         authentication,
         SessionContextTracker(),
@@ -48,6 +51,7 @@ addons = [
         guardrails,
         masking,
         Recording(),
+        Approvals(approvals),
         ChunkFetch(result_chunks),
         Inspection(),
         FailClosed(
@@ -58,6 +62,7 @@ addons = [
                 names.QUERY_IDS,
                 names.GUARDRAILS,
                 names.RECORDING,
+                names.APPROVAL,
             )
         ),
         ReadyAnnouncer(),

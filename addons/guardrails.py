@@ -56,6 +56,9 @@ MAX_POLICY_BYTES = 1024 * 1024
 INLINE_CLASSIFY_CHARS = 16 * 1024
 """Longer SQL texts are classified in a worker thread, off the event loop."""
 
+REVIEW_KEYS = ("review_kinds", "review_objects", "approvers", "review_timeout")
+"""Keys that send statements to a human (addons/approval.py) instead of refusing them."""
+DEFAULT_REVIEW_TIMEOUT = 15 * 60.0
 RULE_KEYS = frozenset(
     {
         "name",
@@ -73,6 +76,7 @@ RULE_KEYS = frozenset(
         "mask_columns",
         "detect",
         "on_detect",
+        *REVIEW_KEYS,
     }
 )
 STAGE_TRANSFER_KINDS = frozenset({"PUT", "GET"})
@@ -132,6 +136,25 @@ class ObjectPattern:
 
 
 @dataclass(frozen=True, slots=True)
+class Review:
+    """What a rule holds for a human's decision, who may decide, and for how long."""
+
+    kinds: frozenset[str]
+    objects: tuple[ObjectPattern, ...]
+    approvers: frozenset[str]
+    timeout: float = DEFAULT_REVIEW_TIMEOUT
+
+    def reason(self, rule: str, statement: Statement) -> str | None:
+        if statement.kind in self.kinds:
+            return f"rule '{rule}' sends {statement.kind} to review"
+        for name in statement.reads + statement.writes:
+            for pattern in self.objects:
+                if pattern.matches(name):
+                    return f"rule '{rule}' sends statements on {pattern.text} to review ({name})"
+        return None
+
+
+@dataclass(frozen=True, slots=True)
 class Rule:
     name: str
     groups: frozenset[str]
@@ -148,6 +171,7 @@ class Rule:
     mask_columns: tuple[ColumnPattern, ...] = ()
     detect: frozenset[str] = frozenset()
     on_detect: Action = "mask"
+    review: Review | None = None
 
     def applies_to(self, groups: Iterable[str]) -> bool:
         return ANY_GROUP in self.groups or not self.groups.isdisjoint(groups)
@@ -155,6 +179,18 @@ class Rule:
     def violation(self, statement: Statement) -> str | None:
         """Why this rule blocks the statement, or None when it allows it."""
         return self._violation(statement, None)
+
+    def review_reason(self, statement: Statement) -> str | None:
+        """Why this rule sends the statement (or one it runs) to a human, or None."""
+        if self.review is None:
+            return None
+        reason = self.review.reason(self.name, statement)
+        if reason is None:
+            for inner in statement.inner:
+                reason = self.review_reason(inner)
+                if reason is not None:
+                    return f"{reason} (inside {statement.kind})"
+        return reason
 
     def _violation(self, statement: Statement, outer: Statement | None) -> str | None:
         reason = self._own_violation(statement)
@@ -231,17 +267,23 @@ def _inner_explains(statement: Statement) -> bool:
 class Decision:
     """The outcome of checking one request's statements."""
 
-    decision: Literal["allow", "block"]
+    decision: Literal["allow", "block", "review"]
     rule: str | None = None
     reason: str | None = None
     statement_index: int | None = None
     kinds: tuple[str, ...] = ()
     objects: tuple[str, ...] = ()
     policy: str | None = None
+    review: Review | None = None
 
     @property
     def blocked(self) -> bool:
         return self.decision == "block"
+
+    @property
+    def held(self) -> bool:
+        """The statements wait for a human's decision (addons/approval.py)."""
+        return self.decision == "review"
 
     def as_record(self) -> dict[str, Any]:
         """What the recorder stores; `policy` identifies the policy file version (sha256 prefix)."""
@@ -253,6 +295,11 @@ class Decision:
             "kinds": list(self.kinds),
             "objects": list(self.objects),
             "policy": self.policy,
+            **(
+                {"approvers": sorted(self.review.approvers), "review_timeout": self.review.timeout}
+                if self.review is not None and self.held
+                else {}
+            ),
         }
 
 
@@ -285,6 +332,13 @@ class Policy:
                 reason = rule.violation(statement)
                 if reason is not None:
                     return Decision("block", rule.name, reason, index, kinds, objects, version)
+        for index, statement in enumerate(statements):  # deny wins over review
+            for rule in rules:
+                reason = rule.review_reason(statement)
+                if reason is not None:
+                    return Decision(
+                        "review", rule.name, reason, index, kinds, objects, version, rule.review
+                    )
         return Decision("allow", None, None, None, kinds, objects, version)
 
     def allows_stage_transfer(self, groups: Sequence[str]) -> bool:
@@ -368,8 +422,10 @@ def _parse_rule(entry: dict[str, Any], number: int, source: str) -> Rule:
             patterns.append(ObjectPattern.parse(text))
         except ValueError as exc:
             raise fail("deny_objects", str(exc)) from None
+    review = _review(entry, fail)
     restricts = bool(
-        flags["read_only"]
+        review is not None
+        or flags["read_only"]
         or flags["require_where"]
         or flags["deny_replace"]
         or flags["deny_role_change"]
@@ -422,6 +478,30 @@ def _masking(
     if "on_detect" in entry and not detect:
         raise fail("on_detect", "has no effect without detect")
     return tuple(patterns), detect, on_detect
+        review=review,
+    )
+
+
+def _review(entry: dict[str, Any], fail: Any) -> Review | None:
+    """The rule's review keys as one `Review`, or None when it sends nothing to review."""
+    if not any(key in entry for key in REVIEW_KEYS):
+        return None
+    kinds = _kinds(entry, "review_kinds", fail)
+    patterns: list[ObjectPattern] = []
+    for text in _strings(entry, "review_objects", fail):
+        try:
+            patterns.append(ObjectPattern.parse(text))
+        except ValueError as exc:
+            raise fail("review_objects", str(exc)) from None
+    if not kinds and not patterns:
+        raise fail("review_kinds", "a rule with approvers must name review_kinds or review_objects")
+    approvers = _strings(entry, "approvers", fail, required=True)
+    if not approvers:
+        raise fail("approvers", "must name at least one group")
+    timeout = entry.get("review_timeout", DEFAULT_REVIEW_TIMEOUT)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+        raise fail("review_timeout", f"must be a positive number of seconds, not {timeout!r}")
+    return Review(frozenset(kinds), tuple(patterns), frozenset(approvers), float(timeout))
 
 
 def _strings(entry: dict[str, Any], key: str, fail: Any, *, required: bool = False) -> list[str]:

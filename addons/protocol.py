@@ -43,6 +43,8 @@ CODE_GATEWAY_RECORDING = 399002
 CODE_GATEWAY_POLICY = 399003
 CODE_GATEWAY_INTERNAL = 399004
 CODE_GATEWAY_SENSITIVE = 399007
+CODE_APPROVAL_DENIED = 399005
+CODE_APPROVAL_TIMEOUT = 399006
 GATEWAY_CODES: Final[Mapping[int, str]] = MappingProxyType(
     {
         CODE_GATEWAY_PROTOCOL: "refused by hoopgw: malformed request",
@@ -50,6 +52,8 @@ GATEWAY_CODES: Final[Mapping[int, str]] = MappingProxyType(
         CODE_GATEWAY_POLICY: "blocked by hoopgw policy",
         CODE_GATEWAY_INTERNAL: "refused by hoopgw: internal error (fail closed)",
         CODE_GATEWAY_SENSITIVE: "result withheld by hoopgw: sensitive data (policy)",
+        CODE_APPROVAL_DENIED: "held by hoopgw for review and denied by an approver",
+        CODE_APPROVAL_TIMEOUT: "held by hoopgw for review and not decided in time",
     }
 )
 """Each of the gateway's own codes with its meaning in one line, for views and documentation."""
@@ -68,6 +72,8 @@ class Endpoint(StrEnum):
     SQL_API = "sql_api"
     AUTHENTICATOR = "authenticator"
     CHUNK = "chunk"
+    APPROVALS = "approvals"
+    """The gateway's own approval desk (addons/approval.py); never forwarded upstream."""
     OTHER = "other"
 
 
@@ -93,6 +99,7 @@ _ROUTES: tuple[tuple[re.Pattern[str], Endpoint], ...] = tuple(
         (r"/session/authenticator-request", Endpoint.AUTHENTICATOR),
         # a result chunk the gateway fetches for the client (addons/results.py)
         (rf"{CHUNK_PATH_PREFIX}[A-Za-z0-9_-]{{1,16384}}", Endpoint.CHUNK),
+        (rf"/hoopgw/v1/approvals(?:/{_ID}(?:/approve|/deny)?)?/?", Endpoint.APPROVALS),
     )
 )
 _POST = frozenset({"POST"})
@@ -110,6 +117,7 @@ ALLOWED_METHODS: dict[Endpoint, frozenset[str]] = {
     Endpoint.SQL_API: frozenset({"GET", "POST"}),
     Endpoint.AUTHENTICATOR: _POST,
     Endpoint.CHUNK: _GET,
+    Endpoint.APPROVALS: frozenset({"GET", "POST"}),
     Endpoint.OTHER: frozenset(),
 }
 """The HTTP methods the Snowflake drivers use on each endpoint; anything else is refused."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from hoopgw.cli.approvals import approvals
 from hoopgw.cli.inspection import export_command, inspect_command
 from hoopgw.cli.keys import checkpoint_key, token_key
 from hoopgw.cli.replay import replay
@@ -24,3 +25,4 @@ def register(group: click.Group) -> None:
     group.add_command(search)
     group.add_command(verify)
     group.add_command(replay)
+    group.add_command(approvals)

@@ -32,6 +32,8 @@ class RecordKind(StrEnum):
     SESSION_END = "session_end"
     CHUNK = "chunk"
     REFUSAL_SUMMARY = "refusal_summary"
+    APPROVAL_REQUEST = "approval_request"
+    APPROVAL_DECISION = "approval_decision"
 
 
 SESSION_START: Final = RecordKind.SESSION_START
@@ -42,6 +44,8 @@ REFUSAL: Final = RecordKind.REFUSAL
 SESSION_END: Final = RecordKind.SESSION_END
 CHUNK: Final = RecordKind.CHUNK
 REFUSAL_SUMMARY: Final = RecordKind.REFUSAL_SUMMARY
+APPROVAL_REQUEST: Final = RecordKind.APPROVAL_REQUEST
+APPROVAL_DECISION: Final = RecordKind.APPROVAL_DECISION
 KINDS: Final = tuple(RecordKind)
 STATEMENT_KINDS: Final = frozenset({REQUEST, REFUSAL})
 """Kinds that make a statement when they carry `sql`: a forwarded or a refused request."""
@@ -201,6 +205,23 @@ KIND_FIELDS: Final[dict[str, dict[str, Field]]] = {
         "body": _opt(OPT_DICT, "the chunk's rows within hoopgw_body_limit, see body_for_record"),
         "error": _opt(OPT_STR, "why the chunk did not reach the client whole"),
         "detections": _opt(OPT_LIST, "what masking found in the chunk, as for a response"),
+    },
+    APPROVAL_REQUEST: {
+        **_FLOW,
+        "approval_id": _req(str, "id of the held request (a UUID, also its getResultUrl id)"),
+        "rule": _opt(OPT_STR, "the policy rule that sent the statement to review"),
+        "reason": _opt(OPT_STR, "why the rule sends it to review"),
+        "approvers": _req(list, "identity-provider groups that may decide"),
+        "expires": _req(NUMBER, "Unix epoch seconds when it times out undecided"),
+        "fingerprint": _req(str, "sha256 of caller, statement text, bindings and objects"),
+        "joined": _opt(OPT_BOOL, "a retry that joined an open request instead of opening one"),
+    },
+    APPROVAL_DECISION: {
+        "approval_id": _req(str, "id of the held request"),
+        "outcome": _req(str, "approved, denied, withdrawn (aborted) or timeout"),
+        "approver": _opt(OPT_DICT, "verified identity of who decided (subject, email, groups)"),
+        "reason": _opt(OPT_STR, "the approver's reason"),
+        "waited_ms": _opt(OPT_NUMBER, "from the hold to the decision"),
     },
 }
 

@@ -233,6 +233,7 @@ def load_session(session_id: str, records: list[dict[str, Any]]) -> RecordedSess
     if login is not None:
         context = context.merged_over(_login_context(login))
 
+    held = HeldStatements.read(records)
     statements: list[RecordedStatement] = []
     caller = next((r["caller"] for r in records if isinstance(r.get("caller"), dict)), None)
     client = next((r["client"] for r in records if isinstance(r.get("client"), dict)), None)
@@ -264,6 +265,7 @@ def load_session(session_id: str, records: list[dict[str, Any]]) -> RecordedSess
             statement.outcome.chunks_fetched = len(
                 chunks_fetched.get(statement.outcome.query_id, ())
             )
+        held.settle(statement)
         statements.append(statement)
         if statement.blocked is None and statement.outcome.success is not False:
             unfolded = statement
@@ -455,6 +457,72 @@ def _complete_result(
     if isinstance(chunks, list) and chunks:
         return None, f"result continued in {len(chunks)} chunk(s) fetched from cloud storage"
     return data, None
+
+
+@dataclass
+class HeldStatements:
+    """Statements the gateway held for review (docs/approval.md), and what became of them.
+
+    A held statement's own answer is "still running"; it ran only if approved,
+    and then its outcome is the answer to the poll that released it. Only the
+    first request of an approval runs (a retry joins it); a retry that reused an
+    approval ran as its own flow.
+    """
+
+    by_flow: dict[str, str] = field(default_factory=dict)
+    outcomes: dict[str, str] = field(default_factory=dict)
+    reused: set[str] = field(default_factory=set)
+    released: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seen: set[str] = field(default_factory=set)
+
+    @classmethod
+    def read(cls, records: list[dict[str, Any]]) -> HeldStatements:
+        held = cls()
+        for record in records:
+            kind, approval_id = record.get("kind"), record.get("approval_id")
+            if not isinstance(approval_id, str):
+                continue
+            if kind == RecordKind.APPROVAL_REQUEST and isinstance(record.get("flow_id"), str):
+                held.by_flow.setdefault(record["flow_id"], approval_id)
+            elif kind == RecordKind.APPROVAL_DECISION:
+                if isinstance(record.get("flow_id"), str):
+                    held.reused.add(record["flow_id"])
+                else:
+                    held.outcomes[approval_id] = str(record.get("outcome"))
+        if held.by_flow:
+            polls = {
+                r.get("flow_id"): r.get("path")
+                for r in records
+                if r.get("kind") == RecordKind.REQUEST and r.get("endpoint") == "result"
+            }
+            for record in records:
+                if record.get("kind") != RecordKind.RESPONSE or record.get("refusal") is not None:
+                    continue
+                match = _RESULT_PATH.match(str(polls.get(record.get("flow_id")) or ""))
+                # the gateway's own "still running" answers name the approval id as query id
+                if match and match[1] in held.outcomes and record.get("query_id") != match[1]:
+                    held.released[match[1]] = record
+        return held
+
+    def settle(self, statement: RecordedStatement) -> None:
+        guardrail = statement.guardrail or {}
+        if guardrail.get("decision") != "review" or statement.blocked is not None:
+            return
+        if statement.flow_id in self.reused:
+            return
+        approval_id = self.by_flow.get(statement.flow_id or "")
+        outcome = self.outcomes.get(approval_id or "")
+        if approval_id is None or outcome is None:
+            statement.blocked = "held for review and never decided"
+        elif approval_id in self.seen:
+            statement.blocked = f"a retry that joined approval {approval_id}"
+        elif outcome != "approved":
+            statement.blocked = f"held for review: {outcome}"
+        else:
+            released = self.released.get(approval_id)
+            statement.outcome = recorded_outcome(released)
+        if approval_id is not None:
+            self.seen.add(approval_id)
 
 
 def _blocked_reason(request: dict[str, Any], answer: dict[str, Any] | None) -> str | None:

@@ -10,8 +10,10 @@ and exits instead (the test suite uses it to keep this command working).
 from __future__ import annotations
 
 import argparse
+import json
 import secrets
 import signal
+import subprocess
 import sys
 import threading
 from collections.abc import Sequence
@@ -23,20 +25,34 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 DEMO_USER = "alice"
 DEMO_GROUPS = ("agents",)
+DEMO_APPROVER = "bob"
+DEMO_APPROVER_GROUPS = ("dba",)
+DEMO_POLICY = """\
+# The demo's guardrails (docs/policy.md): agents' DELETEs wait for a dba's approval.
+[[rule]]
+name = "agents-review-deletes"
+groups = ["agents"]
+review_kinds = ["DELETE"]
+approvers = ["dba"]
+review_timeout = 600
+"""
 
 
 UPSTREAM_PASSWORD_ENV = "HOOPGW_DEMO_UPSTREAM_PASSWORD"
 
 
 def gateway_options(home: Path, issuer: str) -> dict[str, str | int | bool | Sequence[str]]:
+    policy = home / "policy.toml"
+    policy.write_text(DEMO_POLICY)
     return {
         **stack.embedded_gateway_options(issuer, UPSTREAM_PASSWORD_ENV),
         "hoopgw_store": f"file:{home / 'store'}",
         "hoopgw_spool_dir": str(home / "spool"),
+        "hoopgw_policy": str(policy),
     }
 
 
-def connection_hint(gateway: stack.Gateway, token: str) -> str:
+def connection_hint(gateway: stack.Gateway, token: str, approver: Path) -> str:
     return f"""
 hoopgw is running.
 
@@ -57,6 +73,13 @@ TOKEN (an ID token for {DEMO_USER}, groups {", ".join(DEMO_GROUPS)}; valid one h
 
 {token}
 
+A DELETE waits for approval (policy {gateway.workdir / "policy.toml"}); decide it as
+{DEMO_APPROVER} (group {", ".join(DEMO_APPROVER_GROUPS)}):
+
+  export HOOPGW_GATEWAY={gateway.url}
+  .venv/bin/hoopgw approvals list --token-file {approver}
+  .venv/bin/hoopgw approvals approve ID --token-file {approver} --reason "looks fine"
+
 See what was recorded (segments reach the store when a session ends):
 
   HOOPGW_STORE=file:{gateway.workdir / "store"} .venv/bin/hoopgw sessions list
@@ -66,7 +89,7 @@ Press Ctrl-C to stop everything.
 """
 
 
-def smoke(gateway: stack.Gateway, token: str) -> None:
+def smoke(gateway: stack.Gateway, token: str, approver: Path) -> None:
     import snowflake.connector
 
     connection = snowflake.connector.connect(
@@ -80,10 +103,34 @@ def smoke(gateway: stack.Gateway, token: str) -> None:
         login_timeout=30,
     )
     try:
-        rows = connection.cursor().execute("select 'hello through hoopgw'").fetchall()
+        cursor = connection.cursor()
+        rows = cursor.execute("select 'hello through hoopgw'").fetchall()
+        print(f"smoke: {rows[0][0]}")
+        cursor.execute("create database if not exists hoopgw_demo")
+        cursor.execute("create schema if not exists hoopgw_demo.public")
+        cursor.execute("create or replace table hoopgw_demo.public.held (id int)")
+        cursor.execute("insert into hoopgw_demo.public.held values (1), (2)")
+        held = threading.Thread(
+            target=lambda: cursor.execute("delete from hoopgw_demo.public.held")
+        )
+        held.start()
+        approval_id = stack.wait_until(lambda: _pending(gateway, approver), 60, "the held DELETE")
+        _approvals(gateway, approver, "approve", str(approval_id), "--reason", "smoke test")
+        held.join(60)
+        print(f"smoke: held DELETE approved, {cursor.rowcount} rows deleted")
     finally:
         connection.close()
-    print(f"smoke: {rows[0][0]}")
+
+
+def _approvals(gateway: stack.Gateway, token_file: Path, *args: str) -> str:
+    command = [sys.executable, "-m", "hoopgw.cli.main", "approvals", *args]
+    command += ["--gateway", gateway.url, "--token-file", str(token_file), "--format", "json"]
+    return subprocess.run(command, capture_output=True, text=True, check=True).stdout
+
+
+def _pending(gateway: stack.Gateway, token_file: Path) -> str | None:
+    pending = json.loads(_approvals(gateway, token_file, "list", "--state", "pending"))
+    return pending[0]["id"] if pending else None
 
 
 def main() -> int:
@@ -111,10 +158,13 @@ def main() -> int:
         )
         processes.append(gateway.proc)
         token = provider.mint(DEMO_USER, DEMO_GROUPS)
+        approver = home / "approver-token"
+        approver.write_text(provider.mint(DEMO_APPROVER, DEMO_APPROVER_GROUPS))
+        approver.chmod(0o600)
         if args.smoke:
-            smoke(gateway, token)
+            smoke(gateway, token, approver)
             return 0
-        print(connection_hint(gateway, token), flush=True)
+        print(connection_hint(gateway, token, approver), flush=True)
         stopped = threading.Event()
         signal.signal(signal.SIGINT, lambda *_: stopped.set())
         signal.signal(signal.SIGTERM, lambda *_: stopped.set())

@@ -26,3 +26,4 @@ def test_demo_smoke(tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "smoke: hello through hoopgw" in result.stdout
+    assert "smoke: held DELETE approved, 2 rows deleted" in result.stdout

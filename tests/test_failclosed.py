@@ -102,4 +102,5 @@ def test_fail_closed_requires_exactly_the_addons_that_mark_themselves():
         names.QUERY_IDS,
         names.GUARDRAILS,
         names.RECORDING,
+        names.APPROVAL,
     }

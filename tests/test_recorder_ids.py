@@ -196,6 +196,8 @@ def test_every_kind_has_a_field_list() -> None:
             "session_end",
             "chunk",
             "refusal_summary",
+            "approval_request",
+            "approval_decision",
         }
     )
     for fields in FIELDS.values():
