@@ -456,6 +456,7 @@ def _parse_rule(entry: dict[str, Any], number: int, source: str) -> Rule:
         mask_columns=mask_columns,
         detect=detect,
         on_detect=on_detect,
+        review=review,
     )
 
 
@@ -478,8 +479,6 @@ def _masking(
     if "on_detect" in entry and not detect:
         raise fail("on_detect", "has no effect without detect")
     return tuple(patterns), detect, on_detect
-        review=review,
-    )
 
 
 def _review(entry: dict[str, Any], fail: Any) -> Review | None:
