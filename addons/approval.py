@@ -21,6 +21,11 @@ requesting session's chain as `approval_decision`.
 
 Decisions live in the store, so whichever replica holds a statement sees a
 decision taken through any other within one store poll (`hoopgw_approval_check_ms`).
+
+The client never sees an approval id as such: QueryIds binds it to the session
+(SQL API: the caller) like any query id, and maps it back before a poll or
+cancel reaches this addon. The raw id is the approvers' (the desk, the CLI, the
+messages that name the hold); polls and cancels also check the caller's subject.
 """
 
 from __future__ import annotations

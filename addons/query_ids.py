@@ -19,6 +19,14 @@ without contacting Snowflake, when it does not look like an id an upstream
 issues (`looks_issued`: about 98% of foreign ids); the rest reach Snowflake as
 ids no query has (16 random bytes), which it answers as an unknown query.
 
+The ids of statements the gateway holds for review (addons/approval.py) are
+bound the same way: Approvals answers after this addon's request hook and
+before its response hook, so its "still running" answers are bound like
+Snowflake's and its polls and cancels arrive mapped back. An approval id is a
+version-4 UUID, which `looks_issued` accepts; once released the statement's id
+is Snowflake's, bound as ever. Approvers name the raw approval id (the desk and
+`hoopgw approvals`, outside any session).
+
 The recorder keeps Snowflake's raw ids, the ones QUERY_HISTORY shows: the
 request side maps ids back before the policy and the recorder read the
 request, and the answer rewritten for the client is not what the recorder
@@ -65,8 +73,8 @@ def looks_issued(raw: bytes) -> bool:
     """Whether 16 bytes can be an id an upstream issued: Snowflake's, or a version-4 UUID.
 
     Snowflake's query ids start with the byte 0x01; Snowflake emulators
-    (fakesnow) issue version-4 UUIDs. 16 random bytes pass with a probability
-    of 1/256 + 1/64 (about 2%).
+    (fakesnow) and the gateway's own approval holds issue version-4 UUIDs.
+    16 random bytes pass with a probability of 1/256 + 1/64 (about 2%).
     """
     return raw[0] == SNOWFLAKE_ID_FIRST_BYTE or (raw[6] >> 4 == 4 and raw[8] >> 6 == 0b10)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import threading
 import time
 import urllib.parse
@@ -334,6 +335,13 @@ def test_abort_withdraws_the_held_statement(session, replicas, strict, database,
     assert deletes_upstream(strict, mark, database) == []
 
 
+def approval_id_in(answer: dict[str, Any]) -> str:
+    """The approval id a held answer's message names; its queryId/handle is that id bound."""
+    found = re.search(r"\(approval ([0-9a-f-]{36})\)", answer["message"])
+    assert found is not None, answer["message"]
+    return found.group(1)
+
+
 def _post_statement(gateway: stack.Gateway, token: str, sql: str) -> dict[str, Any]:
     """What the connector POSTs, without its polling: an agent that gave up waiting."""
     host, port = urllib.parse.urlsplit(gateway.url).netloc.rsplit(":", 1)
@@ -367,7 +375,8 @@ def test_retries_join_a_pending_request_and_reuse_an_approval_once(
     assert first["data"]["queryId"] == second["data"]["queryId"]
     dba = approver()
     item = pending_for(replicas[0], dba, sql)
-    assert item["id"] == first["data"]["queryId"]
+    assert approval_id_in(first) == approval_id_in(second) == item["id"]
+    assert first["data"]["queryId"] != item["id"], "the driver sees the id bound to its session"
     assert cli(replicas[0], dba, "approve", item["id"]).exit_code == 0
 
     mark = strict.mark()
@@ -375,9 +384,10 @@ def test_retries_join_a_pending_request_and_reuse_an_approval_once(
     assert cursor.execute(sql).fetchall() == [(1,)]
     assert len(deletes_upstream(strict, mark, database)) == 1
     again = _post_statement(replicas[0], token, sql)
-    assert again["code"] == "333333" and again["data"]["queryId"] != item["id"]
+    assert again["code"] == "333333" and approval_id_in(again) != item["id"]
+    assert again["data"]["queryId"] != first["data"]["queryId"]
     assert len(deletes_upstream(strict, mark, database)) == 1
-    cli(replicas[0], dba, "deny", again["data"]["queryId"], "--reason", "cleanup")
+    cli(replicas[0], dba, "deny", approval_id_in(again), "--reason", "cleanup")
 
 
 def test_holds_and_decisions_are_in_the_session_chain(
@@ -495,23 +505,24 @@ def test_a_hundred_held_statements_do_not_slow_other_clients(
     rss_before = _rss_kib(gateway)
     holder = session("agents")
     token = holder.rest.token
-    ids = []
+    ids, approval_ids = [], []
     for number in range(100):
         held = _post_statement(
             gateway, token, f"delete from {database}.APP.T where id = {1000 + number}"
         )
         assert held["code"] == "333333"
         ids.append(held["data"]["queryId"])
+        approval_ids.append(approval_id_in(held))
     stop = threading.Event()
     polls = [0]
 
-    def poll(approval_id: str) -> None:
+    def poll(query_id: str) -> None:
         host, port = urllib.parse.urlsplit(gateway.url).netloc.rsplit(":", 1)
         conn = http.client.HTTPConnection(host, int(port), timeout=30)
         while not stop.is_set():
             conn.request(
                 "GET",
-                f"/queries/{approval_id}/result",
+                f"/queries/{query_id}/result",
                 headers={"Authorization": f'Snowflake Token="{token}"'},
             )
             answer = json.loads(conn.getresponse().read())
@@ -527,7 +538,7 @@ def test_a_hundred_held_statements_do_not_slow_other_clients(
     during = _latencies(other, 40)
     rss_during = _rss_kib(gateway)
     dba = approver().read_text()
-    for approval_id in ids:
+    for approval_id in approval_ids:
         status, _ = _desk_call(gateway, dba, f"/{approval_id}/deny", {"reason": "load test"})
         assert status == 200
     stop.set()
@@ -576,11 +587,21 @@ def test_an_sql_api_statement_is_held_and_polled_by_its_handle(
     assert status == 202 and again["statementHandle"] == handle
     assert not [r for r in strict.received_since(mark) if r.path.startswith("/api/v2")]
     dba = approver()
-    assert pending_for(replicas[0], dba, sql)["id"] == handle
-    assert cli(replicas[0], dba, "approve", handle).exit_code == 0
+    approval_id = pending_for(replicas[0], dba, sql)["id"]
+    assert approval_id == approval_id_in(held) and handle != approval_id
+    intruder = oidc.mint(f"eve-{uuid.uuid4().hex[:6]}", groups=["agents"])
+    for path in (held["statementStatusUrl"], f"/api/v2/statements/{approval_id}"):
+        status, refused = _sql_api(replicas[0], intruder, "GET", path)
+        assert status not in (200, 202), refused
+    cancel = f"{held['statementStatusUrl']}/cancel"
+    status, refused = _sql_api(replicas[0], intruder, "POST", cancel)
+    assert status != 200 and refused.get("code") != "000604", refused
+    mark = strict.mark()  # a foreign id may reach Snowflake as an unknown one (about 2%)
+    assert cli(replicas[0], dba, "approve", approval_id).exit_code == 0
     status, result = _sql_api(replicas[1], token, "GET", held["statementStatusUrl"])
     assert status == 200, result
     assert result["data"] == [[sql, "AGENTS"]]
+    assert result["statementHandle"] not in (handle, approval_id)
     sent = [r for r in strict.received_since(mark) if r.path.startswith("/api/v2")]
     assert [(r.method, r.path) for r in sent] == [("POST", "/api/v2/statements")]
 

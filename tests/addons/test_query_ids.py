@@ -20,7 +20,9 @@ from hoopgw.addons.query_ids import (
     looks_issued,
     map_result_scans,
     session_scope,
+    sql_api_scope,
 )
+from hoopgw.recorder.approvals import new_approval_id
 from tests.addons import (
     LOGIN_PATH,
     QUERY_PATH,
@@ -61,6 +63,15 @@ def test_any_replica_with_the_token_key_maps_alike_and_previous_keys_still_map()
     bound = QueryIdBinder([old]).bind(RAW, session_scope("A"))
     assert QueryIdBinder([old]).unbind(bound, session_scope("A")) == RAW
     assert QueryIdBinder([new, old]).unbind(bound, session_scope("A")) == RAW
+
+
+def test_an_approval_id_is_bound_and_mapped_back_like_snowflakes() -> None:
+    """Held statements' ids (version-4 UUIDs) must survive the round trip through a poll."""
+    binder = QueryIdBinder([os.urandom(32)])
+    for scope in (session_scope("A"), sql_api_scope("https://idp.example.com", "erin")):
+        approval_id = new_approval_id()
+        bound = binder.bind(approval_id, scope)
+        assert bound != approval_id and binder.unbind(bound, scope) == approval_id
 
 
 def test_what_looks_issued() -> None:
