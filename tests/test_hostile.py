@@ -645,9 +645,26 @@ CHUNK_CASES: list[Hostile] = [
     ),
 ]
 
+# The approvals desk (addons/approval.py) answers its own JSON to approvers; a
+# method it does not take is refused before it, in Snowflake's shape. Its token
+# checks are in tests/test_approval_e2e.py (forged, outsider, self-approval).
+APPROVAL_CASES: list[Hostile] = [
+    Hostile(
+        "approvals-method-PUT",
+        b"PUT",
+        b"/hoopgw/v1/approvals",
+        _json({"decision": "approve"}),
+        status=405,
+        code=PROTOCOL,
+        says="is not used on this endpoint",
+        allow="GET, POST",
+    ),
+]
+
 CASES: list[Hostile] = [
     *_credential_cases(),
     *CHUNK_CASES,
+    *APPROVAL_CASES,
     *_body_cases(),
     *LOGIN_CASES,
     *SQL_API_CASES,
