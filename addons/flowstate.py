@@ -1,7 +1,9 @@
 """What the gateway's addons know about one flow, shared between them.
 
 The addons run in this order for every request (addons/gateway.py builds the
-list), and each reads and extends the flow's `FlowState`:
+list; docs/design-notes.md tables every addon, including the approval desk,
+result chunks, attribution, query ids, masking and approvals placed between
+these), and each reads and extends the flow's `FlowState`:
 
 0. `ClientDeadlines` (addons/transport.py) bounds how long a client may owe
    the gateway request headers or a body, and how many connections one
