@@ -8,15 +8,11 @@ options are set and kept in memory only; reprs and error messages never show it.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from joserfc import jwt
 from joserfc.jwk import RSAKey
@@ -25,6 +21,7 @@ from mitmproxy.addonmanager import Loader
 
 from hoopgw.addons.flowstate import UpstreamLogin
 from hoopgw.recorder.secrets import SecretError, parse_secret_ref, resolve_secret
+from hoopgw.recorder.upstream_users import load_private_key, public_key_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -65,43 +62,6 @@ def snowflake_account_identifier(account: str) -> str:
     """
     separator = "-" if ".global" in account else "."
     return account.partition(separator)[0].upper()
-
-
-def public_key_fingerprint(private_key: RSAPrivateKey) -> str:
-    """`SHA256:<base64 of the SHA-256 of the DER SubjectPublicKeyInfo>`, as Snowflake shows it."""
-    der = private_key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return "SHA256:" + base64.b64encode(hashlib.sha256(der).digest()).decode()
-
-
-def load_private_key(data: bytes, passphrase: bytes | None = None) -> RSAPrivateKey:
-    """An RSA private key from PEM (PKCS#8 or PKCS#1, optionally encrypted) or base64 DER."""
-    stripped = data.strip()
-    try:
-        if stripped.startswith(b"-----BEGIN"):
-            key = serialization.load_pem_private_key(stripped, passphrase)
-        else:
-            try:
-                der = base64.b64decode(b"".join(stripped.split()), validate=True)
-            except (binascii.Error, ValueError):
-                der = stripped
-            key = serialization.load_der_private_key(der, passphrase)
-    except TypeError as exc:
-        raise ValueError(
-            "the private key is encrypted and needs hoopgw_upstream_private_key_passphrase"
-            if "encrypted" in str(exc).lower() and passphrase is None
-            else "the passphrase does not fit the private key"
-        ) from None
-    except ValueError:
-        raise ValueError(
-            "not a readable private key (PEM, or base64 DER; a wrong passphrase fails too)"
-        ) from None
-    if not isinstance(key, RSAPrivateKey):
-        raise ValueError(f"a key-pair login needs an RSA key, not {type(key).__name__}")
-    if key.key_size < 2048:
-        raise ValueError(f"the RSA key has {key.key_size} bits; Snowflake requires 2048 or more")
-    return key
 
 
 def keypair_jwt(

@@ -38,6 +38,8 @@ from joserfc.jwk import ECKey, KeySet, OKPKey, RSAKey
 from mitmproxy import ctx, exceptions
 from mitmproxy.addonmanager import Loader
 
+from hoopgw.recorder.upstream_users import UserRule, parse_user_map, snowflake_user_name
+
 logger = logging.getLogger(__name__)
 
 CLOCK_LEEWAY_SECONDS = 60
@@ -89,82 +91,6 @@ class Grant:
     warehouse: str | None
     upstream_user: str | None = None
     """The Snowflake user the gateway signs in as for this caller; None: the shared user."""
-
-
-MAX_SNOWFLAKE_USER_CHARS = 255
-_USER_NAME_SEPARATORS = str.maketrans({"@": "_", ".": "_", "-": "_", "+": "_"})
-_USER_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_$")
-
-
-def snowflake_user_name(value: str) -> str:
-    """A claim's value as an unquoted Snowflake user name; raises ValueError saying why not.
-
-    Upper-cased; `@`, `.`, `-` and `+` become `_`; every other character outside
-    `A-Z`, `0-9`, `_` and `$` is dropped (so `ada.lovelace@example.com` is
-    `ADA_LOVELACE_EXAMPLE_COM`). The result must start with a letter or `_` and
-    be at most 255 characters: an unquoted identifier Snowflake accepts as is.
-    """
-    name = "".join(
-        ch
-        for ch in value.strip().upper().translate(_USER_NAME_SEPARATORS)
-        if ch in _USER_NAME_CHARS
-    )
-    if not name:
-        raise ValueError("leaves no character of a Snowflake user name")
-    if not (name[0].isalpha() or name[0] == "_"):
-        raise ValueError("does not start with a letter or underscore")
-    if len(name) > MAX_SNOWFLAKE_USER_CHARS:
-        raise ValueError(f"is longer than {MAX_SNOWFLAKE_USER_CHARS} characters")
-    return name
-
-
-def _is_plain_user_name(name: str) -> bool:
-    return (
-        bool(name)
-        and (name[0].isalpha() or name[0] == "_")
-        and all(ch.isascii() and (ch.isalnum() or ch in "_$") for ch in name)
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class UserRule:
-    """One entry of the user map: a claim to read the user from, or a group's (or anyone's) user."""
-
-    claim: str | None = None
-    group: str | None = None
-    user: str | None = None
-
-    def __str__(self) -> str:
-        if self.claim is not None:
-            return f"claim:{self.claim}"
-        return f"{self.group or '*'}={self.user}"
-
-
-def parse_user_map(entries: Iterable[str]) -> tuple[UserRule, ...]:
-    """Parse `claim:NAME`, `group=USER` and `*=USER` entries; raises ValueError naming the entry.
-
-    Blank entries are skipped. `*=USER` (anyone else) must come last: entries
-    after it could never apply.
-    """
-    rules: list[UserRule] = []
-    for entry in entries:
-        if not entry.strip():
-            continue
-        if rules and rules[-1].claim is None and rules[-1].group is None:
-            raise ValueError(f"{entry!r} comes after the fallback '*=USER', which must be last")
-        if entry.strip().startswith("claim:"):
-            claim = entry.strip().removeprefix("claim:").strip()
-            if not claim or "=" in claim:
-                raise ValueError(f"{entry!r} is not claim:NAME")
-            rules.append(UserRule(claim=claim))
-            continue
-        group, sep, user = (part.strip() for part in entry.partition("="))
-        if not sep or not group or not user:
-            raise ValueError(f"{entry!r} is not claim:NAME, group=USER or *=USER")
-        if not _is_plain_user_name(user):
-            raise ValueError(f"{entry!r}: {user!r} is not an unquoted Snowflake user name")
-        rules.append(UserRule(group=None if group == "*" else group, user=user.upper()))
-    return tuple(rules)
 
 
 class UserMap:

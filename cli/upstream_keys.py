@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Iterable, Sequence
 
 import click
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
-from hoopgw.addons.credentials import load_private_key, public_key_fingerprint
-from hoopgw.addons.identity import parse_user_map, snowflake_user_name
 from hoopgw.cli.common import CommandError
 from hoopgw.recorder.secrets import SecretError, resolve_secret
+from hoopgw.recorder.upstream_users import (
+    load_private_key,
+    parse_user_map,
+    public_key_body,
+    public_key_fingerprint,
+    snowflake_user_name,
+)
 
 
 @click.command("upstream-keys")
@@ -87,16 +89,8 @@ def upstream_keys(
     claims = [str(rule) for rule in rules if rule.claim]
     if claims:
         click.echo(f"-- {', '.join(claims)}: pass each person's claim value as --user")
-    for statement in upstream_key_statements(key_body(key), dict.fromkeys(names)):
+    for statement in upstream_key_statements(public_key_body(key), dict.fromkeys(names)):
         click.echo(statement)
-
-
-def key_body(key: RSAPrivateKey) -> str:
-    """The public key as Snowflake's RSA_PUBLIC_KEY takes it: base64 DER, no PEM lines."""
-    der = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return base64.b64encode(der).decode()
 
 
 def upstream_key_statements(public_key: str, users: Iterable[str]) -> list[str]:

@@ -22,10 +22,9 @@ from hoopgw.addons.credentials import (
     PasswordCredential,
     UpstreamCredentials,
     keypair_jwt,
-    load_private_key,
-    public_key_fingerprint,
     snowflake_account_identifier,
 )
+from hoopgw.recorder.upstream_users import load_private_key, public_key_fingerprint
 from tests import strict_upstream
 
 PASSWORD = "pw-" + uuid.uuid4().hex

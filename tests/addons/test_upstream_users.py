@@ -17,12 +17,12 @@ from mitmproxy import exceptions, http
 from mitmproxy.test import taddons
 
 from hoopgw.addons.authentication import Authentication
-from hoopgw.addons.credentials import load_private_key, public_key_fingerprint
 from hoopgw.addons.flowstate import state_of
-from hoopgw.addons.identity import (
-    IdentityError,
-    UserMap,
+from hoopgw.addons.identity import IdentityError, UserMap
+from hoopgw.recorder.upstream_users import (
+    load_private_key,
     parse_user_map,
+    public_key_fingerprint,
     snowflake_user_name,
 )
 from tests.addons import LOGIN_PATH, STATEMENTS_PATH, classified, error_of, snowflake_flow
