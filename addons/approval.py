@@ -55,6 +55,12 @@ from hoopgw.addons.protocol import Endpoint, Shape
 from hoopgw.addons.refusals import refuse
 from hoopgw.addons.session_tokens import decode_token_key
 from hoopgw.recorder import redaction
+from hoopgw.recorder.annotations import (
+    HELD_FOR_REVIEW,
+    HELD_MARK,
+    WAITING_FOR_DECISION,
+    approval_comment,
+)
 from hoopgw.recorder.approvals import (
     Approval,
     ApprovalBook,
@@ -74,8 +80,6 @@ logger = logging.getLogger(__name__)
 SOURCE = names.APPROVAL
 IN_PROGRESS = "333333"
 DESK_PREFIX = "/hoopgw/v1/approvals"
-HELD_MARK = ":hourglass:"
-"""`flow.marked` in mitmweb of a held statement and of the polls that wait for its decision."""
 _KNOWN_LIMIT = 10_000
 _WEBHOOK_ATTEMPTS = 4
 
@@ -421,7 +425,7 @@ class Approvals:
             while len(self._by_request_id) > _KNOWN_LIMIT:
                 self._by_request_id.popitem(last=False)
         flow.response = held_answer(request, self._waiting_message(request))
-        _annotate(flow, request, "held for review")
+        _annotate(flow, request, HELD_FOR_REVIEW)
         logger.info(
             "hoopgw: held statement %s of %s for review (rule %s)",
             request.id,
@@ -501,7 +505,7 @@ class Approvals:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 flow.response = held_answer(request, self._waiting_message(request))
-                _annotate(flow, request, "waiting for a decision")
+                _annotate(flow, request, WAITING_FOR_DECISION)
                 return
             await asyncio.sleep(min(self.check_seconds, remaining))
         await self._settle(flow, state, request, decision)
@@ -652,7 +656,7 @@ class Approvals:
 def _annotate(flow: http.HTTPFlow, request: ApprovalRequest, what: str) -> None:
     """What mitmweb shows: Inspection comments a statement with its SQL; a poll gets this."""
     flow.marked = HELD_MARK
-    flow.comment = f"approval {request.id}: {what}"
+    flow.comment = approval_comment(request.id, what)
     flow.metadata["hoopgw_approval"] = {"id": request.id, "rule": request.rule, "state": what}
 
 

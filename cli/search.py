@@ -39,8 +39,10 @@ DETECTED_CHOICES = sorted(KINDS | {COLUMN_KIND, "any"})
 @click.option("--until", type=WHEN, help="Statements before TIME.")
 @click.option(
     "--outcome",
-    type=click.Choice(("ok", "error", "blocked")),
-    help="Only statements that succeeded, failed, or were blocked by the gateway.",
+    type=click.Choice(listing.SEARCH_OUTCOMES),
+    help="Only statements that succeeded, failed, or were blocked by the gateway; or that "
+    "were held for review and are still undecided (held: also timed out or withdrawn), "
+    "approved, or denied.",
 )
 @click.option(
     "--detected",

@@ -15,6 +15,10 @@ BLOCKED_MARK: Final = ":no_entry:"
 """`flow.marked` of a flow the gateway answered itself (policy, identity, recording)."""
 FAILED_MARK: Final = ":x:"
 """`flow.marked` of a flow Snowflake reported an error for, or that failed outright."""
+HELD_MARK: Final = ":hourglass:"
+"""`flow.marked` of a statement held for review and of the polls that wait for its decision."""
+HELD_FOR_REVIEW: Final = "held for review"
+WAITING_FOR_DECISION: Final = "waiting for a decision"
 SENSITIVE_MARK: Final = ":lock:"
 """`flow.marked` of an answer whose rows held sensitive data (masked, recorded or withheld)."""
 COMMENT_CHARS: Final = 100
@@ -58,3 +62,8 @@ def refusal_comment(by: object, reason: object, limit: int = REFUSAL_CHARS) -> s
     if len(text) > limit:
         text = text[: limit - 1] + "…"
     return f"refused by hoopgw ({by}): {text}"
+
+
+def approval_comment(approval_id: object, what: object) -> str:
+    """A held flow's comment: `approval <id>: held for review` (or the poll's state)."""
+    return f"approval {approval_id}: {what}"

@@ -64,9 +64,9 @@ from hoopgw.recorder.store import KeyNotFound, Store, StoreError, file_version
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT: Final = 4
+CACHE_FORMAT: Final = 5
 """Raised when what a digest holds changes (2: six-digit error codes; 3: `detections`;
-4: refusal windows' samples and totals)."""
+4: refusal windows' samples and totals; 5: held statements' `approval`)."""
 WORKERS: Final = 32
 BATCH: Final = 256
 ROLLUP_MIN_OBJECTS: Final = 16

@@ -19,6 +19,7 @@ from hoopgw.recorder.flows import statement_records
 from hoopgw.recorder.index import ArchiveIndex
 from hoopgw.recorder.schema import REFUSAL, REFUSAL_SUMMARY, STATEMENT_KINDS
 from hoopgw.recorder.session import (
+    HELD,
     RecordedOutcome,
     RecordedSession,
     RecordedStatement,
@@ -37,6 +38,13 @@ _INTERNAL: Final = frozenset({"epoch", "window"})
 """Digest fields for sorting and for `sessions list`, not part of a search match."""
 LONG_SESSION: Final = timedelta(days=1)
 """Sessions that started up to this long before `--since` are searched too."""
+_APPROVAL_OUTCOMES: Final = {
+    HELD: frozenset({HELD, "timeout", "withdrawn"}),
+    "approved": frozenset({"approved"}),
+    "denied": frozenset({"denied"}),
+}
+"""Search outcomes of held statements: `held` is every one no approver decided."""
+SEARCH_OUTCOMES: Final = ("ok", "error", "blocked", *_APPROVAL_OUTCOMES)
 
 SESSION_HEADERS: Final = (
     "SESSION",
@@ -387,6 +395,9 @@ def unsampled_digest(window: RefusalWindow, session_id: str) -> dict[str, Any]:
 
 
 def statement_outcome(statement: RecordedStatement) -> str:
+    approval = statement.approval
+    if statement.blocked and approval is not None:
+        return str(approval["state"]).replace("timeout", "timed out")
     if statement.blocked:
         return "blocked"
     if statement.outcome.transport_error:
@@ -429,6 +440,7 @@ def statement_dict(statement: RecordedStatement, session_id: str) -> dict[str, A
         "columns": list(outcome.columns) if outcome.columns is not None else None,
         "blocked": statement.blocked,
         "guardrail": statement.guardrail,
+        "approval": statement.approval,
         **(
             {"chunks": {"count": outcome.chunk_count, "fetched": outcome.chunks_fetched or 0}}
             if outcome.chunk_count
@@ -565,6 +577,7 @@ class SearchQuery:
     since: datetime | None = None
     until: datetime | None = None
     outcome: str | None = None
+    """One of SEARCH_OUTCOMES."""
     detected: str | None = None
     """A kind of sensitive data the answer held (docs/masking.md), `column`, or `any`."""
     limit: int | None = None
@@ -809,8 +822,14 @@ def _detected(statement: dict[str, Any], kind: str) -> bool:
 
 
 def _outcome_is(statement: dict[str, Any], wanted: str) -> bool:
+    """`ok`, `error`, `blocked` or an approval outcome (SEARCH_OUTCOMES): a statement held
+    for review is `blocked` by no rule; once approved it is also `ok` or `error`."""
+    approval = statement.get("approval")
+    state = approval.get("state") if isinstance(approval, dict) else None
+    if wanted in _APPROVAL_OUTCOMES:
+        return state in _APPROVAL_OUTCOMES[wanted]
     if wanted == "blocked":
-        return statement.get("blocked") is not None
+        return statement.get("blocked") is not None and state is None
     if statement.get("blocked") is not None:
         return False
     if wanted == "error":

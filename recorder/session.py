@@ -30,6 +30,10 @@ from hoopgw.recorder.schema import RecordKind
 REDACTION_MARKERS: Final = ("[REDACTED]", "[REDACTED PRIVATE KEY]")
 _RESULT_PATH: Final = re.compile(r"^/queries/([^/?]+)/result")
 _STATEMENT_ENDPOINTS: Final = frozenset({"query", "sql_api"})
+HELD: Final = "held"
+"""The approval state of a held statement no decision was recorded for (yet)."""
+APPROVAL_STATES: Final = (HELD, "approved", "denied", "timeout", "withdrawn")
+"""A held statement's approval state: `held`, or the outcome of its `approval_decision`."""
 _FILE_TRANSFERS: Final = frozenset({"PUT", "GET"})
 # classifying is a search's main cost, and text without either word holds no PUT or GET
 _NAMES_A_FILE_TRANSFER: Final = re.compile(r"\b(?:put|get)\b", re.IGNORECASE)
@@ -146,6 +150,9 @@ class RecordedStatement:
     blocked: str | None = None
     unreplayable: str | None = None
     guardrail: dict[str, Any] | None = None
+    approval: dict[str, Any] | None = None
+    """A held statement's approval: `id` and `state` (APPROVAL_STATES), `joined` or
+    `reused` for a retry; None for a statement the gateway never held."""
     _classified: list[sql_statements.Statement] | None = field(default=None, repr=False)
 
     @property
@@ -471,7 +478,7 @@ class HeldStatements:
 
     by_flow: dict[str, str] = field(default_factory=dict)
     outcomes: dict[str, str] = field(default_factory=dict)
-    reused: set[str] = field(default_factory=set)
+    reused: dict[str, str] = field(default_factory=dict)
     released: dict[str, dict[str, Any]] = field(default_factory=dict)
     seen: set[str] = field(default_factory=set)
 
@@ -486,7 +493,7 @@ class HeldStatements:
                 held.by_flow.setdefault(record["flow_id"], approval_id)
             elif kind == RecordKind.APPROVAL_DECISION:
                 if isinstance(record.get("flow_id"), str):
-                    held.reused.add(record["flow_id"])
+                    held.reused[record["flow_id"]] = approval_id
                 else:
                     held.outcomes[approval_id] = str(record.get("outcome"))
         if held.by_flow:
@@ -509,13 +516,17 @@ class HeldStatements:
         if guardrail.get("decision") != "review" or statement.blocked is not None:
             return
         if statement.flow_id in self.reused:
+            reused = self.reused[statement.flow_id]
+            statement.approval = {"id": reused, "state": "approved", "reused": True}
             return
         approval_id = self.by_flow.get(statement.flow_id or "")
         outcome = self.outcomes.get(approval_id or "")
+        statement.approval = {"id": approval_id, "state": outcome or HELD}
         if approval_id is None or outcome is None:
             statement.blocked = "held for review and never decided"
         elif approval_id in self.seen:
             statement.blocked = f"a retry that joined approval {approval_id}"
+            statement.approval["joined"] = True
         elif outcome != "approved":
             statement.blocked = f"held for review: {outcome}"
         else:

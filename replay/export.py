@@ -7,9 +7,12 @@ recorder truncated are written as recorded (a truncated JSON body keeps its
 structure with its largest arrays and strings cut) and the flow's comment says
 so. Flows carry the annotations of live flows (addons/inspection.py): the
 SQL's first line as comment, `metadata["hoopgw"]`, and a mark on blocked and
-failed statements. Two additions suit `hoopgw inspect`, whose flow list shows
-comments instead of URLs: flows without SQL are labelled (login, logout, ...),
-and a marked flow's comment starts with its mark (⛔ blocked, ❌ failed).
+failed statements; a statement held for review and the polls for its decision
+are marked as live (addons/approval.py), a poll's comment ends `approval <id>:
+waiting for a decision` (or the decision it got). Two additions suit `hoopgw inspect`,
+whose flow list shows comments instead of URLs: flows without SQL are labelled
+(login, logout, ...), and a marked flow's comment starts with its mark
+(⛔ blocked, ❌ failed, ⏳ held).
 """
 
 from __future__ import annotations
@@ -28,7 +31,11 @@ from mitmproxy import connection, flow, http, io
 from hoopgw.recorder.annotations import (
     BLOCKED_MARK,
     FAILED_MARK,
+    HELD_FOR_REVIEW,
+    HELD_MARK,
     SENSITIVE_MARK,
+    WAITING_FOR_DECISION,
+    approval_comment,
     detections_note,
     refusal_comment,
     statement_comment,
@@ -36,6 +43,7 @@ from hoopgw.recorder.annotations import (
 from hoopgw.recorder.catalog import Archive
 from hoopgw.recorder.coerce import mapping, number
 from hoopgw.recorder.flows import Flow, SessionRecords
+from hoopgw.recorder.records import query_id_in_path
 from hoopgw.recorder.schema import STATEMENT_KINDS, RecordKind
 
 DEFAULT_HOST = "snowflake.invalid"
@@ -51,7 +59,7 @@ _EVENTS = {
     "result": "query result",
     "authenticator": "authenticator request",
 }
-_MARK_SYMBOLS = {BLOCKED_MARK: "⛔", FAILED_MARK: "❌", SENSITIVE_MARK: "🔒"}
+_MARK_SYMBOLS = {BLOCKED_MARK: "⛔", FAILED_MARK: "❌", SENSITIVE_MARK: "🔒", HELD_MARK: "⏳"}
 _FLOW_ID = re.compile(r"[0-9a-f-]{1,64}")
 _HOST = re.compile(r"[0-9A-Za-z._:-]{1,253}")
 _DEFAULT_PORTS = {"https": 443, "http": 80}
@@ -114,10 +122,74 @@ def records_to_flows(records: Iterable[dict[str, Any]]) -> list[http.HTTPFlow]:
     """One HTTPFlow per recorded flow id, in the order their requests were recorded."""
     grouped = SessionRecords.group(records)
     session = grouped.last(RecordKind.SESSION_START) or {}
+    held = _Held.read(grouped.records)
     flows = []
     for recorded in grouped.requested(_is_http_request):
-        flows.append(_flow(recorded.flow_id, _Parts.of(recorded), session))
+        parts = _Parts.of(recorded)
+        flows.append(_flow(recorded.flow_id, parts, session))
+        held.annotate(flows[-1], parts.request)
     return flows
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """Statements the gateway held for review, and the polls that waited for a decision,
+    annotated as the live gateway annotates them (addons/approval.py): the mark, the
+    poll's comment, `metadata["hoopgw_approval"]`; a statement's comment stays its SQL."""
+
+    by_flow: dict[str, str]
+    """Approval id by the flow id of the held statement or of a poll for its decision."""
+    statements: frozenset[str]
+    """The flow ids of the held statements."""
+    rules: dict[str, Any]
+    """The rule that sent each approval to review."""
+    deciding_poll: dict[str, str]
+    """The outcome of an approval by the flow id of the last poll, the one it answered."""
+
+    @classmethod
+    def read(cls, records: list[dict[str, Any]]) -> _Held:
+        by_flow: dict[str, str] = {}
+        rules: dict[str, Any] = {}
+        outcomes: dict[str, str] = {}
+        for record in records:
+            approval_id = record.get("approval_id")
+            if not isinstance(approval_id, str):
+                continue
+            if record.get("kind") == RecordKind.APPROVAL_REQUEST:
+                by_flow.setdefault(str(record.get("flow_id")), approval_id)
+                rules.setdefault(approval_id, record.get("rule"))
+            elif record.get("kind") == RecordKind.APPROVAL_DECISION and not record.get("flow_id"):
+                outcomes[approval_id] = str(record.get("outcome"))
+        statements = frozenset(by_flow)
+        last_poll: dict[str, str] = {}
+        for record in records:
+            polled = query_id_in_path(str(record.get("path") or ""))
+            if record.get("kind") == RecordKind.REQUEST and polled in rules:
+                by_flow.setdefault(str(record.get("flow_id")), polled)
+                last_poll[polled] = str(record.get("flow_id"))
+        deciding = {last_poll[i]: outcome for i, outcome in outcomes.items() if i in last_poll}
+        return cls(by_flow, statements, rules, deciding)
+
+    def annotate(self, result: http.HTTPFlow, request: dict[str, Any]) -> None:
+        flow_id = str(request.get("flow_id"))
+        approval_id = self.by_flow.get(flow_id)
+        if approval_id is None:
+            return
+        held = flow_id in self.statements
+        what = HELD_FOR_REVIEW if held else self.deciding_poll.get(flow_id, WAITING_FOR_DECISION)
+        result.metadata["hoopgw_approval"] = {
+            "id": approval_id,
+            "rule": self.rules.get(approval_id),
+            "state": what,
+        }
+        comment = result.comment
+        if not held:
+            note = approval_comment(approval_id, what)
+            comment = " · ".join(part for part in (comment, note) if part)
+        if not result.marked:
+            result.marked = HELD_MARK
+            comment = f"{_MARK_SYMBOLS[HELD_MARK]} {comment}"
+        result.comment = comment
 
 
 def _is_http_request(record: dict[str, Any]) -> bool:

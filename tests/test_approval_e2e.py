@@ -26,10 +26,12 @@ from cryptography.hazmat.primitives import serialization
 from snowflake.connector import ProgrammingError
 
 from hoopgw.cli.main import main
+from hoopgw.recorder.annotations import HELD_FOR_REVIEW, HELD_MARK, approval_comment
 from hoopgw.recorder.catalog import Archive
 from hoopgw.recorder.secrets import new_token_key
 from hoopgw.recorder.session import load_session
 from hoopgw.recorder.store import LocalStore
+from hoopgw.replay.export import records_to_flows
 from tests import stack
 from tests.bodies import write_service_key
 from tests.strict_upstream import StrictUpstream
@@ -450,6 +452,68 @@ def test_an_approved_statement_replays_once_with_its_released_outcome(
     held = stack.wait_until(statements, WAIT, "the approved session in the store")
     assert len(held) == 1 and held[0].blocked is None
     assert held[0].outcome.query_id != item["id"] and held[0].outcome.success is True
+
+
+def test_search_finds_held_statements_by_approval_and_export_marks_them(
+    session, replicas, database, approver, store_dir
+) -> None:
+    connection = session("agents")
+    connection.cursor().execute(f"insert into {database}.APP.T values (77, 'search')")
+    dba = approver()
+    denied_sql = f"delete from {database}.APP.T where id = 76"
+    waiting = Waiting(connection.cursor(), denied_sql)
+    denied = pending_for(replicas[0], dba, denied_sql)
+    assert cli(replicas[0], dba, "deny", denied["id"], "--reason", "no").exit_code == 0
+    waiting.join()
+    approved_sql = f"delete from {database}.APP.T where id = 77"
+    waiting = Waiting(connection.cursor(), approved_sql)
+    approved = pending_for(replicas[0], dba, approved_sql)
+    assert cli(replicas[0], dba, "approve", approved["id"]).exit_code == 0
+    waiting.join()
+    undecided_sql = f"delete from {database}.APP.T where id = 78"
+    _post_statement(replicas[0], connection.rest.token, undecided_sql)
+    undecided = pending_for(replicas[0], dba, undecided_sql)
+    connection.close()
+    archive = Archive(LocalStore(store_dir))
+
+    def recorded() -> list[dict[str, Any]] | None:
+        try:
+            records = archive.read_session(denied["session_id"])
+        except Exception:
+            return None
+        held = [r for r in records if r.get("kind") == "approval_request"]
+        decided = [r for r in records if r.get("kind") == "approval_decision"]
+        ended = any(r.get("kind") == "session_end" for r in records)
+        return records if ended and len(held) == 3 and len(decided) == 2 else None
+
+    records = stack.wait_until(recorded, WAIT, "the ended session in the store")
+
+    store = ["--store", f"file:{store_dir}", "--no-cache", "--format", "jsonl"]
+
+    def found(outcome: str) -> set[str]:
+        sql = f"{database}.APP.T where id = 7"
+        result = CliRunner().invoke(main, ["search", "--sql", sql, "--outcome", outcome, *store])
+        assert result.exit_code == 0, result.output
+        return {json.loads(line)["sql"] for line in result.output.splitlines()}
+
+    assert found("denied") == {denied_sql}
+    assert found("approved") == {approved_sql}
+    assert found("held") == {undecided_sql}
+    assert found("ok") == {approved_sql}, "an approved statement has its final outcome too"
+    assert found("blocked") == found("error") == set(), "a hold is not a refusal nor a failure"
+
+    flows = {f.request.path: f for f in records_to_flows(records)}
+    statement = next(f for f in flows.values() if undecided_sql in f.request.get_text())
+    assert statement.marked == HELD_MARK
+    assert statement.comment == f"⏳ delete from {database}.APP.T where id = 78"
+    assert statement.metadata["hoopgw_approval"] == {
+        "id": undecided["id"],
+        "rule": "agents-review-deletes",
+        "state": HELD_FOR_REVIEW,
+    }
+    poll = flows[f"/queries/{approved['id']}/result"]
+    assert poll.marked == HELD_MARK, "the poll the approval released, as live"
+    assert poll.comment == f"⏳ query result · {approval_comment(approved['id'], 'approved')}"
 
 
 def _b64decode(text: str) -> bytes:
