@@ -717,9 +717,9 @@ class ApprovalDesk:
         state = state_of(flow)
         if state is None or state.endpoint is not Endpoint.APPROVALS:
             return
-        detach(flow)  # the gateway's own endpoint: no session, no upstream, no other hook
         if state.answered:
-            return  # refused by traffic checks (method, malformed head)
+            return  # refused by traffic checks (method, malformed head): recorded as refusals are
+        detach(flow)  # the gateway's own endpoint: no session, no upstream, no other hook
         try:
             status, answer = await self._serve(flow, state)
         except (StoreError, RuntimeError) as exc:
