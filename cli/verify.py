@@ -143,7 +143,11 @@ def _echo_session(report: VerifyReport) -> None:
         f"session {report.session_id}: {VERDICTS[report.verdict]} ({report.segments} "
         f"segment(s), {report.records} record(s), writer(s) {writers})"
     )
-    for problem in report.problems:
+    _echo_details(report, [str(problem) for problem in report.problems])
+
+
+def _echo_details(report: VerifyReport | ArchiveReport, problems: list[str]) -> None:
+    for problem in problems:
         click.echo(f"  problem: {problem}")
     for line in report.chains:
         click.echo(f"  {line}")
@@ -172,13 +176,6 @@ def _print_archive(report: ArchiveReport, output_format: str) -> None:
         f"archive: {state} ({len(report.sessions)} session(s), {len(broken)} broken, "
         f"{len(report.chains)} writer(s))"
     )
-    for problem in report.problems:
-        click.echo(f"  problem: {problem.message}")
-    for line in report.chains:
-        click.echo(f"  {line}")
-    for remark in report.notes:
-        click.echo(f"  note: {remark}")
-    for item in report.unchecked:
-        click.echo(f"  not checked: {item}")
+    _echo_details(report, [problem.message for problem in report.problems])
     for session in broken:
         _echo_session(session)

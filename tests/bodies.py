@@ -14,6 +14,8 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tests.strict_upstream import StrictUpstream
+
 
 def login_body(token: object, **fields: Any) -> dict[str, Any]:
     """A driver's login with `token` as its OAuth token; `fields` replace or add `data` fields."""
@@ -66,3 +68,9 @@ def write_service_key(path: Path) -> tuple[rsa.RSAPrivateKey, bytes]:
     path.write_bytes(pem)
     path.chmod(0o600)
     return key, pem
+
+
+def key_pair_upstream(fakesnow_url: str, key_path: Path, account: str, user: str) -> StrictUpstream:
+    """A started strict upstream that accepts the key-pair JWT of the key at `key_path`."""
+    key = serialization.load_pem_private_key(key_path.read_bytes(), None)
+    return StrictUpstream(fakesnow_url, account, user, public_key=key.public_key()).start()  # type: ignore[arg-type, union-attr]

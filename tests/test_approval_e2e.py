@@ -22,7 +22,6 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from cryptography.hazmat.primitives import serialization
 from snowflake.connector import ProgrammingError
 
 from hoopgw.cli.main import main
@@ -33,7 +32,7 @@ from hoopgw.recorder.session import load_session
 from hoopgw.recorder.store import LocalStore
 from hoopgw.replay.export import records_to_flows
 from tests import stack
-from tests.bodies import write_service_key
+from tests.bodies import key_pair_upstream, write_service_key
 from tests.strict_upstream import StrictUpstream
 
 ACCOUNT = "ap12345"
@@ -67,13 +66,7 @@ def service_key(workdir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def strict(fakesnow_server, service_key: Path) -> Iterator[StrictUpstream]:
-    public_key = serialization.load_pem_private_key(service_key.read_bytes(), None).public_key()
-    upstream = StrictUpstream(
-        fakesnow_server.url,
-        ACCOUNT,
-        SERVICE_USER,
-        public_key=public_key,  # type: ignore[arg-type]
-    ).start()
+    upstream = key_pair_upstream(fakesnow_server.url, service_key, ACCOUNT, SERVICE_USER)
     yield upstream
     upstream.stop()
 

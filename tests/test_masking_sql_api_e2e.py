@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 
 from hoopgw.recorder.secrets import new_token_key
 from tests import stack
-from tests.bodies import write_service_key
+from tests.bodies import key_pair_upstream, write_service_key
 from tests.strict_upstream import StrictUpstream
 
 ACCOUNT = "mk12345"
@@ -42,13 +41,7 @@ def service_key(workdir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def strict(fakesnow_server, service_key: Path) -> Iterator[StrictUpstream]:
-    public_key = serialization.load_pem_private_key(service_key.read_bytes(), None).public_key()
-    upstream = StrictUpstream(
-        fakesnow_server.url,
-        ACCOUNT,
-        SERVICE_USER,
-        public_key=public_key,  # type: ignore[arg-type]
-    ).start()
+    upstream = key_pair_upstream(fakesnow_server.url, service_key, ACCOUNT, SERVICE_USER)
     yield upstream
     upstream.stop()
 
