@@ -20,12 +20,15 @@ part of docs/performance.md.
     .venv/bin/python -m scripts.bench --large-only --large wide
     .venv/bin/python -m scripts.bench --large-only --gateway-set hoopgw_body_limit=33554432
     .venv/bin/python -m scripts.bench --clients 1 --large '' --hook-timing var/hooks.json
+    .venv/bin/python -m scripts.bench --saturate --rounds 3   # scripts/bench_saturation.py
+    .venv/bin/python -m scripts.bench --chunks                # scripts/bench_chunks.py
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import importlib.metadata
 import os
 import platform
@@ -171,6 +174,91 @@ class Stack:
         return next(target for target in self.targets if target.name == name)
 
 
+def start_store_and_idp(home: Path, procs: list[stack.Proc]) -> tuple[Any, str, stack.OidcProvider]:
+    """moto's S3 server with the bench's bucket, and oidc-provider-mock; both join `procs`."""
+    moto_proc, moto = stack.start_moto(home)
+    procs.append(moto_proc)
+    oidc_proc, provider = stack.start_oidc(home)
+    procs.append(oidc_proc)
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1"
+    )
+    os.environ.pop("AWS_SESSION_TOKEN", None)
+    s3 = boto3.client("s3", endpoint_url=moto)
+    s3.create_bucket(Bucket=BUCKET)
+    return s3, moto, provider
+
+
+def start_bare_mitmdump(home: Path, upstream: str) -> tuple[stack.Proc, int]:
+    """`mitmdump --mode reverse` with no addons in front of `upstream`, ready."""
+    port = stack.free_port()
+    bare = stack.Proc(
+        "bare mitmdump",
+        [
+            str(stack.BIN / "mitmdump"),
+            "--mode",
+            f"reverse:{upstream}@{port}",
+            "--listen-host",
+            stack.LOOPBACK,
+            "--set",
+            f"confdir={home / 'bare-conf'}",
+            "--set",
+            "connection_strategy=lazy",
+            "--set",
+            "flow_detail=0",
+        ],
+        home / "bare.log",
+    ).start()
+    try:
+        bare.wait_ready(lambda: stack.port_open(port))
+    except BaseException:
+        bare.stop()
+        raise
+    return bare, port
+
+
+def start_full_gateway(
+    home: Path,
+    upstream: str,
+    moto: str,
+    provider: stack.OidcProvider,
+    *,
+    policy: str = POLICY,
+    gateway_options: dict[str, str] | None = None,
+    hook_timing: Path | None = None,
+) -> stack.Gateway:
+    """The gateway with every feature the benchmark measures: OIDC identity, credential
+    swap, sealed tokens, guardrails with `policy`, recording with fsync into a local
+    spool (`home/gateway/spool`) and moto S3."""
+    (home / "policy.toml").write_text(policy)
+    return stack.start_gateway(
+        home / "gateway",
+        upstream,
+        {
+            "hoopgw_store": f"s3://{BUCKET}/{PREFIX}",
+            "hoopgw_s3_endpoint_url": moto,
+            "hoopgw_spool_dir": str(home / "gateway" / "spool"),
+            "hoopgw_token_key": f"env:{TOKEN_KEY_ENV}",
+            "hoopgw_oidc_issuer": provider.issuer,
+            "hoopgw_oidc_audience": "hoopgw",
+            "hoopgw_allowed_groups": ["agents"],
+            "hoopgw_role_map": ["agents=ANALYST"],
+            "hoopgw_upstream_account": "bench",
+            "hoopgw_upstream_user": "HOOPGW_SVC",
+            "hoopgw_upstream_secondary_roles": "none",
+            "hoopgw_upstream_password": f"env:{PASSWORD_ENV}",
+            "hoopgw_policy": str(home / "policy.toml"),
+            **(gateway_options or {}),
+        },
+        env={
+            PASSWORD_ENV: "fakesnow-ignores-it",
+            TOKEN_KEY_ENV: new_token_key(),
+            **({"HOOPGW_HOOK_TIMING": str(hook_timing.resolve())} if hook_timing else {}),
+        },
+        extra_scripts=[REPO_ROOT / "scripts" / "hook_timing.py"] if hook_timing else [],
+    )
+
+
 @contextlib.contextmanager
 def running_stack(
     gateway_options: dict[str, str] | None = None, hook_timing: Path | None = None
@@ -180,65 +268,16 @@ def running_stack(
     try:
         upstream_proc, upstream = stack.start_fakesnow(home)
         procs.append(upstream_proc)
-        moto_proc, moto = stack.start_moto(home)
-        procs.append(moto_proc)
-        oidc_proc, provider = stack.start_oidc(home)
-        procs.append(oidc_proc)
-        os.environ.update(
-            AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1"
-        )
-        os.environ.pop("AWS_SESSION_TOKEN", None)
-        s3 = boto3.client("s3", endpoint_url=moto)
-        s3.create_bucket(Bucket=BUCKET)
-        (home / "policy.toml").write_text(POLICY)
-
-        bare_port = stack.free_port()
-        bare = stack.Proc(
-            "bare mitmdump",
-            [
-                str(stack.BIN / "mitmdump"),
-                "--mode",
-                f"reverse:{upstream}@{bare_port}",
-                "--listen-host",
-                stack.LOOPBACK,
-                "--set",
-                f"confdir={home / 'bare-conf'}",
-                "--set",
-                "connection_strategy=lazy",
-                "--set",
-                "flow_detail=0",
-            ],
-            home / "bare.log",
-        ).start()
+        s3, moto, provider = start_store_and_idp(home, procs)
+        bare, bare_port = start_bare_mitmdump(home, upstream)
         procs.append(bare)
-        bare.wait_ready(lambda: stack.port_open(bare_port))
-
-        spool_dir = home / "gateway" / "spool"
-        gateway = stack.start_gateway(
-            home / "gateway",
+        gateway = start_full_gateway(
+            home,
             upstream,
-            {
-                "hoopgw_store": f"s3://{BUCKET}/{PREFIX}",
-                "hoopgw_s3_endpoint_url": moto,
-                "hoopgw_spool_dir": str(spool_dir),
-                "hoopgw_token_key": f"env:{TOKEN_KEY_ENV}",
-                "hoopgw_oidc_issuer": provider.issuer,
-                "hoopgw_oidc_audience": "hoopgw",
-                "hoopgw_allowed_groups": ["agents"],
-                "hoopgw_role_map": ["agents=ANALYST"],
-                "hoopgw_upstream_account": "bench",
-                "hoopgw_upstream_user": "HOOPGW_SVC",
-                "hoopgw_upstream_secondary_roles": "none",
-                "hoopgw_upstream_password": f"env:{PASSWORD_ENV}",
-                "hoopgw_policy": str(home / "policy.toml"),
-                **(gateway_options or {}),
-            },
-            env={
-                PASSWORD_ENV: "fakesnow-ignores-it",
-                TOKEN_KEY_ENV: new_token_key(),
-                **({"HOOPGW_HOOK_TIMING": str(hook_timing.resolve())} if hook_timing else {}),
-            },
-            extra_scripts=[REPO_ROOT / "scripts" / "hook_timing.py"] if hook_timing else [],
+            moto,
+            provider,
+            gateway_options=gateway_options,
+            hook_timing=hook_timing,
         )
         procs.append(gateway.proc)
         assert bare.process is not None and gateway.proc.process is not None
@@ -248,7 +287,7 @@ def running_stack(
             Target(BARE, bare_port, ProcessProbe(bare.process.pid), None),
             Target(GATEWAY, gateway.port, ProcessProbe(gateway.proc.process.pid), token),
         ]
-        yield Stack(home, targets, gateway, s3, spool_dir)
+        yield Stack(home, targets, gateway, s3, home / "gateway" / "spool")
     finally:
         for proc in reversed(procs):
             proc.stop()
@@ -546,15 +585,20 @@ def archive_totals(s3: Any) -> Archive:
 
 def wait_archived(bench: Stack, timeout: float = 120.0) -> Archive:
     """The archive once every session the benchmark closed is stored with its end."""
+    return wait_sessions_archived(bench.s3, bench.sessions_closed, timeout)
+
+
+def wait_sessions_archived(s3: Any, sessions: int, timeout: float = 120.0) -> Archive:
+    """The archive once `sessions` sessions are stored with their end (or after `timeout`)."""
     try:
         return stack.wait_until(  # type: ignore[return-value]
-            lambda: (a := archive_totals(bench.s3)).ended >= bench.sessions_closed and a,
+            lambda: (a := archive_totals(s3)).ended >= sessions and a,
             timeout,
-            f"{bench.sessions_closed} ended sessions in the archive",
+            f"{sessions} ended sessions in the archive",
         )
     except TimeoutError as exc:
         print(f"warning: {exc}; figures from what is stored", file=sys.stderr)
-        return archive_totals(bench.s3)
+        return archive_totals(s3)
 
 
 @dataclass
@@ -810,9 +854,10 @@ def report(
     return "\n".join(out)
 
 
-def write_doc(text: str) -> None:
+def write_doc(text: str, section: str = "bench.py") -> None:
+    """Replace the block between `<!-- {section} begin -->` and its end marker."""
     path = REPO_ROOT / "docs" / "performance.md"
-    begin, end = "<!-- bench.py begin -->", "<!-- bench.py end -->"
+    begin, end = f"<!-- {section} begin -->", f"<!-- {section} end -->"
     content = path.read_text()
     if begin not in content or end not in content:
         raise SystemExit(f"{path} lacks the {begin} ... {end} markers")
@@ -822,7 +867,17 @@ def write_doc(text: str) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    delegated = {"--saturate": "scripts.bench_saturation", "--chunks": "scripts.bench_chunks"}
+    for flag, module in delegated.items():
+        if flag in sys.argv[1:]:
+            rest = sys.argv[1:]
+            rest.remove(flag)  # the first only: bench_chunks has a --chunks COUNT of its own
+            return int(importlib.import_module(module).main(rest))
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="--saturate [ARGS] runs scripts/bench_saturation.py (nginx upstream, wrk load) "
+        "and --chunks [ARGS] scripts/bench_chunks.py (the chunk proxy) with ARGS instead.",
+    )
     parser.add_argument("--queries", type=int, default=100, help="statements per client per round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per concurrency level")
     parser.add_argument("--clients", default="1,8,32", help="concurrency levels")

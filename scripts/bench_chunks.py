@@ -14,7 +14,7 @@ reverse` in front of the storage. Then:
   chunks of SIZE MB one after the other; the gateway's peak RSS (VmHWM,
   reset before the run) against the 300 MB target.
 
-    .venv/bin/python -m scripts.bench_chunks
+    .venv/bin/python -m scripts.bench_chunks      # or: python -m scripts.bench --chunks
     .venv/bin/python -m scripts.bench_chunks --sessions 32 --chunks 20 --size-mb 16
 """
 
@@ -108,13 +108,13 @@ def chunk_urls(port: int, token: str, chunks: int, size: int, request_id: str) -
     return [chunk["url"] for chunk in answer.json["data"]["chunks"]]
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--sessions", type=int, default=32)
     parser.add_argument("--chunks", type=int, default=20)
     parser.add_argument("--size-mb", type=float, default=16.0)
     parser.add_argument("--parallel", type=int, default=4, help="readers in the throughput run")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     size = int(args.size_mb * 1024 * 1024)
     workdir = Path(tempfile.mkdtemp(prefix="hoopgw-bench-chunks-"))
     stopping: list[object] = []

@@ -1,0 +1,926 @@
+"""Saturation benchmark: the gateway against bare mitmdump, with an upstream that costs nothing.
+
+scripts/bench.py puts fakesnow upstream, which answers in 5-7 ms and saturates
+before either proxy does. Here the upstream is nginx answering fixed
+Snowflake JSON (config written by this script, nothing installed system-wide:
+its own pid, log and temp paths, `daemon off`, a loopback port), the load is
+`wrk` (C, one thread, a Lua script this script writes), and the two targets
+take turns within one run:
+
+- bare: `mitmdump --mode reverse:http://127.0.0.1:NGINX`, no addons, with the
+  canned upstream's session token;
+- gateway: `mitmdump -s addons/gateway.py` with every feature on (OIDC via
+  oidc-provider-mock, sealed tokens, guardrails with a policy, recording with
+  fsync into a local spool and moto's S3 server as store; approval and
+  masking rules present for other groups, so not triggered), with the
+  session token the gateway handed the real connector at login.
+
+wrk posts query-requests (a unique requestId each, varying SQL; one in
+`--arrow-every` asks for the 1,000-row Arrow answer, the rest get a 3-row JSON
+rowset) at 1, 8 and 32 connections. Per level: q/s, p50 added, p99 and p99.9
+(wrk's own histogram, from a Lua `done` hook), the gateway's CPU per
+statement (utime+stime from /proc over the wrk run). Answers that are not
+HTTP 200 with `"success": true` are counted by the Lua script and flag the
+run; after the run the records the gateway stored are counted, so no feature
+was optimised away. `--write` replaces the marked section of
+docs/performance.md. Needs `apt-get install nginx-light wrk`; not part of CI.
+
+    .venv/bin/python -m scripts.bench_saturation                # 3 rounds of 10 s
+    .venv/bin/python -m scripts.bench_saturation --rounds 1 --duration 5
+    .venv/bin/python -m scripts.bench_saturation --write        # on a quiet machine
+    .venv/bin/python -m scripts.bench --saturate --connections 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import importlib.metadata
+import json
+import os
+import platform
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow
+
+from scripts import bench
+from tests import stack
+
+NGINX_CANDIDATES = ("nginx", "/usr/sbin/nginx")
+INSTALL_HINT = "apt-get install nginx-light wrk"
+
+# The canned upstream's fixed facts.
+UPSTREAM_SESSION_TOKEN = "ver:1-hint:1-ETMsDgAAAbenchSessionToken"
+UPSTREAM_MASTER_TOKEN = "ver:1-hint:1-ETMsDgAAAbenchMasterToken"
+UPSTREAM_SESSION_ID = 1172562260498
+ARROW_ROWS = 1_000
+JSON_ROWS = [["1", "alpha"], ["2", "beta"], ["3", "gamma"]]
+QUERY_ID_SLOT = "@QUERY_ID@"
+ROWSET_SLOT = "@ROWSET_BASE64@"
+# `01` and 30 of the 32 hex digits of nginx's $request_id: a Snowflake-shaped query id.
+QUERY_ID_FROM_REQUEST_ID = (
+    '"~^..(?<a>.{6})(?<b>.{4})(?<c>.{4})(?<d>.{4})(?<e>.{12})$" "01$a-$b-$c-$d-$e";'
+)
+NGINX_PART = 3000  # nginx refuses a config token over 4096 bytes: the Arrow rowset goes in parts
+
+# What wrk sends: `%d` is the request's number, so no two statements in a row are alike.
+STATEMENTS = (
+    "select id, name from bench.public.orders where id > %d",
+    "select count(*) as n from bench.public.events where kind = 'click' and user_id = %d",
+    "select o.id, c.name from bench.public.orders o join bench.public.customers c "
+    "on o.customer_id = c.id where o.id = %d",
+)
+ARROW_STATEMENT = "select id, label, amount from bench.public.ledger where batch = %d"
+
+# Rules for groups the bench's caller is not in: the gateway loads and checks them, and
+# they must not fire (an approval hold or a masked answer would change what is measured).
+POLICY = (
+    bench.POLICY
+    + """
+[[rule]]
+name = "contractors-review"
+groups = ["contractors"]
+review_kinds = ["DELETE", "UPDATE", "MERGE"]
+review_objects = ["BENCH.*.*"]
+approvers = ["dba"]
+
+[[rule]]
+name = "analysts-masking"
+groups = ["analysts"]
+mask_columns = ["*.*.CUSTOMERS.EMAIL"]
+detect = ["email", "credit_card"]
+on_detect = "mask"
+"""
+)
+
+# Targets the issue sets (issue 22); docs/performance.md states them.
+TARGET_SATURATION_RATIO = 0.85
+TARGET_ADDED_P50_MS = 0.5
+TARGET_ADDED_P99_MS = 2.0
+TARGET_COMPRESSION = 8.0
+BARE, GATEWAY = "bare mitmdump", "hoopgw gateway"
+RESULT_PREFIX = "BENCH-RESULT "
+
+
+# --- the canned upstream ----------------------------------------------------------------
+
+
+def _column(name: str, kind: str, **facts: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "database": "BENCH",
+        "schema": "PUBLIC",
+        "table": "ORDERS",
+        "type": kind,
+        "nullable": False,
+        "byteLength": facts.get("byteLength"),
+        "length": facts.get("length"),
+        "precision": facts.get("precision"),
+        "scale": facts.get("scale"),
+        "collation": None,
+    }
+
+
+def _query_answer(rowtype: list[dict[str, Any]], rows: int, result: dict[str, Any]) -> str:
+    """A successful SELECT's answer as Snowflake sends it (query-request and /result)."""
+    return _compact(
+        {
+            "data": {
+                "parameters": [
+                    {"name": "TIMEZONE", "value": "Etc/UTC"},
+                    {"name": "CLIENT_RESULT_CHUNK_SIZE", "value": 160},
+                ],
+                "rowtype": rowtype,
+                "total": rows,
+                "returned": rows,
+                "queryId": QUERY_ID_SLOT,
+                "databaseProvider": None,
+                "finalDatabaseName": "BENCH",
+                "finalSchemaName": "PUBLIC",
+                "finalWarehouseName": "BENCH_WH",
+                "finalRoleName": "ANALYST",
+                "numberOfBinds": 0,
+                "arrayBindSupported": False,
+                "statementTypeId": 4096,
+                "version": 1,
+                "sendResultTime": 1765000000000,
+                **result,
+            },
+            "code": None,
+            "message": None,
+            "success": True,
+        }
+    )
+
+
+def _compact(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def arrow_rowset() -> bytes:
+    """1,000 rows as the IPC stream Snowflake sends, with the field metadata drivers read."""
+
+    def meta(logical: str, precision: int = 38, scale: int = 0, length: int = 0) -> dict[str, str]:
+        return {
+            "logicalType": logical,
+            "precision": str(precision),
+            "scale": str(scale),
+            "charLength": str(length),
+        }
+
+    schema = pyarrow.schema(
+        [
+            pyarrow.field("ID", pyarrow.int64(), False, meta("FIXED")),
+            pyarrow.field("LABEL", pyarrow.string(), False, meta("TEXT", length=16777216)),
+            pyarrow.field("AMOUNT", pyarrow.int64(), False, meta("FIXED", 12, 2)),
+        ]
+    )
+    table = pyarrow.table(
+        [
+            pyarrow.array(range(ARROW_ROWS), pyarrow.int64()),
+            pyarrow.array([f"ledger-entry-{n:05d}" for n in range(ARROW_ROWS)]),
+            pyarrow.array([n * 137 % 100_000 for n in range(ARROW_ROWS)], pyarrow.int64()),
+        ],
+        schema=schema,
+    )
+    sink = pyarrow.BufferOutputStream()
+    with pyarrow.ipc.new_stream(sink, schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+@dataclass(frozen=True)
+class CannedAnswers:
+    """The upstream's answers as JSON text; QUERY_ID_SLOT (and ROWSET_SLOT) to be filled."""
+
+    login: str
+    token_request: str
+    session: str
+    json_query: str
+    arrow_query: str
+    rowset_base64: str
+    not_found: str
+
+
+def canned_answers() -> CannedAnswers:
+    text = _column("NAME", "text", length=16777216, byteLength=16777216)
+    json_rowtype = [_column("ID", "fixed", precision=38, scale=0), text]
+    arrow_rowtype = [
+        _column("ID", "fixed", precision=38, scale=0),
+        _column("LABEL", "text", length=16777216, byteLength=16777216),
+        _column("AMOUNT", "fixed", precision=12, scale=2),
+    ]
+    login = {
+        "data": {
+            "masterToken": UPSTREAM_MASTER_TOKEN,
+            "token": UPSTREAM_SESSION_TOKEN,
+            "validityInSeconds": 3600,
+            "masterValidityInSeconds": 14400,
+            "displayUserName": "HOOPGW_SVC",
+            "serverVersion": "9.1.0",
+            "firstLogin": False,
+            "remMeToken": None,
+            "remMeValidityInSeconds": 0,
+            "healthCheckInterval": 45,
+            "newClientForUpgrade": None,
+            "sessionId": UPSTREAM_SESSION_ID,
+            "parameters": [
+                {"name": "AUTOCOMMIT", "value": True},
+                {"name": "CLIENT_SESSION_KEEP_ALIVE_HEARTBEAT_FREQUENCY", "value": 3600},
+                {"name": "CLIENT_STAGE_ARRAY_BINDING_THRESHOLD", "value": 0},
+                {"name": "TIMEZONE", "value": "Etc/UTC"},
+                {"name": "CLIENT_RESULT_CHUNK_SIZE", "value": 160},
+            ],
+            "sessionInfo": {
+                "databaseName": "BENCH",
+                "schemaName": "PUBLIC",
+                "warehouseName": "BENCH_WH",
+                "roleName": "ANALYST",
+            },
+            "idToken": None,
+            "idTokenValidityInSeconds": 0,
+            "responseData": None,
+            "mfaToken": None,
+            "mfaTokenValidityInSeconds": 0,
+        },
+        "code": None,
+        "message": None,
+        "success": True,
+    }
+    renewed = {
+        "data": {
+            "sessionToken": UPSTREAM_SESSION_TOKEN,
+            "validityInSecondsST": 3600,
+            "masterToken": UPSTREAM_MASTER_TOKEN,
+            "validityInSecondsMT": 14400,
+            "sessionId": UPSTREAM_SESSION_ID,
+        },
+        "code": None,
+        "message": None,
+        "success": True,
+    }
+    return CannedAnswers(
+        login=_compact(login),
+        token_request=_compact(renewed),
+        session=_compact({"data": None, "code": None, "message": None, "success": True}),
+        json_query=_query_answer(
+            json_rowtype, len(JSON_ROWS), {"queryResultFormat": "json", "rowset": JSON_ROWS}
+        ),
+        arrow_query=_query_answer(
+            arrow_rowtype,
+            ARROW_ROWS,
+            {"queryResultFormat": "arrow", "rowsetBase64": ROWSET_SLOT},
+        ),
+        rowset_base64=base64.b64encode(arrow_rowset()).decode(),
+        not_found=_compact(
+            {
+                "data": None,
+                "code": "390404",
+                "message": "the canned upstream of the bench has no answer for this path",
+                "success": False,
+            }
+        ),
+    )
+
+
+def _nginx_string(text: str) -> str:
+    """`text` as a single-quoted nginx string; `$` is reserved for the variables put in."""
+    if any(c in text for c in "'\\$"):
+        raise ValueError("a canned answer holds a quote, backslash or $")
+    return f"'{text}'"
+
+
+def nginx_config(workdir: Path, port: int, arrow_port: int, answers: CannedAnswers) -> str:
+    """nginx.conf for the canned upstream: loopback only, every path under `workdir`.
+
+    A query-request gets the 3-row JSON answer, or the Arrow answer when its
+    URL has `result=arrow` or it arrives on `arrow_port` (where a driver, which
+    cannot add to the URL, gets it). Each query answer carries its own query id
+    (`01` and 30 hex digits of nginx's `$request_id`, a Snowflake-shaped UUID).
+    """
+    rowset = answers.rowset_base64
+    parts = [rowset[i : i + NGINX_PART] for i in range(0, len(rowset), NGINX_PART)]
+    part_maps = "\n".join(
+        f"    map $request_method $canned_rowset_{n} {{ default {_nginx_string(part)}; }}"
+        for n, part in enumerate(parts)
+    )
+    rowset_value = "".join(f"$canned_rowset_{n}" for n in range(len(parts)))
+
+    def answer(text: str) -> str:
+        _nginx_string(text)  # checks the text before the variables go in
+        filled = text.replace(QUERY_ID_SLOT, "$canned_query_id")
+        return f"'{filled.replace(ROWSET_SLOT, rowset_value)}'"
+
+    temp = {name: workdir / name for name in ("body", "proxy", "fastcgi", "uwsgi", "scgi")}
+    for path in temp.values():
+        path.mkdir(parents=True, exist_ok=True)
+    return f"""# written by scripts/bench_saturation.py
+daemon off;
+master_process off;
+worker_processes 1;
+pid {workdir / "nginx.pid"};
+error_log {workdir / "error.log"} warn;
+events {{
+    worker_connections 4096;
+}}
+http {{
+    access_log off;
+    client_body_temp_path {temp["body"]};
+    proxy_temp_path {temp["proxy"]};
+    fastcgi_temp_path {temp["fastcgi"]};
+    uwsgi_temp_path {temp["uwsgi"]};
+    scgi_temp_path {temp["scgi"]};
+    client_max_body_size 64m;
+    keepalive_requests 10000000;
+    keepalive_timeout 600s;
+    default_type application/json;
+    map $request_id $canned_query_id {{
+        {QUERY_ID_FROM_REQUEST_ID}
+    }}
+    map "$arg_result:$server_port" $canned_arrow {{
+        default "";
+        "~^arrow:" 1;
+        "~:{arrow_port}$" 1;
+    }}
+{part_maps}
+    server {{
+        listen {stack.LOOPBACK}:{port};
+        listen {stack.LOOPBACK}:{arrow_port};
+        location = /session/v1/login-request {{
+            return 200 {answer(answers.login)};
+        }}
+        location = /session/token-request {{
+            return 200 {answer(answers.token_request)};
+        }}
+        location = /session {{
+            return 200 {answer(answers.session)};
+        }}
+        location = /session/heartbeat {{
+            return 200 {answer(answers.session)};
+        }}
+        location = /telemetry/send {{
+            return 200 {answer(answers.session)};
+        }}
+        location = /queries/v1/query-request {{
+            if ($canned_arrow) {{
+                return 200 {answer(answers.arrow_query)};
+            }}
+            return 200 {answer(answers.json_query)};
+        }}
+        location ~ ^/queries/[0-9a-fA-F-]+/result$ {{
+            return 200 {answer(answers.json_query)};
+        }}
+        location = /queries/v1/abort-request {{
+            return 200 {answer(answers.session)};
+        }}
+        location / {{
+            return 404 {answer(answers.not_found)};
+        }}
+    }}
+}}
+"""
+
+
+def nginx_binary() -> str | None:
+    for candidate in NGINX_CANDIDATES:
+        if found := shutil.which(candidate):
+            return found
+    return None
+
+
+@dataclass
+class CannedUpstream:
+    proc: stack.Proc
+    port: int
+    arrow_port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://{stack.LOOPBACK}:{self.port}"
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+
+def start_canned_upstream(workdir: Path, answers: CannedAnswers | None = None) -> CannedUpstream:
+    """nginx serving the canned answers on two loopback ports, ready."""
+    binary = nginx_binary()
+    if binary is None:
+        raise SystemExit(f"nginx is not installed: {INSTALL_HINT}")
+    workdir.mkdir(parents=True, exist_ok=True)
+    port, arrow_port = stack.free_port(), stack.free_port()
+    config = workdir / "nginx.conf"
+    config.write_text(nginx_config(workdir, port, arrow_port, answers or canned_answers()))
+    proc = stack.Proc(
+        "nginx",
+        [binary, "-p", str(workdir), "-e", str(workdir / "error.log"), "-c", str(config)],
+        workdir / "nginx.log",
+    ).start()
+    try:
+        proc.wait_ready(lambda: stack.port_open(port) and stack.port_open(arrow_port))
+    except BaseException:
+        proc.stop()
+        raise
+    return CannedUpstream(proc, port, arrow_port)
+
+
+# --- the load -----------------------------------------------------------------------------
+
+
+def wrk_script(token: str, arrow_every: int, path: str = "/queries/v1/query-request") -> str:
+    """The Lua script wrk runs: one query-request per call, and a JSON summary from `done`.
+
+    Globals, not locals, where `done` reads them through `thread:get`."""
+    for sql in (*STATEMENTS, ARROW_STATEMENT):
+        if '"' in sql or "\\" in sql:
+            raise ValueError(f"statement needs JSON escaping: {sql}")
+    statements = ", ".join(f'"{sql}"' for sql in STATEMENTS)
+    return f"""-- written by scripts/bench_saturation.py
+local token = "{token}"
+local path = "{path}"
+local nonce = "{secrets.token_hex(4)}"
+local arrow_every = {arrow_every}
+local statements = {{ {statements} }}
+local arrow_statement = "{ARROW_STATEMENT}"
+local threads = {{}}
+
+function setup(thread)
+    table.insert(threads, thread)
+    thread:set("thread_index", #threads)
+end
+
+function init(args)
+    counter = 0
+    non_ok = 0
+    not_success = 0
+    wrk.headers["Content-Type"] = "application/json"
+    wrk.headers["Accept"] = "application/snowflake"
+    wrk.headers["User-Agent"] = "PythonConnector/4.8.1 (hoopgw saturation bench)"
+    wrk.headers["Authorization"] = 'Snowflake Token="' .. token .. '"'
+end
+
+function request()
+    counter = counter + 1
+    local request_id = string.format("%s-%04x-4000-8000-%012x", nonce, thread_index, counter)
+    local target = path .. "?requestId=" .. request_id
+    local sql
+    if arrow_every > 0 and counter % arrow_every == 0 then
+        sql = string.format(arrow_statement, counter)
+        target = target .. "&result=arrow"
+    else
+        sql = string.format(statements[counter % #statements + 1], counter)
+    end
+    local body = '{{"sqlText":"' .. sql .. '","asyncExec":false,"sequenceId":' .. counter
+        .. ',"querySubmissionTime":' .. string.format("%.0f", os.time() * 1000)
+        .. ',"isInternal":false}}'
+    return wrk.format("POST", target, nil, body)
+end
+
+function response(status, headers, body)
+    if status ~= 200 then
+        non_ok = non_ok + 1
+    elseif not string.find(body, '"success"%s*:%s*true') then
+        not_success = not_success + 1
+    end
+end
+
+function done(summary, latency, requests)
+    local bad_status, bad_answer = 0, 0
+    for _, thread in ipairs(threads) do
+        bad_status = bad_status + thread:get("non_ok")
+        bad_answer = bad_answer + thread:get("not_success")
+    end
+    local e = summary.errors
+    io.write(string.format(
+        '{RESULT_PREFIX}{{"requests":%d,"duration_us":%d,"non_200":%d,"not_success":%d,'
+        .. '"socket_errors":%d,"timeouts":%d,"p50_us":%.0f,"p90_us":%.0f,"p99_us":%.0f,'
+        .. '"p999_us":%.0f,"max_us":%.0f,"mean_us":%.1f}}\\n',
+        summary.requests, summary.duration, bad_status, bad_answer,
+        e.connect + e.read + e.write, e.timeout,
+        latency:percentile(50), latency:percentile(90), latency:percentile(99),
+        latency:percentile(99.9), latency.max, latency.mean))
+end
+"""
+
+
+@dataclass
+class WrkResult:
+    requests: int
+    seconds: float
+    non_200: int
+    not_success: int
+    socket_errors: int
+    timeouts: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    p999_ms: float
+    max_ms: float
+    cpu_seconds: float | None = None
+
+    @property
+    def qps(self) -> float:
+        return self.requests / self.seconds
+
+    @property
+    def failures(self) -> int:
+        return self.non_200 + self.not_success + self.socket_errors + self.timeouts
+
+
+def run_wrk(
+    port: int, script: Path, connections: int, duration: float, log: Path | None = None
+) -> WrkResult:
+    """wrk with one thread (the proxies need the other cores) and `connections` connections."""
+    binary = shutil.which("wrk")
+    if binary is None:
+        raise SystemExit(f"wrk is not installed: {INSTALL_HINT}")
+    argv = [
+        binary,
+        "-t1",
+        f"-c{connections}",
+        f"-d{duration:g}s",
+        "--timeout",
+        "30s",
+        "--latency",
+        "-s",
+        str(script),
+        f"http://{stack.LOOPBACK}:{port}",
+    ]
+    finished = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 120)
+    if log is not None:
+        with log.open("a") as out:
+            out.write(f"$ {' '.join(argv)}\n{finished.stdout}{finished.stderr}\n")
+    lines = [line for line in finished.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    if finished.returncode != 0 or not lines:
+        raise RuntimeError(f"wrk failed ({finished.returncode}): {finished.stderr[-2000:]}")
+    raw = json.loads(lines[-1].removeprefix(RESULT_PREFIX))
+    return WrkResult(
+        requests=raw["requests"],
+        seconds=raw["duration_us"] / 1e6,
+        non_200=raw["non_200"],
+        not_success=raw["not_success"],
+        socket_errors=raw["socket_errors"],
+        timeouts=raw["timeouts"],
+        p50_ms=raw["p50_us"] / 1000,
+        p90_ms=raw["p90_us"] / 1000,
+        p99_ms=raw["p99_us"] / 1000,
+        p999_ms=raw["p999_us"] / 1000,
+        max_ms=raw["max_us"] / 1000,
+    )
+
+
+# --- the run ------------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    name: str
+    port: int
+    probe: bench.ProcessProbe
+    script: Path
+
+
+@dataclass
+class Level:
+    """Both targets at one number of connections, every round."""
+
+    connections: int
+    runs: dict[str, list[WrkResult]] = field(default_factory=lambda: {BARE: [], GATEWAY: []})
+
+    def qps(self, target: str) -> float:
+        runs = self.runs[target]
+        return sum(r.requests for r in runs) / sum(r.seconds for r in runs)
+
+    def median(self, target: str, figure: str) -> float:
+        return statistics.median(getattr(r, figure) for r in self.runs[target])
+
+    def ratio(self) -> float:
+        return self.qps(GATEWAY) / self.qps(BARE)
+
+    def round_ratios(self) -> list[float]:
+        return [g.qps / b.qps for b, g in zip(self.runs[BARE], self.runs[GATEWAY], strict=True)]
+
+    def cpu_ms_per_statement(self, target: str) -> float:
+        runs = self.runs[target]
+        return sum(r.cpu_seconds or 0.0 for r in runs) * 1000 / sum(r.requests for r in runs)
+
+    def failures(self) -> int:
+        return sum(r.failures for runs in self.runs.values() for r in runs)
+
+    def requests(self, target: str) -> int:
+        return sum(r.requests for r in self.runs[target])
+
+
+def wait_idle(probe: bench.ProcessProbe, timeout: float = 15.0, busy: float = 0.05) -> bool:
+    """Wait until the process uses under `busy` of a core (its spool uploads, roll-ups)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        before = probe.cpu_seconds()
+        time.sleep(0.5)  # a sampling window, not synchronisation
+        if probe.cpu_seconds() - before < busy * 0.5:
+            return True
+    return False
+
+
+def measure(target: Target, connections: int, duration: float, log: Path) -> WrkResult:
+    if not wait_idle(target.probe):
+        print(f"  note: {target.name} still busy before the run", file=sys.stderr)
+    cpu_before = target.probe.cpu_seconds()
+    result = run_wrk(target.port, target.script, connections, duration, log)
+    result.cpu_seconds = target.probe.cpu_seconds() - cpu_before
+    return result
+
+
+def measure_levels(
+    targets: list[Target], levels: list[int], rounds: int, duration: float, log: Path
+) -> list[Level]:
+    results = []
+    for connections in levels:
+        level = Level(connections)
+        for number in range(rounds):
+            order = targets if number % 2 == 0 else targets[::-1]
+            for target in order:
+                result = measure(target, connections, duration, log)
+                level.runs[target.name].append(result)
+                print(
+                    f"  {connections:>2} conn, round {number + 1}/{rounds}, {target.name}: "
+                    f"{result.qps:.0f} q/s, p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f}"
+                    f" ms, p99.9 {result.p999_ms:.2f} ms, CPU "
+                    f"{(result.cpu_seconds or 0) * 1000 / max(result.requests, 1):.2f} ms/stmt"
+                    + (f", {result.failures} FAILED" if result.failures else ""),
+                    file=sys.stderr,
+                    flush=True,
+                )
+        results.append(level)
+    return results
+
+
+@contextlib.contextmanager
+def connector_session(port: int, id_token: str) -> Iterator[str]:
+    """Log in through the gateway with the real connector; yields the session token it got.
+
+    One statement runs through the connector first, so the canned answers are
+    known to satisfy it through the gateway. The session is closed (logged
+    out) on exit, which ends its stream in the archive."""
+    import snowflake.connector
+
+    connection = snowflake.connector.connect(
+        account="bench",
+        user="bench",
+        host=stack.LOOPBACK,
+        port=port,
+        protocol="http",
+        authenticator="oauth",
+        token=id_token,
+        login_timeout=60,
+        network_timeout=120,
+    )
+    try:
+        rows = connection.cursor().execute(STATEMENTS[0] % 0).fetchall()
+        if len(rows) != len(JSON_ROWS):
+            raise RuntimeError(f"the connector read {len(rows)} rows through the gateway")
+        token = connection.rest.token if connection.rest else None
+        if not token:
+            raise RuntimeError("the connector holds no session token after login")
+        yield token
+    finally:
+        connection.close()
+
+
+@dataclass
+class Archived:
+    statements: int
+    archive: bench.Archive
+    spool_bytes: int
+
+
+def spool_bytes(spool: Path) -> int:
+    return sum(p.stat().st_size for p in spool.rglob("*") if p.is_file())
+
+
+# --- report -------------------------------------------------------------------------------
+
+
+def tool_version(argv: list[str]) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except OSError:
+        return "absent"
+    text = (done.stdout + done.stderr).strip().splitlines()
+    return text[0] if text else "unknown"
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    nginx = tool_version([nginx_binary() or "nginx", "-v"]).removeprefix("nginx version: ")
+    wrk = tool_version(["wrk", "-v"]).split(" [")[0]
+    return (
+        f"{bench.source_version()}; {os.cpu_count()} vCPUs ({cpu}), Linux {platform.release()}, "
+        f"Python {platform.python_version()}, mitmproxy {importlib.metadata.version('mitmproxy')}, "
+        f"{nginx}, {wrk}; load average {os.getloadavg()[0]:.2f} at start. wrk, nginx, both "
+        "proxies, moto and the IdP share these CPUs."
+    )
+
+
+def verdict(met: bool, by: str = "") -> str:
+    return "met" if met else f"**not met**{by}"
+
+
+def table(levels: list[Level]) -> str:
+    lines = [
+        "| connections | bare q/s | gateway q/s | ratio (rounds) | p50 added | gateway p99 "
+        "(bare p99) | gateway p99.9 (bare p99.9) | gateway CPU ms/statement (bare) | failed |",
+        "| ---: | ---: | ---: | --- | ---: | --- | --- | --- | ---: |",
+    ]
+    for level in levels:
+        ratios = level.round_ratios()
+        spread = f" ({min(ratios):.2f}-{max(ratios):.2f})" if len(ratios) > 1 else ""
+        added = level.median(GATEWAY, "p50_ms") - level.median(BARE, "p50_ms")
+        lines.append(
+            f"| {level.connections} | {level.qps(BARE):.0f} | {level.qps(GATEWAY):.0f} | "
+            f"{level.ratio():.2f}{spread} | {added:+.2f} ms | "
+            f"{level.median(GATEWAY, 'p99_ms'):.1f} ms ({level.median(BARE, 'p99_ms'):.1f} ms) | "
+            f"{level.median(GATEWAY, 'p999_ms'):.1f} ms ({level.median(BARE, 'p999_ms'):.1f} ms)"
+            f" | {level.cpu_ms_per_statement(GATEWAY):.2f} "
+            f"({level.cpu_ms_per_statement(BARE):.2f}) | {level.failures()} |"
+        )
+    return "\n".join(lines)
+
+
+def targets_text(levels: list[Level], archived: Archived) -> list[str]:
+    by_connections = {level.connections: level for level in levels}
+    out = []
+    for connections in (8, 32):
+        if level := by_connections.get(connections):
+            ratio = level.ratio()
+            out.append(
+                f"- throughput at {connections} connections >= {TARGET_SATURATION_RATIO}x bare: "
+                f"{ratio:.2f}x, "
+                + verdict(
+                    ratio >= TARGET_SATURATION_RATIO, f" by {TARGET_SATURATION_RATIO - ratio:.2f}"
+                )
+            )
+    if level := by_connections.get(1):
+        added = level.median(GATEWAY, "p50_ms") - level.median(BARE, "p50_ms")
+        out.append(
+            f"- p50 added at 1 connection <= {TARGET_ADDED_P50_MS} ms: {added:+.2f} ms, "
+            + verdict(added <= TARGET_ADDED_P50_MS, f" by {added - TARGET_ADDED_P50_MS:.2f} ms")
+        )
+    for connections in (1, 8):
+        if level := by_connections.get(connections):
+            over = level.median(GATEWAY, "p99_ms") - level.median(BARE, "p99_ms")
+            out.append(
+                f"- p99 at {connections} connection(s) <= bare p99 + {TARGET_ADDED_P99_MS:.0f} ms:"
+                f" {over:+.1f} ms over bare, "
+                + verdict(over <= TARGET_ADDED_P99_MS, f" by {over - TARGET_ADDED_P99_MS:.1f} ms")
+            )
+    ratio = archived.archive.ratio
+    out.append(
+        f"- compression >= {TARGET_COMPRESSION:.0f}x on this run's archive: {ratio:.1f}x, "
+        + verdict(ratio >= TARGET_COMPRESSION)
+    )
+    out.append(
+        "- recorder >= 50,000 records/s per core: `scripts/bench_recorder.py`; RSS with 32 large "
+        "results and the 30-minute soak: `scripts/bench.py` (not measured here)"
+    )
+    return out
+
+
+def report(
+    levels: list[Level], archived: Archived, args: argparse.Namespace, machine_text: str
+) -> str:
+    failed = sum(level.failures() for level in levels)
+    records = archived.archive.records
+    out = [
+        f"Machine: {machine_text}",
+        "",
+        f"Load: wrk, one thread, {args.rounds} round(s) of {args.duration:g} s per target and "
+        "level, the targets in turns; each request a query-request with a unique requestId and "
+        f"varying SQL; one in {args.arrow_every} asks for the 1,000-row Arrow answer "
+        f"({len(canned_answers().rowset_base64) / 1024:.0f} KiB of base64), the rest a "
+        "3-row JSON rowset. q/s summed over the rounds; latencies the median of the rounds' "
+        "wrk percentiles; CPU the proxy process's utime+stime over the wrk runs per statement.",
+        "",
+        table(levels),
+        "",
+        f"Recorded: {records:,} records in the archive (moto S3) for "
+        f"{archived.statements:,} statements through the gateway, "
+        f"{archived.archive.raw_bytes / 1e6:.1f} MB of JSON lines stored as "
+        f"{archived.archive.stored_bytes / 1e6:.2f} MB; local spool at the end "
+        f"{archived.spool_bytes / 1e6:.1f} MB."
+        + (
+            " **Fewer records than statements: recording was skipped.**"
+            if records < archived.statements
+            else ""
+        ),
+        "",
+        f"Failed answers (not HTTP 200 with success true, socket errors, timeouts): {failed}"
+        + (" **: this run is flagged, its figures are not comparable.**" if failed else "."),
+        "",
+        "Targets (issue 22):",
+        "",
+        *targets_text(levels, archived),
+    ]
+    return "\n".join(out)
+
+
+# --- main ---------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per level, targets in turns")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
+    parser.add_argument("--connections", default="1,8,32", help="levels of wrk connections")
+    parser.add_argument(
+        "--arrow-every", type=int, default=10, help="one statement in N gets the Arrow answer"
+    )
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of warm-up per target")
+    parser.add_argument(
+        "--gateway-set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an extra gateway option (repeatable)",
+    )
+    parser.add_argument("--write", action="store_true", help="update docs/performance.md")
+    args = parser.parse_args(argv)
+    levels = [int(c) for c in args.connections.split(",") if c]
+    if nginx_binary() is None or shutil.which("wrk") is None:
+        raise SystemExit(f"the saturation bench needs nginx and wrk: {INSTALL_HINT}")
+    machine_text = machine()
+    home = Path(tempfile.mkdtemp(prefix="hoopgw-bench-saturation-"))
+    log = home / "wrk.log"
+    procs: list[stack.Proc] = []
+    print(f"working in {home}", file=sys.stderr)
+    try:
+        upstream = start_canned_upstream(home / "nginx")
+        procs.append(upstream.proc)
+        s3, moto, provider = bench.start_store_and_idp(home, procs)
+        bare, bare_port = bench.start_bare_mitmdump(home, upstream.url)
+        procs.append(bare)
+        gateway = bench.start_full_gateway(
+            home,
+            upstream.url,
+            moto,
+            provider,
+            policy=POLICY,
+            gateway_options=dict(option.split("=", 1) for option in args.gateway_set),
+        )
+        procs.append(gateway.proc)
+        assert bare.process is not None and gateway.proc.process is not None
+        id_token = provider.mint("bench-agent", ["agents"], email="bench-agent@example.com")
+        with connector_session(gateway.port, id_token) as gateway_token:
+            bare_script, gateway_script = home / "bare.lua", home / "gateway.lua"
+            bare_script.write_text(wrk_script(UPSTREAM_SESSION_TOKEN, args.arrow_every))
+            gateway_script.write_text(wrk_script(gateway_token, args.arrow_every))
+            targets = [
+                Target(BARE, bare_port, bench.ProcessProbe(bare.process.pid), bare_script),
+                Target(
+                    GATEWAY,
+                    gateway.port,
+                    bench.ProcessProbe(gateway.proc.process.pid),
+                    gateway_script,
+                ),
+            ]
+            warm = 0
+            for target in targets:
+                result = run_wrk(target.port, target.script, 8, args.warmup, log)
+                if result.failures:
+                    raise SystemExit(
+                        f"{target.name} failed {result.failures} of {result.requests} warm-up "
+                        f"requests; see {log} and the logs in {home}"
+                    )
+                warm += result.requests if target.name == GATEWAY else 0
+            results = measure_levels(targets, levels, args.rounds, args.duration, log)
+        statements = warm + 1 + sum(level.requests(GATEWAY) for level in results)
+        archive = bench.wait_sessions_archived(s3, 1, timeout=300)
+        archived = Archived(statements, archive, spool_bytes(home / "gateway" / "spool"))
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+    text = report(results, archived, args, machine_text)
+    print(text)
+    if args.write:
+        bench.write_doc(text, section="bench_saturation.py")
+    failed = sum(level.failures() for level in results) or archived.archive.records < statements
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
