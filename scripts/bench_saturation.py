@@ -29,6 +29,8 @@ docs/performance.md. Needs `apt-get install nginx-light wrk`; not part of CI.
     .venv/bin/python -m scripts.bench_saturation --rounds 1 --duration 5
     .venv/bin/python -m scripts.bench_saturation --write        # on a quiet machine
     .venv/bin/python -m scripts.bench --saturate --connections 8
+    .venv/bin/python -m scripts.bench_saturation --connections 1 --rounds 1 \\
+        --profile var/saturation.pyspy --hook-timing var/hooks.json
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow
+import snowflake.connector
 
 from scripts import bench
 from tests import stack
@@ -673,8 +676,6 @@ def connector_session(port: int, id_token: str) -> Iterator[str]:
     One statement runs through the connector first, so the canned answers are
     known to satisfy it through the gateway. The session is closed (logged
     out) on exit, which ends its stream in the archive."""
-    import snowflake.connector
-
     connection = snowflake.connector.connect(
         account="bench",
         user="bench",
@@ -858,6 +859,20 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME=VALUE",
         help="an extra gateway option (repeatable)",
     )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="FILE",
+        help="after the levels, one more gateway run at 8 connections under py-spy (--gil), "
+        "raw stacks in FILE and a summary on stderr",
+    )
+    parser.add_argument(
+        "--hook-timing",
+        type=Path,
+        metavar="FILE",
+        help="load scripts/hook_timing.py into the gateway: wall time per hook as JSON in FILE "
+        "(the clocks cost a little: take the table from a run without it)",
+    )
     parser.add_argument("--write", action="store_true", help="update docs/performance.md")
     args = parser.parse_args(argv)
     levels = [int(c) for c in args.connections.split(",") if c]
@@ -881,6 +896,7 @@ def main(argv: list[str] | None = None) -> int:
             provider,
             policy=POLICY,
             gateway_options=dict(option.split("=", 1) for option in args.gateway_set),
+            hook_timing=args.hook_timing,
         )
         procs.append(gateway.proc)
         assert bare.process is not None and gateway.proc.process is not None
@@ -908,12 +924,19 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 warm += result.requests if target.name == GATEWAY else 0
             results = measure_levels(targets, levels, args.rounds, args.duration, log)
+            if args.profile:
+                with bench.py_spy(targets[1].probe.pid, args.profile):
+                    profiled = run_wrk(targets[1].port, gateway_script, 8, args.duration, log)
+                warm += profiled.requests
+                print(bench.profile_summary(args.profile), file=sys.stderr)
         statements = warm + 1 + sum(level.requests(GATEWAY) for level in results)
         archive = bench.wait_sessions_archived(s3, 1, timeout=300)
         archived = Archived(statements, archive, spool_bytes(home / "gateway" / "spool"))
     finally:
         for proc in reversed(procs):
             proc.stop()
+    if args.hook_timing:
+        print(bench.hook_timing_table(args.hook_timing), file=sys.stderr)
     text = report(results, archived, args, machine_text)
     print(text)
     if args.write:
