@@ -701,6 +701,8 @@ def connector_session(port: int, id_token: str) -> Iterator[str]:
 
 @dataclass
 class Archived:
+    """What the gateway stored for the statements sent through it."""
+
     statements: int
     archive: bench.Archive
     spool_bytes: int
@@ -803,13 +805,23 @@ def targets_text(levels: list[Level], archived: Archived) -> list[str]:
 
 
 def report(
-    levels: list[Level], archived: Archived, args: argparse.Namespace, machine_text: str
+    levels: list[Level],
+    archived: Archived,
+    args: argparse.Namespace,
+    machine_text: str,
+    load_at_start: float,
 ) -> str:
     failed = sum(level.failures() for level in levels)
     records = archived.archive.records
-    out = [
-        f"Machine: {machine_text}",
-        "",
+    out = [f"Machine: {machine_text}", ""]
+    if load_at_start > (os.cpu_count() or 1) / 2:
+        out += [
+            f"**The machine was busy (load average {load_at_start:.1f} at start on "
+            f"{os.cpu_count()} vCPUs): these figures measure the other load as much as the "
+            "proxies; do not compare them with a quiet run's.**",
+            "",
+        ]
+    out += [
         f"Load: wrk, one thread, {args.rounds} round(s) of {args.duration:g} s per target and "
         "level, the targets in turns; each request a query-request with a unique requestId and "
         f"varying SQL; one in {args.arrow_every} asks for the 1,000-row Arrow answer "
@@ -879,6 +891,7 @@ def main(argv: list[str] | None = None) -> int:
     if nginx_binary() is None or shutil.which("wrk") is None:
         raise SystemExit(f"the saturation bench needs nginx and wrk: {INSTALL_HINT}")
     machine_text = machine()
+    load_at_start = os.getloadavg()[0]
     home = Path(tempfile.mkdtemp(prefix="hoopgw-bench-saturation-"))
     log = home / "wrk.log"
     procs: list[stack.Proc] = []
@@ -937,7 +950,7 @@ def main(argv: list[str] | None = None) -> int:
             proc.stop()
     if args.hook_timing:
         print(bench.hook_timing_table(args.hook_timing), file=sys.stderr)
-    text = report(results, archived, args, machine_text)
+    text = report(results, archived, args, machine_text, load_at_start)
     print(text)
     if args.write:
         bench.write_doc(text, section="bench_saturation.py")
