@@ -13,11 +13,13 @@ on Ctrl-C. tests/test_demo.py follows that walkthrough.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import secrets
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -241,13 +243,23 @@ Press Ctrl-C to stop everything.
 """
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--home", type=Path, default=REPO_ROOT / "var" / "demo")
-    parser.add_argument("--port", type=int, default=None, help="gateway port (default: free)")
-    args = parser.parse_args()
+@dataclass
+class DemoStack:
+    """The emulator with the demo data, the identity provider and the gateway, running."""
 
-    home: Path = args.home.resolve()
+    home: Path
+    processes: list[stack.Proc]
+    gateway: stack.Gateway
+    files: DemoFiles
+
+    @property
+    def store(self) -> str:
+        return f"file:{self.home / 'store'}"
+
+
+@contextlib.contextmanager
+def running(home: Path, port: int | None = None) -> Iterator[DemoStack]:
+    """Start everything under `home`; stop it all on leaving, whatever happened."""
     home.mkdir(parents=True, exist_ok=True)
     processes: list[stack.Proc] = []
     try:
@@ -262,27 +274,38 @@ def main() -> int:
             gateway_options(home, provider.issuer),
             # the emulator accepts any password; a real deployment uses a key pair
             env={UPSTREAM_PASSWORD_ENV: secrets.token_urlsafe(16)},
-            port=args.port,
+            port=port,
         )
         processes.append(gateway.proc)
         files = write_files(home, gateway, upstream, provider)
-        print(walkthrough(gateway, files, home), flush=True)
-        stopped = threading.Event()
-        signal.signal(signal.SIGINT, lambda *_: stopped.set())
-        signal.signal(signal.SIGTERM, lambda *_: stopped.set())
-        while not stopped.wait(1.0):
-            for proc in processes:
-                if not proc.alive():
-                    print(f"{proc.name} stopped unexpectedly; see {proc.log_path}")
-                    return 1
-        print("\nstopping...", flush=True)
-        return 0
-    except stack.StartupError as exc:
-        print(f"demo: {exc}", file=sys.stderr)
-        return 1
+        yield DemoStack(home, processes, gateway, files)
     finally:
         for proc in reversed(processes):
             proc.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--home", type=Path, default=REPO_ROOT / "var" / "demo")
+    parser.add_argument("--port", type=int, default=None, help="gateway port (default: free)")
+    args = parser.parse_args()
+
+    try:
+        with running(args.home.resolve(), args.port) as demo:
+            print(walkthrough(demo.gateway, demo.files, demo.home), flush=True)
+            stopped = threading.Event()
+            signal.signal(signal.SIGINT, lambda *_: stopped.set())
+            signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+            while not stopped.wait(1.0):
+                for proc in demo.processes:
+                    if not proc.alive():
+                        print(f"{proc.name} stopped unexpectedly; see {proc.log_path}")
+                        return 1
+            print("\nstopping...", flush=True)
+            return 0
+    except stack.StartupError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
