@@ -50,6 +50,7 @@ CONNECTOR_ONE_LINER = (
 
 # The walkthrough's statements, as printed (tests/test_demo.py runs them).
 REFUSED = "drop table orders"
+ALSO_REFUSED = ("delete from orders", "grant role accountadmin to user alice")
 HELD = "update customers set tier = 'gold' where id = 3"
 MASKED = "select id, name, email, phone, card_number, city from customers order by id"
 
@@ -215,8 +216,9 @@ Walkthrough. In every terminal you use, from {REPO_ROOT}, first:
 Any Snowflake tool reads that file, e.g.
   {CONNECTOR_ONE_LINER}
 
-1. Refused by the policy (rule agents-guard denies DROP):
+1. Refused by the policy (rule agents-guard denies DROP and GRANT, and DELETE without WHERE):
   {client} "{REFUSED}"
+  {client} {" ".join(f'"{sql}"' for sql in ALSO_REFUSED)}
 
 2. Held for approval (rule agents-review-changes): this waits ...
   {client} "{HELD}"

@@ -102,9 +102,14 @@ def test_identities_are_private_files_and_the_connection_entry_is_ready(running_
 def test_the_walkthrough_refuses_holds_until_approved_and_masks(running_demo):
     refused = running_demo.run(running_demo.command("demo_client", demo.REFUSED))
     assert refused.returncode == 1
-    assert "error 399003 (42501): Statement refused by hoopgw policy: rule 'agents-guard'" in (
+    refusal = "error 399003 (42501): Statement refused by hoopgw policy: rule 'agents-guard'"
+    assert f"{refusal} denies DROP." in refused.stdout
+    refused = running_demo.run(running_demo.command("demo_client", *demo.ALSO_REFUSED))
+    assert refused.returncode == 1
+    assert f"{refusal} requires a WHERE clause on DELETE FROM HOOPGW_DEMO.SHOP.ORDERS" in (
         refused.stdout
     )
+    assert f"{refusal} denies GRANT." in refused.stdout
 
     held_line = running_demo.command("demo_client", demo.HELD)
     held = subprocess.Popen(
