@@ -170,7 +170,15 @@ def test_the_walkthrough_refuses_holds_until_approved_and_masks(running_demo):
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert f"session {held_session}: intact" in verified.stdout
 
-    replayed = running_demo.run(running_demo.command("replay"), SESSION=held_session)
+    # a connections.toml others may read is said in one line, not the connector's warning
+    connections = Path(running_demo.env["SNOWFLAKE_HOME"]) / "connections.toml"
+    connections.chmod(0o644)
+    try:
+        replayed = running_demo.run(running_demo.command("replay"), SESSION=held_session)
+    finally:
+        connections.chmod(0o600)
     assert replayed.returncode == 0, replayed.stdout + replayed.stderr
     assert "1 statement: 1 match, 0 differs" in replayed.stdout
+    assert f"note: {connections} may be read by others (mode 0644)" in replayed.stderr
+    assert "Bad owner" not in replayed.stderr, replayed.stderr
     assert running_demo.command("inspect")
