@@ -106,7 +106,13 @@ def _who(identity: dict[str, Any] | None) -> str:
 
 @click.group()
 def approvals() -> None:
-    """Statements a gateway holds for a human's decision (docs/approval.md)."""
+    """Statements a gateway holds for a human's decision (docs/approval.md).
+
+    \b
+    Example:
+      export HOOPGW_GATEWAY=https://hoopgw.example.com:8443
+      hoopgw approvals list --state pending --token-file ~/.hoopgw/id-token
+    """
 
 
 @approvals.command("list")
@@ -128,6 +134,11 @@ def list_approvals(
 
     \b
     Columns: id, state, caller, age, rule, statement (redacted as in records), objects.
+
+    \b
+    Example:
+      hoopgw approvals list --state pending --token-file ~/.hoopgw/id-token \\
+          --gateway https://hoopgw.example.com:8443
     """
     query = f"?state={state}" if state else ""
     items = _desk(gateway, token_file, ca_file).call("GET", query)["approvals"]
@@ -159,7 +170,12 @@ def show_approval(
     approval_id: str,
     output_format: str,
 ) -> None:
-    """One request: statement, caller, rule, approvers and decision."""
+    """One request: statement, caller, rule, approvers and decision.
+
+    \b
+    Example:
+      hoopgw approvals show 2a9968ad-488c-4cff-9296-05db87c87236 --token-file ~/.hoopgw/id-token
+    """
     item = _desk(gateway, token_file, ca_file).call("GET", f"/{approval_id}")
     if output_format != "table":
         echo_json(item)
@@ -214,7 +230,13 @@ def approve(
     reason: str | None,
     output_format: str,
 ) -> None:
-    """Let the held statement run; the waiting driver gets Snowflake's answer."""
+    """Let the held statement run; the waiting driver gets Snowflake's answer.
+
+    \b
+    Example:
+      hoopgw approvals approve 2a9968ad-488c-4cff-9296-05db87c87236 \\
+          --token-file ~/.hoopgw/id-token --reason "tier change agreed in TICKET-123"
+    """
     _decide("approve", gateway, token_file, ca_file, approval_id, reason, output_format)
 
 
@@ -231,5 +253,11 @@ def deny(
     reason: str,
     output_format: str,
 ) -> None:
-    """Refuse the held statement; the driver raises 399005 with your name and reason."""
+    """Refuse the held statement; the driver raises 399005 with your name and reason.
+
+    \b
+    Example:
+      hoopgw approvals deny 2a9968ad-488c-4cff-9296-05db87c87236 \\
+          --token-file ~/.hoopgw/id-token --reason "touches every customer; ask in #data"
+    """
     _decide("deny", gateway, token_file, ca_file, approval_id, reason, output_format)

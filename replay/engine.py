@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -228,7 +229,13 @@ def replay_session(
         target, {**context, "login_timeout": login_timeout, "network_timeout": network_timeout}
     )
     try:
-        connection = snowflake.connector.connect(**params)
+        with warnings.catch_warnings():
+            # connect() reads connections.toml again; resolve_target already said in one
+            # line what the connector's multi-line permissions warning says
+            warnings.filterwarnings(
+                "ignore", message="Bad owner or permissions", category=UserWarning
+            )
+            connection = snowflake.connector.connect(**params)
     except ConnectorError as exc:
         raise ReplayConnectionError(
             f"cannot connect to the sandbox ({_where(target)}): {_error_text(exc)}"
