@@ -11,6 +11,7 @@ from mitmproxy import http
 from mitmproxy.test import taddons
 
 from hoopgw.addons import protocol
+from hoopgw.addons.contentview.rendering import render
 from hoopgw.addons.cortex import Cortex, SseFrames, SseTap, mask_results, parse_frame
 from hoopgw.addons.flowstate import Caller, FlowState
 from hoopgw.addons.guardrails import Guardrails, PolicyError, parse_policy
@@ -285,3 +286,11 @@ async def test_analyst_and_search_answers_are_on_record(guarded, tmp_path: Path)
     assert found["results"] == [{"C": "[MASKED:email]"}] and found["result_count"] == 1
     response = next(r for r in records if r["kind"] == "response")
     assert "ada@example.com" not in orjson.dumps(response["body"]).decode()
+
+
+def test_the_content_view_shows_the_proposed_sql_with_what_it_reads() -> None:
+    text = render(Endpoint.CORTEX_ANALYST, False, ANALYST_ANSWER)
+    assert "Proposed SQL (not run)" in text
+    assert "| SELECT | SALES.PUBLIC.REV |" in text
+    shown = render(Endpoint.CORTEX_SEARCH, False, {"results": [{"CONTACT": "[MASKED:email]"}]})
+    assert "| [MASKED:email] |" in shown
