@@ -89,9 +89,11 @@ class SqlApi:
                 rewritten["warehouse"] = grant.warehouse
             protocol.write_json_body(flow.request, rewritten)
         surface = protocol.agent_surface(state.endpoint, flow.request.path)
-        database = _text(body, "database") if statements else surface and surface.database
-        schema = _text(body, "schema") if statements else surface and surface.schema
-        warehouse = _text(body, "warehouse") if statements else None
+        if surface is not None:  # the path names the database and schema the surface lives in
+            database, schema, warehouse = surface.database, surface.schema, None
+        else:
+            database, schema = _text(body, "database"), _text(body, "schema")
+            warehouse = _text(body, "warehouse")
         state.context = SessionContext(
             database=database,
             schema=schema,
