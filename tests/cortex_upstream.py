@@ -106,6 +106,7 @@ def serves(path: str) -> bool:
 def serve(upstream: StrictUpstream, handler: BaseHTTPRequestHandler) -> None:
     """Answer one Cortex call the strict upstream received, as Snowflake would."""
     body = stack.read_body(handler)
+    _note_received(upstream, handler, body)
     headers = {name.lower(): value for name, value in handler.headers.items()}
     route = handler.path.partition("?")[0]
     cortex = emulation(upstream)
@@ -133,6 +134,15 @@ def serve(upstream: StrictUpstream, handler: BaseHTTPRequestHandler) -> None:
         _search(handler, request)
     elif AGENTS.fullmatch(route):
         _agents(handler, cortex)
+
+
+def _note_received(upstream: StrictUpstream, handler: BaseHTTPRequestHandler, body: bytes) -> None:
+    """In the strict upstream's own log too, which tests read to prove nothing got through."""
+    from tests.strict_upstream import Received, _canonical_header  # this module is its import
+
+    headers = {_canonical_header(name): value for name, value in handler.headers.items()}
+    with upstream._lock:
+        upstream._state.received.append(Received(handler.command, handler.path, headers, body))
 
 
 def _analyst(handler: BaseHTTPRequestHandler, request: dict[str, Any]) -> None:
