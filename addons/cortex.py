@@ -631,6 +631,7 @@ class Cortex:
     async def response(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)
         if state is None or state.answered or flow.response is None:
+            self._agents.taps.pop(flow.id, None)
             return
         surface = protocol.agent_surface(state.endpoint, flow.request.path)
         if surface is None or state.endpoint not in protocol.CORTEX_ENDPOINTS:

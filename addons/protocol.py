@@ -165,11 +165,12 @@ def classify(path: str) -> Endpoint:
 
 @dataclass(frozen=True, slots=True)
 class AgentSurface:
-    """The agent-facing surface a request names: what `allow_cortex` globs match.
+    """The agent-facing surface a request names, as policies and records name it.
 
     `label` is `analyst`, or `search:DB.SCHEMA.NAME`, `agents:DB.SCHEMA.NAME`,
     `mcp:DB.SCHEMA.NAME` with the path's identifiers upper-cased, as Snowflake
-    resolves unquoted identifiers (docs/policy.md, allow_cortex).
+    resolves unquoted identifiers. `allow_cortex` globs match the Cortex ones
+    (docs/agents.md).
     """
 
     kind: str

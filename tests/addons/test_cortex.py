@@ -294,3 +294,33 @@ def test_the_content_view_shows_the_proposed_sql_with_what_it_reads() -> None:
     assert "| SELECT | SALES.PUBLIC.REV |" in text
     shown = render(Endpoint.CORTEX_SEARCH, False, {"results": [{"CONTACT": "[MASKED:email]"}]})
     assert "| [MASKED:email] |" in shown
+
+
+def test_a_masked_callers_stream_goes_on_chunked_and_uncompressed(guarded) -> None:
+    _, masking = guarded
+    cortex = Cortex(masking, Recording())
+    flow, _ = asked(AGENT, AGENTS, {"messages": []})
+    cortex.request(flow)
+    assert flow.request.headers["accept-encoding"] == "identity"
+    headers = {"content-type": "text/event-stream", "content-length": "64"}
+    flow.response = http.Response.make(200, b"", headers)
+    cortex.responseheaders(flow)
+    assert callable(flow.response.stream)
+    assert "content-length" not in flow.response.headers
+    assert flow.response.headers["transfer-encoding"] == "chunked"
+    json_answer, _ = asked(MASKER, AGENTS, {"messages": []})
+    json_answer.response = http.Response.make(200, b"", {"content-type": "application/json"})
+    cortex.responseheaders(json_answer)
+    assert json_answer.response.stream is False  # not an event stream: buffered and masked whole
+
+
+async def test_an_agents_answer_that_is_not_a_stream_is_masked_whole(guarded) -> None:
+    _, masking = guarded
+    cortex = Cortex(masking, Recording())
+    flow, state = asked(AGENT, AGENTS, {"messages": []})
+    answered(flow, {"content": [{"type": "text", "text": "write to ada@example.com"}]})
+    cortex.responseheaders(flow)
+    await cortex.response(flow)
+    assert flow.response is not None
+    assert orjson.loads(flow.response.content or b"")["content"][0]["text"] == "[MASKED:email]"
+    assert state.detections == [{"column": "answer", "kind": "email", "count": 1, "action": "mask"}]
