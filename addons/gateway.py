@@ -13,6 +13,7 @@ from hoopgw.addons.approval import ApprovalDesk, Approvals, ApprovalShared
 from hoopgw.addons.attribution import Attribution
 from hoopgw.addons.authentication import Authentication
 from hoopgw.addons.contentview import snowflake_view  # noqa: F401  (registers the view)
+from hoopgw.addons.cortex import Cortex
 from hoopgw.addons.failclosed import FailClosed, guarded
 from hoopgw.addons.guardrails import Guardrails
 from hoopgw.addons.inspection import Inspection
@@ -35,6 +36,7 @@ result_chunks = ResultChunks()
 authentication = Authentication()
 guardrails = Guardrails()
 masking = Masking(guardrails, result_chunks)
+recording = Recording()
 
 addons = [
     one_line_option_errors(guarded(addon))
@@ -50,7 +52,8 @@ addons = [
         QueryIds(authentication.tokens),
         guardrails,
         masking,
-        Recording(),
+        Cortex(masking, recording),
+        recording,
         Approvals(approvals),
         ChunkFetch(result_chunks),
         Inspection(),

@@ -73,6 +73,7 @@ RULE_KEYS = frozenset(
         "deny_role_change",
         "on_unparsable",
         "allow_stage_transfer",
+        "allow_cortex",
         "mask_columns",
         "detect",
         "on_detect",
@@ -172,6 +173,10 @@ class Rule:
     detect: frozenset[str] = frozenset()
     on_detect: Action = "mask"
     review: Review | None = None
+    allow_cortex: tuple[re.Pattern[str], ...] | None = None
+    """Globs over agent surface names (`protocol.AgentSurface.label`); None: key not set."""
+    restricts: bool = False
+    """Whether the rule restricts statements: such a rule denies every unlisted surface."""
 
     def applies_to(self, groups: Iterable[str]) -> bool:
         return ANY_GROUP in self.groups or not self.groups.isdisjoint(groups)
@@ -341,6 +346,23 @@ class Policy:
                     )
         return Decision("allow", None, None, None, kinds, objects, version)
 
+    def surface_refusal(self, surface: str, groups: Sequence[str]) -> Decision | None:
+        """The block of an agent surface (`allow_cortex`), or None when every rule allows it.
+
+        A rule with `allow_cortex` allows the surfaces its globs match; a rule
+        that restricts statements but has no `allow_cortex` allows none. A rule
+        that only masks answers leaves surfaces alone, and so does no policy.
+        """
+        version = self.digest[:16] if self.digest else None
+        for rule in self.rules_for(groups):
+            if rule.allow_cortex is None and not rule.restricts:
+                continue
+            if any(glob.fullmatch(surface.upper()) for glob in rule.allow_cortex or ()):
+                continue
+            reason = f"rule '{rule.name}' does not list {surface} in allow_cortex"
+            return Decision("block", rule.name, reason, policy=version)
+        return None
+
     def allows_stage_transfer(self, groups: Sequence[str]) -> bool:
         """Whether a rule for these groups lets PUT/GET hand out temporary stage credentials."""
         return any(rule.allow_stage_transfer for rule in self.rules_for(groups))
@@ -433,6 +455,14 @@ def _parse_rule(entry: dict[str, Any], number: int, source: str) -> Rule:
         or allow_kinds is not None
         or patterns
     )
+    allow_cortex = (
+        tuple(
+            re.compile(fnmatch.translate(glob.upper()))
+            for glob in _strings(entry, "allow_cortex", fail)
+        )
+        if "allow_cortex" in entry
+        else None
+    )
     on_unparsable = entry.get("on_unparsable", "deny" if restricts else "allow")
     if on_unparsable not in ("deny", "allow"):
         raise fail("on_unparsable", f'must be "deny" or "allow", not {on_unparsable!r}')
@@ -457,6 +487,8 @@ def _parse_rule(entry: dict[str, Any], number: int, source: str) -> Rule:
         detect=detect,
         on_detect=on_detect,
         review=review,
+        allow_cortex=allow_cortex,
+        restricts=restricts,
     )
 
 
@@ -674,9 +706,33 @@ class Guardrails:
             return
         if state.endpoint is Endpoint.LOGIN:
             self._check_login(flow, state)
+        elif state.endpoint in protocol.CORTEX_ENDPOINTS:
+            self._check_surface(flow, state)
         else:
             await self._check_statements(flow, state)
         state.passed.add(SOURCE)
+
+    def _check_surface(self, flow: http.HTTPFlow, state: FlowState) -> None:
+        """A Cortex REST surface only where the caller's rules' `allow_cortex` lets it run."""
+        surface = protocol.agent_surface(state.endpoint, flow.request.path)
+        if surface is None or state.caller is None:
+            return  # routed by the exact path patterns; authentication names the caller
+        decision = self.policy.surface_refusal(surface.label, state.caller.groups)
+        if decision is None:
+            return
+        state.guardrail = {**decision.as_record(), "surface": surface.label}
+        reason = decision.reason or "refused by policy"
+        message = f"Request refused by hoopgw policy: {reason}."
+        refuse(
+            flow,
+            state,
+            protocol.CODE_GATEWAY_POLICY,
+            reason,
+            SOURCE,
+            message=message,
+            sql_api_status=403,
+        )
+        logger.info("hoopgw: guardrails refused %s for %s", surface.label, state.caller.subject)
 
     async def _check_statements(self, flow: http.HTTPFlow, state: FlowState) -> None:
         try:

@@ -74,6 +74,11 @@ class Endpoint(StrEnum):
     CHUNK = "chunk"
     APPROVALS = "approvals"
     """The gateway's own approval desk (addons/approval.py); never forwarded upstream."""
+    CORTEX_ANALYST = "cortex_analyst"
+    CORTEX_SEARCH = "cortex_search"
+    CORTEX_AGENTS = "cortex_agents"
+    MCP_SERVER = "mcp_server"
+    """Snowflake's managed MCP server (JSON-RPC over POST)."""
     OTHER = "other"
 
 
@@ -83,6 +88,10 @@ class Endpoint(StrEnum):
 CHUNK_PATH_PREFIX: Final = "/hoopgw/v1/chunks/"
 """The gateway's own path for result chunks; never forwarded to Snowflake."""
 _ID = r"[0-9A-Za-z][0-9A-Za-z_-]{0,127}"
+# An unquoted Snowflake identifier, the only spelling served in a REST path: no
+# quotes, dots, slashes or percent-escapes that the upstream might decode into another path.
+_IDENT = r"[A-Za-z_][A-Za-z0-9_$]{0,254}"
+_IN_SCHEMA = rf"/api/v2/databases/(?P<database>{_IDENT})/schemas/(?P<schema>{_IDENT})"
 _ROUTES: tuple[tuple[re.Pattern[str], Endpoint], ...] = tuple(
     (re.compile(pattern), endpoint)
     for pattern, endpoint in (
@@ -100,8 +109,21 @@ _ROUTES: tuple[tuple[re.Pattern[str], Endpoint], ...] = tuple(
         # a result chunk the gateway fetches for the client (addons/results.py)
         (rf"{CHUNK_PATH_PREFIX}[A-Za-z0-9_-]{{1,16384}}", Endpoint.CHUNK),
         (rf"/hoopgw/v1/approvals(?:/{_ID}(?:/approve|/deny)?)?/?", Endpoint.APPROVALS),
+        (r"/api/v2/cortex/analyst/message", Endpoint.CORTEX_ANALYST),
+        (rf"{_IN_SCHEMA}/cortex-search-services/(?P<name>{_IDENT}):query", Endpoint.CORTEX_SEARCH),
+        (rf"{_IN_SCHEMA}/agents/(?P<name>{_IDENT}):run", Endpoint.CORTEX_AGENTS),
+        (rf"{_IN_SCHEMA}/mcp-servers/(?P<name>{_IDENT})", Endpoint.MCP_SERVER),
     )
 )
+CORTEX_ENDPOINTS: Final = frozenset(
+    {Endpoint.CORTEX_ANALYST, Endpoint.CORTEX_SEARCH, Endpoint.CORTEX_AGENTS}
+)
+"""The Cortex REST surfaces, governed by the policy's `allow_cortex` (addons/guardrails.py)."""
+AGENT_ENDPOINTS: Final = frozenset({*CORTEX_ENDPOINTS, Endpoint.MCP_SERVER})
+"""Agent-facing REST surfaces beyond SQL (docs/agents.md): each call stands alone."""
+BEARER_ENDPOINTS: Final = frozenset({Endpoint.SQL_API, *AGENT_ENDPOINTS})
+"""Endpoints whose caller sends an identity-provider bearer token on every call, which the
+gateway checks and replaces with its own (addons/authentication/sql_api.py)."""
 _POST = frozenset({"POST"})
 _GET = frozenset({"GET"})
 ALLOWED_METHODS: dict[Endpoint, frozenset[str]] = {
@@ -118,6 +140,7 @@ ALLOWED_METHODS: dict[Endpoint, frozenset[str]] = {
     Endpoint.AUTHENTICATOR: _POST,
     Endpoint.CHUNK: _GET,
     Endpoint.APPROVALS: frozenset({"GET", "POST"}),
+    **dict.fromkeys(AGENT_ENDPOINTS, _POST),
     Endpoint.OTHER: frozenset(),
 }
 """The HTTP methods the Snowflake drivers use on each endpoint; anything else is refused."""
@@ -138,6 +161,59 @@ def classify(path: str) -> Endpoint:
         if pattern.fullmatch(route):
             return endpoint
     return Endpoint.OTHER
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSurface:
+    """The agent-facing surface a request names, as policies and records name it.
+
+    `label` is `analyst`, or `search:DB.SCHEMA.NAME`, `agents:DB.SCHEMA.NAME`,
+    `mcp:DB.SCHEMA.NAME` with the path's identifiers upper-cased, as Snowflake
+    resolves unquoted identifiers. `allow_cortex` globs match the Cortex ones
+    (docs/agents.md).
+    """
+
+    kind: str
+    database: str | None = None
+    schema: str | None = None
+    name: str | None = None
+
+    @property
+    def label(self) -> str:
+        if self.name is None:
+            return self.kind
+        return f"{self.kind}:{self.database}.{self.schema}.{self.name}"
+
+
+_SURFACE_KINDS: Final[Mapping[Endpoint, str]] = MappingProxyType(
+    {
+        Endpoint.CORTEX_ANALYST: "analyst",
+        Endpoint.CORTEX_SEARCH: "search",
+        Endpoint.CORTEX_AGENTS: "agents",
+        Endpoint.MCP_SERVER: "mcp",
+    }
+)
+
+
+def agent_surface(endpoint: Endpoint, path: str) -> AgentSurface | None:
+    """The surface of a request `classify` put in AGENT_ENDPOINTS; None for any other."""
+    kind = _SURFACE_KINDS.get(endpoint)
+    if kind is None:
+        return None
+    route = path.partition("?")[0]
+    for pattern, routed in _ROUTES:
+        if routed is not endpoint:
+            continue
+        match = pattern.fullmatch(route)
+        if match is None:
+            return None
+        parts = match.groupdict()
+        if not parts:
+            return AgentSurface(kind)
+        return AgentSurface(
+            kind, parts["database"].upper(), parts["schema"].upper(), parts["name"].upper()
+        )
+    return None
 
 
 def allowed_methods(endpoint: Endpoint, path: str) -> frozenset[str]:
@@ -455,7 +531,7 @@ class Shape(StrEnum):
     QUERY = "query"
     """A statement's error on query-request; drivers raise ProgrammingError."""
     SQL_API = "sql_api"
-    """SQL API v2: a real HTTP status with `code` and `message`."""
+    """SQL API v2 and the other bearer-token REST APIs: a real HTTP status, `code`, `message`."""
 
 
 def shape_for(endpoint: Endpoint) -> Shape:
@@ -464,7 +540,7 @@ def shape_for(endpoint: Endpoint) -> Shape:
         return Shape.LOGIN
     if endpoint is Endpoint.QUERY:
         return Shape.QUERY
-    if endpoint is Endpoint.SQL_API:
+    if endpoint in BEARER_ENDPOINTS:
         return Shape.SQL_API
     return Shape.SESSION
 

@@ -56,7 +56,8 @@ logger = logging.getLogger(__name__)
 
 # Endpoints whose request bodies the gateway must read before forwarding.
 _JSON_REQUESTS = frozenset(
-    {Endpoint.LOGIN, Endpoint.QUERY, Endpoint.TOKEN_REQUEST, Endpoint.ABORT, Endpoint.SQL_API}
+    {Endpoint.LOGIN, Endpoint.QUERY, Endpoint.TOKEN_REQUEST, Endpoint.ABORT}
+    | protocol.BEARER_ENDPOINTS
 )
 # Endpoints whose responses carry tokens or statement outcomes.
 _JSON_RESPONSES = frozenset(
@@ -68,6 +69,8 @@ _JSON_RESPONSES = frozenset(
         Endpoint.SQL_API,
         Endpoint.MONITORING,
         Endpoint.RESULT,
+        Endpoint.CORTEX_ANALYST,
+        Endpoint.CORTEX_SEARCH,
     }
 )
 # Client credentials Snowflake never reads; they must not travel upstream.
@@ -300,7 +303,7 @@ def _refuse_unserved(
     allowed: frozenset[str] = frozenset(),
 ) -> None:
     """A request the gateway does not serve at all: the status is real for every client."""
-    shape = Shape.SQL_API if state.endpoint is Endpoint.SQL_API else Shape.SESSION
+    shape = Shape.SQL_API if state.endpoint in protocol.BEARER_ENDPOINTS else Shape.SESSION
     refuse(
         flow,
         state,

@@ -34,6 +34,7 @@ class RecordKind(StrEnum):
     REFUSAL_SUMMARY = "refusal_summary"
     APPROVAL_REQUEST = "approval_request"
     APPROVAL_DECISION = "approval_decision"
+    CORTEX = "cortex"
 
 
 SESSION_START: Final = RecordKind.SESSION_START
@@ -46,6 +47,7 @@ CHUNK: Final = RecordKind.CHUNK
 REFUSAL_SUMMARY: Final = RecordKind.REFUSAL_SUMMARY
 APPROVAL_REQUEST: Final = RecordKind.APPROVAL_REQUEST
 APPROVAL_DECISION: Final = RecordKind.APPROVAL_DECISION
+CORTEX: Final = RecordKind.CORTEX
 KINDS: Final = tuple(RecordKind)
 STATEMENT_KINDS: Final = frozenset({REQUEST, REFUSAL})
 """Kinds that make a statement when they carry `sql`: a forwarded or a refused request."""
@@ -222,6 +224,27 @@ KIND_FIELDS: Final[dict[str, dict[str, Field]]] = {
         "approver": _opt(OPT_DICT, "verified identity of who decided (subject, email, groups)"),
         "reason": _opt(OPT_STR, "the approver's reason"),
         "waited_ms": _opt(OPT_NUMBER, "from the hold to the decision"),
+    },
+    CORTEX: {
+        **_FLOW,
+        "surface": _req(str, "analyst, search:DB.SCHEMA.NAME or agents:DB.SCHEMA.NAME"),
+        "request_id": _opt(OPT_STR, "Snowflake's request_id of the answer"),
+        "question": _opt(OPT_STR, "analyst and agents: the last user message's text"),
+        "generated_sql": _opt(OPT_STR, "analyst: the SQL it proposed (not run), secrets masked"),
+        "statements": _opt(OPT_LIST, "analyst: the generated SQL classified (recorder.statements)"),
+        "answer": _opt(OPT_STR, "analyst: its text; agents: the text deltas joined"),
+        "suggestions": _opt(OPT_LIST, "analyst: suggested questions"),
+        "query": _opt(OPT_STR, "search: the query text"),
+        "filter": _opt(OPT_DICT, "search: the filter as sent"),
+        "columns": _opt(OPT_LIST, "search: the columns asked for"),
+        "results": _opt(OPT_LIST, "search: the results as the caller received them"),
+        "result_count": _opt(OPT_INT, "search: results in the answer"),
+        "events": _opt(OPT_LIST, "agents: [{event, data}] as the caller received them"),
+        "event_count": _opt(OPT_INT, "agents: server-sent events passed to the caller"),
+        "complete": _opt(OPT_BOOL, "agents: the stream ended normally"),
+        "truncated": _opt(OPT_DICT, "what was left out to stay within hoopgw_body_limit"),
+        "detections": _opt(OPT_LIST, "what masking found and did, as for a response"),
+        "error": _opt(OPT_STR, "why the answer could not be read or passed on whole"),
     },
 }
 

@@ -13,7 +13,8 @@ sits between the gateway and fakesnow and:
 - issues its own session and master tokens (mapped to fakesnow's token), serves
   `/session/token-request` renewals with the master token, and answers 390112
   once told to expire the current session tokens;
-- checks SQL API v2 calls for a key-pair JWT bearer token;
+- checks SQL API v2 calls for a key-pair JWT bearer token, and so do the Cortex
+  REST emulations it mounts (tests/cortex_upstream.py);
 - records every request it receives, so tests can assert what upstream saw;
 - keeps each session's QUERY_TAG (from the login's SESSION_PARAMETERS, a
   query's `parameters`, or `ALTER SESSION SET QUERY_TAG`, which fakesnow does
@@ -61,7 +62,7 @@ from joserfc import jws, jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import RSAKey
 
-from tests import stack
+from tests import cortex_upstream, stack
 from tests.cloud_storage import CloudStorage
 
 CHUNKED = re.compile(r"/\*chunks:(\d+):(json|arrow)(?::(\d+))?\*/")
@@ -207,6 +208,9 @@ class StrictUpstream(stack.LoopbackServer):
     # Request handling (called from the server's threads)
 
     def serve(self, handler: BaseHTTPRequestHandler) -> None:
+        if cortex_upstream.serves(handler.path):
+            cortex_upstream.serve(self, handler)
+            return
         body = stack.read_body(handler)
         headers = {_canonical_header(k): v for k, v in handler.headers.items()}
         answer = self.handle(handler.command, handler.path, headers, body)

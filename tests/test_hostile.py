@@ -522,6 +522,9 @@ UNKNOWN_PATHS = [
     b"/monitoring/queries/%2e%2e/x",
     b"/session/v1/login-request/",
     b"/api/v2/databases",
+    b"/api/v2/databases/d%2Fx/schemas/s/agents/a:run",
+    b"/api/v2/databases/d/schemas/s/../s/agents/a:run",
+    b"/api/v2/cortex/inference:complete",
     b"/fs_bucket/stage/file.csv",
 ]
 UNKNOWN_PATH_CASES = [
@@ -536,6 +539,48 @@ UNKNOWN_PATH_CASES = [
         says="the path is not a Snowflake endpoint this gateway serves",
     )
     for index, path in enumerate(UNKNOWN_PATHS)
+]
+
+AGENT_SURFACES = (
+    b"/api/v2/cortex/analyst/message",
+    b"/api/v2/databases/d/schemas/s/cortex-search-services/svc:query",
+    b"/api/v2/databases/d/schemas/s/agents/a:run",
+    b"/api/v2/databases/d/schemas/s/mcp-servers/m",
+)
+AGENT_SURFACE_CASES = [
+    case
+    for index, path in enumerate(AGENT_SURFACES)
+    for case in (
+        Hostile(
+            f"agent-surface-{index}-no-token",
+            b"POST",
+            path,
+            b"{}",
+            status=401,
+            code="390100",
+            says="as a Bearer token",
+        ),
+        Hostile(
+            f"agent-surface-{index}-session-bearer",
+            b"POST",
+            path,
+            b"{}",
+            credential="bearer",
+            status=401,
+            code="390100",
+            says="not a signed JWT",
+        ),
+        Hostile(
+            f"agent-surface-{index}-get",
+            b"GET",
+            path,
+            credential="oidc-bearer",
+            status=405,
+            code=PROTOCOL,
+            says="is not used on this endpoint",
+            allow="POST",
+        ),
+    )
 ]
 
 QUERY = b"/queries/v1/query-request"
@@ -668,6 +713,7 @@ CASES: list[Hostile] = [
     *_body_cases(),
     *LOGIN_CASES,
     *SQL_API_CASES,
+    *AGENT_SURFACE_CASES,
     *UNKNOWN_PATH_CASES,
     *METHOD_CASES,
     *HEAD_CASES,

@@ -10,8 +10,9 @@ each request to the handler of its protocol, chosen by endpoint:
 - session call (session_call.py), every other Snowflake call: open the sealed
   session token, swap in the upstream one, and tell later hooks who the caller
   is; a logout also ends the session;
-- SQL API (sql_api.py): verify the bearer token like a login and replace it by
-  the gateway's credential.
+- SQL API and the agent-facing REST APIs (sql_api.py, every endpoint in
+  `protocol.BEARER_ENDPOINTS`): verify the bearer token like a login and
+  replace it by the gateway's credential.
 
 The handlers share one caller check (caller_check.py), one admission of a
 sealed token (admission.py) and one re-seal of an answer that hands out new
@@ -40,7 +41,7 @@ from hoopgw.addons.credentials import UpstreamCredentials
 from hoopgw.addons.flowstate import state_of
 from hoopgw.addons.identity import Identity
 from hoopgw.addons.names import AUTHENTICATION
-from hoopgw.addons.protocol import Endpoint
+from hoopgw.addons.protocol import BEARER_ENDPOINTS, Endpoint
 from hoopgw.addons.session_tokens import SessionTokens
 
 __all__ = ["Authentication"]
@@ -57,11 +58,12 @@ class Authentication:
         resealer = Resealer(self.tokens)
         # every endpoint not in the table is a call within a session
         self._session_call = SessionCall(self.tokens)
+        bearer = SqlApi(self.credentials, caller_check)
         self._handlers: dict[Endpoint, Handler] = {
             Endpoint.LOGIN: Login(self.identity, self.credentials, caller_check, resealer),
             Endpoint.AUTHENTICATOR: AuthenticatorRequest(),
             Endpoint.TOKEN_REQUEST: Renewal(self.tokens, resealer),
-            Endpoint.SQL_API: SqlApi(self.credentials, caller_check),
+            **dict.fromkeys(BEARER_ENDPOINTS, bearer),
         }
         self._in_flight: weakref.WeakKeyDictionary[http.HTTPFlow, InFlight] = (
             weakref.WeakKeyDictionary()

@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from hoopgw.addons.contentview import cortex
 from hoopgw.addons.contentview.report import Report
 from hoopgw.addons.contentview.rows import (
     MAX_ROWS,
@@ -88,6 +89,10 @@ def render(
         _token_request(report, body, is_request)
     elif endpoint is Endpoint.MONITORING:
         _monitoring(report, body)
+    elif endpoint is Endpoint.CORTEX_ANALYST:
+        (cortex.analyst_request if is_request else cortex.analyst_answer)(report, body)
+    elif endpoint is Endpoint.CORTEX_SEARCH:
+        (cortex.search_request if is_request else cortex.search_answer)(report, body)
     else:
         report.title("Snowflake")
         report.section("Body", _json_lines(redact_json(body)))

@@ -20,6 +20,8 @@ _ENDPOINTS = frozenset(
         Endpoint.SQL_API,
         Endpoint.RESULT,
         Endpoint.MONITORING,
+        Endpoint.CORTEX_ANALYST,
+        Endpoint.CORTEX_SEARCH,
     }
 )
 
