@@ -74,6 +74,8 @@ class Endpoint(StrEnum):
     CHUNK = "chunk"
     APPROVALS = "approvals"
     """The gateway's own approval desk (addons/approval.py); never forwarded upstream."""
+    MCP_SERVER = "mcp_server"
+    """A Snowflake-managed MCP server: JSON-RPC 2.0 over streamable HTTP (addons/mcp.py)."""
     OTHER = "other"
 
 
@@ -83,6 +85,8 @@ class Endpoint(StrEnum):
 CHUNK_PATH_PREFIX: Final = "/hoopgw/v1/chunks/"
 """The gateway's own path for result chunks; never forwarded to Snowflake."""
 _ID = r"[0-9A-Za-z][0-9A-Za-z_-]{0,127}"
+_OBJECT = r"[A-Za-z_][A-Za-z0-9_$]{0,254}"
+"""An unquoted Snowflake identifier: a quoted one would need escapes the gateway refuses."""
 _ROUTES: tuple[tuple[re.Pattern[str], Endpoint], ...] = tuple(
     (re.compile(pattern), endpoint)
     for pattern, endpoint in (
@@ -100,6 +104,11 @@ _ROUTES: tuple[tuple[re.Pattern[str], Endpoint], ...] = tuple(
         # a result chunk the gateway fetches for the client (addons/results.py)
         (rf"{CHUNK_PATH_PREFIX}[A-Za-z0-9_-]{{1,16384}}", Endpoint.CHUNK),
         (rf"/hoopgw/v1/approvals(?:/{_ID}(?:/approve|/deny)?)?/?", Endpoint.APPROVALS),
+        # a Snowflake-managed MCP server; unquoted identifiers only (addons/mcp.py)
+        (
+            rf"/api/v2/databases/{_OBJECT}/schemas/{_OBJECT}/mcp-servers/{_OBJECT}",
+            Endpoint.MCP_SERVER,
+        ),
     )
 )
 _POST = frozenset({"POST"})
@@ -118,6 +127,7 @@ ALLOWED_METHODS: dict[Endpoint, frozenset[str]] = {
     Endpoint.AUTHENTICATOR: _POST,
     Endpoint.CHUNK: _GET,
     Endpoint.APPROVALS: frozenset({"GET", "POST"}),
+    Endpoint.MCP_SERVER: _POST,
     Endpoint.OTHER: frozenset(),
 }
 """The HTTP methods the Snowflake drivers use on each endpoint; anything else is refused."""
@@ -329,6 +339,17 @@ _REQUEST_DECODER = json.JSONDecoder(
 def parse_request_json(data: bytes) -> dict[str, Any] | None:
     """A client's JSON object body, parsed so that what the gateway checks is what Snowflake reads.
 
+    See `parse_strict_json`; anything but an object is refused here.
+    """
+    value = parse_strict_json(data)
+    if value is not None and not isinstance(value, dict):
+        raise ProtocolError("body is JSON but not an object")
+    return value
+
+
+def parse_strict_json(data: bytes) -> Any:
+    """Any JSON value a client sent (None for an empty body), read as strictly as an object body.
+
     An object that repeats a key (also in another case) is refused: the gateway's
     parser would keep one value and Snowflake's might keep the other, so a
     statement checked by the policy need not be the one that runs. NaN and
@@ -352,10 +373,11 @@ def parse_request_json(data: bytes) -> dict[str, Any] | None:
     except ValueError as exc:
         message = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
         raise ProtocolError(f"body is not valid JSON ({message})") from None
-    if not isinstance(value, dict):
-        raise ProtocolError("body is JSON but not an object")
     if "\\u" in text:
-        parse_json_object(data)  # orjson's stricter escapes (lone surrogates) decide
+        try:
+            orjson.loads(data)  # orjson's stricter escapes (lone surrogates) decide
+        except orjson.JSONDecodeError as exc:
+            raise ProtocolError(f"body is not valid JSON ({exc.msg})") from None
     return value
 
 
@@ -464,7 +486,7 @@ def shape_for(endpoint: Endpoint) -> Shape:
         return Shape.LOGIN
     if endpoint is Endpoint.QUERY:
         return Shape.QUERY
-    if endpoint is Endpoint.SQL_API:
+    if endpoint in (Endpoint.SQL_API, Endpoint.MCP_SERVER):
         return Shape.SQL_API
     return Shape.SESSION
 

@@ -34,6 +34,7 @@ class RecordKind(StrEnum):
     REFUSAL_SUMMARY = "refusal_summary"
     APPROVAL_REQUEST = "approval_request"
     APPROVAL_DECISION = "approval_decision"
+    MCP_CALL = "mcp_call"
 
 
 SESSION_START: Final = RecordKind.SESSION_START
@@ -46,6 +47,7 @@ CHUNK: Final = RecordKind.CHUNK
 REFUSAL_SUMMARY: Final = RecordKind.REFUSAL_SUMMARY
 APPROVAL_REQUEST: Final = RecordKind.APPROVAL_REQUEST
 APPROVAL_DECISION: Final = RecordKind.APPROVAL_DECISION
+MCP_CALL: Final = RecordKind.MCP_CALL
 KINDS: Final = tuple(RecordKind)
 STATEMENT_KINDS: Final = frozenset({REQUEST, REFUSAL})
 """Kinds that make a statement when they carry `sql`: a forwarded or a refused request."""
@@ -222,6 +224,21 @@ KIND_FIELDS: Final[dict[str, dict[str, Field]]] = {
         "approver": _opt(OPT_DICT, "verified identity of who decided (subject, email, groups)"),
         "reason": _opt(OPT_STR, "the approver's reason"),
         "waited_ms": _opt(OPT_NUMBER, "from the hold to the decision"),
+    },
+    MCP_CALL: {
+        **_FLOW,
+        "server": _req(str, "the managed MCP server, DATABASE.SCHEMA.NAME"),
+        "rpc_method": _req(str, "JSON-RPC method: initialize, tools/list, tools/call, ..."),
+        "rpc_id": _opt((str, int, type(None)), "JSON-RPC id; null for a notification"),
+        "tool": _opt(OPT_STR, "tools/call: the tool's name"),
+        "arguments": _opt(OPT_DICT, "tools/call: its arguments, redacted (see body_for_record)"),
+        "sql": _opt(OPT_STR, "the SQL a SQL-executing tool ran, credential literals masked"),
+        "result": _opt(OPT_DICT, "the result as the caller received it (see body_for_record)"),
+        "error": _opt(OPT_DICT, "the JSON-RPC error the caller received, same form"),
+        "guardrail": _opt(OPT_DICT, "policy decision on the tool or its SQL"),
+        "refusal": _opt(OPT_DICT, "set when the gateway itself answered"),
+        "approval_id": _opt(OPT_STR, "the approval that holds the call"),
+        "detections": _opt(OPT_LIST, "what masking found in the result, as for a response"),
     },
 }
 

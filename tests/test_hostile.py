@@ -503,6 +503,24 @@ SQL_API_CASES = [
     ),
 ]
 
+MCP_SERVER = b"/api/v2/databases/ANALYTICS/schemas/AGENTS/mcp-servers/SNOWMCP"
+MCP_BODY = _json({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+MCP_CASES = [
+    Hostile(
+        "mcp-no-token", b"POST", MCP_SERVER, MCP_BODY, status=401, code="390100", says="Bearer"
+    ),
+    Hostile(
+        "mcp-method-GET",
+        b"GET",
+        MCP_SERVER,
+        credential="oidc-bearer",
+        status=405,
+        code=PROTOCOL,
+        says="is not used on this endpoint",
+        allow="POST",
+    ),
+]
+
 # Paths the gateway does not serve, with a live session and a statement in the body:
 # aliases a server might normalise into the query endpoint are refused like any other.
 UNKNOWN_PATHS = [
@@ -522,6 +540,8 @@ UNKNOWN_PATHS = [
     b"/monitoring/queries/%2e%2e/x",
     b"/session/v1/login-request/",
     b"/api/v2/databases",
+    b"/api/v2/databases/A/schemas/B/mcp-servers/C/",
+    b"/api/v2/databases/%22A%22/schemas/B/mcp-servers/C",
     b"/fs_bucket/stage/file.csv",
 ]
 UNKNOWN_PATH_CASES = [
@@ -668,6 +688,7 @@ CASES: list[Hostile] = [
     *_body_cases(),
     *LOGIN_CASES,
     *SQL_API_CASES,
+    *MCP_CASES,
     *UNKNOWN_PATH_CASES,
     *METHOD_CASES,
     *HEAD_CASES,

@@ -198,6 +198,7 @@ def test_every_kind_has_a_field_list() -> None:
             "refusal_summary",
             "approval_request",
             "approval_decision",
+            "mcp_call",
         }
     )
     for fields in FIELDS.values():

@@ -11,7 +11,7 @@ each request to the handler of its protocol, chosen by endpoint:
   session token, swap in the upstream one, and tell later hooks who the caller
   is; a logout also ends the session;
 - SQL API (sql_api.py): verify the bearer token like a login and replace it by
-  the gateway's credential.
+  the gateway's credential; a managed MCP server's calls are authenticated the same way.
 
 The handlers share one caller check (caller_check.py), one admission of a
 sealed token (admission.py) and one re-seal of an answer that hands out new
@@ -57,11 +57,13 @@ class Authentication:
         resealer = Resealer(self.tokens)
         # every endpoint not in the table is a call within a session
         self._session_call = SessionCall(self.tokens)
+        sql_api = SqlApi(self.credentials, caller_check)
         self._handlers: dict[Endpoint, Handler] = {
             Endpoint.LOGIN: Login(self.identity, self.credentials, caller_check, resealer),
             Endpoint.AUTHENTICATOR: AuthenticatorRequest(),
             Endpoint.TOKEN_REQUEST: Renewal(self.tokens, resealer),
-            Endpoint.SQL_API: SqlApi(self.credentials, caller_check),
+            Endpoint.SQL_API: sql_api,
+            Endpoint.MCP_SERVER: sql_api,  # the same bearer swap (addons/mcp.py)
         }
         self._in_flight: weakref.WeakKeyDictionary[http.HTTPFlow, InFlight] = (
             weakref.WeakKeyDictionary()
