@@ -13,6 +13,10 @@ with the body exactly as the driver sent it, so what the driver reads is
 Snowflake's own answer; a denial answers 399005, a timeout 399006, and an
 abort-request for the held statement withdraws it.
 
+A managed MCP server's tool call (addons/mcp.py) cannot wait: it is held the
+same way, answered "held" by McpCalls as a JSON-RPC error naming the approval,
+and the identical call retried after the approval runs once (the reuse below).
+
 `ApprovalDesk` (before Authentication) serves `/hoopgw/v1/approvals` on the
 gateway's own port: list, show, approve and deny, for approvers who present
 their own OIDC ID token as a Bearer (docs/approval.md). Its requests never go
