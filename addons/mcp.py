@@ -17,8 +17,9 @@ Authentication swaps its bearer token like the SQL API's
 - answers whatever the gateway refuses or holds as JSON-RPC errors with HTTP
   200 (`JsonRpcAnswers`), as MCP servers do, so the agent's client shows them;
 - reads the server's answer, `application/json` or a `text/event-stream`
-  (`SseReader`, bounded), masks each tool result for a caller with masking
-  rules (`ToolResultMasking`), and writes one `mcp_call` record per message
+  (`SseReader`, bounded), leaves out of `tools/list` the tools the caller may
+  not call, masks each tool result for a caller with masking rules
+  (`ToolResultMasking`), and writes one `mcp_call` record per message
   (`McpRecords`).
 
 Requests refused before the body is read (a bad token, an unknown path) keep
@@ -689,13 +690,17 @@ class McpCalls:
             self._record(flow, state, exchange, {})
             return
         outcome = Outcome()
-        calls = {repr(call.rpc_id) for call in exchange.calls}
+        methods = {repr(m.rpc_id): m.method for m in exchange.messages if m.has_id}
         by_id: dict[str, Any] = {}
         for message in answer.messages:
-            if not isinstance(message, dict) or "id" not in message:
+            if not isinstance(message, dict):
                 continue
+            method = methods.get(repr(message.get("id")))
             by_id[repr(message.get("id"))] = message
-            if plan.active and repr(message.get("id")) in calls:
+            if method == "tools/list":
+                outcome.changed |= self._callable_tools_only(state, exchange, message)
+            elif plan.active and method not in ("initialize", "ping"):
+                # any other answer may hold a tool's result, whatever id the server gave it
                 try:
                     self.results.mask(message.get("result"), plan, outcome)
                 except _Unmaskable as exc:
@@ -721,6 +726,26 @@ class McpCalls:
             response.content = encoded
             state.response_body = encoded
         self._record(flow, state, exchange, by_id, detections=state.detections)
+
+    def _callable_tools_only(self, state: FlowState, exchange: Exchange, message: Any) -> bool:
+        """Leave out of a tools/list answer the tools the caller's rules do not allow."""
+        result = message.get("result")
+        tools = result.get("tools") if isinstance(result, dict) else None
+        if not isinstance(tools, list):
+            return False
+        groups = state.caller.groups if state.caller else ()
+        policy = self.guardrails.policy
+        kept = [
+            tool
+            for tool in tools
+            if isinstance(tool, dict)
+            and isinstance(tool.get("name"), str)
+            and not policy.check_mcp_tool(exchange.server, tool["name"], groups).blocked
+        ]
+        if len(kept) == len(tools):
+            return False
+        result["tools"] = kept
+        return True
 
     def _withhold(
         self, flow: http.HTTPFlow, state: FlowState, exchange: Exchange, reason: str

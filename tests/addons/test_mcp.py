@@ -308,3 +308,18 @@ async def test_a_streamed_tool_result_is_masked_for_a_caller_with_rules(policy_f
         assert state.detections == [
             {"column": "text", "kind": "email", "count": 1, "action": "mask"}
         ]
+
+
+async def test_tools_list_leaves_out_what_the_caller_may_not_call(policy_file: Path) -> None:
+    guardrails = Guardrails()
+    calls = McpCalls(guardrails, Masking(guardrails))
+    with taddons.context(guardrails, calls) as tctx:
+        tctx.configure(guardrails, hoopgw_policy=str(policy_file))
+        flow, state = mcp_flow(rpc("tools/list", rpc_id=3))
+        await calls.request(flow)
+        tools = [{"name": "sql_exec_tool"}, {"name": "product_search"}]
+        body = orjson.dumps({"jsonrpc": "2.0", "id": 3, "result": {"tools": tools}})
+        flow.response = http.Response.make(200, body, {"content-type": "application/json"})
+        state.response_body = body
+        calls.response(flow)
+        assert answer_of(flow)["result"]["tools"] == [{"name": "sql_exec_tool"}]
