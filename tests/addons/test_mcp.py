@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mitmproxy import http
 from mitmproxy.test import taddons
 
@@ -20,6 +23,7 @@ from hoopgw.addons.mcp import (
     MAX_BATCH,
     METHOD_NOT_FOUND,
     PARSE_ERROR,
+    SERVED_METHODS,
     JsonRpcError,
     JsonRpcReader,
     McpCalls,
@@ -323,3 +327,36 @@ async def test_tools_list_leaves_out_what_the_caller_may_not_call(policy_file: P
         state.response_body = body
         calls.response(flow)
         assert answer_of(flow)["result"]["tools"] == [{"name": "sql_exec_tool"}]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.binary(max_size=256)
+    | st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+        lambda inner: (
+            st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+        ),
+        max_leaves=12,
+    ).map(lambda value: json.dumps(value).encode())
+)
+def test_any_body_is_read_or_refused_with_a_json_rpc_error(body: bytes) -> None:
+    try:
+        exchange = read(body)
+    except JsonRpcError as exc:
+        assert exc.code in (PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS)
+    else:
+        assert all(message.method in SERVED_METHODS for message in exchange.messages)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=64), max_size=8))
+def test_any_event_stream_is_read_or_refused_within_bounds(pieces: list[bytes]) -> None:
+    reader = SseReader(max_event_bytes=128)
+    try:
+        for piece in pieces:
+            reader.feed(piece)
+        events = reader.finish()
+    except SseError:
+        return
+    assert all(len(event.data.encode()) <= 128 for event in events)
