@@ -491,7 +491,6 @@ def _parse_rule(entry: dict[str, Any], number: int, source: str) -> Rule:
         or deny_kinds
         or allow_kinds is not None
         or patterns
-        or "allow_mcp_tools" in entry
     )
     allow_mcp_tools: tuple[ToolPattern, ...] | None = None
     if "allow_mcp_tools" in entry:
