@@ -13,6 +13,10 @@ with the body exactly as the driver sent it, so what the driver reads is
 Snowflake's own answer; a denial answers 399005, a timeout 399006, and an
 abort-request for the held statement withdraws it.
 
+A managed MCP server's tool call (addons/mcp.py) cannot wait: it is held the
+same way, answered "held" by McpCalls as a JSON-RPC error naming the approval,
+and the identical call retried after the approval runs once (the reuse below).
+
 `ApprovalDesk` (before Authentication) serves `/hoopgw/v1/approvals` on the
 gateway's own port: list, show, approve and deny, for approvers who present
 their own OIDC ID token as a Bearer (docs/approval.md). Its requests never go
@@ -51,6 +55,7 @@ from hoopgw.addons import names, protocol
 from hoopgw.addons.credentials import resolve_option_secret
 from hoopgw.addons.flowstate import FlowState, detach, state_of
 from hoopgw.addons.identity import IdentityError, IdentityUnavailable, groups_from
+from hoopgw.addons.mcp import sql_tool_call
 from hoopgw.addons.protocol import Endpoint, Shape
 from hoopgw.addons.refusals import refuse
 from hoopgw.addons.session_tokens import decode_token_key
@@ -341,7 +346,9 @@ class Approvals:
 
     async def _hold(self, flow: http.HTTPFlow, state: FlowState, guardrail: dict[str, Any]) -> None:
         sql_api = state.endpoint is Endpoint.SQL_API and flow.request.method == "POST"
-        if not (state.endpoint is Endpoint.QUERY or sql_api) or state.caller is None:
+        # an MCP tool call cannot wait: it is answered "held" and retried (addons/mcp.py)
+        tool_call = sql_tool_call(flow) if state.endpoint is Endpoint.MCP_SERVER else None
+        if not (state.endpoint is Endpoint.QUERY or sql_api or tool_call) or state.caller is None:
             reason = f"{guardrail.get('reason')}, and this request cannot wait for a decision"
             refuse(flow, state, protocol.CODE_GATEWAY_POLICY, reason, SOURCE, sql_state="42501")
             return
@@ -349,8 +356,11 @@ class Approvals:
         body = state.request_json or {}
         sql_field = "statement" if sql_api else "sqlText"
         sql = body.get(sql_field) if isinstance(body.get(sql_field), str) else ""
+        bindings = body.get("bindings")
+        if tool_call is not None:  # the same SQL through another server or tool is another call
+            sql, bindings = tool_call.sql, tool_call.target
         objects = guardrail.get("objects") or ()
-        print_ = fingerprint(state.caller.subject, sql, body.get("bindings"), objects)
+        print_ = fingerprint(state.caller.subject, sql, bindings, objects)
         latest = await asyncio.to_thread(self._latest, book, print_)
         if latest is not None:
             outcome = latest.state()

@@ -18,6 +18,7 @@ from hoopgw.addons.failclosed import FailClosed, guarded
 from hoopgw.addons.guardrails import Guardrails
 from hoopgw.addons.inspection import Inspection
 from hoopgw.addons.masking import Masking
+from hoopgw.addons.mcp import McpCalls
 from hoopgw.addons.query_ids import QueryIds
 from hoopgw.addons.recording import Recording
 from hoopgw.addons.results import ChunkFetch, ResultChunks
@@ -51,6 +52,7 @@ addons = [
         Attribution(),
         QueryIds(authentication.tokens),
         guardrails,
+        McpCalls(guardrails, masking),
         masking,
         Cortex(masking, recording),
         recording,

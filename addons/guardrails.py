@@ -77,6 +77,7 @@ RULE_KEYS = frozenset(
         "mask_columns",
         "detect",
         "on_detect",
+        "allow_mcp_tools",
         *REVIEW_KEYS,
     }
 )
@@ -137,6 +138,39 @@ class ObjectPattern:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolPattern:
+    """An `allow_mcp_tools` glob: `TOOL`, or `DATABASE.SCHEMA.SERVER/TOOL` for one server's tools.
+
+    The server part is matched case-insensitively, as Snowflake resolves
+    unquoted names; the tool part case-sensitively, as MCP names tools.
+    """
+
+    text: str
+    server: re.Pattern[str] | None
+    tool: re.Pattern[str]
+
+    @classmethod
+    def parse(cls, text: str) -> ToolPattern:
+        server, slash, tool = text.rpartition("/")
+        parts = server.split(".")
+        if not tool or (slash and (len(parts) != 3 or not all(parts))):
+            raise ValueError(
+                f"{text!r} must be a tool name glob, or DATABASE.SCHEMA.SERVER/TOOL "
+                "(e.g. 'ANALYTICS.AGENTS.*/sql_*')"
+            )
+        return cls(
+            text=text,
+            server=re.compile(fnmatch.translate(server.upper())) if slash else None,
+            tool=re.compile(fnmatch.translate(tool)),
+        )
+
+    def matches(self, server: str, tool: str) -> bool:
+        if self.server is not None and self.server.match(server.upper()) is None:
+            return False
+        return self.tool.match(tool) is not None
+
+
+@dataclass(frozen=True, slots=True)
 class Review:
     """What a rule holds for a human's decision, who may decide, and for how long."""
 
@@ -177,6 +211,8 @@ class Rule:
     """Globs over agent surface names (`protocol.AgentSurface.label`); None: key not set."""
     restricts: bool = False
     """Whether the rule restricts statements: such a rule denies every unlisted surface."""
+    allow_mcp_tools: tuple[ToolPattern, ...] | None = None
+    """None: MCP tools are not this rule's concern; otherwise only matching tools are allowed."""
 
     def applies_to(self, groups: Iterable[str]) -> bool:
         return ANY_GROUP in self.groups or not self.groups.isdisjoint(groups)
@@ -184,6 +220,20 @@ class Rule:
     def violation(self, statement: Statement) -> str | None:
         """Why this rule blocks the statement, or None when it allows it."""
         return self._violation(statement, None)
+
+    def mcp_tool_violation(self, server: str, tool: str) -> str | None:
+        """Why this rule refuses a call of `tool` on the MCP server `server` (DB.SCHEMA.NAME)."""
+        if self.allow_mcp_tools is None:
+            return None
+        if any(pattern.matches(server, tool) for pattern in self.allow_mcp_tools):
+            return None
+        if not self.allow_mcp_tools:
+            return (
+                f"rule '{self.name}' restricts what your groups may do and allows no MCP "
+                "tools (it has no allow_mcp_tools)"
+            )
+        allowed = ", ".join(pattern.text for pattern in self.allow_mcp_tools)
+        return f"rule '{self.name}' allows only the MCP tools {allowed}, not {server}/{tool}"
 
     def review_reason(self, statement: Statement) -> str | None:
         """Why this rule sends the statement (or one it runs) to a human, or None."""
@@ -363,6 +413,15 @@ class Policy:
             return Decision("block", rule.name, reason, policy=version)
         return None
 
+    def check_mcp_tool(self, server: str, tool: str, groups: Sequence[str]) -> Decision:
+        """Allow, or block with the first rule that does not allow the tool (allow_mcp_tools)."""
+        version = self.digest[:16] if self.digest else None
+        for rule in self.rules_for(groups):
+            reason = rule.mcp_tool_violation(server, tool)
+            if reason is not None:
+                return Decision("block", rule.name, reason, policy=version)
+        return Decision("allow", policy=version)
+
     def allows_stage_transfer(self, groups: Sequence[str]) -> bool:
         """Whether a rule for these groups lets PUT/GET hand out temporary stage credentials."""
         return any(rule.allow_stage_transfer for rule in self.rules_for(groups))
@@ -463,6 +522,17 @@ def _parse_rule(entry: dict[str, Any], number: int, source: str) -> Rule:
         if "allow_cortex" in entry
         else None
     )
+    allow_mcp_tools: tuple[ToolPattern, ...] | None = None
+    if "allow_mcp_tools" in entry:
+        tools: list[ToolPattern] = []
+        for text in _strings(entry, "allow_mcp_tools", fail):
+            try:
+                tools.append(ToolPattern.parse(text))
+            except ValueError as exc:
+                raise fail("allow_mcp_tools", str(exc)) from None
+        allow_mcp_tools = tuple(tools)
+    elif restricts:
+        allow_mcp_tools = ()  # deny by default, like every other surface of a restricting rule
     on_unparsable = entry.get("on_unparsable", "deny" if restricts else "allow")
     if on_unparsable not in ("deny", "allow"):
         raise fail("on_unparsable", f'must be "deny" or "allow", not {on_unparsable!r}')
@@ -489,6 +559,7 @@ def _parse_rule(entry: dict[str, Any], number: int, source: str) -> Rule:
         review=review,
         allow_cortex=allow_cortex,
         restricts=restricts,
+        allow_mcp_tools=allow_mcp_tools,
     )
 
 
@@ -742,6 +813,18 @@ class Guardrails:
             return
         if sql is None:
             return
+        decision = await self.check_sql(state, sql)
+        if decision.blocked:
+            self._refuse(flow, state, decision, len(state.classified or ()))
+
+    async def check_sql(self, state: FlowState, sql: str) -> Decision:
+        """Classify `sql` in the flow's context and check it against the caller's rules.
+
+        The one check every statement goes through, whatever carried it (a
+        query, an SQL API call, an MCP tool call): it puts the statements and
+        the decision on `state` for the recorder and returns the decision; the
+        caller answers a blocked one in its client's shape.
+        """
         database, schema = state.context.database, state.context.schema
         if len(sql) <= INLINE_CLASSIFY_CHARS:
             statements = classify(sql, database=database, schema=schema)
@@ -761,8 +844,7 @@ class Guardrails:
         state.classified = statements
         state.statements = [statement.as_record() for statement in statements]
         state.guardrail = decision.as_record()
-        if decision.blocked:
-            self._refuse(flow, state, decision, len(statements))
+        return decision
 
     def _check_login(self, flow: http.HTTPFlow, state: FlowState) -> None:
         """A login that asks for a database or schema uses it, as USE would."""

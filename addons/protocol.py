@@ -405,6 +405,17 @@ _REQUEST_DECODER = json.JSONDecoder(
 def parse_request_json(data: bytes) -> dict[str, Any] | None:
     """A client's JSON object body, parsed so that what the gateway checks is what Snowflake reads.
 
+    See `parse_strict_json`; anything but an object is refused here.
+    """
+    value = parse_strict_json(data)
+    if value is not None and not isinstance(value, dict):
+        raise ProtocolError("body is JSON but not an object")
+    return value
+
+
+def parse_strict_json(data: bytes) -> Any:
+    """Any JSON value a client sent (None for an empty body), read as strictly as an object body.
+
     An object that repeats a key (also in another case) is refused: the gateway's
     parser would keep one value and Snowflake's might keep the other, so a
     statement checked by the policy need not be the one that runs. NaN and
@@ -428,10 +439,11 @@ def parse_request_json(data: bytes) -> dict[str, Any] | None:
     except ValueError as exc:
         message = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
         raise ProtocolError(f"body is not valid JSON ({message})") from None
-    if not isinstance(value, dict):
-        raise ProtocolError("body is JSON but not an object")
     if "\\u" in text:
-        parse_json_object(data)  # orjson's stricter escapes (lone surrogates) decide
+        try:
+            orjson.loads(data)  # orjson's stricter escapes (lone surrogates) decide
+        except orjson.JSONDecodeError as exc:
+            raise ProtocolError(f"body is not valid JSON ({exc.msg})") from None
     return value
 
 

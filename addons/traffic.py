@@ -57,7 +57,7 @@ logger = logging.getLogger(__name__)
 # Endpoints whose request bodies the gateway must read before forwarding.
 _JSON_REQUESTS = frozenset(
     {Endpoint.LOGIN, Endpoint.QUERY, Endpoint.TOKEN_REQUEST, Endpoint.ABORT}
-    | protocol.BEARER_ENDPOINTS
+    | (protocol.BEARER_ENDPOINTS - {Endpoint.MCP_SERVER})  # JSON-RPC batches: addons/mcp.py reads
 )
 # Endpoints whose responses carry tokens or statement outcomes.
 _JSON_RESPONSES = frozenset(

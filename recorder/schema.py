@@ -35,6 +35,7 @@ class RecordKind(StrEnum):
     APPROVAL_REQUEST = "approval_request"
     APPROVAL_DECISION = "approval_decision"
     CORTEX = "cortex"
+    MCP_CALL = "mcp_call"
 
 
 SESSION_START: Final = RecordKind.SESSION_START
@@ -48,6 +49,7 @@ REFUSAL_SUMMARY: Final = RecordKind.REFUSAL_SUMMARY
 APPROVAL_REQUEST: Final = RecordKind.APPROVAL_REQUEST
 APPROVAL_DECISION: Final = RecordKind.APPROVAL_DECISION
 CORTEX: Final = RecordKind.CORTEX
+MCP_CALL: Final = RecordKind.MCP_CALL
 KINDS: Final = tuple(RecordKind)
 STATEMENT_KINDS: Final = frozenset({REQUEST, REFUSAL})
 """Kinds that make a statement when they carry `sql`: a forwarded or a refused request."""
@@ -245,6 +247,21 @@ KIND_FIELDS: Final[dict[str, dict[str, Field]]] = {
         "truncated": _opt(OPT_DICT, "what was left out to stay within hoopgw_body_limit"),
         "detections": _opt(OPT_LIST, "what masking found and did, as for a response"),
         "error": _opt(OPT_STR, "why the answer could not be read or passed on whole"),
+    },
+    MCP_CALL: {
+        **_FLOW,
+        "server": _req(str, "the managed MCP server, DATABASE.SCHEMA.NAME"),
+        "rpc_method": _req(str, "JSON-RPC method: initialize, tools/list, tools/call, ..."),
+        "rpc_id": _opt((str, int, type(None)), "JSON-RPC id; null for a notification"),
+        "tool": _opt(OPT_STR, "tools/call: the tool's name"),
+        "arguments": _opt(OPT_DICT, "tools/call: its arguments, redacted (see body_for_record)"),
+        "sql": _opt(OPT_STR, "the SQL a SQL-executing tool ran, credential literals masked"),
+        "result": _opt(OPT_DICT, "the result as the caller received it (see body_for_record)"),
+        "error": _opt(OPT_DICT, "the JSON-RPC error the caller received, same form"),
+        "guardrail": _opt(OPT_DICT, "policy decision on the tool or its SQL"),
+        "refusal": _opt(OPT_DICT, "set when the gateway itself answered"),
+        "approval_id": _opt(OPT_STR, "the approval that holds the call"),
+        "detections": _opt(OPT_LIST, "what masking found in the result, as for a response"),
     },
 }
 

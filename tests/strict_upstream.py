@@ -62,7 +62,7 @@ from joserfc import jws, jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import RSAKey
 
-from tests import cortex_upstream, stack
+from tests import cortex_upstream, mcp_upstream, stack
 from tests.cloud_storage import CloudStorage
 
 CHUNKED = re.compile(r"/\*chunks:(\d+):(json|arrow)(?::(\d+))?\*/")
@@ -226,6 +226,8 @@ class StrictUpstream(stack.LoopbackServer):
             return self._renew(headers, body)
         if route.startswith("/api/v2/statements"):
             return self._sql_api(method, headers, body)
+        if route.startswith("/api/v2/databases/") and "/mcp-servers/" in route:
+            return _Answer(*mcp_upstream.answer(self, method, path, headers, body))
         if route.startswith("/fs_bucket/"):
             return self._forward(method, path, headers, body, None)
         token = _snowflake_token(headers)

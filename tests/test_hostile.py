@@ -525,6 +525,8 @@ UNKNOWN_PATHS = [
     b"/api/v2/databases/d%2Fx/schemas/s/agents/a:run",
     b"/api/v2/databases/d/schemas/s/../s/agents/a:run",
     b"/api/v2/cortex/inference:complete",
+    b"/api/v2/databases/A/schemas/B/mcp-servers/C/",
+    b"/api/v2/databases/%22A%22/schemas/B/mcp-servers/C",
     b"/fs_bucket/stage/file.csv",
 ]
 UNKNOWN_PATH_CASES = [

@@ -199,6 +199,7 @@ def test_every_kind_has_a_field_list() -> None:
             "approval_request",
             "approval_decision",
             "cortex",
+            "mcp_call",
         }
     )
     for fields in FIELDS.values():
