@@ -17,7 +17,7 @@ from hoopgw.addons.failclosed import FailClosed, guarded
 from hoopgw.addons.guardrails import Guardrails
 from hoopgw.addons.inspection import Inspection
 from hoopgw.addons.masking import Masking
-from hoopgw.addons.query_ids import QueryIds
+from hoopgw.addons.query_ids import QueryIds, StreamedIdBinding
 from hoopgw.addons.recording import Recording
 from hoopgw.addons.results import ChunkFetch, ResultChunks
 from hoopgw.addons.session_context import SessionContextTracker
@@ -35,6 +35,7 @@ result_chunks = ResultChunks()
 authentication = Authentication()
 guardrails = Guardrails()
 masking = Masking(guardrails, result_chunks)
+query_ids = QueryIds(authentication.tokens)
 
 addons = [
     one_line_option_errors(guarded(addon))
@@ -47,9 +48,10 @@ addons = [
         authentication,
         SessionContextTracker(),
         Attribution(),
-        QueryIds(authentication.tokens),
+        query_ids,
         guardrails,
         masking,
+        StreamedIdBinding(query_ids),
         Recording(),
         Approvals(approvals),
         ChunkFetch(result_chunks),

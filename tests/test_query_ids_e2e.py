@@ -30,6 +30,8 @@ from tests.test_identity_gateway import ACCOUNT, SERVICE_USER, call, identity_op
 TOKEN_KEY_ENV = "HOOPGW_TEST_TOKEN_KEY"
 
 NOT_ISSUED = "was not issued to this session"
+BODY_LIMIT = 32 * 1024  # answers over it are streamed to the client
+WIDE = "select seq4() as id, 'label-' || seq4() as label from table(generator(rowcount => 20000))"
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +60,7 @@ def replicas(gateway_factory, strict, oidc, service_key, token_key_env) -> list[
     return [
         gateway_factory(
             strict.url,
-            identity_options(oidc.issuer, service_key[1]),
+            identity_options(oidc.issuer, service_key[1], hoopgw_body_limit=BODY_LIMIT),
             env=token_key_env,
             name=f"ids-replica-{index}",
         )
@@ -179,4 +181,55 @@ def test_sql_api_statement_handles_belong_to_their_caller(
         second, f"/api/v2/statements/{handle}", headers=bearer(other), method="GET"
     )
     assert status != 200 and NOT_ISSUED in answer["message"], answer
+    assert strict.received_since(mark) == []
+
+
+def test_a_streamed_answers_id_is_bound_and_works_only_for_its_caller(
+    replicas, strict, oidc, token_key_env, connect
+) -> None:
+    """An answer over hoopgw_body_limit is streamed, its ids bound on the way, not buffered."""
+    first, second = replicas
+    keys = binder(token_key_env)
+    connection = connect(first, oidc.mint("ada", groups=["agents"]))
+    cursor = connection.cursor().execute(WIDE)
+    rows_read = cursor.fetchall()
+    bound = cursor.sfqid
+    assert bound is not None and len(rows_read) == 20000
+    ada_scope = session_scope(session_of(connection.rest.token, token_key_env))
+    raw = keys.unbind(bound, ada_scope)
+    assert raw != bound
+    mark = strict.mark()
+    # the same answer as raw HTTP: over the limit (so streamed) and with the id bound
+    status, answer, body = call(
+        first,
+        f"/queries/v1/query-request?requestId={uuid.uuid4()}",
+        {"sqlText": WIDE, "sequenceId": 1},
+        token=connection.rest.token,
+    )
+    assert status == 200 and len(body) > BODY_LIMIT
+    assert keys.unbind(answer["data"]["queryId"], ada_scope) not in (
+        None,
+        answer["data"]["queryId"],
+    )
+    assert answer["data"]["queryId"].encode() in body
+    assert keys.unbind(answer["data"]["queryId"], ada_scope).encode() not in body
+
+    # the caller's id works on /queries/{id}/result (itself streamed) and monitoring
+    assert connection.get_query_status(bound).name == "SUCCESS"
+    fetched = connection.cursor().query_result(bound)
+    assert fetched.sfqid == bound and len(fetched.fetchall()) == 20000
+    paths = [r.path.split("?")[0] for r in strict.received_since(mark)]
+    assert f"/monitoring/queries/{raw}" in paths and f"/queries/{raw}/result" in paths
+
+    # another caller, through either replica: refused, nothing upstream
+    for _ in range(20):
+        bea = log_in(second, oidc.mint("bea", groups=["agents"]))
+        if refused_for(keys, bound, session_scope(session_of(bea, token_key_env))):
+            break
+    mark = strict.mark()
+    for gateway in replicas:
+        for path in (f"/queries/{bound}/result", f"/monitoring/queries/{bound}"):
+            refused = call(gateway, path, token=bea, method="GET")[1]
+            assert refused["success"] is False
+            assert refused["message"] == f"hoopgw refused the request: query {bound} {NOT_ISSUED}"
     assert strict.received_since(mark) == []
