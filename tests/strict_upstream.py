@@ -196,6 +196,11 @@ class StrictUpstream(stack.LoopbackServer):
         with self._lock:
             return self._state.renewals
 
+    def answered_query_ids(self) -> set[str]:
+        """The ids of every query this upstream answered."""
+        with self._lock:
+            return set(self._state.answers)
+
     def mark(self) -> int:
         """A position in the request log; `received_since(mark)` lists what came after."""
         with self._lock:
