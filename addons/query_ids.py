@@ -84,13 +84,15 @@ _PATH_ID = re.compile(
 _URL_ID = re.compile(rf"(?<=/queries/){_UUID}|(?<=/statements/){_UUID}")
 _STREAM_VALUE_LIMIT = 16 * 1024
 # A member naming ids in a streamed answer, as Snowflake writes JSON (no whitespace, no
-# escapes in ids): a quote right after `{` or `,` opens a key, never text inside a string,
-# where a quote is always escaped. A member this misses reaches the client raw, which the
-# gateway then refuses when sent back: the safe side.
+# escapes in ids): a quote right after `{` or `,` (checked on the match, so the search
+# runs at the speed of a literal) opens a key, never text inside a string, where a quote
+# is always escaped. A member this misses reaches the client raw, which the gateway then
+# refuses when sent back: the safe side.
 _STREAM_MEMBER = re.compile(
-    rb'(?<=[{,])"(?P<key>queryId|statementHandles?|resultIds|getResultUrl|statementStatusUrl)"'
-    rb":(?P<value>\"[^\"\\]{0,%d}\"|\[[^\]]{0,%d}\])" % (_STREAM_VALUE_LIMIT, _STREAM_VALUE_LIMIT)
+    rb'"(?P<key>queryId|statementHandles?|resultIds|getResultUrl|statementStatusUrl)"'
+    rb':(?P<value>"[^"\\]{0,%d}"|\[[^\]]{0,%d}\])' % (_STREAM_VALUE_LIMIT, _STREAM_VALUE_LIMIT)
 )
+_MEMBER_OPENERS = b"{,"
 _STREAM_CARRY = _STREAM_VALUE_LIMIT + 64  # longer than any member the pattern matches
 _UUID_BYTES = re.compile(_UUID.encode())
 _URL_ID_BYTES = re.compile(_URL_ID.pattern.encode())
@@ -238,12 +240,12 @@ class QueryIds:
             True,
             """
             Bind every query id and SQL API statement handle the gateway answers
-            with to the session (SQL API: the caller) that ran it, and refuse ids
-            a session was not given. Off only where every caller has their own
-            Snowflake user (hoopgw_upstream_user_map, Snowflake then keeps users'
-            queries apart) and clients must reuse raw ids they read elsewhere:
-            from answers over hoopgw_body_limit (streamed unchanged) or
-            SELECT LAST_QUERY_ID().
+            with (answers streamed over hoopgw_body_limit too) to the session
+            (SQL API: the caller) that ran it, and refuse ids a session was not
+            given. Off only where every caller has their own Snowflake user
+            (hoopgw_upstream_user_map, Snowflake then keeps users' queries apart)
+            and clients must reuse raw ids they read elsewhere, such as
+            SELECT LAST_QUERY_ID() or QUERY_HISTORY.
             """,
         )
 
@@ -459,6 +461,8 @@ class StreamedIds:
         buffer = self._buffer
         buffer += data
         for match in _STREAM_MEMBER.finditer(buffer, self._scanned):
+            if match.start() == 0 or buffer[match.start() - 1] not in _MEMBER_OPENERS:
+                continue
             start, end = match.span("value")
             bound = self._bound_value(match["key"], bytes(buffer[start:end]))
             buffer[start:end] = bound

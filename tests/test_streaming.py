@@ -310,8 +310,8 @@ def shaped(gateway_factory, fakesnow_server, oidc) -> Iterator[Shaped]:
                 "hoopgw_upstream_oauth_token": f"env:{API_TOKEN_ENV}",
                 # the gzip answers are about 400 KiB as sent: over this limit, so streamed
                 "hoopgw_body_limit": SHAPED_BODY_LIMIT,
-                # a streamed answer keeps Snowflake's raw handle, which a bound gateway
-                # refuses when the partition is fetched (docs/identity.md, query ids)
+                # the client's bytes are compared with the upstream's: no ids bound
+                # (tests/test_query_ids_e2e.py binds them in streamed answers)
                 "hoopgw_bind_query_ids": False,
             },
             env={API_TOKEN_ENV: "upstream-oauth-" + uuid.uuid4().hex},
