@@ -93,6 +93,7 @@ _STREAM_MEMBER = re.compile(
     rb':(?P<value>"[^"\\]{0,%d}"|\[[^\]]{0,%d}\])' % (_STREAM_VALUE_LIMIT, _STREAM_VALUE_LIMIT)
 )
 _MEMBER_OPENERS = b"{,"
+_STREAMED_ID_ENDPOINTS = frozenset({Endpoint.QUERY, Endpoint.RESULT, Endpoint.SQL_API})
 _STREAM_CARRY = _STREAM_VALUE_LIMIT + 64  # longer than any member the pattern matches
 _UUID_BYTES = re.compile(_UUID.encode())
 _URL_ID_BYTES = re.compile(_URL_ID.pattern.encode())
@@ -401,7 +402,9 @@ class StreamedIdBinding:
         if state is None or response is None or state.streamed is None or state.answered:
             return
         scope = _scope(state) if self.query_ids.enabled else None
-        if scope is None or not callable(response.stream):
+        if scope is None or state.endpoint not in _STREAMED_ID_ENDPOINTS:
+            return
+        if not callable(response.stream):
             return
         encoding = response.headers.get("content-encoding", "").strip().lower()
         binder = self.query_ids.binder()
@@ -438,18 +441,20 @@ class StreamedIds:
         self._finished = False
 
     def __call__(self, chunk: bytes) -> list[bytes]:
-        self._inner(chunk)  # the record and the key guard read Snowflake's bytes
+        # the record and the key guard read Snowflake's bytes; what they pass on is bound
+        passed = self._inner(chunk)
+        data = passed if isinstance(passed, bytes) else b"".join(passed)
         out: list[bytes] = []
         final = chunk == b""  # mitmproxy's call at the end of the body
         if self._finished:
             return out
         self._finished = final
         if self._decoder is None:
-            self._take(chunk, out, final)
+            self._take(data, out, final)
             return [piece for piece in out if piece]
-        if chunk:
-            self._decoder.feed(chunk, lambda decoded: self._take(decoded, out, False))
-        else:
+        if data:
+            self._decoder.feed(data, lambda decoded: self._take(decoded, out, False))
+        if final:
             self._take(b"", out, True)
         assert self._encoder is not None
         encoded = [self._encoder.encode(piece) for piece in out]
