@@ -15,7 +15,8 @@ these), and each reads and extends the flow's `FlowState`:
 2. `Authentication` (addons/authentication/, with identity.py, credentials.py
    and session_tokens.py) verifies the caller and swaps credentials; sets
    `state.caller`, `state.session_id`, the context the session logged in with
-   and, on a login, `state.upstream_login`; or refuses.
+   and, on a login or an SQL API call (its own session), `state.upstream_login`;
+   or refuses.
 3. `SessionContextTracker` (addons/session_context.py) puts the session's
    current database and schema on a query's `state.context`, and follows them
    in the answers.
@@ -121,7 +122,7 @@ class FlowState:
     request_json: dict[str, Any] | None = None
     session_id: str | None = None
     caller: Caller | None = None
-    upstream_login: UpstreamLogin | None = None  # set on a login the gateway forwarded
+    upstream_login: UpstreamLogin | None = None  # a forwarded login's, or an SQL API call's
     context: SessionContext = field(default_factory=SessionContext)
     client_app: str | None = None
     client_version: str | None = None

@@ -19,7 +19,7 @@ from hoopgw.addons.guardrails import Guardrails
 from hoopgw.addons.inspection import Inspection
 from hoopgw.addons.masking import Masking
 from hoopgw.addons.mcp import McpCalls
-from hoopgw.addons.query_ids import QueryIds
+from hoopgw.addons.query_ids import QueryIds, StreamedIdBinding
 from hoopgw.addons.recording import Recording
 from hoopgw.addons.results import ChunkFetch, ResultChunks
 from hoopgw.addons.session_context import SessionContextTracker
@@ -37,6 +37,7 @@ result_chunks = ResultChunks()
 authentication = Authentication()
 guardrails = Guardrails()
 masking = Masking(guardrails, result_chunks)
+query_ids = QueryIds(authentication.tokens)
 recording = Recording()
 
 addons = [
@@ -50,10 +51,11 @@ addons = [
         authentication,
         SessionContextTracker(),
         Attribution(),
-        QueryIds(authentication.tokens),
+        query_ids,
         guardrails,
         McpCalls(guardrails, masking),
         masking,
+        StreamedIdBinding(query_ids),
         Cortex(masking, recording),
         recording,
         Approvals(approvals),

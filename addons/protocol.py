@@ -677,6 +677,11 @@ class _ZstdDecoder:
         """A cut frame shows as an outline that ended early."""
 
 
+def stream_decoder(encoding: str) -> _Decoder | None:
+    """A decoder for a body arriving in pieces under `encoding`; None for identity."""
+    return _decoder(encoding)
+
+
 def _decoder(encoding: str) -> _Decoder | None:
     if encoding in ("", "identity"):
         return None

@@ -5,9 +5,14 @@ With one shared Snowflake user, any caller who learns another's query id
 could read that caller's result. So the gateway never shows a client
 Snowflake's own ids: every id in an answer (`queryId`, `getResultUrl`,
 `resultIds`, monitoring `queries[].id`, SQL API `statementHandle(s)` and
-`statementStatusUrl`) is replaced by a bound id, and every id a client sends
-(`/queries/{id}/result`, `/monitoring/queries/{id}`, `/queries/{id}/abort-request`,
-`/api/v2/statements/{handle}`, `RESULT_SCAN('<id>')`) is mapped back.
+`statementStatusUrl`) is replaced by a bound id, in buffered answers by
+`QueryIds.response` and in answers streamed to the client (over
+`hoopgw_body_limit`) by `StreamedIds` as the bytes pass. Every id a client
+sends (`/queries/{id}/result`, `/monitoring/queries/{id}`,
+`/queries/{id}/abort-request`, a `queryId` in an abort body,
+`/api/v2/statements/{handle}`, and the query id argument of RESULT_SCAN,
+SYSTEM$CANCEL_QUERY, GET_QUERY_OPERATOR_STATS and
+SYSTEM$ESTIMATE_QUERY_ACCELERATION in SQL) is mapped back or refused.
 
 A bound id is the raw id's 16 bytes encrypted as one AES block (a keyed
 permutation) under a key derived from the gateway's token key and the hoopgw
@@ -17,7 +22,9 @@ with the same token key maps it back alike: no shared table. An id mapped
 back under another session's key is 16 random bytes: the gateway refuses it,
 without contacting Snowflake, when it does not look like an id an upstream
 issues (`looks_issued`: about 98% of foreign ids); the rest reach Snowflake as
-ids no query has (16 random bytes), which it answers as an unknown query.
+ids no query has (16 random bytes), which it answers as an unknown query. That
+remainder is what a 128-bit id without a table allows: Snowflake's ids use
+all their bytes but the first, so no spare bits can carry a check.
 
 The ids of statements the gateway holds for review (addons/approval.py) are
 bound the same way: Approvals answers after this addon's request hook and
@@ -30,25 +37,34 @@ is Snowflake's, bound as ever. Approvers name the raw approval id (the desk and
 The recorder keeps Snowflake's raw ids, the ones QUERY_HISTORY shows: the
 request side maps ids back before the policy and the recorder read the
 request, and the answer rewritten for the client is not what the recorder
-reads (`state.response_json` stays raw). Answers streamed to the client (over
-`hoopgw_body_limit`) pass unrewritten, and `SELECT LAST_QUERY_ID()` returns
-Snowflake's id as data: such raw ids are refused when sent back
-(`hoopgw_bind_query_ids` turns the binding off).
+reads (`state.response_json` stays raw; a streamed answer is hashed and
+outlined as Snowflake sent it). `SELECT LAST_QUERY_ID()` returns Snowflake's
+id as data: sent back, it is refused (`RESULT_SCAN(LAST_QUERY_ID())` works).
+`/queries/v1/abort-request` names the client's own request id, which
+Snowflake looks up in the session its token opens: the gateway's token swap
+keeps that the caller's own session.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
+import logging
 import re
 import uuid
+import zlib
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Final
 
+import brotli
 import orjson
+import zstandard
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
+from sqlglot.dialects.snowflake import Snowflake
+from sqlglot.tokens import Token, TokenType
 
 from hoopgw.addons import protocol
 from hoopgw.addons.flowstate import FlowState, state_of
@@ -57,16 +73,30 @@ from hoopgw.addons.protocol import Endpoint
 from hoopgw.addons.refusals import refuse
 from hoopgw.addons.session_tokens import SessionTokens
 
+logger = logging.getLogger(__name__)
+
 SNOWFLAKE_ID_FIRST_BYTE = 0x01
 _UUID = r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
 _PATH_ID = re.compile(
     r"^(?P<head>/queries/|/monitoring/queries//?|/api/v2/statements/)(?P<id>[^/?]+)(?P<tail>.*)$",
     re.DOTALL,
 )
-_RESULT_SCAN = re.compile(r"result_scan\s*\(", re.IGNORECASE)
-_RESULT_SCAN_ID = re.compile(rf"\s*'(?P<id>{_UUID})'\s*\)")
-_RESULT_SCAN_LAST = re.compile(r"\s*last_query_id\s*\(\s*-?\d*\s*\)\s*\)", re.IGNORECASE)
 _URL_ID = re.compile(rf"(?<=/queries/){_UUID}|(?<=/statements/){_UUID}")
+_STREAM_VALUE_LIMIT = 16 * 1024
+# A member naming ids in a streamed answer, as Snowflake writes JSON (no whitespace, no
+# escapes in ids): a quote right after `{` or `,` (checked on the match, so the search
+# runs at the speed of a literal) opens a key, never text inside a string, where a quote
+# is always escaped. A member this misses reaches the client raw, which the gateway then
+# refuses when sent back: the safe side.
+_STREAM_MEMBER = re.compile(
+    rb'"(?P<key>queryId|statementHandles?|resultIds|getResultUrl|statementStatusUrl)"'
+    rb':(?P<value>"[^"\\]{0,%d}"|\[[^\]]{0,%d}\])' % (_STREAM_VALUE_LIMIT, _STREAM_VALUE_LIMIT)
+)
+_MEMBER_OPENERS = b"{,"
+_STREAMED_ID_ENDPOINTS = frozenset({Endpoint.QUERY, Endpoint.RESULT, Endpoint.SQL_API})
+_STREAM_CARRY = _STREAM_VALUE_LIMIT + 64  # longer than any member the pattern matches
+_UUID_BYTES = re.compile(_UUID.encode())
+_URL_ID_BYTES = re.compile(_URL_ID.pattern.encode())
 
 
 def looks_issued(raw: bytes) -> bool:
@@ -117,30 +147,84 @@ class QueryIdBinder:
         return Cipher(algorithms.AES(derived), modes.ECB())  # one block: a keyed permutation
 
 
-def map_result_scans(sql: str, unbind: Callable[[str], str]) -> str:
-    """`sql` with every RESULT_SCAN('<bound id>') naming Snowflake's id.
+QUERY_ID_FUNCTIONS: Final = (
+    "RESULT_SCAN",
+    "SYSTEM$CANCEL_QUERY",
+    "GET_QUERY_OPERATOR_STATS",
+    "SYSTEM$ESTIMATE_QUERY_ACCELERATION",
+)
+"""SQL functions that take a query id: its result, its cancel, its profile, its estimate."""
+_ID_FUNCTION_NAMES = "|".join(re.escape(name) for name in QUERY_ID_FUNCTIONS)
+_ID_FUNCTION_WORD = re.compile(
+    rf"(?<![A-Za-z0-9_$])(?:{_ID_FUNCTION_NAMES})(?![A-Za-z0-9_$])", re.IGNORECASE
+)
+_NAME_TOKENS = frozenset({TokenType.VAR, TokenType.IDENTIFIER})
+_LITERAL_TOKENS = frozenset({TokenType.STRING, TokenType.RAW_STRING})
+_ONLY_LITERALS = "{} takes a query id as a string literal, or LAST_QUERY_ID()"
 
-    RESULT_SCAN of LAST_QUERY_ID() runs inside Snowflake and stays. Any other
-    argument (a variable, an expression, a doubled quote inside EXECUTE
-    IMMEDIATE) cannot be checked and is refused.
+
+def map_result_scans(sql: str, unbind: Callable[[str], str]) -> str:
+    """`sql` with every query id argument (RESULT_SCAN('<bound id>'), ...) naming Snowflake's id.
+
+    Each function of QUERY_ID_FUNCTIONS, read off sqlglot's Snowflake tokens
+    (comments, case and quoted names alike), takes a string literal, mapped
+    back, or LAST_QUERY_ID(), which runs inside Snowflake and stays. Anything
+    else cannot be checked and is refused: a variable, a binding, an
+    expression, and any mention of such a function the tokens do not show as a
+    call (inside a string, as EXECUTE IMMEDIATE runs it, or a comment).
     """
-    if not _RESULT_SCAN.search(sql):
+    mentions = len(_ID_FUNCTION_WORD.findall(sql))
+    if not mentions:
         return sql
+    try:
+        tokens = Snowflake().tokenize(sql)
+    except Exception:  # sqlglot raises several kinds for text it cannot read
+        raise QueryIdError("the SQL names a query id function but cannot be read") from None
     parts: list[str] = []
-    position = 0
-    for match in _RESULT_SCAN.finditer(sql):
-        rest = match.end()
-        literal = _RESULT_SCAN_ID.match(sql, rest)
+    position = calls = 0
+    for index, token in enumerate(tokens):
+        name = token.text.upper()
+        if token.token_type not in _NAME_TOKENS or name not in QUERY_ID_FUNCTIONS:
+            continue
+        calls += 1
+        literal = _literal_argument(tokens, index)
         if literal is not None:
-            parts.append(sql[position : literal.start("id")])
-            parts.append(unbind(literal["id"]))
-            position = literal.end("id")
-        elif _RESULT_SCAN_LAST.match(sql, rest) is None:
-            raise QueryIdError(
-                "RESULT_SCAN takes a query id as a string literal, or LAST_QUERY_ID()"
-            )
+            parts.append(sql[position : literal.start])
+            parts.append("'" + unbind(literal.text) + "'")
+            position = literal.end + 1
+        elif not _is_last_query_id(tokens, index):
+            raise QueryIdError(_ONLY_LITERALS.format(name))
+    if calls != mentions:
+        raise QueryIdError(_ONLY_LITERALS.format(_ID_FUNCTION_WORD.findall(sql)[0].upper()))
     parts.append(sql[position:])
     return "".join(parts)
+
+
+def _literal_argument(tokens: list[Token], index: int) -> Token | None:
+    """The string literal of `NAME ( '<literal>' )` at `index`, or None for any other call."""
+    call = tokens[index + 1 : index + 4]
+    shape = [token.token_type for token in call]
+    literal = len(shape) == 3 and shape[1] in _LITERAL_TOKENS
+    return call[1] if literal and shape[::2] == [TokenType.L_PAREN, TokenType.R_PAREN] else None
+
+
+def _is_last_query_id(tokens: list[Token], index: int) -> bool:
+    """`NAME ( LAST_QUERY_ID ( [[-]n] ) )` at `index`: resolved inside Snowflake's session."""
+    head = tokens[index + 1 : index + 4]
+    if [token.token_type for token in head] != [
+        TokenType.L_PAREN,
+        TokenType.VAR,
+        TokenType.L_PAREN,
+    ]:
+        return False
+    if head[1].text.upper() != "LAST_QUERY_ID":
+        return False
+    rest = [token.token_type for token in tokens[index + 4 : index + 8]]
+    closing = [TokenType.R_PAREN, TokenType.R_PAREN]
+    return any(
+        rest[: len(prefix) + 2] == [*prefix, *closing]
+        for prefix in ([], [TokenType.NUMBER], [TokenType.DASH, TokenType.NUMBER])
+    )
 
 
 class QueryIds:
@@ -157,12 +241,12 @@ class QueryIds:
             True,
             """
             Bind every query id and SQL API statement handle the gateway answers
-            with to the session (SQL API: the caller) that ran it, and refuse ids
-            a session was not given. Off only where every caller has their own
-            Snowflake user (hoopgw_upstream_user_map, Snowflake then keeps users'
-            queries apart) and clients must reuse raw ids they read elsewhere:
-            from answers over hoopgw_body_limit (streamed unchanged) or
-            SELECT LAST_QUERY_ID().
+            with (answers streamed over hoopgw_body_limit too) to the session
+            (SQL API: the caller) that ran it, and refuse ids a session was not
+            given. Off only where every caller has their own Snowflake user
+            (hoopgw_upstream_user_map, Snowflake then keeps users' queries apart)
+            and clients must reuse raw ids they read elsewhere, such as
+            SELECT LAST_QUERY_ID() or QUERY_HISTORY.
             """,
         )
 
@@ -170,7 +254,7 @@ class QueryIds:
         if "hoopgw_bind_query_ids" in updated:
             self.enabled = ctx.options.hoopgw_bind_query_ids
 
-    def _binder(self) -> QueryIdBinder:
+    def binder(self) -> QueryIdBinder:
         return QueryIdBinder(self.tokens.key_material)
 
     def request(self, flow: http.HTTPFlow) -> None:
@@ -179,7 +263,7 @@ class QueryIds:
             return
         scope = _scope(state) if self.enabled else None
         if scope is not None:
-            binder = self._binder()
+            binder = self.binder()
             try:
                 self._map_request(flow, state, lambda bound: binder.unbind(bound, scope))
             except QueryIdError as exc:
@@ -195,7 +279,7 @@ class QueryIds:
         answer = state.answer_for_client()
         if scope is None or not isinstance(answer, dict):
             return
-        binder = self._binder()
+        binder = self.binder()
         bound = bind_answer(answer, lambda raw: binder.bind(raw, scope))
         if bound is not None:
             state.send_to_client(flow, bound)  # the record keeps Snowflake's raw ids
@@ -209,15 +293,27 @@ class QueryIds:
             match = _PATH_ID.match(request.path)
             if match is not None and match["id"] != "v1":
                 request.path = match["head"] + unbind(match["id"]) + match["tail"]
-        field = {Endpoint.QUERY: "sqlText", Endpoint.SQL_API: "statement"}.get(state.endpoint)
         body = state.request_json
-        if field is None or not isinstance(body, dict) or not isinstance(body.get(field), str):
+        if not isinstance(body, dict):
             return
-        sql = map_result_scans(body[field], unbind)
-        if sql == body[field]:
+        if state.endpoint is Endpoint.ABORT:
+            # drivers name their own requestId, which Snowflake looks up in the session the
+            # token opens; a query id some client puts beside it is the caller's to name
+            field, mapping = "queryId", unbind
+        else:
+            field = {Endpoint.QUERY: "sqlText", Endpoint.SQL_API: "statement"}.get(state.endpoint)
+            mapping = functools.partial(map_result_scans, unbind=unbind)
+        if field is None or field not in body:
+            return
+        if not isinstance(body[field], str):
+            if state.endpoint is Endpoint.ABORT:
+                raise QueryIdError("queryId must be a query id")
+            return
+        mapped = mapping(body[field])
+        if mapped == body[field]:
             return
         upstream = orjson.loads(request.content or b"{}")
-        upstream[field] = sql
+        upstream[field] = mapped
         protocol.write_json_body(request, upstream)
         state.request_json = upstream
         state.request_body = orjson.dumps(upstream)
@@ -286,3 +382,132 @@ def _scope(state: FlowState) -> str | None:
     if state.endpoint is Endpoint.SQL_API:
         return sql_api_scope(state.caller.issuer, state.caller.subject)
     return session_scope(state.session_id)
+
+
+class StreamedIdBinding:
+    """Binds the ids of answers streamed to the client (over `hoopgw_body_limit`), as they pass.
+
+    Placed after Masking, which may still turn a stream into a buffered answer
+    (bound by `QueryIds.response`); the stream it wraps is what earlier addons
+    set (the record's counter and outline, the result key guard), which still
+    see Snowflake's own bytes: the record keeps the raw ids, as for any answer.
+    """
+
+    def __init__(self, query_ids: QueryIds) -> None:
+        self.query_ids = query_ids
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        state = state_of(flow)
+        response = flow.response
+        if state is None or response is None or state.streamed is None or state.answered:
+            return
+        scope = _scope(state) if self.query_ids.enabled else None
+        if scope is None or state.endpoint not in _STREAMED_ID_ENDPOINTS:
+            return
+        if not callable(response.stream):
+            return
+        encoding = response.headers.get("content-encoding", "").strip().lower()
+        binder = self.query_ids.binder()
+        response.stream = StreamedIds(
+            response.stream, lambda raw: binder.bind(raw, scope), encoding
+        )
+        if encoding not in ("", "identity"):
+            # re-encoded, so the length changes; an identity body keeps it (an id for an id)
+            response.headers.pop("content-length", None)
+            if flow.request.http_version == "HTTP/1.1":
+                response.headers["transfer-encoding"] = "chunked"
+
+
+class StreamedIds:
+    """The callable for `flow.response.stream` that binds ids in the bytes as they pass.
+
+    Every chunk first goes to `inner` as Snowflake sent it. Decoded, the
+    members that name ids (`queryId`, `getResultUrl`, `resultIds`,
+    `statementHandle(s)`, `statementStatusUrl`) have each id replaced by its
+    bound form, one 36-character UUID by another, so an identity body keeps its
+    length; an encoded one is encoded again alike. The last `_STREAM_CARRY`
+    bytes wait for the next chunk, so a member split between chunks is still
+    whole when it is read: memory stays bounded, nothing is buffered whole.
+    """
+
+    def __init__(self, inner: Callable[[bytes], Any], bind: Callable[[str], str], encoding: str):
+        self._inner = inner
+        self._bind = bind
+        self._decoder = protocol.stream_decoder(encoding)
+        self._encoder = _StreamEncoder(encoding) if self._decoder is not None else None
+        self._buffer = bytearray()  # one sent byte (what the pattern looks behind at), then unsent
+        self._sent = 0  # leading bytes of _buffer already sent
+        self._scanned = 0  # where the next member can start
+        self._finished = False
+
+    def __call__(self, chunk: bytes) -> list[bytes]:
+        # the record and the key guard read Snowflake's bytes; what they pass on is bound
+        passed = self._inner(chunk)
+        data = passed if isinstance(passed, bytes) else b"".join(passed)
+        out: list[bytes] = []
+        final = chunk == b""  # mitmproxy's call at the end of the body
+        if self._finished:
+            return out
+        self._finished = final
+        if self._decoder is None:
+            self._take(data, out, final)
+            return [piece for piece in out if piece]
+        if data:
+            self._decoder.feed(data, lambda decoded: self._take(decoded, out, False))
+        if final:
+            self._take(b"", out, True)
+        assert self._encoder is not None
+        encoded = [self._encoder.encode(piece) for piece in out]
+        if final:
+            encoded.append(self._encoder.finish())
+        return [piece for piece in encoded if piece]
+
+    def _take(self, data: bytes, out: list[bytes], final: bool) -> None:
+        buffer = self._buffer
+        buffer += data
+        for match in _STREAM_MEMBER.finditer(buffer, self._scanned):
+            if match.start() == 0 or buffer[match.start() - 1] not in _MEMBER_OPENERS:
+                continue
+            start, end = match.span("value")
+            bound = self._bound_value(match["key"], bytes(buffer[start:end]))
+            buffer[start:end] = bound
+            self._scanned = match.end()
+        release = len(buffer) if final else max(self._sent, len(buffer) - _STREAM_CARRY)
+        if release > self._sent:
+            out.append(bytes(buffer[self._sent : release]))
+        drop = max(0, release - 1)
+        del buffer[:drop]
+        self._sent = release - drop
+        self._scanned = max(self._scanned - drop, self._sent)
+
+    def _bound_value(self, key: bytes, value: bytes) -> bytes:
+        pattern = _URL_ID_BYTES if key.endswith(b"Url") else _UUID_BYTES
+        bound = pattern.sub(lambda m: self._bind(m.group(0).decode()).encode(), value)
+        if len(bound) != len(value):  # bind() gives a canonical UUID for a UUID
+            raise ValueError("a bound id changed length")
+        return bound
+
+
+class _StreamEncoder:
+    """Encodes the rewritten body as Snowflake had: gzip, deflate, br or zstd, fast settings."""
+
+    def __init__(self, encoding: str) -> None:
+        self._finish: Callable[[], bytes]
+        if encoding in ("gzip", "x-gzip", "deflate"):
+            wbits = zlib.MAX_WBITS if encoding == "deflate" else zlib.MAX_WBITS | 16
+            compressor = zlib.compressobj(1, zlib.DEFLATED, wbits)
+            self.encode: Callable[[bytes], bytes] = compressor.compress
+            self._finish = compressor.flush
+        elif encoding == "br":
+            brotli_compressor = brotli.Compressor(quality=1)
+            self.encode = brotli_compressor.process
+            self._finish = brotli_compressor.finish
+        elif encoding == "zstd":
+            zstd_compressor = zstandard.ZstdCompressor(level=1).compressobj()
+            self.encode = zstd_compressor.compress
+            self._finish = zstd_compressor.flush
+        else:
+            raise ValueError(f"no encoder for {encoding!r}")
+
+    def finish(self) -> bytes:
+        return self._finish()

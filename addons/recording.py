@@ -436,11 +436,7 @@ class Recording:
         for flow, state in answers:
             try:
                 records = []
-                if (
-                    state.endpoint is Endpoint.LOGIN
-                    and _succeeded(state)
-                    and state.caller is not None
-                ):
+                if _opens_session(state):
                     records.append(self._session_start(flow, state))
                 records.append(self._response_record(flow, state))
                 if state.session_ended:
@@ -721,6 +717,15 @@ def _response_data(state: FlowState) -> dict[str, Any]:
     answer = state.response_json
     data = answer.get("data") if isinstance(answer, dict) else None
     return data if isinstance(data, dict) else {}
+
+
+def _opens_session(state: FlowState) -> bool:
+    """A login that succeeded, or an SQL API call that went upstream: each its own session."""
+    if state.caller is None or state.answered:
+        return False
+    if state.endpoint is Endpoint.SQL_API:
+        return state.upstream_login is not None
+    return state.endpoint is Endpoint.LOGIN and _succeeded(state)
 
 
 def _succeeded(state: FlowState) -> bool:

@@ -117,6 +117,7 @@ class _State:
     logins: list[dict[str, Any]] = field(default_factory=list)
     query_tags: list[str | None] = field(default_factory=list)
     renewals: int = 0
+    answers: dict[str, bytes] = field(default_factory=dict)  # by query id, for /queries/{id}/result
 
 
 def snowflake_account(account: str) -> str:
@@ -196,6 +197,11 @@ class StrictUpstream(stack.LoopbackServer):
         with self._lock:
             return self._state.renewals
 
+    def answered_query_ids(self) -> set[str]:
+        """The ids of every query this upstream answered."""
+        with self._lock:
+            return set(self._state.answers)
+
     def mark(self) -> int:
         """A position in the request log; `received_since(mark)` lists what came after."""
         with self._lock:
@@ -239,6 +245,8 @@ class StrictUpstream(stack.LoopbackServer):
             return _Answer.json(_failure("390112", "Session token expired"))
         if route == "/telemetry/send":
             return _Answer.json({"success": True, "data": None, "code": None, "message": None})
+        if method == "GET" and _RESULT_ROUTE.fullmatch(route):
+            return self._result(route.split("/")[2])
         if route == "/queries/v1/query-request" and _file_transfer(body):
             return _Answer.json(_stage_answer(body))
         if route == "/queries/v1/query-request":
@@ -374,6 +382,15 @@ class StrictUpstream(stack.LoopbackServer):
         if isinstance(query_id, str):
             with self._lock:
                 session.last_query_id = query_id
+                self._state.answers[query_id] = answer.body
+
+    def _result(self, query_id: str) -> _Answer:
+        """A query's answer again, as Snowflake serves it to any session of the user."""
+        with self._lock:
+            body = self._state.answers.get(query_id)
+        if body is None:
+            return _Answer.json(_failure("000709", f"Statement {query_id} not found"))
+        return _Answer(200, body)
 
     def _credentials_ok(self, data: dict[str, Any]) -> bool:
         if data.get("ACCOUNT_NAME") != self.account:
@@ -692,6 +709,9 @@ class _Answer:
     @classmethod
     def json(cls, payload: dict[str, Any], status: int = 200) -> _Answer:
         return cls(status, json.dumps(payload).encode())
+
+
+_RESULT_ROUTE = re.compile(r"/queries/[0-9a-fA-F-]{36}/result")
 
 
 def _failure(code: str, message: str) -> dict[str, Any]:

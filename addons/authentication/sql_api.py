@@ -70,6 +70,8 @@ class SqlApi:
             )
             return None
         state.session_id = new_session_id()
+        # the call is its own session: who it signs in as, like a login's session_start
+        state.upstream_login = self.credentials.upstream_login(grant.upstream_user)
         flow.request.headers["authorization"] = upstream[0]
         flow.request.headers["x-snowflake-authorization-token-type"] = upstream[1]
         if grant.role:

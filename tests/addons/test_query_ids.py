@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import gzip
 import os
+import re
 import uuid
+import zlib
 from pathlib import Path
 
+import brotli
 import orjson
 import pytest
+import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mitmproxy.test import taddons
 
 from hoopgw.addons.authentication import Authentication
@@ -16,6 +23,7 @@ from hoopgw.addons.query_ids import (
     QueryIdBinder,
     QueryIdError,
     QueryIds,
+    StreamedIds,
     bind_answer,
     looks_issued,
     map_result_scans,
@@ -88,15 +96,41 @@ def test_result_scan_arguments_are_mapped_or_refused() -> None:
     assert map_result_scans(f"select * from table(RESULT_SCAN ( '{bound}' ))", unbind) == (
         f"select * from table(RESULT_SCAN ( 'RAW-{bound[:4]}' ))"
     )
-    kept = "select * from table(result_scan(last_query_id()))"
-    assert map_result_scans(kept, unbind) == kept
-    assert map_result_scans("select 1", unbind) == "select 1"
-    for sql in [
-        "select * from table(result_scan($qid))",
-        f"execute immediate 'select * from table(result_scan(''{bound}''))'",
-        f"select * from table(result_scan('{bound}' || ''))",
+    for kept in [
+        "select * from table(result_scan(last_query_id()))",
+        "select * from table(RESULT_SCAN(Last_Query_Id(-2)))",
+        "select system$cancel_query(last_query_id(1))",
+        "select result_scan_count from results",
+        "select 1",
     ]:
-        with pytest.raises(QueryIdError, match="RESULT_SCAN takes a query id"):
+        assert map_result_scans(kept, unbind) == kept
+    raw = f"'RAW-{bound[:4]}'"
+    for sql, mapped in [
+        (f"select system$cancel_query('{bound}')", f"select system$cancel_query({raw})"),
+        (
+            f'select * from table("GET_QUERY_OPERATOR_STATS"($${bound}$$))',
+            f'select * from table("GET_QUERY_OPERATOR_STATS"({raw}))',
+        ),
+        (
+            f"select system$estimate_query_acceleration('{bound}')",
+            f"select system$estimate_query_acceleration({raw})",
+        ),
+        (
+            f"select * from table(result_scan /* c */ ('{bound}')), result_scan('{bound}')",
+            f"select * from table(result_scan /* c */ ({raw})), result_scan({raw})",
+        ),
+    ]:
+        assert map_result_scans(sql, unbind) == mapped
+    for sql, name in [
+        ("select * from table(result_scan($qid))", "RESULT_SCAN"),
+        ("select * from table(result_scan(?))", "RESULT_SCAN"),
+        ("select * from table(result_scan(:qid))", "RESULT_SCAN"),
+        (f"execute immediate 'select * from table(result_scan(''{bound}''))'", "RESULT_SCAN"),
+        (f"select * from table(result_scan('{bound}' || ''))", "RESULT_SCAN"),
+        (f"select 1 -- system$cancel_query('{bound}')", "SYSTEM$CANCEL_QUERY"),
+        ("select get_query_operator_stats(last_query_id(), 1)", "GET_QUERY_OPERATOR_STATS"),
+    ]:
+        with pytest.raises(QueryIdError, match=f"^{re.escape(name)} takes a query id"):
             map_result_scans(sql, unbind)
 
 
@@ -193,3 +227,98 @@ async def test_the_addon_binds_answers_and_refuses_foreign_ids(
             f"hoopgw refused the request: query {bound} was not issued to this session"
         )
         assert state_of(theirs) is state_b
+
+
+def _bound_stand_in(raw: str) -> str:
+    """A stand-in binding that shows what was bound: the id's UUID with its bytes reversed."""
+    return str(uuid.UUID(bytes=uuid.UUID(raw).bytes[::-1]))
+
+
+def _streamed_answer() -> tuple[bytes, dict[str, object]]:
+    """A large answer whose ids come after the rows, rows that hold ids (data, never bound)."""
+    other = str(uuid.uuid4())
+    rows = [[f"row-{i}", RAW if i % 7 == 0 else other] for i in range(4000)]
+    answer = {
+        "data": {
+            "rowset": rows,
+            "rowtype": [{"name": "queryId"}],
+            "queryId": RAW,
+            "getResultUrl": f"/queries/{RAW}/result",
+            "resultIds": f"{RAW},{other}",
+        },
+        "statementHandles": [RAW, other],
+        "statementHandle": RAW,
+        "statementStatusUrl": f"/api/v2/statements/{RAW}?requestId=1",
+        "message": f'text "queryId":"{RAW}" in a string stays',
+    }
+    bound = bind_answer(answer, _bound_stand_in)
+    assert bound is not None
+    return orjson.dumps(answer), bound
+
+
+def _encode(data: bytes, encoding: str) -> bytes:
+    if encoding == "gzip":
+        return gzip.compress(data)
+    if encoding == "deflate":
+        return zlib.compress(data)
+    if encoding == "br":
+        return brotli.compress(data)
+    if encoding == "zstd":
+        return zstandard.ZstdCompressor().compress(data)
+    return data
+
+
+def _decode(data: bytes, encoding: str) -> bytes:
+    if encoding == "gzip":
+        return gzip.decompress(data)
+    if encoding == "deflate":
+        return zlib.decompress(data)
+    if encoding == "br":
+        return brotli.decompress(data)
+    if encoding == "zstd":
+        return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+    return data
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    cuts=st.lists(st.integers(min_value=1, max_value=9000), min_size=1, max_size=40),
+    encoding=st.sampled_from(["", "gzip", "deflate", "br", "zstd"]),
+)
+def test_a_streamed_answer_has_its_ids_bound_wherever_the_chunks_split(
+    cuts: list[int], encoding: str
+) -> None:
+    body, expected = _streamed_answer()
+    wire = _encode(body, encoding)
+    seen: list[bytes] = []
+
+    def record(chunk: bytes) -> bytes:  # as the record's counter does: sees and passes on
+        seen.append(chunk)
+        return chunk
+
+    stream = StreamedIds(record, _bound_stand_in, encoding)
+    sent: list[bytes] = []
+    position = 0
+    for cut in cuts:
+        chunk = wire[position : position + cut]
+        position += len(chunk)
+        sent += stream(chunk)
+    sent += stream(wire[position:])
+    sent += stream(b"")
+    assert b"".join(seen) == wire  # what is recorded: Snowflake's own bytes
+    assert all(sent)  # never an empty chunk (it would end a chunked answer early)
+    received = _decode(b"".join(sent), encoding)
+    assert orjson.loads(received) == expected
+    if not encoding:
+        assert len(received) == len(body)
+
+
+def test_a_member_longer_than_the_carry_is_left_raw_and_the_rest_still_passes() -> None:
+    """The safe side: an id the stream cannot bind reaches the client raw, refused when sent."""
+    handles = [RAW] * 500  # about 19 KiB of handles: past the pattern's limit
+    body = orjson.dumps({"statementHandles": handles, "statementHandle": RAW})
+    stream = StreamedIds(lambda chunk: chunk, _bound_stand_in, "")
+    sent = [piece for i in range(0, len(body), 1000) for piece in stream(body[i : i + 1000])]
+    received = orjson.loads(b"".join(sent + stream(b"")))
+    assert received["statementHandles"] == handles
+    assert received["statementHandle"] == _bound_stand_in(RAW)

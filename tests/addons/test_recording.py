@@ -23,7 +23,7 @@ from mitmproxy import flow as mitmflow
 from mitmproxy.test import taddons
 
 from hoopgw.addons import protocol
-from hoopgw.addons.flowstate import Caller, FlowState, state_of
+from hoopgw.addons.flowstate import Caller, FlowState, UpstreamLogin, state_of
 from hoopgw.addons.recording import Recording
 from hoopgw.addons.refusals import refuse
 from hoopgw.addons.traffic import SnowflakeTraffic
@@ -35,12 +35,14 @@ from hoopgw.recorder.checkpoints import (
     load_signing_key,
     new_checkpoint_key,
 )
+from hoopgw.recorder.ids import new_session_id
 from hoopgw.recorder.redaction import REDACTED
 from tests.addons import (
     LOGIN_PATH,
     LOGOUT_PATH,
     QUERY_PATH,
     RENEWAL_PATH,
+    STATEMENTS_PATH,
     answered,
     classified,
     error_of,
@@ -604,3 +606,24 @@ async def test_a_spent_refusal_budget_counts_on_and_never_blocks_statements(
     assert summary["refused"] == 5 and summary["samples"] == []
     assert summary["samples_omitted"] == 5 and summary["windows_carried"] >= 1
     assert "request" in by_kind
+
+
+async def test_an_sql_api_call_opens_its_own_session_naming_who_it_signed_in_as(
+    tmp_path: Path,
+) -> None:
+    """Each SQL API call is a session of its own: its session_start names the upstream user."""
+    with recording(tmp_path) as addon:
+        flow, state = authenticated(
+            STATEMENTS_PATH, {"statement": "select 1"}, session_id=new_session_id()
+        )
+        state.upstream_login = UpstreamLogin("XY12345", "SVC_DATA_ENG", "SNOWFLAKE_JWT")
+        await addon.request(flow)
+        await answer(addon, flow, {"statementHandle": "01b2c3d4-0000-0000-0000-000000000001"})
+    assert kinds(tmp_path) == ["request", "session_start", "response"]
+    start = records(tmp_path)[1]
+    assert (start["account"], start["login_name"], start["authenticator"]) == (
+        "XY12345",
+        "SVC_DATA_ENG",
+        "SNOWFLAKE_JWT",
+    )
+    assert start["caller"]["subject"] == "ada"

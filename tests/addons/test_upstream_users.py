@@ -174,6 +174,17 @@ async def test_the_sql_api_signs_as_the_mapped_user(issuer: LocalIssuer, service
         await auth.request(flow)
         bearer = flow.request.headers["authorization"].removeprefix("Bearer ")
         assert signed_user(bearer, service_key)[1] == "XY12345.SVC_DATA_ENG"
+        # each call is its own session: it names who it signed in as, like a login does
+        login, _ = await login_as(auth, token)
+        api_state, login_state = state_of(flow), state_of(login)
+        assert api_state is not None and login_state is not None
+        assert api_state.upstream_login is not None
+        assert api_state.upstream_login == login_state.upstream_login
+        assert (api_state.upstream_login.user, api_state.upstream_login.authenticator) == (
+            "SVC_DATA_ENG",
+            "SNOWFLAKE_JWT",
+        )
+        assert api_state.caller == login_state.caller
 
 
 @pytest.mark.parametrize("credential", ["hoopgw_upstream_password", "hoopgw_upstream_oauth_token"])
