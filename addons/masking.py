@@ -24,7 +24,10 @@ It runs after `Guardrails` and before `Recording`: its response hook changes
 the answer before mitmproxy writes it to the client, and the recorder, next in
 the list, records the answer as the caller received it, with the detections.
 A caller none of whose rules mask anything costs one dictionary look-up per
-answer: nothing is parsed for it that was not parsed already.
+answer: nothing is parsed for it that was not parsed already. A gateway whose
+policy masks nothing never loads the detectors' libraries (pyarrow.compute,
+phonenumbers; about 50 MB of RSS): they load when a policy with masking rules
+is configured, or when a reloaded policy first yields a plan that masks.
 
 A large answer that addons/traffic.py would stream is buffered instead for a
 caller with masking rules (streamed rows cannot be masked), up to mitmproxy's
@@ -59,6 +62,7 @@ from hoopgw.addons.results import (
     read_chunk,
     write_chunk,
 )
+from hoopgw.recorder import masking as library
 from hoopgw.recorder.masking import (
     NO_MASKING,
     Detection,
@@ -88,6 +92,13 @@ class Masking:
         self._plans: dict[tuple[str | None, frozenset[str]], MaskPlan] = {}
         self._row_types: OrderedDict[str, list[Any]] = OrderedDict()
 
+    def configure(self, updated: set[str]) -> None:
+        """Load the detectors' libraries at start-up, and only for a policy that masks."""
+        if "hoopgw_policy" in updated and any(
+            rule.mask_columns or rule.detect for rule in self._guardrails.policy.rules
+        ):
+            library.load()
+
     def plan_for(self, state: FlowState) -> MaskPlan:
         """The caller's merged masking rules; NO_MASKING when none applies."""
         caller = state.caller
@@ -105,6 +116,8 @@ class Masking:
                     if rule.mask_columns or rule.detect
                 ]
             )
+            if plan.active:  # a reloaded policy may be the first to mask anything
+                library.load()
             if len(self._plans) >= _PLAN_CACHE:
                 self._plans.clear()
             self._plans[key] = plan

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -463,3 +465,42 @@ def test_a_masked_answer_with_proxied_chunks_keeps_the_sealed_urls(chunk_path) -
     recorded = orjson.loads(state.response_body or b"")
     assert recorded["data"]["chunks"][0]["url"] == "hoopgw:chunk/01b-q/0"
     assert recorded["data"]["rowset"][0][1] == "[MASKED:column]"
+
+
+MASKING_LIBRARIES = ("pyarrow.compute", "phonenumbers", "stdnum")
+LOADED_PROBE = """
+import sys
+from pathlib import Path
+
+from mitmproxy.test import taddons
+
+import hoopgw.addons.gateway as gateway
+
+with taddons.context(gateway.guardrails, gateway.masking) as tctx:
+    tctx.configure(gateway.guardrails, hoopgw_policy=sys.argv[1])
+    print(",".join(name for name in sys.argv[2:] if name in sys.modules))
+"""
+
+
+@pytest.mark.parametrize(
+    ("policy", "loaded"),
+    [
+        ('[[rule]]\nname = "guard"\ngroups = ["agents"]\ndeny_kinds = ["DROP"]\n', ""),
+        (POLICY, ",".join(MASKING_LIBRARIES)),
+    ],
+    ids=["no-mask-rules", "mask-rules"],
+)
+def test_the_detectors_libraries_load_only_for_a_policy_that_masks(
+    tmp_path: Path, policy: str, loaded: str
+) -> None:
+    """About 50 MB of RSS a gateway whose policy masks nothing never carries."""
+    path = tmp_path / "policy.toml"
+    path.write_text(policy)
+    probe = subprocess.run(
+        [sys.executable, "-c", LOADED_PROBE, str(path), *MASKING_LIBRARIES],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert probe.stdout.strip() == loaded
