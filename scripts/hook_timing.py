@@ -16,7 +16,7 @@ import inspect
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,15 @@ import orjson
 from mitmproxy import ctx, http
 
 GATEWAY_ADDONS = frozenset(
-    {"SnowflakeTraffic", "Authentication", "Guardrails", "Recording", "Inspection", "FailClosed"}
+    {
+        "SnowflakeTraffic",
+        "Authentication",
+        "Guardrails",
+        "Masking",
+        "Recording",
+        "Inspection",
+        "FailClosed",
+    }
 )
 HOOKS = ("requestheaders", "request", "responseheaders", "response")
 KEPT = 5000
@@ -98,10 +106,18 @@ class HookTiming:
 
             return timed_async
 
-        def timed(flow: http.HTTPFlow) -> None:
-            start = time.perf_counter()
-            method(flow)
+        async def finish(result: Awaitable[Any], start: float) -> None:
+            await result
             self._add(name, start)
+
+        def timed(flow: http.HTTPFlow) -> Awaitable[None] | None:
+            """A sync hook may return an awaitable (its work off the loop): timed to its end."""
+            start = time.perf_counter()
+            result = method(flow)
+            if inspect.isawaitable(result):
+                return finish(result, start)
+            self._add(name, start)
+            return None
 
         return timed
 
