@@ -15,7 +15,7 @@ and the result's columns, so the plan is the caller's under the policy in force
 when the chunk is fetched, on whichever replica serves it. For a caller with
 rules the chunk is buffered instead of streamed, decoded (bounded by
 `hoopgw_response_limit`), masked with `mask_chunk`, encoded back the way cloud
-storage sent it, and its `chunk` record hashes what the caller received and
+storage sent it (all on a worker thread), and its `chunk` record hashes what the caller received and
 lists the detections. A withheld chunk is answered 451 with a reason phrase the
 connector shows in its error. A caller without rules keeps the streamed path:
 one look-up per chunk, nothing buffered or decoded.
@@ -24,7 +24,17 @@ It runs after `Guardrails` and before `Recording`: its response hook changes
 the answer before mitmproxy writes it to the client, and the recorder, next in
 the list, records the answer as the caller received it, with the detections.
 A caller none of whose rules mask anything costs one dictionary look-up per
-answer: nothing is parsed for it that was not parsed already.
+answer: nothing is parsed for it that was not parsed already. A gateway whose
+policy masks nothing never loads the detectors' libraries (pyarrow.compute,
+phonenumbers; about 50 MB of RSS): they load when a policy with masking rules
+is configured, or when a reloaded policy first yields a plan that masks.
+
+Masking a large answer takes tens of milliseconds (a 10k-row answer with
+every kind: 18-42 ms), which on the event loop every other client would wait
+out. An answer or chunk over `INLINE_MASK_BYTES` is masked on one of
+`MASKING_WORKERS` worker threads instead: its flow waits, the others go on. The flow's
+hooks are paused meanwhile, so the worker alone touches its answer; the
+SQL API's remembered columns are read and updated on the loop before.
 
 A large answer that addons/traffic.py would stream is buffered instead for a
 caller with masking rules (streamed rows cannot be masked), up to mitmproxy's
@@ -38,8 +48,11 @@ message says so and gives its query id.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import OrderedDict
+from collections.abc import Awaitable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
@@ -59,6 +72,7 @@ from hoopgw.addons.results import (
     read_chunk,
     write_chunk,
 )
+from hoopgw.recorder import masking as library
 from hoopgw.recorder.masking import (
     NO_MASKING,
     Detection,
@@ -77,6 +91,10 @@ WITHHELD_CHUNK_STATUS = 451
 _PLAN_CACHE = 1024
 _ROW_TYPE_CACHE = 4096
 """SQL API statements whose columns are remembered for their later partitions."""
+INLINE_MASK_BYTES = 32 * 1024
+"""An answer body up to this size is masked on the event loop; a larger one on a worker."""
+MASKING_WORKERS = 2
+"""Worker threads masking answers: one per core of the machine the gateway is sized for."""
 
 
 class Masking:
@@ -87,6 +105,18 @@ class Masking:
         self._chunks = chunks
         self._plans: dict[tuple[str | None, frozenset[str]], MaskPlan] = {}
         self._row_types: OrderedDict[str, list[Any]] = OrderedDict()
+        self.workers = ThreadPoolExecutor(MASKING_WORKERS, thread_name_prefix="hoopgw-mask")
+        """Where large answers and chunks are masked; threads start on first use."""
+
+    def done(self) -> None:
+        self.workers.shutdown(wait=False, cancel_futures=True)
+
+    def configure(self, updated: set[str]) -> None:
+        """Load the detectors' libraries at start-up, and only for a policy that masks."""
+        if "hoopgw_policy" in updated and any(
+            rule.mask_columns or rule.detect for rule in self._guardrails.policy.rules
+        ):
+            library.load()
 
     def plan_for(self, state: FlowState) -> MaskPlan:
         """The caller's merged masking rules; NO_MASKING when none applies."""
@@ -105,6 +135,8 @@ class Masking:
                     if rule.mask_columns or rule.detect
                 ]
             )
+            if plan.active:  # a reloaded policy may be the first to mask anything
+                library.load()
             if len(self._plans) >= _PLAN_CACHE:
                 self._plans.clear()
             self._plans[key] = plan
@@ -124,26 +156,26 @@ class Masking:
             flow.response.stream = False
             state.streamed = None
 
-    def response(self, flow: http.HTTPFlow) -> None:
+    def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """Mask the answer; a large one on a worker thread (the returned awaitable)."""
         state = state_of(flow)
         response = flow.response
         if state is None or response is None or state.answered or not flow.live:
-            return
+            return None
         if state.endpoint is Endpoint.CHUNK:
-            self._chunk_answer(flow, state)
-            return
+            return self._chunk_answer(flow, state)
         if not protocol.carries_results(state.endpoint, flow.request.method, flow.request.path):
-            return
+            return None
         plan = self.plan_for(state)
         if not plan.active or not 200 <= response.status_code < 300:
-            return
+            return None
         answer = state.response_json
         if answer is None:
             if state.response_body:
                 self._withhold(
                     flow, state, "the answer could not be read, so it could not be masked", None
                 )
-            return
+            return None
         if _unproxied_chunks(answer):
             # the chunks would go from cloud storage to the client unmasked
             self._withhold(
@@ -154,9 +186,41 @@ class Masking:
                 "(hoopgw_result_chunks=direct); narrow the query or add a LIMIT",
                 _query_id(answer),
             )
-            return
+            return None
+        known = self._known_row_type(flow, state, answer)
+        if len(state.response_body or b"") <= INLINE_MASK_BYTES:
+            self._masked(flow, state, answer, plan, known)
+            return None
+        return self._masked_off_loop(flow, state, answer, plan, known)
+
+    async def _masked_off_loop(
+        self,
+        flow: http.HTTPFlow,
+        state: FlowState,
+        answer: dict[str, Any],
+        plan: MaskPlan,
+        known: list[Any] | None,
+    ) -> None:
+        """The flow waits here; every other flow goes on while a worker masks this answer.
+
+        The flow's hooks are paused until this returns, so the worker is the only
+        one touching its answer and state.
+        """
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self.workers, self._masked, flow, state, answer, plan, known)
+
+    def _masked(
+        self,
+        flow: http.HTTPFlow,
+        state: FlowState,
+        answer: dict[str, Any],
+        plan: MaskPlan,
+        known: list[Any] | None,
+    ) -> None:
+        response = flow.response
+        assert response is not None
         try:
-            outcome = self._mask(flow, state, answer, plan)
+            outcome = self._mask(state, answer, plan, known)
         except UnmaskableAnswer as exc:
             self._withhold(flow, state, f"{exc}, so it could not be masked", _query_id(answer))
             return
@@ -171,14 +235,15 @@ class Masking:
             if client is None:
                 protocol.write_json_body(response, answer)
             else:  # the client's copy differs from the record's (bound ids, sealed URLs)
-                self._mask(flow, state, client, plan)
+                self._mask(state, client, plan, known)
                 state.send_to_client(flow, client)
 
-    def _mask(
-        self, flow: http.HTTPFlow, state: FlowState, answer: dict[str, Any], plan: MaskPlan
-    ) -> Outcome:
+    def _known_row_type(
+        self, flow: http.HTTPFlow, state: FlowState, answer: dict[str, Any]
+    ) -> list[Any] | None:
+        """A SQL API partition's columns, remembered from its statement's first answer."""
         if state.endpoint is not Endpoint.SQL_API:
-            return mask_answer(answer, plan)
+            return None
         handle = answer.get("statementHandle")
         metadata = answer.get("resultSetMetaData")
         if isinstance(handle, str) and isinstance(metadata, dict):
@@ -188,7 +253,14 @@ class Masking:
                 self._row_types.move_to_end(handle)
                 while len(self._row_types) > _ROW_TYPE_CACHE:
                     self._row_types.popitem(last=False)
-        known = self._row_types.get(_statement_handle(flow.request.path) or "")
+        return self._row_types.get(_statement_handle(flow.request.path) or "")
+
+    @staticmethod
+    def _mask(
+        state: FlowState, answer: dict[str, Any], plan: MaskPlan, known: list[Any] | None
+    ) -> Outcome:
+        if state.endpoint is not Endpoint.SQL_API:
+            return mask_answer(answer, plan)
         return mask_sql_api(answer, plan, known)
 
     # result chunks (addons/results.py admits them; ChunkFetch fetches and records them)
@@ -207,17 +279,48 @@ class Masking:
             response.stream = False
             state.streamed = None
 
-    def _chunk_answer(self, flow: http.HTTPFlow, state: FlowState) -> None:
+    def _chunk_answer(self, flow: http.HTTPFlow, state: FlowState) -> Awaitable[None] | None:
         admitted = self._admitted(flow)
         response = flow.response
         if admitted is None or response is None or response.status_code != 200:
-            return
+            return None
         if not admitted.buffered:
-            return
+            return None
         plan = self.plan_for(state)
         # the answer's own record never holds the rows; the chunk record holds them masked
         state.response_body = b""
         state.response_json = None
+        limits = (_response_limit(), _body_limit())
+        if len(response.raw_content or b"") <= INLINE_MASK_BYTES:
+            self._masked_chunk(flow, state, admitted, plan, limits)
+            return None
+        return self._chunk_off_loop(flow, state, admitted, plan, limits)
+
+    async def _chunk_off_loop(
+        self,
+        flow: http.HTTPFlow,
+        state: FlowState,
+        admitted: Admitted,
+        plan: MaskPlan,
+        limits: tuple[int, int],
+    ) -> None:
+        """A chunk is megabytes: decoded, masked and encoded again on a worker thread."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(
+            self.workers, self._masked_chunk, flow, state, admitted, plan, limits
+        )
+
+    def _masked_chunk(
+        self,
+        flow: http.HTTPFlow,
+        state: FlowState,
+        admitted: Admitted,
+        plan: MaskPlan,
+        limits: tuple[int, int],
+    ) -> None:
+        response = flow.response
+        assert response is not None
+        response_limit, body_limit = limits
         ticket = admitted.ticket
         rowtype = ticket.rowtype()
         try:
@@ -225,7 +328,7 @@ class Masking:
                 raise UnmaskableAnswer(
                     "the result has too many columns for its chunk URLs to describe them"
                 )
-            body, how = read_chunk(response, _response_limit())
+            body, how = read_chunk(response, response_limit)
             masked, outcome = mask_chunk(body, ticket.result_format or "json", rowtype, plan)
         except (UnmaskableAnswer, ChunkUnreadable) as exc:
             self._withhold_chunk(flow, state, admitted, f"{exc}, so it could not be masked")
@@ -240,7 +343,7 @@ class Masking:
         if masked is not body:
             write_chunk(response, masked, how)
         encoding = response.headers.get("content-encoding", "").strip().lower()
-        admitted.tap = ChunkTap(encoding, _body_limit(), ticket.size)
+        admitted.tap = ChunkTap(encoding, body_limit, ticket.size)
         admitted.tap(response.raw_content or b"")
 
     @staticmethod

@@ -42,6 +42,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
+from mitmproxy.net.http import url
 
 from hoopgw.addons import protocol
 from hoopgw.addons.credentials import resolve_option_secret
@@ -605,7 +606,7 @@ class Recording:
             body=self._body(request, state.request_body, state.request_json),
         )
         record["ts"] = request.timestamp_start
-        request_id = request.query.get("requestId") or request.query.get("request_id")
+        request_id = _request_id(request)
         if request_id:
             record["request_id"] = request_id
         body = state.request_json or {}
@@ -666,6 +667,18 @@ class Recording:
         if parsed is not None and decoded is not None:
             return redaction.body_for_record(raw, self.body_limit, parsed=parsed)
         return redaction.body_for_record(raw, self.body_limit)
+
+
+def _request_id(request: http.Request) -> str | None:
+    """The driver's `requestId` (or `request_id`), as `request.query` reads it, from one parse
+    of the query string (each `request.query` access parses it again)."""
+    _, sep, query = request.path.partition("?")
+    if not sep:
+        return None
+    first: dict[str, str] = {}
+    for name, value in url.decode(query):
+        first.setdefault(name, value)
+    return first.get("requestId") or first.get("request_id")
 
 
 def _refusal(refusal: Refusal) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 Loaded as a second mitmproxy script next to addons/gateway.py. Once the
 gateway runs it wraps every request and response hook of the gateway's
-addons, and the spool's durable append, with a clock, and every 100 answers
+addons, the loop callback that builds the answers' records, and the spool's
+durable append, with a clock, and every 100 answers
 writes p50 and mean per hook (microseconds) as JSON to the file named by
 $HOOPGW_HOOK_TIMING. A sampling profiler shows where CPU goes; this shows
 where a statement waits, which at one client is what latency is made of.
@@ -16,7 +17,7 @@ import inspect
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,15 @@ import orjson
 from mitmproxy import ctx, http
 
 GATEWAY_ADDONS = frozenset(
-    {"SnowflakeTraffic", "Authentication", "Guardrails", "Recording", "Inspection", "FailClosed"}
+    {
+        "SnowflakeTraffic",
+        "Authentication",
+        "Guardrails",
+        "Masking",
+        "Recording",
+        "Inspection",
+        "FailClosed",
+    }
 )
 HOOKS = ("requestheaders", "request", "responseheaders", "response")
 KEPT = 5000
@@ -46,6 +55,10 @@ class HookTiming:
                 method = getattr(addon, hook, None)
                 if method is not None:
                     setattr(addon, hook, self._timed(f"{name}.{hook}", method))
+            if name == "Recording":
+                # the answers' records are built in a loop callback, after the answer is sent
+                build = addon._record_answers
+                addon._record_answers = self._timed_call("Recording._record_answers", build)
 
     def response(self, flow: http.HTTPFlow) -> None:
         self._wrap_spool()
@@ -98,9 +111,25 @@ class HookTiming:
 
             return timed_async
 
-        def timed(flow: http.HTTPFlow) -> None:
+        async def finish(result: Awaitable[Any], start: float) -> None:
+            await result
+            self._add(name, start)
+
+        def timed(flow: http.HTTPFlow) -> Awaitable[None] | None:
+            """A sync hook may return an awaitable (its work off the loop): timed to its end."""
             start = time.perf_counter()
-            method(flow)
+            result = method(flow)
+            if inspect.isawaitable(result):
+                return finish(result, start)
+            self._add(name, start)
+            return None
+
+        return timed
+
+    def _timed_call(self, name: str, method: Callable[[], None]) -> Callable[[], None]:
+        def timed() -> None:
+            start = time.perf_counter()
+            method()
             self._add(name, start)
 
         return timed

@@ -441,3 +441,14 @@ def test_error_messages_are_cut_at_credential_words():
     assert redact_json({"message": "Object 'T' does not exist"}) == {
         "message": "Object 'T' does not exist"
     }
+
+
+def test_redacting_one_sql_text_twice_gives_its_redaction_and_the_next_text_its_own() -> None:
+    """A record redacts a statement's text twice (body and `sql`); the second is remembered."""
+    first = f"alter user ada set password = '{SECRET}'"
+    second = f"alter user bob set password = '{SECRET}-2'"
+    assert redact_sql(first) == redact_sql(first) == "alter user ada set password = '[REDACTED]'"
+    assert redact_sql(second) == "alter user bob set password = '[REDACTED]'"
+    same_text = "".join(["alter user ada set ", f"password = '{SECRET}'"])
+    assert same_text is not first and SECRET not in redact_sql(same_text)
+    assert redact_sql("select 1") == "select 1" and SECRET not in redact_sql(first)

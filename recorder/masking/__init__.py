@@ -6,18 +6,22 @@ A pure library (no mitmproxy): `MaskPlan` says what to mask for one caller,
 returns or fills an `Outcome`: the detections per column, for the record,
 and whether the answer must be withheld. docs/masking.md describes the keys,
 the kinds and the limits.
+
+Importing the package loads only the kinds and the plan: the detectors'
+libraries (pyarrow.compute, phonenumbers, python-stdnum, about 50 MB) load on
+the first masking call, or on `load()`, which a gateway calls once its policy
+masks something.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from hoopgw.recorder.masking import arrow, rowsets
-from hoopgw.recorder.masking.detectors import COLUMN_KIND, DETECTORS, KINDS, marker
+from hoopgw.recorder.masking.kinds import COLUMN_KIND, KINDS, marker
 from hoopgw.recorder.masking.plan import (
     ACTIONS,
     NO_MASKING,
@@ -28,6 +32,9 @@ from hoopgw.recorder.masking.plan import (
     MaskPlan,
     Outcome,
 )
+
+if TYPE_CHECKING:
+    from hoopgw.recorder.masking.detectors import Detector
 
 __all__ = [
     "ACTIONS",
@@ -42,11 +49,25 @@ __all__ = [
     "MaskPlan",
     "Outcome",
     "UnmaskableAnswer",
+    "load",
     "marker",
     "mask_answer",
     "mask_chunk",
     "mask_sql_api",
 ]
+
+
+def load() -> None:
+    """Import the detectors and their libraries now, not in the first answer masked."""
+    from hoopgw.recorder.masking import arrow, rowsets  # noqa: F401
+
+
+def __getattr__(name: str) -> dict[str, Detector]:
+    if name == "DETECTORS":
+        from hoopgw.recorder.masking.detectors import DETECTORS
+
+        return DETECTORS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class UnmaskableAnswer(ValueError):
@@ -55,6 +76,8 @@ class UnmaskableAnswer(ValueError):
 
 def mask_answer(answer: dict[str, Any], plan: MaskPlan) -> Outcome:
     """Mask a query or result answer (`data.rowtype` with `rowset` or `rowsetBase64`) in place."""
+    from hoopgw.recorder.masking import arrow, rowsets
+
     outcome = Outcome()
     data = answer.get("data")
     if not plan.active or not isinstance(data, dict):
@@ -84,6 +107,8 @@ def mask_sql_api(
     answer: dict[str, Any], plan: MaskPlan, row_type: list[Any] | None = None
 ) -> Outcome:
     """Mask a SQL API v2 answer's `data` in place; `row_type` for a partition that lacks one."""
+    from hoopgw.recorder.masking import rowsets
+
     outcome = Outcome()
     rows = answer.get("data")
     if not plan.active or not isinstance(rows, list):
@@ -105,6 +130,8 @@ def mask_chunk(
     Returns the chunk to send (the same object when nothing changed) and what
     was found; the caller withholds the chunk when `outcome.withheld` is set.
     """
+    from hoopgw.recorder.masking import arrow, rowsets
+
     outcome = Outcome()
     if not plan.active:
         return body, outcome

@@ -15,6 +15,10 @@ library that recognises them in text, so their patterns are written here; a
 JWT candidate is confirmed by decoding its header. A cell with a detection is
 masked whole: the point is that the caller never reads it, not to keep the
 rest of the cell.
+
+The kinds, their patterns and markers live in recorder/masking/kinds.py, which
+loads none of these libraries; this module is imported only once a policy
+masks something.
 """
 
 from __future__ import annotations
@@ -33,6 +37,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from stdnum import iban, luhn
 from stdnum.us import ssn
+
+from hoopgw.recorder.masking.kinds import COLUMN_KIND, KINDS, PATTERNS, SUBSUMES, marker
+
+__all__ = [
+    "COLUMN_KIND",
+    "DETECTORS",
+    "KINDS",
+    "Detector",
+    "detect_array",
+    "detect_texts",
+    "marker",
+]
 
 
 def _card(text: str) -> bool:
@@ -104,58 +120,17 @@ def _compiled(pattern: str) -> re.Pattern[str]:
     return compiled
 
 
+_VALIDATORS: Final[dict[str, Callable[[str], bool]]] = {
+    "phone": _phone,
+    "credit_card": _card,
+    "iban": _iban,
+    "us_ssn": _ssn,
+    "ip_address": _ip,
+    "jwt": _jwt,
+}
 DETECTORS: Final[dict[str, Detector]] = {
-    detector.kind: detector
-    for detector in (
-        # the common practical shape (RFC 5322 allows more than anyone uses); no library
-        # finds addresses in running text
-        Detector("email", r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"),
-        # international numbers with their `+`, or North American ones in the NANP's shape
-        # (area code and exchange start with 2-9): ids and references with digit groups
-        # would otherwise all reach the validator
-        Detector(
-            "phone",
-            r"\+\d{1,3}[ .-]?\(?\d{1,4}\)?(?:[ .-]?\d{2,4}){2,4}\b"
-            r"|(?:\(|\b)[2-9]\d{2}\)?[ .-]?[2-9]\d{2}[ .-]?\d{4}\b",
-            _phone,
-        ),
-        # as cards are written: 13-19 digits, groups of four, or Amex's 4-6-5; other digit
-        # runs with dashes (order and reference numbers) never reach the Luhn check
-        Detector(
-            "credit_card",
-            r"\b(?:\d{13,19}|\d{4}(?: \d{4}){2} \d{1,7}|\d{4}(?:-\d{4}){2}-\d{1,7}"
-            r"|\d{4}[ -]\d{6}[ -]\d{5})\b",
-            _card,
-        ),
-        Detector("iban", r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b", _iban),
-        Detector("us_ssn", r"\b\d{3}-\d{2}-\d{4}\b", _ssn),
-        Detector(
-            "ip_address",
-            r"\b(?:\d{1,3}\.){3}\d{1,3}\b|\b(?:[0-9A-Fa-f]{1,4}:){2,7}[0-9A-Fa-f:]{1,}\b",
-            _ip,
-        ),
-        # AWS documents the key id prefixes; there is no public checksum to test
-        Detector("aws_access_key", r"\b(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AROA)[A-Z0-9]{16}\b"),
-        # the PEM armour line (RFC 7468) is the whole signature of a private key in text
-        Detector("private_key", r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----"),
-        # a JWS in compact form: three base64url parts whose first decodes to a JSON header
-        Detector("jwt", r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}", _jwt),
-    )
+    kind: Detector(kind, pattern, _VALIDATORS.get(kind)) for kind, pattern in PATTERNS.items()
 }
-KINDS: Final = frozenset(DETECTORS)
-SUBSUMES: Final[dict[str, tuple[str, ...]]] = {
-    "iban": ("credit_card", "phone"),
-    "credit_card": ("phone",),
-    "ip_address": ("phone",),
-}
-"""A value confirmed as the key kind is not also the listed kinds: an IBAN's digits
-can pass Luhn, and a card's groups or an address's parts can parse as a phone number."""
-COLUMN_KIND: Final = "column"
-"""The kind a column rule masks under: `[MASKED:column]`."""
-
-
-def marker(kind: str) -> str:
-    return f"[MASKED:{kind}]"
 
 
 def _combined(kinds: frozenset[str]) -> str:

@@ -7,7 +7,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 import orjson
@@ -23,6 +23,7 @@ from hoopgw.recorder.store import KeyNotFound, Store
 logger = logging.getLogger(__name__)
 
 _SUMMARY_CACHE: Final = 4096
+_GIL_SLICE_SECONDS: Final = 0.0005
 
 
 class SummaryCache:
@@ -224,14 +225,15 @@ class Uploader:
         compressed = compress_lines(data)
         key = segment_key(item.session_id, item.writer, item.first_seq)
         version = self.store.put(key, compressed)
-        records = _parse_lines(data) if self.rollups is not None or item.tally is None else []
+        # the writer tallied a segment it sealed; one an earlier process left is read here
+        records = None if item.tally is not None else list(_parse_lines(data))
         if version is not None and self.rollups is not None:
-            self.rollups.add_segment(key, version, records)
+            self.rollups.add_segment(key, version, records or _parse_lines(data))
         stream = (item.session_id, item.writer)
         summary = self.summaries.get(stream)
         if item.first_seq > summary.last_seq:
             tally = item.tally or StreamSummary.tally(
-                item.session_id, item.writer, records, len(data)
+                item.session_id, item.writer, records or [], len(data)
             )
             updated = StreamSummary.from_json(summary.to_json())
             updated.merge_segment(item.first_seq, tally, len(compressed), self._clock())
@@ -256,9 +258,16 @@ class Uploader:
         self.uploaded_bytes += len(compressed)
 
 
-def _parse_lines(data: bytes) -> list[dict[str, Any]]:
-    """Records of a spool file for the summary; unreadable lines are skipped, not fatal."""
-    records = []
+def _parse_lines(data: bytes) -> Iterator[dict[str, Any]]:
+    """Records of a spool file, one at a time; unreadable lines are skipped, not fatal.
+
+    A Python loop over a whole segment would hold the GIL for as long as the
+    interpreter lets it (`sys.getswitchinterval()`, 5 ms) each time the event
+    loop comes back from waiting on its sockets, and the loop would wait that
+    long to resume a statement. This one lets go of the GIL every
+    `_GIL_SLICE_SECONDS` of work, so the loop waits at most about that.
+    """
+    deadline = time.perf_counter() + _GIL_SLICE_SECONDS
     for line in data.split(b"\n"):
         if not line:
             continue
@@ -267,5 +276,7 @@ def _parse_lines(data: bytes) -> list[dict[str, Any]]:
         except orjson.JSONDecodeError:
             continue
         if isinstance(record, dict):
-            records.append(record)
-    return records
+            yield record
+        if time.perf_counter() >= deadline:
+            time.sleep(0)  # releases the GIL: a waiting event loop takes it now
+            deadline = time.perf_counter() + _GIL_SLICE_SECONDS

@@ -24,6 +24,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -83,7 +84,9 @@ class SpoolWriter:
         )
         self._hand_over = hand_over
         self._lock = threading.Lock()
-        self._wake_writer = threading.Condition(self._lock)
+        self._wakeups: queue.SimpleQueue[None] = queue.SimpleQueue()
+        """One token per batch someone waits on: the producer's whole hand-off is one
+        put (in C, no Python condition variable, no lock for the writer to take back)."""
         self._woken = False
         self._queue: list[Any] = []
         self._closing = False
@@ -215,30 +218,39 @@ class SpoolWriter:
         return "ok"
 
     def _wake(self) -> None:
-        """Called under the lock. One notify per batch: the writer takes the whole queue."""
+        """Called under the lock. One wake-up per batch: the writer takes the whole queue."""
         if not self._woken:
             self._woken = True
-            self._wake_writer.notify()
+            self._wakeups.put(None)
+
+    def _await_work(self) -> None:
+        """Until woken, a deadline of the writer's own, or queued records nobody waits on
+        are due (they are looked for every `eventual_delay`)."""
+        while True:
+            with self._lock:
+                if self._woken:
+                    return
+                timeout = self._next_deadline()
+            if timeout is not None and timeout <= 0:
+                return
+            if timeout is None or timeout > self.eventual_delay:
+                timeout = self.eventual_delay
+            try:
+                self._wakeups.get(timeout=timeout)
+            except queue.Empty:
+                with self._lock:
+                    if self._queue and self.disk_full is None:
+                        return
 
     # --- the thread ------------------------------------------------------------------
 
     def _run(self) -> None:
         while True:
+            self._await_work()
             with self._lock:
-                while not self._woken:
-                    timeout = self._next_deadline()
-                    if timeout is not None and timeout <= 0:
-                        break
-                    # unwoken records may be queued at any moment: look every eventual_delay
-                    if timeout is None or timeout > self.eventual_delay:
-                        timeout = self.eventual_delay
-                    if (
-                        not self._wake_writer.wait(timeout)
-                        and self._queue
-                        and self.disk_full is None
-                    ):
-                        break
                 self._woken = False
+                while not self._wakeups.empty():  # this batch answers every token so far
+                    self._wakeups.get_nowait()
                 full = self.disk_full is not None
                 if not full:
                     batch, self._queue = self._queue, []

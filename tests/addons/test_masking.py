@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +21,7 @@ from hoopgw.addons import protocol
 from hoopgw.addons.flowstate import Caller, FlowState, state_of
 from hoopgw.addons.guardrails import Guardrails, PolicyError, parse_policy
 from hoopgw.addons.inspection import Inspection
-from hoopgw.addons.masking import Masking
+from hoopgw.addons.masking import INLINE_MASK_BYTES, MASKING_WORKERS, Masking
 from hoopgw.addons.protocol import StreamedAnswer
 from hoopgw.addons.recording import Recording
 from hoopgw.addons.results import (
@@ -463,3 +466,82 @@ def test_a_masked_answer_with_proxied_chunks_keeps_the_sealed_urls(chunk_path) -
     recorded = orjson.loads(state.response_body or b"")
     assert recorded["data"]["chunks"][0]["url"] == "hoopgw:chunk/01b-q/0"
     assert recorded["data"]["rowset"][0][1] == "[MASKED:column]"
+
+
+async def test_a_large_answer_is_masked_on_a_worker_while_other_flows_go_on(
+    masking: Masking,
+) -> None:
+    """Masking a large answer never holds the event loop: another flow's hook completes."""
+    rows = [
+        [str(n), f"user{n}@example.com", "card 4111 1111 1111 1111" if n % 2 else "hello"]
+        for n in range(2000)
+    ]
+    large, large_state = asked(AGENT)
+    answered(large, query_answer(rows))
+    assert len(large_state.response_body or b"") > INLINE_MASK_BYTES
+    small, small_state = asked(AGENT)
+    answered(small, query_answer())
+    release = threading.Event()
+    # every worker busy until released: the large answer's job waits in the pool's queue
+    busy = [masking.workers.submit(release.wait) for _ in range(MASKING_WORKERS)]
+    try:
+        pending = masking.response(large)
+        assert pending is not None
+        job = asyncio.ensure_future(pending)
+        await asyncio.sleep(0)  # the task's first step runs: it hands the answer to the pool
+        assert not job.done()
+        assert masking.response(small) is None
+        assert small_state.detections is not None  # the other flow was masked meanwhile
+        assert not job.done() and large_state.detections is None
+    finally:
+        release.set()
+    await job
+    assert all(future.done() for future in busy)
+    assert large.response is not None
+    sent = orjson.loads(large.response.content or b"")["data"]["rowset"]
+    assert {row[1] for row in sent} == {"[MASKED:column]"}
+    assert [row[2] for row in sent[:2]] == ["hello", "[MASKED:credit_card]"]
+    assert orjson.loads(large_state.response_body or b"")["data"]["rowset"] == sent
+    assert {(d["column"], d["kind"], d["count"]) for d in large_state.detections or []} == {
+        ("SHOP.CRM.CUSTOMERS.EMAIL", "column", 2000),
+        ("SHOP.CRM.CUSTOMERS.NOTE", "credit_card", 1000),
+    }
+
+
+MASKING_LIBRARIES = ("pyarrow.compute", "phonenumbers", "stdnum")
+LOADED_PROBE = """
+import sys
+from pathlib import Path
+
+from mitmproxy.test import taddons
+
+import hoopgw.addons.gateway as gateway
+
+with taddons.context(gateway.guardrails, gateway.masking) as tctx:
+    tctx.configure(gateway.guardrails, hoopgw_policy=sys.argv[1])
+    print(",".join(name for name in sys.argv[2:] if name in sys.modules))
+"""
+
+
+@pytest.mark.parametrize(
+    ("policy", "loaded"),
+    [
+        ('[[rule]]\nname = "guard"\ngroups = ["agents"]\ndeny_kinds = ["DROP"]\n', ""),
+        (POLICY, ",".join(MASKING_LIBRARIES)),
+    ],
+    ids=["no-mask-rules", "mask-rules"],
+)
+def test_the_detectors_libraries_load_only_for_a_policy_that_masks(
+    tmp_path: Path, policy: str, loaded: str
+) -> None:
+    """About 50 MB of RSS a gateway whose policy masks nothing never carries."""
+    path = tmp_path / "policy.toml"
+    path.write_text(policy)
+    probe = subprocess.run(
+        [sys.executable, "-c", LOADED_PROBE, str(path), *MASKING_LIBRARIES],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert probe.stdout.strip() == loaded
