@@ -46,13 +46,27 @@ from hoopgw.recorder.masking import (
     marker,
     mask_sql_api,
 )
-from hoopgw.recorder.masking.detectors import detect_texts
-from hoopgw.recorder.masking.rowsets import mask_rows
 from hoopgw.recorder.records import Client, new_record
 from hoopgw.recorder.schema import RecordKind
 from hoopgw.recorder.statements import classify
 
 logger = logging.getLogger(__name__)
+
+
+def mask_rows(*args: Any) -> None:
+    """`recorder.masking.rowsets.mask_rows`, imported on first use: the detectors' libraries
+    (pyarrow.compute, phonenumbers) load only for a policy that masks."""
+    from hoopgw.recorder.masking.rowsets import mask_rows as masked
+
+    masked(*args)
+
+
+def detect_texts(*args: Any) -> Any:
+    """`recorder.masking.detectors.detect_texts`, imported on first use (see `mask_rows`)."""
+    from hoopgw.recorder.masking.detectors import detect_texts as detect
+
+    return detect(*args)
+
 
 EVENT_STREAM: Final = "text/event-stream"
 MAX_EVENT_BYTES: Final = 4 * 1024 * 1024

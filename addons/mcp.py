@@ -48,11 +48,19 @@ from hoopgw.addons.protocol import Endpoint, ProtocolError
 from hoopgw.addons.refusals import refuse
 from hoopgw.recorder import redaction
 from hoopgw.recorder.masking import MaskPlan, Outcome
-from hoopgw.recorder.masking.rowsets import mask_rows
 from hoopgw.recorder.records import Client, new_record
 from hoopgw.recorder.schema import RecordKind
 
 logger = logging.getLogger(__name__)
+
+
+def mask_rows(*args: Any) -> None:
+    """`recorder.masking.rowsets.mask_rows`, imported on first use: the detectors' libraries
+    (pyarrow.compute, phonenumbers) load only for a policy that masks."""
+    from hoopgw.recorder.masking.rowsets import mask_rows as masked
+
+    masked(*args)
+
 
 SOURCE: Final = "mcp"
 SERVED_METHODS: Final = frozenset(

@@ -37,7 +37,7 @@ import logging
 import time
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from mitmproxy import ctx, exceptions, http
@@ -711,14 +711,17 @@ def _head_value(request: http.Request, name: str) -> str | None:
     return None if value is None else protocol.printable(value.encode())[:_SAMPLE_HEADER_CHARS]
 
 
+_WORK_ENDPOINTS: Final = frozenset({Endpoint.LOGIN, Endpoint.QUERY, *protocol.AGENT_ENDPOINTS})
+
+
 def _starts_work(flow: http.HTTPFlow, state: FlowState) -> bool:
-    """A login or a new statement: what a full spool refuses.
+    """A login, a new statement or an agent-surface call: what a full spool refuses.
 
     The rest of a session (results, polling, renewal, cancel, logout) is still
     recorded and let through, so sessions can end and their segments seal and
     drain instead of waiting for the segment age limit.
     """
-    if state.endpoint in (Endpoint.LOGIN, Endpoint.QUERY):
+    if state.endpoint in _WORK_ENDPOINTS:
         return True
     if state.endpoint is Endpoint.SQL_API:
         route = flow.request.path.partition("?")[0].rstrip("/")
@@ -733,10 +736,10 @@ def _response_data(state: FlowState) -> dict[str, Any]:
 
 
 def _opens_session(state: FlowState) -> bool:
-    """A login that succeeded, or an SQL API call that went upstream: each its own session."""
+    """A login that succeeded, or a bearer call (SQL API, Cortex, MCP) that went upstream."""
     if state.caller is None or state.answered:
         return False
-    if state.endpoint is Endpoint.SQL_API:
+    if state.endpoint in protocol.BEARER_ENDPOINTS:
         return state.upstream_login is not None
     return state.endpoint is Endpoint.LOGIN and _succeeded(state)
 

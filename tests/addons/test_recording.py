@@ -358,6 +358,13 @@ async def test_a_full_spool_refuses_new_work_and_lets_sessions_end(tmp_path: Pat
         await addon.request(login)
         assert login_state.answered
         assert "the recording spool is full" in error_of(login)["message"]
+        for surface in (
+            "/api/v2/cortex/analyst/message",
+            "/api/v2/databases/D/schemas/S/mcp-servers/M",
+        ):
+            call, call_state = authenticated(surface, {"messages": []})
+            await addon.request(call)
+            assert call_state.answered, surface  # an agent call is new work too
         for path, body in (("/session/heartbeat", {}), (LOGOUT_PATH, {})):
             going, going_state = authenticated(path, body, session_id=state.session_id)
             await addon.request(going)
