@@ -30,7 +30,8 @@ sits between the gateway and fakesnow and:
   Snowflake sends drivers that take no Arrow, such as Node's; fakesnow answers
   Arrow only); `/*chunks:N:json:noinline*/` puts every row in the chunks (Node
   reads no chunks when rows come inline); `/*chunks:N:json:BYTES*/` instead
-  makes N synthetic chunks of about BYTES decoded bytes each, one shared blob (for benchmarks: scripts/bench_chunks.py);
+  makes N synthetic chunks of about BYTES decoded bytes each, one shared blob
+  (for benchmarks: scripts/bench_chunks.py);
 - answers `PUT`/`GET` itself as Snowflake's first round of a file transfer:
   `stageInfo` with temporary cloud keys (`STAGE_CREDENTIALS`) and
   `encryptionMaterial`, without running anything.
