@@ -5,9 +5,9 @@ Snowflake connectors (4.x, 5.x) and their dependencies clash. An environment
 lives under the cache directory (`$HOOPGW_CLIENT_CACHE`, else
 `~/.cache/hoopgw/clients`) in a folder named after the client and a hash of
 its exact requirement list and interpreter, so a run reuses what an earlier run
-built and a changed pin builds afresh. Installs are built in a temporary
-folder and renamed into place once complete: a folder under its final name is
-always whole.
+built and a changed pin builds afresh. An environment is built in place (a
+virtualenv's scripts name its path, so it cannot be moved) and marked complete
+with a file written last; a folder without that mark is removed and rebuilt.
 
 `Installs.start` begins every install at once, each in its own background
 thread running `python -m venv` and `pip install` (or `npm install`) as child
@@ -26,19 +26,20 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 INSTALL_TIMEOUT = 900.0
+COMPLETE = ".hoopgw-complete"
 
 # Top-level pins: a release that changes behaviour shows up as a changed pin here.
 PYTHON_CLIENTS: dict[str, tuple[str, ...]] = {
     "connector5": ("snowflake-connector-python==5.2.0",),
-    "sqlalchemy": ("snowflake-sqlalchemy==2.1.0", "snowflake-connector-python==4.8.*"),
+    "sqlalchemy": ("snowflake-sqlalchemy==2.1.0", "snowflake-connector-python==5.2.0"),
     "snowcli": ("snowflake-cli==3.30.0",),
     "dbt": ("dbt-core==1.11.*", "dbt-snowflake==1.11.*"),
-    "mcp-snowflake-server": ("mcp-snowflake-server==0.4.0", "setuptools<81"),
+    # 0.4.0 uses the low-level server API that mcp 2 removed (`Server.list_resources`)
+    "mcp-snowflake-server": ("mcp-snowflake-server==0.4.0", "mcp<2", "setuptools<81"),
     "snowflake-labs-mcp": ("snowflake-labs-mcp==1.4.2",),
 }
 NODE_PACKAGES: tuple[str, ...] = ("snowflake-sdk@3.4.1",)
@@ -77,7 +78,7 @@ class Install:
     _stopping: bool = False
 
     def start(self) -> None:
-        if self.folder.is_dir():
+        if (self.folder / COMPLETE).is_file():
             self.reused = True
             self._done.set()
             return
@@ -106,7 +107,8 @@ class Install:
 
     def _build(self) -> None:
         started = time.monotonic()
-        building = self.folder.with_name(f".{self.folder.name}.{uuid.uuid4().hex[:8]}")
+        building = self.folder
+        shutil.rmtree(building, ignore_errors=True)
         try:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             with self.log_path.open("w") as log:
@@ -136,15 +138,12 @@ class Install:
                             f" {returncode}; log {self.log_path} ends:\n" + _tail(self.log_path)
                         )
                         return
-            try:
-                building.rename(self.folder)
-            except OSError:
-                if not self.folder.is_dir():  # a concurrent run that got there first is fine
-                    raise
+            (building / COMPLETE).write_text(" ".join(" ".join(step) for step in self.steps))
         except (OSError, subprocess.SubprocessError) as exc:
             self.error = f"{self.name}: {type(exc).__name__}: {exc}"
         finally:
-            shutil.rmtree(building, ignore_errors=True)
+            if self.error is not None:
+                shutil.rmtree(building, ignore_errors=True)
             self.seconds = time.monotonic() - started
             self._done.set()
 
@@ -240,7 +239,7 @@ class Installs:
         for install in self.all:
             if install.reused:
                 state = "cached"
-            elif install._stopping and install.error:
+            elif install._stopping and install.error and "stopped" in install.error:
                 state = f"stopped after {install.seconds:.0f} s"
             elif install.error:
                 state = f"failed after {install.seconds:.0f} s"
