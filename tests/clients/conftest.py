@@ -67,7 +67,7 @@ def pytest_collection_modifyitems(
     """Client tests last, and their installs begun now, so both overlap with the rest."""
     global _installs
     clients = [item for item in items if _is_client_test(item)]
-    if not clients:
+    if not clients or config.option.collectonly:
         return
     items[:] = [item for item in items if not _is_client_test(item)] + clients
     if _installs is None:
