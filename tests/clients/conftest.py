@@ -170,6 +170,31 @@ class ClientStack:
 
         return stack.wait_until(find, 60, f"a recorded statement with {marker}")  # type: ignore[return-value]
 
+    def recorded_chunks(self, marker: str, count: int) -> list[dict[str, Any]]:
+        """The `chunk` records of the result of the statement carrying `marker`: the chunks
+        the gateway fetched for the client (a client fetching from storage leaves none)."""
+
+        def find() -> list[dict[str, Any]] | None:
+            records = stored_records(self.store)
+            flows = {
+                record["flow_id"]
+                for record in records
+                if record.get("kind") == "request" and marker in str(record.get("sql") or "")
+            }
+            query_ids = {
+                record.get("query_id")
+                for record in records
+                if record.get("kind") == "response" and record.get("flow_id") in flows
+            } - {None}
+            chunks = [
+                record
+                for record in records
+                if record.get("kind") == "chunk" and record.get("query_id") in query_ids
+            ]
+            return chunks if len(chunks) >= count else None
+
+        return stack.wait_until(find, 60, f"{count} chunk records for {marker}")  # type: ignore[return-value]
+
 
 @pytest.fixture(scope="session")
 def client_stack(
