@@ -134,8 +134,8 @@ class Install:
                         raise
                     if returncode != 0:
                         self.error = (
-                            f"{self.name}: `{' '.join(argv[:4])} ...` exited with"
-                            f" {returncode}; log {self.log_path} ends:\n" + _tail(self.log_path)
+                            f"{self.name}: {_last_error(self.log_path)} (`{' '.join(argv[:4])}"
+                            f" ...` exited with {returncode}; log {self.log_path})"
                         )
                         return
             (building / COMPLETE).write_text(" ".join(" ".join(step) for step in self.steps))
@@ -148,13 +148,19 @@ class Install:
             self._done.set()
 
 
-def _tail(path: Path, lines: int = 15) -> str:
+def _last_error(path: Path) -> str:
+    """The installer's own last error line (pip's `ERROR:`, npm's `npm error`)."""
     try:
-        text = path.read_text(errors="replace")
+        lines = path.read_text(errors="replace").splitlines()
     except OSError:
-        return ""
-    useful = [line for line in text.splitlines() if "is ignored: it is neither" not in line]
-    return "\n".join(useful[-lines:])
+        return "no log"
+    errors = [
+        line
+        for line in lines
+        if line.lower().startswith(("error", "npm error")) and "complete log" not in line
+    ]
+    useful = [line for line in lines if "is ignored: it is neither" not in line]
+    return (errors or useful or ["no output"])[-1].strip()
 
 
 def python_install(name: str, requirements: tuple[str, ...], root: Path) -> Install:
