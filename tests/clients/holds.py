@@ -61,7 +61,9 @@ def approve_when_held(
         (folder / "stdout").open("w") as stdout,
         (folder / "stderr").open("w") as stderr,
     ):
-        process = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr, env=env)
+        process = subprocess.Popen(
+            argv, stdin=stdin, stdout=stdout, stderr=stderr, env=env, cwd=folder
+        )
     try:
 
         def pending() -> dict[str, Any] | None:

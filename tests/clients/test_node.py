@@ -62,7 +62,13 @@ def job(client_stack: ClientStack, sql: str) -> dict[str, Any]:
 
 def node(installs, client_stack: ClientStack, sql: str) -> dict[str, Any]:
     env = node_env(installs, client_stack)
-    completed = run([which("node"), str(SCRIPT)], env=env, stdin=json.dumps(job(client_stack, sql)))
+    # the SDK writes snowflake.log into its working directory
+    completed = run(
+        [which("node"), str(SCRIPT)],
+        env=env,
+        stdin=json.dumps(job(client_stack, sql)),
+        cwd=client_stack.workdir,
+    )
     return answer_of(completed)
 
 
