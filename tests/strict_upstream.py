@@ -27,8 +27,12 @@ sits between the gateway and fakesnow and:
   each behind a pre-signed URL and encrypted with the answer's `qrmk` (JSON
   chunks gzip'd rows without the outer brackets, served with Content-Encoding
   gzip; Arrow chunks IPC streams, gzip'd without the header, as S3 serves them);
-  `/*chunks:N:json:BYTES*/` instead makes N synthetic chunks of about BYTES
-  decoded bytes each, one shared blob (for benchmarks: scripts/bench_chunks.py);
+  `/*chunks:0:json*/` answers the whole result inline as a JSON rowset (what
+  Snowflake sends drivers that take no Arrow, such as Node's; fakesnow answers
+  Arrow only); `/*chunks:N:json:noinline*/` puts every row in the chunks (Node
+  reads no chunks when rows come inline); `/*chunks:N:json:BYTES*/` instead
+  makes N synthetic chunks of about BYTES decoded bytes each, one shared blob
+  (for benchmarks: scripts/bench_chunks.py);
 - answers `PUT`/`GET` itself as Snowflake's first round of a file transfer:
   `stageInfo` with temporary cloud keys (`STAGE_CREDENTIALS`) and
   `encryptionMaterial`, without running anything.
@@ -65,7 +69,7 @@ from joserfc.jwk import RSAKey
 from tests import cortex_upstream, mcp_upstream, stack
 from tests.cloud_storage import CloudStorage
 
-CHUNKED = re.compile(r"/\*chunks:(\d+):(json|arrow)(?::(\d+))?\*/")
+CHUNKED = re.compile(r"/\*chunks:(\d+):(json|arrow)(?::(\d+))?(:noinline)?\*/")
 INLINE_ROWS = 10
 STAGE_CREDENTIALS = {
     "AWS_KEY_ID": "ASIA-STRICT-STAGE-KEY-ID",
@@ -557,7 +561,20 @@ class StrictUpstream(stack.LoopbackServer):
         if marker.group(3):
             return _Answer.json(self._synthetic(payload, chunk_count, int(marker.group(3)), qrmk))
         table = _arrow_table(data)
-        inline, rest = table.slice(0, INLINE_ROWS), table.slice(INLINE_ROWS)
+        if chunk_count == 0:
+            data.pop("rowsetBase64", None)
+            rows = _json_rows(table) if result_format == "json" else None
+            data.update(
+                rowset=rows,
+                queryResultFormat=result_format,
+                total=table.num_rows,
+                returned=table.num_rows,
+            )
+            if rows is None:
+                data["rowsetBase64"] = base64.b64encode(_arrow_bytes(table)).decode()
+            return _Answer.json(payload)
+        inline_rows = 0 if marker.group(4) else INLINE_ROWS
+        inline, rest = table.slice(0, inline_rows), table.slice(inline_rows)
         step = -(-rest.num_rows // chunk_count)
         chunks = []
         for index in range(chunk_count):
@@ -566,8 +583,10 @@ class StrictUpstream(stack.LoopbackServer):
             if result_format == "json":
                 raw = json.dumps(_json_rows(piece))[1:-1].encode()
                 stored = gzip.compress(raw)
+                # Node parses a body labelled JSON as one document, which rows are not
+                label = "application/octet-stream" if marker.group(4) else "application/json"
                 url = self.storage.put(
-                    name, stored, qrmk, content_type="application/json", content_encoding="gzip"
+                    name, stored, qrmk, content_type=label, content_encoding="gzip"
                 )
             else:
                 raw = _arrow_bytes(piece)
@@ -590,7 +609,7 @@ class StrictUpstream(stack.LoopbackServer):
         data.update(
             queryResultFormat=result_format,
             total=table.num_rows,
-            returned=inline.num_rows,
+            returned=table.num_rows if marker.group(4) else inline.num_rows,
             chunks=chunks,
             qrmk=qrmk,
         )
