@@ -278,3 +278,64 @@ def test_refusal_summaries_count_sample_and_hold_no_secret(
     )
     assert searched.exit_code == 0, searched.output
     assert PASSWORD not in listed.output + shown.output + searched.output
+
+
+def _upload_until_closed(port: int, head: bytes, pieces: Iterator[bytes]) -> tuple[int, bytes]:
+    """Send a body piece by piece until the gateway closes: (body bytes sent, answer read).
+
+    A connection the gateway leaves open (stalled, not closed) fails the test.
+    """
+    sent = 0
+    answer = b""
+    with socket.create_connection((stack.LOOPBACK, port), timeout=15) as sock:
+        try:
+            sock.sendall(head)
+            for piece in pieces:
+                sock.sendall(piece)
+                sent += len(piece)
+        except TimeoutError:
+            pytest.fail(f"the gateway stopped reading after {sent} bytes but left the socket open")
+        except OSError:
+            pass  # closed under the client's feet: what it managed to send is the figure
+        try:
+            while data := sock.recv(65536):
+                answer += data
+        except TimeoutError:
+            pytest.fail("the gateway neither answered nor closed the connection")
+        except OSError:
+            pass
+    return sent, answer
+
+
+def test_an_anonymous_upload_refused_from_its_head_is_never_read(flooded, connect, oidc) -> None:
+    """100 MiB chunked or declared over the limit: closed from the head, not read to the limit.
+
+    The client counts what it could send before the gateway closed the
+    connection: what the kernel's socket buffers hold, not the request limit
+    (before: all 100 MiB of a chunked body up to the 512 MiB `body_size_limit`).
+    """
+    gateway = flooded["gateway"]
+    head = (
+        b"POST " + QUERY.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\n"
+    )
+    piece = b"x" * MIB
+    chunked = (b"%x\r\n%s\r\n" % (len(piece), piece) for _ in range(100))
+    declared = (piece for _ in range(100))
+    cursor = connect(gateway, token=oidc.mint("upload-bystander", ["agents"])).cursor()
+    rss_before = peak_rss_mib(gateway)
+    figures: dict[str, Any] = {}
+    for name, extra, pieces in [
+        ("chunked", b"Transfer-Encoding: chunked\r\n\r\n", chunked),
+        ("declared", b"Content-Length: %d\r\n\r\n" % (100 * MIB), declared),
+    ]:
+        start = time.perf_counter()
+        sent, answer = _upload_until_closed(gateway.port, head + extra, pieces)
+        figures[name] = {"sent_mib": round(sent / MIB, 2), "secs": time.perf_counter() - start}
+        assert sent < REQUEST_LIMIT, figures
+        if answer:  # the refusal reaches a client that reads; one still sending sees a reset
+            assert b'"399001"' in answer and b"connection: close" in answer.lower(), answer
+        assert cursor.execute("select 7").fetchone() == (7,)
+    figures["rss_growth_mib"] = peak_rss_mib(gateway) - rss_before
+    print("HEAD REFUSAL FIGURES", json.dumps(figures))
+    assert figures["rss_growth_mib"] < 2 * REQUEST_LIMIT / MIB, figures
