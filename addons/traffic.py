@@ -234,9 +234,13 @@ class SnowflakeTraffic:
     def _accept(
         self, flow: http.HTTPFlow, state: FlowState, body: bytes, parsed: dict[str, Any] | None
     ) -> None:
+        request = flow.request
+        if parsed is not None and body.startswith(protocol.UTF8_BOM):
+            # checked without the byte order mark, so it goes upstream without it
+            body = body.removeprefix(protocol.UTF8_BOM)
+            request.content = body
         state.request_body = body
         state.request_json = parsed
-        request = flow.request
         if state.endpoint is Endpoint.LOGIN and state.request_json:
             data = state.request_json.get("data")
             if isinstance(data, dict):

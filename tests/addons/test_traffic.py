@@ -386,3 +386,30 @@ async def test_a_large_malformed_body_is_refused_from_the_worker_thread() -> Non
     await pending
     assert "not valid JSON" in error_of(flow)["message"]
     traffic.done()
+
+
+@pytest.mark.parametrize("encoding", ["", "gzip"])
+def test_a_json_body_with_a_byte_order_mark_is_read_and_forwarded_without_it(
+    encoding: str,
+) -> None:
+    """Redaction skips a UTF-8 BOM and so does Snowflake's parser: the gateway agrees."""
+    traffic = SnowflakeTraffic()
+    text = orjson.dumps(login_body("not-a-real-token"))
+    raw = protocol.UTF8_BOM + text
+    headers = [("content-encoding", "gzip")] if encoding else []
+    flow = snowflake_flow("POST", LOGIN_PATH, gzip.compress(raw) if encoding else raw, headers)
+    run_request(traffic, flow)
+    state = state_of(flow)
+    assert state is not None and state.refusal is None
+    assert state.request_json == orjson.loads(text)
+    assert state.request_body == text
+    assert flow.request.content == text  # what goes upstream is what was checked
+    assert flow.request.headers.get("content-encoding", "") == encoding
+
+
+def test_a_byte_order_mark_does_not_hide_a_repeated_key() -> None:
+    traffic = SnowflakeTraffic()
+    body = protocol.UTF8_BOM + b'{"sqlText": "select 1", "sqlText": "drop table t"}'
+    flow = snowflake_flow("POST", QUERY_PATH, body)
+    run_request(traffic, flow)
+    assert "repeats the key" in error_of(flow)["message"]
