@@ -17,6 +17,7 @@ from hoopgw.addons.failclosed import FailClosed, guarded
 from hoopgw.addons.guardrails import Guardrails
 from hoopgw.addons.inspection import Inspection
 from hoopgw.addons.masking import Masking
+from hoopgw.addons.partitions import SqlApiPartitions
 from hoopgw.addons.query_ids import QueryIds
 from hoopgw.addons.recording import Recording
 from hoopgw.addons.results import ChunkFetch, ResultChunks
@@ -50,6 +51,7 @@ addons = [
         QueryIds(authentication.tokens),
         guardrails,
         masking,
+        SqlApiPartitions(),
         Recording(),
         Approvals(approvals),
         ChunkFetch(result_chunks),

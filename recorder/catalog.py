@@ -1041,10 +1041,17 @@ def verify_chunks(records: list[dict[str, Any]], report: VerifyReport) -> None:
     result's chunks were fetched.
     """
     counts: dict[str, int] = {}
+    partitioned: set[str] = set()  # SQL API results: partition 0 came inline
     for record in records:
         count = record.get("chunk_count")
+        partitions = record.get("partition_count")
         query_id = record.get("query_id")
-        if record.get("kind") == RESPONSE and isinstance(count, int) and isinstance(query_id, str):
+        if record.get("kind") != RESPONSE or not isinstance(query_id, str):
+            continue
+        if isinstance(partitions, int) and partitions > 1:
+            counts[query_id] = partitions
+            partitioned.add(query_id)
+        elif isinstance(count, int):
             counts[query_id] = count
     hashes: dict[tuple[str, int], str] = {}
     for record in records:
@@ -1076,7 +1083,11 @@ def verify_chunks(records: list[dict[str, Any]], report: VerifyReport) -> None:
                 "with different SHA-256 (not the same bytes)",
             )
     for query_id, count in counts.items():
-        fetched = len({index for q, index in hashes if q == query_id})
+        indexes = {index for q, index in hashes if q == query_id}
+        unit = "partitions" if query_id in partitioned else "chunks"
+        if query_id in partitioned:
+            indexes = {0} | {index for index in indexes if index > 0}
+        fetched = len(indexes)
         if fetched:
             state = "all fetched" if fetched >= count else f"{fetched} of {count} fetched"
-            report.notes.append(f"query {query_id}: {count} chunks, {state}")
+            report.notes.append(f"query {query_id}: {count} {unit}, {state}")

@@ -79,6 +79,7 @@ class StatementOutcome(TypedDict, total=False):
     chunk_count: int
     chunk_rows: int
     chunk_bytes: int
+    partition_count: int
     error_code: str
     sql_state: Any
     message: str
@@ -220,6 +221,9 @@ def statement_outcome(answer: dict[str, Any]) -> StatementOutcome:
         meta = answer.get("resultSetMetaData")
         if isinstance(meta, dict) and meta.get("numRows") is not None:
             outcome["total"] = meta["numRows"]
+        partitions = meta.get("partitionInfo") if isinstance(meta, dict) else None
+        if isinstance(partitions, list):
+            outcome["partition_count"] = len(partitions)
     return outcome  # type: ignore[return-value]
 
 
