@@ -443,7 +443,7 @@ def statement_dict(statement: RecordedStatement, session_id: str) -> dict[str, A
         "approval": statement.approval,
         **(
             {
-                outcome.chunk_unit: {
+                outcome.chunk_unit.replace(" ", "_"): {
                     "count": outcome.chunk_count,
                     "fetched": outcome.chunks_fetched or 0,
                 }

@@ -157,6 +157,9 @@ KIND_FIELDS: Final[dict[str, dict[str, Field]]] = {
         "chunk_count": _opt(OPT_INT, "number of result chunks fetched from cloud storage"),
         "chunk_rows": _opt(OPT_INT, "sum of chunks[].rowCount"),
         "chunk_bytes": _opt(OPT_INT, "sum of chunks[].uncompressedSize"),
+        "stage_file_count": _opt(
+            OPT_INT, "GET on a GCP stage: files behind data.presignedUrls (proxied as chunks)"
+        ),
         "partition_count": _opt(
             OPT_INT, "SQL API: result partitions (resultSetMetaData.partitionInfo), 0 inline"
         ),

@@ -404,6 +404,9 @@ def recorded_outcome(answer: dict[str, Any] | None) -> RecordedOutcome:
     partitions = flat.get("partition_count")
     if isinstance(partitions, int) and partitions > 1:
         outcome.chunk_count, outcome.chunk_unit = partitions, "partitions"
+    files = flat.get("stage_file_count")
+    if isinstance(files, int) and files and not outcome.chunk_count:
+        outcome.chunk_count, outcome.chunk_unit = files, "stage files"
     if success:
         outcome.result, outcome.rows_note = _complete_result(body, data)
         dml_rows = dml_row_count(data)

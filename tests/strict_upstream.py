@@ -65,6 +65,9 @@ from tests import stack
 from tests.cloud_storage import CloudStorage
 
 CHUNKED = re.compile(r"/\*chunks:(\d+):(json|arrow)(?::(\d+))?\*/")
+# a GET with this comment is answered as on GCP: N pre-signed URLs to the stage files
+PRESIGNED = re.compile(r"/\*presigned:(\d+)\*/")
+STAGE_FILE = b"id,label\n%d,stage file\n"
 # an SQL API statement with this comment is answered in N partitions of R rows each
 PARTITIONED = re.compile(r"/\*partitions:(\d+):(\d+)\*/")
 INLINE_ROWS = 10
@@ -237,7 +240,7 @@ class StrictUpstream(stack.LoopbackServer):
         if route == "/telemetry/send":
             return _Answer.json({"success": True, "data": None, "code": None, "message": None})
         if route == "/queries/v1/query-request" and _file_transfer(body):
-            return _Answer.json(_stage_answer(body))
+            return _Answer.json(self._presigned(body, _stage_answer(body)))
         if route == "/queries/v1/query-request":
             altered = self._query_tag(session, body)
             if altered is not None:
@@ -567,6 +570,19 @@ class StrictUpstream(stack.LoopbackServer):
             )
         finally:
             connection.close()
+
+    def _presigned(self, request: bytes, answer: dict[str, Any]) -> dict[str, Any]:
+        """A GET marked `/*presigned:N*/` answered as on GCP: N pre-signed URLs, no keys."""
+        marker = PRESIGNED.search(str(json.loads(request).get("sqlText") or ""))
+        if marker is None or self.storage is None:
+            return answer
+        data = answer["data"]
+        data["stageInfo"].update(locationType="GCS", creds={}, presignedUrl=None)
+        data["presignedUrls"] = [
+            self.storage.put(f"stage/{data['queryId']}/file_{index}.csv", STAGE_FILE % index, "")
+            for index in range(int(marker.group(1)))
+        ]
+        return answer
 
     def _chunked(self, request: bytes, answer: _Answer) -> _Answer:
         """A result split the way Snowflake splits a large one, when the query asks for it."""

@@ -542,3 +542,55 @@ def test_sessions_show_and_verify_count_the_partitions_fetched(partition_run) ->
     verified = CliRunner().invoke(main, ["verify", session_id, "--store", store])
     assert verified.exit_code == 0, verified.output
     assert f"{PARTITIONS} partitions, 3 of {PARTITIONS} fetched" in verified.output
+
+
+# --- stage files behind pre-signed URLs (GET on a GCP stage) ----------------------------------
+
+GET_SQL = "get @~/exports file:///tmp/out /*presigned:2*/"
+
+
+def test_presigned_stage_files_are_fetched_through_the_gateway_and_recorded(
+    gateway_factory, strict, storage, oidc, tmp_path
+) -> None:
+    policy = tmp_path / "stage.toml"
+    policy.write_text(
+        '[[rule]]\nname = "downloads"\ngroups = ["agents"]\nallow_stage_transfer = true\n'
+    )
+    gateway = gateway_factory(strict.url, {"hoopgw_policy": str(policy)}, name="presigned-gw")
+    session = login(gateway.port, oidc.mint("downloader", ["agents"]))
+    other = login(gateway.port, oidc.mint("someone-else", ["agents"]))
+    answer = query(gateway.port, session.token, GET_SQL, "presigned")
+    assert answer.json["success"] is True, answer.json
+    urls = answer.json["data"]["presignedUrls"]
+    assert len(urls) == 2 and all(CHUNK_PATH_PREFIX in url for url in urls)
+    assert storage.url not in answer.body.decode(), "no storage host or signature on the wire"
+    files = {name: digest for name, digest in storage.hashes().items() if name.startswith("stage/")}
+
+    quiet = storage.mark()
+    refused = send(
+        gateway.port, "GET", gateway_path(urls[0]), headers=[session_authorization(other.token)]
+    )
+    assert refused.status != 200 and storage.requests_since(quiet) == []
+    got = [send(gateway.port, "GET", gateway_path(url)) for url in urls]
+    assert [r.status for r in got] == [200, 200]
+    assert got[1].body == strict_upstream.STAGE_FILE % 1
+    gateway.stop()
+
+    records = stored_records(gateway.workdir / "store")
+    text = json.dumps(records)
+    assert storage.url not in text and "X-Amz-Signature" not in text
+    (response,) = [r for r in records if r["kind"] == "response" and r.get("stage_file_count")]
+    assert response["stage_file_count"] == 2
+    fetched = sorted(
+        (r for r in records if r["kind"] == "chunk" and r.get("complete")),
+        key=lambda r: r["chunk_index"],
+    )
+    assert [r["chunk_index"] for r in fetched] == [0, 1]
+    assert {r["query_id"] for r in fetched} == {response["query_id"]}
+    assert [r["sha256"] for r in fetched] == [hashlib.sha256(r.body).hexdigest() for r in got]
+    assert sorted(r["sha256"] for r in fetched) == sorted(files.values())
+    assert all(r["body"]["omitted"] == "stage file" for r in fetched)
+    store = f"file:{gateway.workdir / 'store'}"
+    verified = CliRunner().invoke(main, ["verify", response["session_id"], "--store", store])
+    assert verified.exit_code == 0, verified.output
+    assert "2 stage files, all fetched" in verified.output
