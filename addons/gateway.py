@@ -17,7 +17,7 @@ from hoopgw.addons.failclosed import FailClosed, guarded
 from hoopgw.addons.guardrails import Guardrails
 from hoopgw.addons.inspection import Inspection
 from hoopgw.addons.masking import Masking
-from hoopgw.addons.partitions import SqlApiPartitions
+from hoopgw.addons.partitions import PartitionRecords, SqlApiPartitions
 from hoopgw.addons.query_ids import QueryIds
 from hoopgw.addons.recording import Recording
 from hoopgw.addons.results import ChunkFetch, ResultChunks
@@ -36,6 +36,7 @@ result_chunks = ResultChunks()
 authentication = Authentication()
 guardrails = Guardrails()
 masking = Masking(guardrails, result_chunks)
+partitions = SqlApiPartitions()
 
 addons = [
     one_line_option_errors(guarded(addon))
@@ -51,10 +52,11 @@ addons = [
         QueryIds(authentication.tokens),
         guardrails,
         masking,
-        SqlApiPartitions(),
+        partitions,
         Recording(),
         Approvals(approvals),
         ChunkFetch(result_chunks),
+        PartitionRecords(partitions),
         Inspection(),
         FailClosed(
             required=(

@@ -11,9 +11,10 @@ small tie, `sqlapi/partitions/<sha256 of the handle>.json` (the statement's
 hoopgw session, the caller, each partition's declared rows), in the store every
 replica reads, and keeps it in memory. A partition fetch (its handle already
 mapped back to Snowflake's by addons/query_ids.py, so only the statement's
-caller can name it) is then recorded in the statement's session, with a `chunk`
-record per partition (`partition: true`): the SHA-256 and size of the bytes the
-client got, the declared rows, timing and status. `hoopgw sessions show`,
+caller can name it) is then recorded in the statement's session, and
+`PartitionRecords` writes a `chunk` record per partition (`partition: true`):
+the SHA-256 and size of the bytes the client got, the declared rows, timing
+and status. `hoopgw sessions show`,
 `hoopgw verify` and the mitmweb view count them like result chunks: "N rows in
 M partitions, K of M fetched". A fetch whose tie cannot be read is recorded in
 its own session, as before. The tie costs one store write per answer with
@@ -84,11 +85,10 @@ def tie_key(handle: str) -> str:
 
 
 class SqlApiPartitions:
-    """Ties SQL API partition fetches to their statement's session and records each one.
+    """Ties SQL API partition fetches to their statement's session; `PartitionRecords` records them.
 
-    Sits after `QueryIds` (handles are Snowflake's by then) and masking (the
-    answer is what the client gets), before `Recording` (which writes the
-    fetch in the session set here).
+    Sits after `QueryIds` (handles are Snowflake's by then) and before
+    `Recording` (which writes the fetch in the session set here).
     """
 
     def __init__(self) -> None:
@@ -116,11 +116,7 @@ class SqlApiPartitions:
 
     async def response(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)
-        if state is None or flow.response is None:
-            return
-        fetch = self.fetches.pop(flow, None)
-        if fetch is not None:
-            self._record(flow, state, fetch, None)
+        if state is None or flow.response is None or flow in self.fetches:
             return
         tie = self._tie_from_answer(flow, state)
         if tie is not None:
@@ -129,13 +125,6 @@ class SqlApiPartitions:
             self._fetched[tie.handle] = {0}
             _note_fetched(flow, 1)
             await self._write_tie(tie)
-
-    def error(self, flow: http.HTTPFlow) -> None:
-        state = state_of(flow)
-        fetch = self.fetches.pop(flow, None)
-        if state is not None and fetch is not None:
-            reason = str(flow.error.msg) if flow.error else "unknown"
-            self._record(flow, state, fetch, f"the partition did not reach the client: {reason}")
 
     @staticmethod
     def _tie_from_answer(flow: http.HTTPFlow, state: FlowState) -> PartitionTie | None:
@@ -196,9 +185,10 @@ class SqlApiPartitions:
         self._remember(tie)
         return tie
 
-    def _record(
+    def record(
         self, flow: http.HTTPFlow, state: FlowState, fetch: PartitionFetch, error: str | None
     ) -> None:
+        """Write the fetch's `chunk` record in the statement's session."""
         response = flow.response
         status = response.status_code if response is not None else None
         fields: dict[str, Any] = {
@@ -254,6 +244,31 @@ class SqlApiPartitions:
             return
         fetched.add(fetch.number)
         _note_fetched(answer, len(fetched))
+
+
+class PartitionRecords:
+    """Records each partition fetch once its answer is what the client gets.
+
+    Sits after `Recording` and masking, as `ChunkFetch` does: the `chunk`
+    record follows the fetch's own response record and hashes the bytes sent.
+    """
+
+    def __init__(self, partitions: SqlApiPartitions) -> None:
+        self.partitions = partitions
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        state = state_of(flow)
+        fetch = self.partitions.fetches.pop(flow, None)
+        if state is not None and fetch is not None:
+            self.partitions.record(flow, state, fetch, None)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        state = state_of(flow)
+        fetch = self.partitions.fetches.pop(flow, None)
+        if state is not None and fetch is not None:
+            reason = str(flow.error.msg) if flow.error else "unknown"
+            error = f"the partition did not reach the client: {reason}"
+            self.partitions.record(flow, state, fetch, error)
 
 
 def partition_request(request: http.Request) -> tuple[str | None, int | None]:

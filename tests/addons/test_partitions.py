@@ -1,4 +1,4 @@
-"""SqlApiPartitions: partition fetches tied to the statement's session, and only its caller's."""
+"""SqlApiPartitions: partition fetches tied to the statement's session, only for its caller."""
 
 from __future__ import annotations
 
