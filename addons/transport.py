@@ -323,7 +323,7 @@ def _close_left_open(client: connection.Client) -> None:
     writer = io.writer if io is not None else None
     if writer is not None and not writer.is_closing():
         writer.close()
-        logger.info("hoopgw: closed a client socket mitmproxy left open")
+        logger.debug("hoopgw: closed a client socket mitmproxy left open")
 
 
 def answer_from_head(flow: http.HTTPFlow) -> None:
