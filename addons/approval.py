@@ -795,13 +795,13 @@ class ApprovalDesk:
                 "error": f"only members of {', '.join(request.approvers)} may decide this request"
             }
         if approval.state() != "pending":
-            return 409, {"error": f"approval {request.id} is already {approval.state()}"}
+            return _already_decided(approval, approval.decision)
         outcome = "approved" if action == "approve" else "denied"
         decision = ApprovalDecision(request.id, outcome, time.time(), approver, reason)  # type: ignore[arg-type]
         book = self.shared.required_book()
         stored, written = await asyncio.to_thread(book.decide, decision)
         if not written:
-            return 409, {"error": f"approval {request.id} is already {stored.outcome}"}
+            return _already_decided(approval, stored)
         durable = self.shared.record(_decision_record(flow, None, request, decision, approver))
         if durable is not None:
             await durable
@@ -833,6 +833,24 @@ class ApprovalDesk:
             "groups": list(groups),
             "issuer": verifier.issuer,
         }
+
+
+def _already_decided(
+    approval: Approval, standing: ApprovalDecision | None
+) -> tuple[int, dict[str, Any]]:
+    """409 for a decision that came second: it names the decision that stands."""
+    request = approval.request
+    if standing is None:  # timed out, nobody decided
+        message = f"approval {request.id} is already {approval.state()}: nothing was decided"
+        return 409, {"error": message, "decision": None}
+    who = standing.approver or {}
+    by = f" by {who.get('email') or who.get('subject')}" if who else ""
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(standing.ts))
+    because = f": {standing.reason}" if standing.reason else ""
+    message = f"approval {request.id} was already {standing.outcome}{by} at {when}{because}"
+    shown = {"id": standing.id, "outcome": standing.outcome, "ts": standing.ts}
+    shown |= {"approver": standing.approver, "reason": standing.reason}
+    return 409, {"error": message, "decision": shown}
 
 
 def _may_see(approver: dict[str, Any], request: ApprovalRequest) -> bool:

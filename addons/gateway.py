@@ -19,6 +19,7 @@ from hoopgw.addons.guardrails import Guardrails
 from hoopgw.addons.inspection import Inspection
 from hoopgw.addons.masking import Masking
 from hoopgw.addons.mcp import McpCalls
+from hoopgw.addons.partitions import PartitionRecords, SqlApiPartitions
 from hoopgw.addons.query_ids import QueryIds, StreamedIdBinding
 from hoopgw.addons.recording import Recording
 from hoopgw.addons.results import ChunkFetch, ResultChunks
@@ -38,6 +39,7 @@ authentication = Authentication()
 guardrails = Guardrails()
 masking = Masking(guardrails, result_chunks)
 query_ids = QueryIds(authentication.tokens)
+partitions = SqlApiPartitions()
 recording = Recording()
 
 addons = [
@@ -56,10 +58,12 @@ addons = [
         McpCalls(guardrails, masking),
         masking,
         StreamedIdBinding(query_ids),
+        partitions,
         Cortex(masking, recording),
         recording,
         Approvals(approvals),
         ChunkFetch(result_chunks),
+        PartitionRecords(partitions),
         Inspection(),
         FailClosed(
             required=(

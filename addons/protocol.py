@@ -289,48 +289,30 @@ def decode_body(message: http.Message, limit: int) -> bytes:
 
 
 _BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
+UTF8_BOM: Final = b"\xef\xbb\xbf"
 
 
-@dataclass(frozen=True, slots=True)
-class HeadRefusal:
-    """Why a request is refused from its head; `unread`: its body must not be read at all."""
-
-    reason: str
-    unread: bool
-
-
-_UNREAD_FLOOR: Final = 32 * 1024 * 1024
-"""Declared bodies over both this and twice the request limit are not read at all (see below)."""
-
-
-def refusal_from_head(request: http.Request, limit: int) -> HeadRefusal | None:
-    """A request refused before its body is read, judged from its head alone; None if it may go on.
+def refusal_from_head(request: http.Request, limit: int) -> str | None:
+    """Why a request is refused before its body is read, judged from its head alone; None if not.
 
     A body declared over `limit`, or of unknown length (chunked HTTP/1.1, an
     HTTP/2 or HTTP/3 body method without content-length: the drivers always
-    declare it), is refused here and never decoded, parsed or recorded.
-    mitmproxy 12 sends an addon's answer only after it has read the whole
-    body (up to `body_size_limit`), so a body declared over twice `limit` and
-    over `_UNREAD_FLOOR` is not read at all: `unread`, the flow is killed and
-    the connection closed. Smaller ones are read and answered: mitmproxy 12.2
-    keeps the socket of a flow killed after its whole body has arrived open
-    (observed on loopback), so killing is only safe for bodies that cannot
-    all be in flight yet.
+    declare it), is refused here, and its body is never read: mitmproxy 12
+    sends an addon's answer only after it has read the whole body (up to
+    `body_size_limit`, which bounds answers too), so such a flow is answered
+    from its head and its connection closed (`transport.answer_from_head`).
     """
     lengths = request.headers.get_all("content-length")
     if request.is_http2 or request.is_http3:
         if not lengths and request.method.upper() in _BODY_METHODS:
-            return HeadRefusal("a request body must declare its content-length", unread=False)
+            return "a request body must declare its content-length"
     elif "transfer-encoding" in request.headers:
-        return HeadRefusal(
-            "a request body must declare its Content-Length, not be sent chunked", unread=False
-        )
+        return "a request body must declare its Content-Length, not be sent chunked"
     if len(lengths) != 1 or not lengths[0].strip().isdigit():
         return None  # none (no body), or conflicting ones mitmproxy refuses itself
     size = int(lengths[0].strip())
     if size > limit:
-        reason = f"body of {size} bytes is over the {limit}-byte limit"
-        return HeadRefusal(reason, unread=size > max(2 * limit, _UNREAD_FLOOR))
+        return f"body of {size} bytes is over the {limit}-byte limit"
     return None
 
 
@@ -422,7 +404,11 @@ def parse_strict_json(data: bytes) -> Any:
     Infinity, which are not JSON, are refused too. The stdlib's C scanner with a
     pairs hook costs about what orjson does on a bindings-heavy body (a hook call
     per object, none per array element); scripts/bench_policy.py measures it.
+    A leading UTF-8 byte order mark is skipped, as Snowflake's parser (Jackson)
+    and the recorder's redaction skip it; `SnowflakeTraffic` forwards such a
+    body without it.
     """
+    data = data.removeprefix(UTF8_BOM)
     if not data.strip():
         return None
     try:

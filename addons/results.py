@@ -92,6 +92,8 @@ masking rules is then refused its chunks (addons/masking.py), never sent them un
 """
 PROXIED_URL_PREFIX: Final = "hoopgw:chunk/"
 _RESULT_ENDPOINTS: Final = frozenset({Endpoint.QUERY, Endpoint.RESULT})
+STAGE_FILE: Final = "stage_file"
+"""The `result_format` of a ticket for a stage file behind a pre-signed URL (GET on GCP)."""
 STAGE_NOTE: Final = "hoopgw_stage_transfer"
 """The field the record of a PUT/GET answer gains when the client was handed stage keys."""
 # What a PUT/GET answer carries that lets its holder reach the stage directly.
@@ -554,12 +556,14 @@ class ResultChunks:
                 "(over hoopgw_response_limit?); it was withheld",
             )
 
-    @staticmethod
-    def _stage_answer(flow: http.HTTPFlow, state: FlowState) -> None:
+    def _stage_answer(self, flow: http.HTTPFlow, state: FlowState) -> None:
         """A PUT/GET answer carries temporary cloud keys: handed out only where policy allows.
 
         Guardrails refuses PUT and GET it recognises before they run; this is the
-        check on what actually comes back, whatever statement asked for it.
+        check on what actually comes back, whatever statement asked for it. Where
+        it is allowed and Snowflake answers a GET with `presignedUrls` (stages on
+        GCP), each URL is sealed like a chunk URL in `proxy` mode: the client
+        downloads each file through the gateway, which records its size and hash.
         """
         guardrails = ctx.master.addons.get("guardrails")
         policy = getattr(guardrails, "policy", None)
@@ -568,6 +572,8 @@ class ResultChunks:
             # the record's copy says so; its `creds` are redacted like every secret
             noted = orjson.loads(orjson.dumps(state.response_json))
             noted["data"][STAGE_NOTE] = "temporary stage credentials handed out"
+            if self.mode == PROXY:
+                self._seal_presigned_urls(flow, state, noted)
             state.response_json = noted
             state.response_body = orjson.dumps(noted)
             return
@@ -582,6 +588,43 @@ class ResultChunks:
             protocol.CODE_GATEWAY_POLICY,
             f"Statement refused by hoopgw policy: {reason}.",
         )
+
+    def _seal_presigned_urls(
+        self, flow: http.HTTPFlow, state: FlowState, noted: dict[str, Any]
+    ) -> None:
+        """Each of a GET's `presignedUrls` becomes a sealed gateway URL, as chunk URLs do."""
+        payload = state.answer_for_client()
+        data = payload.get("data") if isinstance(payload, dict) else None
+        urls = data.get("presignedUrls") if isinstance(data, dict) else None
+        if payload is None or not isinstance(urls, list) or not urls:
+            return
+        query_id = str(data.get("queryId") or "")
+        base = self._base_url(flow)
+        expires_at = int(time.time()) + self.lifetime
+        caller = state.caller.as_record() if state.caller is not None else None
+        recorded = list(urls)
+        for index, url in enumerate(urls):
+            if not _storage_url(url):
+                continue
+            ticket = ChunkTicket(
+                url=url,
+                headers={},
+                session_id=state.session_id or "",
+                query_id=query_id,
+                index=index,
+                count=len(urls),
+                rows=None,
+                result_format=STAGE_FILE,
+                expires_at=expires_at,
+                caller=caller,
+            )
+            urls[index] = f"{base}{CHUNK_PATH_PREFIX}{self.tickets.seal(ticket)}"
+            recorded[index] = withheld_url(query_id, index)
+        noted["data"]["presignedUrls"] = recorded
+        noted["data"][STAGE_NOTE] = (
+            "temporary stage credentials handed out; stage files through the gateway"
+        )
+        state.send_to_client(flow, payload)
 
     def _base_url(self, flow: http.HTTPFlow) -> str:
         if self.public_url:
@@ -797,7 +840,9 @@ class ChunkTap:
             return facts
         facts["size"] = self.size
         kept = b"".join(self._kept)
-        if result_format == "arrow":
+        if result_format == STAGE_FILE:
+            facts["body"] = {"size": self.size, "omitted": "stage file"}
+        elif result_format == "arrow":
             facts["body"] = redaction.body_for_record(kept, self.limit)
         else:
             facts["body"] = redaction.body_for_record(b"[" + kept + b"]", self.limit)

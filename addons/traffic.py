@@ -16,8 +16,8 @@ records as a refusal):
 
 A body declared over `hoopgw_request_limit`, or of unknown length (chunked
 HTTP/1.1, an HTTP/2 or HTTP/3 POST without content-length), is refused from
-the request's head (`protocol.refusal_from_head`) and never decoded, parsed
-or recorded; a very large declared one is not even read (the flow is killed).
+the request's head (`protocol.refusal_from_head`) and never read: the refusal
+is sent and the connection closed from the head (`transport.answer_from_head`).
 Bodies within the limit are decoded and parsed on a worker thread when they
 are larger than `_INLINE_BODY_BYTES`, so a large body costs the event loop
 nothing but the wait.
@@ -51,6 +51,7 @@ from hoopgw.addons import protocol
 from hoopgw.addons.flowstate import FlowState, attach, state_of
 from hoopgw.addons.protocol import Endpoint, ProtocolError, Shape
 from hoopgw.addons.refusals import refuse
+from hoopgw.addons.transport import answer_from_head
 
 logger = logging.getLogger(__name__)
 
@@ -171,9 +172,8 @@ class SnowflakeTraffic:
         state = attach(flow, FlowState(endpoint=endpoint))
         refusal = protocol.refusal_from_head(flow.request, self.request_limit)
         if refusal is not None:
-            _refuse_malformed(flow, state, refusal.reason)
-            if refusal.unread:
-                flow.kill()
+            _refuse_malformed(flow, state, refusal)
+            answer_from_head(flow)
 
     def request(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         """Check the request; a large body is read off the loop, by the coroutine returned."""
@@ -237,9 +237,13 @@ class SnowflakeTraffic:
     def _accept(
         self, flow: http.HTTPFlow, state: FlowState, body: bytes, parsed: dict[str, Any] | None
     ) -> None:
+        request = flow.request
+        if parsed is not None and body.startswith(protocol.UTF8_BOM):
+            # checked without the byte order mark, so it goes upstream without it
+            body = body.removeprefix(protocol.UTF8_BOM)
+            request.content = body
         state.request_body = body
         state.request_json = parsed
-        request = flow.request
         if state.endpoint is Endpoint.LOGIN and state.request_json:
             data = state.request_json.get("data")
             if isinstance(data, dict):

@@ -8,6 +8,16 @@ for as long as it likes; 1,500 of them were held for good. `ClientDeadlines`
 gives every connection a deadline whenever the client owes the gateway
 something, and none while the gateway waits for Snowflake.
 
+mitmproxy reads a request's whole body before it sends an answer an addon
+gives, up to one `body_size_limit` that bounds answers too. A request refused
+from its head (its body over the request limit, or of unknown length) is
+therefore answered and closed from its head instead (`answer_from_head`), so a
+client with no token makes the gateway read no more than what is already in
+flight. mitmproxy 12.2 can leave the socket of such a connection open when it
+closes it while body data is arriving (the handler task is cancelled while it
+waits to deliver that data, and skips its close); `ClientDeadlines` closes
+every socket mitmproxy has let go.
+
 mitmproxy also detects TLS per connection, so a gateway that serves HTTPS
 still answers plain HTTP on the same port; a misconfigured driver would send
 its ID token in clear and work. `RequireTls` refuses such requests.
@@ -20,10 +30,12 @@ import collections
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 from mitmproxy import connection, ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
+from mitmproxy.net.http import http1
+from mitmproxy.utils import human
 
 from hoopgw.addons import protocol
 from hoopgw.addons.flowstate import state_of
@@ -192,6 +204,7 @@ class ClientDeadlines:
         self._arm(tracked)
 
     def client_disconnected(self, client: connection.Client) -> None:
+        _close_left_open(client)
         tracked = self.connections.pop(client.id, None)
         if tracked is None:
             return
@@ -277,9 +290,7 @@ class ClientDeadlines:
         tracked.timer = None
         if self.connections.get(tracked.client.id) is not tracked:
             return
-        proxyserver = ctx.master.addons.get("proxyserver")
-        handler = proxyserver.connections.get(tracked.client.id) if proxyserver else None
-        io = handler.transports.get(handler.client) if handler is not None else None
+        io = _client_io(tracked.client)
         if io is None:
             return
         if io.handler is not None:
@@ -296,6 +307,61 @@ class ClientDeadlines:
             reason,
             self.closed.total(),
         )
+
+
+def _client_io(client: connection.Client) -> Any:
+    """mitmproxy's reader, writer and handler task of a client connection, while it has them."""
+    master = getattr(ctx, "master", None)
+    proxyserver = master.addons.get("proxyserver") if master is not None else None
+    handler = proxyserver.connections.get(client.id) if proxyserver else None
+    return handler.transports.get(handler.client) if handler is not None else None
+
+
+def _close_left_open(client: connection.Client) -> None:
+    """Close the socket of a connection mitmproxy is done with but did not close."""
+    io = _client_io(client)
+    writer = io.writer if io is not None else None
+    if writer is not None and not writer.is_closing():
+        writer.close()
+        logger.debug("hoopgw: closed a client socket mitmproxy left open")
+
+
+def answer_from_head(flow: http.HTTPFlow) -> None:
+    """Send the flow's answer before its body is read, and close the connection.
+
+    The body is never read: the flow is killed, so mitmproxy stops reading
+    and closes the connection. Over HTTP/1 the answer (with `Connection:
+    close`) is written to the socket first, so a client that reads while it
+    sends, or whose small body was already sent, reads the refusal; one
+    still sending sees the connection close. Over HTTP/2 and HTTP/3 only the
+    stream is reset: mitmproxy cannot answer a stream whose body is arriving.
+    A request mitmproxy refuses itself after this hook (invalid framing, a
+    body declared over `body_size_limit`) gets mitmproxy's answer alone.
+    """
+    if _refused_by_mitmproxy(flow):
+        return
+    response = flow.response
+    if response is not None and not (flow.request.is_http2 or flow.request.is_http3):
+        io = _client_io(flow.client_conn)
+        writer = io.writer if io is not None else None
+        if writer is not None and not writer.is_closing():
+            response.headers["connection"] = "close"
+            writer.write(http1.assemble_response(response))
+    if flow.killable:
+        flow.kill()
+
+
+def _refused_by_mitmproxy(flow: http.HTTPFlow) -> bool:
+    if flow.error is not None:
+        return True  # it found the request invalid before the hook
+    limit = human.parse_size(getattr(ctx.options, "body_size_limit", None))
+    declared = flow.request.headers.get_all("content-length")
+    return (
+        limit is not None
+        and len(declared) == 1
+        and declared[0].strip().isdigit()
+        and int(declared[0].strip()) > limit
+    )
 
 
 REQUIRE_TLS_CHOICES: Final = ("auto", "on", "off")

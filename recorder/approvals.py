@@ -8,7 +8,9 @@ the one run of an approved statement is claimed at `approvals/<id>.released.json
 statement text and bindings, so a retry joins it or reuses its approval.
 
 The gateway replica that holds a statement polls for the decision; any replica
-(or the CLI, through any replica) may write it. This module only reads and
+(or the CLI, through any replica) may write it. Decisions and release claims
+are created with `Store.put_new`, so the first decision stands and a statement
+runs once, whichever replicas race. This module only reads and
 writes those objects: no mitmproxy, no network besides the store.
 """
 
@@ -25,7 +27,7 @@ from typing import Any, Literal
 
 import orjson
 
-from hoopgw.recorder.store import KeyNotFound, Store
+from hoopgw.recorder.store import KeyNotFound, Store, StoreError
 
 logger = logging.getLogger(__name__)
 
@@ -209,14 +211,25 @@ class ApprovalBook:
 
     def decide(self, decision: ApprovalDecision) -> tuple[ApprovalDecision, bool]:
         """Store `decision` unless one is there already: the decision in force, and whether
-        it is this one."""
+        it is this one.
+
+        The write is a conditional create, so of two replicas deciding at the same
+        instant the first to reach the store wins and the other gets the winner back.
+        """
         existing = self.decision(decision.id)
         if existing is not None:
             return existing, False
         if self.mac_key is not None:
             decision = decision.signed(self.mac_key)
-        self.store.put(f"{PREFIX}{decision.id}.decision.json", decision.to_json())
-        return decision, True
+        if self.store.put_new(f"{PREFIX}{decision.id}.decision.json", decision.to_json()):
+            return decision, True
+        standing = self.decision(decision.id)
+        if standing is None:
+            raise StoreError(
+                f"approval {decision.id}: the store holds a decision no gateway signed, which "
+                f"blocks this one; check and remove {PREFIX}{decision.id}.decision.json"
+            )
+        return standing, False
 
     def released(self, approval_id: str) -> bool:
         self.reads += 1
@@ -224,11 +237,8 @@ class ApprovalBook:
 
     def release(self, approval_id: str, writer: str) -> bool:
         """Claim the one run of an approved statement; False when it was claimed before."""
-        key = f"{PREFIX}{approval_id}.released.json"
-        if self.store.exists(key):
-            return False
-        self.store.put(key, orjson.dumps({"id": approval_id, "writer": writer, "ts": time.time()}))
-        return True
+        claim = orjson.dumps({"id": approval_id, "writer": writer, "ts": time.time()})
+        return self.store.put_new(f"{PREFIX}{approval_id}.released.json", claim)
 
     def latest_for(self, print_: str) -> str | None:
         data = self._get(f"{PREFIX}fingerprints/{print_}.json")

@@ -1041,11 +1041,23 @@ def verify_chunks(records: list[dict[str, Any]], report: VerifyReport) -> None:
     result's chunks were fetched.
     """
     counts: dict[str, int] = {}
+    partitioned: set[str] = set()  # SQL API results: partition 0 came inline
+    stage_files: set[str] = set()  # GET on a GCP stage: files behind pre-signed URLs
     for record in records:
         count = record.get("chunk_count")
+        partitions = record.get("partition_count")
         query_id = record.get("query_id")
-        if record.get("kind") == RESPONSE and isinstance(count, int) and isinstance(query_id, str):
+        if record.get("kind") != RESPONSE or not isinstance(query_id, str):
+            continue
+        files = record.get("stage_file_count")
+        if isinstance(partitions, int) and partitions > 1:
+            counts[query_id] = partitions
+            partitioned.add(query_id)
+        elif isinstance(count, int):
             counts[query_id] = count
+        elif isinstance(files, int):
+            counts[query_id] = files
+            stage_files.add(query_id)
     hashes: dict[tuple[str, int], str] = {}
     for record in records:
         if record.get("kind") != CHUNK:
@@ -1076,7 +1088,12 @@ def verify_chunks(records: list[dict[str, Any]], report: VerifyReport) -> None:
                 "with different SHA-256 (not the same bytes)",
             )
     for query_id, count in counts.items():
-        fetched = len({index for q, index in hashes if q == query_id})
+        indexes = {index for q, index in hashes if q == query_id}
+        unit = "partitions" if query_id in partitioned else "chunks"
+        unit = "stage files" if query_id in stage_files else unit
+        if query_id in partitioned:
+            indexes = {0} | {index for index in indexes if index > 0}
+        fetched = len(indexes)
         if fetched:
             state = "all fetched" if fetched >= count else f"{fetched} of {count} fetched"
-            report.notes.append(f"query {query_id}: {count} chunks, {state}")
+            report.notes.append(f"query {query_id}: {count} {unit}, {state}")

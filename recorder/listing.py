@@ -442,7 +442,12 @@ def statement_dict(statement: RecordedStatement, session_id: str) -> dict[str, A
         "guardrail": statement.guardrail,
         "approval": statement.approval,
         **(
-            {"chunks": {"count": outcome.chunk_count, "fetched": outcome.chunks_fetched or 0}}
+            {
+                outcome.chunk_unit.replace(" ", "_"): {
+                    "count": outcome.chunk_count,
+                    "fetched": outcome.chunks_fetched or 0,
+                }
+            }
             if outcome.chunk_count
             else {}
         ),

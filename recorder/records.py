@@ -79,6 +79,8 @@ class StatementOutcome(TypedDict, total=False):
     chunk_count: int
     chunk_rows: int
     chunk_bytes: int
+    partition_count: int
+    stage_file_count: int
     error_code: str
     sql_state: Any
     message: str
@@ -206,6 +208,9 @@ def statement_outcome(answer: dict[str, Any]) -> StatementOutcome:
         outcome["chunk_count"] = len(chunks)
         outcome["chunk_rows"] = sum(int(c.get("rowCount", 0)) for c in chunks)
         outcome["chunk_bytes"] = sum(int(c.get("uncompressedSize", 0)) for c in chunks)
+    presigned = data.get("presignedUrls")
+    if isinstance(presigned, list) and presigned:
+        outcome["stage_file_count"] = len(presigned)
     if success is False:
         code = answer.get("code") or data.get("errorCode")
         if code is not None:
@@ -220,6 +225,9 @@ def statement_outcome(answer: dict[str, Any]) -> StatementOutcome:
         meta = answer.get("resultSetMetaData")
         if isinstance(meta, dict) and meta.get("numRows") is not None:
             outcome["total"] = meta["numRows"]
+        partitions = meta.get("partitionInfo") if isinstance(meta, dict) else None
+        if isinstance(partitions, list):
+            outcome["partition_count"] = len(partitions)
     return outcome  # type: ignore[return-value]
 
 

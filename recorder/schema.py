@@ -161,6 +161,12 @@ KIND_FIELDS: Final[dict[str, dict[str, Field]]] = {
         "chunk_count": _opt(OPT_INT, "number of result chunks fetched from cloud storage"),
         "chunk_rows": _opt(OPT_INT, "sum of chunks[].rowCount"),
         "chunk_bytes": _opt(OPT_INT, "sum of chunks[].uncompressedSize"),
+        "stage_file_count": _opt(
+            OPT_INT, "GET on a GCP stage: files behind data.presignedUrls (proxied as chunks)"
+        ),
+        "partition_count": _opt(
+            OPT_INT, "SQL API: result partitions (resultSetMetaData.partitionInfo), 0 inline"
+        ),
         "error_code": _opt(OPT_STR, "Snowflake error code as a string (data.errorCode / code)"),
         "sql_state": _opt(OPT_STR, "data.sqlState"),
         "message": _opt(OPT_STR, "Snowflake's error message"),
@@ -195,7 +201,8 @@ KIND_FIELDS: Final[dict[str, dict[str, Field]]] = {
     CHUNK: {
         **_FLOW,
         "query_id": _req(str, "the query whose result the chunk belongs to"),
-        "chunk_index": _req(int, "position in data.chunks[], from 0"),
+        "chunk_index": _req(int, "position in data.chunks[], from 0; a partition's number"),
+        "partition": _opt(OPT_BOOL, "an SQL API result partition (`?partition=N`), not a chunk"),
         "chunk_count": _opt(OPT_INT, "chunks in the result"),
         "result_format": _opt(OPT_STR, "json or arrow"),
         "rows": _opt(OPT_INT, "rows in the chunk (chunks[].rowCount)"),

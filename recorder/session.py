@@ -114,6 +114,8 @@ class RecordedOutcome:
     transport_error: str | None = None
     chunk_count: int | None = None
     chunks_fetched: int | None = None
+    chunk_unit: str = "chunks"
+    """"partitions" for an SQL API result: `chunk_count` counts partitions, 0 (inline) too."""
 
     @property
     def integrity(self) -> str | None:
@@ -122,9 +124,10 @@ class RecordedOutcome:
             return None
         rows = "" if self.row_count is None else f"{self.row_count} rows in "
         fetched = self.chunks_fetched or 0
+        unit = self.chunk_unit
         if fetched >= self.chunk_count:
-            return f"{rows}{self.chunk_count} chunks, all fetched"
-        return f"{rows}{self.chunk_count} chunks, {fetched} of {self.chunk_count} fetched"
+            return f"{rows}{self.chunk_count} {unit}, all fetched"
+        return f"{rows}{self.chunk_count} {unit}, {fetched} of {self.chunk_count} fetched"
 
     @property
     def label(self) -> str:
@@ -269,9 +272,10 @@ def load_session(session_id: str, records: list[dict[str, Any]]) -> RecordedSess
             len(statements) + 1, record, answer, statement_context, result_fetches
         )
         if statement.outcome.chunk_count and statement.outcome.query_id:
-            statement.outcome.chunks_fetched = len(
-                chunks_fetched.get(statement.outcome.query_id, ())
-            )
+            fetched = chunks_fetched.get(statement.outcome.query_id, set())
+            if statement.outcome.chunk_unit == "partitions":  # partition 0 came inline
+                fetched = {0} | {index for index in fetched if index > 0}
+            statement.outcome.chunks_fetched = len(fetched)
         held.settle(statement)
         statements.append(statement)
         if statement.blocked is None and statement.outcome.success is not False:
@@ -397,6 +401,12 @@ def recorded_outcome(answer: dict[str, Any] | None) -> RecordedOutcome:
     outcome.row_count = total if isinstance(total, int) else None
     chunk_count = flat.get("chunk_count")
     outcome.chunk_count = chunk_count if isinstance(chunk_count, int) and chunk_count else None
+    partitions = flat.get("partition_count")
+    if isinstance(partitions, int) and partitions > 1:
+        outcome.chunk_count, outcome.chunk_unit = partitions, "partitions"
+    files = flat.get("stage_file_count")
+    if isinstance(files, int) and files and not outcome.chunk_count:
+        outcome.chunk_count, outcome.chunk_unit = files, "stage files"
     if success:
         outcome.result, outcome.rows_note = _complete_result(body, data)
         dml_rows = dml_row_count(data)

@@ -39,6 +39,13 @@ class Store(Protocol):
         """Store and verify; the object's version as a listing reports it (None: unknown)."""
         ...
 
+    def put_new(self, key: str, data: bytes) -> bool:
+        """Store and verify only if no object is under `key`; False (nothing written) if one is.
+
+        Atomic: of writers racing for one key, exactly one gets True.
+        """
+        ...
+
     def get(self, key: str) -> bytes: ...
 
     def list(self, prefix: str) -> Iterator[str]: ...
@@ -88,6 +95,28 @@ class LocalStore:
         if hashlib.sha256(path.read_bytes()).digest() != hashlib.sha256(data).digest():
             raise IntegrityError(f"{key} reads back different from what was written")
         return file_version(path)
+
+    def put_new(self, key: str, data: bytes) -> bool:
+        """The object is written whole to a temp file, then linked in: `link` fails if it exists."""
+        path = self._path(key)
+        _make_dirs_durable(path.parent, self.root)
+        temp = path.with_name(f"{_TEMP_PREFIX}{uuid.uuid4().hex}")
+        try:
+            with open(temp, "wb") as file:
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+            os.link(temp, path)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            raise StoreError(f"cannot write {key}: {exc.strerror}") from None
+        finally:
+            temp.unlink(missing_ok=True)
+        fsync_dir(path.parent)
+        if hashlib.sha256(path.read_bytes()).digest() != hashlib.sha256(data).digest():
+            raise IntegrityError(f"{key} reads back different from what was written")
+        return True
 
     def get(self, key: str) -> bytes:
         try:
@@ -182,6 +211,32 @@ class S3Store:
             raise IntegrityError(f"s3://{self.bucket}/{full_key} reads back different")
         etag = answer.get("ETag")
         return str(etag) if etag else None
+
+    def put_new(self, key: str, data: bytes) -> bool:
+        """A conditional PutObject (`If-None-Match: *`): S3 answers 412, or 409 to a racing
+        writer, when the key exists."""
+        from botocore.exceptions import ClientError
+
+        full_key = self._key(key)
+        digest = hashlib.sha256(data).digest()
+        with _s3_errors("write", key):
+            try:
+                self.client.put_object(
+                    Bucket=self.bucket,
+                    Key=full_key,
+                    Body=data,
+                    IfNoneMatch="*",
+                    ChecksumAlgorithm="SHA256",
+                    ChecksumSHA256=base64.b64encode(digest).decode(),
+                )
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code")
+                if code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
+                    return False
+                raise
+        if hashlib.sha256(self.get(key)).digest() != digest:
+            raise IntegrityError(f"s3://{self.bucket}/{full_key} reads back different")
+        return True
 
     def get(self, key: str) -> bytes:
         full_key = self._key(key)

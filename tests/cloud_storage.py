@@ -149,6 +149,8 @@ class CloudStorage(stack.LoopbackServer):
             return 403, _error("SignatureDoesNotMatch", "signature mismatch"), None
         if int(expires) <= time.time():
             return 403, _error("AccessDenied", "Request has expired"), None
+        if not stored.key:  # stored without SSE-C (a stage file behind a pre-signed URL)
+            return 200, stored.body, stored
         algorithm = handler.headers.get(SSE_C_ALGORITHM)
         key = handler.headers.get(SSE_C_KEY)
         if algorithm is None or key is None:

@@ -70,6 +70,11 @@ from tests import cortex_upstream, mcp_upstream, stack
 from tests.cloud_storage import CloudStorage
 
 CHUNKED = re.compile(r"/\*chunks:(\d+):(json|arrow)(?::(\d+))?(:noinline)?\*/")
+# a GET with this comment is answered as on GCP: N pre-signed URLs to the stage files
+PRESIGNED = re.compile(r"/\*presigned:(\d+)\*/")
+STAGE_FILE = b"id,label\n%d,stage file\n"
+# an SQL API statement with this comment is answered in N partitions of R rows each
+PARTITIONED = re.compile(r"/\*partitions:(\d+):(\d+)\*/")
 INLINE_ROWS = 10
 STAGE_CREDENTIALS = {
     "AWS_KEY_ID": "ASIA-STRICT-STAGE-KEY-ID",
@@ -122,6 +127,7 @@ class _State:
     query_tags: list[str | None] = field(default_factory=list)
     renewals: int = 0
     answers: dict[str, bytes] = field(default_factory=dict)  # by query id, for /queries/{id}/result
+    partitions: dict[str, list[list[list[str]]]] = field(default_factory=dict)
 
 
 def snowflake_account(account: str) -> str:
@@ -235,7 +241,7 @@ class StrictUpstream(stack.LoopbackServer):
         if route == "/session/token-request":
             return self._renew(headers, body)
         if route.startswith("/api/v2/statements"):
-            return self._sql_api(method, headers, body)
+            return self._sql_api(method, headers, body, path)
         if route.startswith("/api/v2/databases/") and "/mcp-servers/" in route:
             return _Answer(*mcp_upstream.answer(self, method, path, headers, body))
         if route.startswith("/fs_bucket/"):
@@ -252,7 +258,7 @@ class StrictUpstream(stack.LoopbackServer):
         if method == "GET" and _RESULT_ROUTE.fullmatch(route):
             return self._result(route.split("/")[2])
         if route == "/queries/v1/query-request" and _file_transfer(body):
-            return _Answer.json(_stage_answer(body))
+            return _Answer.json(self._presigned(body, _stage_answer(body)))
         if route == "/queries/v1/query-request":
             altered = self._query_tag(session, body)
             if altered is not None:
@@ -493,7 +499,48 @@ class StrictUpstream(stack.LoopbackServer):
             }
         )
 
-    def _sql_api(self, method: str, headers: dict[str, str], body: bytes) -> _Answer:
+    def _sql_api_partitioned(self, count: int, rows: int) -> _Answer:
+        """Partition 0 inline, the others by `GET .../{handle}?partition=N`, as Snowflake does."""
+        handle = str(uuid.uuid4())
+        partitions = [
+            [[str(number * rows + row), f"p{number}r{row}"] for row in range(rows)]
+            for number in range(count)
+        ]
+        with self._lock:
+            self._state.partitions[handle] = partitions
+        info = [
+            {"rowCount": rows, "uncompressedSize": len(json.dumps(part))} for part in partitions
+        ]
+        meta = {
+            "numRows": rows * count,
+            "format": "jsonv2",
+            "rowType": [{"name": "N"}, {"name": "LABEL"}],
+            "partitionInfo": info,
+        }
+        return _Answer.json(
+            {
+                "code": "090001",
+                "message": "Statement executed successfully.",
+                "statementHandle": handle,
+                "resultSetMetaData": meta,
+                "data": partitions[0],
+            }
+        )
+
+    def _sql_api_partition(self, path: str) -> _Answer | None:
+        """A partition of a partitioned statement's result; None for any other handle."""
+        route, _, query = path.partition("?")
+        handle = route.rstrip("/").rsplit("/", 1)[-1]
+        number = urllib.parse.parse_qs(query).get("partition", ["0"])[0]
+        with self._lock:
+            partitions = self._state.partitions.get(handle)
+        if partitions is None:
+            return None
+        if not number.isdigit() or int(number) >= len(partitions):
+            return _Answer.json({"code": "000709", "message": "Partition not found."}, 404)
+        return _Answer.json({"data": partitions[int(number)]})
+
+    def _sql_api(self, method: str, headers: dict[str, str], body: bytes, path: str) -> _Answer:
         authorization = headers.get("Authorization", "")
         token_type = headers.get("X-Snowflake-Authorization-Token-Type", "")
         if (
@@ -506,6 +553,12 @@ class StrictUpstream(stack.LoopbackServer):
                 status=401,
             )
         request = json.loads(body) if body.strip() else {}
+        partition = self._sql_api_partition(path) if method == "GET" else None
+        if partition is not None:
+            return partition
+        marker = PARTITIONED.search(str(request.get("statement") or ""))
+        if marker is not None:
+            return self._sql_api_partitioned(int(marker.group(1)), int(marker.group(2)))
         return _Answer.json(
             {
                 "code": "090001",
@@ -544,6 +597,19 @@ class StrictUpstream(stack.LoopbackServer):
             )
         finally:
             connection.close()
+
+    def _presigned(self, request: bytes, answer: dict[str, Any]) -> dict[str, Any]:
+        """A GET marked `/*presigned:N*/` answered as on GCP: N pre-signed URLs, no keys."""
+        marker = PRESIGNED.search(str(json.loads(request).get("sqlText") or ""))
+        if marker is None or self.storage is None:
+            return answer
+        data = answer["data"]
+        data["stageInfo"].update(locationType="GCS", creds={}, presignedUrl=None)
+        data["presignedUrls"] = [
+            self.storage.put(f"stage/{data['queryId']}/file_{index}.csv", STAGE_FILE % index, "")
+            for index in range(int(marker.group(1)))
+        ]
+        return answer
 
     def _chunked(self, request: bytes, answer: _Answer) -> _Answer:
         """A result split the way Snowflake splits a large one, when the query asks for it."""

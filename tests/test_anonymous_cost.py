@@ -278,3 +278,106 @@ def test_refusal_summaries_count_sample_and_hold_no_secret(
     )
     assert searched.exit_code == 0, searched.output
     assert PASSWORD not in listed.output + shown.output + searched.output
+
+
+def _upload_until_closed(port: int, head: bytes, pieces: Iterator[bytes]) -> tuple[int, bytes]:
+    """Send a body piece by piece until the gateway closes: (body bytes sent, answer read).
+
+    A connection the gateway leaves open (stalled, not closed) fails the test.
+    """
+    sent = 0
+    answer = b""
+    with socket.create_connection((stack.LOOPBACK, port), timeout=15) as sock:
+        try:
+            sock.sendall(head)
+            for piece in pieces:
+                sock.sendall(piece)
+                sent += len(piece)
+        except TimeoutError:
+            pytest.fail(f"the gateway stopped reading after {sent} bytes but left the socket open")
+        except OSError:
+            pass  # closed under the client's feet: what it managed to send is the figure
+        try:
+            while data := sock.recv(65536):
+                answer += data
+        except TimeoutError:
+            pytest.fail("the gateway neither answered nor closed the connection")
+        except OSError:
+            pass
+    return sent, answer
+
+
+def test_an_anonymous_upload_refused_from_its_head_is_never_read(flooded, connect, oidc) -> None:
+    """100 MiB chunked or declared over the limit: closed from the head, not read to the limit.
+
+    Eight such uploads at once (four chunked, four declared) while an
+    authenticated caller keeps running `select 1`. Each client counts what it
+    could send before the gateway closed the connection: what the kernel's
+    socket buffers hold, not the request limit (before: all 100 MiB of a
+    chunked body, read up to the 512 MiB `body_size_limit`).
+    """
+    gateway = flooded["gateway"]
+    head = (
+        b"POST " + QUERY.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\n"
+    )
+    piece = b"x" * MIB
+    kinds = {
+        "chunked": (
+            b"Transfer-Encoding: chunked\r\n\r\n",
+            lambda: (b"%x\r\n%s\r\n" % (len(piece), piece) for _ in range(100)),
+        ),
+        "declared": (
+            b"Content-Length: %d\r\n\r\n" % (100 * MIB),
+            lambda: (piece for _ in range(100)),
+        ),
+    }
+    cursor = connect(gateway, token=oidc.mint("upload-bystander", ["agents"])).cursor()
+    timed_selects(cursor, 3)
+    before = timed_selects(cursor, 20)
+    rss_before = peak_rss_mib(gateway)
+    uploads: list[tuple[str, int, bytes]] = []
+    failures: list[BaseException] = []
+
+    enough = threading.Event()
+
+    def upload(name: str) -> None:
+        """Upload after upload until the caller has run its statements meanwhile."""
+        extra, pieces = kinds[name]
+        try:
+            while not enough.is_set():
+                sent, answer = _upload_until_closed(gateway.port, head + extra, pieces())
+                uploads.append((name, sent, answer))
+        except BaseException as exc:  # pytest.fail in the thread: reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=upload, args=(name,)) for name in list(kinds) * 4]
+    for thread in threads:
+        thread.start()
+    during: list[float] = []
+    while len(during) < 40 and any(thread.is_alive() for thread in threads):
+        during += timed_selects(cursor, 1)
+    enough.set()
+    for thread in threads:
+        thread.join(60)
+    figures = {
+        "sent_mib_max": {
+            name: max((sent for kind, sent, _ in uploads if kind == name), default=0) / MIB
+            for name in kinds
+        },
+        "p99_before": p99(before),
+        "p99_during": p99(during),
+        "statements_during": len(during),
+        "uploads": len(uploads),
+        "rss_growth_mib": peak_rss_mib(gateway) - rss_before,
+    }
+    print("HEAD REFUSAL FIGURES", json.dumps(figures))
+    assert not failures, failures
+    assert len(during) == 40 and len(uploads) >= len(threads), figures
+    for _, sent, answer in uploads:
+        assert sent < REQUEST_LIMIT, figures
+        if answer:  # the refusal reaches a client that reads; one still sending sees a reset
+            assert b'"399001"' in answer and b"connection: close" in answer.lower(), answer
+    assert p99(during) < max(P99_BOUND, 10 * p99(before)), figures
+    # what the uploads in flight at once may hold, at most: far below one request limit each
+    assert figures["rss_growth_mib"] < len(threads) * REQUEST_LIMIT / MIB / 2, figures

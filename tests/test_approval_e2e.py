@@ -76,8 +76,10 @@ def store_dir(workdir: Path) -> Path:
     return workdir / f"approval-store-{uuid.uuid4().hex[:6]}"
 
 
-@pytest.fixture(scope="module")
-def replicas(gateway_factory, strict, oidc, service_key, workdir, store_dir) -> list[stack.Gateway]:
+def start_replicas(
+    gateway_factory, strict, oidc, service_key, workdir, store: str, **extra: Any
+) -> list[stack.Gateway]:
+    """Two gateway replicas sharing the token key and `store` (a `hoopgw_store` URL)."""
     policy = workdir / f"approval-policy-{uuid.uuid4().hex[:6]}.toml"
     policy.write_text(POLICY)
     options = {
@@ -93,9 +95,10 @@ def replicas(gateway_factory, strict, oidc, service_key, workdir, store_dir) -> 
         "hoopgw_upstream_oauth_token": "",
         "hoopgw_token_key": f"env:{TOKEN_KEY_ENV}",
         "hoopgw_policy": str(policy),
-        "hoopgw_store": f"file:{store_dir}",
+        "hoopgw_store": store,
         "hoopgw_approval_poll": 2,
         "hoopgw_approval_check_ms": 200,
+        **extra,
     }
     env = {TOKEN_KEY_ENV: new_token_key()}
     return [
@@ -104,6 +107,11 @@ def replicas(gateway_factory, strict, oidc, service_key, workdir, store_dir) -> 
         )
         for name in ("a", "b")
     ]
+
+
+@pytest.fixture(scope="module")
+def replicas(gateway_factory, strict, oidc, service_key, workdir, store_dir) -> list[stack.Gateway]:
+    return start_replicas(gateway_factory, strict, oidc, service_key, workdir, f"file:{store_dir}")
 
 
 @pytest.fixture(scope="module")
@@ -683,3 +691,97 @@ def test_execute_async_waits_for_the_decision_then_returns_snowflakes_query_id(
     results = connection.cursor()
     results.get_results_from_sfqid(cursor.sfqid)
     assert results.fetchall() == [(1,)]
+
+
+def _race_decisions(
+    replicas: list[stack.Gateway], approval_id: str, tokens: list[str]
+) -> list[tuple[int, Any]]:
+    """Replica A approves and replica B denies the same request at the same instant."""
+    barrier = threading.Barrier(2)
+    answers: list[tuple[int, Any]] = [(0, None), (0, None)]
+    calls = [("approve", {"reason": "go"}), ("deny", {"reason": "stop"})]
+
+    def decide(index: int) -> None:
+        action, body = calls[index]
+        host, port = urllib.parse.urlsplit(replicas[index].url).netloc.rsplit(":", 1)
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        conn.connect()
+        barrier.wait(WAIT)
+        try:
+            conn.request(
+                "POST",
+                f"/hoopgw/v1/approvals/{approval_id}/{action}",
+                json.dumps(body),
+                {"Authorization": f"Bearer {tokens[index]}", "Content-Type": "application/json"},
+            )
+            answer = conn.getresponse()
+            answers[index] = (answer.status, json.loads(answer.read()))
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=decide, args=(index,)) for index in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT)
+    return answers
+
+
+def _first_decision_wins(
+    replicas: list[stack.Gateway], connection: Any, sql: str, oidc, approver, rounds: int
+) -> dict[str, int]:
+    """`rounds` held statements, each decided twice at once: one decision stands, on record."""
+    tokens = [oidc.mint(f"dba-{side}-{uuid.uuid4().hex[:4]}", groups=["dba"]) for side in "ab"]
+    won: dict[str, int] = {"approved": 0, "denied": 0}
+    for number in range(rounds):
+        held = _post_statement(replicas[0], connection.rest.token, f"{sql} + {number}")
+        assert held["code"] == "333333", held
+        approval_id = approval_id_in(held)
+        answers = _race_decisions(replicas, approval_id, tokens)
+        statuses = sorted(status for status, _ in answers)
+        assert statuses == [200, 409], answers
+        winner = next(body for status, body in answers if status == 200)
+        loser = next(body for status, body in answers if status == 409)
+        outcome = winner["state"]
+        assert loser["decision"]["outcome"] == outcome, answers
+        assert loser["decision"]["approver"] == winner["decision"]["approver"], answers
+        assert f"was already {outcome} by " in loser["error"], loser
+        # every replica, and the CLI, read the same decision from the store
+        for replica in replicas:
+            shown = cli(replica, approver(), "show", approval_id)
+            assert json.loads(shown.output)["decision"]["outcome"] == outcome, shown.output
+        won[outcome] += 1
+    # the CLI prints the decision that stands to whoever comes second
+    late = cli(replicas[1], approver(), "deny", approval_id, "--reason", "too late")
+    assert late.exit_code != 0
+    assert f"was already {outcome} by " in late.output and "HTTP 409" in late.output, late.output
+    return won
+
+
+def test_two_approvers_deciding_at_once_on_two_replicas_first_decision_wins(
+    session, replicas, database, approver, oidc
+) -> None:
+    connection = session("agents")
+    sql = f"delete from {database}.APP.T where id = 900"
+    won = _first_decision_wins(replicas, connection, sql, oidc, approver, rounds=6)
+    print("RACE LOCAL", json.dumps(won))
+
+
+def test_first_decision_wins_on_an_s3_store(
+    gateway_factory, strict, oidc, service_key, workdir, s3_bucket, moto_s3, connect, approver
+) -> None:
+    """moto answers `If-None-Match: *` as S3 does (412 when the key exists)."""
+    pair = start_replicas(
+        gateway_factory,
+        strict,
+        oidc,
+        service_key,
+        workdir,
+        f"s3://{s3_bucket}/approvals-race",
+        hoopgw_s3_endpoint_url=moto_s3,
+    )
+    token = oidc.mint(f"agents-{uuid.uuid4().hex[:6]}", groups=["agents"])
+    connection = connect(pair[1], token)
+    sql = "delete from AP_NONE.APP.T where id = 901"
+    won = _first_decision_wins(pair, connection, sql, oidc, approver, rounds=6)
+    print("RACE S3", json.dumps(won))

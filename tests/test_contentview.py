@@ -495,3 +495,21 @@ def test_temporal_bindings_read_like_result_rows():
     assert "2024-03-01 12:34:56.789 +02:00" in text
     assert "not a number" in text
     assert bindings["1"]["value"] not in text
+
+
+def test_sql_api_partitions_fetched_are_counted_in_the_view():
+    answer = {
+        "statementHandle": "01ab",
+        "code": "090001",
+        "resultSetMetaData": {
+            "numRows": 20,
+            "rowType": [{"name": "N"}],
+            "partitionInfo": [{"rowCount": 5}] * 4,
+        },
+        "data": [["1"]],
+    }
+    live = render(Endpoint.SQL_API, False, answer, hoopgw={"partitions_fetched": 3})
+    assert "20 rows in 4 partitions, 3 of 4 fetched" in live
+    finished = render(Endpoint.SQL_API, False, answer, hoopgw={"partitions_fetched": 4})
+    assert "20 rows in 4 partitions, all fetched" in finished
+    assert "partitions, " not in render(Endpoint.SQL_API, False, answer)  # fetches not seen

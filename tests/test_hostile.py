@@ -831,6 +831,28 @@ def test_a_body_over_the_buffer_limit_is_refused_unread(gateway_factory, strict)
     assert strict.received_since(mark) == []
 
 
+def test_json_with_a_byte_order_mark_logs_in_and_runs(gw, strict, oidc) -> None:
+    """A UTF-8 BOM before JSON: read as redaction and Snowflake read it, forwarded without it."""
+    bom = b"\xef\xbb\xbf"
+    id_token = oidc.mint("bom-caller", ["agents"])
+    body = bom + json.dumps(login_body(id_token)).encode()
+    logged_in = send(gw.port, "POST", "/session/v1/login-request", body, json_headers())
+    assert logged_in.json.get("success") is True, logged_in.json
+    token = logged_in.json["data"]["token"]
+    mark = strict.mark()
+    statement = bom + json.dumps({"sqlText": "select 43", "sequenceId": 1}).encode()
+    answer = send(
+        gw.port,
+        "POST",
+        f"/queries/v1/query-request?requestId={uuid.uuid4()}",
+        statement,
+        json_headers(session_authorization(token)),
+    )
+    assert answer.json.get("success") is True, answer.json
+    (forwarded,) = [r for r in strict.received_since(mark) if r.path.startswith("/queries/")]
+    assert not forwarded.body.startswith(bom) and b"select 43" in forwarded.body
+
+
 def test_long_sql_under_the_limit_runs(gw, strict, caller) -> None:
     """Long but within the limit: authenticated, forwarded once, answered."""
     literal = "x" * (REQUEST_LIMIT - 1024)

@@ -11,9 +11,12 @@ client is handed on the wire.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import http.client
 import json
 import time
 import urllib.parse
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,7 +31,9 @@ from hoopgw.addons.results import STAGE_NOTE
 from hoopgw.cli.main import main
 from hoopgw.recorder.catalog import VerifyReport, verify_chunks
 from hoopgw.recorder.schema import validate_record
+from hoopgw.recorder.secrets import new_token_key
 from tests import stack, strict_upstream
+from tests.bodies import key_pair_upstream, write_service_key
 from tests.cloud_storage import CloudStorage
 from tests.conftest import UPSTREAM_TEST_PASSWORD
 from tests.raw_http import Answer, login, query, send, session_authorization, stored_records
@@ -425,3 +430,167 @@ def test_put_allowed_by_policy_is_recorded_without_the_credentials(
     text = json.dumps(records)
     assert not [v for v in strict_upstream.STAGE_CREDENTIALS.values() if v in text]
     assert strict_upstream.STAGE_MASTER_KEY not in text
+
+
+# --- SQL API result partitions --------------------------------------------------------------
+
+PARTITIONS, PER_PARTITION = 4, 5
+PARTITIONED_SQL = f"select n, label from t /*partitions:{PARTITIONS}:{PER_PARTITION}*/"
+SQL_API_ACCOUNT, SQL_API_USER = "pt12345", "svc_hoopgw"
+SQL_API_KEY_ENV = "HOOPGW_PARTITIONS_TEST_TOKEN_KEY"
+
+
+def sql_api(gateway: stack.Gateway, token: str, method: str, path: str, body: Any = None):
+    """One SQL API call: (status, raw body as the client received it)."""
+    connection = http.client.HTTPConnection(stack.LOOPBACK, gateway.port, timeout=30)
+    try:
+        connection.request(
+            method,
+            path,
+            json.dumps(body) if body is not None else None,
+            {
+                "Content-Type": "application/json",
+                "Authorization": f"Bearer {token}",
+                "X-Snowflake-Authorization-Token-Type": "OAUTH",
+            },
+        )
+        answer = connection.getresponse()
+        return answer.status, answer.read()
+    finally:
+        connection.close()
+
+
+@pytest.fixture(scope="module")
+def partition_run(gateway_factory, fakesnow_server, oidc, workdir) -> dict[str, Any]:
+    """Two replicas sharing a store: partition 1 fetched on A, 2 on B, 3 never."""
+    key = workdir / f"partitions-key-{uuid.uuid4().hex[:6]}.p8"
+    write_service_key(key)
+    upstream = key_pair_upstream(fakesnow_server.url, key, SQL_API_ACCOUNT, SQL_API_USER)
+    store = workdir / f"partitions-store-{uuid.uuid4().hex[:6]}"
+    options = {
+        "hoopgw_upstream_account": SQL_API_ACCOUNT,
+        "hoopgw_upstream_user": SQL_API_USER,
+        "hoopgw_upstream_secondary_roles": "none",
+        "hoopgw_upstream_private_key": f"file:{key}",
+        "hoopgw_upstream_password": "",
+        "hoopgw_token_key": f"env:{SQL_API_KEY_ENV}",
+        "hoopgw_store": f"file:{store}",
+    }
+    env = {SQL_API_KEY_ENV: new_token_key()}
+    replicas = [
+        gateway_factory(upstream.url, options, env=env, name=f"partitions-{side}-gw")
+        for side in "ab"
+    ]
+    token = oidc.mint("partitioner", ["agents"])
+    status, raw = sql_api(
+        replicas[0], token, "POST", "/api/v2/statements", {"statement": PARTITIONED_SQL}
+    )
+    assert status == 200, raw
+    first = json.loads(raw)
+    handle = first["statementHandle"]
+    fetched: dict[int, bytes] = {}
+    for number, replica in ((1, replicas[0]), (2, replicas[1])):
+        path = f"/api/v2/statements/{handle}?partition={number}"
+        status, fetched[number] = sql_api(replica, token, "GET", path)
+        assert status == 200, fetched[number]
+    intruder = oidc.mint("someone-else", ["agents"])
+    stranger = sql_api(replicas[1], intruder, "GET", f"/api/v2/statements/{handle}?partition=3")
+    for replica in replicas:
+        assert replica.stop() == 0
+    upstream.stop()
+    records = stored_records(store)
+    return {
+        "first": first,
+        "fetched": fetched,
+        "stranger": stranger,
+        "records": records,
+        "store": f"file:{store}",
+    }
+
+
+def test_sql_api_partitions_are_recorded_in_the_statements_session(partition_run) -> None:
+    records = partition_run["records"]
+    first, fetched = partition_run["first"], partition_run["fetched"]
+    assert [row[1] for row in json.loads(fetched[2])["data"]][:1] == ["p2r0"]
+    (statement,) = [
+        r for r in records if r["kind"] == "request" and r.get("sql") == PARTITIONED_SQL
+    ]
+    (answer,) = [
+        r for r in records if r["kind"] == "response" and r["flow_id"] == statement["flow_id"]
+    ]
+    assert answer["partition_count"] == PARTITIONS and answer["total"] == 20
+    partitions = [r for r in records if r["kind"] == "chunk" and r.get("partition")]
+    assert sorted(r["chunk_index"] for r in partitions) == [1, 2]
+    assert {r["session_id"] for r in partitions} == {statement["session_id"]}
+    assert {r["query_id"] for r in partitions} == {answer["query_id"]}
+    for record in partitions:
+        assert record["complete"] is True and record["rows"] == PER_PARTITION
+        got = fetched[record["chunk_index"]]
+        assert record["sha256"] == hashlib.sha256(got).hexdigest(), "the hash of what it got"
+        assert validate_record(record) == []
+    assert first["statementHandle"] != answer["query_id"], "the client holds a bound handle"
+    # another caller cannot name the handle, so nothing of it reaches that caller's record
+    assert partition_run["stranger"][0] != 200
+
+
+def test_sessions_show_and_verify_count_the_partitions_fetched(partition_run) -> None:
+    records, store = partition_run["records"], partition_run["store"]
+    (session_id,) = {r["session_id"] for r in records if r["kind"] == "chunk"}
+    shown = CliRunner().invoke(main, ["sessions", "show", session_id, "--store", store])
+    assert shown.exit_code == 0, shown.output
+    assert f"20 rows in {PARTITIONS} partitions, 3 of {PARTITIONS} fetched" in shown.output
+    verified = CliRunner().invoke(main, ["verify", session_id, "--store", store])
+    assert verified.exit_code == 0, verified.output
+    assert f"{PARTITIONS} partitions, 3 of {PARTITIONS} fetched" in verified.output
+
+
+# --- stage files behind pre-signed URLs (GET on a GCP stage) ----------------------------------
+
+GET_SQL = "get @~/exports file:///tmp/out /*presigned:2*/"
+
+
+def test_presigned_stage_files_are_fetched_through_the_gateway_and_recorded(
+    gateway_factory, strict, storage, oidc, tmp_path
+) -> None:
+    policy = tmp_path / "stage.toml"
+    policy.write_text(
+        '[[rule]]\nname = "downloads"\ngroups = ["agents"]\nallow_stage_transfer = true\n'
+    )
+    gateway = gateway_factory(strict.url, {"hoopgw_policy": str(policy)}, name="presigned-gw")
+    session = login(gateway.port, oidc.mint("downloader", ["agents"]))
+    other = login(gateway.port, oidc.mint("someone-else", ["agents"]))
+    answer = query(gateway.port, session.token, GET_SQL, "presigned")
+    assert answer.json["success"] is True, answer.json
+    urls = answer.json["data"]["presignedUrls"]
+    assert len(urls) == 2 and all(CHUNK_PATH_PREFIX in url for url in urls)
+    assert storage.url not in answer.body.decode(), "no storage host or signature on the wire"
+    files = {name: digest for name, digest in storage.hashes().items() if name.startswith("stage/")}
+
+    quiet = storage.mark()
+    refused = send(
+        gateway.port, "GET", gateway_path(urls[0]), headers=[session_authorization(other.token)]
+    )
+    assert refused.status != 200 and storage.requests_since(quiet) == []
+    got = [send(gateway.port, "GET", gateway_path(url)) for url in urls]
+    assert [r.status for r in got] == [200, 200]
+    assert got[1].body == strict_upstream.STAGE_FILE % 1
+    gateway.stop()
+
+    records = stored_records(gateway.workdir / "store")
+    text = json.dumps(records)
+    assert storage.url not in text and "X-Amz-Signature" not in text
+    (response,) = [r for r in records if r["kind"] == "response" and r.get("stage_file_count")]
+    assert response["stage_file_count"] == 2
+    fetched = sorted(
+        (r for r in records if r["kind"] == "chunk" and r.get("complete")),
+        key=lambda r: r["chunk_index"],
+    )
+    assert [r["chunk_index"] for r in fetched] == [0, 1]
+    assert {r["query_id"] for r in fetched} == {response["query_id"]}
+    assert [r["sha256"] for r in fetched] == [hashlib.sha256(r.body).hexdigest() for r in got]
+    assert sorted(r["sha256"] for r in fetched) == sorted(files.values())
+    assert all(r["body"]["omitted"] == "stage file" for r in fetched)
+    store = f"file:{gateway.workdir / 'store'}"
+    verified = CliRunner().invoke(main, ["verify", response["session_id"], "--store", store])
+    assert verified.exit_code == 0, verified.output
+    assert "2 stage files, all fetched" in verified.output

@@ -84,7 +84,7 @@ def render(
         if is_request:
             _sql_api_request(report, body)
         else:
-            _sql_api_response(report, body, truncated)
+            _sql_api_response(report, body, truncated, hoopgw or {})
     elif endpoint is Endpoint.TOKEN_REQUEST:
         _token_request(report, body, is_request)
     elif endpoint is Endpoint.MONITORING:
@@ -416,7 +416,9 @@ def _sql_api_request(report: Report, body: dict[str, Any]) -> None:
         report.section(*bindings_section(bindings))
 
 
-def _sql_api_response(report: Report, body: dict[str, Any], truncated: dict[str, Any]) -> None:
+def _sql_api_response(
+    report: Report, body: dict[str, Any], truncated: dict[str, Any], hoopgw: dict[str, Any]
+) -> None:
     redacted = redact_json(_without(body, "data"))
     meta = mapping(redacted.get("resultSetMetaData"))
     failed = "sqlState" in redacted and redacted.get("code") not in (None, "090001", "333334")
@@ -430,6 +432,12 @@ def _sql_api_response(report: Report, body: dict[str, Any], truncated: dict[str,
     partitions = meta.get("partitionInfo")
     if isinstance(partitions, list) and len(partitions) > 1:
         report.field("Partitions", f"{len(partitions)} (fetched with ?partition=N)")
+        fetched = hoopgw.get("partitions_fetched")
+        if isinstance(fetched, int) and not isinstance(fetched, bool):
+            count = len(partitions)
+            state = "all fetched" if fetched >= count else f"{fetched} of {count} fetched"
+            rows = f"{total:,} rows in " if total is not None else ""
+            report.field("Integrity", f"{rows}{count} partitions, {state}")
     rowtype = [column for column in meta.get("rowType") or [] if isinstance(column, dict)]
     rows = body.get("data")
     if rowtype and isinstance(rows, list):
