@@ -25,6 +25,7 @@ from hoopgw.addons.recording import Recording
 from hoopgw.addons.results import ChunkFetch, ResultChunks
 from hoopgw.addons.session_context import SessionContextTracker
 from hoopgw.addons.startup import (
+    QuietCollector,
     ReadyAnnouncer,
     one_line_option_errors,
     pin_malloc_mmap_threshold,
@@ -76,6 +77,7 @@ addons = [
                 names.APPROVAL,
             )
         ),
+        QuietCollector(),
         ReadyAnnouncer(),
     )
 ]
