@@ -31,7 +31,7 @@ from hoopgw.addons.startup import (
     pin_malloc_mmap_threshold,
 )
 from hoopgw.addons.traffic import SnowflakeTraffic
-from hoopgw.addons.transport import ClientDeadlines, RequireTls
+from hoopgw.addons.transport import ClientDeadlines, ClientHttp1, RequireTls
 
 pin_malloc_mmap_threshold()
 approvals = ApprovalShared()
@@ -49,6 +49,7 @@ addons = [
         ClientDeadlines(),
         SnowflakeTraffic(),
         RequireTls(),
+        ClientHttp1(),
         ApprovalDesk(approvals),
         result_chunks,
         authentication,

@@ -364,6 +364,36 @@ def _refused_by_mitmproxy(flow: http.HTTPFlow) -> bool:
     )
 
 
+class ClientHttp1:
+    """Offers clients HTTP/1.1 only, unless the operator asks for HTTP/2.
+
+    Snowflake's drivers speak HTTP/1.1, where a body always announces itself in
+    the head (Content-Length or chunked) and an unverified one is refused
+    before it is read. An HTTP/2 head does not say whether DATA frames follow,
+    so a GET with a body from a caller nobody verified would be read (up to
+    `body_size_limit`) before its refusal.
+    """
+
+    def load(self, loader: Loader) -> None:
+        loader.add_option(
+            "hoopgw_http2",
+            bool,
+            False,
+            """
+            Offer HTTP/2 to clients over TLS (ALPN). Off by default: Snowflake's
+            drivers speak HTTP/1.1, and an HTTP/2 request's head does not say
+            whether a body follows, so an unauthenticated GET could make the
+            gateway read a body before refusing it. When off, the gateway turns
+            mitmproxy's `http2` option off.
+            """,
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        wanted = ctx.options.hoopgw_http2
+        if updated & {"hoopgw_http2", "http2"} and not wanted and ctx.options.http2:
+            ctx.options.http2 = False
+
+
 REQUIRE_TLS_CHOICES: Final = ("auto", "on", "off")
 PLAIN_HTTP_MESSAGE: Final = (
     "hoopgw refused the request: this gateway accepts only HTTPS; connect with "

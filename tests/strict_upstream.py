@@ -76,6 +76,8 @@ STAGE_FILE = b"id,label\n%d,stage file\n"
 # an SQL API statement with this comment is answered in N partitions of R rows each
 PARTITIONED = re.compile(r"/\*partitions:(\d+):(\d+)\*/")
 INLINE_ROWS = 10
+SQL_API_HANDLE = "01b2c3d4-0000-0000-0000-000000000001"
+"""The handle of every unpartitioned SQL API answer; GETs of any other are 404."""
 STAGE_CREDENTIALS = {
     "AWS_KEY_ID": "ASIA-STRICT-STAGE-KEY-ID",
     "AWS_SECRET_KEY": "strict-stage-secret-key-0123456789",
@@ -556,6 +558,10 @@ class StrictUpstream(stack.LoopbackServer):
         partition = self._sql_api_partition(path) if method == "GET" else None
         if partition is not None:
             return partition
+        handle = path.split("?", 1)[0].rstrip("/").removeprefix("/api/v2/statements")
+        if method == "GET" and handle.strip("/") not in ("", SQL_API_HANDLE):
+            # as Snowflake: a handle it never issued (a foreign id the gateway let through)
+            return _Answer.json({"code": "000709", "message": "Statement not found."}, 404)
         marker = PARTITIONED.search(str(request.get("statement") or ""))
         if marker is not None:
             return self._sql_api_partitioned(int(marker.group(1)), int(marker.group(2)))
@@ -563,7 +569,7 @@ class StrictUpstream(stack.LoopbackServer):
             {
                 "code": "090001",
                 "message": "Statement executed successfully.",
-                "statementHandle": "01b2c3d4-0000-0000-0000-000000000001",
+                "statementHandle": SQL_API_HANDLE,
                 "resultSetMetaData": {"numRows": 1, "rowType": [{"name": "STATEMENT"}]},
                 "data": [[request.get("statement"), request.get("role")]],
             }

@@ -13,10 +13,12 @@ from __future__ import annotations
 import json
 import select
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
+from pathlib import Path
 
 import pytest
 
@@ -299,3 +301,23 @@ def test_an_invalid_require_tls_value_stops_the_gateway_with_one_line(
     with pytest.raises(stack.StartupError) as failure:
         gateway_factory(strict.url, {"hoopgw_require_tls": "maybe"}, name="tls-bad-option-gw")
     assert "hoopgw_require_tls must be one of auto, on, off, got 'maybe'" in str(failure.value)
+
+
+def _negotiated(gateway: stack.Gateway, ca_bundle: Path) -> str | None:
+    """The application protocol the gateway picks for a client offering h2 and HTTP/1.1."""
+    context = ssl.create_default_context(cafile=str(ca_bundle))
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    raw = socket.create_connection((gateway.host, gateway.port), timeout=30)
+    with context.wrap_socket(raw, server_hostname=gateway.host) as sock:
+        return sock.selected_alpn_protocol()
+
+
+def test_clients_are_offered_http1_only_by_default(tls_gateway, tls) -> None:
+    assert _negotiated(tls_gateway, tls.ca_bundle) == "http/1.1"
+
+
+def test_http2_for_clients_is_the_operators_choice(gateway_factory, strict, tls) -> None:
+    gateway = gateway_factory(
+        strict.url, {"hoopgw_http2": True}, certs=tls.server_pem, name="tls-h2-gw"
+    )
+    assert _negotiated(gateway, tls.ca_bundle) == "h2"
