@@ -74,3 +74,28 @@ def key_pair_upstream(fakesnow_url: str, key_path: Path, account: str, user: str
     """A started strict upstream that accepts the key-pair JWT of the key at `key_path`."""
     key = serialization.load_pem_private_key(key_path.read_bytes(), None)
     return StrictUpstream(fakesnow_url, account, user, public_key=key.public_key()).start()  # type: ignore[arg-type, union-attr]
+
+
+def key_pair_gateway_options(
+    *,
+    account: str,
+    user: str,
+    service_key: Path,
+    groups: list[str],
+    token_key_env: str,
+    policy: Path | None = None,
+) -> dict[str, Any]:
+    """Gateway options for a key-pair login as `user`, each group mapped to its upper-cased role."""
+    options: dict[str, Any] = {
+        "hoopgw_allowed_groups": groups,
+        "hoopgw_role_map": [f"{group}={group.upper()}" for group in groups],
+        "hoopgw_upstream_account": account,
+        "hoopgw_upstream_user": user,
+        "hoopgw_upstream_secondary_roles": "none",
+        "hoopgw_upstream_private_key": f"file:{service_key}",
+        "hoopgw_upstream_password": "",
+        "hoopgw_token_key": f"env:{token_key_env}",
+    }
+    if policy is not None:
+        options["hoopgw_policy"] = str(policy)
+    return options

@@ -148,6 +148,32 @@ def strict(fakesnow_server: Upstream) -> Iterator[StrictUpstream]:
     upstream.stop()
 
 
+@pytest.fixture(scope="module")
+def service_key(workdir: Path, request: pytest.FixtureRequest) -> Path:
+    """The gateway's key-pair login key for a module's gateway (PKCS#8 PEM, 0600)."""
+    from tests.bodies import write_service_key
+
+    path = workdir / f"{request.module.__name__.rpartition('.')[2]}-{uuid.uuid4().hex[:6]}.p8"
+    write_service_key(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def key_pair_strict(
+    fakesnow_server: Upstream, service_key: Path, request: pytest.FixtureRequest
+) -> Iterator[StrictUpstream]:
+    """A strict upstream taking the key-pair JWT of `service_key` for the module's
+    `ACCOUNT` and `SERVICE_USER`."""
+    from tests.bodies import key_pair_upstream
+
+    module = request.module
+    upstream = key_pair_upstream(
+        fakesnow_server.url, service_key, module.ACCOUNT, module.SERVICE_USER
+    )
+    yield upstream
+    upstream.stop()
+
+
 @pytest.fixture(scope="session")
 def gateway(gateway_factory: GatewayFactory, fakesnow_server: Upstream) -> stack.Gateway:
     return gateway_factory(fakesnow_server.url, name="shared-gateway")

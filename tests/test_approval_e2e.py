@@ -16,7 +16,7 @@ import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,6 @@ from hoopgw.recorder.session import load_session
 from hoopgw.recorder.store import LocalStore
 from hoopgw.replay.export import records_to_flows
 from tests import stack
-from tests.bodies import key_pair_upstream, write_service_key
 from tests.strict_upstream import StrictUpstream
 
 ACCOUNT = "ap12345"
@@ -58,17 +57,8 @@ WAIT = 30.0
 
 
 @pytest.fixture(scope="module")
-def service_key(workdir: Path) -> Path:
-    path = workdir / f"approval-key-{uuid.uuid4().hex[:6]}.p8"
-    write_service_key(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def strict(fakesnow_server, service_key: Path) -> Iterator[StrictUpstream]:
-    upstream = key_pair_upstream(fakesnow_server.url, service_key, ACCOUNT, SERVICE_USER)
-    yield upstream
-    upstream.stop()
+def strict(key_pair_strict: StrictUpstream) -> StrictUpstream:
+    return key_pair_strict
 
 
 @pytest.fixture(scope="module")

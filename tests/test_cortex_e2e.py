@@ -12,7 +12,6 @@ import base64
 import http.client
 import json
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import pytest
 
 from hoopgw.recorder.secrets import new_token_key
 from tests import cortex_upstream, stack
-from tests.bodies import key_pair_upstream, write_service_key
+from tests.bodies import key_pair_gateway_options
 from tests.cortex_upstream import AGENT_CONTACT, GENERATED_SQL
 from tests.raw_http import stored_records
 from tests.strict_upstream import StrictUpstream
@@ -53,34 +52,22 @@ AGENTS = "/api/v2/databases/sales/schemas/public/agents/sales_agent:run"
 
 
 @pytest.fixture(scope="module")
-def service_key(workdir: Path) -> Path:
-    path = workdir / f"cortex-key-{uuid.uuid4().hex[:6]}.p8"
-    write_service_key(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def strict(fakesnow_server, service_key: Path) -> Iterator[StrictUpstream]:
-    upstream = key_pair_upstream(fakesnow_server.url, service_key, ACCOUNT, SERVICE_USER)
-    yield upstream
-    upstream.stop()
+def strict(key_pair_strict: StrictUpstream) -> StrictUpstream:
+    return key_pair_strict
 
 
 @pytest.fixture(scope="module")
 def gw(gateway_factory, strict, service_key: Path, workdir: Path) -> stack.Gateway:
     policy = workdir / f"cortex-{uuid.uuid4().hex[:6]}.toml"
     policy.write_text(POLICY)
-    options = {
-        "hoopgw_allowed_groups": GROUPS,
-        "hoopgw_role_map": [f"{group}={group.upper()}" for group in GROUPS],
-        "hoopgw_upstream_account": ACCOUNT,
-        "hoopgw_upstream_user": SERVICE_USER,
-        "hoopgw_upstream_secondary_roles": "none",
-        "hoopgw_upstream_private_key": f"file:{service_key}",
-        "hoopgw_upstream_password": "",
-        "hoopgw_token_key": f"env:{TOKEN_KEY_ENV}",
-        "hoopgw_policy": str(policy),
-    }
+    options = key_pair_gateway_options(
+        account=ACCOUNT,
+        user=SERVICE_USER,
+        service_key=service_key,
+        groups=GROUPS,
+        token_key_env=TOKEN_KEY_ENV,
+        policy=policy,
+    )
     return gateway_factory(
         strict.url, options, env={TOKEN_KEY_ENV: new_token_key()}, name="cortex-gw"
     )

@@ -10,7 +10,6 @@ from __future__ import annotations
 import http.client
 import json
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from snowflake.connector import DatabaseError, ProgrammingError
 
 from hoopgw.recorder.secrets import new_token_key
 from tests import stack
-from tests.bodies import GUARDRAILS_POLICY, key_pair_upstream, write_service_key
+from tests.bodies import GUARDRAILS_POLICY
 from tests.strict_upstream import StrictUpstream
 
 ACCOUNT = "gr12345"
@@ -30,17 +29,8 @@ GROUPS = ["readers", "agents", "analysts", "tolerant"]
 
 
 @pytest.fixture(scope="module")
-def service_key(workdir: Path) -> Path:
-    path = workdir / f"guardrails-key-{uuid.uuid4().hex[:6]}.p8"
-    write_service_key(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def strict(fakesnow_server, service_key: Path) -> Iterator[StrictUpstream]:
-    upstream = key_pair_upstream(fakesnow_server.url, service_key, ACCOUNT, SERVICE_USER)
-    yield upstream
-    upstream.stop()
+def strict(key_pair_strict: StrictUpstream) -> StrictUpstream:
+    return key_pair_strict
 
 
 def gateway_options(issuer: str, key: Path, policy: Path) -> dict[str, Any]:
