@@ -14,6 +14,7 @@ from hoopgw.addons.attribution import Attribution
 from hoopgw.addons.authentication import Authentication
 from hoopgw.addons.contentview import snowflake_view  # noqa: F401  (registers the view)
 from hoopgw.addons.cortex import Cortex
+from hoopgw.addons.egress import StorageEgress
 from hoopgw.addons.failclosed import FailClosed, guarded
 from hoopgw.addons.guardrails import Guardrails
 from hoopgw.addons.inspection import Inspection
@@ -42,6 +43,7 @@ masking = Masking(guardrails, result_chunks)
 query_ids = QueryIds(authentication.tokens)
 partitions = SqlApiPartitions()
 recording = Recording()
+egress = StorageEgress()
 
 addons = [
     one_line_option_errors(guarded(addon))
@@ -64,7 +66,8 @@ addons = [
         Cortex(masking, recording),
         recording,
         Approvals(approvals),
-        ChunkFetch(result_chunks),
+        egress,
+        ChunkFetch(result_chunks, egress),
         PartitionRecords(partitions),
         Inspection(),
         FailClosed(

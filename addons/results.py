@@ -59,6 +59,7 @@ from mitmproxy.addonmanager import Loader
 
 from hoopgw.addons import protocol
 from hoopgw.addons.credentials import resolve_option_secret
+from hoopgw.addons.egress import StorageEgress
 from hoopgw.addons.flowstate import Caller, FlowState, state_of
 from hoopgw.addons.names import AUTHENTICATION
 from hoopgw.addons.protocol import CHUNK_PATH_PREFIX, Endpoint, Shape
@@ -661,8 +662,9 @@ class ChunkFetch:
     and no key; the flow is pointed back at that path once the answer is in.
     """
 
-    def __init__(self, chunks: ResultChunks) -> None:
+    def __init__(self, chunks: ResultChunks, egress: StorageEgress | None = None) -> None:
         self.chunks = chunks
+        self.egress = egress or StorageEgress()
 
     def request(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)
@@ -687,6 +689,7 @@ class ChunkFetch:
                 request.headers[name] = value
         for name, value in admitted.ticket.headers.items():
             request.headers[name] = value
+        self.egress.route(flow)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         admitted = self.chunks.admitted.get(flow)

@@ -36,6 +36,7 @@ from tests import stack, strict_upstream
 from tests.bodies import key_pair_upstream, write_service_key
 from tests.cloud_storage import CloudStorage
 from tests.conftest import UPSTREAM_TEST_PASSWORD
+from tests.connect_proxy import ConnectProxy
 from tests.raw_http import Answer, login, query, send, session_authorization, stored_records
 from tests.strict_upstream import INLINE_ROWS, StrictUpstream
 
@@ -594,3 +595,24 @@ def test_presigned_stage_files_are_fetched_through_the_gateway_and_recorded(
     verified = CliRunner().invoke(main, ["verify", response["session_id"], "--store", store])
     assert verified.exit_code == 0, verified.output
     assert "2 stage files, all fetched" in verified.output
+
+
+# --- egress through the operator's proxy -----------------------------------------------------
+
+
+def test_chunks_are_fetched_through_the_operators_storage_proxy(
+    gateway_factory, strict, storage, oidc
+) -> None:
+    with ConnectProxy() as proxy:
+        gateway = gateway_factory(
+            strict.url, {"hoopgw_storage_proxy": proxy.url}, name="chunks-via-proxy"
+        )
+        token = oidc.mint("proxied", ["agents"])
+        mark = storage.mark()
+        with contextlib.closing(connector(gateway.url, authenticator="oauth", token=token)) as c:
+            rows = c.cursor().execute(JSON_SQL).fetchall()
+        targets = list(proxy.targets)
+    assert len(rows) == ROWS
+    assert len(storage.requests_since(mark)) == CHUNKS
+    # storage went through the proxy, Snowflake did not
+    assert targets and set(targets) == {urllib.parse.urlsplit(storage.url).netloc}
