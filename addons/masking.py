@@ -51,7 +51,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -188,26 +188,25 @@ class Masking:
             )
             return None
         known = self._known_row_type(flow, state, answer)
-        if len(state.response_body or b"") <= INLINE_MASK_BYTES:
-            self._masked(flow, state, answer, plan, known)
-            return None
-        return self._masked_off_loop(flow, state, answer, plan, known)
+        size = len(state.response_body or b"")
+        return self._in_place_or_on_worker(size, self._masked, flow, state, answer, plan, known)
 
-    async def _masked_off_loop(
-        self,
-        flow: http.HTTPFlow,
-        state: FlowState,
-        answer: dict[str, Any],
-        plan: MaskPlan,
-        known: list[Any] | None,
-    ) -> None:
-        """The flow waits here; every other flow goes on while a worker masks this answer.
+    def _in_place_or_on_worker(
+        self, size: int, work: Callable[..., None], *args: Any
+    ) -> Awaitable[None] | None:
+        """Mask a small answer in place; a larger one (megabytes, for a chunk) on a worker."""
+        if size <= INLINE_MASK_BYTES:
+            work(*args)
+            return None
+        return self._on_worker(work, *args)
+
+    async def _on_worker(self, work: Callable[..., None], *args: Any) -> None:
+        """The flow waits here; every other flow goes on while a worker masks its answer.
 
         The flow's hooks are paused until this returns, so the worker is the only
         one touching its answer and state.
         """
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self.workers, self._masked, flow, state, answer, plan, known)
+        await asyncio.get_running_loop().run_in_executor(self.workers, work, *args)
 
     def _masked(
         self,
@@ -291,23 +290,9 @@ class Masking:
         state.response_body = b""
         state.response_json = None
         limits = (_response_limit(), _body_limit())
-        if len(response.raw_content or b"") <= INLINE_MASK_BYTES:
-            self._masked_chunk(flow, state, admitted, plan, limits)
-            return None
-        return self._chunk_off_loop(flow, state, admitted, plan, limits)
-
-    async def _chunk_off_loop(
-        self,
-        flow: http.HTTPFlow,
-        state: FlowState,
-        admitted: Admitted,
-        plan: MaskPlan,
-        limits: tuple[int, int],
-    ) -> None:
-        """A chunk is megabytes: decoded, masked and encoded again on a worker thread."""
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(
-            self.workers, self._masked_chunk, flow, state, admitted, plan, limits
+        size = len(response.raw_content or b"")
+        return self._in_place_or_on_worker(
+            size, self._masked_chunk, flow, state, admitted, plan, limits
         )
 
     def _masked_chunk(
