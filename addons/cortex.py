@@ -90,9 +90,8 @@ class CortexRecords:
     def write(
         self, flow: http.HTTPFlow, state: FlowState, surface: AgentSurface, **fields: Any
     ) -> None:
-        spool = self._recording.spool
-        if spool is None or state.session_id is None:
-            logger.error("hoopgw: no spool; the cortex record of %s is lost", flow.id)
+        if state.session_id is None:
+            logger.error("hoopgw: no session; the cortex record of %s is lost", flow.id)
             return
         client = Client(
             address=_peer(flow), application=state.client_app, version=state.client_version
@@ -108,10 +107,7 @@ class CortexRecords:
             surface=surface.label,
             **bounded,
         )
-        try:
-            spool.append_eventually(record)
-        except Exception as exc:
-            logger.error("hoopgw: the cortex record of %s could not be written: %s", flow.id, exc)
+        self._recording.append_quietly([record])
 
 
 def _bounded(fields: dict[str, Any], limit: int) -> dict[str, Any]:

@@ -779,14 +779,12 @@ class McpCalls:
         detections: list[dict[str, Any]] | None = None,
     ) -> None:
         recording = ctx.master.addons.get("recording")
-        spool = getattr(recording, "spool", None)
-        if spool is None or state.session_id is None:
+        if state.session_id is None:
+            return  # refused before a caller was verified: counted by the recorder's tally
+        if recording is None:
+            logger.error("hoopgw: no recording; the mcp_call records of %s are lost", flow.id)
             return
-        records = McpRecords(getattr(recording, "body_limit", 64 * 1024)).build(
+        records = McpRecords(recording.body_limit).build(
             flow, state, exchange, answers, detections=detections
         )
-        for record in records:
-            try:
-                spool.append_eventually(record)
-            except Exception:  # the answer still goes out; the recorder logs its own failure
-                logger.exception("hoopgw: an mcp_call record of %s was not written", flow.id)
+        recording.append_quietly(records)

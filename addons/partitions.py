@@ -227,14 +227,11 @@ class SqlApiPartitions:
         )
         caller = state.caller.as_record() if state.caller is not None else None
         record = new_record(RecordKind.CHUNK, fetch.tie.session_id, client, caller, **fields)
-        spool = getattr(ctx.master.addons.get("recording"), "spool", None)
-        if spool is None:
-            logger.error("hoopgw: no spool; the partition record of %s is lost", flow.id)
+        recording = ctx.master.addons.get("recording")
+        if recording is None:
+            logger.error("hoopgw: no recording; the partition record of %s is lost", flow.id)
             return
-        try:
-            spool.append_eventually(record)
-        except Exception as exc:
-            logger.error("hoopgw: a partition record could not be written: %s", exc)
+        recording.append_quietly([record])
 
     def _fetched_one(self, fetch: PartitionFetch) -> None:
         """Count the partition on the statement's answer, for the mitmweb view."""

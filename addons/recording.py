@@ -361,7 +361,7 @@ class Recording:
             return
         session_id = ids.new_session_id()
         client = Client(address=None, application=None, version=None)
-        self._append_quietly(
+        self.append_quietly(
             [
                 new_record(RecordKind.REFUSAL_SUMMARY, session_id, client, None, **summary),
                 new_record(
@@ -401,7 +401,7 @@ class Recording:
             state.session_id = ids.new_session_id()
         record = self._request_record(flow, state)
         if state.answered:
-            self._append_quietly([record])
+            self.append_quietly([record])
             return
         spool = self.spool
         if spool is None:
@@ -449,7 +449,7 @@ class Recording:
                 record = self._event(flow, state, RecordKind.ERROR, flow_id=flow.id)
                 record["error"] = f"hoopgw could not record the answer: {type(exc).__name__}"
                 records = [record]
-            self._append_quietly(records)
+            self.append_quietly(records)
 
     def error(self, flow: http.HTTPFlow) -> None:
         self._record_answers()
@@ -487,7 +487,7 @@ class Recording:
                 state.streamed.facts(cut=True), None, {}, self.body_limit
             )
         records.append(record)
-        self._append_quietly(records)
+        self.append_quietly(records)
 
     def _tally(self, flow: http.HTTPFlow, state: FlowState) -> None:
         """Count a refusal of no verified caller: from its head only, never its body."""
@@ -537,7 +537,7 @@ class Recording:
                 "hoopgw: forwarding request %s without a durable record (%s)", flow.id, reason
             )
             state.passed.add(RECORDING)
-            self._append_quietly([self._request_record(flow, state)])
+            self.append_quietly([self._request_record(flow, state)])
             return
         message = f"hoopgw cannot record this request, so it was not run: {reason}"
         code = protocol.CODE_GATEWAY_RECORDING
@@ -552,9 +552,10 @@ class Recording:
             sql_api_status=503,
         )
         logger.error("hoopgw: refused request %s: %s", flow.id, reason)
-        self._append_quietly([self._request_record(flow, state)])
+        self.append_quietly([self._request_record(flow, state)])
 
-    def _append_quietly(self, records: list[dict[str, Any]]) -> None:
+    def append_quietly(self, records: list[dict[str, Any]]) -> None:
+        """Queue records nobody waits on (answers, chunks, agent calls); failures are logged."""
         if self.spool is None:
             logger.error("hoopgw: no spool; %d record(s) lost", len(records))
             return
