@@ -138,6 +138,9 @@ class FlowState:
     # copy above (sealed chunk URLs, session-bound query ids): see `answer_for_client`
     client_json: dict[str, Any] | None = None
     streamed: StreamedAnswer | None = None  # the answer went to the client as it arrived
+    # the request body went to cloud storage as it arrived: an admitted stage upload
+    # (addons/results.py), checked from its head; the request hooks see no body
+    upload_streamed: bool = False
     detections: list[dict[str, Any]] | None = None  # what addons/masking.py found in the rows
     passed: set[str] = field(default_factory=set)
 

@@ -86,7 +86,11 @@ class Endpoint(StrEnum):
 # Anything else (dots, percent-escapes, semicolons) could be an alias that the
 # upstream normalises into another endpoint, so it does not match.
 CHUNK_PATH_PREFIX: Final = "/hoopgw/v1/chunks/"
-"""The gateway's own path for result chunks; never forwarded to Snowflake."""
+"""The gateway's own path for result chunks and stage files; never forwarded to Snowflake.
+
+GET fetches a chunk or a stage file, PUT uploads a stage file (GCS `presignedUrl`);
+the sealed ticket in the path says which of the two it allows (addons/results.py).
+"""
 _ID = r"[0-9A-Za-z][0-9A-Za-z_-]{0,127}"
 # An unquoted Snowflake identifier, the only spelling served in a REST path: no
 # quotes, dots, slashes or percent-escapes that the upstream might decode into another path.
@@ -138,7 +142,7 @@ ALLOWED_METHODS: dict[Endpoint, frozenset[str]] = {
     Endpoint.RESULT: _GET,
     Endpoint.SQL_API: frozenset({"GET", "POST"}),
     Endpoint.AUTHENTICATOR: _POST,
-    Endpoint.CHUNK: _GET,
+    Endpoint.CHUNK: frozenset({"GET", "PUT"}),
     Endpoint.APPROVALS: frozenset({"GET", "POST"}),
     **dict.fromkeys(AGENT_ENDPOINTS, _POST),
     Endpoint.OTHER: frozenset(),
@@ -222,6 +226,15 @@ def allowed_methods(endpoint: Endpoint, path: str) -> frozenset[str]:
         route = path.partition("?")[0].rstrip("/")
         return _GET if route.count("/") == 4 and not route.endswith("/cancel") else _POST
     return ALLOWED_METHODS[endpoint]
+
+
+def stage_upload(endpoint: Endpoint, request: http.Request) -> bool:
+    """A PUT of a stage file to the gateway's chunk path: checked and bounded from its head.
+
+    Its body goes to cloud storage as it arrives (addons/results.py), so it is
+    exempt from `hoopgw_request_limit` and judged by its ticket before any of it is read.
+    """
+    return endpoint is Endpoint.CHUNK and request.data.method == b"PUT"
 
 
 class ProtocolError(ValueError):

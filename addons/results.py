@@ -45,7 +45,7 @@ import time
 import urllib.parse
 import weakref
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -65,6 +65,7 @@ from hoopgw.addons.names import AUTHENTICATION
 from hoopgw.addons.protocol import CHUNK_PATH_PREFIX, Endpoint, Shape
 from hoopgw.addons.refusals import refuse, replace_answer
 from hoopgw.addons.session_tokens import SessionTokens, TokenError, decode_token_key
+from hoopgw.addons.transport import answer_from_head
 from hoopgw.recorder import coerce, redaction
 from hoopgw.recorder.records import Client, milliseconds, new_record
 from hoopgw.recorder.schema import RecordKind
@@ -95,12 +96,27 @@ PROXIED_URL_PREFIX: Final = "hoopgw:chunk/"
 _RESULT_ENDPOINTS: Final = frozenset({Endpoint.QUERY, Endpoint.RESULT})
 STAGE_FILE: Final = "stage_file"
 """The `result_format` of a ticket for a stage file behind a pre-signed URL (GET on GCP)."""
+STAGE_UPLOAD: Final = "stage_upload"
+"""The `result_format` of a ticket for a stage file the client uploads (PUT on GCP)."""
+UPLOAD: Final = "upload"
+"""The `direction` of a chunk record for a stage upload."""
+UPLOADED_URL_PREFIX: Final = "hoopgw:upload/"
+DEFAULT_UPLOAD_LIMIT: Final = 5 * 1024**3
+"""5 GiB, the largest object GCS takes in one PUT."""
 STAGE_NOTE: Final = "hoopgw_stage_transfer"
 """The field the record of a PUT/GET answer gains when the client was handed stage keys."""
 # What a PUT/GET answer carries that lets its holder reach the stage directly.
 _STAGE_KEYS: Final = frozenset({"stageInfo", "encryptionMaterial", "presignedUrls"})
 # What a chunk request may carry on to cloud storage besides the key headers.
 _FORWARDED_HEADERS: Final = ("accept", "accept-encoding", "user-agent")
+# What an upload carries on to cloud storage: how to read the object, and its metadata
+# (the driver's digest and encryption data). Never a gateway token or an Authorization.
+_UPLOAD_HEADERS: Final = frozenset(
+    {"accept", "accept-encoding", "user-agent", "content-length", "content-type"}
+    | {"content-encoding", "content-md5", "content-language", "content-disposition"}
+    | {"cache-control"}
+)
+_UPLOAD_METADATA_PREFIX: Final = "x-goog-meta-"
 # a key with a value that matters (a key string, a header, a chunk); in a rowset a
 # string is followed by `,` or `]`, never by `:`, and a quote inside one is escaped
 _KEY_MARKER: Final = re.compile(
@@ -112,6 +128,10 @@ _SCAN_PIECE: Final = 1 << 20
 
 class TicketError(ValueError):
     """A chunk ticket the gateway did not seal, or that was altered; never carries its text."""
+
+
+class UploadOverLimit(RuntimeError):
+    """An upload sent more than its bound: the stream to storage is cut."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +151,8 @@ class ChunkTicket:
     size: int | None = None
     columns: tuple[tuple[str | None, ...], ...] | None = None
     """The result's columns as masking reads them (name, type, database, schema, table)."""
+    upload: bool = False
+    """A stage file the client PUTs (GCS `stageInfo.presignedUrl`), not one it GETs."""
 
     def rowtype(self) -> list[dict[str, str | None]] | None:
         """`columns` in `data.rowtype`'s shape, for recorder.masking.mask_chunk."""
@@ -152,6 +174,7 @@ class ChunkTicket:
             "c": self.caller,
             "z": self.size,
             "t": self.columns,
+            "up": self.upload,
         }
 
     @classmethod
@@ -170,6 +193,7 @@ class ChunkTicket:
                 caller=payload.get("c") if isinstance(payload.get("c"), dict) else None,
                 size=payload.get("z") if isinstance(payload.get("z"), int) else None,
                 columns=_columns_from_payload(payload.get("t")),
+                upload=payload.get("up") is True,
             )
         except (KeyError, TypeError, ValueError, AttributeError):
             raise TicketError("the chunk ticket's content is incomplete") from None
@@ -273,6 +297,12 @@ def withheld_url(query_id: str, index: int) -> str:
     return f"{PROXIED_URL_PREFIX}{query_id}/{index}"
 
 
+def file_name_of(url: str) -> str | None:
+    """The object's name in a storage URL (its last path segment), never its query (signature)."""
+    name = urllib.parse.unquote(urllib.parse.urlsplit(url).path.rpartition("/")[2])
+    return protocol.printable(name.encode())[:200] or None
+
+
 class ResultChunks:
     """Rewrites chunk URLs in answers and admits chunk requests by their sealed ticket."""
 
@@ -285,6 +315,11 @@ class ResultChunks:
         self.active: dict[str, int] = {}
         self.tickets = ChunkTickets(os.urandom(32))
         self.admitted: weakref.WeakKeyDictionary[http.HTTPFlow, Admitted] = (
+            weakref.WeakKeyDictionary()
+        )
+        self.upload_limit = DEFAULT_UPLOAD_LIMIT
+        # admitted stage uploads (PUT), apart from chunk downloads: masking never sees them
+        self.uploads: weakref.WeakKeyDictionary[http.HTTPFlow, Admitted] = (
             weakref.WeakKeyDictionary()
         )
         # each rewritten answer's flow, so mitmweb can show how many of its chunks were fetched
@@ -353,6 +388,21 @@ class ResultChunks:
             """,
         )
         loader.add_option(
+            "hoopgw_upload_limit",
+            int,
+            self.upload_limit,
+            """
+            Largest stage file, in bytes, a client may upload through the gateway
+            (PUT on a GCP stage, `proxy` mode). The upload is checked from its
+            declared Content-Length before any of it is read and counted while it
+            streams to cloud storage; it is exempt from hoopgw_request_limit and
+            never held in memory. The default, 5 GiB, is the most GCS takes in one
+            PUT. mitmproxy's body_size_limit bounds every request too (the gateway
+            sets it to the larger of its request and response limits unless you
+            set it), so larger uploads also need a larger body_size_limit.
+            """,
+        )
+        loader.add_option(
             "hoopgw_public_url",
             str | None,  # type: ignore[arg-type]
             None,
@@ -375,6 +425,10 @@ class ResultChunks:
         for name in ("hoopgw_chunk_fetches_per_session", "hoopgw_chunk_fetches"):
             if name in updated and getattr(ctx.options, name) < 1:
                 raise exceptions.OptionsError(f"{name} must be at least 1")
+        if "hoopgw_upload_limit" in updated:
+            if ctx.options.hoopgw_upload_limit < 0:
+                raise exceptions.OptionsError("hoopgw_upload_limit must be 0 or more bytes")
+            self.upload_limit = ctx.options.hoopgw_upload_limit
         if "hoopgw_chunk_fetches_per_session" in updated:
             self.per_session = ctx.options.hoopgw_chunk_fetches_per_session
         if "hoopgw_chunk_fetches" in updated:
@@ -403,33 +457,85 @@ class ResultChunks:
 
     # chunk requests
 
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """A stage upload is admitted or refused from its head: its body goes on as it arrives."""
+        state = state_of(flow)
+        if state is None or state.answered or not flow.live:
+            return
+        if not protocol.stage_upload(state.endpoint, flow.request):
+            return
+        self._admit_upload(flow, state)
+        if state.answered:
+            answer_from_head(flow)  # nothing of the body is read, nothing reaches storage
+
+    def _admit_upload(self, flow: http.HTTPFlow, state: FlowState) -> None:
+        request = flow.request
+        ticket = self._open_ticket(flow, state)
+        if ticket is None:
+            return
+        if not ticket.upload:
+            _refuse(flow, state, "the URL is for a download (GET), not an upload")
+            return
+        unreadable = protocol.unreadable_head(request.data.path, request.headers.fields)
+        if unreadable is None and request.authority and not (request.is_http2 or request.is_http3):
+            unreadable = "the request target must be a path, not an absolute URL"
+        if unreadable is None:
+            unreadable = protocol.refusal_from_head(request, self.upload_limit)
+            if unreadable is not None and "over the" in unreadable:
+                unreadable = unreadable.replace("limit", "limit (hoopgw_upload_limit)")
+        if unreadable is not None:
+            too_large = "hoopgw_upload_limit" in unreadable
+            _refuse(flow, state, unreadable, status=413 if too_large else 400)
+            return
+        if not self._take_slot(flow, state, ticket):
+            return
+        self.uploads[flow] = Admitted(ticket, time.time())
+        state.upload_streamed = True
+        state.passed.add(AUTHENTICATION)
+
     def request(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)
         if state is None or state.answered or state.endpoint is not Endpoint.CHUNK:
             return
+        if state.upload_streamed:
+            return  # admitted at its head, already on its way to storage
+        ticket = self._open_ticket(flow, state)
+        if ticket is None:
+            return
+        if ticket.upload:
+            _refuse(flow, state, "the URL is for an upload (PUT), not a download")
+            return
+        if not self._take_slot(flow, state, ticket):
+            return
+        self.admitted[flow] = Admitted(ticket, time.time())
+        state.passed.add(AUTHENTICATION)
+
+    def _open_ticket(self, flow: http.HTTPFlow, state: FlowState) -> ChunkTicket | None:
+        """The request's ticket when it opens, is current and fits the session; else refused."""
         route, mark, query = flow.request.path.partition("?")
         ticket_text = route.removeprefix(CHUNK_PATH_PREFIX)
         # the record shows which chunk, never the ticket (it is the chunk's credential)
         flow.request.path = f"{CHUNK_PATH_PREFIX}sealed{mark}{query}"
         if self.mode != PROXY:
             _refuse(flow, state, "the gateway does not proxy result chunks (direct mode)")
-            return
+            return None
         try:
             ticket = self.tickets.open(ticket_text)
         except TicketError as exc:
             _refuse(flow, state, str(exc))
-            return
+            return None
         flow.request.path = f"{CHUNK_PATH_PREFIX}{ticket.query_id}/{ticket.index}{mark}{query}"
         state.session_id = ticket.session_id
         if ticket.caller is not None:
             state.caller = _caller(ticket.caller)
         if time.time() >= ticket.expires_at:
-            _refuse(flow, state, "the chunk URL has expired; run the query again")
-            return
+            what = "upload" if ticket.upload else "chunk"
+            _refuse(flow, state, f"the {what} URL has expired; run the query again")
+            return None
         tokens = _session_tokens()
         if tokens is not None and tokens.revoked.is_revoked(ticket.session_id):
             _refuse(flow, state, "the chunk URL belongs to a session that has logged out")
-            return
+            return None
         presented = protocol.session_token_from(flow.request.headers)
         if presented is not None:
             try:
@@ -438,19 +544,22 @@ class ResultChunks:
                 session = tokens.sealer.open(presented)
             except TokenError:
                 _refuse(flow, state, "the chunk request carries a token hoopgw did not issue")
-                return
+                return None
             if session.session_id != ticket.session_id:
                 _refuse(flow, state, "the chunk URL belongs to another session")
-                return
+                return None
+        return ticket
+
+    def _take_slot(self, flow: http.HTTPFlow, state: FlowState, ticket: ChunkTicket) -> bool:
+        """One more transfer of the session, within `hoopgw_chunk_fetches(_per_session)`."""
         if (
             sum(self.active.values()) >= self.in_total
             or self.active.get(ticket.session_id, 0) >= self.per_session
         ):
             _refuse(flow, state, "too many chunk downloads at once; retry", status=429)
-            return
+            return False
         self.active[ticket.session_id] = self.active.get(ticket.session_id, 0) + 1
-        self.admitted[flow] = Admitted(ticket, time.time())
-        state.passed.add(AUTHENTICATION)
+        return True
 
     def release(self, admitted: Admitted) -> None:
         """One chunk download of the session is over, whichever way it ended."""
@@ -593,39 +702,70 @@ class ResultChunks:
     def _seal_presigned_urls(
         self, flow: http.HTTPFlow, state: FlowState, noted: dict[str, Any]
     ) -> None:
-        """Each of a GET's `presignedUrls` becomes a sealed gateway URL, as chunk URLs do."""
+        """Pre-signed URLs (stages on GCP) become sealed gateway URLs, as chunk URLs do.
+
+        A GET's `presignedUrls` are files to download; a PUT's
+        `stageInfo.presignedUrl` is the one URL its file is uploaded to (the
+        driver runs the PUT again for each file). Each is sealed into a ticket
+        that allows GET, or PUT for an upload; the record's copy names the file
+        by query and index, never the storage URL or its signature.
+        """
         payload = state.answer_for_client()
         data = payload.get("data") if isinstance(payload, dict) else None
-        urls = data.get("presignedUrls") if isinstance(data, dict) else None
-        if payload is None or not isinstance(urls, list) or not urls:
+        if payload is None or not isinstance(data, dict):
+            return
+        urls = data.get("presignedUrls")
+        urls = urls if isinstance(urls, list) else []
+        stage = data.get("stageInfo")
+        single = stage.get("presignedUrl") if isinstance(stage, dict) else None
+        if not urls and not _storage_url(single):
             return
         query_id = str(data.get("queryId") or "")
+        upload = str(data.get("command") or "").upper() == "UPLOAD"
         base = self._base_url(flow)
-        expires_at = int(time.time()) + self.lifetime
         caller = state.caller.as_record() if state.caller is not None else None
+        template = ChunkTicket(
+            url="",
+            headers={},
+            session_id=state.session_id or "",
+            query_id=query_id,
+            index=0,
+            count=len(urls),
+            rows=None,
+            result_format=STAGE_FILE,
+            expires_at=int(time.time()) + self.lifetime,
+            caller=caller,
+        )
         recorded = list(urls)
         for index, url in enumerate(urls):
             if not _storage_url(url):
                 continue
-            ticket = ChunkTicket(
-                url=url,
-                headers={},
-                session_id=state.session_id or "",
-                query_id=query_id,
-                index=index,
-                count=len(urls),
-                rows=None,
-                result_format=STAGE_FILE,
-                expires_at=expires_at,
-                caller=caller,
-            )
+            ticket = dataclasses.replace(template, url=url, index=index)
             urls[index] = f"{base}{CHUNK_PATH_PREFIX}{self.tickets.seal(ticket)}"
             recorded[index] = withheld_url(query_id, index)
-        noted["data"]["presignedUrls"] = recorded
+        if urls:
+            noted["data"]["presignedUrls"] = recorded
+        if isinstance(stage, dict) and _storage_url(single):
+            ticket = dataclasses.replace(
+                template,
+                url=str(single),
+                count=1,
+                upload=upload,
+                result_format=STAGE_UPLOAD if upload else STAGE_FILE,
+            )
+            stage["presignedUrl"] = f"{base}{CHUNK_PATH_PREFIX}{self.tickets.seal(ticket)}"
+            prefix = UPLOADED_URL_PREFIX if upload else PROXIED_URL_PREFIX
+            noted["data"]["stageInfo"]["presignedUrl"] = f"{prefix}{query_id}/0"
         noted["data"][STAGE_NOTE] = (
             "temporary stage credentials handed out; stage files through the gateway"
         )
         state.send_to_client(flow, payload)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        """An upload that broke off: its flow shows the gateway's path before anyone records it."""
+        admitted = self.uploads.get(flow)
+        if admitted is not None:
+            _restore(flow, admitted)
 
     def _base_url(self, flow: http.HTTPFlow) -> str:
         if self.public_url:
@@ -653,6 +793,8 @@ class Admitted:
     detections: list[dict[str, Any]] | None = None
     withheld: str | None = None
     """Why the chunk was withheld from the caller (masking), when it was."""
+    sent: UploadTap | None = None
+    """An upload's body on its way to storage: counted and hashed."""
 
 
 class ChunkFetch:
@@ -665,6 +807,39 @@ class ChunkFetch:
     def __init__(self, chunks: ResultChunks, egress: StorageEgress | None = None) -> None:
         self.chunks = chunks
         self.egress = egress or StorageEgress()
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """An admitted upload goes to its storage URL now, its body streamed as it arrives."""
+        state = state_of(flow)
+        admitted = self.chunks.uploads.get(flow)
+        if state is None or admitted is None or state.answered or not flow.live:
+            return
+        request = flow.request
+        admitted.original = (
+            request.scheme,
+            request.host,
+            request.port,
+            request.path,
+            request.headers.copy(),
+        )
+        kept = [
+            (name, value)
+            for name, value in request.headers.items(multi=True)
+            if name.lower() in _UPLOAD_HEADERS or name.lower().startswith(_UPLOAD_METADATA_PREFIX)
+        ]
+        request.url = admitted.ticket.url
+        authority = urllib.parse.urlsplit(admitted.ticket.url).netloc.rpartition("@")[2]
+        request.headers = http.Headers(host=authority)
+        for name, value in kept:
+            request.headers.add(name, value)
+        self.egress.route(flow)
+        declared = request.headers.get("content-length", "0").strip()
+        admitted.sent = UploadTap(
+            self.chunks.upload_limit,
+            int(declared) if declared.isdigit() else 0,
+            lambda: _restore(flow, admitted),
+        )
+        request.stream = admitted.sent
 
     def request(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)
@@ -703,6 +878,16 @@ class ChunkFetch:
         response.stream = admitted.tap
 
     def response(self, flow: http.HTTPFlow) -> None:
+        upload = self.chunks.uploads.pop(flow, None)
+        if upload is not None:
+            self.chunks.release(upload)
+            _restore(flow, upload)
+            status = flow.response.status_code if flow.response is not None else None
+            ok = status is not None and 200 <= status < 300
+            self._record_upload(
+                flow, upload, status, None if ok else f"cloud storage answered HTTP {status}"
+            )
+            return
         admitted = self.chunks.admitted.pop(flow, None)
         if admitted is None:
             return
@@ -718,6 +903,14 @@ class ChunkFetch:
         self._record(flow, admitted, status, error)
 
     def error(self, flow: http.HTTPFlow) -> None:
+        upload = self.chunks.uploads.pop(flow, None)
+        if upload is not None:
+            self.chunks.release(upload)
+            _restore(flow, upload)
+            status = flow.response.status_code if flow.response is not None else None
+            reason = str(flow.error.msg) if flow.error else "unknown"
+            self._record_upload(flow, upload, status, f"the upload did not complete: {reason}")
+            return
         admitted = self.chunks.admitted.pop(flow, None)
         if admitted is None:
             return
@@ -730,7 +923,6 @@ class ChunkFetch:
     def _record(
         self, flow: http.HTTPFlow, admitted: Admitted, status: int | None, error: str | None
     ) -> None:
-        state = state_of(flow)
         ticket = admitted.ticket
         tap = admitted.tap
         fields: dict[str, Any] = {
@@ -754,21 +946,103 @@ class ChunkFetch:
             fields["error"] = error
         elif tap is not None and tap.undecodable is not None:
             fields["error"] = tap.undecodable
-        client = Client(
-            address=_peer(flow),
-            application=state.client_app if state else None,
-            version=state.client_version if state else None,
+        _append(
+            flow,
+            new_record(RecordKind.CHUNK, ticket.session_id, _client(flow), ticket.caller, **fields),
         )
-        record = new_record(RecordKind.CHUNK, ticket.session_id, client, ticket.caller, **fields)
-        recording = ctx.master.addons.get("recording")
-        spool = getattr(recording, "spool", None)
-        if spool is None:
-            logger.error("hoopgw: no spool; the chunk record of %s is lost", flow.id)
-            return
-        try:
-            spool.append_eventually(record)
-        except Exception as exc:
-            logger.error("hoopgw: a chunk record could not be written: %s", exc)
+
+    def _record_upload(
+        self, flow: http.HTTPFlow, admitted: Admitted, status: int | None, error: str | None
+    ) -> None:
+        """The `chunk` record of an upload: what went to storage, and what storage said."""
+        ticket = admitted.ticket
+        sent = admitted.sent
+        fields: dict[str, Any] = {
+            "flow_id": flow.id,
+            "query_id": ticket.query_id,
+            "chunk_index": ticket.index,
+            "chunk_count": ticket.count,
+            "direction": UPLOAD,
+            "file_name": file_name_of(ticket.url),
+            "result_format": ticket.result_format,
+            "status": status,
+            "duration_ms": milliseconds(admitted.started, time.time()),
+        }
+        complete = error is None and sent is not None and sent.ended
+        if sent is not None:
+            fields["wire_size"] = sent.size
+            fields["declared_size"] = sent.declared
+            fields["sha256"] = sent.hexdigest()
+            fields["body"] = {"size": sent.size, "omitted": "stage upload"}
+            if sent.ended and sent.size != sent.declared:
+                complete = False
+                error = error or f"sent {sent.size} of {sent.declared} declared bytes"
+        fields["complete"] = complete
+        if error is not None:
+            fields["error"] = error
+        elif not complete:
+            fields["error"] = "the upload did not complete"
+        if complete:
+            self.chunks.chunk_fetched(ticket)
+        _append(
+            flow,
+            new_record(RecordKind.CHUNK, ticket.session_id, _client(flow), ticket.caller, **fields),
+        )
+
+
+def _client(flow: http.HTTPFlow) -> Client:
+    state = state_of(flow)
+    return Client(
+        address=_peer(flow),
+        application=state.client_app if state else None,
+        version=state.client_version if state else None,
+    )
+
+
+def _append(flow: http.HTTPFlow, record: dict[str, Any]) -> None:
+    """Hand a chunk record to the spool, which makes it durable soon after."""
+    recording = ctx.master.addons.get("recording")
+    spool = getattr(recording, "spool", None)
+    if spool is None:
+        logger.error("hoopgw: no spool; the chunk record of %s is lost", flow.id)
+        return
+    try:
+        spool.append_eventually(record)
+    except Exception as exc:
+        logger.error("hoopgw: a chunk record could not be written: %s", exc)
+
+
+class UploadTap:
+    """The pass-through an upload streams through to storage: counted, hashed, bounded.
+
+    Each piece goes on unchanged; nothing is kept. More than `limit` bytes
+    (which the declared length already keeps within) cuts the stream. At its
+    end `finished` runs, before the request hooks: it points the flow back at
+    the gateway's path, so no record of it shows the storage URL.
+    """
+
+    def __init__(self, limit: int, declared: int, finished: Callable[[], None]) -> None:
+        self.limit = limit
+        self.declared = declared
+        self.size = 0
+        self.ended = False
+        self._hash = hashlib.sha256()
+        self._finished = finished
+
+    def __call__(self, piece: bytes) -> bytes:
+        if not piece:
+            if not self.ended:
+                self.ended = True
+                self._finished()
+            return piece
+        self.size += len(piece)
+        if self.size > self.limit:
+            raise UploadOverLimit(f"the upload is over hoopgw_upload_limit ({self.limit} bytes)")
+        self._hash.update(piece)
+        return piece
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
 
 
 class ChunkTap:
@@ -1027,6 +1301,7 @@ __all__ = [
     "ChunkUnreadable",
     "ResultChunks",
     "TicketError",
+    "UploadTap",
     "chunk_key_headers",
     "read_chunk",
     "write_chunk",

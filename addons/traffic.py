@@ -170,6 +170,8 @@ class SnowflakeTraffic:
         flow.request.stream = False
         endpoint = protocol.classify(flow.request.path)
         state = attach(flow, FlowState(endpoint=endpoint))
+        if protocol.stage_upload(endpoint, flow.request):
+            return  # admitted or refused from its head by its ticket (addons/results.py)
         refusal = protocol.refusal_from_head(flow.request, self.request_limit)
         if refusal is not None:
             _refuse_malformed(flow, state, refusal)
@@ -183,7 +185,7 @@ class SnowflakeTraffic:
         request = flow.request
         # until the body is known to decode within bounds, later hooks see it as received
         state.request_body = request.raw_content or b""
-        if state.answered:
+        if state.answered or state.upload_streamed:
             return None
         for name in _CLIENT_ONLY_HEADERS:
             request.headers.pop(name, None)

@@ -1043,6 +1043,7 @@ def verify_chunks(records: list[dict[str, Any]], report: VerifyReport) -> None:
     counts: dict[str, int] = {}
     partitioned: set[str] = set()  # SQL API results: partition 0 came inline
     stage_files: set[str] = set()  # GET on a GCP stage: files behind pre-signed URLs
+    uploads: set[str] = set()  # PUT on a GCP stage: the file uploaded through the gateway
     for record in records:
         count = record.get("chunk_count")
         partitions = record.get("partition_count")
@@ -1050,6 +1051,7 @@ def verify_chunks(records: list[dict[str, Any]], report: VerifyReport) -> None:
         if record.get("kind") != RESPONSE or not isinstance(query_id, str):
             continue
         files = record.get("stage_file_count")
+        uploaded = record.get("stage_upload_count")
         if isinstance(partitions, int) and partitions > 1:
             counts[query_id] = partitions
             partitioned.add(query_id)
@@ -1058,6 +1060,9 @@ def verify_chunks(records: list[dict[str, Any]], report: VerifyReport) -> None:
         elif isinstance(files, int):
             counts[query_id] = files
             stage_files.add(query_id)
+        elif isinstance(uploaded, int):
+            counts[query_id] = uploaded
+            uploads.add(query_id)
     hashes: dict[tuple[str, int], str] = {}
     for record in records:
         if record.get("kind") != CHUNK:
@@ -1091,9 +1096,11 @@ def verify_chunks(records: list[dict[str, Any]], report: VerifyReport) -> None:
         indexes = {index for q, index in hashes if q == query_id}
         unit = "partitions" if query_id in partitioned else "chunks"
         unit = "stage files" if query_id in stage_files else unit
+        unit = "stage uploads" if query_id in uploads else unit
+        done = "uploaded" if query_id in uploads else "fetched"
         if query_id in partitioned:
             indexes = {0} | {index for index in indexes if index > 0}
         fetched = len(indexes)
         if fetched:
-            state = "all fetched" if fetched >= count else f"{fetched} of {count} fetched"
+            state = f"all {done}" if fetched >= count else f"{fetched} of {count} {done}"
             report.notes.append(f"query {query_id}: {count} {unit}, {state}")

@@ -81,6 +81,7 @@ class StatementOutcome(TypedDict, total=False):
     chunk_bytes: int
     partition_count: int
     stage_file_count: int
+    stage_upload_count: int
     error_code: str
     sql_state: Any
     message: str
@@ -211,6 +212,12 @@ def statement_outcome(answer: dict[str, Any]) -> StatementOutcome:
     presigned = data.get("presignedUrls")
     if isinstance(presigned, list) and presigned:
         outcome["stage_file_count"] = len(presigned)
+    stage = data.get("stageInfo")
+    if isinstance(stage, dict) and isinstance(stage.get("presignedUrl"), str):
+        if str(data.get("command") or "").upper() == "UPLOAD":
+            outcome["stage_upload_count"] = 1
+        elif "stage_file_count" not in outcome:
+            outcome["stage_file_count"] = 1
     if success is False:
         code = answer.get("code") or data.get("errorCode")
         if code is not None:

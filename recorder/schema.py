@@ -164,6 +164,9 @@ KIND_FIELDS: Final[dict[str, dict[str, Field]]] = {
         "stage_file_count": _opt(
             OPT_INT, "GET on a GCP stage: files behind data.presignedUrls (proxied as chunks)"
         ),
+        "stage_upload_count": _opt(
+            OPT_INT, "PUT on a GCP stage: 1, the file behind data.stageInfo.presignedUrl"
+        ),
         "partition_count": _opt(
             OPT_INT, "SQL API: result partitions (resultSetMetaData.partitionInfo), 0 inline"
         ),
@@ -204,14 +207,18 @@ KIND_FIELDS: Final[dict[str, dict[str, Field]]] = {
         "chunk_index": _req(int, "position in data.chunks[], from 0; a partition's number"),
         "partition": _opt(OPT_BOOL, "an SQL API result partition (`?partition=N`), not a chunk"),
         "chunk_count": _opt(OPT_INT, "chunks in the result"),
-        "result_format": _opt(OPT_STR, "json or arrow"),
+        "result_format": _opt(OPT_STR, "json or arrow; stage_file or stage_upload"),
+        "direction": _opt(OPT_STR, "upload: a stage file the client PUT; absent: a download"),
+        "file_name": _opt(OPT_STR, "an upload's object name (the storage URL's last segment)"),
         "rows": _opt(OPT_INT, "rows in the chunk (chunks[].rowCount)"),
         "status": _opt(OPT_INT, "HTTP status cloud storage answered"),
-        "complete": _req(bool, "the whole chunk reached the client"),
+        "complete": _req(bool, "the whole chunk reached the client (an upload: storage took it)"),
         "size": _opt(OPT_INT, "uncompressed bytes, measured (chunks within hoopgw_body_limit)"),
-        "declared_size": _opt(OPT_INT, "uncompressed bytes the answer declared"),
-        "wire_size": _opt(OPT_INT, "bytes as sent to the client (compressed)"),
-        "sha256": _opt(OPT_STR, "sha256 of the bytes as sent to the client"),
+        "declared_size": _opt(OPT_INT, "bytes the answer declared (an upload: its Content-Length)"),
+        "wire_size": _opt(
+            OPT_INT, "bytes as sent to the client, compressed (an upload: to storage)"
+        ),
+        "sha256": _opt(OPT_STR, "sha256 of the bytes sent to the client (an upload: to storage)"),
         "duration_ms": _opt(OPT_NUMBER, "request start to the chunk's last byte"),
         "body": _opt(OPT_DICT, "the chunk's rows within hoopgw_body_limit, see body_for_record"),
         "error": _opt(OPT_STR, "why the chunk did not reach the client whole"),

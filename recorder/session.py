@@ -31,6 +31,8 @@ REDACTION_MARKERS: Final = ("[REDACTED]", "[REDACTED PRIVATE KEY]")
 _RESULT_PATH: Final = re.compile(r"^/queries/([^/?]+)/result")
 _STATEMENT_ENDPOINTS: Final = frozenset({"query", "sql_api"})
 HELD: Final = "held"
+STAGE_UPLOADS: Final = "stage uploads"
+"""The `chunk_unit` of a PUT on a GCP stage: the file uploaded through the gateway."""
 """The approval state of a held statement no decision was recorded for (yet)."""
 APPROVAL_STATES: Final = (HELD, "approved", "denied", "timeout", "withdrawn")
 """A held statement's approval state: `held`, or the outcome of its `approval_decision`."""
@@ -125,9 +127,10 @@ class RecordedOutcome:
         rows = "" if self.row_count is None else f"{self.row_count} rows in "
         fetched = self.chunks_fetched or 0
         unit = self.chunk_unit
+        done = "uploaded" if unit == STAGE_UPLOADS else "fetched"
         if fetched >= self.chunk_count:
-            return f"{rows}{self.chunk_count} {unit}, all fetched"
-        return f"{rows}{self.chunk_count} {unit}, {fetched} of {self.chunk_count} fetched"
+            return f"{rows}{self.chunk_count} {unit}, all {done}"
+        return f"{rows}{self.chunk_count} {unit}, {fetched} of {self.chunk_count} {done}"
 
     @property
     def label(self) -> str:
@@ -407,6 +410,9 @@ def recorded_outcome(answer: dict[str, Any] | None) -> RecordedOutcome:
     files = flat.get("stage_file_count")
     if isinstance(files, int) and files and not outcome.chunk_count:
         outcome.chunk_count, outcome.chunk_unit = files, "stage files"
+    uploads = flat.get("stage_upload_count")
+    if isinstance(uploads, int) and uploads and not outcome.chunk_count:
+        outcome.chunk_count, outcome.chunk_unit = uploads, STAGE_UPLOADS
     if success:
         outcome.result, outcome.rows_note = _complete_result(body, data)
         dml_rows = dml_row_count(data)

@@ -7,6 +7,10 @@ objects are encrypted with a customer key (SSE-C), so a GET must carry
 server does the same: each object has its key, each URL an expiry and an
 HMAC signature over path and expiry, and it counts every request it gets,
 so tests can assert that nothing reached it.
+
+It also takes uploads as GCS takes them behind a stage's `presignedUrl`: a PUT
+to a URL signed for PUT (`upload_url`) stores the body as received, with its
+`x-goog-meta-*` headers; a PUT whose signature does not verify is refused.
 """
 
 from __future__ import annotations
@@ -42,10 +46,17 @@ class StorageRequest:
     status: int
 
 
+@dataclass(frozen=True)
+class Upload:
+    body: bytes
+    headers: dict[str, str]
+
+
 @dataclass
 class _State:
     objects: dict[str, StoredObject] = field(default_factory=dict)
     requests: list[StorageRequest] = field(default_factory=list)
+    uploads: dict[str, Upload] = field(default_factory=dict)
 
 
 def _error(code: str, message: str) -> bytes:
@@ -82,8 +93,26 @@ class CloudStorage(stack.LoopbackServer):
         )
         return f"{self.url}{path}?{query}"
 
-    def _sign(self, path: str, expires: int) -> str:
-        return hmac.new(self._secret, f"{path}\n{expires}".encode(), hashlib.sha256).hexdigest()
+    def upload_url(self, name: str, lifetime: int = 3600) -> str:
+        """A URL signed for one PUT of `name`, as GCS signs a stage's `presignedUrl`."""
+        path = f"/uploads/{urllib.parse.quote(name)}"
+        expires = int(time.time()) + lifetime
+        query = urllib.parse.urlencode(
+            {"X-Goog-Expires": expires, "X-Goog-Signature": self._sign(path, expires, "PUT")}
+        )
+        return f"{self.url}{path}?{query}"
+
+    def uploads(self) -> dict[str, Upload]:
+        """What was uploaded, by the name its URL was signed for."""
+        with self._lock:
+            return {
+                urllib.parse.unquote(path.removeprefix("/uploads/")): upload
+                for path, upload in self._state.uploads.items()
+            }
+
+    def _sign(self, path: str, expires: int, method: str = "GET") -> str:
+        message = f"{path}\n{expires}" if method == "GET" else f"{method}\n{path}\n{expires}"
+        return hmac.new(self._secret, message.encode(), hashlib.sha256).hexdigest()
 
     def hashes(self) -> dict[str, str]:
         """The SHA-256 of each stored object's bytes, by the name it was put under."""
@@ -118,8 +147,12 @@ class CloudStorage(stack.LoopbackServer):
             return list(self._state.requests[mark:])
 
     def serve(self, handler: BaseHTTPRequestHandler) -> None:
-        stack.read_body(handler)
-        status, body, stored = self._answer(handler)
+        length = int(handler.headers.get("Content-Length") or 0)
+        received = handler.rfile.read(length) if length else b""  # as sent: no decoding
+        if handler.command == "PUT":
+            status, body, stored = self._upload(handler, received)
+        else:
+            status, body, stored = self._answer(handler)
         with self._lock:
             self._state.requests.append(
                 StorageRequest(
@@ -133,6 +166,24 @@ class CloudStorage(stack.LoopbackServer):
             stack.send_answer(handler, status, body, "application/xml")
         else:
             stack.send_answer(handler, status, body, stored.content_type, stored.content_encoding)
+
+    def _upload(
+        self, handler: BaseHTTPRequestHandler, body: bytes
+    ) -> tuple[int, bytes, StoredObject | None]:
+        parsed = urllib.parse.urlsplit(handler.path)
+        query = urllib.parse.parse_qs(parsed.query)
+        expires = (query.get("X-Goog-Expires") or [""])[0]
+        signature = (query.get("X-Goog-Signature") or [""])[0]
+        if not parsed.path.startswith("/uploads/") or not expires.isdigit():
+            return 403, _error("AccessDenied", "Access Denied"), None
+        if not hmac.compare_digest(signature, self._sign(parsed.path, int(expires), "PUT")):
+            return 403, _error("SignatureDoesNotMatch", "signature mismatch"), None
+        if int(expires) <= time.time():
+            return 400, _error("ExpiredToken", "Request has expired"), None
+        headers = {k.lower(): v for k, v in handler.headers.items()}
+        with self._lock:
+            self._state.uploads[parsed.path] = Upload(body, headers)
+        return 200, b"", None
 
     def _answer(self, handler: BaseHTTPRequestHandler) -> tuple[int, bytes, StoredObject | None]:
         parsed = urllib.parse.urlsplit(handler.path)

@@ -72,6 +72,9 @@ from tests.cloud_storage import CloudStorage
 CHUNKED = re.compile(r"/\*chunks:(\d+):(json|arrow)(?::(\d+))?(:noinline)?\*/")
 # a GET with this comment is answered as on GCP: N pre-signed URLs to the stage files
 PRESIGNED = re.compile(r"/\*presigned:(\d+)\*/")
+# a PUT with this comment is answered as on GCP: one pre-signed URL to upload its file to
+PRESIGNED_PUT = re.compile(r"/\*presigned-put\*/")
+_PUT_SOURCE = re.compile(r"file://(?:'([^']*)'|(\S+))", re.IGNORECASE)
 STAGE_FILE = b"id,label\n%d,stage file\n"
 # an SQL API statement with this comment is answered in N partitions of R rows each
 PARTITIONED = re.compile(r"/\*partitions:(\d+):(\d+)\*/")
@@ -605,11 +608,25 @@ class StrictUpstream(stack.LoopbackServer):
             connection.close()
 
     def _presigned(self, request: bytes, answer: dict[str, Any]) -> dict[str, Any]:
-        """A GET marked `/*presigned:N*/` answered as on GCP: N pre-signed URLs, no keys."""
-        marker = PRESIGNED.search(str(json.loads(request).get("sqlText") or ""))
-        if marker is None or self.storage is None:
+        """A GET marked `/*presigned:N*/` answered as on GCP: N pre-signed URLs, no keys.
+
+        A PUT marked `/*presigned-put*/` likewise: `stageInfo.presignedUrl`, a
+        URL signed for one PUT of its file, under a query id of its own.
+        """
+        sql = str(json.loads(request).get("sqlText") or "")
+        if self.storage is None:
             return answer
         data = answer["data"]
+        if PRESIGNED_PUT.search(sql):
+            source = _PUT_SOURCE.search(sql)
+            name = (source.group(1) or source.group(2)).rpartition("/")[2] if source else "file"
+            data["queryId"] = f"01b2c3d4-0000-0000-0000-{uuid.uuid4().hex[:12]}"
+            url = self.storage.upload_url(f"stage/{data['queryId']}/{name}")
+            data["stageInfo"].update(locationType="GCS", creds={}, presignedUrl=url)
+            return answer
+        marker = PRESIGNED.search(sql)
+        if marker is None:
+            return answer
         data["stageInfo"].update(locationType="GCS", creds={}, presignedUrl=None)
         data["presignedUrls"] = [
             self.storage.put(f"stage/{data['queryId']}/file_{index}.csv", STAGE_FILE % index, "")
