@@ -30,6 +30,17 @@ with masking rules addons/masking.py buffers and masks the chunk instead of
 letting it stream (`Admitted.buffered`). A first chunk large enough to be
 streamed (addons/traffic.py) cannot be rewritten; if it carries a result key
 the stream is cut before the key goes out.
+
+Stage files on GCP come as pre-signed URLs too, and where the policy allows
+stage transfers they are sealed the same way: a GET's `presignedUrls` into
+download tickets, a PUT's `stageInfo.presignedUrl` into an upload ticket. An
+upload is decided at `requestheaders`, before any of its body is read: its
+ticket must open for this session and allow PUT, and its declared length be
+within `hoopgw_upload_limit` (it is exempt from `hoopgw_request_limit`);
+otherwise it is refused from the head with nothing sent to storage. Admitted,
+`ChunkFetch` points it at the storage URL with only the headers storage needs
+and streams the body through an `UploadTap` (counted, hashed, never kept);
+the record is a `chunk` record with `direction: "upload"`.
 """
 
 from __future__ import annotations

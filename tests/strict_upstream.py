@@ -87,6 +87,8 @@ STAGE_CREDENTIALS = {
     "AWS_TOKEN": "strict-stage-session-token-0123456789",
 }
 STAGE_MASTER_KEY = "c3RyaWN0LXN0YWdlLW1hc3Rlci1rZXk="
+UPLOAD_MASTER_KEY = base64.b64encode(b"strict-upload-16").decode()
+"""The stage master key of `/*presigned-put*/` answers: one the connector can encrypt with."""
 
 BAD_CREDENTIALS = {
     "data": {"nextAction": None, "authnMethod": "PASSWORD"},
@@ -619,8 +621,15 @@ class StrictUpstream(stack.LoopbackServer):
         data = answer["data"]
         if PRESIGNED_PUT.search(sql):
             source = _PUT_SOURCE.search(sql)
-            name = (source.group(1) or source.group(2)).rpartition("/")[2] if source else "file"
+            local = (source.group(1) or source.group(2)) if source else "file"
+            name = local.rpartition("/")[2]
             data["queryId"] = f"01b2c3d4-0000-0000-0000-{uuid.uuid4().hex[:12]}"
+            data["src_locations"] = [local]
+            data["encryptionMaterial"] = {
+                "queryStageMasterKey": UPLOAD_MASTER_KEY,
+                "queryId": data["queryId"],
+                "smkId": 1234,
+            }
             url = self.storage.upload_url(f"stage/{data['queryId']}/{name}")
             data["stageInfo"].update(locationType="GCS", creds={}, presignedUrl=url)
             return answer

@@ -10,6 +10,7 @@ real gateway (mitmdump) sits between.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -30,7 +31,7 @@ from tests.cloud_storage import CloudStorage
 from tests.conftest import UPSTREAM_TEST_PASSWORD
 from tests.raw_http import Answer, login, query, send, session_authorization, stored_records
 from tests.strict_upstream import StrictUpstream
-from tests.test_result_chunks import gateway_path, tampered
+from tests.test_result_chunks import connector, gateway_path, tampered
 
 PUT_SQL = "put file:///tmp/data.csv @~/staged /*presigned-put*/"
 GET_SQL = "get @~/exports file:///tmp/out /*presigned:1*/"
@@ -259,6 +260,31 @@ def test_sessions_show_and_verify_count_the_upload(run: Run) -> None:
     verified = CliRunner().invoke(main, ["verify", session_id, "--store", run.store])
     assert verified.exit_code == 0, verified.output
     assert f"query {record['query_id']}: 1 stage uploads, all uploaded" in verified.output
+
+
+def test_the_real_connector_uploads_a_file_through_the_gateway(
+    gateway_factory, strict, storage, oidc, policy, tmp_path
+) -> None:
+    source = tmp_path / "rows.csv"
+    source.write_bytes(b"id,label\n" + b"".join(b"%d,row %d\n" % (n, n) for n in range(5000)))
+    gateway = gateway_factory(strict.url, {"hoopgw_policy": str(policy)}, name="uploads-connector")
+    token = oidc.mint("loader", ["agents"])
+    mark = storage.mark()
+    with contextlib.closing(connector(gateway.url, authenticator="oauth", token=token)) as c:
+        (row,) = c.cursor().execute(f"put file://{source} @~/staged /*presigned-put*/").fetchall()
+    gateway.stop()
+    assert row[0] == "rows.csv" and row[1] == "rows.csv.gz" and row[6] == "UPLOADED", row
+    (request,) = storage.requests_since(mark)
+    assert request.method == "PUT" and "authorization" not in request.headers
+    stored = {name: u for name, u in storage.uploads().items() if name.endswith("/rows.csv.gz")}
+    (upload,) = stored.values()
+    assert upload.headers["x-goog-meta-sfc-digest"] and upload.headers["x-goog-meta-matdesc"]
+    records = stored_records(gateway.workdir / "store")
+    (record,) = upload_records(records)
+    assert record["complete"] is True and record["file_name"] == "rows.csv.gz"
+    assert record["sha256"] == hashlib.sha256(upload.body).hexdigest()
+    assert record["wire_size"] == len(upload.body)
+    assert not [r for r in records if r["kind"] in ("refusal", "error")]
 
 
 def test_storage_refuses_an_upload_with_a_bad_signature(storage: CloudStorage) -> None:

@@ -38,6 +38,7 @@ from hoopgw.addons.results import (
     read_chunk,
     write_chunk,
 )
+from hoopgw.addons.traffic import SnowflakeTraffic
 from tests.addons import QUERY_PATH, answer_json, answered, classified, snowflake_flow
 
 STORAGE = "https://sfc-results.s3.amazonaws.com/r/0_0?X-Amz-Signature=abc&X-Amz-Expires=21600"
@@ -415,3 +416,107 @@ def test_a_ticket_of_the_first_format_still_opens() -> None:
     )
     text = base64.urlsafe_b64encode(b"\x01" + kid + nonce + sealed).rstrip(b"=").decode()
     assert tickets.open(text) == ticket()
+
+
+# --- stage uploads (PUT on a GCP stage) --------------------------------------------------------
+
+UPLOAD_URL = "https://storage.googleapis.com/b/stage/data.csv.gz?X-Goog-Signature=abc"
+
+
+def upload_request(
+    chunks: ResultChunks, sealed: ChunkTicket, body: bytes, *headers: tuple[str, str]
+) -> http.HTTPFlow:
+    """An upload as mitmproxy hands its head to the hooks: the body not yet read.
+
+    `hoopgw_request_limit` is 1 KiB here: an upload is bound by its own limit instead.
+    """
+    extra = [("content-length", str(len(body))), *headers]
+    flow = snowflake_flow("PUT", CHUNK_PATH_PREFIX + chunks.tickets.seal(sealed), None, extra)
+    flow.request.data.content = None
+    traffic = SnowflakeTraffic()
+    traffic.request_limit = 1024
+    traffic.requestheaders(flow)
+    chunks.requestheaders(flow)
+    return flow
+
+
+def test_an_upload_goes_to_storage_with_only_what_storage_needs_streamed_and_hashed() -> None:
+    chunks = ResultChunks()
+    fetch = ChunkFetch(chunks)
+    sealed = ticket(url=UPLOAD_URL, headers={}, upload=True, index=0, count=1)
+    body = os.urandom(4096)
+    with taddons.context(chunks, fetch):
+        flow = upload_request(
+            chunks, sealed, body, ("x-goog-meta-sfc-digest", "d1"), ("cookie", "c")
+        )
+        state = state_of(flow)
+        assert state is not None and not state.answered and state.upload_streamed
+        fetch.requestheaders(flow)
+        assert flow.request.url == UPLOAD_URL
+        assert flow.request.headers["x-goog-meta-sfc-digest"] == "d1"
+        assert flow.request.headers["content-length"] == str(len(body))
+        assert "authorization" not in flow.request.headers
+        assert "cookie" not in flow.request.headers
+        tap = flow.request.stream
+        assert callable(tap)
+        sent = b"".join(tap(body[i : i + 1000]) for i in range(0, len(body), 1000))
+        assert sent == body
+        tap(b"")  # the end: the flow shows the gateway's path again, before the request hooks
+        assert flow.request.path == f"{CHUNK_PATH_PREFIX}01b2-q/0"
+        assert "x-goog-signature" not in flow.request.url.lower()
+        flow.response = http.Response.make(200, b"")
+        fetch.response(flow)
+    assert isinstance(tap, results_module.UploadTap)
+    assert tap.size == len(body) and tap.hexdigest() == hashlib.sha256(body).hexdigest()
+    assert chunks.active == {}
+
+
+@pytest.mark.parametrize(
+    ("sealed", "headers", "says"),
+    [
+        (ticket(), (), "for a download (GET)"),
+        (ticket(url=UPLOAD_URL, upload=True, expires_at=int(time.time()) - 1), (), "expired"),
+        (ticket(url=UPLOAD_URL, upload=True), (("transfer-encoding", "chunked"),), "chunked"),
+    ],
+)
+def test_a_bad_upload_is_refused_from_its_head(
+    sealed: ChunkTicket, headers: tuple[tuple[str, str], ...], says: str
+) -> None:
+    chunks = ResultChunks()
+    with taddons.context(chunks):
+        flow = upload_request(chunks, sealed, b"x" * 10, *headers)
+    state = state_of(flow)
+    assert state is not None and state.refusal is not None and says in state.refusal.reason
+    assert not state.upload_streamed and flow not in chunks.uploads
+    assert flow.request.stream is False
+
+
+def test_an_upload_declared_over_its_limit_is_refused_413() -> None:
+    chunks = ResultChunks()
+    with taddons.context(chunks) as tctx:
+        tctx.options.hoopgw_upload_limit = 100
+        flow = upload_request(chunks, ticket(url=UPLOAD_URL, upload=True), b"x" * 101)
+    state = state_of(flow)
+    assert state is not None and state.refusal is not None
+    assert "hoopgw_upload_limit" in state.refusal.reason
+    assert flow.response is not None and flow.response.status_code == 413
+
+
+def test_a_get_of_an_upload_url_is_refused() -> None:
+    chunks = ResultChunks()
+    with taddons.context(chunks):
+        flow = chunk_request(chunks, ticket(url=UPLOAD_URL, upload=True))
+    state = state_of(flow)
+    assert state is not None and state.refusal is not None
+    assert "for an upload (PUT)" in state.refusal.reason
+    assert flow not in chunks.admitted
+
+
+def test_the_upload_tap_cuts_a_body_over_its_limit() -> None:
+    ended: list[bool] = []
+    tap = results_module.UploadTap(10, 10, lambda: ended.append(True))
+    assert tap(b"x" * 10) == b"x" * 10
+    with pytest.raises(results_module.UploadOverLimit):
+        tap(b"y")
+    tap(b"")
+    assert ended == [True] and tap.ended
