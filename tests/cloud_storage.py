@@ -57,6 +57,7 @@ class _State:
     objects: dict[str, StoredObject] = field(default_factory=dict)
     requests: list[StorageRequest] = field(default_factory=list)
     uploads: dict[str, Upload] = field(default_factory=dict)
+    started: int = 0
 
 
 def _error(code: str, message: str) -> bytes:
@@ -146,7 +147,14 @@ class CloudStorage(stack.LoopbackServer):
         with self._lock:
             return list(self._state.requests[mark:])
 
+    def started(self) -> int:
+        """Requests whose head has arrived, answered or not (an upload still streaming counts)."""
+        with self._lock:
+            return self._state.started
+
     def serve(self, handler: BaseHTTPRequestHandler) -> None:
+        with self._lock:
+            self._state.started += 1
         length = int(handler.headers.get("Content-Length") or 0)
         received = handler.rfile.read(length) if length else b""  # as sent: no decoding
         if handler.command == "PUT":

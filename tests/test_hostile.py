@@ -688,7 +688,16 @@ CHUNK_CASES: list[Hostile] = [
         status=405,
         code=PROTOCOL,
         says="is not used on this endpoint",
-        allow="GET",
+        allow="GET, PUT",
+    ),
+    Hostile(
+        "chunk-forged-PUT",
+        b"PUT",
+        b"/hoopgw/v1/chunks/AQ" + b"A" * 80,
+        b"stage file bytes",
+        status=403,
+        code=POLICY,
+        says="the chunk URL",
     ),
 ]
 

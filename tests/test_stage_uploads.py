@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import os
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -351,6 +352,30 @@ def test_storage_down_is_a_clear_error_and_on_record(
     assert record["complete"] is False
     assert "the upload did not complete" in record["error"]
     assert len([r for r in records if r["kind"] == "error"]) == 1
+
+
+def test_a_client_that_aborts_an_upload_leaves_an_error_record(
+    gateway_factory, strict, storage, oidc, policy
+) -> None:
+    gateway = gateway_factory(strict.url, {"hoopgw_policy": str(policy)}, name="uploads-abort")
+    session = login(gateway.port, oidc.mint("quitter", ["agents"]))
+    url = upload_url(query(gateway.port, session.token, PUT_SQL, "abort"))
+    declared, sent = 1024 * 1024, 64 * 1024
+    head = (
+        f"PUT {gateway_path(url)} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {declared}\r\n\r\n"
+    ).encode()
+    mark, started = storage.mark(), storage.started()
+    with socket.create_connection((stack.LOOPBACK, gateway.port), timeout=30) as sock:
+        sock.sendall(head + b"x" * sent)
+        stack.wait_until(lambda: storage.started() > started, 20, "the upload to reach storage")
+    # the gateway closes its storage connection once the client has gone
+    stack.wait_until(lambda: storage.requests_since(mark), 20, "the broken upload to end")
+    gateway.stop()
+    records = stored_records(gateway.workdir / "store")
+    (record,) = upload_records(records)
+    assert record["complete"] is False
+    assert record["error"].startswith("the upload did not complete")
+    assert record["declared_size"] == declared and record["wire_size"] <= sent
 
 
 def test_direct_mode_hands_out_the_storage_url_as_before(
