@@ -103,6 +103,10 @@ class CloudStorage(stack.LoopbackServer):
         )
         return f"{self.url}{path}?{query}"
 
+    def revoke_signatures(self) -> None:
+        """A new signing secret: every URL signed so far stops verifying (403)."""
+        self._secret = secrets.token_bytes(32)
+
     def uploads(self) -> dict[str, Upload]:
         """What was uploaded, by the name its URL was signed for."""
         with self._lock:

@@ -16,6 +16,7 @@ import json
 import os
 import socket
 import time
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from hoopgw.recorder.schema import validate_record
 from tests import stack
 from tests.cloud_storage import CloudStorage
 from tests.conftest import UPSTREAM_TEST_PASSWORD
+from tests.connect_proxy import ConnectProxy
 from tests.raw_http import Answer, login, query, send, session_authorization, stored_records
 from tests.strict_upstream import StrictUpstream
 from tests.test_result_chunks import connector, gateway_path, tampered
@@ -324,6 +326,25 @@ def test_a_put_without_allow_stage_transfer_is_refused(gateway_factory, strict, 
     assert "presignedUrl" not in refused.body.decode()
 
 
+def test_uploads_go_through_the_operators_storage_proxy(
+    gateway_factory, strict, storage, oidc, policy
+) -> None:
+    with ConnectProxy() as proxy:
+        gateway = gateway_factory(
+            strict.url,
+            {"hoopgw_policy": str(policy), "hoopgw_storage_proxy": proxy.url},
+            name="uploads-via-proxy",
+        )
+        session = login(gateway.port, oidc.mint("proxied", ["agents"]))
+        url = upload_url(query(gateway.port, session.token, PUT_SQL, "proxied"))
+        body = b"id,label\n1,through the proxy\n"
+        uploaded = put_file(gateway.port, url, body)
+        targets = list(proxy.targets)
+    assert uploaded.status == 200
+    assert targets == [urllib.parse.urlsplit(storage.url).netloc]
+    assert [u.body for u in storage.uploads().values() if u.body == body] == [body]
+
+
 def test_storage_down_is_a_clear_error_and_on_record(
     gateway_factory, fakesnow_server, oidc, policy
 ) -> None:
@@ -341,16 +362,22 @@ def test_storage_down_is_a_clear_error_and_on_record(
         )
         session = login(gateway.port, oidc.mint("unlucky", ["agents"]))
         url = upload_url(query(gateway.port, session.token, PUT_SQL, "down"))
+        failing.revoke_signatures()
+        denied = put_file(gateway.port, url, b"id\n1\n")
         failing.stop()
         broken = put_file(gateway.port, url, b"id\n1\n")
-        assert broken.status == 502
         gateway.stop()
     finally:
         upstream.stop()
+    # storage's own refusal reaches the client as storage gave it
+    assert denied.status == 403 and b"SignatureDoesNotMatch" in denied.body
+    assert broken.status == 502
     records = stored_records(gateway.workdir / "store")
-    (record,) = upload_records(records)
-    assert record["complete"] is False
-    assert "the upload did not complete" in record["error"]
+    refused, down = sorted(upload_records(records), key=lambda r: r["ts"])
+    assert refused["complete"] is False and refused["status"] == 403
+    assert refused["error"] == "cloud storage answered HTTP 403"
+    assert down["complete"] is False
+    assert "the upload did not complete" in down["error"]
     assert len([r for r in records if r["kind"] == "error"]) == 1
 
 
