@@ -490,13 +490,15 @@ class ResultChunks:
         unreadable = protocol.unreadable_head(request.data.path, request.headers.fields)
         if unreadable is None and request.authority and not (request.is_http2 or request.is_http3):
             unreadable = "the request target must be a path, not an absolute URL"
-        if unreadable is None:
-            unreadable = protocol.refusal_from_head(request, self.upload_limit)
-            if unreadable is not None and "over the" in unreadable:
-                unreadable = unreadable.replace("limit", "limit (hoopgw_upload_limit)")
+        declared = request.headers.get_all("content-length")
+        size = int(declared[0]) if len(declared) == 1 and declared[0].isdigit() else None
+        if unreadable is None and size is not None and size > self.upload_limit:
+            reason = f"the upload of {size} bytes is over hoopgw_upload_limit ({self.upload_limit})"
+            _refuse(flow, state, reason, status=413)
+            return
+        unreadable = unreadable or protocol.refusal_from_head(request, self.upload_limit)
         if unreadable is not None:
-            too_large = "hoopgw_upload_limit" in unreadable
-            _refuse(flow, state, unreadable, status=413 if too_large else 400)
+            _refuse(flow, state, unreadable, status=400)
             return
         if not self._take_slot(flow, state, ticket):
             return
