@@ -290,6 +290,34 @@ def test_the_real_connector_uploads_a_file_through_the_gateway(
     assert not [r for r in records if r["kind"] in ("refusal", "error")]
 
 
+def peak_rss_kib(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1])
+
+
+def test_a_large_upload_streams_without_the_gateway_holding_it(
+    gateway_factory, strict, storage, oidc, policy
+) -> None:
+    size, piece = 128 * 1024 * 1024, b"z" * (1 << 20)
+    gateway = gateway_factory(strict.url, {"hoopgw_policy": str(policy)}, name="uploads-large")
+    session = login(gateway.port, oidc.mint("big", ["agents"]))
+    url = upload_url(query(gateway.port, session.token, PUT_SQL, "large"))
+    assert gateway.proc.process is not None
+    before = peak_rss_kib(gateway.proc.process.pid)
+    head = f"PUT {gateway_path(url)} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {size}\r\n"
+    with socket.create_connection((stack.LOOPBACK, gateway.port), timeout=120) as sock:
+        sock.sendall(head.encode() + b"Connection: close\r\n\r\n")
+        for _ in range(size // len(piece)):
+            sock.sendall(piece)
+        status_line = sock.makefile("rb").readline()
+    grown = peak_rss_kib(gateway.proc.process.pid) - before
+    gateway.stop()
+    assert status_line.startswith(b"HTTP/1.1 200"), status_line
+    assert grown < 32 * 1024, f"the gateway's peak RSS grew {grown} KiB for a 128 MiB upload"
+    (record,) = [r for r in upload_records(stored_records(gateway.workdir / "store"))]
+    assert record["complete"] is True and record["wire_size"] == size
+
+
 def test_storage_refuses_an_upload_with_a_bad_signature(storage: CloudStorage) -> None:
     url = storage.upload_url("stage/direct/forged.csv")
     port = int(storage.url.rsplit(":", 1)[1])
