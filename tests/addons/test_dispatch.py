@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from mitmproxy import connection, http
+from mitmproxy.addons.clientplayback import ClientPlayback
 from mitmproxy.proxy.layers.http import (
     HttpRequestHeadersHook,
     HttpRequestHook,
@@ -23,7 +24,7 @@ from hoopgw.addons import gateway, names, protocol
 from hoopgw.addons.dispatch import Gateway
 from hoopgw.addons.failclosed import FailClosed
 from hoopgw.addons.flowstate import state_of
-from hoopgw.addons.inspection import Inspection
+from hoopgw.addons.inspection import Inspection, OfflineViewer
 from hoopgw.addons.traffic import SnowflakeTraffic
 from hoopgw.addons.transport import RequireTls
 from tests.addons import QUERY_PATH, answer_json, classified, error_of, snowflake_flow
@@ -232,3 +233,15 @@ async def test_wrapped_hooks_are_called_in_place_of_the_concerns() -> None:
         await request_hooks(tctx.master, tls_query())
     assert wrapped == [("Tally", "requestheaders"), ("Tally", "request")]
     assert len(calls) == 2
+
+
+def test_a_concerns_commands_and_name_reach_mitmproxy_through_the_gateway() -> None:
+    """The viewer's `replay.client` (addons/inspection.py) wins over mitmproxy's as before."""
+    flow = snowflake_flow("POST", QUERY_PATH, query_body("select 1"))
+    flow.response = http.Response.make(200, b'{"success": true}')
+    viewer = OfflineViewer()
+    with taddons.context(ClientPlayback(), Gateway([viewer])) as tctx:
+        assert tctx.master.addons.get("offlineviewer") is viewer
+        tctx.options.server = False
+        tctx.master.commands.call("replay.client", [flow])
+    assert flow.is_replay is None and not flow.modified()
