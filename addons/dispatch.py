@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Final
 
 from mitmproxy import hooks
+from mitmproxy.addonmanager import traverse
 from mitmproxy.proxy import layers, server_hooks  # noqa: F401  (they define the hooks)
 
 from hoopgw.addons.failclosed import GUARDED_HOOKS, contain
@@ -85,15 +86,16 @@ class Gateway:
     def __init__(self, concerns: Iterable[Any]) -> None:
         self.addons: list[Any] = list(concerns)
         self._links: dict[str, tuple[Link, ...]] = {}
+        walked = list(traverse(self.addons))  # in mitmproxy's order, sub-addons included
         for hook in sorted(dispatched_hooks()):
             links = tuple(
                 (type(concern).__name__, method)
-                for concern in self.addons
+                for concern in walked
                 if callable(method := getattr(concern, hook, None))
             )
             if not links:
                 continue
-            for concern in self.addons:
+            for concern in walked:
                 method = getattr(concern, hook, None)
                 if callable(method):
                     setattr(concern, hook, Hidden(method))

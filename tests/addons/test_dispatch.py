@@ -245,3 +245,18 @@ def test_a_concerns_commands_and_name_reach_mitmproxy_through_the_gateway() -> N
         tctx.options.server = False
         tctx.master.commands.call("replay.client", [flow])
     assert flow.is_replay is None and not flow.modified()
+
+
+class Holder:
+    """A concern with sub-addons of its own, which mitmproxy walks right after it."""
+
+    def __init__(self, *addons: Any) -> None:
+        self.addons = list(addons)
+
+
+async def test_a_concerns_own_sub_addons_keep_their_place_in_the_order() -> None:
+    calls: list[tuple[str, str, Any]] = []
+    dispatcher = Gateway([Tally("a", calls), Holder(Tally("b", calls)), Tally("c", calls)])
+    with taddons.context(dispatcher) as tctx:
+        await tctx.master.addons.handle_lifecycle(HttpRequestHook(tls_query()))
+    assert [name for name, _, _ in calls] == ["a", "b", "c"]
