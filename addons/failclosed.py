@@ -44,15 +44,34 @@ def _internal_error(flow: http.HTTPFlow, source: str) -> None:
     refuse(flow, _state(flow), code, reason, SOURCE, message=MESSAGE, sql_api_status=500)
 
 
+GUARDED_HOOKS: Final = (*_REQUEST_HOOKS, *_RESPONSE_HOOKS, "error")
+"""The flow hooks whose exceptions `contain` handles; other hooks' exceptions reach mitmproxy."""
+
+
+def contain(flow: http.HTTPFlow, hook: str, name: str) -> None:
+    """Handle the exception `name`'s `hook` just raised: logged, and the flow refused if it must be.
+
+    A crash in a request hook answers the client with error 399004 before
+    anything goes upstream, unless the flow is already answered; a crash in a
+    response hook replaces the upstream answer, which may still hold what the
+    addon had to remove. A crash in the error hook is only logged. Call it
+    from an `except` block: the log line carries the traceback.
+    """
+    logger.exception("hoopgw: %s.%s failed on %s", name, hook, flow.id)
+    if not flow.live:
+        return
+    if (hook in _REQUEST_HOOKS and flow.response is None) or hook in _RESPONSE_HOOKS:
+        _internal_error(flow, name)
+
+
 def guarded(addon: Any) -> Any:
     """Wrap an addon's flow hooks so that an exception refuses the flow instead of passing it.
 
-    A crash in a request hook answers the client with error 399004 before
-    anything goes upstream; a crash in a response hook replaces the upstream
-    answer, which may still hold what the addon had to remove.
+    For an addon mitmproxy calls on its own; the gateway's concerns get the
+    same guard from the one dispatcher that calls them (addons/dispatch.py).
     """
     name = type(addon).__name__
-    for hook in (*_REQUEST_HOOKS, *_RESPONSE_HOOKS, "error"):
+    for hook in GUARDED_HOOKS:
         method: Callable[..., Any] | None = getattr(addon, hook, None)
         if method is None:
             continue
@@ -61,13 +80,6 @@ def guarded(addon: Any) -> Any:
 
 
 def _guard(method: Callable[..., Any], hook: str, name: str) -> Callable[..., Any]:
-    def handle(flow: http.HTTPFlow) -> None:
-        logger.exception("hoopgw: %s.%s failed on %s", name, hook, flow.id)
-        if not flow.live:
-            return
-        if (hook in _REQUEST_HOOKS and flow.response is None) or hook in _RESPONSE_HOOKS:
-            _internal_error(flow, name)
-
     if inspect.iscoroutinefunction(method):
 
         @functools.wraps(method)
@@ -75,7 +87,7 @@ def _guard(method: Callable[..., Any], hook: str, name: str) -> Callable[..., An
             try:
                 await method(flow)
             except Exception:
-                handle(flow)
+                contain(flow, hook, name)
 
         return guard_async
 
@@ -83,7 +95,7 @@ def _guard(method: Callable[..., Any], hook: str, name: str) -> Callable[..., An
         try:
             await result
         except Exception:
-            handle(flow)
+            contain(flow, hook, name)
 
     @functools.wraps(method)
     def guard(flow: http.HTTPFlow) -> Awaitable[None] | None:
@@ -91,7 +103,7 @@ def _guard(method: Callable[..., Any], hook: str, name: str) -> Callable[..., An
         try:
             result = method(flow)
         except Exception:
-            handle(flow)
+            contain(flow, hook, name)
             return None
         return guard_awaitable(result, flow) if inspect.isawaitable(result) else None
 

@@ -40,11 +40,13 @@ Any addon that answers a request itself calls `refuse(...)` (addons/refusals.py)
 which sets `flow.response` and `state.refusal`; later addons skip their work
 when `state.answered` is set but the recorder still records the refusal.
 
-mitmproxy logs an exception raised in a hook and carries on with the next
-addon, so a check that crashed would let the request through. Each required
-addon therefore adds its name to `state.passed` once it has done its work, and
-`FailClosed` (addons/failclosed.py), last in the list, refuses any request
-that is still unanswered without every name.
+`Gateway` (addons/dispatch.py) is what mitmproxy calls: it runs the addons'
+hooks in this order. An exception in a request hook refuses the flow there
+(`failclosed.contain`) and the next addon still runs; a check that failed
+quietly would still let the request through, so each required addon adds its
+name to `state.passed` once it has done its work, and `FailClosed`
+(addons/failclosed.py), last in the list, refuses any request that is still
+unanswered without every name.
 
 The state is kept outside `flow.metadata` (which mitmproxy serialises into flow
 files) in a weak map, so it disappears with the flow.

@@ -4,6 +4,8 @@
 
 This module only builds the addon list; each concern lives in the module named
 after it, and the order below is the order of the hooks (see addons/flowstate.py).
+mitmproxy sees one addon, `Gateway` (addons/dispatch.py): it calls the
+concerns' flow hooks in this order and keeps them registered as its sub-addons.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from hoopgw.addons.attribution import Attribution
 from hoopgw.addons.authentication import Authentication
 from hoopgw.addons.contentview import snowflake_view  # noqa: F401  (registers the view)
 from hoopgw.addons.cortex import Cortex
+from hoopgw.addons.dispatch import Gateway
 from hoopgw.addons.egress import StorageEgress
-from hoopgw.addons.failclosed import FailClosed, guarded
+from hoopgw.addons.failclosed import FailClosed
 from hoopgw.addons.guardrails import Guardrails
 from hoopgw.addons.inspection import Inspection
 from hoopgw.addons.masking import Masking
@@ -45,8 +48,8 @@ partitions = SqlApiPartitions()
 recording = Recording()
 egress = StorageEgress()
 
-addons = [
-    one_line_option_errors(guarded(addon))
+concerns = [
+    one_line_option_errors(addon)
     for addon in (
         ClientDeadlines(),
         SnowflakeTraffic(),
@@ -85,3 +88,5 @@ addons = [
         ReadyAnnouncer(),
     )
 ]
+
+addons = [Gateway(concerns)]

@@ -2,11 +2,12 @@
 
 Loaded as a second mitmproxy script next to addons/gateway.py. Once the
 gateway runs it wraps every request and response hook of the gateway's
-addons, the loop callback that builds the answers' records, and the spool's
-durable append, with a clock, and every 100 answers
-writes p50 and mean per hook (microseconds) as JSON to the file named by
-$HOOPGW_HOOK_TIMING. A sampling profiler shows where CPU goes; this shows
-where a statement waits, which at one client is what latency is made of.
+addons (where `Gateway`, addons/dispatch.py, calls them), the loop callback
+that builds the answers' records, and the spool's durable append, with a
+clock, and every 100 answers writes p50 and mean per hook (microseconds) as
+JSON to the file named by $HOOPGW_HOOK_TIMING. A sampling profiler shows
+where CPU goes; this shows where a statement waits, which at one client is
+what latency is made of.
 Never load it in production: it holds the last 5,000 timings per hook.
 """
 
@@ -24,6 +25,8 @@ from typing import Any
 
 import orjson
 from mitmproxy import ctx, http
+
+from hoopgw.addons.dispatch import Gateway
 
 GATEWAY_ADDONS = frozenset(
     {
@@ -48,17 +51,20 @@ class HookTiming:
 
     def running(self) -> None:
         for addon in _walk(ctx.master.addons.chain):
-            name = type(addon).__name__
-            if name not in GATEWAY_ADDONS:
-                continue
-            for hook in HOOKS:
-                method = getattr(addon, hook, None)
-                if method is not None:
-                    setattr(addon, hook, self._timed(f"{name}.{hook}", method))
-            if name == "Recording":
+            if isinstance(addon, Gateway):
+                addon.wrap_hooks(self._timed_hook)
+            if type(addon).__name__ == "Recording":
                 # the answers' records are built in a loop callback, after the answer is sent
                 build = addon._record_answers
                 addon._record_answers = self._timed_call("Recording._record_answers", build)
+
+    def _timed_hook(
+        self, concern: str, hook: str, method: Callable[..., Any]
+    ) -> Callable[..., Any]:
+        """The gateway's dispatcher calls the concerns' hooks: they are timed in its place."""
+        if concern not in GATEWAY_ADDONS or hook not in HOOKS:
+            return method
+        return self._timed(f"{concern}.{hook}", method)
 
     def response(self, flow: http.HTTPFlow) -> None:
         self._wrap_spool()

@@ -8,6 +8,7 @@ import importlib
 from pathlib import Path
 
 import pytest
+from mitmproxy.addonmanager import traverse
 from mitmproxy.test import tflow
 
 import hoopgw.addons
@@ -91,7 +92,7 @@ def _marks_in_source() -> dict[str, set[str]]:
 def test_fail_closed_requires_exactly_the_addons_that_mark_themselves():
     from hoopgw.addons import gateway
 
-    fail_closed = [addon for addon in gateway.addons if isinstance(addon, FailClosed)]
+    fail_closed = [addon for addon in traverse(gateway.addons) if isinstance(addon, FailClosed)]
     assert len(fail_closed) == 1
     marks = _marks_in_source()
     assert fail_closed[0].required == set(marks)
