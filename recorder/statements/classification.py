@@ -22,6 +22,7 @@ from hoopgw.recorder.statements.names import unknown_object
 from hoopgw.recorder.statements.objects import scan_objects, search_path_schemas
 from hoopgw.recorder.statements.splitting import Chunk, split_statements
 from hoopgw.recorder.statements.statement import Statement
+from hoopgw.recorder.statements.tokens import tokenize
 from hoopgw.recorder.statements.vocabulary import (
     DIALECT,
     LEAD_KINDS,
@@ -286,7 +287,7 @@ def _sets_default_roles(tokens: Sequence[Token]) -> bool:
 
 def _command(kind: str, rest: str, text: str, context: Context, depth: int) -> Statement:
     try:
-        tokens = DIALECT.tokenize(rest)
+        tokens = tokenize(rest)
     except TokenError:
         return _unknown(text, context, "cannot be tokenized")
     if kind == "EXECUTE":
