@@ -765,3 +765,22 @@ def test_tokens_are_kept_safely_across_threads() -> None:
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         assert all(pool.map(read, texts * 3))
+
+
+def test_no_node_type_has_two_walk_roles() -> None:
+    """The walk gives each node type one role, found once (recorder/statements/analysis.py)."""
+    from sqlglot import exp
+
+    from hoopgw.recorder.statements.analysis import _ROLE_TYPES
+
+    seen: set[type] = set()
+    pending: list[type] = [exp.Expression]
+    while pending:
+        node_type = pending.pop()
+        roles = [role for role, types in _ROLE_TYPES if issubclass(node_type, types)]
+        assert len(roles) <= 1, (node_type, roles)
+        for subclass in node_type.__subclasses__():
+            if subclass not in seen:
+                seen.add(subclass)
+                pending.append(subclass)
+    assert len(seen) > 500
