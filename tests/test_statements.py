@@ -784,3 +784,14 @@ def test_no_node_type_has_two_walk_roles() -> None:
                 seen.add(subclass)
                 pending.append(subclass)
     assert len(seen) > 500
+
+
+def test_kept_tokens_are_bounded_by_their_texts_length() -> None:
+    tokens.forget()
+    size = tokens.KEPT_MAX_CHARS - 40
+    texts = [f"select {index} as n, '{'x' * size}' as pad" for index in range(20)]
+    kept = [tokens.tokenize(sql)[0] for sql in texts]
+    fitting = tokens.KEPT_TOTAL_CHARS // len(texts[0])
+    assert tokens.tokenize(texts[-1])[0] is kept[-1]
+    assert tokens.tokenize(texts[-fitting])[0] is kept[-fitting]
+    assert tokens.tokenize(texts[-fitting - 1])[0] is not kept[-fitting - 1]

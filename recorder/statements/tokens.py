@@ -29,6 +29,8 @@ KEPT_TEXTS: Final = 64
 its hooks at once."""
 KEPT_MAX_CHARS: Final = 16 * 1024
 """Longer texts are tokenized for each reader (guardrails classifies them off the loop)."""
+KEPT_TOTAL_CHARS: Final = 256 * 1024
+"""The kept texts' length together: their tokens take roughly 40 bytes per character."""
 
 
 class _Kept:
@@ -40,6 +42,7 @@ class _Kept:
 
 
 _kept: OrderedDict[str, _Kept] = OrderedDict()
+_kept_chars = 0
 _lock = threading.Lock()
 _local = threading.local()
 
@@ -75,16 +78,22 @@ def tokenize_for_parser(sql: str) -> list[Token]:
 
 def forget() -> None:
     """Drop every kept text (benchmarks measure the first reader with it)."""
+    global _kept_chars
     with _lock:
         _kept.clear()
+        _kept_chars = 0
 
 
 def _keep(sql: str, tokens: list[Token], parsed: bool) -> None:
+    global _kept_chars
     with _lock:
+        if _kept.pop(sql, None) is not None:
+            _kept_chars -= len(sql)
         _kept[sql] = _Kept(tokens, parsed)
-        _kept.move_to_end(sql)
-        while len(_kept) > KEPT_TEXTS:
-            _kept.popitem(last=False)
+        _kept_chars += len(sql)
+        while len(_kept) > KEPT_TEXTS or _kept_chars > KEPT_TOTAL_CHARS:
+            dropped, _ = _kept.popitem(last=False)
+            _kept_chars -= len(dropped)
 
 
 def _tokenizer() -> Tokenizer:
