@@ -63,7 +63,6 @@ import zstandard
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
-from sqlglot.dialects.snowflake import Snowflake
 from sqlglot.tokens import Token, TokenType
 
 from hoopgw.addons import protocol
@@ -72,6 +71,7 @@ from hoopgw.addons.names import QUERY_IDS
 from hoopgw.addons.protocol import Endpoint
 from hoopgw.addons.refusals import refuse
 from hoopgw.addons.session_tokens import SessionTokens
+from hoopgw.recorder.statements import tokens as sql_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ def map_result_scans(sql: str, unbind: Callable[[str], str]) -> str:
     if not mentions:
         return sql
     try:
-        tokens = Snowflake().tokenize(sql)
+        tokens = sql_tokens.tokenize(sql)
     except Exception:  # sqlglot raises several kinds for text it cannot read
         raise QueryIdError("the SQL names a query id function but cannot be read") from None
     parts: list[str] = []

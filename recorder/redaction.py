@@ -22,6 +22,7 @@ from sqlglot.errors import SqlglotError
 from sqlglot.tokens import Token, TokenType
 
 from hoopgw.recorder.statements import credentials
+from hoopgw.recorder.statements import tokens as sql_tokens
 
 REDACTED: Final = "[REDACTED]"
 SQL_REDACTED_LITERAL: Final = "'[REDACTED]'"
@@ -333,7 +334,6 @@ def _redact_dict(obj: dict[Any, Any]) -> dict[Any, Any]:
 
 # --- SQL -----------------------------------------------------------------------------
 
-_SNOWFLAKE: Final = Snowflake()
 _SNOWFLAKE_TOKENIZER: Final = Snowflake.tokenizer_class
 _SQL_TRIGGER_WORDS: Final = (
     "PASSWORD",
@@ -461,7 +461,7 @@ def _redact_sql(sql: str, depth: int) -> str:
     if "-----" in sql:
         sql = _PEM_PRIVATE_KEY.sub(_PEM_REDACTED, sql)
     try:
-        tokens = _SNOWFLAKE.tokenize(sql)
+        tokens = sql_tokens.tokenize(sql)
     except SqlglotError:
         match = _SQL_TRIGGER.search(sql)
         if match is None:

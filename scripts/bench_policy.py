@@ -1,12 +1,21 @@
 """Guardrails microbenchmark: microseconds per classify + policy check, cold and cached.
 
-    .venv/bin/python -m scripts.bench_policy [--rounds 300]
+    .venv/bin/python -m scripts.bench_policy [--rounds 300] [--path-only]
 
 "Cold" clears the classification cache before every call, so it measures a
 full sqlglot tokenize + parse + analysis + check; "cached" is the same text
 seen again (an agent repeating a query), which skips the parse. The policy is
 the example of issue 7 plus one more object glob, checked for a caller in the
 restricted `agents` group. Target: well under 1000 us per typical statement.
+
+The last table ("one statement's SQL on the gateway path") times everything the
+gateway does with a query's SQL text, each step and all of them in the
+gateway's order: split, classify (both within `classify`), the policy check
+and the statements' record form, the scan for functions that take a query id
+(addons/query_ids.py), the SQL redaction of the request record (done twice,
+for the body's `sqlText` and the record's `sql`) and, for a text with
+bindings, whether a binding is a credential. Every text is new (its literals
+carry a counter, as an agent's statements do), so no cache answers.
 """
 
 from __future__ import annotations
@@ -19,7 +28,11 @@ import orjson
 
 from hoopgw.addons import protocol
 from hoopgw.addons.guardrails import parse_policy
+from hoopgw.addons.query_ids import map_result_scans
+from hoopgw.recorder.redaction import redact_sql
 from hoopgw.recorder.statements import classify, clear_cache
+from hoopgw.recorder.statements.credentials import binds_credential
+from hoopgw.recorder.statements.splitting import split_statements
 
 POLICY = parse_policy(
     b"""
@@ -65,6 +78,96 @@ STATEMENTS = {
     "multi (3)": "use warehouse wh; select count(*) from orders; drop table orders_old",
     "call": "call analytics.refresh_rollups(7)",
 }
+
+
+PATH_STATEMENTS: dict[str, tuple[str, bool]] = {
+    # label: (text with {n} where a unique literal goes, whether the request has bindings)
+    "select, where+literals": (
+        "select o.id, o.amount, c.name from analytics.sales.orders o join customers c "
+        "on o.customer_id = c.id where o.status = 'shipped' and o.amount > {n} "
+        "and c.region in ('EU', 'US') order by o.id limit 100",
+        False,
+    ),
+    "multi (3)": (
+        "use warehouse wh; select count(*) from orders where id > {n}; "
+        "delete from staging.tmp_orders where batch = {n}",
+        False,
+    ),
+    "insert with binds": (
+        "insert into events (id, kind, batch, payload) values (?, ?, {n}, parse_json(?))",
+        True,
+    ),
+    "cte + window": (
+        "with recent as (select customer_id, amount, row_number() over (partition by "
+        "customer_id order by created_at desc) as rn from orders where created_at > "
+        "'2024-01-01'::date + {n}) select customer_id, avg(amount) from recent "
+        "where rn <= 5 group by customer_id",
+        False,
+    ),
+    "names a token column": (
+        "select user_id, sum(token_count) from usage.daily where day > current_date - {n} "
+        "group by user_id",
+        False,
+    ),
+    "result_scan": (
+        "select * from table(result_scan('01b2c3d4-0000-1111-0000-00000000{n:04d}')) "
+        "where amount > {n}",
+        False,
+    ),
+}
+
+
+def _no_unbind(query_id: str) -> str:
+    return query_id
+
+
+def _path_steps(sql: str, bindings: bool) -> None:
+    statements = classify(sql, database="ANALYTICS", schema="PUBLIC")
+    POLICY.check(statements, GROUPS)
+    [statement.as_record() for statement in statements]
+    map_result_scans(sql, _no_unbind)
+    redact_sql(sql)
+    redact_sql(sql)
+    if bindings:
+        binds_credential(sql)
+
+
+PATH_STEPS: dict[str, object] = {
+    "split": lambda sql, bindings: split_statements(sql),
+    "classify": lambda sql, bindings: classify(sql, database="ANALYTICS", schema="PUBLIC"),
+    "id scan": lambda sql, bindings: map_result_scans(sql, _no_unbind),
+    "redact": lambda sql, bindings: (redact_sql(sql), redact_sql(sql)),
+    "binds": lambda sql, bindings: binds_credential(sql) if bindings else None,
+    "all": _path_steps,
+}
+
+
+def measure_path(template: str, bindings: bool, rounds: int) -> dict[str, float]:
+    """Median microseconds per step on `rounds` unique texts, each step on its own texts."""
+    medians: dict[str, float] = {}
+    for offset, (step, run) in enumerate(PATH_STEPS.items()):
+        texts = [template.format(n=(offset + 1) * 100_000 + i) for i in range(rounds)]
+        samples: list[float] = []
+        for sql in texts:
+            start = time.perf_counter_ns()
+            run(sql, bindings)  # type: ignore[operator]
+            samples.append((time.perf_counter_ns() - start) / 1000)
+        medians[step] = statistics.median(samples)
+    return medians
+
+
+def print_path(rounds: int) -> None:
+    for template, bindings in PATH_STATEMENTS.values():  # first-call costs out of the way
+        measure_path(template, bindings, 5)
+    steps = list(PATH_STEPS)
+    header = f"{'statement':<24}" + "".join(f"{step:>10}" for step in steps)
+    print("one statement's SQL on the gateway path, unique texts (median us per step)")
+    print(header)
+    print("-" * len(header))
+    for label, (template, bindings) in PATH_STATEMENTS.items():
+        medians = measure_path(template, bindings, rounds)
+        print(f"{label:<24}" + "".join(f"{medians[step]:>8.1f}us" for step in steps))
+    print("(classify includes split; all = classify, check, records, id scan, redact x2, binds)")
 
 
 def measure(sql: str, rounds: int, cold: bool) -> list[float]:
@@ -125,7 +228,11 @@ def percentile(samples: list[float], fraction: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=300)
+    parser.add_argument("--path-only", action="store_true", help="only the gateway-path table")
     args = parser.parse_args()
+    if args.path_only:
+        print_path(args.rounds * 3)
+        return
     for sql in STATEMENTS.values():  # import-time and first-call costs out of the way
         measure(sql, 5, cold=True)
     header = f"{'statement':<22} {'cold p50':>9} {'cold p95':>9} {'cached p50':>11} {'decision':>9}"
@@ -159,6 +266,8 @@ def main() -> None:
             f"{statistics.median(checked):>10.1f}us"
         )
     print("(checked: parse_request_json, which refuses repeated keys and non-JSON numbers)")
+    print()
+    print_path(args.rounds * 3)
 
 
 if __name__ == "__main__":

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sqlglot.errors import TokenError
 
 from hoopgw.recorder import statements
 from hoopgw.recorder.statements import (
@@ -17,7 +19,10 @@ from hoopgw.recorder.statements import (
     context_after,
     render_name,
     split_name,
+    tokens,
 )
+from hoopgw.recorder.statements.splitting import split_statements
+from hoopgw.recorder.statements.vocabulary import DIALECT
 
 DB, SCHEMA = "DB", "S"
 FUZZ = settings(max_examples=int(os.environ.get("HOOPGW_FUZZ_EXAMPLES", "200")), deadline=None)
@@ -705,3 +710,88 @@ def test_harmless_lead_words_carry_nothing_more(sql: str, kind: str) -> None:
     statement = one(sql)
     assert statement.kind == kind
     assert statement.read_only is (kind != "UNKNOWN")
+
+
+# --- tokens shared between the readers of one text ------------------------------------------
+
+
+def test_a_text_is_tokenized_once_for_its_readers() -> None:
+    sql = "select token_count from usage.daily where day > current_date - 41733"
+    tokens.forget()
+    parsed = [token for chunk in split_statements(sql) for token in chunk.tokens]
+    read = tokens.tokenize(sql)
+    assert read and all(a is b for a, b in zip(parsed, read, strict=True))
+    read.clear()  # a reader's list is its own
+    assert len(tokens.tokenize(sql)) == len(parsed)
+
+
+def test_a_parser_never_gets_tokens_another_parser_had() -> None:
+    """sqlglot's parser may add comments to the tokens it consumes."""
+    sql = "insert /* first */ into t /* second */ select 1 -- 41734"
+    tokens.forget()
+    read = tokens.tokenize(sql)
+    first = tokens.tokenize_for_parser(sql)
+    second = tokens.tokenize_for_parser(sql)
+    assert all(a is b for a, b in zip(read, first, strict=True))
+    assert not any(a is b for a, b in zip(first, second, strict=True))
+    assert [t.text for t in first] == [t.text for t in second]
+    in_one = classify(sql, database="A", schema="B")
+    in_other = classify(sql, database="C", schema="D")
+    assert in_one[0].writes == ("A.B.T",) and in_other[0].writes == ("C.D.T",)
+
+
+def test_long_texts_and_unreadable_ones_are_not_kept() -> None:
+    tokens.forget()
+    long_sql = "select 1 as a" + ", 1" * tokens.KEPT_MAX_CHARS
+    assert tokens.tokenize(long_sql)[0] is not tokens.tokenize(long_sql)[0]
+    for _ in range(2):
+        with pytest.raises(TokenError):
+            tokens.tokenize("select 'unterminated")
+    oldest = tokens.tokenize("select 0")
+    assert tokens.tokenize("select 0")[0] is oldest[0]
+    for index in range(1, tokens.KEPT_TEXTS + 1):
+        tokens.tokenize(f"select {index}")
+    assert tokens.tokenize("select 0")[0] is not oldest[0]
+    newest = tokens.tokenize(f"select {tokens.KEPT_TEXTS}")
+    assert newest[0] is tokens.tokenize(f"select {tokens.KEPT_TEXTS}")[0]
+
+
+def test_tokens_are_kept_safely_across_threads() -> None:
+    texts = [f"select a, b from t{index} where c = 'x{index}'" for index in range(200)]
+    expected = {sql: [(t.token_type, t.text) for t in DIALECT.tokenize(sql)] for sql in texts}
+
+    def read(sql: str) -> bool:
+        return [(t.token_type, t.text) for t in tokens.tokenize(sql)] == expected[sql]
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        assert all(pool.map(read, texts * 3))
+
+
+def test_no_node_type_has_two_walk_roles() -> None:
+    """The walk gives each node type one role, found once (recorder/statements/analysis.py)."""
+    from sqlglot import exp
+
+    from hoopgw.recorder.statements.analysis import _ROLE_TYPES
+
+    seen: set[type] = set()
+    pending: list[type] = [exp.Expression]
+    while pending:
+        node_type = pending.pop()
+        roles = [role for role, types in _ROLE_TYPES if issubclass(node_type, types)]
+        assert len(roles) <= 1, (node_type, roles)
+        for subclass in node_type.__subclasses__():
+            if subclass not in seen:
+                seen.add(subclass)
+                pending.append(subclass)
+    assert len(seen) > 500
+
+
+def test_kept_tokens_are_bounded_by_their_texts_length() -> None:
+    tokens.forget()
+    size = tokens.KEPT_MAX_CHARS - 40
+    texts = [f"select {index} as n, '{'x' * size}' as pad" for index in range(20)]
+    kept = [tokens.tokenize(sql)[0] for sql in texts]
+    fitting = tokens.KEPT_TOTAL_CHARS // len(texts[0])
+    assert tokens.tokenize(texts[-1])[0] is kept[-1]
+    assert tokens.tokenize(texts[-fitting])[0] is kept[-fitting]
+    assert tokens.tokenize(texts[-fitting - 1])[0] is not kept[-fitting - 1]

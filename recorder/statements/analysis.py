@@ -131,35 +131,43 @@ class Analysis:
     # The walk.
 
     def _walk(self) -> None:
+        skip = self.marks.skip
         stack: list[exp.Expression] = [self.root]
         while stack:
             node = stack.pop()
-            if id(node) in self.marks.skip:
+            if id(node) in skip:
                 continue
-            if node is not self.root and isinstance(node, WRITE_NODES) and _inside_query(node):
-                self._nested(node)
-                continue
-            if isinstance(node, exp.Table):
-                self._table(node)
-            elif isinstance(node, exp.Column) and node.args.get("db") is not None:
-                self._qualified_column(node)
-            elif isinstance(node, exp.Dot) and isinstance(node.expression, exp.Func):
-                self._qualified_function(node)
-            elif isinstance(node, exp.TableFromRows):
-                self._table_from_value(node.this)
-            elif isinstance(node, exp.Anonymous):
-                name = function_name(node)
-                if name.startswith("SYSTEM$") and name not in _READ_ONLY_SYSTEM_FUNCTIONS:
-                    self.calls[name] = None
-                elif name == "GET_DDL":
-                    self._get_ddl(node)
-            elif isinstance(node, exp.Var | exp.Literal) and str(node.this).startswith("@"):
-                stage = stage_object(str(node.this), self.context)
-                if stage:
-                    (self.writes if id(node) in self.marks.written else self.reads)[stage] = None
-            elif isinstance(node, exp.SetItem):
-                self._search_path(node)
+            role = _ROLES.get(type(node))
+            if role is None:
+                role = _role_of(type(node))
+            if role:
+                if role & _WRITE and node is not self.root and _inside_query(node):
+                    self._nested(node)
+                    continue
+                self._visit(node, role & ~_WRITE)
             stack.extend(node.iter_expressions())
+
+    def _visit(self, node: Any, role: int) -> None:
+        if role == _TABLE:
+            self._table(node)
+        elif role == _COLUMN and node.args.get("db") is not None:
+            self._qualified_column(node)
+        elif role == _DOT and isinstance(node.expression, exp.Func):
+            self._qualified_function(node)
+        elif role == _TABLE_FROM_ROWS:
+            self._table_from_value(node.this)
+        elif role == _ANONYMOUS:
+            name = function_name(node)
+            if name.startswith("SYSTEM$") and name not in _READ_ONLY_SYSTEM_FUNCTIONS:
+                self.calls[name] = None
+            elif name == "GET_DDL":
+                self._get_ddl(node)
+        elif role == _VALUE and str(node.this).startswith("@"):
+            stage = stage_object(str(node.this), self.context)
+            if stage:
+                (self.writes if id(node) in self.marks.written else self.reads)[stage] = None
+        elif role == _SET_ITEM:
+            self._search_path(node)
 
     def _table(self, table: exp.Table) -> None:
         node = table.this
@@ -283,6 +291,32 @@ class Analysis:
             text = node.sql(dialect="snowflake")
             statement = Analysis(node, kind, text, self.context, self.depth + 1).statement()
         self.inner.append(statement)
+
+
+# What the walk does with a node depends on its type: a role per type, found with
+# isinstance the first time the type is seen, spares every node of the common
+# types (identifiers, literals, operators) the chain of isinstance checks.
+# No node type has two of these roles.
+_WRITE = 1
+_TABLE, _COLUMN, _DOT, _TABLE_FROM_ROWS, _ANONYMOUS, _VALUE, _SET_ITEM = range(2, 16, 2)
+_ROLE_TYPES: tuple[tuple[int, type[exp.Expression] | tuple[type[exp.Expression], ...]], ...] = (
+    (_TABLE, exp.Table),
+    (_COLUMN, exp.Column),
+    (_DOT, exp.Dot),
+    (_TABLE_FROM_ROWS, exp.TableFromRows),
+    (_ANONYMOUS, exp.Anonymous),
+    (_VALUE, (exp.Var, exp.Literal)),
+    (_SET_ITEM, exp.SetItem),
+)
+_ROLES: dict[type, int] = {}
+
+
+def _role_of(node_type: type) -> int:
+    role = next((role for role, types in _ROLE_TYPES if issubclass(node_type, types)), 0)
+    if issubclass(node_type, WRITE_NODES):
+        role |= _WRITE
+    _ROLES[node_type] = role
+    return role
 
 
 def function_name(call: exp.Anonymous) -> str:

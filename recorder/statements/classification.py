@@ -19,9 +19,11 @@ from sqlglot.tokens import Token, TokenType
 from hoopgw.recorder.statements.analysis import Analysis
 from hoopgw.recorder.statements.context import Context, context_after
 from hoopgw.recorder.statements.names import unknown_object
+from hoopgw.recorder.statements.nodes import keyword
 from hoopgw.recorder.statements.objects import scan_objects, search_path_schemas
 from hoopgw.recorder.statements.splitting import Chunk, split_statements
 from hoopgw.recorder.statements.statement import Statement
+from hoopgw.recorder.statements.tokens import tokenize
 from hoopgw.recorder.statements.vocabulary import (
     DIALECT,
     LEAD_KINDS,
@@ -113,7 +115,7 @@ def _with_procedure_body(
 ) -> Statement:
     """CREATE PROCEDURE ... LANGUAGE SQL AS '...': the body's statements are its inner ones,
     so every check sees what a later CALL runs. Bodies in other languages are not read."""
-    if str(root.args.get("kind") or "").upper() != "PROCEDURE":
+    if keyword(root.args.get("kind")) != "PROCEDURE":
         return statement
     properties = root.args.get("properties")
     language = next(
@@ -286,7 +288,7 @@ def _sets_default_roles(tokens: Sequence[Token]) -> bool:
 
 def _command(kind: str, rest: str, text: str, context: Context, depth: int) -> Statement:
     try:
-        tokens = DIALECT.tokenize(rest)
+        tokens = tokenize(rest)
     except TokenError:
         return _unknown(text, context, "cannot be tokenized")
     if kind == "EXECUTE":

@@ -27,6 +27,7 @@ from typing import Final
 from sqlglot.errors import SqlglotError
 from sqlglot.tokens import Token, TokenType
 
+from hoopgw.recorder.statements.tokens import tokenize
 from hoopgw.recorder.statements.vocabulary import DIALECT
 
 ASSIGN: Final = frozenset({TokenType.EQ, TokenType.FARROW, TokenType.COLON_EQ})
@@ -99,7 +100,7 @@ def binds_credential(sql: str) -> bool | None:
 
 
 def _binds(sql: str, depth: int) -> bool:
-    tokens = DIALECT.tokenize(sql)
+    tokens = tokenize(sql)
     for start, end in credential_values(tokens):
         if any(_is_placeholder(tokens, index) for index in range(start, end)):
             return True

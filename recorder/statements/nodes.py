@@ -9,6 +9,16 @@ from sqlglot import exp
 from hoopgw.recorder.statements.objects import parse_dotted
 
 
+def keyword(value: Any) -> str:
+    """An argument sqlglot keeps as a word (an object kind, a scope kind), upper-cased.
+
+    Most are plain strings; USE keeps its kind as a `Var`, whose `str()` would render
+    it through a new SQL generator (a third of classifying the whole statement).
+    """
+    text = value.name if isinstance(value, exp.Var) else str(value or "")
+    return text.upper()
+
+
 def identifier(node: Any) -> str | None:
     """A name part as Snowflake stores it: unquoted upper-cased, quoted as written."""
     if isinstance(node, exp.Identifier):

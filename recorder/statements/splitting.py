@@ -8,7 +8,7 @@ from sqlglot.dialects.snowflake import Snowflake
 from sqlglot.errors import TokenError
 from sqlglot.tokens import Token, TokenType
 
-from hoopgw.recorder.statements.vocabulary import DIALECT
+from hoopgw.recorder.statements.tokens import tokenize, tokenize_for_parser
 
 _SEPARATORS = frozenset({TokenType.SEMICOLON, TokenType.DARROW})
 _COMMAND_TOKENS = frozenset(Snowflake.Tokenizer.COMMANDS)
@@ -35,7 +35,7 @@ class Chunk:
 
 def split_statements(sql: str) -> list[Chunk]:
     """Statements end at `;` and at Snowflake's flow operator `->>`, which chains statements."""
-    tokens = DIALECT.tokenize(sql)
+    tokens = tokenize_for_parser(sql)
     chunks: list[Chunk] = []
     current: list[Token] = []
     for index, token in enumerate(tokens):
@@ -65,7 +65,7 @@ def _split_command(chunk: Chunk) -> list[Chunk]:
         return [chunk]
     rest_start = tokens[0].end + 1
     try:
-        rest = DIALECT.tokenize(chunk.sql[rest_start : chunk.end])
+        rest = tokenize(chunk.sql[rest_start : chunk.end])
     except TokenError:
         return [chunk]
     arrow = next((token for token in rest if token.token_type is TokenType.DARROW), None)

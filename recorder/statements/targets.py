@@ -22,7 +22,7 @@ from hoopgw.recorder.statements.context import (
     after_use,
 )
 from hoopgw.recorder.statements.names import level_for
-from hoopgw.recorder.statements.nodes import table_parts
+from hoopgw.recorder.statements.nodes import keyword, table_parts
 
 
 class Targets:
@@ -118,7 +118,7 @@ class Targets:
         self.skip.add(id(root.this))
 
     def _use(self, root: exp.Use) -> None:
-        use_kind = str(root.args.get("kind") or "").upper()
+        use_kind = keyword(root.args.get("kind"))
         table = root.this
         if use_kind not in ("", "DATABASE", "SCHEMA"):
             if isinstance(table, exp.Expression):
@@ -135,7 +135,7 @@ class Targets:
     def _show(self, root: exp.Show) -> None:
         """`SHOW ... IN DATABASE d` reads the scope it names, at the scope's level."""
         scope = root.args.get("scope")
-        scope_level = level_for(str(root.args.get("scope_kind") or "").upper())
+        scope_level = level_for(keyword(root.args.get("scope_kind")))
         if isinstance(scope, exp.Expression):
             if scope_level == 0:
                 self.skip.add(id(scope))
@@ -159,7 +159,7 @@ class Targets:
 
 
 def _object_kind(root: exp.Expression) -> str:
-    return str(root.args.get("kind") or "").upper()
+    return keyword(root.args.get("kind"))
 
 
 _MARKERS: dict[type[exp.Expression], Callable[[Targets, Any], None]] = {
