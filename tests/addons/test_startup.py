@@ -1,10 +1,14 @@
-"""Start-up behaviour: the collector's walks leave out what the gateway loaded at start."""
+"""Start-up behaviour: the collector's walks leave out what the gateway loaded at start, and
+the event loop waits less behind other threads for the GIL."""
 
 from __future__ import annotations
 
 import gc
+import sys
 
-from hoopgw.addons.startup import QuietCollector
+import pytest
+
+from hoopgw.addons.startup import GIL_SWITCH_INTERVAL, QuietCollector
 
 
 def test_running_freezes_the_start_up_heap_out_of_full_collections() -> None:
@@ -18,4 +22,15 @@ def test_running_freezes_the_start_up_heap_out_of_full_collections() -> None:
         # a full collection now walks only what was made after start
         assert len(gc.get_objects(generation=2)) < before - len(loaded_at_start)
     finally:
+        gc.unfreeze()
+
+
+def test_running_shortens_the_gil_switch_interval_for_the_event_loop() -> None:
+    before = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)  # Python's default
+        QuietCollector().running()
+        assert sys.getswitchinterval() == pytest.approx(GIL_SWITCH_INTERVAL)
+    finally:
+        sys.setswitchinterval(before)
         gc.unfreeze()
