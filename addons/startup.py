@@ -8,7 +8,6 @@ import gc
 import logging
 import os
 import platform
-import sys
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -18,8 +17,6 @@ logger = logging.getLogger("hoopgw")
 
 _M_MMAP_THRESHOLD: Final = -3  # glibc's mallopt parameter number
 MMAP_THRESHOLD: Final = 128 * 1024
-GIL_SWITCH_INTERVAL: Final = 0.001
-"""Seconds a thread keeps the GIL while another waits for it (Python's default is 0.005)."""
 
 
 def pin_malloc_mmap_threshold(threshold: int = MMAP_THRESHOLD) -> bool:
@@ -79,26 +76,19 @@ def one_line_option_errors(addon: Any) -> Any:
 
 
 class QuietCollector:
-    """Keeps the interpreter's own machinery from stalling the event loop.
+    """Keeps Python's cyclic garbage collector from stalling the event loop.
 
-    The cyclic collector: a full collection walks every tracked object; with
-    mitmproxy, sqlglot, pyarrow and the policy loaded that took 25-100 ms every
-    few hundred statements, the gateway's whole latency tail. What is loaded at
-    start lives as long as the process, so it is frozen out of the collector's
-    walks once every addon is running; only what statements create is collected.
-
-    The GIL: the spool's writer, uploader and roll-up threads and the masking
-    pool run Python too. When the loop wakes with one of them holding the GIL
-    it waits until that thread blocks, or for the switch interval, so the
-    interval is set to 1 ms: the loop waits at most about that behind a
-    thread's Python work, at the price of those threads' turns being shorter.
+    A full collection walks every tracked object: with mitmproxy, sqlglot,
+    pyarrow and the policy loaded that took 25-100 ms every few hundred
+    statements, the gateway's whole latency tail. What is loaded at start lives
+    as long as the process, so it is frozen out of the collector's walks once
+    every addon is running; only what statements create is collected.
     """
 
     def running(self) -> None:
         gc.collect()
         gc.freeze()
         logger.debug("hoopgw: %d start-up objects frozen out of collection", gc.get_freeze_count())
-        sys.setswitchinterval(GIL_SWITCH_INTERVAL)
 
 
 class ReadyAnnouncer:

@@ -1,14 +1,10 @@
-"""Start-up behaviour: the collector's walks leave out what the gateway loaded at start, and
-the event loop waits less behind other threads for the GIL."""
+"""Start-up behaviour: the collector's walks leave out what the gateway loaded at start."""
 
 from __future__ import annotations
 
 import gc
-import sys
 
-import pytest
-
-from hoopgw.addons.startup import GIL_SWITCH_INTERVAL, QuietCollector
+from hoopgw.addons.startup import QuietCollector
 
 
 def test_running_freezes_the_start_up_heap_out_of_full_collections() -> None:
@@ -22,15 +18,4 @@ def test_running_freezes_the_start_up_heap_out_of_full_collections() -> None:
         # a full collection now walks only what was made after start
         assert len(gc.get_objects(generation=2)) < before - len(loaded_at_start)
     finally:
-        gc.unfreeze()
-
-
-def test_running_shortens_the_gil_switch_interval_for_the_event_loop() -> None:
-    before = sys.getswitchinterval()
-    try:
-        sys.setswitchinterval(0.005)  # Python's default
-        QuietCollector().running()
-        assert sys.getswitchinterval() == pytest.approx(GIL_SWITCH_INTERVAL)
-    finally:
-        sys.setswitchinterval(before)
         gc.unfreeze()
