@@ -173,8 +173,16 @@ class RollupEntry:
 
 
 def segment_entry(key: str, version: str, records: Iterable[dict[str, Any]]) -> bytes:
-    """The roll-up line describing segment `key` at `version`, from its full records."""
-    thin = [thin_record(record) for record in records]
+    """The roll-up line describing segment `key` at `version`, from its full records.
+
+    Each thinned record is encoded as it comes, and the line is put together
+    from those pieces (the same bytes as encoding the list at once): a
+    segment's records, encoded in one call, kept the GIL about 2 ms, and
+    `records` may be a generator that lets go of it between records
+    (`spool.uploader`).
+    """
+    encoded = b",".join(orjson.dumps(thin_record(record)) for record in records)
+    thin = orjson.Fragment(b"[" + encoded + b"]")
     entry = {"v": ROLLUP_VERSION, "key": key, "version": version, "records": thin}
     return orjson.dumps(entry) + b"\n"
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 _TEMP_PREFIX = ".tmp-"
+_SDK_LOGGERS = ("boto3", "botocore", "s3transfer", "urllib3")
 SCHEMES_HELP = "use file:///abs/dir, file:relative/dir or s3://bucket/optional/prefix"
 
 
@@ -152,6 +154,23 @@ class LocalStore:
         return self._path(key).is_file()
 
 
+def quiet_sdk_debug_logs() -> None:
+    """Keep the AWS SDK's debug records from being made at all, unless its loggers were set.
+
+    botocore writes some twenty-five debug records per call (events emitted,
+    signing, each header), and an upload is four calls (PUT and read-back, for
+    the segment and its summary). mitmproxy sets the root logger to DEBUG and
+    hands every record to its event loop, where each one is formatted and
+    dispatched to every addon: a segment's upload turned into a burst of
+    about a hundred loop callbacks, delaying the statements in flight
+    (issue 22). A logger an operator configured (its level not NOTSET) is left alone.
+    """
+    for name in _SDK_LOGGERS:
+        sdk_logger = logging.getLogger(name)
+        if sdk_logger.level == logging.NOTSET:
+            sdk_logger.setLevel(logging.INFO)
+
+
 class S3Store:
     """An S3 bucket (or S3-compatible store) under an optional key prefix.
 
@@ -186,6 +205,7 @@ class S3Store:
                 read_timeout=read_timeout,
                 s3={"addressing_style": "path"} if endpoint_url else None,
             )
+            quiet_sdk_debug_logs()
             client = boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=config)
         self.client = client
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import os
 import signal
 import socket
@@ -231,3 +232,23 @@ def test_spool_rides_out_a_hung_s3_server(
         records = archive.read_session(session_id)
         assert [r["seq"] for r in records] == list(range(22))
         assert archive.verify_session(session_id).ok
+
+
+def test_sdk_debug_records_are_not_made_unless_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    """mitmproxy puts the root logger at DEBUG and hands every record to its event loop;
+    botocore's per-call debug records would reach it in bursts at each upload."""
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    botocore_logger, urllib3_logger = logging.getLogger("botocore"), logging.getLogger("urllib3")
+    before = botocore_logger.level, urllib3_logger.level, logging.getLogger().level
+    try:
+        logging.getLogger().setLevel(logging.DEBUG)
+        botocore_logger.setLevel(logging.NOTSET)
+        urllib3_logger.setLevel(logging.DEBUG)  # an operator's choice
+        S3Store("bucket", "p", endpoint_url="http://127.0.0.1:9")
+        assert not logging.getLogger("botocore.hooks").isEnabledFor(logging.DEBUG)
+        assert logging.getLogger("botocore.hooks").isEnabledFor(logging.INFO)
+        assert urllib3_logger.level == logging.DEBUG
+    finally:
+        botocore_logger.setLevel(before[0])
+        urllib3_logger.setLevel(before[1])
+        logging.getLogger().setLevel(before[2])

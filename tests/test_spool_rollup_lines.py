@@ -8,11 +8,19 @@ from pathlib import Path
 import orjson
 import zstandard
 
+from hoopgw.recorder.catalog import segment_key
 from hoopgw.recorder.ids import new_session_id, new_writer_id
 from hoopgw.recorder.index import list_versions
-from hoopgw.recorder.rollup import ROLLUPS, SEGMENTS_KIND, segment_entry
+from hoopgw.recorder.rollup import (
+    ROLLUP_VERSION,
+    ROLLUPS,
+    SEGMENTS_KIND,
+    segment_entry,
+    thin_record,
+)
 from hoopgw.recorder.segment import decompress_segment
 from hoopgw.recorder.spool import Spool, SpoolConfig
+from hoopgw.recorder.spool.uploader import _parse_lines
 from hoopgw.recorder.store import LocalStore
 from tests.test_rollup import DEADLINE, record, varied_session
 
@@ -53,3 +61,39 @@ def test_segment_entries_are_exactly_those_of_the_parsed_segments(tmp_path: Path
         records = [orjson.loads(record_line) for record_line in stored]
         assert entry["version"] == segments[entry["key"]]
         assert line + b"\n" == segment_entry(entry["key"], entry["version"], records)
+
+
+def test_a_segment_entry_is_the_one_shot_encoding_of_its_thinned_records() -> None:
+    """Encoding record by record (so the GIL can change hands between them) gives the
+    bytes that encoding the whole list at once gives."""
+    records = varied_session(new_session_id(), user=1)
+    key = segment_key(records[0]["session_id"], new_writer_id(), 0)
+    one_shot = {
+        "v": ROLLUP_VERSION,
+        "key": key,
+        "version": "v1",
+        "records": [thin_record(item) for item in records],
+    }
+    assert segment_entry(key, "v1", iter(records)) == orjson.dumps(one_shot) + b"\n"
+    empty = {"v": ROLLUP_VERSION, "key": key, "version": "v1", "records": []}
+    assert segment_entry(key, "v1", []) == orjson.dumps(empty) + b"\n"
+
+
+def test_spool_lines_are_read_in_place_skipping_what_is_not_a_record() -> None:
+    lines = [
+        b'{"kind":"request","n":1}',
+        b"",
+        b"[1, 2]",
+        b"not json",
+        b'{"kind":"response","body":{"text":"a\\nb"}}',
+        b'{"kind":"request","n":2}',
+    ]
+    data = b"\n".join(lines)
+    assert list(_parse_lines(data)) == [
+        {"kind": "request", "n": 1},
+        {"kind": "response", "body": {"text": "a\nb"}},
+        {"kind": "request", "n": 2},
+    ]
+    assert list(_parse_lines(data + b"\n")) == list(_parse_lines(data))
+    assert list(_parse_lines(data + b'\n{"torn')) == list(_parse_lines(data))
+    assert list(_parse_lines(b"")) == list(_parse_lines(b"\n\n")) == []
