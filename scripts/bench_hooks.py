@@ -254,7 +254,7 @@ async def run(args: argparse.Namespace) -> None:
                 f"one in {args.arrow_every} answered with 1,000 Arrow rows"
             )
             print(f"{'round':>5} {'cpu p50 us':>11} {'cpu mean us':>12} {'wall p50 us':>12}")
-            means = []
+            means, medians = [], []
             for number in range(1, args.rounds + 1):
                 if clock is not None:
                     clock.cpu.clear()
@@ -273,11 +273,13 @@ async def run(args: argparse.Namespace) -> None:
                     ):
                         raise SystemExit(f"statement {statements.counter} was not answered")
                 means.append(statistics.fmean(cpu))
+                medians.append(_percentile(cpu, 0.5))
                 print(
                     f"{number:>5} {_percentile(cpu, 0.5) * 1e6:>11.0f} "
                     f"{statistics.fmean(cpu) * 1e6:>12.0f} {_percentile(wall, 0.5) * 1e6:>12.0f}"
                 )
             print(f"best round's mean CPU per statement: {min(means) * 1e6:.0f} us")
+            print(f"best round's median CPU per statement: {min(medians) * 1e6:.0f} us")
             if clock is not None:
                 print(f"\n{'addon.hook (last round)':<44} {'cpu us/stmt':>11}")
                 for name, total in sorted(clock.cpu.items(), key=lambda item: -item[1]):
