@@ -95,13 +95,22 @@ def redact_path(path: str) -> str:
     if not sep:
         return path
     pairs = []
+    changed = False
     for pair in query.split("&"):
         name, eq, value = pair.partition("=")
-        if eq and (is_secret_key(unquote_plus(name)) or looks_like_credential(unquote_plus(value))):
+        if eq and (
+            _key_rule(_unquoted(name)) == _SECRET or looks_like_credential(_unquoted(value))
+        ):
             pairs.append(f"{name}={REDACTED}")
+            changed = True
         else:
             pairs.append(pair)
-    return f"{route}?{'&'.join(pairs)}"
+    return f"{route}?{'&'.join(pairs)}" if changed else path
+
+
+def _unquoted(text: str) -> str:
+    """`unquote_plus(text)`, skipped for the usual parameter that has nothing to unquote."""
+    return unquote_plus(text) if "%" in text or "+" in text else text
 
 
 # --- JSON ----------------------------------------------------------------------------
@@ -148,13 +157,16 @@ _SIGNED_QUERY: Final = re.compile(
 )
 
 
+_SECRET_KEY_PART: Final = re.compile("|".join(map(re.escape, _SECRET_KEY_PARTS)))
+
+
 def is_secret_key(key: str) -> bool:
     """Whether a JSON key (or form field, or `parameters[].name`) names a credential."""
     lowered = key.lower()
     return (
         lowered in _SECRET_KEYS
         or lowered.endswith(_SECRET_KEY_SUFFIXES)
-        or any(part in lowered for part in _SECRET_KEY_PARTS)
+        or _SECRET_KEY_PART.search(lowered) is not None
     )
 
 
@@ -182,9 +194,6 @@ _CREDENTIAL_VALUE: Final = re.compile(
 )
 
 
-_CREDENTIAL_VALUE_WORDS: Final = ("eyj", "bearer", "basic", "token")
-
-
 def mask_credential_values(text: str) -> str:
     """`text` with every JWT and `Bearer ...` / `Basic ...` value in it masked."""
     return _CREDENTIAL_VALUE.sub(REDACTED, text) if _may_carry_credential(text) else text
@@ -196,9 +205,10 @@ def looks_like_credential(value: str) -> bool:
 
 
 def _may_carry_credential(text: str) -> bool:
-    """The words `_CREDENTIAL_VALUE` starts with, found by C substring search first."""
+    """The words `_CREDENTIAL_VALUE` starts with, found by C substring search first
+    (spelled out: a generator over them costs more than the searches)."""
     lowered = text.lower()
-    return any(word in lowered for word in _CREDENTIAL_VALUE_WORDS)
+    return "eyj" in lowered or "bearer" in lowered or "basic" in lowered or "token" in lowered
 
 
 def _is_url(value: str) -> bool:
