@@ -184,6 +184,13 @@ class AddonClock:
 
     def __init__(self) -> None:
         self.cpu: dict[str, float] = defaultdict(float)
+        self.per_statement: dict[str, list[float]] = defaultdict(list)
+
+    def statement_done(self) -> None:
+        """File this statement's CPU per hook; the table gives each hook's median."""
+        for name, spent in self.cpu.items():
+            self.per_statement[name].append(spent)
+        self.cpu.clear()
 
     def wrap(self, addons: list[Any]) -> None:
         for addon in addons:
@@ -255,9 +262,9 @@ async def run(args: argparse.Namespace) -> None:
             )
             print(f"{'round':>5} {'cpu p50 us':>11} {'cpu mean us':>12} {'wall p50 us':>12}")
             means, medians = [], []
+            if clock is not None:
+                clock.cpu.clear()  # the warm-up's
             for number in range(1, args.rounds + 1):
-                if clock is not None:
-                    clock.cpu.clear()
                 cpu, wall = [], []
                 for _ in range(args.statements):
                     flow, answer = statements.next()
@@ -265,6 +272,8 @@ async def run(args: argparse.Namespace) -> None:
                     await through_the_chain(tctx.master, flow, answer)
                     cpu.append(time.thread_time() - start_cpu)
                     wall.append(time.perf_counter() - start_wall)
+                    if clock is not None:
+                        clock.statement_done()
                     state = flow.response
                     if (
                         state is None
@@ -281,9 +290,11 @@ async def run(args: argparse.Namespace) -> None:
             print(f"best round's mean CPU per statement: {min(means) * 1e6:.0f} us")
             print(f"best round's median CPU per statement: {min(medians) * 1e6:.0f} us")
             if clock is not None:
-                print(f"\n{'addon.hook (last round)':<44} {'cpu us/stmt':>11}")
-                for name, total in sorted(clock.cpu.items(), key=lambda item: -item[1]):
-                    print(f"{name:<44} {total / args.statements * 1e6:>11.1f}")
+                print(f"\n{'addon.hook (every round)':<44} {'median us':>10} {'mean us':>8}")
+                table = sorted(clock.per_statement.items(), key=lambda item: -sum(item[1]))
+                for name, spent in table:
+                    median = _percentile(spent, 0.5) * 1e6
+                    print(f"{name:<44} {median:>10.1f} {statistics.fmean(spent) * 1e6:>8.1f}")
             tctx.master.should_exit.set()  # a shutdown, not an unload (FailClosed.done)
             await tctx.master.addons.trigger_event(hooks.DoneHook())
     finally:
