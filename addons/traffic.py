@@ -252,7 +252,8 @@ class SnowflakeTraffic:
                 state.client_app = _text(data.get("CLIENT_APP_ID"))
                 state.client_version = _text(data.get("CLIENT_APP_VERSION"))
         if state.client_app is None:
-            state.client_app = _text(request.headers.get("user-agent"))
+            agents = protocol.header_values(request.headers, b"user-agent")
+            state.client_app = _text(", ".join(agents)) if agents else None
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)
