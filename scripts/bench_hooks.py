@@ -194,14 +194,32 @@ class AddonClock:
 
     def wrap(self, addons: list[Any]) -> None:
         for addon in addons:
+            wrap_hooks = getattr(addon, "wrap_hooks", None)
+            if callable(wrap_hooks):
+                # the one dispatcher (addons/dispatch.py) calls its concerns' hooks
+                wrap_hooks(self._concern_hook)
+                self._wrap_record_building(getattr(addon, "addons", []))
+                continue
             name = type(addon).__name__
             for hook in FLOW_HOOKS:
                 method = getattr(addon, hook, None)
                 if method is not None:
                     setattr(addon, hook, self._timed(f"{name}.{hook}", method))
+            self._wrap_record_building([addon])
+
+    def _concern_hook(
+        self, concern: str, hook: str, method: Callable[..., Any]
+    ) -> Callable[..., Any]:
+        return self._timed(f"{concern}.{hook}", method) if hook in FLOW_HOOKS else method
+
+    def _wrap_record_building(self, addons: list[Any]) -> None:
+        """The answers' records are built in a loop callback, after the hooks."""
+        for addon in addons:
             build = getattr(addon, "_record_answers", None)
             if build is not None:
-                addon._record_answers = self._timed(f"{name}._record_answers", build)
+                addon._record_answers = self._timed(
+                    f"{type(addon).__name__}._record_answers", build
+                )
 
     def _timed(self, name: str, method: Callable[..., Any]) -> Callable[..., Any]:
         cpu = self.cpu
