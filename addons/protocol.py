@@ -250,11 +250,17 @@ def unreadable_head(path: bytes, headers: Iterable[tuple[bytes, bytes]]) -> str 
     The gateway matches endpoints, reads tokens and records requests as text;
     bytes that are not UTF-8, and control characters (a bare CR in a header
     value is a line break to some servers: header injection), are refused.
+    The usual readable head is checked in one pass over its parts joined by a
+    space (which neither completes a UTF-8 sequence nor is a control character);
+    only an unreadable one is looked at part by part, to say which part it is.
     """
+    fields = [part for field in headers for part in field]
+    if not _unreadable(b" ".join([path, *fields])):
+        return None
     if _unreadable(path):
         return "the request path is not printable UTF-8 text"
-    for name, value in headers:
-        if _unreadable(name) or _unreadable(value):
+    for part in fields:
+        if _unreadable(part):
             return "a request header is not printable UTF-8 text"
     return None
 
@@ -275,10 +281,30 @@ def printable(data: bytes) -> str:
     return re.sub(r"[\x00-\x08\x0a-\x1f\x7f]", lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
+def header_values(headers: http.Headers, name: bytes) -> list[str]:
+    """`headers.get_all(name)` for a lower-case `name`, in one pass over the raw fields.
+
+    mitmproxy compares names as `bytes.lower()` does and decodes values as
+    UTF-8 with surrogate escapes, as here; its own lookup converts and wraps
+    on every call, and the hooks read a few headers of every flow.
+    """
+    return [
+        value.decode("utf-8", "surrogateescape")
+        for key, value in headers.fields
+        if key.lower() == name
+    ]
+
+
+def header(headers: http.Headers, name: bytes, default: str = "") -> str:
+    """`headers.get(name, default)`: repeated headers folded with ", ", as mitmproxy does."""
+    values = header_values(headers, name)
+    return ", ".join(values) if values else default
+
+
 def decode_body(message: http.Message, limit: int) -> bytes:
     """Return the decoded body, refusing more than `limit` decoded bytes (gzip bombs)."""
     raw = message.raw_content or b""
-    encoding = message.headers.get("content-encoding", "").strip().lower()
+    encoding = header(message.headers, b"content-encoding").strip().lower()
     if encoding in ("", "identity"):
         if len(raw) > limit:
             raise ProtocolError(f"body of {len(raw)} bytes is over the {limit}-byte limit")
@@ -315,11 +341,11 @@ def refusal_from_head(request: http.Request, limit: int) -> str | None:
     `body_size_limit`, which bounds answers too), so such a flow is answered
     from its head and its connection closed (`transport.answer_from_head`).
     """
-    lengths = request.headers.get_all("content-length")
+    lengths = header_values(request.headers, b"content-length")
     if request.is_http2 or request.is_http3:
         if not lengths and request.method.upper() in _BODY_METHODS:
             return "a request body must declare its content-length"
-    elif "transfer-encoding" in request.headers:
+    elif header_values(request.headers, b"transfer-encoding"):
         return "a request body must declare its Content-Length, not be sent chunked"
     if len(lengths) != 1 or not lengths[0].strip().isdigit():
         return None  # none (no body), or conflicting ones mitmproxy refuses itself
@@ -449,7 +475,7 @@ def parse_strict_json(data: bytes) -> Any:
 def write_json_body(message: http.Message, value: dict[str, Any]) -> None:
     """Replace the body, keeping the message's Content-Encoding (gzip stays gzip)."""
     data = orjson.dumps(value)
-    encoding = message.headers.get("content-encoding", "").strip().lower()
+    encoding = header(message.headers, b"content-encoding").strip().lower()
     if encoding in ("gzip", "x-gzip"):
         message.raw_content = gzip.compress(data, compresslevel=1)
     elif encoding == "deflate":
@@ -466,7 +492,7 @@ _TOKEN_HEADER = re.compile(r'^\s*Snowflake\s+Token\s*=\s*"([^"]*)"\s*$', re.IGNO
 
 def session_token_from(headers: http.Headers) -> str | None:
     """The token in `Authorization: Snowflake Token="..."`, None when absent or "None"."""
-    values = headers.get_all("authorization")
+    values = header_values(headers, b"authorization")
     if len(values) != 1:
         return None
     match = _TOKEN_HEADER.match(values[0])

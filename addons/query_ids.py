@@ -52,6 +52,7 @@ import hashlib
 import hmac
 import logging
 import re
+import threading
 import uuid
 import zlib
 from collections.abc import Callable, Sequence
@@ -60,7 +61,7 @@ from typing import Any, Final
 import brotli
 import orjson
 import zstandard
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
 from sqlglot.tokens import Token, TokenType
@@ -97,6 +98,8 @@ _STREAMED_ID_ENDPOINTS = frozenset({Endpoint.QUERY, Endpoint.RESULT, Endpoint.SQ
 _STREAM_CARRY = _STREAM_VALUE_LIMIT + 64  # longer than any member the pattern matches
 _UUID_BYTES = re.compile(_UUID.encode())
 _URL_ID_BYTES = re.compile(_URL_ID.pattern.encode())
+# Scopes (sessions, SQL API callers) whose AES contexts a binder keeps ready.
+_SCOPES_KEPT = 4096
 
 
 def looks_issued(raw: bytes) -> bool:
@@ -114,10 +117,23 @@ class QueryIdError(ValueError):
 
 
 class QueryIdBinder:
-    """Binds Snowflake query ids to a scope (a session) and maps them back."""
+    """Binds Snowflake query ids to a scope (a session) and maps them back.
+
+    Deriving a scope's key and setting up its AES context cost more than the
+    permutation itself, and a session's ids are bound on every answer: each
+    scope's contexts are kept (the `_SCOPES_KEPT` most recent scopes). One AES
+    block in ECB carries no state from one call to the next, so a context is
+    reused as it is; a lock keeps two threads off one context.
+    """
 
     def __init__(self, key_material: Sequence[bytes]) -> None:
         self._keys = tuple(key_material)
+        self._contexts: dict[tuple[int, str], tuple[CipherContext, CipherContext]] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def keys(self) -> tuple[bytes, ...]:
+        return self._keys
 
     def bind(self, raw: str, scope: str) -> str:
         """The id the client sees; an id that is not a UUID stays as it is."""
@@ -125,8 +141,7 @@ class QueryIdBinder:
             block = uuid.UUID(raw).bytes
         except ValueError:
             return raw
-        encryptor = self._cipher(self._keys[0], scope).encryptor()
-        return str(uuid.UUID(bytes=encryptor.update(block) + encryptor.finalize()))
+        return _uuid_text(self._permute(0, scope, block, encrypt=True))
 
     def unbind(self, bound: str, scope: str) -> str:
         """Snowflake's id for a bound id; raises QueryIdError for ids the scope was not given."""
@@ -134,17 +149,33 @@ class QueryIdBinder:
             block = uuid.UUID(bound).bytes
         except ValueError:
             raise QueryIdError(f"{bound[:40]!r} is not a query id this gateway issued") from None
-        for key in self._keys:  # the current token key first, then previous ones
-            decryptor = self._cipher(key, scope).decryptor()
-            raw = decryptor.update(block) + decryptor.finalize()
+        for index in range(len(self._keys)):  # the current token key first, then previous ones
+            raw = self._permute(index, scope, block, encrypt=False)
             if looks_issued(raw):
-                return str(uuid.UUID(bytes=raw))
+                return _uuid_text(raw)
         raise QueryIdError(f"query {bound} was not issued to this session")
+
+    def _permute(self, index: int, scope: str, block: bytes, *, encrypt: bool) -> bytes:
+        with self._lock:
+            contexts = self._contexts.get((index, scope))
+            if contexts is None:
+                cipher = self._cipher(self._keys[index], scope)
+                contexts = (cipher.encryptor(), cipher.decryptor())
+                if len(self._contexts) >= _SCOPES_KEPT:
+                    del self._contexts[next(iter(self._contexts))]
+                self._contexts[(index, scope)] = contexts
+            return contexts[0 if encrypt else 1].update(block)
 
     @staticmethod
     def _cipher(key: bytes, scope: str) -> Cipher[modes.ECB]:
         derived = hmac.new(key, b"hoopgw query id\0" + scope.encode(), hashlib.sha256).digest()
         return Cipher(algorithms.AES(derived), modes.ECB())  # one block: a keyed permutation
+
+
+def _uuid_text(block: bytes) -> str:
+    """`str(uuid.UUID(bytes=block))`, without building the UUID."""
+    text = block.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 QUERY_ID_FUNCTIONS: Final = (
@@ -233,6 +264,7 @@ class QueryIds:
     def __init__(self, tokens: SessionTokens) -> None:
         self.tokens = tokens
         self.enabled = True
+        self._binder: QueryIdBinder | None = None
 
     def load(self, loader: Loader) -> None:
         loader.add_option(
@@ -255,7 +287,11 @@ class QueryIds:
             self.enabled = ctx.options.hoopgw_bind_query_ids
 
     def binder(self) -> QueryIdBinder:
-        return QueryIdBinder(self.tokens.key_material)
+        """One binder for the token keys in force, so its per-scope contexts are reused."""
+        material = self.tokens.key_material
+        if self._binder is None or self._binder.keys != material:
+            self._binder = QueryIdBinder(material)
+        return self._binder
 
     def request(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)

@@ -32,7 +32,6 @@ policy block, an unrecordable statement) stay ordinary records of its session.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 import weakref
@@ -427,7 +426,7 @@ class Recording:
         if flow in self._tallied:
             return
         # a copy: the last hook lets go of the bodies on the flow's own state
-        self._answers.append((flow, dataclasses.replace(state)))
+        self._answers.append((flow, state.snapshot()))
         if len(self._answers) == 1:
             asyncio.get_running_loop().call_soon(self._record_answers)
 
@@ -677,8 +676,14 @@ def _request_id(request: http.Request) -> str | None:
     if not sep:
         return None
     first: dict[str, str] = {}
-    for name, value in url.decode(query):
-        first.setdefault(name, value)
+    if "%" in query or "+" in query:
+        for name, value in url.decode(query):
+            first.setdefault(name, value)
+    else:  # what url.decode gives when there is nothing to unquote, without its machinery
+        for pair in query.split("&"):
+            if pair:
+                name, _, value = pair.partition("=")
+                first.setdefault(name, value)
     return first.get("requestId") or first.get("request_id")
 
 

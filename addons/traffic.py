@@ -76,6 +76,7 @@ _JSON_RESPONSES = frozenset(
 )
 # Client credentials Snowflake never reads; they must not travel upstream.
 _CLIENT_ONLY_HEADERS = ("cookie", "proxy-authorization")
+_CLIENT_ONLY_FIELDS = frozenset(name.encode() for name in _CLIENT_ONLY_HEADERS)
 _SOURCE = "protocol"
 # Bodies up to this size are read on the event loop; decoding and parsing them takes microseconds.
 _INLINE_BODY_BYTES = 64 * 1024
@@ -187,8 +188,9 @@ class SnowflakeTraffic:
         state.request_body = request.raw_content or b""
         if state.answered or state.upload_streamed:
             return None
-        for name in _CLIENT_ONLY_HEADERS:
-            request.headers.pop(name, None)
+        if any(name.lower() in _CLIENT_ONLY_FIELDS for name, _ in request.headers.fields):
+            for name in _CLIENT_ONLY_HEADERS:
+                request.headers.pop(name, None)
         unreadable = protocol.unreadable_head(request.data.path, request.headers.fields)
         if unreadable:
             _escape_head(request)
@@ -252,23 +254,28 @@ class SnowflakeTraffic:
                 state.client_app = _text(data.get("CLIENT_APP_ID"))
                 state.client_version = _text(data.get("CLIENT_APP_VERSION"))
         if state.client_app is None:
-            state.client_app = _text(request.headers.get("user-agent"))
+            agents = protocol.header_values(request.headers, b"user-agent")
+            state.client_app = _text(", ".join(agents)) if agents else None
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)
         response = flow.response
         if state is None or response is None or state.answered or not flow.live:
             return
-        threshold = getattr(ctx.options, "hoopgw_body_limit", None)
-        if threshold is None or not 200 <= response.status_code < 300:
+        if not 200 <= response.status_code < 300:
             return
         if not protocol.carries_results(state.endpoint, flow.request.method, flow.request.path):
             return
         length = _content_length(response)
-        encoding = response.headers.get("content-encoding", "").strip().lower()
-        if length is None or length <= threshold or encoding not in protocol.STREAMED_ENCODINGS:
+        if length is None:
             return
-        media = response.headers.get("content-type", "").partition(";")[0].strip().lower()
+        threshold = getattr(ctx.options, "hoopgw_body_limit", None)
+        if threshold is None or length <= threshold:
+            return
+        encoding = protocol.header(response.headers, b"content-encoding").strip().lower()
+        if encoding not in protocol.STREAMED_ENCODINGS:
+            return
+        media = protocol.header(response.headers, b"content-type").partition(";")[0].strip().lower()
         state.streamed = protocol.StreamedAnswer(
             encoding, length, self.response_limit, json="json" in media or not media
         )
@@ -338,8 +345,14 @@ def _escape_head(request: http.Request) -> None:
 
 def _content_length(response: http.Response) -> int | None:
     """The declared body size, or None when there is none (chunked) or it is not one number."""
-    values = response.headers.get_all("content-length")
-    if len(values) != 1 or "transfer-encoding" in response.headers:
+    values = []
+    for name, value in response.headers.fields:  # one pass: every answer comes by here
+        name = name.lower()
+        if name == b"transfer-encoding":
+            return None
+        if name == b"content-length":
+            values.append(value.decode("utf-8", "surrogateescape"))
+    if len(values) != 1:
         return None
     text = values[0].strip()
     return int(text) if text.isdigit() else None

@@ -452,3 +452,13 @@ def test_redacting_one_sql_text_twice_gives_its_redaction_and_the_next_text_its_
     same_text = "".join(["alter user ada set ", f"password = '{SECRET}'"])
     assert same_text is not first and SECRET not in redact_sql(same_text)
     assert redact_sql("select 1") == "select 1" and SECRET not in redact_sql(first)
+
+
+def test_a_jwt_deep_in_a_long_string_is_masked_like_one_in_a_short_string() -> None:
+    """Long strings (Arrow rowsets) are searched another way; what they hide is masked alike."""
+    jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhZGEifQ.c2lnbmF0dXJl"
+    for padding in (10, 5000):
+        text = "x" * padding + " " + jwt
+        redacted = redact_json({"note": text, "rows": [[text]]})
+        assert jwt not in orjson.dumps(redacted).decode(), padding
+        assert redacted["note"].startswith("x" * padding)

@@ -18,8 +18,9 @@ def scrub_upstream_credentials(request: http.Request, state: FlowState) -> None:
     mitmweb shows, and flow files save, the request as it was sent upstream:
     without this the gateway's credential and Snowflake's tokens would be there.
     """
-    if "authorization" in request.headers:
-        scheme = request.headers["authorization"].split(" ", 1)[0]
+    authorization = protocol.header_values(request.headers, b"authorization")
+    if authorization:
+        scheme = ", ".join(authorization).split(" ", 1)[0]
         request.headers["authorization"] = (
             "Bearer " + REDACTED
             if scheme.lower() == "bearer"

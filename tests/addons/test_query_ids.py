@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from mitmproxy.test import taddons
 
+from hoopgw.addons import query_ids
 from hoopgw.addons.authentication import Authentication
 from hoopgw.addons.flowstate import state_of
 from hoopgw.addons.query_ids import (
@@ -71,6 +72,33 @@ def test_any_replica_with_the_token_key_maps_alike_and_previous_keys_still_map()
     bound = QueryIdBinder([old]).bind(RAW, session_scope("A"))
     assert QueryIdBinder([old]).unbind(bound, session_scope("A")) == RAW
     assert QueryIdBinder([new, old]).unbind(bound, session_scope("A")) == RAW
+
+
+def test_a_binder_keeps_each_scopes_cipher_and_maps_alike_after_letting_go(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Reused AES contexts give what fresh ones give, also for scopes it had to let go of."""
+    monkeypatch.setattr(query_ids, "_SCOPES_KEPT", 2)
+    key = os.urandom(32)
+    kept = QueryIdBinder([key])
+    raws = [str(uuid.UUID(bytes=b"\x01" + os.urandom(15))) for _ in range(20)]
+    for _ in range(3):
+        for scope in (session_scope(name) for name in "ABC"):
+            for raw in raws:
+                bound = kept.bind(raw, scope)
+                assert bound == QueryIdBinder([key]).bind(raw, scope)
+                assert kept.unbind(bound, scope) == raw
+    assert len(kept._contexts) <= 2
+
+
+def test_the_addon_keeps_one_binder_until_the_token_keys_change() -> None:
+    auth = Authentication()
+    ids = QueryIds(auth.tokens)
+    binder = ids.binder()
+    assert ids.binder() is binder
+    auth.tokens.key_material = (os.urandom(32),)
+    assert ids.binder() is not binder
+    assert ids.binder().keys == auth.tokens.key_material
 
 
 def test_an_approval_id_is_bound_and_mapped_back_like_snowflakes() -> None:

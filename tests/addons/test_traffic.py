@@ -6,6 +6,8 @@ import gzip
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mitmproxy import exceptions, http
 from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.test import taddons
@@ -413,3 +415,37 @@ def test_a_byte_order_mark_does_not_hide_a_repeated_key() -> None:
     flow = snowflake_flow("POST", QUERY_PATH, body)
     run_request(traffic, flow)
     assert "repeats the key" in error_of(flow)["message"]
+
+
+_FIELD_BYTES = st.binary(max_size=6) | st.sampled_from(
+    [b"content-length", b"Content-Length", b"TRANSFER-ENCODING", b"\xff", b"\r", b"\xc3", b"ok"]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(_FIELD_BYTES, _FIELD_BYTES), max_size=5),
+    st.sampled_from([b"content-length", b"transfer-encoding", b"authorization"]),
+)
+def test_headers_read_off_the_fields_as_mitmproxy_reads_them(
+    fields: list[tuple[bytes, bytes]], name: bytes
+) -> None:
+    headers = http.Headers(fields)
+    assert protocol.header_values(headers, name) == headers.get_all(name)
+    assert protocol.header(headers, name, "none") == headers.get(name.decode(), "none")
+
+
+def _unreadable_part_by_part(path: bytes, fields: list[tuple[bytes, bytes]]) -> str | None:
+    if protocol._unreadable(path):
+        return "the request path is not printable UTF-8 text"
+    if any(protocol._unreadable(name) or protocol._unreadable(value) for name, value in fields):
+        return "a request header is not printable UTF-8 text"
+    return None
+
+
+@settings(max_examples=300, deadline=None)
+@given(_FIELD_BYTES, st.lists(st.tuples(_FIELD_BYTES, _FIELD_BYTES), max_size=4))
+def test_a_head_checked_in_one_pass_is_judged_as_part_by_part(
+    path: bytes, fields: list[tuple[bytes, bytes]]
+) -> None:
+    assert protocol.unreadable_head(path, fields) == _unreadable_part_by_part(path, fields)
