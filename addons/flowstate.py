@@ -125,6 +125,8 @@ class FlowState:
     request_body: bytes | None = None
     request_json: dict[str, Any] | None = None
     session_id: str | None = None
+    id_key: str | None = None
+    """The token key the session's query ids are bound under (`SealedSession.id_key`)."""
     caller: Caller | None = None
     upstream_login: UpstreamLogin | None = None  # a forwarded login's, or an SQL API call's
     context: SessionContext = field(default_factory=SessionContext)

@@ -71,7 +71,7 @@ from hoopgw.addons.flowstate import FlowState, state_of
 from hoopgw.addons.names import QUERY_IDS
 from hoopgw.addons.protocol import Endpoint
 from hoopgw.addons.refusals import refuse
-from hoopgw.addons.session_tokens import SessionTokens
+from hoopgw.addons.session_tokens import SessionTokens, key_id
 from hoopgw.recorder.statements import tokens as sql_tokens
 
 logger = logging.getLogger(__name__)
@@ -128,6 +128,7 @@ class QueryIdBinder:
 
     def __init__(self, key_material: Sequence[bytes]) -> None:
         self._keys = tuple(key_material)
+        self._index = {key_id(key): index for index, key in reversed(list(enumerate(self._keys)))}
         self._contexts: dict[tuple[int, str], tuple[CipherContext, CipherContext]] = {}
         self._lock = threading.Lock()
 
@@ -135,21 +136,34 @@ class QueryIdBinder:
     def keys(self) -> tuple[bytes, ...]:
         return self._keys
 
-    def bind(self, raw: str, scope: str) -> str:
-        """The id the client sees; an id that is not a UUID stays as it is."""
+    def bind(self, raw: str, scope: str, key: str | None = None) -> str:
+        """The id the client sees; an id that is not a UUID stays as it is.
+
+        `key` is the id of the token key the scope's ids are bound under (a
+        session's `id_key`); without it, or once that key is no longer held, the
+        current key.
+        """
         try:
             block = uuid.UUID(raw).bytes
         except ValueError:
             return raw
-        return _uuid_text(self._permute(0, scope, block, encrypt=True))
+        return _uuid_text(self._permute(self._index.get(key, 0), scope, block, encrypt=True))
 
-    def unbind(self, bound: str, scope: str) -> str:
-        """Snowflake's id for a bound id; raises QueryIdError for ids the scope was not given."""
+    def unbind(self, bound: str, scope: str, key: str | None = None) -> str:
+        """Snowflake's id for a bound id; raises QueryIdError for ids the scope was not given.
+
+        A bound id carries no mark of its key, and another key's decryption
+        looks issued about 2% of the time: the scope's own key (`key`, as in
+        `bind`) is tried alone when it is held, so a rotation cannot map a
+        session's id to another. Scopes without one (SQL API callers) try the
+        current key, then previous ones.
+        """
         try:
             block = uuid.UUID(bound).bytes
         except ValueError:
             raise QueryIdError(f"{bound[:40]!r} is not a query id this gateway issued") from None
-        for index in range(len(self._keys)):  # the current token key first, then previous ones
+        pinned = self._index.get(key) if key is not None else None
+        for index in (pinned,) if pinned is not None else range(len(self._keys)):
             raw = self._permute(index, scope, block, encrypt=False)
             if looks_issued(raw):
                 return _uuid_text(raw)
@@ -301,7 +315,7 @@ class QueryIds:
         if scope is not None:
             binder = self.binder()
             try:
-                self._map_request(flow, state, lambda bound: binder.unbind(bound, scope))
+                self._map_request(flow, state, lambda bound: binder.unbind(bound, scope, state.id_key))
             except QueryIdError as exc:
                 refuse(flow, state, protocol.CODE_GATEWAY_POLICY, str(exc), QUERY_IDS)
                 return
@@ -316,7 +330,7 @@ class QueryIds:
         if scope is None or not isinstance(answer, dict):
             return
         binder = self.binder()
-        bound = bind_answer(answer, lambda raw: binder.bind(raw, scope))
+        bound = bind_answer(answer, lambda raw: binder.bind(raw, scope, state.id_key))
         if bound is not None:
             state.send_to_client(flow, bound)  # the record keeps Snowflake's raw ids
 
@@ -445,7 +459,7 @@ class StreamedIdBinding:
         encoding = response.headers.get("content-encoding", "").strip().lower()
         binder = self.query_ids.binder()
         response.stream = StreamedIds(
-            response.stream, lambda raw: binder.bind(raw, scope), encoding
+            response.stream, lambda raw: binder.bind(raw, scope, state.id_key), encoding
         )
         if encoding not in ("", "identity"):
             # re-encoded, so the length changes; an identity body keeps it (an id for an id)

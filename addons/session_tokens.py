@@ -110,6 +110,10 @@ class SealedSession:
     upstream_session_token: str | None = None
     upstream_renews: bool = True
     snowflake_session_id: int | str | None = None
+    id_key: str | None = None
+    """The id of the token key the session's query ids are bound under: the key
+    current at its login, carried through renewals, so that rotating the token
+    key never leaves a session's ids to be told apart by trial (addons/query_ids.py)."""
 
     def expired(self, now: float) -> bool:
         return now >= self.expires_at
@@ -123,6 +127,7 @@ class SealedSession:
             "ups": self.upstream_session_token,
             "renews": self.upstream_renews,
             "sfsid": self.snowflake_session_id,
+            "qk": self.id_key,
             "iat": self.issued_at,
             "exp": self.expires_at,
             "sexp": self.session_expires_at,
@@ -149,6 +154,7 @@ class SealedSession:
                 upstream_session_token=payload.get("ups"),
                 upstream_renews=bool(payload.get("renews", True)),
                 snowflake_session_id=payload.get("sfsid"),
+                id_key=payload["qk"] if isinstance(payload.get("qk"), str) else None,
                 issued_at=int(payload["iat"]),
                 expires_at=int(payload["exp"]),
                 session_expires_at=int(payload["sexp"]),
@@ -306,6 +312,11 @@ class SessionTokens:
         self.session_lifetime = 3600
         self.master_lifetime = 4 * 3600
         self.shared_key = False
+
+    @property
+    def current_key_id(self) -> str:
+        """The id of the key new tokens are sealed with, and new sessions' query ids bound under."""
+        return key_id(self.key_material[0])
 
     def load(self, loader: Loader) -> None:
         loader.add_option(

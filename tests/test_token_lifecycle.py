@@ -277,6 +277,7 @@ def test_key_rotation_keeps_sessions_through_the_grace_period(
     connection = connect(before, oidc.mint("rot", ["agents"]))
     cursor = connection.cursor()
     assert cursor.execute("select 1").fetchone() == (1,)
+    first_query = cursor.sfqid  # bound to the session under the key of its login
     old_session = Session(connection.rest.token, connection.rest.master_token, 0)
     assert sealed_with(old_session.token) == sealed_with(old_session.master_token) == old_id
     before.stop()
@@ -300,6 +301,15 @@ def test_key_rotation_keeps_sessions_through_the_grace_period(
     assert cursor.execute("select 3").fetchone() == (3,)  # the driver renews with its old master
     assert strict.renewals == renewals + 1
     assert sealed_with(connection.rest.token) == sealed_with(connection.rest.master_token) == new_id
+    # the session's first id, bound before the rotation, still names its own query
+    again = send(
+        during.port,
+        "GET",
+        f"/queries/{first_query}/result?requestId=2",
+        b"",
+        json_headers(session_authorization(connection.rest.token)),
+    )
+    assert again.json["success"] and again.json["data"]["queryId"] == first_query
     during.stop()
 
     # After the grace period: only the new key; the driver's renewed tokens still work.

@@ -78,6 +78,7 @@ def admit(
         return None
     state.caller = token.caller
     state.session_id = token.session_id
+    state.id_key = token.id_key
     state.context = copy_context(token.context)
     now = time.time()
     if tokens.revoked.is_revoked(token.session_id, now):

@@ -150,6 +150,7 @@ class Login:
                 snowflake_session_id=(
                     data.get("sessionId") or _numeric_session_id(login.session_id)
                 ),
+                id_key=self.resealer.tokens.current_key_id,
             )
             master = replace(
                 session,

@@ -20,6 +20,7 @@ from mitmproxy.test import taddons
 from hoopgw.addons import query_ids
 from hoopgw.addons.authentication import Authentication
 from hoopgw.addons.flowstate import state_of
+from hoopgw.addons.session_tokens import key_id
 from hoopgw.addons.query_ids import (
     QueryIdBinder,
     QueryIdError,
@@ -71,7 +72,29 @@ def test_any_replica_with_the_token_key_maps_alike_and_previous_keys_still_map()
     old, new = os.urandom(32), os.urandom(32)
     bound = QueryIdBinder([old]).bind(RAW, session_scope("A"))
     assert QueryIdBinder([old]).unbind(bound, session_scope("A")) == RAW
-    assert QueryIdBinder([new, old]).unbind(bound, session_scope("A")) == RAW
+    rotated = QueryIdBinder([new, old])
+    assert rotated.unbind(bound, session_scope("A"), key_id(old)) == RAW
+    assert rotated.bind(RAW, session_scope("A"), key_id(old)) == bound
+
+
+def test_a_rotation_never_maps_a_sessions_id_to_another() -> None:
+    """Trying every key would take another key's look-alike decryption ~2% of the time.
+
+    Each session binds under the key of its login (`id_key`), so after a
+    rotation its ids still map back exactly, whichever key is current.
+    """
+    old, new = os.urandom(32), os.urandom(32)
+    before, after = QueryIdBinder([old]), QueryIdBinder([new, old])
+    raws = [str(uuid.UUID(bytes=b"\x01" + os.urandom(15))) for _ in range(500)]
+    for index, raw in enumerate(raws):
+        scope = session_scope(f"session-{index}")
+        bound = before.bind(raw, scope, key_id(old))
+        assert after.unbind(bound, scope, key_id(old)) == raw
+        fresh = after.bind(raw, scope, key_id(new))
+        assert after.unbind(fresh, scope, key_id(new)) == raw
+    # a key no longer held (the rotation ended): the current key, as for a scope without one
+    gone = key_id(os.urandom(32))
+    assert after.unbind(after.bind(RAW, session_scope("A"), gone), session_scope("A")) == RAW
 
 
 def test_a_binder_keeps_each_scopes_cipher_and_maps_alike_after_letting_go(
