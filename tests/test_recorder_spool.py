@@ -337,6 +337,23 @@ def test_a_waiter_that_gave_up_leaves_the_others_of_its_batch_settled(
     assert [(record["flow_id"], record["seq"]) for record in records] == [("held", 0), ("last", 2)]
 
 
+def test_a_cancelled_future_leaves_the_writer_running(
+    make_spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = HeldFsync(monkeypatch)
+    spool = make_spool()
+    session_id = new_session_id()
+    held.armed.set()
+    first = spool.append(request(session_id, "held"))
+    assert held.entered.wait(DEADLINE)
+    cancelled = spool.append(request(session_id, "cancelled"))
+    assert cancelled.cancel()
+    held.release.set()
+    assert first.result(DEADLINE)["seq"] == 0
+    after = spool.append(request(session_id, "after")).result(DEADLINE)
+    assert (after["seq"], spool.stats().state) == (2, "ok")
+
+
 def test_a_record_outlives_the_loop_that_waited_on_it(
     make_spool, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -21,6 +21,7 @@ unsynced pages, so only a restart's recovery from the WAL is trusted.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -28,7 +29,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from typing import Any, Final
 
 from hoopgw.recorder.ids import parse_session_id
@@ -505,12 +506,12 @@ def _settle(items: Sequence[Write | Seal], error: SpoolError | None) -> int:
             unawaited += 1
         elif isinstance(future, LoopWaiter):
             by_loop.setdefault(future.inbox, []).append((future.future, record, error))
-        elif future.done():
-            continue
-        elif error is None:
-            future.set_result(record)
         else:
-            future.set_exception(error)
+            with contextlib.suppress(InvalidStateError):  # cancelled by its caller
+                if error is None:
+                    future.set_result(record)
+                else:
+                    future.set_exception(error)
     for inbox, outcomes in by_loop.items():
         inbox.post(outcomes)
     return unawaited
