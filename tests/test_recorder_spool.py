@@ -258,6 +258,125 @@ def test_append_on_loop_settles_on_the_loop_after_the_fsync(
     assert spool.stats().state == "failed", "an I/O error is not a full disk: failed for good"
 
 
+class HeldFsync:
+    """os.fsync that, once armed, blocks in its next call until released: the writer is held
+    in a batch's fsync while more records queue up behind it."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.armed = threading.Event()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        real_fsync = os.fsync
+
+        def fsync(fd: int) -> None:
+            if self.armed.is_set() and not self.entered.is_set():
+                self.entered.set()
+                self.release.wait(DEADLINE)
+            real_fsync(fd)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+
+
+def test_a_batch_of_waiters_on_a_loop_is_woken_with_one_hand_over(
+    make_spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = HeldFsync(monkeypatch)
+    spool = make_spool()
+    sessions = [new_session_id() for _ in range(8)]
+
+    async def scenario() -> tuple[list[dict[str, Any]], int]:
+        loop = asyncio.get_running_loop()
+        held.armed.set()
+        first = spool.append_on_loop(request(sessions[0], "held"))
+        await asyncio.to_thread(held.entered.wait, DEADLINE)  # the writer is in the fsync
+        hand_overs: list[object] = []
+        real_call_soon_threadsafe = loop.call_soon_threadsafe
+
+        def counting(callback: Any, *args: Any) -> Any:
+            hand_overs.append(callback)
+            return real_call_soon_threadsafe(callback, *args)
+
+        monkeypatch.setattr(loop, "call_soon_threadsafe", counting)
+        queued = [
+            spool.append_on_loop(request(session_id, f"queued-{number}"))
+            for number, session_id in enumerate(sessions)
+        ]
+        held.release.set()
+        records = await asyncio.wait_for(asyncio.gather(first, *queued), DEADLINE)
+        return records, len(hand_overs)
+
+    records, hand_overs = asyncio.run(scenario())
+    assert [record["flow_id"] for record in records[1:]] == [f"queued-{n}" for n in range(8)]
+    assert [record["seq"] for record in records] == [0, 1, 0, 0, 0, 0, 0, 0, 0]
+    assert all(record["hash"] == record_hash(record) for record in records)
+    assert spool.stats().batches >= 2, "the queued records were not a batch of their own"
+    # the held record's batch and the queued one: at most one wake-up each, not one per record
+    assert 1 <= hand_overs <= 2, f"{hand_overs} hand-overs to the loop for 9 records"
+
+
+def test_a_waiter_that_gave_up_leaves_the_others_of_its_batch_settled(
+    make_spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = HeldFsync(monkeypatch)
+    spool = make_spool()
+    session_id = new_session_id()
+
+    async def scenario() -> tuple[bool, list[dict[str, Any]]]:
+        held.armed.set()
+        first = spool.append_on_loop(request(session_id, "held"))
+        await asyncio.to_thread(held.entered.wait, DEADLINE)
+        given_up = spool.append_on_loop(request(session_id, "given-up"))
+        last = spool.append_on_loop(request(session_id, "last"))
+        given_up.cancel()
+        held.release.set()
+        records = await asyncio.wait_for(asyncio.gather(first, last), DEADLINE)
+        return given_up.cancelled(), records
+
+    cancelled, records = asyncio.run(scenario())
+    assert cancelled
+    assert [(record["flow_id"], record["seq"]) for record in records] == [("held", 0), ("last", 2)]
+
+
+def test_a_cancelled_future_leaves_the_writer_running(
+    make_spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = HeldFsync(monkeypatch)
+    spool = make_spool()
+    session_id = new_session_id()
+    held.armed.set()
+    first = spool.append(request(session_id, "held"))
+    assert held.entered.wait(DEADLINE)
+    cancelled = spool.append(request(session_id, "cancelled"))
+    assert cancelled.cancel()
+    held.release.set()
+    assert first.result(DEADLINE)["seq"] == 0
+    after = spool.append(request(session_id, "after")).result(DEADLINE)
+    assert (after["seq"], spool.stats().state) == (2, "ok")
+
+
+def test_a_record_outlives_the_loop_that_waited_on_it(
+    make_spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = HeldFsync(monkeypatch)
+    spool = make_spool()
+    session_id = new_session_id()
+
+    async def leave_waiting() -> None:
+        held.armed.set()
+        spool.append_on_loop(request(session_id, "orphaned"))
+        await asyncio.to_thread(held.entered.wait, DEADLINE)
+
+    asyncio.run(leave_waiting())  # the loop closes while the writer is in the fsync
+    held.release.set()
+
+    async def append(flow: str) -> dict[str, Any]:
+        return await asyncio.wait_for(spool.append_on_loop(request(session_id, flow)), DEADLINE)
+
+    record = asyncio.run(append("next"))
+    assert (record["flow_id"], record["seq"]) == ("next", 1)
+    assert spool.stats().state == "ok"
+
+
 def test_an_unawaited_record_reaches_the_wal_on_its_own(make_spool, tmp_path: Path) -> None:
     spool = make_spool(segment_max_age=3600, eventual_delay=0.05)
     session_id = new_session_id()

@@ -48,7 +48,7 @@ from hoopgw.recorder.ids import parse_session_id
 from hoopgw.recorder.rollup import RollupBuilder
 from hoopgw.recorder.spool.config import MiB, SpoolConfig
 from hoopgw.recorder.spool.errors import SpoolDiskFull, SpoolError
-from hoopgw.recorder.spool.intake import LoopWaiter
+from hoopgw.recorder.spool.intake import LoopInbox, LoopWaiter
 from hoopgw.recorder.spool.recovery import Recovery
 from hoopgw.recorder.spool.rollups import RollupPublisher
 from hoopgw.recorder.spool.stats import SpoolBytes, SpoolStats
@@ -104,6 +104,7 @@ class Spool:
         self._writer = SpoolWriter(config, self._bytes, self._uploader.submit)
         self._recovery = Recovery(config.directory, config.writer_id, self._bytes)
         self._lock_fd: int | None = None
+        self._inbox: LoopInbox | None = None
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -179,12 +180,17 @@ class Spool:
     def append_on_loop(self, record: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
         """As `append`, for a caller on the running event loop: an asyncio future.
 
-        The writer thread hands the outcome straight to the loop, sparing the
-        durable wait a concurrent future's locking and its re-wrapping.
+        The writer thread hands the outcomes of a whole batch to the loop at once
+        (`intake.LoopInbox`): one wake-up of the loop per fsync, whatever the number
+        of waiters, and no concurrent future to lock and re-wrap.
         """
-        waiter = LoopWaiter(asyncio.get_running_loop())
-        self._writer.enqueue(record, waiter)
-        return waiter.future
+        loop = asyncio.get_running_loop()
+        inbox = self._inbox
+        if inbox is None or inbox.loop is not loop:
+            inbox = self._inbox = LoopInbox(loop)
+        future: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self._writer.enqueue(record, LoopWaiter(future, inbox))
+        return future
 
     def append_eventually(self, record: dict[str, Any]) -> None:
         """Queue a record nobody waits on; it is durable within `eventual_delay` seconds.

@@ -3,50 +3,70 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Callable
+import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Final
 
 from hoopgw.recorder.spool.layout import Stream
 
+Outcome = tuple["asyncio.Future[dict[str, Any]]", dict[str, Any] | None, BaseException | None]
+"""A waiter's future, and the stored record (durable) or the error (refused)."""
 
-class LoopWaiter:
-    """An asyncio future the writer thread settles with one `call_soon_threadsafe`.
 
-    What `asyncio.wrap_future` does for a concurrent future, without the
-    concurrent future: no condition variable to take, one call to hand back.
+class LoopInbox:
+    """Outcomes for the waiters of one event loop, handed over with one wake-up at a time.
+
+    The writer thread posts a batch's outcomes at once; unless a hand-over is
+    already scheduled, that costs one `call_soon_threadsafe` (one self-pipe write,
+    one callback on the loop), however many records the batch held. Outcomes
+    posted before the loop ran that callback ride with it: a busy loop is woken
+    once for several batches, not once per record.
     """
 
-    __slots__ = ("future", "loop")
+    __slots__ = ("_lock", "_outcomes", "_scheduled", "loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.future: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self._lock = threading.Lock()
+        self._outcomes: list[Outcome] = []
+        self._scheduled = False
 
-    def done(self) -> bool:
-        return False  # settled on the loop, which ignores a second outcome
+    def post(self, outcomes: list[Outcome]) -> None:
+        """From the writer thread: settle these futures on the loop, in this order."""
+        with self._lock:
+            self._outcomes.extend(outcomes)
+            if self._scheduled:
+                return
+            self._scheduled = True
+        try:
+            self.loop.call_soon_threadsafe(self._settle)
+        except RuntimeError:  # a closed loop: nobody waits any more
+            with self._lock:
+                self._outcomes.clear()
+                self._scheduled = False
 
-    def set_result(self, record: dict[str, Any]) -> None:
-        self._settle(_settle_result, record)
-
-    def set_exception(self, exc: BaseException) -> None:
-        self._settle(_settle_exception, exc)
-
-    def _settle(self, settle: Callable[[asyncio.Future[Any], Any], None], value: Any) -> None:
-        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
-            self.loop.call_soon_threadsafe(settle, self.future, value)
-
-
-def _settle_result(future: asyncio.Future[Any], value: Any) -> None:
-    if not future.done():
-        future.set_result(value)
+    def _settle(self) -> None:
+        with self._lock:
+            outcomes, self._outcomes = self._outcomes, []
+            self._scheduled = False
+        for future, record, error in outcomes:
+            if future.done():  # cancelled: its waiter gave up
+                continue
+            if error is None:
+                future.set_result(record)
+            else:
+                future.set_exception(error)
 
 
-def _settle_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
-    if not future.done():
-        future.set_exception(exc)
+class LoopWaiter:
+    """What `Spool.append_on_loop` hands the writer: an asyncio future and its loop's inbox."""
+
+    __slots__ = ("future", "inbox")
+
+    def __init__(self, future: asyncio.Future[dict[str, Any]], inbox: LoopInbox) -> None:
+        self.future = future
+        self.inbox = inbox
 
 
 @dataclass(slots=True)

@@ -21,14 +21,15 @@ unsynced pages, so only a restart's recovery from the WAL is trusted.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import queue
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Future
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, InvalidStateError
 from typing import Any, Final
 
 from hoopgw.recorder.ids import parse_session_id
@@ -36,7 +37,7 @@ from hoopgw.recorder.schema import FORMAT_VERSION, KINDS, SESSION_END, chain_rec
 from hoopgw.recorder.spool.chains import ChainTable
 from hoopgw.recorder.spool.config import SpoolConfig
 from hoopgw.recorder.spool.errors import SpoolDiskFull, SpoolError
-from hoopgw.recorder.spool.intake import STOP, LoopWaiter, Seal, Write
+from hoopgw.recorder.spool.intake import STOP, LoopInbox, LoopWaiter, Outcome, Seal, Write
 from hoopgw.recorder.spool.layout import Sealed, write_all
 from hoopgw.recorder.spool.segments import OpenSegment, OpenSegments
 from hoopgw.recorder.spool.stats import SpoolBytes
@@ -313,9 +314,7 @@ class SpoolWriter:
                 self._failed(exc, writes, seals)
                 return
             self.batches += 1
-            for write in writes:
-                if write.future is not None:
-                    write.future.set_result(write.record)
+            _settle(writes, None)
         try:
             self._to_seal.extend(self.segments.file(batch, self.wal.number))
             self._write_behind()
@@ -486,14 +485,36 @@ class SpoolWriter:
                 self._queue.append(STOP)
 
     def _settle_failed(self, pending: list[Write | Seal], error: SpoolError) -> None:
-        unawaited = 0
-        for item in pending:
-            if item.future is None:
-                unawaited += 1
-            elif not item.future.done():
-                item.future.set_exception(error)
+        unawaited = _settle(pending, error)
         if unawaited:
             logger.error("spool: %d record(s) appended without a future were lost", unawaited)
+
+
+def _settle(items: Sequence[Write | Seal], error: SpoolError | None) -> int:
+    """Resolve the futures of `items`: with their records, or with `error`.
+
+    The waiters of each event loop are handed over together (`LoopInbox.post`):
+    one wake-up of the loop for the whole batch, not one per record. Returns how
+    many items had no future (records nobody waits on).
+    """
+    unawaited = 0
+    by_loop: dict[LoopInbox, list[Outcome]] = {}
+    for item in items:
+        future = item.future
+        record = item.record if error is None and isinstance(item, Write) else None
+        if future is None:
+            unawaited += 1
+        elif isinstance(future, LoopWaiter):
+            by_loop.setdefault(future.inbox, []).append((future.future, record, error))
+        else:
+            with contextlib.suppress(InvalidStateError):  # cancelled by its caller
+                if error is None:
+                    future.set_result(record)
+                else:
+                    future.set_exception(error)
+    for inbox, outcomes in by_loop.items():
+        inbox.post(outcomes)
+    return unawaited
 
 
 def _is_disk_full(exc: BaseException) -> bool:
