@@ -259,10 +259,10 @@ class ClientDeadlines:
             self._arm(tracked, now + self.idle_timeout)
 
     def _body_allowance(self, request: http.Request) -> float:
-        declared = request.headers.get("content-length", "").strip()
+        declared, chunked = _framing(request.headers)
         if declared.isdigit():
             length = int(declared)
-        elif "transfer-encoding" in request.headers:
+        elif chunked:
             length = getattr(ctx.options, "hoopgw_request_limit", 16 * 1024 * 1024)
         else:
             length = 0
@@ -332,6 +332,20 @@ class ClientDeadlines:
             reason,
             self.closed.total(),
         )
+
+
+def _framing(headers: http.Headers) -> tuple[str, bool]:
+    """`headers.get("content-length", "").strip()` and `"transfer-encoding" in headers`, from
+    one pass over the raw fields (each of those lookups walks and decodes them all)."""
+    declared: list[bytes] = []
+    chunked = False
+    for name, value in headers.fields:
+        lowered = name.lower()
+        if lowered == b"content-length":
+            declared.append(value)
+        elif lowered == b"transfer-encoding":
+            chunked = True
+    return b", ".join(declared).decode("utf-8", "surrogateescape").strip(), chunked
 
 
 def _client_io(client: connection.Client) -> Any:

@@ -6,7 +6,7 @@ import logging
 
 import orjson
 import pytest
-from mitmproxy import exceptions
+from mitmproxy import exceptions, http
 from mitmproxy.test import taddons, tflow
 
 from hoopgw.addons import protocol
@@ -18,6 +18,7 @@ from hoopgw.addons.transport import (
     PartialHeadWithheld,
     RequireTls,
     _ClientConnection,
+    _framing,
 )
 
 LOGIN = b"/session/v1/login-request"
@@ -273,3 +274,25 @@ def test_flows_without_state_are_left_to_failclosed() -> None:
         addon.requestheaders(flow)
         addon.request(flow)
     assert flow.response is None
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        [],
+        [(b"Content-Length", b"5000")],
+        [(b"content-length", b" 12 ")],
+        [(b"CONTENT-LENGTH", b"5"), (b"content-length", b"5")],
+        [(b"Transfer-Encoding", b"chunked")],
+        [(b"content-length", b"x1"), (b"transfer-encoding", b"chunked")],
+        [(b"content-length", "\u0663".encode())],  # a digit in another script
+        [(b"content-length", b"\xff")],
+        [(b"host", b"example"), (b"x-content-length", b"9")],
+    ],
+)
+def test_framing_reads_the_headers_as_mitmproxy_s_lookups_do(fields) -> None:
+    headers = http.Headers(fields)
+    assert _framing(headers) == (
+        headers.get("content-length", "").strip(),
+        "transfer-encoding" in headers,
+    )
