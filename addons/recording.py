@@ -567,9 +567,11 @@ class Recording:
     def _event(
         self, flow: http.HTTPFlow, state: FlowState, kind: RecordKind, **fields: Any
     ) -> dict[str, Any]:
-        client = Client(
-            address=_peer(flow), application=state.client_app, version=state.client_version
-        )
+        client: Client = {
+            "address": _peer(flow),
+            "application": state.client_app,
+            "version": state.client_version,
+        }
         caller = state.caller.as_record() if state.caller is not None else None
         return new_record(kind, state.session_id, client, caller, **fields)
 

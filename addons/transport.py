@@ -57,7 +57,9 @@ class _ClientConnection:
     in_flight: set[str] = field(default_factory=set)
     receiving: dict[str, float] = field(default_factory=dict)  # flow id -> body deadline
     served: int = 0
+    idle_since: float = 0.0  # when its last answer was given
     timer: asyncio.TimerHandle | None = None
+    timer_due: float = 0.0  # when `timer` fires, on the `time.monotonic` clock
 
     @property
     def address(self) -> str:
@@ -110,6 +112,13 @@ class ClientDeadlines:
     (`hoopgw_max_client_connections`). A connection past its deadline is
     closed the way mitmproxy closes an inactive one (its handler task is
     cancelled), logged once and counted in `closed`.
+
+    A connection has at most one timer, and it is moved only when a deadline
+    comes due before it: a timer that fires early looks at the connection
+    again and sets itself for its real deadline (or for none). So a busy
+    keep-alive connection, whose body deadline moves later with each request,
+    keeps the same timer for a header timeout's worth of requests instead of
+    cancelling and creating one per hook.
     """
 
     def __init__(self) -> None:
@@ -201,7 +210,7 @@ class ClientDeadlines:
             return
         self.connections[client.id] = tracked
         self.per_address[tracked.address] += 1
-        self._arm(tracked)
+        self._arm(tracked, tracked.opened + self.header_timeout)
 
     def client_disconnected(self, client: connection.Client) -> None:
         _close_left_open(client)
@@ -219,13 +228,16 @@ class ClientDeadlines:
         if tracked is None:
             return
         tracked.in_flight.add(flow.id)
-        tracked.receiving[flow.id] = time.monotonic() + self._body_allowance(flow.request)
-        self._arm(tracked)
+        due = time.monotonic() + self._body_allowance(flow.request)
+        tracked.receiving[flow.id] = due
+        if tracked.timer is None or tracked.timer_due > due:
+            self._arm(tracked, due)
 
     def request(self, flow: http.HTTPFlow) -> None:
         tracked = self.connections.get(flow.client_conn.id)
-        if tracked is not None and tracked.receiving.pop(flow.id, None) is not None:
-            self._arm(tracked)
+        if tracked is not None:
+            # its deadline moves later (or goes): the timer, if any, looks again when it fires
+            tracked.receiving.pop(flow.id, None)
 
     def response(self, flow: http.HTTPFlow) -> None:
         self._finished(flow)
@@ -240,20 +252,27 @@ class ClientDeadlines:
         tracked.in_flight.discard(flow.id)
         tracked.receiving.pop(flow.id, None)
         tracked.served += 1
-        self._arm(tracked)
+        tracked.idle_since = now = time.monotonic()
+        if not tracked.in_flight and (
+            tracked.timer is None or tracked.timer_due > now + self.idle_timeout
+        ):
+            self._arm(tracked, now + self.idle_timeout)
 
     def _body_allowance(self, request: http.Request) -> float:
-        declared = request.headers.get("content-length", "").strip()
+        declared, chunked = _framing(request.headers)
         if declared.isdigit():
             length = int(declared)
-        elif "transfer-encoding" in request.headers:
+        elif chunked:
             length = getattr(ctx.options, "hoopgw_request_limit", 16 * 1024 * 1024)
         else:
             length = 0
         return self.header_timeout + length / self.min_body_rate
 
     def deadline(self, tracked: _ClientConnection, now: float) -> Deadline | None:
-        """When the connection must be closed unless the client does its part, and why."""
+        """When the connection must be closed unless the client does its part, and why.
+
+        `now` is when an idle connection went idle (its last answer).
+        """
         if tracked.receiving:
             return Deadline(
                 min(tracked.receiving.values()),
@@ -270,26 +289,32 @@ class ClientDeadlines:
             )
         return Deadline(now + self.idle_timeout, "idle", f"idle for {self.idle_timeout} s")
 
-    def _arm(self, tracked: _ClientConnection) -> None:
+    def _arm(self, tracked: _ClientConnection, due: float) -> None:
+        """Fire the connection's timer at `due` (a `time.monotonic` instant) instead."""
         if tracked.timer is not None:
             tracked.timer.cancel()
             tracked.timer = None
-        now = time.monotonic()
-        deadline = self.deadline(tracked, now)
-        if deadline is None:
-            return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return  # no event loop (a flow replayed offline): nothing to close
-        tracked.timer = loop.call_later(
-            max(0.0, deadline.when - now), self._close, tracked, deadline
-        )
+        tracked.timer_due = due
+        tracked.timer = loop.call_later(max(0.0, due - time.monotonic()), self._due, tracked)
 
-    def _close(self, tracked: _ClientConnection, deadline: Deadline) -> None:
+    def _due(self, tracked: _ClientConnection) -> None:
+        """The timer fired: close the connection if it is late, else wait for its deadline."""
         tracked.timer = None
         if self.connections.get(tracked.client.id) is not tracked:
             return
+        deadline = self.deadline(tracked, tracked.idle_since)
+        if deadline is None:
+            return  # a request in flight: the answer sets the next deadline
+        if deadline.when > time.monotonic():
+            self._arm(tracked, deadline.when)
+            return
+        self._close(tracked, deadline)
+
+    def _close(self, tracked: _ClientConnection, deadline: Deadline) -> None:
         io = _client_io(tracked.client)
         if io is None:
             return
@@ -307,6 +332,20 @@ class ClientDeadlines:
             reason,
             self.closed.total(),
         )
+
+
+def _framing(headers: http.Headers) -> tuple[str, bool]:
+    """`headers.get("content-length", "").strip()` and `"transfer-encoding" in headers`, from
+    one pass over the raw fields (each of those lookups walks and decodes them all)."""
+    declared: list[bytes] = []
+    chunked = False
+    for name, value in headers.fields:
+        lowered = name.lower()
+        if lowered == b"content-length":
+            declared.append(value)
+        elif lowered == b"transfer-encoding":
+            chunked = True
+    return b", ".join(declared).decode("utf-8", "surrogateescape").strip(), chunked
 
 
 def _client_io(client: connection.Client) -> Any:

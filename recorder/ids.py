@@ -64,9 +64,23 @@ def _format_uuid7(ms: int, counter: int) -> str:
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
+# Ids already checked: the spool checks every record's, and a session's records share one.
+# Bounded (emptied when full), so ids from many sessions cannot grow it.
+_checked_session_ids: set[str] = set()
+_CHECKED_LIMIT = 4096
+
+
 def parse_session_id(text: str) -> str:
     """Return `text` if it is exactly a canonical UUIDv7, else raise InvalidSessionId."""
-    if isinstance(text, str) and _SESSION_ID.fullmatch(text):
+    if text.__class__ is str:
+        if text in _checked_session_ids:
+            return text
+        if _SESSION_ID.fullmatch(text):
+            if len(_checked_session_ids) >= _CHECKED_LIMIT:
+                _checked_session_ids.clear()
+            _checked_session_ids.add(text)
+            return text
+    elif isinstance(text, str) and _SESSION_ID.fullmatch(text):
         return text
     raise InvalidSessionId(
         f"invalid session id {_shown(text)}: expected a lowercase UUIDv7 like "

@@ -320,6 +320,8 @@ def _redact_list(items: list[Any], url_key: bool) -> list[Any]:
         if item.__class__ is str
         else item
         if item is None or item.__class__ is int or item.__class__ is float
+        else _redact_list(item, url_key)
+        if item.__class__ is list
         else _redact_dict(item)
         if item.__class__ is dict
         else _redact_value(item, url_key)
@@ -329,7 +331,8 @@ def _redact_list(items: list[Any], url_key: bool) -> list[Any]:
 
 def _redact_dict(obj: dict[Any, Any]) -> dict[Any, Any]:
     """Every answer's objects pass here (its `parameters` alone are dozens of pairs): the
-    common cases (a known plain key, a short plain value) take the fewest steps."""
+    common cases (a plain key with a short plain string, a number, null) take the fewest
+    steps, and a nested object or array is walked without `_redact_value`'s dispatch."""
     out: dict[Any, Any] = {}
     rules = _key_rules
     for key, value in obj.items():
@@ -340,30 +343,35 @@ def _redact_dict(obj: dict[Any, Any]) -> dict[Any, Any]:
         rule = rules.get(key)
         if rule is None:
             rule = _key_rule(key if isinstance(key, str) else str(key))
-        if rule == _SECRET:
-            out[key] = REDACTED
-        elif kind is str:
-            if rule == _SQL:
-                out[key] = redact_sql(value)
-            elif rule == _MESSAGE:
-                out[key] = redact_message(value)
-            elif value.startswith(_SCRUBBED_PREFIXES) or (
-                "eyJ" in value
-                if len(value) < _LONG_STRING
-                else _JWT_START.search(value) is not None
-            ):
-                out[key] = _redact_url(value, rule == _URL)
+        if kind is str:
+            if rule == _KEEP or rule == _URL:  # noqa: SIM109 (no tuple built per key)
+                if value.startswith(_SCRUBBED_PREFIXES) or (
+                    "eyJ" in value
+                    if len(value) < _LONG_STRING
+                    else _JWT_START.search(value) is not None
+                ):
+                    value = _redact_url(value, rule == _URL)
+            elif rule == _SECRET:
+                value = REDACTED
+            elif rule == _SQL:
+                value = redact_sql(value)
             else:
-                out[key] = value
-        elif kind is int or kind is float:
-            out[key] = value
-        else:
-            out[key] = _redact_value(value, rule == _URL)
-    name = obj.get("name")
-    if name.__class__ is str and "value" in out and _key_rule(name) == _SECRET:
-        value = out["value"]
-        if value is not None and not isinstance(value, bool):
-            out["value"] = REDACTED
+                value = redact_message(value)
+        elif rule == _SECRET:
+            value = REDACTED
+        elif kind is dict:
+            value = _redact_dict(value)
+        elif kind is list:
+            value = _redact_list(value, rule == _URL)
+        elif kind is not int and kind is not float:
+            value = _redact_value(value, rule == _URL)
+        out[key] = value
+    if "value" in out:
+        name = obj.get("name")
+        if name.__class__ is str and _key_rule(name) == _SECRET:
+            value = out["value"]
+            if value is not None and not isinstance(value, bool):
+                out["value"] = REDACTED
     return out
 
 

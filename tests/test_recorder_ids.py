@@ -99,6 +99,33 @@ def test_parse_session_id_accepts_canonical() -> None:
     assert isinstance(parse_session_id("0190f3c4-7b1a-7c2e-9d4f-1a2b3c4d5e6f"), str)
 
 
+def test_a_checked_session_id_is_remembered_but_the_check_stays_exact(monkeypatch) -> None:
+    from hoopgw.recorder import ids
+
+    monkeypatch.setattr(ids, "_CHECKED_LIMIT", 3)
+    monkeypatch.setattr(ids, "_checked_session_ids", set())
+    checked = [new_session_id() for _ in range(5)]
+    for session_id in checked:
+        assert parse_session_id(session_id) == session_id
+        assert parse_session_id(session_id) == session_id  # from the memo
+    assert 0 < len(ids._checked_session_ids) <= 3  # bounded
+    assert checked[-1] in ids._checked_session_ids
+
+    class Sneaky(str):
+        """Equal to a checked id, but not one: only exact `str` values use the memo."""
+
+        def __eq__(self, other: object) -> bool:
+            return True
+
+        def __hash__(self) -> int:
+            return hash(checked[-1])
+
+    with pytest.raises(InvalidSessionId):
+        parse_session_id(Sneaky("../../etc/passwd"))
+    with pytest.raises(InvalidSessionId):
+        parse_session_id(checked[-1].upper())
+
+
 def test_writer_ids_are_short_unique_and_key_safe() -> None:
     writers = {new_writer_id() for _ in range(1000)}
     assert len(writers) == 1000

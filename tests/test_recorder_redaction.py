@@ -462,3 +462,46 @@ def test_a_jwt_deep_in_a_long_string_is_masked_like_one_in_a_short_string() -> N
         redacted = redact_json({"note": text, "rows": [[text]]})
         assert jwt not in orjson.dumps(redacted).decode(), padding
         assert redacted["note"].startswith("x" * padding)
+
+
+def test_redact_json_bytes_are_pinned_across_every_branch_of_the_walk() -> None:
+    """The walk was restructured for speed; its output for each branch (nested arrays,
+    name/value pairs, URL keys, secret keys over any value, SQL, messages) stays byte-equal."""
+    answer = {
+        "data": {
+            "parameters": [
+                {"name": "TIMEZONE", "value": "Etc/UTC"},
+                {"name": "CLIENT_PRIVATE_KEY", "value": 7},
+                {"name": "PASSWORD", "value": None},
+            ],
+            "rowset": [
+                ["1", "eyJhbGciOi.eyJzdWIi.sig"],
+                [None, 2.5, True],
+                [["nested", "Bearer abcdefgh12345"]],
+            ],
+            "chunks": [{"url": "https://b.s3.example/k?X-Amz-Signature=abc", "rowCount": 3}],
+            "presignedUrls": ["https://h/p?part=1"],
+            "masterToken": {"any": "thing"},
+            "sqlText": "alter user u set password = 'hunter2'",
+            "errorMessage": "failed: password = 'x'",
+            "location": "s3://bucket/path?token=abc",
+            "plain": "https://example.com/a?b=c",
+            "count": 3,
+            "flag": False,
+            "none": None,
+            "token": 12,
+        },
+        "message": None,
+        "success": True,
+    }
+    expected = (
+        b'{"data":{"chunks":[{"rowCount":3,"url":"https://b.s3.example/k"}],"count":3,'
+        b'"errorMessage":"failed: password [REDACTED]","flag":false,"location":"s3://bucket/path",'
+        b'"masterToken":"[REDACTED]","none":null,"parameters":[{"name":"TIMEZONE",'
+        b'"value":"Etc/UTC"},{"name":"CLIENT_PRIVATE_KEY","value":"[REDACTED]"},'
+        b'{"name":"PASSWORD","value":null}],"plain":"https://example.com/a?b=c",'
+        b'"presignedUrls":["https://h/p"],"rowset":[["1","[REDACTED]"],[null,2.5,true],'
+        b'[["nested","[REDACTED]"]]],"sqlText":"alter user u set password = \'[REDACTED]\'",'
+        b'"token":"[REDACTED]"},"message":null,"success":true}'
+    )
+    assert orjson.dumps(redact_json(answer), option=orjson.OPT_SORT_KEYS) == expected

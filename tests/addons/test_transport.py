@@ -6,7 +6,7 @@ import logging
 
 import orjson
 import pytest
-from mitmproxy import exceptions
+from mitmproxy import exceptions, http
 from mitmproxy.test import taddons, tflow
 
 from hoopgw.addons import protocol
@@ -18,6 +18,7 @@ from hoopgw.addons.transport import (
     PartialHeadWithheld,
     RequireTls,
     _ClientConnection,
+    _framing,
 )
 
 LOGIN = b"/session/v1/login-request"
@@ -158,6 +159,81 @@ def test_each_phase_has_its_deadline_and_a_request_in_flight_has_none() -> None:
     assert addon.connections == {} and not addon.per_address
 
 
+def _timer_in_time(addon: ClientDeadlines, tracked: _ClientConnection) -> bool:
+    """The guarantee: whenever the client owes something, a timer fires by its deadline."""
+    deadline = addon.deadline(tracked, tracked.idle_since)
+    if deadline is None:
+        return True
+    return tracked.timer is not None and tracked.timer_due <= deadline.when
+
+
+async def test_a_timer_fires_by_every_deadline_and_survives_a_run_of_requests() -> None:
+    addon = ClientDeadlines()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, hoopgw_header_timeout=10, hoopgw_idle_timeout=60)
+        tctx.configure(addon, hoopgw_min_body_rate=1000)
+        client = tflow.tclient_conn()
+        addon.client_connected(client)
+        tracked = addon.connections[client.id]
+        timer = tracked.timer
+        assert timer is not None and _timer_in_time(addon, tracked)
+        for _ in range(3):
+            flow = snowflake_flow(tls=True)
+            flow.client_conn = client
+            flow.request.headers["content-length"] = "12"
+            for hook in (addon.requestheaders, addon.request, addon.response):
+                hook(flow)
+                assert _timer_in_time(addon, tracked), hook
+        assert tracked.timer is timer, "the deadlines only moved later: one timer throughout"
+
+        # a 10 MB body at 1000 bytes/s gets hours; the idle deadline after it comes sooner
+        large = snowflake_flow(tls=True)
+        large.client_conn = client
+        large.request.headers["content-length"] = str(10_000_000)
+        addon.requestheaders(large)
+        timer.cancel()
+        addon._due(tracked)  # the earlier timer fires while the body arrives
+        assert tracked.timer_due == tracked.receiving[large.id] and _timer_in_time(addon, tracked)
+        addon.request(large)
+        addon.response(large)
+        assert tracked.timer_due == tracked.idle_since + 60 and _timer_in_time(addon, tracked)
+
+        # the next request's body is due sooner than the idle deadline was
+        small = snowflake_flow(tls=True)
+        small.client_conn = client
+        small.request.headers["content-length"] = "12"
+        addon.requestheaders(small)
+        assert tracked.timer_due == tracked.receiving[small.id] and _timer_in_time(addon, tracked)
+        addon.client_disconnected(client)
+    assert tracked.timer is not None and tracked.timer.cancelled()
+
+
+async def test_a_timer_that_fires_early_waits_for_the_deadline_and_none_in_flight() -> None:
+    addon = ClientDeadlines()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, hoopgw_header_timeout=10, hoopgw_idle_timeout=60)
+        flow = snowflake_flow(tls=True)
+        addon.client_connected(flow.client_conn)
+        tracked = addon.connections[flow.client_conn.id]
+        addon.requestheaders(flow)
+        addon.request(flow)
+        addon._due(tracked)  # the header timer, while Snowflake answers: no deadline
+        assert tracked.timer is None and not addon.closed
+
+        addon.response(flow)
+        assert tracked.timer is not None
+        tracked.timer.cancel()
+        addon._due(tracked)  # early: 60 s of idleness are not over
+        assert tracked.timer is not None and not addon.closed
+        assert tracked.timer_due == tracked.idle_since + 60
+
+        tracked.timer.cancel()
+        tracked.idle_since -= 61
+        addon._due(tracked)  # late: closed (this test's flow has no socket to close)
+        assert tracked.timer is None
+        addon.client_disconnected(flow.client_conn)
+
+
 def test_connections_over_the_cap_are_refused_and_counted() -> None:
     addon = ClientDeadlines()
     with taddons.context(addon) as tctx:
@@ -198,3 +274,25 @@ def test_flows_without_state_are_left_to_failclosed() -> None:
         addon.requestheaders(flow)
         addon.request(flow)
     assert flow.response is None
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        [],
+        [(b"Content-Length", b"5000")],
+        [(b"content-length", b" 12 ")],
+        [(b"CONTENT-LENGTH", b"5"), (b"content-length", b"5")],
+        [(b"Transfer-Encoding", b"chunked")],
+        [(b"content-length", b"x1"), (b"transfer-encoding", b"chunked")],
+        [(b"content-length", "\u0663".encode())],  # a digit in another script
+        [(b"content-length", b"\xff")],
+        [(b"host", b"example"), (b"x-content-length", b"9")],
+    ],
+)
+def test_framing_reads_the_headers_as_mitmproxy_s_lookups_do(fields) -> None:
+    headers = http.Headers(fields)
+    assert _framing(headers) == (
+        headers.get("content-length", "").strip(),
+        "transfer-encoding" in headers,
+    )
