@@ -331,6 +331,21 @@ _BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
 UTF8_BOM: Final = b"\xef\xbb\xbf"
 
 
+HEAD_LIMIT: Final = 64 * 1024
+"""The most bytes of request target and header fields the gateway reads as a request's head.
+
+mitmproxy sets no bound on a request head. The drivers' heads are a few KiB
+(a sealed token, a bearer JWT); anything larger is refused from the head
+(431), as no Snowflake endpoint takes it."""
+
+
+def head_size(request: http.Request) -> int:
+    """The bytes of the request target and header fields, as they were read."""
+    return len(request.data.path) + sum(
+        len(name) + len(value) for name, value in request.headers.fields
+    )
+
+
 def refusal_from_head(request: http.Request, limit: int) -> str | None:
     """Why a request is refused before its body is read, judged from its head alone; None if not.
 

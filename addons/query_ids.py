@@ -315,7 +315,9 @@ class QueryIds:
         if scope is not None:
             binder = self.binder()
             try:
-                self._map_request(flow, state, lambda bound: binder.unbind(bound, scope, state.id_key))
+                self._map_request(
+                    flow, state, lambda bound: binder.unbind(bound, scope, state.id_key)
+                )
             except QueryIdError as exc:
                 refuse(flow, state, protocol.CODE_GATEWAY_POLICY, str(exc), QUERY_IDS)
                 return

@@ -171,6 +171,12 @@ class SnowflakeTraffic:
         flow.request.stream = False
         endpoint = protocol.classify(flow.request.path)
         state = attach(flow, FlowState(endpoint=endpoint))
+        size = protocol.head_size(flow.request)
+        if size > protocol.HEAD_LIMIT:
+            reason = f"the request head is {size} bytes, over the {protocol.HEAD_LIMIT}-byte limit"
+            _refuse_unserved(flow, state, 431, reason)
+            answer_from_head(flow)
+            return
         if protocol.stage_upload(endpoint, flow.request):
             return  # admitted or refused from its head by its ticket (addons/results.py)
         refusal = protocol.refusal_from_head(flow.request, self.request_limit)

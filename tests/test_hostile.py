@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from hoopgw.addons.protocol import CODE_GATEWAY_POLICY, CODE_GATEWAY_PROTOCOL
+from hoopgw.addons.protocol import CODE_GATEWAY_POLICY, CODE_GATEWAY_PROTOCOL, HEAD_LIMIT
 from tests import stack
 from tests.bodies import login_body
 from tests.conftest import UPSTREAM_TEST_PASSWORD
@@ -816,6 +816,23 @@ def test_unparsable_http_is_refused_by_the_proxy(gw, strict, caller, raw: bytes)
     assert answer == b"" or answer.split(b" ", 2)[1].startswith(b"4"), answer[:200]
     assert strict.received_since(mark) == []
     assert query(gw.port, caller.session.token, "select 1").json.get("success") is True
+
+
+def test_a_head_over_the_limit_is_refused_from_the_head(gw, strict) -> None:
+    """mitmproxy bounds no request head; the gateway answers 431 and reads no further."""
+    mark = strict.mark()
+    with socket.create_connection((gw.host, gw.port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /queries/v1/query-request HTTP/1.1\r\nHost: x\r\nX-Big: "
+            + b"a" * (HEAD_LIMIT + 1)
+            + b"\r\nContent-Length: 1048576\r\n\r\n"
+        )
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert b"over the 65536-byte limit" in answer
+    assert strict.received_since(mark) == []
 
 
 def test_a_body_over_the_buffer_limit_is_refused_unread(gateway_factory, strict) -> None:

@@ -20,7 +20,6 @@ from mitmproxy.test import taddons
 from hoopgw.addons import query_ids
 from hoopgw.addons.authentication import Authentication
 from hoopgw.addons.flowstate import state_of
-from hoopgw.addons.session_tokens import key_id
 from hoopgw.addons.query_ids import (
     QueryIdBinder,
     QueryIdError,
@@ -32,6 +31,7 @@ from hoopgw.addons.query_ids import (
     session_scope,
     sql_api_scope,
 )
+from hoopgw.addons.session_tokens import key_id
 from hoopgw.recorder.approvals import new_approval_id
 from tests.addons import (
     LOGIN_PATH,
