@@ -163,11 +163,13 @@ def quiet_sdk_debug_logs() -> None:
     hands every record to its event loop, where each one is formatted and
     dispatched to every addon: a segment's upload turned into a burst of
     about a hundred loop callbacks, delaying the statements in flight
-    (issue 22). A logger an operator configured (its level not NOTSET) is left alone.
+    (issue 22). A logger an operator configured (its level not NOTSET) is left
+    alone, and so is one that already drops debug records: raising its level to
+    INFO would make it emit records it did not.
     """
     for name in _SDK_LOGGERS:
         sdk_logger = logging.getLogger(name)
-        if sdk_logger.level == logging.NOTSET:
+        if sdk_logger.level == logging.NOTSET and sdk_logger.getEffectiveLevel() < logging.INFO:
             sdk_logger.setLevel(logging.INFO)
 
 

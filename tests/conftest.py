@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import ipaddress
+import logging
 import os
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -64,6 +65,21 @@ def _aws_test_environment() -> Iterator[None]:
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
+
+
+@pytest.fixture(autouse=True)
+def _sdk_logger_levels() -> Iterator[None]:
+    """Each test starts with the AWS SDK loggers' levels as the process had them.
+
+    `S3Store` quiets the SDK's debug records for mitmproxy's DEBUG root logger
+    (recorder/store.py); a level one test's store set would otherwise make the
+    SDK log in a later test, whose taddons master may have closed its loop.
+    """
+    loggers = [logging.getLogger(name) for name in ("boto3", "botocore", "s3transfer", "urllib3")]
+    levels = [sdk_logger.level for sdk_logger in loggers]
+    yield
+    for sdk_logger, level in zip(loggers, levels, strict=True):
+        sdk_logger.setLevel(level)
 
 
 @pytest.fixture(scope="session")
