@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlglot import exp
+from sqlglot.expressions.core import Expr
 
 from hoopgw.recorder.statements.context import Context
 from hoopgw.recorder.statements.names import level_for, resolve, unknown_object
@@ -131,21 +132,38 @@ class Analysis:
     # The walk.
 
     def _walk(self) -> None:
+        """Every node once, last child first (the order names are listed in), without
+        descending into skipped subtrees or statements nested in a query.
+
+        Children are read from `args` here rather than through `iter_expressions` (a
+        generator per node), and identifiers, half of a typical tree, are never pushed:
+        they have no role and no child nodes (their arguments are a name and flags).
+        """
         skip = self.marks.skip
-        stack: list[exp.Expression] = [self.root]
+        root = self.root
+        roles = _ROLES
+        stack: list[exp.Expression] = [root]
+        pop, push = stack.pop, stack.append
         while stack:
-            node = stack.pop()
-            if id(node) in skip:
+            node = pop()
+            if skip and id(node) in skip:
                 continue
-            role = _ROLES.get(type(node))
+            node_type = type(node)
+            role = roles.get(node_type)
             if role is None:
-                role = _role_of(type(node))
+                role = _role_of(node_type)
             if role:
-                if role & _WRITE and node is not self.root and _inside_query(node):
+                if role & _WRITE and node is not root and _inside_query(node):
                     self._nested(node)
                     continue
                 self._visit(node, role & ~_WRITE)
-            stack.extend(node.iter_expressions())
+            for value in node.args.values():
+                if type(value) is list:
+                    for item in value:
+                        if isinstance(item, _NODE) and type(item) is not _LEAF:
+                            push(item)
+                elif isinstance(value, _NODE) and type(value) is not _LEAF:
+                    push(value)
 
     def _visit(self, node: Any, role: int) -> None:
         if role == _TABLE:
@@ -309,6 +327,8 @@ _ROLE_TYPES: tuple[tuple[int, type[exp.Expression] | tuple[type[exp.Expression],
     (_SET_ITEM, exp.SetItem),
 )
 _ROLES: dict[type, int] = {}
+_NODE = Expr
+_LEAF = exp.Identifier
 
 
 def _role_of(node_type: type) -> int:
