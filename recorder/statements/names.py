@@ -89,7 +89,7 @@ def render_name(parts: Sequence[str | None]) -> str:
 def _render_part(part: str | None) -> str:
     if part is None:
         return UNKNOWN_PART
-    if part == "" or any(char in part for char in '."?'):
+    if part == "" or "." in part or '"' in part or "?" in part:
         return '"' + part.replace('"', '""') + '"'
     return part
 
@@ -100,6 +100,12 @@ def unknown_object(level: int) -> str:
 
 def resolve(parts: Sequence[str], level: int, context: Context) -> str | None:
     """Complete a name of `level` parts (3 object, 2 schema, 1 database) from the context."""
+    return _resolve(tuple(parts), level, context)
+
+
+@functools.lru_cache(maxsize=CACHE_SIZE)
+def _resolve(parts: tuple[str, ...], level: int, context: Context) -> str | None:
+    """`resolve`, remembered: a session names the same objects in statement after statement."""
     if not parts or len(parts) > level:
         return None
     database, schema = context
