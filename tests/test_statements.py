@@ -771,13 +771,13 @@ def test_no_node_type_has_two_walk_roles() -> None:
     """The walk gives each node type one role, found once (recorder/statements/analysis.py)."""
     from sqlglot import exp
 
-    from hoopgw.recorder.statements.analysis import _ROLE_TYPES
+    from hoopgw.recorder.statements.analysis import _VISITS
 
     seen: set[type] = set()
     pending: list[type] = [exp.Expression]
     while pending:
         node_type = pending.pop()
-        roles = [role for role, types in _ROLE_TYPES if issubclass(node_type, types)]
+        roles = [visit for types, visit in _VISITS if issubclass(node_type, types)]
         assert len(roles) <= 1, (node_type, roles)
         for subclass in node_type.__subclasses__():
             if subclass not in seen:

@@ -21,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlglot
+import sqlglot.errors
+from sqlglot import exp
 
 from hoopgw.recorder.statements import Statement, classify
 
@@ -95,6 +98,22 @@ def test_classification_matches_the_recorded_answers(chunk: int) -> None:
     cases = sorted(recorded)[chunk::8]
     differing = [sql for sql in cases if answers(sql) != recorded[sql]]
     assert not differing, f"{len(differing)} texts classify differently, e.g. {differing[:3]!r}"
+
+
+def test_identifiers_hold_no_nodes() -> None:
+    """The walk never descends into an identifier (recorder/statements/analysis.py)."""
+    identifiers = 0
+    for sql in corpus():
+        try:
+            trees = sqlglot.parse(sql, read="snowflake")
+        except (sqlglot.errors.SqlglotError, RecursionError, ValueError):
+            continue
+        for tree in trees:
+            for node in tree.walk() if tree is not None else ():
+                if isinstance(node, exp.Identifier):
+                    identifiers += 1
+                    assert not list(node.iter_expressions()), sql
+    assert identifiers > 1000
 
 
 def write() -> None:
