@@ -156,11 +156,14 @@ class Analysis:
             if visit is not None:
                 visit(self, node)
             for value in node.args.values():
-                if type(value) is list:
+                if value is None:
+                    continue
+                value_type = type(value)
+                if value_type is list:
                     for item in value:
                         if isinstance(item, _NODE) and type(item) is not _LEAF:
                             push(item)
-                elif isinstance(value, _NODE) and type(value) is not _LEAF:
+                elif value_type is not _LEAF and isinstance(value, _NODE):
                     push(value)
 
     # What the walk does with a node of each type (`_VISITS`).
