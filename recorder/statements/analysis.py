@@ -158,12 +158,11 @@ class Analysis:
             for value in node.args.values():
                 if value is None:
                     continue
-                value_type = type(value)
-                if value_type is list:
+                if isinstance(value, list):
                     for item in value:
                         if isinstance(item, _NODE) and type(item) is not _LEAF:
                             push(item)
-                elif value_type is not _LEAF and isinstance(value, _NODE):
+                elif type(value) is not _LEAF and isinstance(value, _NODE):
                     push(value)
 
     # What the walk does with a node of each type (`_VISITS`).

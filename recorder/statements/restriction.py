@@ -212,7 +212,7 @@ def _nodes(node: exp.Expression, types: type | tuple[type, ...]) -> Iterator[exp
         if isinstance(current, types):
             yield current
         for value in current.args.values():
-            if type(value) is list:
+            if isinstance(value, list):
                 stack.extend(
                     item
                     for item in value
