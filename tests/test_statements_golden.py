@@ -71,7 +71,20 @@ def _plain(statement: Statement) -> dict[str, Any]:
     fields["inner"] = [_plain(inner) for inner in statement.inner]
     fields["kinds"] = list(statement.kinds)
     fields["objects"] = list(statement.objects)
-    return json.loads(json.dumps(fields))
+    plain = json.loads(json.dumps(fields))
+    return {key: value for key, value in plain.items() if value != _DEFAULTS.get(key)}
+
+
+_DEFAULTS: dict[str, Any] = json.loads(
+    json.dumps(
+        {
+            field.name: field.default
+            for field in dataclasses.fields(Statement)
+            if field.default is not dataclasses.MISSING
+        }
+    )
+)
+"""Fields at their default are left out of the recorded answers."""
 
 
 def answers(sql: str) -> list[list[dict[str, Any]]]:
@@ -118,7 +131,11 @@ def test_identifiers_hold_no_nodes() -> None:
 
 def write() -> None:
     recorded = {sql: answers(sql) for sql in corpus()}
-    GOLDEN.write_text(json.dumps(recorded, indent=0, sort_keys=True) + "\n", encoding="utf-8")
+    lines = (
+        f"{json.dumps(sql)}: {json.dumps(recorded[sql], separators=(',', ':'))}"
+        for sql in sorted(recorded)
+    )
+    GOLDEN.write_text("{\n" + ",\n".join(lines) + "\n}\n", encoding="utf-8")
     print(f"{len(recorded)} texts recorded in {GOLDEN}")
 
 
