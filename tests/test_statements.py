@@ -795,3 +795,18 @@ def test_kept_tokens_are_bounded_by_their_texts_length() -> None:
     assert tokens.tokenize(texts[-1])[0] is kept[-1]
     assert tokens.tokenize(texts[-fitting])[0] is kept[-fitting]
     assert tokens.tokenize(texts[-fitting - 1])[0] is not kept[-fitting - 1]
+
+
+def test_resolved_names_are_remembered_only_when_short() -> None:
+    from hoopgw.recorder.statements import names
+
+    statements.clear_cache()
+    assert names.resolve(["T"], 3, ("DB", "S")) == "DB.S.T"
+    assert names.resolve(("T",), 3, ("DB", "S")) == "DB.S.T"
+    assert names._remembered.cache_info().hits == 1
+    long_part = "T" * names.RESOLVED_MAX_CHARS
+    for _ in range(2):
+        assert names.resolve([long_part], 3, ("DB", "S")) == f"DB.S.{long_part}"
+    assert names._remembered.cache_info().currsize == 1
+    statements.clear_cache()
+    assert names._remembered.cache_info().currsize == 0
