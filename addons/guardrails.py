@@ -137,6 +137,35 @@ class ObjectPattern:
         )
 
 
+ObjectVerdict = tuple[ObjectPattern, bool] | None
+"""The first of a rule's object globs that may match a name, and whether it surely does."""
+_UNSEEN: Any = object()
+VERDICT_CACHE_SIZE = 4096
+"""Object names whose verdict each rule remembers (agents name the same tables again)."""
+VERDICT_MAX_NAME_CHARS = 1024
+
+
+def first_match(
+    patterns: tuple[ObjectPattern, ...], verdicts: dict[str, ObjectVerdict], name: str
+) -> ObjectVerdict:
+    """The first of `patterns` that matches `name` and whether it surely does, as the
+    pattern-by-pattern test gives it; remembered in `verdicts`, which belongs to the
+    (immutable) rule that holds `patterns`, so a verdict never outlives its patterns."""
+    verdict = verdicts.get(name, _UNSEEN)
+    if verdict is not _UNSEEN:
+        return verdict  # type: ignore[no-any-return]
+    verdict = None
+    for pattern in patterns:
+        if pattern.matches(name):
+            verdict = (pattern, pattern.surely_matches(name))
+            break
+    if len(name) <= VERDICT_MAX_NAME_CHARS:
+        if len(verdicts) >= VERDICT_CACHE_SIZE:
+            verdicts.clear()
+        verdicts[name] = verdict
+    return verdict
+
+
 @dataclass(frozen=True, slots=True)
 class ToolPattern:
     """An `allow_mcp_tools` glob: `TOOL`, or `DATABASE.SCHEMA.SERVER/TOOL` for one server's tools.
@@ -178,14 +207,20 @@ class Review:
     objects: tuple[ObjectPattern, ...]
     approvers: frozenset[str]
     timeout: float = DEFAULT_REVIEW_TIMEOUT
+    _verdicts: dict[str, ObjectVerdict] = field(
+        default_factory=dict, init=False, compare=False, repr=False
+    )
 
     def reason(self, rule: str, statement: Statement) -> str | None:
         if statement.kind in self.kinds:
             return f"rule '{rule}' sends {statement.kind} to review"
+        if not self.objects:
+            return None
         for name in statement.reads + statement.writes:
-            for pattern in self.objects:
-                if pattern.matches(name):
-                    return f"rule '{rule}' sends statements on {pattern.text} to review ({name})"
+            verdict = first_match(self.objects, self._verdicts, name)
+            if verdict is not None:
+                pattern = verdict[0]
+                return f"rule '{rule}' sends statements on {pattern.text} to review ({name})"
         return None
 
 
@@ -213,6 +248,9 @@ class Rule:
     """Whether the rule restricts statements: such a rule denies every unlisted surface."""
     allow_mcp_tools: tuple[ToolPattern, ...] | None = None
     """None: MCP tools are not this rule's concern; otherwise only matching tools are allowed."""
+    _deny_verdicts: dict[str, ObjectVerdict] = field(
+        default_factory=dict, init=False, compare=False, repr=False
+    )
 
     def applies_to(self, groups: Iterable[str]) -> bool:
         return ANY_GROUP in self.groups or not self.groups.isdisjoint(groups)
@@ -292,15 +330,18 @@ class Rule:
                 )
             verb = "DELETE FROM" if kind == "DELETE" else "UPDATE"
             return f"{rule} requires a WHERE clause on {verb}{target}"
-        for name in statement.reads + statement.writes:
-            for pattern in self.deny_objects:
-                if pattern.surely_matches(name):
+        if self.deny_objects:
+            for name in statement.reads + statement.writes:
+                verdict = first_match(self.deny_objects, self._deny_verdicts, name)
+                if verdict is None:
+                    continue
+                pattern, surely = verdict
+                if surely:
                     return f"{rule} denies access to {name} ({pattern.text})"
-                if pattern.matches(name):
-                    return (
-                        f"{rule} denies access to {pattern.text} and cannot tell whether {name} "
-                        "is one of those objects: name it literally and fully qualified"
-                    )
+                return (
+                    f"{rule} denies access to {pattern.text} and cannot tell whether {name} "
+                    "is one of those objects: name it literally and fully qualified"
+                )
         if statement.hidden is not None and self.on_unparsable == "deny":
             return (
                 f"{rule} refuses statements it cannot see through: this {kind} {statement.hidden}"
@@ -378,8 +419,11 @@ class Policy:
 
     def check(self, statements: Sequence[Statement], groups: Sequence[str]) -> Decision:
         """Allow, or block with the first statement and rule that refuse it."""
-        kinds = tuple(dict.fromkeys(kind for s in statements for kind in s.kinds))
-        objects = tuple(dict.fromkeys(name for s in statements for name in s.objects))
+        if len(statements) == 1:  # a statement's kinds and objects are unique already
+            kinds, objects = statements[0].kinds, statements[0].objects
+        else:
+            kinds = tuple(dict.fromkeys(kind for s in statements for kind in s.kinds))
+            objects = tuple(dict.fromkeys(name for s in statements for name in s.objects))
         version = self.digest[:16] if self.digest else None
         rules = self.rules_for(groups)
         for index, statement in enumerate(statements):

@@ -771,13 +771,13 @@ def test_no_node_type_has_two_walk_roles() -> None:
     """The walk gives each node type one role, found once (recorder/statements/analysis.py)."""
     from sqlglot import exp
 
-    from hoopgw.recorder.statements.analysis import _ROLE_TYPES
+    from hoopgw.recorder.statements.analysis import _VISITS
 
     seen: set[type] = set()
     pending: list[type] = [exp.Expression]
     while pending:
         node_type = pending.pop()
-        roles = [role for role, types in _ROLE_TYPES if issubclass(node_type, types)]
+        roles = [visit for types, visit in _VISITS if issubclass(node_type, types)]
         assert len(roles) <= 1, (node_type, roles)
         for subclass in node_type.__subclasses__():
             if subclass not in seen:
@@ -795,3 +795,18 @@ def test_kept_tokens_are_bounded_by_their_texts_length() -> None:
     assert tokens.tokenize(texts[-1])[0] is kept[-1]
     assert tokens.tokenize(texts[-fitting])[0] is kept[-fitting]
     assert tokens.tokenize(texts[-fitting - 1])[0] is not kept[-fitting - 1]
+
+
+def test_resolved_names_are_remembered_only_when_short() -> None:
+    from hoopgw.recorder.statements import names
+
+    statements.clear_cache()
+    assert names.resolve(["T"], 3, ("DB", "S")) == "DB.S.T"
+    assert names.resolve(("T",), 3, ("DB", "S")) == "DB.S.T"
+    assert names._remembered.cache_info().hits == 1
+    long_part = "T" * names.RESOLVED_MAX_CHARS
+    for _ in range(2):
+        assert names.resolve([long_part], 3, ("DB", "S")) == f"DB.S.{long_part}"
+    assert names._remembered.cache_info().currsize == 1
+    statements.clear_cache()
+    assert names._remembered.cache_info().currsize == 0

@@ -28,7 +28,7 @@ from __future__ import annotations
 import functools
 import logging
 
-from hoopgw.recorder.statements import tokens
+from hoopgw.recorder.statements import names, tokens
 from hoopgw.recorder.statements.classification import classify_text
 from hoopgw.recorder.statements.context import context_after
 from hoopgw.recorder.statements.names import UNKNOWN_PART, render_name, split_name
@@ -62,8 +62,10 @@ def _classify_cached(sql: str, database: str | None, schema: str | None) -> tupl
 
 
 def clear_cache() -> None:
-    """Forget cached classifications and kept tokens (benchmarks measure the uncached path)."""
+    """Forget cached classifications, resolved names and kept tokens (benchmarks measure the
+    uncached path)."""
     _classify_cached.cache_clear()
+    names.forget()
     tokens.forget()
 
 

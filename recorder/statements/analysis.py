@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlglot import exp
+from sqlglot.expressions.core import Expr
 
 from hoopgw.recorder.statements.context import Context
 from hoopgw.recorder.statements.names import level_for, resolve, unknown_object
@@ -131,43 +132,58 @@ class Analysis:
     # The walk.
 
     def _walk(self) -> None:
-        skip = self.marks.skip
-        stack: list[exp.Expression] = [self.root]
-        while stack:
-            node = stack.pop()
-            if id(node) in skip:
-                continue
-            role = _ROLES.get(type(node))
-            if role is None:
-                role = _role_of(type(node))
-            if role:
-                if role & _WRITE and node is not self.root and _inside_query(node):
-                    self._nested(node)
-                    continue
-                self._visit(node, role & ~_WRITE)
-            stack.extend(node.iter_expressions())
+        """Every node once, last child first (the order names are listed in), without
+        descending into skipped subtrees or statements nested in a query.
 
-    def _visit(self, node: Any, role: int) -> None:
-        if role == _TABLE:
-            self._table(node)
-        elif role == _COLUMN and node.args.get("db") is not None:
-            self._qualified_column(node)
-        elif role == _DOT and isinstance(node.expression, exp.Func):
-            self._qualified_function(node)
-        elif role == _TABLE_FROM_ROWS:
-            self._table_from_value(node.this)
-        elif role == _ANONYMOUS:
-            name = function_name(node)
-            if name.startswith("SYSTEM$") and name not in _READ_ONLY_SYSTEM_FUNCTIONS:
-                self.calls[name] = None
-            elif name == "GET_DDL":
-                self._get_ddl(node)
-        elif role == _VALUE and str(node.this).startswith("@"):
-            stage = stage_object(str(node.this), self.context)
+        Children are read from `args` here rather than through `iter_expressions` (a
+        generator per node), and identifiers, half of a typical tree, are never pushed:
+        they have no role and no child nodes (their arguments are a name and flags).
+        """
+        skip = self.marks.skip
+        root = self.root
+        roles = _ROLES
+        stack: list[exp.Expression] = [root]
+        pop, push = stack.pop, stack.append
+        while stack:
+            node = pop()
+            if skip and id(node) in skip:
+                continue
+            node_type = type(node)
+            visit, writes = roles.get(node_type) or _role_of(node_type)
+            if writes and node is not root and _inside_query(node):
+                self._nested(node)
+                continue
+            if visit is not None:
+                visit(self, node)
+            for value in node.args.values():
+                if value is None:
+                    continue
+                if isinstance(value, list):
+                    for item in value:
+                        if isinstance(item, _NODE) and type(item) is not _LEAF:
+                            push(item)
+                elif type(value) is not _LEAF and isinstance(value, _NODE):
+                    push(value)
+
+    # What the walk does with a node of each type (`_VISITS`).
+
+    def _call(self, call: exp.Anonymous) -> None:
+        name = function_name(call)
+        if name.startswith("SYSTEM$") and name not in _READ_ONLY_SYSTEM_FUNCTIONS:
+            self.calls[name] = None
+        elif name == "GET_DDL":
+            self._get_ddl(call)
+
+    def _value(self, value: exp.Var | exp.Literal) -> None:
+        """`@stage/path` read or written."""
+        text = str(value.this)
+        if text.startswith("@"):
+            stage = stage_object(text, self.context)
             if stage:
-                (self.writes if id(node) in self.marks.written else self.reads)[stage] = None
-        elif role == _SET_ITEM:
-            self._search_path(node)
+                (self.writes if id(value) in self.marks.written else self.reads)[stage] = None
+
+    def _table_from_rows(self, node: exp.TableFromRows) -> None:
+        self._table_from_value(node.this)
 
     def _table(self, table: exp.Table) -> None:
         node = table.this
@@ -224,6 +240,8 @@ class Analysis:
 
     def _qualified_column(self, column: exp.Column) -> None:
         """`schema.sequence.nextval` or `db.schema.table.column`; `alias.col.field` is no object."""
+        if column.args.get("db") is None:
+            return
         catalog = identifier(column.args.get("catalog"))
         db = identifier(column.args.get("db"))
         table = identifier(column.args.get("table"))
@@ -248,6 +266,9 @@ class Analysis:
         return self._aliases
 
     def _qualified_function(self, dot: exp.Dot) -> None:
+        """`db.schema.function(...)`."""
+        if not isinstance(dot.expression, exp.Func):
+            return
         qualifiers: list[str] = []
         node: Any = dot.this
         while isinstance(node, exp.Dot):
@@ -293,28 +314,28 @@ class Analysis:
         self.inner.append(statement)
 
 
-# What the walk does with a node depends on its type: a role per type, found with
-# isinstance the first time the type is seen, spares every node of the common
-# types (identifiers, literals, operators) the chain of isinstance checks.
-# No node type has two of these roles.
-_WRITE = 1
-_TABLE, _COLUMN, _DOT, _TABLE_FROM_ROWS, _ANONYMOUS, _VALUE, _SET_ITEM = range(2, 16, 2)
-_ROLE_TYPES: tuple[tuple[int, type[exp.Expression] | tuple[type[exp.Expression], ...]], ...] = (
-    (_TABLE, exp.Table),
-    (_COLUMN, exp.Column),
-    (_DOT, exp.Dot),
-    (_TABLE_FROM_ROWS, exp.TableFromRows),
-    (_ANONYMOUS, exp.Anonymous),
-    (_VALUE, (exp.Var, exp.Literal)),
-    (_SET_ITEM, exp.SetItem),
+# What the walk does with a node depends on its type: a visit per type (or none) and
+# whether it is a statement of its own, found with issubclass the first time the type
+# is seen, spares every node of the common types the chain of isinstance checks.
+# No node type has two of these visits.
+_Visit = Callable[[Analysis, Any], None]
+_VISITS: tuple[tuple[type[exp.Expression] | tuple[type[exp.Expression], ...], _Visit], ...] = (
+    (exp.Table, Analysis._table),
+    (exp.Column, Analysis._qualified_column),
+    (exp.Dot, Analysis._qualified_function),
+    (exp.TableFromRows, Analysis._table_from_rows),
+    (exp.Anonymous, Analysis._call),
+    ((exp.Var, exp.Literal), Analysis._value),
+    (exp.SetItem, Analysis._search_path),
 )
-_ROLES: dict[type, int] = {}
+_ROLES: dict[type, tuple[_Visit | None, bool]] = {}
+_NODE = Expr
+_LEAF = exp.Identifier
 
 
-def _role_of(node_type: type) -> int:
-    role = next((role for role, types in _ROLE_TYPES if issubclass(node_type, types)), 0)
-    if issubclass(node_type, WRITE_NODES):
-        role |= _WRITE
+def _role_of(node_type: type) -> tuple[_Visit | None, bool]:
+    visit = next((visit for types, visit in _VISITS if issubclass(node_type, types)), None)
+    role = (visit, issubclass(node_type, WRITE_NODES))
     _ROLES[node_type] = role
     return role
 

@@ -146,13 +146,17 @@ def _names_roles(tokens: Sequence[Token]) -> bool:
     )
 
 
+_L_PAREN, _R_PAREN, _WHERE = TokenType.L_PAREN, TokenType.R_PAREN, TokenType.WHERE
+"""Read once: an enum member looked up on its class costs a descriptor call each time."""
+
+
 def _declares_procedure(tokens: Sequence[Token]) -> bool:
     """`WITH name AS PROCEDURE (...) ... CALL name()`: Snowflake's anonymous procedures."""
     depth = 0
     for first, second in itertools.pairwise(tokens):
-        if first.token_type is TokenType.L_PAREN:
+        if first.token_type is _L_PAREN:
             depth += 1
-        elif first.token_type is TokenType.R_PAREN:
+        elif first.token_type is _R_PAREN:
             depth -= 1
         elif depth == 0 and first.text.upper() == "AS" and second.text.upper() == "PROCEDURE":
             return True
@@ -429,10 +433,10 @@ def _explain(tokens: list[Token], rest: str, text: str, context: Context, depth:
 def _where_at_top_level(tokens: list[Token]) -> bool:
     depth = 0
     for token in tokens:
-        if token.token_type is TokenType.L_PAREN:
+        if token.token_type is _L_PAREN:
             depth += 1
-        elif token.token_type is TokenType.R_PAREN:
+        elif token.token_type is _R_PAREN:
             depth -= 1
-        elif depth == 0 and token.token_type is TokenType.WHERE:
+        elif depth == 0 and token.token_type is _WHERE:
             return True
     return False

@@ -89,7 +89,7 @@ def render_name(parts: Sequence[str | None]) -> str:
 def _render_part(part: str | None) -> str:
     if part is None:
         return UNKNOWN_PART
-    if part == "" or any(char in part for char in '."?'):
+    if part == "" or "." in part or '"' in part or "?" in part:
         return '"' + part.replace('"', '""') + '"'
     return part
 
@@ -100,6 +100,17 @@ def unknown_object(level: int) -> str:
 
 def resolve(parts: Sequence[str], level: int, context: Context) -> str | None:
     """Complete a name of `level` parts (3 object, 2 schema, 1 database) from the context."""
+    key = tuple(parts)
+    if sum(map(len, key)) + len(context[0] or "") + len(context[1] or "") > RESOLVED_MAX_CHARS:
+        return _resolve(key, level, context)
+    return _remembered(key, level, context)
+
+
+RESOLVED_MAX_CHARS = 512
+"""Longer names are resolved every time rather than remembered (the memory stays bounded)."""
+
+
+def _resolve(parts: tuple[str, ...], level: int, context: Context) -> str | None:
     if not parts or len(parts) > level:
         return None
     database, schema = context
@@ -111,6 +122,15 @@ def resolve(parts: Sequence[str], level: int, context: Context) -> str | None:
     if level == 3 and full[1] == "":
         full[1] = "PUBLIC"
     return render_name(full)
+
+
+_remembered = functools.lru_cache(maxsize=CACHE_SIZE)(_resolve)
+"""`_resolve`, remembered: a session names the same objects in statement after statement."""
+
+
+def forget() -> None:
+    """Forget the remembered names (benchmarks measure the first resolution)."""
+    _remembered.cache_clear()
 
 
 def level_for(object_kind: str) -> int:

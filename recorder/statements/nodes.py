@@ -22,22 +22,29 @@ def keyword(value: Any) -> str:
 def identifier(node: Any) -> str | None:
     """A name part as Snowflake stores it: unquoted upper-cased, quoted as written."""
     if isinstance(node, exp.Identifier):
-        return node.this if node.quoted else node.this.upper()
+        args = node.args
+        name = args.get("this")
+        return name if args.get("quoted") else name.upper()
     if node == "":
         return ""  # the empty schema of `db..object`
     return None
 
 
+_NAME_KEYS = ("catalog", "db", "this")
+
+
 def table_parts(table: exp.Table) -> list[str] | None:
     """The name parts of a table node; IDENTIFIER('literal') counts as its literal."""
-    if isinstance(table.this, exp.DynamicIdentifier):
-        value = table.this.this
+    args = table.args
+    this = args.get("this")
+    if isinstance(this, exp.DynamicIdentifier):
+        value = this.this
         if isinstance(value, exp.Literal) and value.is_string:
             return parse_dotted(value.name)
         return None
     parts: list[str] = []
-    for key in ("catalog", "db", "this"):
-        value = table.args.get(key)
+    for key in _NAME_KEYS:
+        value = args.get(key)
         if value is None:
             continue
         name = identifier(value)

@@ -23,6 +23,7 @@ import contextlib
 from collections.abc import Iterable, Iterator
 
 from sqlglot import exp
+from sqlglot.expressions.core import Expr
 from sqlglot.optimizer.simplify import simplify
 
 _SIMPLIFY_MAX_NODES = 64
@@ -42,6 +43,8 @@ _COMPARISONS = (
     exp.RegexpLike,
     exp.Is,
 )
+_SCANNED = (exp.Column, *_COMPARISONS, exp.Between, exp.In)
+_NOT_DESCENDED = (exp.Query, exp.Identifier)
 _FOLDABLE = (exp.Not, exp.Boolean, exp.Null)
 _CONSTANT_WHEN_COLUMNLESS = (*_COMPARISONS, exp.In, exp.Between)
 _OPPOSITES: dict[type[exp.Expression], type[exp.Expression]] = {
@@ -75,14 +78,35 @@ def _may_simplify(condition: exp.Expression) -> bool:
     """Whether sqlglot's simplification (costly, ~100 us) could change the verdict: only a
     small condition with a negation or a constant part in it can fold to a constant."""
     constant = False
+    kinds = _FOLDING_KINDS
     for size, node in enumerate(condition.walk(), start=1):
         if size > _SIMPLIFY_MAX_NODES:
             return False
-        if isinstance(node, _FOLDABLE) or (
-            isinstance(node, _CONSTANT_WHEN_COLUMNLESS) and node.find(exp.Column) is None
-        ):
+        if constant:
+            continue
+        node_type = type(node)
+        kind = kinds.get(node_type)
+        if kind is None:
+            kind = _folding_kind(node_type)
+        if kind is _FOLDS or (kind is _FOLDS_WITHOUT_COLUMNS and node.find(exp.Column) is None):
             constant = True
     return constant
+
+
+_FOLDS, _FOLDS_WITHOUT_COLUMNS, _KEEPS = "folds", "folds without columns", "keeps"
+_FOLDING_KINDS: dict[type, str] = {}
+"""Per node type, what `_may_simplify` asks of it: the isinstance tests once per type."""
+
+
+def _folding_kind(node_type: type) -> str:
+    if issubclass(node_type, _FOLDABLE):
+        kind = _FOLDS
+    elif issubclass(node_type, _CONSTANT_WHEN_COLUMNLESS):
+        kind = _FOLDS_WITHOUT_COLUMNS
+    else:
+        kind = _KEEPS
+    _FOLDING_KINDS[node_type] = kind
+    return kind
 
 
 def _unwrap(node: exp.Expression) -> exp.Expression:
@@ -133,43 +157,69 @@ def _predicate_restricts(node: exp.Expression, targets: frozenset[str]) -> bool:
         inner = inner.this
     if isinstance(inner, exp.And | exp.Or):
         return restricts(inner, targets)
-    if not any(_is_target_column(column, targets) for column in _own_columns(inner)):
+    found = _Found(inner)
+    if not any(_is_target_column(column, targets) for column in found.columns):
         return False
-    for comparison in _comparisons(inner):
+    for comparison in found.comparisons:
         if _columns(comparison.this) == _columns(comparison.expression):
             return False
         if isinstance(comparison, exp.Like | exp.ILike) and _matches_anything(
             comparison.expression
         ):
             return False
-    for between in _nodes(inner, exp.Between):
+    for between in found.betweens:
         low, high = between.args.get("low"), between.args.get("high")
         subject = _columns(between.this)
         if subject and (_columns(low) == subject or _columns(high) == subject):
             return False
-    for membership in _nodes(inner, exp.In):
+    for membership in found.memberships:
         subject = _columns(membership.this)
         if subject and any(_columns(item) == subject for item in membership.expressions):
             return False
     return True
 
 
-def _comparisons(node: exp.Expression) -> Iterator[exp.Binary]:
-    for found in _nodes(node, _COMPARISONS):
-        if isinstance(found, exp.Binary):
-            yield found
+class _Found:
+    """The nodes of a predicate its checks read, outside subqueries, found in one pass."""
+
+    __slots__ = ("betweens", "columns", "comparisons", "memberships")
+
+    def __init__(self, node: exp.Expression) -> None:
+        self.columns: list[exp.Column] = []
+        self.comparisons: list[exp.Binary] = []
+        self.betweens: list[exp.Between] = []
+        self.memberships: list[exp.In] = []
+        for current in _nodes(node, _SCANNED):
+            if isinstance(current, exp.Column):
+                self.columns.append(current)
+            if isinstance(current, _COMPARISONS) and isinstance(current, exp.Binary):
+                self.comparisons.append(current)
+            if isinstance(current, exp.Between):
+                self.betweens.append(current)
+            if isinstance(current, exp.In):
+                self.memberships.append(current)
 
 
 def _nodes(node: exp.Expression, types: type | tuple[type, ...]) -> Iterator[exp.Expression]:
-    """Nodes of `types` in `node` outside subqueries (a subquery has its own scope)."""
+    """Nodes of `types` in `node` outside subqueries (a subquery has its own scope).
+
+    Identifiers are not descended into: none is of a type looked for, and they hold
+    no nodes (a name and flags).
+    """
     stack = [node]
     while stack:
         current = stack.pop()
         if isinstance(current, types):
             yield current
-        stack.extend(
-            child for child in current.iter_expressions() if not isinstance(child, exp.Query)
-        )
+        for value in current.args.values():
+            if isinstance(value, list):
+                stack.extend(
+                    item
+                    for item in value
+                    if isinstance(item, Expr) and not isinstance(item, _NOT_DESCENDED)
+                )
+            elif isinstance(value, Expr) and not isinstance(value, _NOT_DESCENDED):
+                stack.append(value)
 
 
 def _own_columns(node: exp.Expression) -> list[exp.Column]:

@@ -51,6 +51,8 @@ class Statement:
     @property
     def kinds(self) -> tuple[str, ...]:
         """This statement's kind and those of the statements it runs, in order, unique."""
+        if not self.inner:
+            return (self.kind,)
         return tuple(dict.fromkeys(self._walk_kinds()))
 
     def _walk_kinds(self) -> Iterator[str]:
@@ -61,6 +63,8 @@ class Statement:
     @property
     def objects(self) -> tuple[str, ...]:
         """Every object read or written, including by inner statements, unique."""
+        if not self.inner:
+            return tuple(dict.fromkeys(self.reads + self.writes))
         return tuple(dict.fromkeys(self._walk_objects()))
 
     def _walk_objects(self) -> Iterator[str]:
