@@ -30,6 +30,8 @@ import snowflake.connector
 from tests import stack
 from tests.strict_upstream import StrictUpstream
 
+pytest_plugins = ("tests.storage_fixtures",)
+
 GatewayOptions = dict[str, str | int | bool | Sequence[str]]
 
 AWS_TEST_ENV = {

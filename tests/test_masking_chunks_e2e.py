@@ -23,10 +23,9 @@ import snowflake.connector
 from snowflake.connector.errors import Error
 
 from tests import stack
-from tests.cloud_storage import CloudStorage
 from tests.conftest import UPSTREAM_TEST_PASSWORD
 from tests.raw_http import stored_records
-from tests.strict_upstream import INLINE_ROWS, StrictUpstream
+from tests.strict_upstream import INLINE_ROWS
 
 pd = pytest.importorskip("pandas")
 
@@ -75,27 +74,7 @@ def table(fakesnow_server) -> str:
 
 
 @pytest.fixture(scope="module")
-def storage() -> Iterator[CloudStorage]:
-    server = CloudStorage().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def strict(fakesnow_server, storage) -> Iterator[StrictUpstream]:
-    upstream = StrictUpstream(
-        fakesnow_server.url,
-        "fakesnow",
-        "HOOPGW_SVC",
-        password=UPSTREAM_TEST_PASSWORD,
-        storage=storage,
-    ).start()
-    yield upstream
-    upstream.stop()
-
-
-@pytest.fixture(scope="module")
-def gw(gateway_factory, strict, workdir: Path) -> stack.Gateway:
+def gw(gateway_factory, chunking_strict, workdir: Path) -> stack.Gateway:
     policy = workdir / f"masking-chunks-{uuid.uuid4().hex[:6]}.toml"
     policy.write_text(POLICY)
     options = {
@@ -107,7 +86,7 @@ def gw(gateway_factory, strict, workdir: Path) -> stack.Gateway:
         # session is tested with chunks in test_result_chunks.py
         "hoopgw_bind_query_ids": False,
     }
-    return gateway_factory(strict.url, options, name="masking-chunks-gw")
+    return gateway_factory(chunking_strict.url, options, name="masking-chunks-gw")
 
 
 def connection(url: str, **params: Any) -> snowflake.connector.SnowflakeConnection:
@@ -152,12 +131,14 @@ def wait_for_chunk_records(gw: stack.Gateway, query_id: str, count: int) -> list
     return found
 
 
-def test_a_caller_without_rules_gets_the_rows_a_direct_fetch_gets(gw, strict, oidc, table) -> None:
+def test_a_caller_without_rules_gets_the_rows_a_direct_fetch_gets(
+    gw, chunking_strict, oidc, table
+) -> None:
     with as_caller(gw, oidc, "readers") as cursor:
         through = cursor.execute(sql(table, "json")).fetchall()
         query_id = cursor.sfqid
     with contextlib.closing(
-        connection(strict.url, user="HOOPGW_SVC", password=UPSTREAM_TEST_PASSWORD)
+        connection(chunking_strict.url, user="HOOPGW_SVC", password=UPSTREAM_TEST_PASSWORD)
     ) as c:
         direct = c.cursor().execute(sql(table, "json")).fetchall()
     assert len(through) == ROWS and through == direct

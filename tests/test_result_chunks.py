@@ -18,7 +18,6 @@ import time
 import urllib.parse
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,26 +47,6 @@ JSON_SQL = f"{SELECT} /*chunks:{CHUNKS}:json*/"
 ARROW_SQL = f"{SELECT} /*chunks:4:arrow*/"
 
 
-@pytest.fixture(scope="module")
-def storage() -> Iterator[CloudStorage]:
-    server = CloudStorage().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def strict(fakesnow_server, storage) -> Iterator[StrictUpstream]:
-    upstream = StrictUpstream(
-        fakesnow_server.url,
-        "fakesnow",
-        "HOOPGW_SVC",
-        password=UPSTREAM_TEST_PASSWORD,
-        storage=storage,
-    ).start()
-    yield upstream
-    upstream.stop()
-
-
 def connector(url: str, **params: Any) -> snowflake.connector.SnowflakeConnection:
     host, port = url.rsplit("//", 1)[1].rsplit(":", 1)
     settings: dict[str, Any] = {
@@ -82,8 +61,8 @@ def connector(url: str, **params: Any) -> snowflake.connector.SnowflakeConnectio
     return snowflake.connector.connect(**settings)
 
 
-def direct_connection(strict: StrictUpstream) -> snowflake.connector.SnowflakeConnection:
-    return connector(strict.url, user="HOOPGW_SVC", password=UPSTREAM_TEST_PASSWORD)
+def direct_connection(chunking_strict: StrictUpstream) -> snowflake.connector.SnowflakeConnection:
+    return connector(chunking_strict.url, user="HOOPGW_SVC", password=UPSTREAM_TEST_PASSWORD)
 
 
 def chunk_urls(answer: Answer) -> list[str]:
@@ -132,8 +111,8 @@ def recorded_query_id(records: list[dict[str, Any]], sql: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def run(gateway_factory, strict, storage, oidc) -> Run:
-    gateway = gateway_factory(strict.url, name="chunks-gw")
+def run(gateway_factory, chunking_strict, storage, oidc) -> Run:
+    gateway = gateway_factory(chunking_strict.url, name="chunks-gw")
     token = oidc.mint("chunky", ["agents"], email="chunky@example.com")
     before = storage.mark()
     with contextlib.closing(connector(gateway.url, authenticator="oauth", token=token)) as c:
@@ -144,7 +123,7 @@ def run(gateway_factory, strict, storage, oidc) -> Run:
         # the same Arrow download and decoding path
         through_arrow = c.cursor().execute(ARROW_SQL).fetchall()
     storage_gets = len(storage.requests_since(before))
-    with contextlib.closing(direct_connection(strict)) as c:
+    with contextlib.closing(direct_connection(chunking_strict)) as c:
         direct_json = c.cursor().execute(JSON_SQL).fetchall()
         direct_arrow = c.cursor().execute(ARROW_SQL).fetchall()
 
@@ -329,8 +308,12 @@ def test_verify_finds_a_chunk_no_answer_handed_out_or_hashed_two_ways(run: Run) 
 # --- one gateway each -----------------------------------------------------------------------
 
 
-def test_an_expired_chunk_url_is_refused_unsent(gateway_factory, strict, storage, oidc) -> None:
-    gateway = gateway_factory(strict.url, {"hoopgw_chunk_url_lifetime": 1}, name="chunks-expiry")
+def test_an_expired_chunk_url_is_refused_unsent(
+    gateway_factory, chunking_strict, storage, oidc
+) -> None:
+    gateway = gateway_factory(
+        chunking_strict.url, {"hoopgw_chunk_url_lifetime": 1}, name="chunks-expiry"
+    )
     session = login(gateway.port, oidc.mint("late", ["agents"]))
     answer = query(gateway.port, session.token, JSON_SQL, "expiring")
     issued = time.time()
@@ -375,9 +358,11 @@ def test_storage_down_mid_result_is_a_clear_error_and_on_record(
 
 
 def test_direct_mode_hands_out_snowflakes_urls_as_before(
-    gateway_factory, strict, storage, oidc
+    gateway_factory, chunking_strict, storage, oidc
 ) -> None:
-    gateway = gateway_factory(strict.url, {"hoopgw_result_chunks": "direct"}, name="chunks-direct")
+    gateway = gateway_factory(
+        chunking_strict.url, {"hoopgw_result_chunks": "direct"}, name="chunks-direct"
+    )
     token = oidc.mint("direct", ["agents"])
     session = login(gateway.port, token)
     answer = query(gateway.port, session.token, JSON_SQL, "direct")
@@ -396,26 +381,28 @@ PUT_SQL = "put file:///tmp/data.csv @~/staged"
 
 
 def test_put_is_refused_without_a_policy_that_allows_stage_transfers(
-    gateway_factory, strict, oidc
+    gateway_factory, chunking_strict, oidc
 ) -> None:
-    gateway = gateway_factory(strict.url, name="stage-refused")
+    gateway = gateway_factory(chunking_strict.url, name="stage-refused")
     session = login(gateway.port, oidc.mint("uploader", ["agents"]))
-    mark = strict.mark()
+    mark = chunking_strict.mark()
     refused = query(gateway.port, session.token, PUT_SQL, "put-refused")
     assert refused.code == "399003"
     assert "allow_stage_transfer" in refused.message
     assert strict_upstream.STAGE_CREDENTIALS["AWS_SECRET_KEY"] not in refused.body.decode()
-    assert not [r for r in strict.received_since(mark) if b"put file" in r.body]
+    assert not [r for r in chunking_strict.received_since(mark) if b"put file" in r.body]
 
 
 def test_put_allowed_by_policy_is_recorded_without_the_credentials(
-    gateway_factory, strict, oidc, tmp_path
+    gateway_factory, chunking_strict, oidc, tmp_path
 ) -> None:
     policy = tmp_path / "stage.toml"
     policy.write_text(
         '[[rule]]\nname = "uploads"\ngroups = ["agents"]\nallow_stage_transfer = true\n'
     )
-    gateway = gateway_factory(strict.url, {"hoopgw_policy": str(policy)}, name="stage-allowed")
+    gateway = gateway_factory(
+        chunking_strict.url, {"hoopgw_policy": str(policy)}, name="stage-allowed"
+    )
     session = login(gateway.port, oidc.mint("uploader", ["agents"]))
     allowed = query(gateway.port, session.token, PUT_SQL, "put-allowed")
     assert allowed.json["success"] is True
@@ -551,13 +538,15 @@ GET_SQL = "get @~/exports file:///tmp/out /*presigned:2*/"
 
 
 def test_presigned_stage_files_are_fetched_through_the_gateway_and_recorded(
-    gateway_factory, strict, storage, oidc, tmp_path
+    gateway_factory, chunking_strict, storage, oidc, tmp_path
 ) -> None:
     policy = tmp_path / "stage.toml"
     policy.write_text(
         '[[rule]]\nname = "downloads"\ngroups = ["agents"]\nallow_stage_transfer = true\n'
     )
-    gateway = gateway_factory(strict.url, {"hoopgw_policy": str(policy)}, name="presigned-gw")
+    gateway = gateway_factory(
+        chunking_strict.url, {"hoopgw_policy": str(policy)}, name="presigned-gw"
+    )
     session = login(gateway.port, oidc.mint("downloader", ["agents"]))
     other = login(gateway.port, oidc.mint("someone-else", ["agents"]))
     answer = query(gateway.port, session.token, GET_SQL, "presigned")
@@ -601,11 +590,11 @@ def test_presigned_stage_files_are_fetched_through_the_gateway_and_recorded(
 
 
 def test_chunks_are_fetched_through_the_operators_storage_proxy(
-    gateway_factory, strict, storage, oidc
+    gateway_factory, chunking_strict, storage, oidc
 ) -> None:
     with ConnectProxy() as proxy:
         gateway = gateway_factory(
-            strict.url, {"hoopgw_storage_proxy": proxy.url}, name="chunks-via-proxy"
+            chunking_strict.url, {"hoopgw_storage_proxy": proxy.url}, name="chunks-via-proxy"
         )
         token = oidc.mint("proxied", ["agents"])
         mark = storage.mark()

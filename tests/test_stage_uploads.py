@@ -17,7 +17,6 @@ import os
 import socket
 import time
 import urllib.parse
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,26 +40,6 @@ GET_SQL = "get @~/exports file:///tmp/out /*presigned:1*/"
 REQUEST_LIMIT = 256 * 1024
 UPLOAD_LIMIT = 8 * 1024 * 1024
 DIGEST = "x-goog-meta-sfc-digest"
-
-
-@pytest.fixture(scope="module")
-def storage() -> Iterator[CloudStorage]:
-    server = CloudStorage().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def strict(fakesnow_server, storage) -> Iterator[StrictUpstream]:
-    upstream = StrictUpstream(
-        fakesnow_server.url,
-        "fakesnow",
-        "HOOPGW_SVC",
-        password=UPSTREAM_TEST_PASSWORD,
-        storage=storage,
-    ).start()
-    yield upstream
-    upstream.stop()
 
 
 @pytest.fixture(scope="module")
@@ -106,9 +85,9 @@ class Run:
 
 
 @pytest.fixture(scope="module")
-def run(gateway_factory, strict, storage, oidc, policy) -> Run:
+def run(gateway_factory, chunking_strict, storage, oidc, policy) -> Run:
     gateway = gateway_factory(
-        strict.url,
+        chunking_strict.url,
         {
             "hoopgw_policy": str(policy),
             "hoopgw_request_limit": REQUEST_LIMIT,
@@ -266,11 +245,13 @@ def test_sessions_show_and_verify_count_the_upload(run: Run) -> None:
 
 
 def test_the_real_connector_uploads_a_file_through_the_gateway(
-    gateway_factory, strict, storage, oidc, policy, tmp_path
+    gateway_factory, chunking_strict, storage, oidc, policy, tmp_path
 ) -> None:
     source = tmp_path / "rows.csv"
     source.write_bytes(b"id,label\n" + b"".join(b"%d,row %d\n" % (n, n) for n in range(5000)))
-    gateway = gateway_factory(strict.url, {"hoopgw_policy": str(policy)}, name="uploads-connector")
+    gateway = gateway_factory(
+        chunking_strict.url, {"hoopgw_policy": str(policy)}, name="uploads-connector"
+    )
     token = oidc.mint("loader", ["agents"])
     mark = storage.mark()
     with contextlib.closing(connector(gateway.url, authenticator="oauth", token=token)) as c:
@@ -296,10 +277,12 @@ def peak_rss_kib(pid: int) -> int:
 
 
 def test_a_large_upload_streams_without_the_gateway_holding_it(
-    gateway_factory, strict, storage, oidc, policy
+    gateway_factory, chunking_strict, storage, oidc, policy
 ) -> None:
     size, piece = 128 * 1024 * 1024, b"z" * (1 << 20)
-    gateway = gateway_factory(strict.url, {"hoopgw_policy": str(policy)}, name="uploads-large")
+    gateway = gateway_factory(
+        chunking_strict.url, {"hoopgw_policy": str(policy)}, name="uploads-large"
+    )
     session = login(gateway.port, oidc.mint("big", ["agents"]))
     url = upload_url(query(gateway.port, session.token, PUT_SQL, "large"))
     assert gateway.proc.process is not None
@@ -329,10 +312,10 @@ def test_storage_refuses_an_upload_with_a_bad_signature(storage: CloudStorage) -
 
 
 def test_an_expired_upload_url_is_refused_unsent(
-    gateway_factory, strict, storage, oidc, policy
+    gateway_factory, chunking_strict, storage, oidc, policy
 ) -> None:
     gateway = gateway_factory(
-        strict.url,
+        chunking_strict.url,
         {"hoopgw_policy": str(policy), "hoopgw_chunk_url_lifetime": 1},
         name="uploads-expiry",
     )
@@ -346,8 +329,10 @@ def test_an_expired_upload_url_is_refused_unsent(
     assert storage.requests_since(mark) == []
 
 
-def test_a_put_without_allow_stage_transfer_is_refused(gateway_factory, strict, oidc) -> None:
-    gateway = gateway_factory(strict.url, name="uploads-no-policy")
+def test_a_put_without_allow_stage_transfer_is_refused(
+    gateway_factory, chunking_strict, oidc
+) -> None:
+    gateway = gateway_factory(chunking_strict.url, name="uploads-no-policy")
     session = login(gateway.port, oidc.mint("uploader", ["agents"]))
     refused = query(gateway.port, session.token, PUT_SQL, "put-refused")
     assert refused.code == "399003" and "allow_stage_transfer" in refused.message
@@ -355,11 +340,11 @@ def test_a_put_without_allow_stage_transfer_is_refused(gateway_factory, strict, 
 
 
 def test_uploads_go_through_the_operators_storage_proxy(
-    gateway_factory, strict, storage, oidc, policy
+    gateway_factory, chunking_strict, storage, oidc, policy
 ) -> None:
     with ConnectProxy() as proxy:
         gateway = gateway_factory(
-            strict.url,
+            chunking_strict.url,
             {"hoopgw_policy": str(policy), "hoopgw_storage_proxy": proxy.url},
             name="uploads-via-proxy",
         )
@@ -410,9 +395,11 @@ def test_storage_down_is_a_clear_error_and_on_record(
 
 
 def test_a_client_that_aborts_an_upload_leaves_an_error_record(
-    gateway_factory, strict, storage, oidc, policy
+    gateway_factory, chunking_strict, storage, oidc, policy
 ) -> None:
-    gateway = gateway_factory(strict.url, {"hoopgw_policy": str(policy)}, name="uploads-abort")
+    gateway = gateway_factory(
+        chunking_strict.url, {"hoopgw_policy": str(policy)}, name="uploads-abort"
+    )
     session = login(gateway.port, oidc.mint("quitter", ["agents"]))
     url = upload_url(query(gateway.port, session.token, PUT_SQL, "abort"))
     declared, sent = 1024 * 1024, 64 * 1024
@@ -434,10 +421,10 @@ def test_a_client_that_aborts_an_upload_leaves_an_error_record(
 
 
 def test_direct_mode_hands_out_the_storage_url_as_before(
-    gateway_factory, strict, storage, oidc, policy
+    gateway_factory, chunking_strict, storage, oidc, policy
 ) -> None:
     gateway = gateway_factory(
-        strict.url,
+        chunking_strict.url,
         {"hoopgw_policy": str(policy), "hoopgw_result_chunks": "direct"},
         name="uploads-direct",
     )
