@@ -938,17 +938,9 @@ class ChunkFetch:
     ) -> None:
         ticket = admitted.ticket
         tap = admitted.tap
-        fields: dict[str, Any] = {
-            "flow_id": flow.id,
-            "query_id": ticket.query_id,
-            "chunk_index": ticket.index,
-            "chunk_count": ticket.count,
-            "result_format": ticket.result_format,
-            "rows": ticket.rows,
-            "status": status,
-            "complete": error is None and tap is not None and tap.undecodable is None,
-            "duration_ms": milliseconds(admitted.started, time.time()),
-        }
+        fields = _transfer_fields(flow, admitted, status)
+        fields["rows"] = ticket.rows
+        fields["complete"] = error is None and tap is not None and tap.undecodable is None
         if tap is not None:
             fields.update(tap.facts(ticket.result_format))
         if admitted.detections is not None:
@@ -970,17 +962,9 @@ class ChunkFetch:
         """The `chunk` record of an upload: what went to storage, and what storage said."""
         ticket = admitted.ticket
         sent = admitted.sent
-        fields: dict[str, Any] = {
-            "flow_id": flow.id,
-            "query_id": ticket.query_id,
-            "chunk_index": ticket.index,
-            "chunk_count": ticket.count,
-            "direction": UPLOAD,
-            "file_name": file_name_of(ticket.url),
-            "result_format": ticket.result_format,
-            "status": status,
-            "duration_ms": milliseconds(admitted.started, time.time()),
-        }
+        fields = _transfer_fields(flow, admitted, status)
+        fields["direction"] = UPLOAD
+        fields["file_name"] = file_name_of(ticket.url)
         complete = error is None and sent is not None and sent.ended
         if sent is not None:
             fields["wire_size"] = sent.size
@@ -1001,6 +985,20 @@ class ChunkFetch:
             flow,
             new_record(RecordKind.CHUNK, ticket.session_id, _client(flow), ticket.caller, **fields),
         )
+
+
+def _transfer_fields(flow: http.HTTPFlow, admitted: Admitted, status: int | None) -> dict[str, Any]:
+    """What every `chunk` record says of a transfer: which one, how it ended, how long it took."""
+    ticket = admitted.ticket
+    return {
+        "flow_id": flow.id,
+        "query_id": ticket.query_id,
+        "chunk_index": ticket.index,
+        "chunk_count": ticket.count,
+        "result_format": ticket.result_format,
+        "status": status,
+        "duration_ms": milliseconds(admitted.started, time.time()),
+    }
 
 
 def _client(flow: http.HTTPFlow) -> Client:
