@@ -217,6 +217,22 @@ def start_bare_mitmdump(home: Path, upstream: str) -> tuple[stack.Proc, int]:
     return bare, port
 
 
+def identity_options(issuer: str, token_key_env: str, password_env: str) -> dict[str, Any]:
+    """The benches' caller and upstream: OIDC from `issuer`, group agents as ANALYST, the
+    service user's password and the token key read from the environment."""
+    return {
+        "hoopgw_token_key": f"env:{token_key_env}",
+        "hoopgw_oidc_issuer": issuer,
+        "hoopgw_oidc_audience": "hoopgw",
+        "hoopgw_allowed_groups": ["agents"],
+        "hoopgw_role_map": ["agents=ANALYST"],
+        "hoopgw_upstream_account": "bench",
+        "hoopgw_upstream_user": "HOOPGW_SVC",
+        "hoopgw_upstream_secondary_roles": "none",
+        "hoopgw_upstream_password": f"env:{password_env}",
+    }
+
+
 def start_full_gateway(
     home: Path,
     upstream: str,
@@ -238,15 +254,7 @@ def start_full_gateway(
             "hoopgw_store": f"s3://{BUCKET}/{PREFIX}",
             "hoopgw_s3_endpoint_url": moto,
             "hoopgw_spool_dir": str(home / "gateway" / "spool"),
-            "hoopgw_token_key": f"env:{TOKEN_KEY_ENV}",
-            "hoopgw_oidc_issuer": provider.issuer,
-            "hoopgw_oidc_audience": "hoopgw",
-            "hoopgw_allowed_groups": ["agents"],
-            "hoopgw_role_map": ["agents=ANALYST"],
-            "hoopgw_upstream_account": "bench",
-            "hoopgw_upstream_user": "HOOPGW_SVC",
-            "hoopgw_upstream_secondary_roles": "none",
-            "hoopgw_upstream_password": f"env:{PASSWORD_ENV}",
+            **identity_options(provider.issuer, TOKEN_KEY_ENV, PASSWORD_ENV),
             "hoopgw_policy": str(home / "policy.toml"),
             **(gateway_options or {}),
         },

@@ -45,7 +45,7 @@ from mitmproxy.proxy.layers import http as http_hooks
 from mitmproxy.test import taddons, tflow, tutils
 
 from hoopgw.recorder.secrets import new_token_key
-from scripts import bench_saturation
+from scripts import bench, bench_saturation
 from tests.bodies import login_body
 from tests.jwt_issuer import LocalIssuer
 
@@ -61,15 +61,7 @@ def gateway_options(home: Path, issuer: str) -> dict[str, Any]:
     return {
         "hoopgw_store": f"file:{home / 'store'}",
         "hoopgw_spool_dir": str(home / "spool"),
-        "hoopgw_token_key": f"env:{TOKEN_KEY_ENV}",
-        "hoopgw_oidc_issuer": issuer,
-        "hoopgw_oidc_audience": "hoopgw",
-        "hoopgw_allowed_groups": ["agents"],
-        "hoopgw_role_map": ["agents=ANALYST"],
-        "hoopgw_upstream_account": "bench",
-        "hoopgw_upstream_user": "HOOPGW_SVC",
-        "hoopgw_upstream_secondary_roles": "none",
-        "hoopgw_upstream_password": f"env:{PASSWORD_ENV}",
+        **bench.identity_options(issuer, TOKEN_KEY_ENV, PASSWORD_ENV),
         "hoopgw_policy": str(home / "policy.toml"),
     }
 
