@@ -564,8 +564,9 @@ class StrictUpstream(stack.LoopbackServer):
         if partition is not None:
             return partition
         handle = path.split("?", 1)[0].rstrip("/").removeprefix("/api/v2/statements")
-        if method == "GET" and handle.strip("/") not in ("", SQL_API_HANDLE):
-            # as Snowflake: a handle it never issued (a foreign id the gateway let through)
+        if handle.strip("/").split("/", 1)[0] not in ("", SQL_API_HANDLE):
+            # as Snowflake: a handle it never issued (a foreign id the gateway let through,
+            # docs/identity.md), polled or cancelled
             return _Answer.json({"code": "000709", "message": "Statement not found."}, 404)
         marker = PARTITIONED.search(str(request.get("statement") or ""))
         if marker is not None:
