@@ -809,6 +809,16 @@ class Admitted:
     sent: UploadTap | None = None
     """An upload's body on its way to storage: counted and hashed."""
 
+    def remember(self, request: http.Request) -> None:
+        """Where the request was addressed before it is pointed at storage (`_restore`)."""
+        self.original = (
+            request.scheme,
+            request.host,
+            request.port,
+            request.path,
+            request.headers.copy(),
+        )
+
 
 class ChunkFetch:
     """Fetches an admitted chunk from cloud storage, streams it back and records it.
@@ -828,13 +838,7 @@ class ChunkFetch:
         if state is None or admitted is None or state.answered or not flow.live:
             return
         request = flow.request
-        admitted.original = (
-            request.scheme,
-            request.host,
-            request.port,
-            request.path,
-            request.headers.copy(),
-        )
+        admitted.remember(request)
         kept = [
             (name, value)
             for name, value in request.headers.items(multi=True)
@@ -860,13 +864,7 @@ class ChunkFetch:
         if state is None or admitted is None or state.answered:
             return
         request = flow.request
-        admitted.original = (
-            request.scheme,
-            request.host,
-            request.port,
-            request.path,
-            request.headers.copy(),
-        )
+        admitted.remember(request)
         kept = [(name, request.headers.get(name)) for name in _FORWARDED_HEADERS]
         request.url = admitted.ticket.url
         # exactly the URL's authority: a pre-signed URL's signature covers the Host header

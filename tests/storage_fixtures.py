@@ -23,14 +23,15 @@ def storage() -> Iterator[CloudStorage]:
     server.stop()
 
 
+def chunking_upstream(fakesnow_url: str, storage: CloudStorage) -> StrictUpstream:
+    """A started strict upstream whose large results and stage files live in `storage`."""
+    return StrictUpstream(
+        fakesnow_url, "fakesnow", "HOOPGW_SVC", password=UPSTREAM_TEST_PASSWORD, storage=storage
+    ).start()
+
+
 @pytest.fixture(scope="module")
 def chunking_strict(fakesnow_server, storage) -> Iterator[StrictUpstream]:
-    upstream = StrictUpstream(
-        fakesnow_server.url,
-        "fakesnow",
-        "HOOPGW_SVC",
-        password=UPSTREAM_TEST_PASSWORD,
-        storage=storage,
-    ).start()
+    upstream = chunking_upstream(fakesnow_server.url, storage)
     yield upstream
     upstream.stop()

@@ -37,6 +37,7 @@ from tests.cloud_storage import CloudStorage
 from tests.conftest import UPSTREAM_TEST_PASSWORD
 from tests.connect_proxy import ConnectProxy
 from tests.raw_http import Answer, login, query, send, session_authorization, stored_records
+from tests.storage_fixtures import chunking_upstream
 from tests.strict_upstream import INLINE_ROWS, StrictUpstream
 
 CHUNKS = 20
@@ -328,13 +329,7 @@ def test_storage_down_mid_result_is_a_clear_error_and_on_record(
     gateway_factory, fakesnow_server, oidc
 ) -> None:
     failing = CloudStorage().start()
-    upstream = StrictUpstream(
-        fakesnow_server.url,
-        "fakesnow",
-        "HOOPGW_SVC",
-        password=UPSTREAM_TEST_PASSWORD,
-        storage=failing,
-    ).start()
+    upstream = chunking_upstream(fakesnow_server.url, failing)
     try:
         gateway = gateway_factory(upstream.url, name="chunks-storage-down")
         session = login(gateway.port, oidc.mint("unlucky", ["agents"]))

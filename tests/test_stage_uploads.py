@@ -29,10 +29,9 @@ from hoopgw.cli.main import main
 from hoopgw.recorder.schema import validate_record
 from tests import stack
 from tests.cloud_storage import CloudStorage
-from tests.conftest import UPSTREAM_TEST_PASSWORD
 from tests.connect_proxy import ConnectProxy
 from tests.raw_http import Answer, login, query, send, session_authorization, stored_records
-from tests.strict_upstream import StrictUpstream
+from tests.storage_fixtures import chunking_upstream
 from tests.test_result_chunks import connector, gateway_path, tampered
 
 PUT_SQL = "put file:///tmp/data.csv @~/staged /*presigned-put*/"
@@ -362,13 +361,7 @@ def test_storage_down_is_a_clear_error_and_on_record(
     gateway_factory, fakesnow_server, oidc, policy
 ) -> None:
     failing = CloudStorage().start()
-    upstream = StrictUpstream(
-        fakesnow_server.url,
-        "fakesnow",
-        "HOOPGW_SVC",
-        password=UPSTREAM_TEST_PASSWORD,
-        storage=failing,
-    ).start()
+    upstream = chunking_upstream(fakesnow_server.url, failing)
     try:
         gateway = gateway_factory(
             upstream.url, {"hoopgw_policy": str(policy)}, name="uploads-storage-down"
