@@ -9,60 +9,32 @@ from __future__ import annotations
 import select
 import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Self
 
-from tests.stack import LOOPBACK
+from tests import stack
 
 
-class ConnectProxy:
+class ConnectProxy(stack.LoopbackServer):
     def __init__(self) -> None:
         self.targets: list[str] = []
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
 
-    @property
-    def url(self) -> str:
-        assert self._server is not None
-        return f"http://{LOOPBACK}:{self._server.server_address[1]}"
-
-    def start(self) -> Self:
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-            def do_CONNECT(self) -> None:
-                host, _, port = self.path.rpartition(":")
-                with proxy._lock:
-                    proxy.targets.append(self.path)
-                try:
-                    upstream = socket.create_connection((host, int(port)), timeout=30)
-                except OSError:
-                    self.send_error(502)
-                    return
-                self.send_response(200, "Connection established")
-                self.end_headers()
-                _pipe(self.connection, upstream)
-
-            def do_GET(self) -> None:
-                self.send_error(405, "CONNECT only")
-
-            do_POST = do_PUT = do_GET
-
-        server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
-        server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        self._server = server
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+    def serve(self, handler: BaseHTTPRequestHandler) -> None:
+        if handler.command != "CONNECT":
+            handler.send_error(405, "CONNECT only")
+            return
+        host, _, port = handler.path.rpartition(":")
+        with self._lock:
+            self.targets.append(handler.path)
+        try:
+            upstream = socket.create_connection((host, int(port)), timeout=30)
+        except OSError:
+            handler.send_error(502)
+            return
+        handler.send_response(200, "Connection established")
+        handler.end_headers()
+        _pipe(handler.connection, upstream)
 
     def __enter__(self) -> Self:
         return self.start()

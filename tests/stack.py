@@ -72,7 +72,7 @@ class LoopbackServer:
             def do_POST(self) -> None:
                 serve(self)
 
-            do_GET = do_PUT = do_DELETE = do_POST
+            do_GET = do_PUT = do_DELETE = do_CONNECT = do_POST
 
         server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
         server.daemon_threads = True
