@@ -683,9 +683,12 @@ def hook_timing_table(path: Path) -> str:
     if not path.exists():
         return f"no hook timings in {path} (fewer than 100 answers?)"
     timings = orjson.loads(path.read_bytes())
-    lines = ["| hook | calls | p50 us | mean us |", "| --- | ---: | ---: | ---: |"]
+    lines = ["| hook | calls | p50 us | mean us | p99 us |", "| --- | ---: | ---: | ---: | ---: |"]
     for name, row in sorted(timings.items(), key=lambda item: -item[1]["p50_us"]):
-        lines.append(f"| {name} | {row['n']} | {row['p50_us']:.0f} | {row['mean_us']:.0f} |")
+        lines.append(
+            f"| {name} | {row['n']} | {row['p50_us']:.0f} | {row['mean_us']:.0f}"
+            f" | {row.get('p99_us', 0):.0f} |"
+        )
     return "\n".join(lines)
 
 

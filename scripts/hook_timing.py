@@ -4,16 +4,20 @@ Loaded as a second mitmproxy script next to addons/gateway.py. Once the
 gateway runs it wraps every request and response hook of the gateway's
 addons (where `Gateway`, addons/dispatch.py, calls them), the loop callback
 that builds the answers' records, and the spool's durable append, with a
-clock, and every 100 answers writes p50 and mean per hook (microseconds) as
-JSON to the file named by $HOOPGW_HOOK_TIMING. A sampling profiler shows
-where CPU goes; this shows where a statement waits, which at one client is
-what latency is made of.
+clock, and every 100 answers writes p50, mean and p99 per hook (microseconds)
+as JSON to the file named by $HOOPGW_HOOK_TIMING. The durable append is also
+split into its phases (queued until the writer thread writes, the WAL's write
+and fsync, fsync'd until the loop settles the futures), and the cyclic
+collector's passes are timed by generation: neither shows in any hook's clock.
+A sampling profiler shows where CPU goes; this shows where a statement waits,
+which at one client is what latency is made of.
 Never load it in production: it holds the last 5,000 timings per hook.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import os
 import time
@@ -27,6 +31,7 @@ import orjson
 from mitmproxy import ctx, http
 
 from hoopgw.addons.dispatch import Gateway
+from hoopgw.recorder.spool.intake import LoopInbox
 
 GATEWAY_ADDONS = frozenset(
     {
@@ -48,8 +53,10 @@ class HookTiming:
         self.samples: dict[str, deque[float]] = {}
         self.answers = 0
         self.spool_wrapped = False
+        self.collection_start: float | None = None
 
     def running(self) -> None:
+        gc.callbacks.append(self._time_collection)
         for addon in _walk(ctx.master.addons.chain):
             if isinstance(addon, Gateway):
                 addon.wrap_hooks(self._timed_hook)
@@ -80,8 +87,47 @@ class HookTiming:
             if type(addon).__name__ == "Recording" and spool is not None:
                 spool.append = self._timed_append(spool.append)
                 spool.append_on_loop = self._timed_append_on_loop(spool.append_on_loop)
+                self._time_durable_phases(spool)
                 self.spool_wrapped = True
                 return
+
+    def _time_durable_phases(self, spool: Any) -> None:
+        """Split the durable wait: queued until the writer writes, the WAL's write and
+        fsync, and the fsync'd batch until the loop settles its futures (GIL hand-overs)."""
+        writer, queued, posted = spool._writer, deque[float](), deque[float]()
+        enqueue, wal_append = writer.enqueue, writer.wal.append
+
+        def timed_enqueue(record: dict[str, Any], future: Any) -> None:
+            if future is not None:
+                queued.append(time.perf_counter())
+            enqueue(record, future)
+
+        def timed_wal_append(data: bytes) -> None:
+            start = time.perf_counter()
+            if queued:
+                first = queued.popleft()
+                while queued:
+                    queued.popleft()
+                self._add("Spool: queued until the writer writes", first, start)
+            wal_append(data)
+            self._add("Spool: WAL write and fsync", start)
+
+        post, settle = LoopInbox.post, LoopInbox._settle
+
+        def timed_post(inbox: LoopInbox, outcomes: list[Any]) -> None:
+            posted.append(time.perf_counter())
+            post(inbox, outcomes)
+
+        def timed_settle(inbox: LoopInbox) -> None:
+            if posted:
+                first = posted.popleft()
+                while posted:
+                    posted.popleft()
+                self._add("Spool: fsync'd until the loop settles", first)
+            settle(inbox)
+
+        writer.enqueue, writer.wal.append = timed_enqueue, timed_wal_append
+        LoopInbox.post, LoopInbox._settle = timed_post, timed_settle  # type: ignore[method-assign]
 
     def _timed_append(
         self, append: Callable[[dict[str, Any]], Future[dict[str, Any]]]
@@ -140,8 +186,17 @@ class HookTiming:
 
         return timed
 
-    def _add(self, name: str, start: float) -> None:
-        self.samples.setdefault(name, deque(maxlen=KEPT)).append(time.perf_counter() - start)
+    def _time_collection(self, phase: str, info: dict[str, int]) -> None:
+        """The cyclic collector's passes by generation: a pause no hook's clock shows."""
+        if phase == "start":
+            self.collection_start = time.perf_counter()
+        elif self.collection_start is not None:
+            self._add(f"gc: generation {info['generation']} pass", self.collection_start)
+            self.collection_start = None
+
+    def _add(self, name: str, start: float, end: float | None = None) -> None:
+        elapsed = (time.perf_counter() if end is None else end) - start
+        self.samples.setdefault(name, deque(maxlen=KEPT)).append(elapsed)
 
     def _write(self) -> None:
         target = os.environ.get("HOOPGW_HOOK_TIMING")
@@ -154,6 +209,7 @@ class HookTiming:
                 "n": len(ordered),
                 "p50_us": round(ordered[len(ordered) // 2] * 1e6, 1),
                 "mean_us": round(sum(ordered) / len(ordered) * 1e6, 1),
+                "p99_us": round(ordered[len(ordered) * 99 // 100] * 1e6, 1),
             }
         Path(target).write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
 
