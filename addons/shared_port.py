@@ -5,6 +5,8 @@ one core. With `hoopgw_reuse_port` the reverse-mode TCP listener is opened with
 SO_REUSEPORT: N processes started with the same `--listen-port` (each with its
 own spool) share it, and the Linux kernel spreads new connections across them.
 Like replicas behind a balancer, they share only the token key and the store.
+mitmproxy opens its listeners before it loads the gateway's script, so the
+option goes with mitmproxy's `server=false` and the listener opens at `running`.
 """
 
 from __future__ import annotations
@@ -103,7 +105,7 @@ class SharedPort:
         if not updated & {OPTION, "mode", "listen_port", "server"}:
             return
         if not getattr(ctx.options, OPTION):
-            self.done()
+            _restore_listen()
             return
         problem = reuse_port_problem(ctx.options.mode, ctx.options.listen_port)
         if problem is None and ctx.options.server and not self.opened:
@@ -113,7 +115,7 @@ class SharedPort:
                 " them once it is loaded"
             )
         if problem is not None:
-            self.done()
+            _restore_listen()
             raise exceptions.OptionsError(f"{OPTION} {problem}")
         ReverseInstance.listen = _listen_sharing_port  # type: ignore[method-assign,assignment]
 
@@ -127,6 +129,10 @@ class SharedPort:
         await proxyserver.servers.update(modes)  # waits for the start `server` set off
 
     def done(self) -> None:
-        """mitmproxy's own `listen` again (it is inherited, so the replacement is removed)."""
-        if "listen" in vars(ReverseInstance):
-            del ReverseInstance.listen
+        _restore_listen()
+
+
+def _restore_listen() -> None:
+    """mitmproxy's own `listen` again (it is inherited, so the replacement is removed)."""
+    if "listen" in vars(ReverseInstance):
+        del ReverseInstance.listen
