@@ -540,6 +540,7 @@ class WrkResult:
     p999_ms: float
     max_ms: float
     cpu_seconds: float | None = None
+    cpu_per_process: tuple[float, ...] = ()
 
     @property
     def qps(self) -> float:
@@ -609,7 +610,10 @@ class Processes:
         return cls(tuple(bench.ProcessProbe(pid) for pid in pids))
 
     def cpu_seconds(self) -> float:
-        return sum(probe.cpu_seconds() for probe in self.probes)
+        return sum(self.cpu_per_process())
+
+    def cpu_per_process(self) -> tuple[float, ...]:
+        return tuple(probe.cpu_seconds() for probe in self.probes)
 
 
 @dataclass
@@ -654,6 +658,16 @@ class Level:
         runs = self.runs[target]
         return sum(r.cpu_seconds or 0.0 for r in runs) * 1000 / sum(r.requests for r in runs)
 
+    def cpu_shares(self, target: str) -> list[float]:
+        """Each process's share of the target's CPU time over the rounds: with several
+        gateway processes, how evenly the kernel spread wrk's connections."""
+        per_process = [
+            sum(shares)
+            for shares in zip(*(r.cpu_per_process for r in self.runs[target]), strict=True)
+        ]
+        total = sum(per_process)
+        return [part / total if total else 0.0 for part in per_process]
+
     def failures(self) -> int:
         return sum(r.failures for runs in self.runs.values() for r in runs)
 
@@ -676,9 +690,13 @@ def wait_idle(processes: Processes, timeout: float = 15.0, busy: float = 0.05) -
 def measure(target: Target, connections: int, duration: float, log: Path) -> WrkResult:
     if not wait_idle(target.processes):
         print(f"  note: {target.label} still busy before the run", file=sys.stderr)
-    cpu_before = target.processes.cpu_seconds()
+    cpu_before = target.processes.cpu_per_process()
     result = run_wrk(target.port, target.script, connections, duration, log)
-    result.cpu_seconds = target.processes.cpu_seconds() - cpu_before
+    cpu_after = target.processes.cpu_per_process()
+    result.cpu_per_process = tuple(
+        after - before for before, after in zip(cpu_before, cpu_after, strict=True)
+    )
+    result.cpu_seconds = sum(result.cpu_per_process)
     return result
 
 
@@ -698,6 +716,13 @@ def measure_levels(
                     f"{result.qps:.0f} q/s, p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f}"
                     f" ms, p99.9 {result.p999_ms:.2f} ms, CPU "
                     f"{(result.cpu_seconds or 0) * 1000 / max(result.requests, 1):.2f} ms/stmt"
+                    + (
+                        ", CPU split "
+                        + "/".join(f"{cpu:.1f}" for cpu in result.cpu_per_process)
+                        + " s"
+                        if len(result.cpu_per_process) > 1
+                        else ""
+                    )
                     + (f", {result.failures} FAILED" if result.failures else ""),
                     file=sys.stderr,
                     flush=True,
@@ -884,6 +909,20 @@ def report(
         "",
         table(levels, workers),
         "",
+        *(
+            [
+                "Each gateway process's share of the gateway's CPU time: "
+                + ", ".join(
+                    f"{level.connections} conn "
+                    + "/".join(f"{share:.0%}" for share in level.cpu_shares(GATEWAY))
+                    for level in levels
+                )
+                + ".",
+                "",
+            ]
+            if workers > 1
+            else []
+        ),
         f"Recorded: {records:,} records in the archive (moto S3), "
         f"{archived.archive.statements:,} of them statements, for "
         f"{archived.statements:,} statements through the gateway, "

@@ -166,15 +166,15 @@ def test_the_load_script_counts_refusals_answered_with_200(tmp_path: Path) -> No
     assert result.non_200 == 0 and result.not_success == result.requests
 
 
-def level_of(bare_qps: float, gateway_qps: float) -> bench_saturation.Level:
-    def run(qps: float) -> bench_saturation.WrkResult:
+def level_of(bare_qps: float, gateway_cpu: tuple[float, ...]) -> bench_saturation.Level:
+    def run(qps: float, cpu: tuple[float, ...]) -> bench_saturation.WrkResult:
         return bench_saturation.WrkResult(
-            int(qps * 3), 3.0, 0, 0, 0, 0, 1.0, 2.0, 3.0, 4.0, 5.0, cpu_seconds=qps * 3 / 1000
+            int(qps * 3), 3.0, 0, 0, 0, 0, 1.0, 2.0, 3.0, 4.0, 5.0, sum(cpu), cpu
         )
 
     level = bench_saturation.Level(8)
-    level.runs[bench_saturation.BARE].append(run(bare_qps))
-    level.runs[bench_saturation.GATEWAY].append(run(gateway_qps))
+    level.runs[bench_saturation.BARE].append(run(bare_qps, (1.0,)))
+    level.runs[bench_saturation.GATEWAY].append(run(bare_qps * 0.75, gateway_cpu))
     return level
 
 
@@ -182,7 +182,8 @@ def report_for(workers: int, stored_statements: int, sent_statements: int = 100)
     archive = bench.Archive(1, 1, 2 * stored_statements, 10_000, 1_000, stored_statements)
     archived = bench_saturation.Archived(sent_statements, archive, spool_bytes=0)
     args = argparse.Namespace(rounds=1, duration=3.0, arrow_every=10, gateway_workers=workers)
-    return bench_saturation.report([level_of(600, 450)], archived, args, "test machine", 0.0)
+    level = level_of(600, (3.0, 1.0) if workers == 2 else (4.0,))
+    return bench_saturation.report([level], archived, args, "test machine", 0.0)
 
 
 def test_the_table_and_the_report_say_how_many_gateway_processes_ran() -> None:
@@ -193,6 +194,7 @@ def test_the_table_and_the_report_say_how_many_gateway_processes_ran() -> None:
     assert "gateway (2 processes) CPU ms/statement (bare)" in two
     assert "**The gateway ran as 2 processes**" in two
     assert "Targets (issue 22), gateway (2 processes):" in two
+    assert "share of the gateway's CPU time: 8 conn 75%/25%." in two
 
 
 def test_the_report_flags_fewer_statements_stored_than_sent() -> None:
