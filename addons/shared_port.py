@@ -127,6 +127,10 @@ class SharedPort:
         proxyserver = ctx.master.addons.get("proxyserver")
         modes = [mode_specs.ProxyMode.parse(spec) for spec in ctx.options.mode]
         await proxyserver.servers.update(modes)  # waits for the start `server` set off
+        if not all(instance.is_running for instance in proxyserver.servers):
+            # mitmproxy has logged why and exits after `running`: as a shutdown, so the
+            # gateway does not take it for its addons being unloaded (FailClosed.done)
+            ctx.master.shutdown()
 
     def done(self) -> None:
         _restore_listen()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import socket
 import sys
@@ -118,3 +119,19 @@ async def test_running_has_mitmproxy_open_the_listener_with_so_reuseport(
             assert listener.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
         finally:
             await proxyserver.servers.update([])
+
+
+async def test_a_listener_that_cannot_open_shuts_mitmproxy_down(shared_port: SharedPort) -> None:
+    proxyserver = Proxyserver()
+    with (
+        taddons.context(proxyserver, shared_port) as tctx,
+        socket.create_server((stack.LOOPBACK, 0)) as taken,
+    ):
+        spec = f"reverse:{UPSTREAM}@{taken.getsockname()[1]}"
+        tctx.configure(proxyserver, mode=[spec], listen_host=stack.LOOPBACK, server=False)
+        tctx.configure(shared_port, hoopgw_reuse_port=True)
+        proxyserver.running()
+        await shared_port.running()
+        [instance] = proxyserver.servers
+        assert not instance.is_running
+        await asyncio.wait_for(tctx.master.should_exit.wait(), timeout=10)
