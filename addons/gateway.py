@@ -28,6 +28,7 @@ from hoopgw.addons.query_ids import QueryIds, StreamedIdBinding
 from hoopgw.addons.recording import Recording
 from hoopgw.addons.results import ChunkFetch, ResultChunks
 from hoopgw.addons.session_context import SessionContextTracker
+from hoopgw.addons.shared_port import SharedPort
 from hoopgw.addons.startup import (
     QuietCollector,
     ReadyAnnouncer,
@@ -84,6 +85,7 @@ concerns = [
                 names.APPROVAL,
             )
         ),
+        SharedPort(),
         QuietCollector(),
         ReadyAnnouncer(),
     )

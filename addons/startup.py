@@ -95,9 +95,15 @@ class ReadyAnnouncer:
     """Logs one line once every addon is configured and running.
 
     Operators and the test rig wait for this line rather than for the port:
-    mitmproxy may accept connections a moment before a script has loaded.
+    mitmproxy may accept connections a moment before a script has loaded. No
+    line when a listener failed to open (mitmproxy has logged why and exits);
+    with `hoopgw_reuse_port` the listeners open during `running`, and another
+    process's listener answers on the shared port.
     """
 
     def running(self) -> None:
+        server = ctx.master.addons.get("proxyserver")
+        if server is not None and not all(instance.is_running for instance in server.servers):
+            return
         mode = ", ".join(ctx.options.mode)
         logger.info("hoopgw: gateway ready (%s)", mode)

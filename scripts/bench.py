@@ -242,28 +242,33 @@ def start_full_gateway(
     policy: str = POLICY,
     gateway_options: dict[str, str] | None = None,
     hook_timing: Path | None = None,
+    name: str = "gateway",
+    port: int | None = None,
+    token_key: str | None = None,
 ) -> stack.Gateway:
     """The gateway with every feature the benchmark measures: OIDC identity, credential
     swap, sealed tokens, guardrails with `policy`, recording with fsync into a local
-    spool (`home/gateway/spool`) and moto S3."""
+    spool (`home/NAME/spool`) and moto S3. Processes that share a port (`port`) must
+    share `token_key` too."""
     (home / "policy.toml").write_text(policy)
     return stack.start_gateway(
-        home / "gateway",
+        home / name,
         upstream,
         {
             "hoopgw_store": f"s3://{BUCKET}/{PREFIX}",
             "hoopgw_s3_endpoint_url": moto,
-            "hoopgw_spool_dir": str(home / "gateway" / "spool"),
+            "hoopgw_spool_dir": str(home / name / "spool"),
             **identity_options(provider.issuer, TOKEN_KEY_ENV, PASSWORD_ENV),
             "hoopgw_policy": str(home / "policy.toml"),
             **(gateway_options or {}),
         },
         env={
             PASSWORD_ENV: "fakesnow-ignores-it",
-            TOKEN_KEY_ENV: new_token_key(),
+            TOKEN_KEY_ENV: token_key or new_token_key(),
             **({"HOOPGW_HOOK_TIMING": str(hook_timing.resolve())} if hook_timing else {}),
         },
         extra_scripts=[REPO_ROOT / "scripts" / "hook_timing.py"] if hook_timing else [],
+        port=port,
     )
 
 
@@ -569,6 +574,7 @@ class Archive:
     records: int
     raw_bytes: int
     stored_bytes: int
+    statements: int = 0
 
     @property
     def ratio(self) -> float:
@@ -586,6 +592,7 @@ def archive_totals(s3: Any) -> Archive:
             totals.summaries += 1
             totals.ended += summary.get("end_ts") is not None
             totals.records += summary.get("records", 0)
+            totals.statements += summary.get("statements", 0)
             totals.raw_bytes += summary.get("bytes", 0)
             totals.stored_bytes += summary.get("stored_bytes", 0)
     return totals
@@ -596,13 +603,21 @@ def wait_archived(bench: Stack, timeout: float = 120.0) -> Archive:
     return wait_sessions_archived(bench.s3, bench.sessions_closed, timeout)
 
 
-def wait_sessions_archived(s3: Any, sessions: int, timeout: float = 120.0) -> Archive:
-    """The archive once `sessions` sessions are stored with their end (or after `timeout`)."""
+def wait_sessions_archived(
+    s3: Any, sessions: int, timeout: float = 120.0, statements: int = 0
+) -> Archive:
+    """The archive once `sessions` sessions are stored with their end and at least
+    `statements` statements across every writer's stream (or after `timeout`).
+
+    A session served by several gateway processes ends in the stream of the one that
+    saw its logout; the others' streams arrive when their segments seal by age."""
     try:
         return stack.wait_until(  # type: ignore[return-value]
-            lambda: (a := archive_totals(s3)).ended >= sessions and a,
+            lambda: (
+                (a := archive_totals(s3)).ended >= sessions and a.statements >= statements and a
+            ),
             timeout,
-            f"{sessions} ended sessions in the archive",
+            f"{sessions} ended sessions and {statements} statements in the archive",
         )
     except TimeoutError as exc:
         print(f"warning: {exc}; figures from what is stored", file=sys.stderr)

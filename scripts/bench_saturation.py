@@ -25,10 +25,17 @@ run; after the run the records the gateway stored are counted, so no feature
 was optimised away. `--write` replaces the marked section of
 docs/performance.md. Needs `apt-get install nginx-light wrk`; not part of CI.
 
+`--gateway-workers N` runs the gateway as N processes sharing one port
+(`hoopgw_reuse_port`, docs/operations.md "Several processes per host"), each
+with its own spool; wrk drives the shared port and the kernel gives each of
+its connections to one process. The gateway's CPU per statement is the sum
+over the N processes, and the report says how many ran.
+
     .venv/bin/python -m scripts.bench_saturation                # 3 rounds of 10 s
     .venv/bin/python -m scripts.bench_saturation --rounds 1 --duration 5
     .venv/bin/python -m scripts.bench_saturation --write        # on a quiet machine
     .venv/bin/python -m scripts.bench --saturate --connections 8
+    .venv/bin/python -m scripts.bench_saturation --gateway-workers 2
     .venv/bin/python -m scripts.bench_saturation --connections 1 --rounds 1 \\
         --profile var/saturation.pyspy --hook-timing var/hooks.json
 """
@@ -57,6 +64,7 @@ from typing import Any
 import pyarrow
 import snowflake.connector
 
+from hoopgw.recorder.secrets import new_token_key
 from scripts import bench
 from tests import stack
 
@@ -113,6 +121,7 @@ TARGET_ADDED_P50_MS = 0.5
 TARGET_ADDED_P99_MS = 2.0
 TARGET_COMPRESSION = 8.0
 BARE, GATEWAY = "bare mitmdump", "hoopgw gateway"
+SHARED_PORT_OPTIONS = {"hoopgw_reuse_port": "true", "server": "false"}
 RESULT_PREFIX = "BENCH-RESULT "
 
 
@@ -531,6 +540,7 @@ class WrkResult:
     p999_ms: float
     max_ms: float
     cpu_seconds: float | None = None
+    cpu_per_process: tuple[float, ...] = ()
 
     @property
     def qps(self) -> float:
@@ -586,12 +596,42 @@ def run_wrk(
 # --- the run ------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Processes:
+    """The processes of one target: their CPU time summed, idle only when each is."""
+
+    probes: tuple[bench.ProcessProbe, ...]
+
+    @classmethod
+    def of(cls, *procs: stack.Proc) -> Processes:
+        pids = [proc.process.pid for proc in procs if proc.process is not None]
+        if len(pids) != len(procs):
+            raise RuntimeError("a process of the bench was never started")
+        return cls(tuple(bench.ProcessProbe(pid) for pid in pids))
+
+    def cpu_seconds(self) -> float:
+        return sum(self.cpu_per_process())
+
+    def cpu_per_process(self) -> tuple[float, ...]:
+        return tuple(probe.cpu_seconds() for probe in self.probes)
+
+
 @dataclass
 class Target:
     name: str
     port: int
-    probe: bench.ProcessProbe
+    processes: Processes
     script: Path
+
+    @property
+    def label(self) -> str:
+        return gateway_label(len(self.processes.probes), self.name)
+
+
+def gateway_label(processes: int, name: str = "gateway") -> str:
+    """`name`, with the number of processes when there are several, so no reader takes
+    the figures of N processes for one's."""
+    return name if processes == 1 else f"{name} ({processes} processes)"
 
 
 @dataclass
@@ -618,6 +658,16 @@ class Level:
         runs = self.runs[target]
         return sum(r.cpu_seconds or 0.0 for r in runs) * 1000 / sum(r.requests for r in runs)
 
+    def cpu_shares(self, target: str) -> list[float]:
+        """Each process's share of the target's CPU time over the rounds: with several
+        gateway processes, how evenly the kernel spread wrk's connections."""
+        per_process = [
+            sum(shares)
+            for shares in zip(*(r.cpu_per_process for r in self.runs[target]), strict=True)
+        ]
+        total = sum(per_process)
+        return [part / total if total else 0.0 for part in per_process]
+
     def failures(self) -> int:
         return sum(r.failures for runs in self.runs.values() for r in runs)
 
@@ -625,23 +675,28 @@ class Level:
         return sum(r.requests for r in self.runs[target])
 
 
-def wait_idle(probe: bench.ProcessProbe, timeout: float = 15.0, busy: float = 0.05) -> bool:
-    """Wait until the process uses under `busy` of a core (its spool uploads, roll-ups)."""
+def wait_idle(processes: Processes, timeout: float = 15.0, busy: float = 0.05) -> bool:
+    """Wait until each process uses under `busy` of a core (its spool uploads, roll-ups)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        before = probe.cpu_seconds()
+        before = [probe.cpu_seconds() for probe in processes.probes]
         time.sleep(0.5)  # a sampling window, not synchronisation
-        if probe.cpu_seconds() - before < busy * 0.5:
+        after = [probe.cpu_seconds() for probe in processes.probes]
+        if all(end - start < busy * 0.5 for start, end in zip(before, after, strict=True)):
             return True
     return False
 
 
 def measure(target: Target, connections: int, duration: float, log: Path) -> WrkResult:
-    if not wait_idle(target.probe):
-        print(f"  note: {target.name} still busy before the run", file=sys.stderr)
-    cpu_before = target.probe.cpu_seconds()
+    if not wait_idle(target.processes):
+        print(f"  note: {target.label} still busy before the run", file=sys.stderr)
+    cpu_before = target.processes.cpu_per_process()
     result = run_wrk(target.port, target.script, connections, duration, log)
-    result.cpu_seconds = target.probe.cpu_seconds() - cpu_before
+    cpu_after = target.processes.cpu_per_process()
+    result.cpu_per_process = tuple(
+        after - before for before, after in zip(cpu_before, cpu_after, strict=True)
+    )
+    result.cpu_seconds = sum(result.cpu_per_process)
     return result
 
 
@@ -657,10 +712,17 @@ def measure_levels(
                 result = measure(target, connections, duration, log)
                 level.runs[target.name].append(result)
                 print(
-                    f"  {connections:>2} conn, round {number + 1}/{rounds}, {target.name}: "
+                    f"  {connections:>2} conn, round {number + 1}/{rounds}, {target.label}: "
                     f"{result.qps:.0f} q/s, p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f}"
                     f" ms, p99.9 {result.p999_ms:.2f} ms, CPU "
                     f"{(result.cpu_seconds or 0) * 1000 / max(result.requests, 1):.2f} ms/stmt"
+                    + (
+                        ", CPU split "
+                        + "/".join(f"{cpu:.1f}" for cpu in result.cpu_per_process)
+                        + " s"
+                        if len(result.cpu_per_process) > 1
+                        else ""
+                    )
                     + (f", {result.failures} FAILED" if result.failures else ""),
                     file=sys.stderr,
                     flush=True,
@@ -744,10 +806,12 @@ def verdict(met: bool, by: str = "") -> str:
     return "met" if met else f"**not met**{by}"
 
 
-def table(levels: list[Level]) -> str:
+def table(levels: list[Level], gateway_processes: int = 1) -> str:
+    gateway = gateway_label(gateway_processes)
     lines = [
-        "| connections | bare q/s | gateway q/s | ratio (rounds) | p50 added | gateway p99 "
-        "(bare p99) | gateway p99.9 (bare p99.9) | gateway CPU ms/statement (bare) | failed |",
+        f"| connections | bare q/s | {gateway} q/s | ratio (rounds) | p50 added | {gateway} p99 "
+        f"(bare p99) | {gateway} p99.9 (bare p99.9) | {gateway} CPU ms/statement (bare) | "
+        "failed |",
         "| ---: | ---: | ---: | --- | ---: | --- | --- | --- | ---: |",
     ]
     for level in levels:
@@ -804,6 +868,18 @@ def targets_text(levels: list[Level], archived: Archived) -> list[str]:
     return out
 
 
+def processes_text(gateway_processes: int) -> str:
+    """What the report says about a gateway run as several processes (nothing for one)."""
+    if gateway_processes == 1:
+        return ""
+    return (
+        f" **The gateway ran as {gateway_processes} processes** sharing one port "
+        "(`hoopgw_reuse_port`), each with its own spool; bare mitmdump as one. The kernel "
+        "gives each wrk connection to one process, so at 1 connection one process did all "
+        "the work. The gateway's CPU per statement is the sum over its processes."
+    )
+
+
 def report(
     levels: list[Level],
     archived: Archived,
@@ -813,6 +889,7 @@ def report(
 ) -> str:
     failed = sum(level.failures() for level in levels)
     records = archived.archive.records
+    workers = args.gateway_workers
     out = [f"Machine: {machine_text}", ""]
     if load_at_start > (os.cpu_count() or 1) / 2:
         out += [
@@ -827,29 +904,80 @@ def report(
         f"varying SQL; one in {args.arrow_every} asks for the 1,000-row Arrow answer "
         f"({len(canned_answers().rowset_base64) / 1024:.0f} KiB of base64), the rest a "
         "3-row JSON rowset. q/s summed over the rounds; latencies the median of the rounds' "
-        "wrk percentiles; CPU the proxy process's utime+stime over the wrk runs per statement.",
+        "wrk percentiles; CPU the proxy's utime+stime over the wrk runs per statement."
+        + processes_text(workers),
         "",
-        table(levels),
+        table(levels, workers),
         "",
-        f"Recorded: {records:,} records in the archive (moto S3) for "
+        *(
+            [
+                "Each gateway process's share of the gateway's CPU time: "
+                + ", ".join(
+                    f"{level.connections} conn "
+                    + "/".join(f"{share:.0%}" for share in level.cpu_shares(GATEWAY))
+                    for level in levels
+                )
+                + ".",
+                "",
+            ]
+            if workers > 1
+            else []
+        ),
+        f"Recorded: {records:,} records in the archive (moto S3), "
+        f"{archived.archive.statements:,} of them statements, for "
         f"{archived.statements:,} statements through the gateway, "
         f"{archived.archive.raw_bytes / 1e6:.1f} MB of JSON lines stored as "
-        f"{archived.archive.stored_bytes / 1e6:.2f} MB; local spool at the end "
-        f"{archived.spool_bytes / 1e6:.1f} MB."
+        f"{archived.archive.stored_bytes / 1e6:.2f} MB; local spool"
+        + (f"s ({workers})" if workers > 1 else "")
+        + f" at the end {archived.spool_bytes / 1e6:.1f} MB."
         + (
-            " **Fewer records than statements: recording was skipped.**"
-            if records < archived.statements
+            " **Fewer statements stored than sent: recording was skipped.**"
+            if archived.archive.statements < archived.statements
             else ""
         ),
         "",
         f"Failed answers (not HTTP 200 with success true, socket errors, timeouts): {failed}"
         + (" **: this run is flagged, its figures are not comparable.**" if failed else "."),
         "",
-        "Targets (issue 22):",
+        "Targets (issue 22)" + (f", {gateway_label(workers)}:" if workers > 1 else ":"),
         "",
         *targets_text(levels, archived),
     ]
     return "\n".join(out)
+
+
+def start_gateways(
+    home: Path,
+    upstream: str,
+    moto: str,
+    provider: stack.OidcProvider,
+    workers: int,
+    options: dict[str, str],
+    hook_timing: Path | None,
+    procs: list[stack.Proc],
+) -> list[stack.Gateway]:
+    """The full gateway as `workers` processes on one port (one token key, a spool each);
+    each joins `procs` once it is ready."""
+    if workers > 1:
+        options = {**options, **SHARED_PORT_OPTIONS}
+    port, token_key = stack.free_port(), new_token_key()
+    gateways = []
+    for number in range(1, workers + 1):
+        gateway = bench.start_full_gateway(
+            home,
+            upstream,
+            moto,
+            provider,
+            policy=POLICY,
+            gateway_options=options,
+            hook_timing=hook_timing,
+            name="gateway" if workers == 1 else f"gateway-{number}",
+            port=port,
+            token_key=token_key,
+        )
+        procs.append(gateway.proc)
+        gateways.append(gateway)
+    return gateways
 
 
 # --- main ---------------------------------------------------------------------------------
@@ -885,8 +1013,20 @@ def main(argv: list[str] | None = None) -> int:
         help="load scripts/hook_timing.py into the gateway: wall time per hook as JSON in FILE "
         "(the clocks cost a little: take the table from a run without it)",
     )
+    parser.add_argument(
+        "--gateway-workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run the gateway as N processes sharing one port (hoopgw_reuse_port), "
+        "each with its own spool; CPU per statement sums them",
+    )
     parser.add_argument("--write", action="store_true", help="update docs/performance.md")
     args = parser.parse_args(argv)
+    if args.gateway_workers < 1:
+        parser.error("--gateway-workers must be at least 1")
+    if args.gateway_workers > 1 and (args.profile or args.hook_timing):
+        parser.error("--profile and --hook-timing follow one process: use --gateway-workers 1")
     levels = [int(c) for c in args.connections.split(",") if c]
     if nginx_binary() is None or shutil.which("wrk") is None:
         raise SystemExit(f"the saturation bench needs nginx and wrk: {INSTALL_HINT}")
@@ -902,28 +1042,28 @@ def main(argv: list[str] | None = None) -> int:
         s3, moto, provider = bench.start_store_and_idp(home, procs)
         bare, bare_port = bench.start_bare_mitmdump(home, upstream.url)
         procs.append(bare)
-        gateway = bench.start_full_gateway(
+        gateways = start_gateways(
             home,
             upstream.url,
             moto,
             provider,
-            policy=POLICY,
-            gateway_options=dict(option.split("=", 1) for option in args.gateway_set),
-            hook_timing=args.hook_timing,
+            args.gateway_workers,
+            dict(option.split("=", 1) for option in args.gateway_set),
+            args.hook_timing,
+            procs,
         )
-        procs.append(gateway.proc)
-        assert bare.process is not None and gateway.proc.process is not None
+        port = gateways[0].port
         id_token = provider.mint("bench-agent", ["agents"], email="bench-agent@example.com")
-        with connector_session(gateway.port, id_token) as gateway_token:
+        with connector_session(port, id_token) as gateway_token:
             bare_script, gateway_script = home / "bare.lua", home / "gateway.lua"
             bare_script.write_text(wrk_script(UPSTREAM_SESSION_TOKEN, args.arrow_every))
             gateway_script.write_text(wrk_script(gateway_token, args.arrow_every))
             targets = [
-                Target(BARE, bare_port, bench.ProcessProbe(bare.process.pid), bare_script),
+                Target(BARE, bare_port, Processes.of(bare), bare_script),
                 Target(
                     GATEWAY,
-                    gateway.port,
-                    bench.ProcessProbe(gateway.proc.process.pid),
+                    port,
+                    Processes.of(*(gateway.proc for gateway in gateways)),
                     gateway_script,
                 ),
             ]
@@ -938,13 +1078,17 @@ def main(argv: list[str] | None = None) -> int:
                 warm += result.requests if target.name == GATEWAY else 0
             results = measure_levels(targets, levels, args.rounds, args.duration, log)
             if args.profile:
-                with bench.py_spy(targets[1].probe.pid, args.profile):
+                with bench.py_spy(targets[1].processes.probes[0].pid, args.profile):
                     profiled = run_wrk(targets[1].port, gateway_script, 8, args.duration, log)
                 warm += profiled.requests
                 print(bench.profile_summary(args.profile), file=sys.stderr)
         statements = warm + 1 + sum(level.requests(GATEWAY) for level in results)
-        archive = bench.wait_sessions_archived(s3, 1, timeout=300)
-        archived = Archived(statements, archive, spool_bytes(home / "gateway" / "spool"))
+        archive = bench.wait_sessions_archived(s3, 1, timeout=300, statements=statements)
+        archived = Archived(
+            statements,
+            archive,
+            sum(spool_bytes(gateway.workdir / "spool") for gateway in gateways),
+        )
     finally:
         for proc in reversed(procs):
             proc.stop()
@@ -954,7 +1098,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.write:
         bench.write_doc(text, section="bench_saturation.py")
-    failed = sum(level.failures() for level in results) or archived.archive.records < statements
+    failed = sum(level.failures() for level in results) or archived.archive.statements < statements
     return 1 if failed else 0
 
 

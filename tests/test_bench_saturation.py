@@ -3,15 +3,20 @@
 Not a benchmark: nothing here is timed. nginx (and, for the load script, wrk)
 answer on loopback ports the way scripts/bench_saturation.py starts them; the
 real connector must accept the canned login and both query answers, and the
-Lua script must count what it is meant to count. Skipped where nginx or wrk is
-not installed (`apt-get install nginx-light wrk`).
+Lua script must count what it is meant to count. With `--gateway-workers N`
+the report must say how many gateway processes ran, sum their CPU time, and
+wait for every one to be idle. Skipped where nginx or wrk is not installed
+(`apt-get install nginx-light wrk`).
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
+import os
 import shutil
+import sys
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -22,7 +27,7 @@ import pytest
 import snowflake.connector
 
 from hoopgw.addons.query_ids import looks_issued
-from scripts import bench_saturation
+from scripts import bench, bench_saturation
 from scripts.bench_saturation import CannedUpstream
 from tests import stack
 
@@ -159,3 +164,78 @@ def test_the_load_script_counts_refusals_answered_with_200(tmp_path: Path) -> No
         refusing.stop()
     assert result.requests > 0
     assert result.non_200 == 0 and result.not_success == result.requests
+
+
+def level_of(bare_qps: float, gateway_cpu: tuple[float, ...]) -> bench_saturation.Level:
+    def run(qps: float, cpu: tuple[float, ...]) -> bench_saturation.WrkResult:
+        return bench_saturation.WrkResult(
+            int(qps * 3), 3.0, 0, 0, 0, 0, 1.0, 2.0, 3.0, 4.0, 5.0, sum(cpu), cpu
+        )
+
+    level = bench_saturation.Level(8)
+    level.runs[bench_saturation.BARE].append(run(bare_qps, (1.0,)))
+    level.runs[bench_saturation.GATEWAY].append(run(bare_qps * 0.75, gateway_cpu))
+    return level
+
+
+def report_for(workers: int, stored_statements: int, sent_statements: int = 100) -> str:
+    archive = bench.Archive(1, 1, 2 * stored_statements, 10_000, 1_000, stored_statements)
+    archived = bench_saturation.Archived(sent_statements, archive, spool_bytes=0)
+    args = argparse.Namespace(rounds=1, duration=3.0, arrow_every=10, gateway_workers=workers)
+    level = level_of(600, (3.0, 1.0) if workers == 2 else (4.0,))
+    return bench_saturation.report([level], archived, args, "test machine", 0.0)
+
+
+def test_the_table_and_the_report_say_how_many_gateway_processes_ran() -> None:
+    one = report_for(1, 100)
+    assert "| gateway q/s |" in one and "processes" not in one
+    two = report_for(2, 100)
+    assert "| gateway (2 processes) q/s |" in two
+    assert "gateway (2 processes) CPU ms/statement (bare)" in two
+    assert "**The gateway ran as 2 processes**" in two
+    assert "Targets (issue 22), gateway (2 processes):" in two
+    assert "share of the gateway's CPU time: 8 conn 75%/25%." in two
+
+
+def test_the_report_flags_fewer_statements_stored_than_sent() -> None:
+    assert "recording was skipped" in report_for(2, 99)
+    assert "recording was skipped" not in report_for(2, 100)
+
+
+def test_the_gateway_s_cpu_time_sums_its_processes() -> None:
+    probe = bench.ProcessProbe(os.getpid())
+    both = bench_saturation.Processes((probe, probe))
+    before = probe.cpu_seconds()
+    summed = both.cpu_seconds()
+    after = probe.cpu_seconds()
+    assert 2 * before <= summed <= 2 * after
+
+
+def test_waiting_for_idle_waits_for_every_process(tmp_path: Path) -> None:
+    busy = stack.Proc(
+        "busy", [sys.executable, "-c", "while True: pass"], tmp_path / "busy.log"
+    ).start()
+    idle = stack.Proc(
+        "idle", [sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "idle.log"
+    ).start()
+    try:
+        assert bench_saturation.wait_idle(bench_saturation.Processes.of(idle), timeout=2)
+        both = bench_saturation.Processes.of(idle, busy)
+        assert not bench_saturation.wait_idle(both, timeout=2)
+    finally:
+        busy.stop()
+        idle.stop()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--gateway-workers", "0"],
+        ["--gateway-workers", "2", "--profile", "profile.pyspy"],
+        ["--gateway-workers", "2", "--hook-timing", "hooks.json"],
+    ],
+)
+def test_gateway_workers_refuses_what_follows_one_process(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        bench_saturation.main(argv)
+    assert exit_.value.code == 2

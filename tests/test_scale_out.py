@@ -15,7 +15,7 @@ import itertools
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -90,10 +90,14 @@ def shared_store(tmp_path: Path) -> Path:
 
 
 def start_replica(
-    workdir: Path, upstream: str, options: dict[str, object], env: dict[str, str]
+    workdir: Path,
+    upstream: str,
+    options: dict[str, object],
+    env: dict[str, str],
+    port: int | None = None,
 ) -> stack.Gateway:
     """`stack.start_gateway`, but logging one line per flow so the log shows the traffic."""
-    port = stack.free_port()
+    port = port or stack.free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     argv = stack.gateway_argv(upstream, port, options, confdir=workdir / "mitmproxy")  # type: ignore[arg-type]
     argv[argv.index("flow_detail=0")] = "flow_detail=1"
@@ -104,22 +108,34 @@ def start_replica(
     return stack.Gateway(proc, port, "http", workdir)
 
 
+def replica_env() -> dict[str, str]:
+    """The environment of every replica of one test: one token key, the upstream password."""
+    return {TOKEN_KEY_ENV: new_token_key(), UPSTREAM_PASSWORD_ENV: UPSTREAM_TEST_PASSWORD}
+
+
+def replica_options(
+    gateway_options: Mapping[str, object], shared_store: Path, home: Path
+) -> dict[str, object]:
+    """A replica's options: the shared token key and store, its own spool under `home`."""
+    return {
+        **gateway_options,
+        "hoopgw_token_key": f"env:{TOKEN_KEY_ENV}",
+        "hoopgw_store": f"file:{shared_store}",
+        "hoopgw_spool_dir": str(home / "spool"),
+    }
+
+
 @pytest.fixture
 def replicas(
     tmp_path: Path, fakesnow_server, gateway_options, shared_store: Path
 ) -> Iterator[list[stack.Gateway]]:
     """Two gateways with one token key and one store; each keeps its own spool."""
-    env = {TOKEN_KEY_ENV: new_token_key(), UPSTREAM_PASSWORD_ENV: UPSTREAM_TEST_PASSWORD}
+    env = replica_env()
     started: list[stack.Gateway] = []
     try:
         for name in ("a", "b"):
             home = tmp_path / f"replica-{name}"
-            options = {
-                **gateway_options,
-                "hoopgw_token_key": f"env:{TOKEN_KEY_ENV}",
-                "hoopgw_store": f"file:{shared_store}",
-                "hoopgw_spool_dir": str(home / "spool"),
-            }
+            options = replica_options(gateway_options, shared_store, home)
             started.append(start_replica(home, fakesnow_server.url, options, env))
         yield started
     finally:
