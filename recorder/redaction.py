@@ -442,17 +442,30 @@ _SQL_MAX_DEPTH: Final = 3
 
 
 def redact_message(text: str) -> str:
-    """An error message, cut at the first credential word.
+    """An error message, cut at the first credential word, its quotes before it masked.
 
     Messages quote fragments of the statement (often cut mid-literal, so the
     SQL tokenizer cannot see the literal's extent): everything after a word
-    such as PASSWORD or CREDENTIALS is dropped rather than parsed. JWTs and
-    `Bearer ...` values a message echoes from the request are masked.
+    such as PASSWORD or CREDENTIALS is dropped rather than parsed, and a
+    message naming such a word keeps none of its quoted fragments either,
+    since the value can come first ("invalid value 'x' for PASSWORD"). JWTs
+    and `Bearer ...` values a message echoes from the request are masked.
     """
     match = _SQL_TRIGGER.search(text)
     if match is not None:
-        text = f"{text[: match.end()]} {REDACTED}"
+        head = _MESSAGE_QUOTE.sub(_masked_quote, text[: match.start()])
+        text = f"{head}{match.group()} {REDACTED}"
     return mask_credential_values(text)
+
+
+_MESSAGE_QUOTE: Final = re.compile(r"""(['"`])(?:(?!\1).)*(?:\1|$)""", re.DOTALL)
+"""A quoted fragment, or an opening quote left unclosed before the credential word."""
+
+
+def _masked_quote(match: re.Match[str]) -> str:
+    quote, fragment = match.group(1), match.group()
+    closed = len(fragment) > 1 and fragment.endswith(quote)
+    return f"{quote}{REDACTED}{quote}" if closed else f"{quote}{REDACTED} "
 
 
 def _is_secret_sql_name(upper: str) -> bool:

@@ -13,6 +13,7 @@ from hoopgw.recorder.redaction import (
     body_for_record,
     redact_headers,
     redact_json,
+    redact_message,
     redact_path,
     redact_sql,
     strip_url_query,
@@ -441,6 +442,32 @@ def test_error_messages_are_cut_at_credential_words():
     assert redact_json({"message": "Object 'T' does not exist"}) == {
         "message": "Object 'T' does not exist"
     }
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "Invalid value 'hunter2-never' for property PASSWORD",
+        'Invalid value "hunter2-never" for property password',
+        "unexpected `hunter2-never` near TOKEN = ...",
+        "syntax error near 'hunter2-never and then SECRET",
+        "'a' 'hunter2-never' 'b' credentials 'c'",
+        "near 'my passphrase is hunter2-never' at position 12",
+    ],
+)
+def test_error_messages_keep_no_quoted_fragment_of_a_message_naming_a_credential(
+    message: str,
+) -> None:
+    """The value can come before the word that names it; a message naming one keeps no quote."""
+    redacted = redact_message(message)
+    assert "hunter2" not in redacted
+    assert REDACTED in redacted
+    assert "hunter2" not in str(redact_json({"message": message}))
+
+
+def test_error_messages_without_credential_words_keep_their_quotes() -> None:
+    message = "SQL compilation error: Object 'BENCH.PUBLIC.ORDERS' does not exist"
+    assert redact_message(message) == message
 
 
 def test_redacting_one_sql_text_twice_gives_its_redaction_and_the_next_text_its_own() -> None:
