@@ -43,7 +43,9 @@ def request_records() -> list[dict[str, Any]]:
     return [record for record in realistic_session(200) if record["kind"] == REQUEST]
 
 
-def run_once(records: list[dict[str, Any]], appenders: int, seconds: float) -> dict[str, float]:
+def run_once(
+    records: list[dict[str, Any]], appenders: int, seconds: float, commit_here: bool
+) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix=".bench-spool-", dir=REPOSITORY) as tmp:
         spool = Spool(
             SpoolConfig(Path(tmp) / "spool", writer_id=new_writer_id(), max_bytes=1 << 34),
@@ -61,7 +63,7 @@ def run_once(records: list[dict[str, Any]], appenders: int, seconds: float) -> d
                 record = dict(records[position % len(records)], session_id=session_id)
                 started = time.perf_counter()
                 before = clock()
-                waiting = spool.append_on_loop(record)
+                waiting = spool.append_on_loop(record, commit_here=commit_here)
                 queuing[0] += clock() - before
                 await waiting
                 latencies.append(time.perf_counter() - started)
@@ -91,6 +93,7 @@ def run_once(records: list[dict[str, Any]], appenders: int, seconds: float) -> d
         "process_us": process_cpu / count * 1e6,
         "per_batch": count / max(batches, 1),
         "p50_ms": statistics.median(latencies) * 1000,
+        "p99_ms": latencies[len(latencies) * 99 // 100] * 1000,
     }
 
 
@@ -104,18 +107,24 @@ def main() -> None:
     size = sum(len(str(record)) for record in records) / len(records)
     print(f"{len(records)} distinct request records, ~{size:,.0f} characters each\n")
     print(
-        "| appenders | loop CPU us/record | of which queuing | rest (wake, settle) "
-        "| process CPU us/record | durable appends/s | records/fsync | p50 ms |"
+        "| appenders | commit by | loop CPU us/record | of which queuing | rest (write, wake, "
+        "settle) | process CPU us/record | durable appends/s | records/fsync | p50 ms | p99 ms |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for appenders in (int(count) for count in args.appenders.split(",")):
-        runs = [run_once(records, appenders, args.seconds) for _ in range(args.rounds)]
-        median = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
-        print(
-            f"| {appenders} | {median['loop_us']:.1f} | {median['queue_us']:.1f} "
-            f"| {median['loop_us'] - median['queue_us']:.1f} | {median['process_us']:.1f} "
-            f"| {median['rate']:,.0f} | {median['per_batch']:.1f} | {median['p50_ms']:.2f} |"
-        )
+        runs: dict[bool, list[dict[str, float]]] = {True: [], False: []}
+        for number in range(args.rounds):  # the two in turns, so drift hits both
+            for commit_here in (True, False) if number % 2 == 0 else (False, True):
+                runs[commit_here].append(run_once(records, appenders, args.seconds, commit_here))
+        for commit_here, done in runs.items():
+            median = {key: statistics.median(run[key] for run in done) for key in done[0]}
+            print(
+                f"| {appenders} | {'the loop' if commit_here else 'writer thread'} "
+                f"| {median['loop_us']:.1f} | {median['queue_us']:.1f} "
+                f"| {median['loop_us'] - median['queue_us']:.1f} | {median['process_us']:.1f} "
+                f"| {median['rate']:,.0f} | {median['per_batch']:.1f} | {median['p50_ms']:.2f} "
+                f"| {median['p99_ms']:.2f} |"
+            )
 
 
 if __name__ == "__main__":

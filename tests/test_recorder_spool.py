@@ -20,7 +20,7 @@ from hoopgw.recorder.catalog import Archive, SessionNotFound
 from hoopgw.recorder.ids import InvalidSessionId, InvalidWriterId, new_session_id, new_writer_id
 from hoopgw.recorder.index import ArchiveIndex
 from hoopgw.recorder.schema import FORMAT_VERSION, GENESIS_HASH, record_hash, validate_record
-from hoopgw.recorder.spool import Spool, SpoolConfig, SpoolError
+from hoopgw.recorder.spool import Spool, SpoolConfig, SpoolDiskFull, SpoolError
 from hoopgw.recorder.store import LocalStore
 from tests import stack
 
@@ -277,18 +277,164 @@ class HeldFsync:
         monkeypatch.setattr(os, "fsync", fsync)
 
 
-def test_a_batch_of_waiters_on_a_loop_is_woken_with_one_hand_over(
+def hold_the_writer(spool: Spool, held: HeldFsync, session_id: str) -> Future:
+    """The writer thread in its own batch's fsync (a record appended off the loop), so that
+    records appended on a loop meanwhile are left to it: the writer's own path."""
+    held.armed.set()
+    first = spool.append(request(session_id, "held"))
+    assert held.entered.wait(DEADLINE), "the writer never reached its fsync"
+    return first
+
+
+def test_waiters_on_a_loop_commit_themselves_with_one_fsync_and_no_hand_over(
+    make_spool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop's group commit: what its callbacks appended in one turn is written and
+    fsynced once, on the loop, and settled there; durable when the futures resolve."""
+    spool = make_spool()
+    sessions = [new_session_id() for _ in range(8)]
+    spool.append_eventually(request(sessions[0], "outcome-before"))
+    real_fsync = os.fsync
+    fsync_threads: list[int] = []
+
+    def recording_fsync(fd: int) -> None:
+        fsync_threads.append(threading.get_ident())
+        real_fsync(fd)
+
+    async def scenario() -> tuple[list[dict[str, Any]], int, list[bytes], int]:
+        loop = asyncio.get_running_loop()
+        hand_overs: list[object] = []
+        real_call_soon_threadsafe = loop.call_soon_threadsafe
+
+        def counting(callback: Any, *args: Any) -> Any:
+            hand_overs.append(callback)
+            return real_call_soon_threadsafe(callback, *args)
+
+        monkeypatch.setattr(loop, "call_soon_threadsafe", counting)
+        monkeypatch.setattr(os, "fsync", recording_fsync)
+        batches = spool.stats().batches
+        futures = [
+            spool.append_on_loop(request(session_id, f"statement-{number}"))
+            for number, session_id in enumerate(sessions)
+        ]
+        durable_when_settled: list[bytes] = []
+        futures[-1].add_done_callback(
+            lambda _: durable_when_settled.append(wal_text(tmp_path / "spool"))
+        )
+        records = await asyncio.wait_for(asyncio.gather(*futures), DEADLINE)
+        return (
+            records,
+            len(hand_overs),
+            durable_when_settled,
+            spool.stats().batches - batches,
+        )
+
+    loop_thread = threading.get_ident()
+    records, hand_overs, durable, batches = asyncio.run(scenario())
+    assert [record["flow_id"] for record in records] == [f"statement-{n}" for n in range(8)]
+    assert [record["seq"] for record in records] == [1, 0, 0, 0, 0, 0, 0, 0]
+    assert all(record["hash"] == record_hash(record) for record in records)
+    assert hand_overs == 0, "the writer thread handed the records back"
+    assert batches == 1, f"{batches} WAL writes for one turn of the loop"
+    assert fsync_threads.count(loop_thread) == 1
+    # every record is in the WAL when its future resolves, and so is the one queued before
+    assert all(f'"hash":"{record["hash"]}"'.encode() in durable[0] for record in records)
+    assert b'"flow_id":"outcome-before"' in durable[0]
+
+
+def test_waiters_on_a_busy_loop_leave_the_fsync_to_the_writer_thread(
+    make_spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`commit_here=False` (the loop has other statements to get on with): the writer
+    thread writes and fsyncs, and the loop is woken once for the batch."""
+    spool = make_spool()
+    sessions = [new_session_id() for _ in range(4)]
+    real_fsync = os.fsync
+    fsync_threads: list[int] = []
+
+    def recording_fsync(fd: int) -> None:
+        fsync_threads.append(threading.get_ident())
+        real_fsync(fd)
+
+    async def scenario() -> tuple[list[dict[str, Any]], int]:
+        loop = asyncio.get_running_loop()
+        hand_overs: list[object] = []
+        real_call_soon_threadsafe = loop.call_soon_threadsafe
+
+        def counting(callback: Any, *args: Any) -> Any:
+            hand_overs.append(callback)
+            return real_call_soon_threadsafe(callback, *args)
+
+        monkeypatch.setattr(loop, "call_soon_threadsafe", counting)
+        monkeypatch.setattr(os, "fsync", recording_fsync)
+        futures = [
+            spool.append_on_loop(request(session_id, f"busy-{number}"), commit_here=False)
+            for number, session_id in enumerate(sessions)
+        ]
+        records = await asyncio.wait_for(asyncio.gather(*futures), DEADLINE)
+        return records, len(hand_overs)
+
+    loop_thread = threading.get_ident()
+    records, hand_overs = asyncio.run(scenario())
+    assert [record["flow_id"] for record in records] == [f"busy-{n}" for n in range(4)]
+    assert fsync_threads and loop_thread not in fsync_threads
+    assert 1 <= hand_overs <= len(sessions)
+
+
+def test_loop_commits_and_the_writer_thread_together_keep_every_stream_whole(
+    make_spool, tmp_path: Path
+) -> None:
+    """Appends on a loop (committed by the loop) race appends from threads (written by the
+    writer thread): each record is in the WAL when acknowledged, and every stream's seqs
+    run without a gap or a repeat."""
+    spool = make_spool()
+    sessions = [new_session_id() for _ in range(6)]
+    problems: list[str] = []
+
+    def check_durable(record: dict[str, Any]) -> None:
+        if f'"hash":"{record["hash"]}"'.encode() not in wal_text(tmp_path / "spool"):
+            problems.append(f"{record['flow_id']} acknowledged but not in the WAL")
+
+    def produce(session_id: str) -> list[dict[str, Any]]:
+        records = []
+        for number in range(40):
+            record = spool.append(request(session_id, f"thread-{number}")).result(DEADLINE)
+            check_durable(record)
+            records.append(record)
+        return records
+
+    async def on_the_loop() -> list[dict[str, Any]]:
+        threads = [asyncio.to_thread(produce, session_id) for session_id in sessions[:3]]
+        records: list[dict[str, Any]] = []
+        for turn in range(40):
+            futures = [
+                spool.append_on_loop(request(session_id, f"loop-{turn}")) for session_id in sessions
+            ]
+            for future in futures:
+                future.add_done_callback(lambda done: check_durable(done.result()))
+            records += await asyncio.wait_for(asyncio.gather(*futures), DEADLINE)
+        for produced in await asyncio.gather(*threads):
+            records += produced
+        return records
+
+    records = asyncio.run(on_the_loop())
+    assert problems == []
+    for session_id in sessions:
+        seqs = sorted(record["seq"] for record in records if record["session_id"] == session_id)
+        assert seqs == list(range(len(seqs))), f"stream {session_id} has a gap or a repeat"
+    assert len(records) == 40 * len(sessions) + 40 * 3
+
+
+def test_a_batch_of_waiters_on_a_loop_the_writer_has_in_hand_is_woken_with_one_hand_over(
     make_spool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     held = HeldFsync(monkeypatch)
     spool = make_spool()
     sessions = [new_session_id() for _ in range(8)]
 
-    async def scenario() -> tuple[list[dict[str, Any]], int]:
+    async def scenario() -> tuple[dict[str, Any], list[dict[str, Any]], int]:
         loop = asyncio.get_running_loop()
-        held.armed.set()
-        first = spool.append_on_loop(request(sessions[0], "held"))
-        await asyncio.to_thread(held.entered.wait, DEADLINE)  # the writer is in the fsync
+        first = await asyncio.to_thread(hold_the_writer, spool, held, sessions[0])
         hand_overs: list[object] = []
         real_call_soon_threadsafe = loop.call_soon_threadsafe
 
@@ -301,17 +447,19 @@ def test_a_batch_of_waiters_on_a_loop_is_woken_with_one_hand_over(
             spool.append_on_loop(request(session_id, f"queued-{number}"))
             for number, session_id in enumerate(sessions)
         ]
+        await asyncio.sleep(0)  # the loop's commit runs, finds the writer busy, leaves it
         held.release.set()
-        records = await asyncio.wait_for(asyncio.gather(first, *queued), DEADLINE)
-        return records, len(hand_overs)
+        records = await asyncio.wait_for(asyncio.gather(*queued), DEADLINE)
+        return await asyncio.wrap_future(first), records, len(hand_overs)
 
-    records, hand_overs = asyncio.run(scenario())
-    assert [record["flow_id"] for record in records[1:]] == [f"queued-{n}" for n in range(8)]
-    assert [record["seq"] for record in records] == [0, 1, 0, 0, 0, 0, 0, 0, 0]
+    first, records, hand_overs = asyncio.run(scenario())
+    assert (first["flow_id"], first["seq"]) == ("held", 0)
+    assert [record["flow_id"] for record in records] == [f"queued-{n}" for n in range(8)]
+    assert [record["seq"] for record in records] == [1, 0, 0, 0, 0, 0, 0, 0]
     assert all(record["hash"] == record_hash(record) for record in records)
     assert spool.stats().batches >= 2, "the queued records were not a batch of their own"
-    # the held record's batch and the queued one: at most one wake-up each, not one per record
-    assert 1 <= hand_overs <= 2, f"{hand_overs} hand-overs to the loop for 9 records"
+    # the held batch and the queued one: at most one wake-up each, not one per record
+    assert 1 <= hand_overs <= 2, f"{hand_overs} hand-overs to the loop for 8 records"
 
 
 def test_a_waiter_that_gave_up_leaves_the_others_of_its_batch_settled(
@@ -322,14 +470,12 @@ def test_a_waiter_that_gave_up_leaves_the_others_of_its_batch_settled(
     session_id = new_session_id()
 
     async def scenario() -> tuple[bool, list[dict[str, Any]]]:
-        held.armed.set()
-        first = spool.append_on_loop(request(session_id, "held"))
-        await asyncio.to_thread(held.entered.wait, DEADLINE)
+        first = await asyncio.to_thread(hold_the_writer, spool, held, session_id)
         given_up = spool.append_on_loop(request(session_id, "given-up"))
         last = spool.append_on_loop(request(session_id, "last"))
         given_up.cancel()
         held.release.set()
-        records = await asyncio.wait_for(asyncio.gather(first, last), DEADLINE)
+        records = await asyncio.wait_for(asyncio.gather(asyncio.wrap_future(first), last), DEADLINE)
         return given_up.cancelled(), records
 
     cancelled, records = asyncio.run(scenario())
@@ -337,21 +483,55 @@ def test_a_waiter_that_gave_up_leaves_the_others_of_its_batch_settled(
     assert [(record["flow_id"], record["seq"]) for record in records] == [("held", 0), ("last", 2)]
 
 
-def test_a_cancelled_future_leaves_the_writer_running(
-    make_spool, monkeypatch: pytest.MonkeyPatch
+def test_a_waiter_that_gave_up_before_the_loop_committed_leaves_the_others_settled(
+    make_spool,
 ) -> None:
-    held = HeldFsync(monkeypatch)
     spool = make_spool()
     session_id = new_session_id()
-    held.armed.set()
-    first = spool.append(request(session_id, "held"))
-    assert held.entered.wait(DEADLINE)
-    cancelled = spool.append(request(session_id, "cancelled"))
-    assert cancelled.cancel()
-    held.release.set()
-    assert first.result(DEADLINE)["seq"] == 0
-    after = spool.append(request(session_id, "after")).result(DEADLINE)
-    assert (after["seq"], spool.stats().state) == (2, "ok")
+
+    async def scenario() -> tuple[bool, list[dict[str, Any]]]:
+        given_up = spool.append_on_loop(request(session_id, "given-up"))
+        last = spool.append_on_loop(request(session_id, "last"))
+        given_up.cancel()
+        records = await asyncio.wait_for(asyncio.gather(last), DEADLINE)
+        return given_up.cancelled(), records
+
+    cancelled, records = asyncio.run(scenario())
+    assert cancelled
+    assert [(record["flow_id"], record["seq"]) for record in records] == [("last", 1)]
+    assert spool.stats().state == "ok"
+
+
+def test_a_full_disk_on_the_loops_commit_fails_its_waiters_and_steps_the_chain_back(
+    make_spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop's own WAL write hits ENOSPC: the writer handles it as its own failed write
+    (the waiters fail with SpoolDiskFull, the chain steps back) and leaves the spell."""
+    real_fsync = os.fsync
+    full = threading.Event()
+
+    def fsync(fd: int) -> None:
+        if full.is_set():
+            raise OSError(28, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    spool = make_spool(disk_probe_interval=0.05, disk_probe_max_interval=0.1)
+    session_id = new_session_id()
+
+    async def append(flow: str) -> dict[str, Any]:
+        return await asyncio.wait_for(spool.append_on_loop(request(session_id, flow)), DEADLINE)
+
+    before = asyncio.run(append("before"))
+    assert before["seq"] == 0
+    full.set()
+    with pytest.raises(SpoolDiskFull, match="No space left on device"):
+        asyncio.run(append("refused"))
+    assert spool.stats().state == "disk_full"
+    full.clear()
+    wait_for(lambda: spool.stats().state == "ok", "the spool to leave the full-disk state")
+    after = asyncio.run(append("after"))
+    assert (after["seq"], after["prev_hash"]) == (1, before["hash"])
 
 
 def test_a_record_outlives_the_loop_that_waited_on_it(
@@ -362,9 +542,9 @@ def test_a_record_outlives_the_loop_that_waited_on_it(
     session_id = new_session_id()
 
     async def leave_waiting() -> None:
-        held.armed.set()
+        await asyncio.to_thread(hold_the_writer, spool, held, session_id)
         spool.append_on_loop(request(session_id, "orphaned"))
-        await asyncio.to_thread(held.entered.wait, DEADLINE)
+        await asyncio.sleep(0)  # the loop's commit leaves the record to the busy writer
 
     asyncio.run(leave_waiting())  # the loop closes while the writer is in the fsync
     held.release.set()
@@ -373,7 +553,7 @@ def test_a_record_outlives_the_loop_that_waited_on_it(
         return await asyncio.wait_for(spool.append_on_loop(request(session_id, flow)), DEADLINE)
 
     record = asyncio.run(append("next"))
-    assert (record["flow_id"], record["seq"]) == ("next", 1)
+    assert (record["flow_id"], record["seq"]) == ("next", 2)
     assert spool.stats().state == "ok"
 
 

@@ -105,6 +105,7 @@ class Spool:
         self._recovery = Recovery(config.directory, config.writer_id, self._bytes)
         self._lock_fd: int | None = None
         self._inbox: LoopInbox | None = None
+        self._commit_scheduled = False
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -177,20 +178,36 @@ class Spool:
         self._writer.enqueue(record, future)
         return future
 
-    def append_on_loop(self, record: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
+    def append_on_loop(
+        self, record: dict[str, Any], commit_here: bool = True
+    ) -> asyncio.Future[dict[str, Any]]:
         """As `append`, for a caller on the running event loop: an asyncio future.
 
-        The writer thread hands the outcomes of a whole batch to the loop at once
-        (`intake.LoopInbox`): one wake-up of the loop per fsync, whatever the number
-        of waiters, and no concurrent future to lock and re-wrap.
+        With `commit_here` the loop commits itself: once the callbacks ready in this
+        turn of the loop have run, one WAL write and fsync makes every record they
+        appended durable and their futures resolve (`SpoolWriter.commit_queued`),
+        with no wake-up of the writer thread and no hand-back; when the loop has
+        nothing else to do meanwhile, each such hand-off costs a statement more than
+        the fsync. Without it (the loop has other work to get on with during the
+        fsync), or when the writer thread has the queue in hand, or the write fails,
+        the writer thread writes and settles these futures, a whole batch per
+        wake-up of the loop (`intake.LoopInbox`).
         """
         loop = asyncio.get_running_loop()
         inbox = self._inbox
         if inbox is None or inbox.loop is not loop:
             inbox = self._inbox = LoopInbox(loop)
         future: asyncio.Future[dict[str, Any]] = loop.create_future()
-        self._writer.enqueue(record, LoopWaiter(future, inbox))
+        self._writer.enqueue(record, LoopWaiter(future, inbox), wake=not commit_here)
+        if commit_here and not self._commit_scheduled:
+            self._commit_scheduled = True
+            loop.call_soon(self._commit_on_loop)
         return future
+
+    def _commit_on_loop(self) -> None:
+        """The loop's group commit: every record appended since the last one, one fsync."""
+        self._commit_scheduled = False
+        self._writer.commit_queued()
 
     def append_eventually(self, record: dict[str, Any]) -> None:
         """Queue a record nobody waits on; it is durable within `eventual_delay` seconds.

@@ -89,5 +89,14 @@ class Seal:
     future: Future[None]
 
 
+@dataclass(slots=True)
+class Failed:
+    """A producer's commit of `writes` failed with `error`: the writer thread handles it as
+    its own failed write (a full disk, or a failure for good), ahead of the queue."""
+
+    error: Exception
+    writes: list[Write]
+
+
 STOP: Final = object()
 """Queued by `close()`: write what came before, seal everything, end the thread."""

@@ -2,8 +2,11 @@
 
 Per batch: one write and one fsync of the WAL, then the batch's futures resolve
 (the records are durable), then the lines are copied into each session's open
-segment file. A segment seals on size, age or its session's end: fsync, rename
-`.open` -> `.jsonl`, note the seal in the WAL, hand it to the uploader.
+segment file. A producer on an event loop may write the batch itself
+(`commit_queued`, the loop's group commit): it saves the thread hand-offs that
+cost a statement more than the fsync, and leaves the filing to this thread. A
+segment seals on size, age or its session's end: fsync, rename `.open` ->
+`.jsonl`, note the seal in the WAL, hand it to the uploader.
 
 A full disk (ENOSPC, EDQUOT) is a state the writer leaves by itself. The
 failed WAL append is cut back, so the batch's records are neither on disk nor
@@ -21,6 +24,7 @@ unsynced pages, so only a restart's recovery from the WAL is trusted.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import logging
@@ -37,7 +41,15 @@ from hoopgw.recorder.schema import FORMAT_VERSION, KINDS, SESSION_END, chain_rec
 from hoopgw.recorder.spool.chains import ChainTable
 from hoopgw.recorder.spool.config import SpoolConfig
 from hoopgw.recorder.spool.errors import SpoolDiskFull, SpoolError
-from hoopgw.recorder.spool.intake import STOP, LoopInbox, LoopWaiter, Outcome, Seal, Write
+from hoopgw.recorder.spool.intake import (
+    STOP,
+    Failed,
+    LoopInbox,
+    LoopWaiter,
+    Outcome,
+    Seal,
+    Write,
+)
 from hoopgw.recorder.spool.layout import Sealed, write_all
 from hoopgw.recorder.spool.segments import OpenSegment, OpenSegments
 from hoopgw.recorder.spool.stats import SpoolBytes
@@ -102,6 +114,15 @@ class SpoolWriter:
         self.batches = 0
         self.sealed_segments = 0
         self._to_seal: list[OpenSegment] = []
+        self._wal_lock = threading.Lock()
+        """Held for every WAL write, fsync and rotation, by this thread or a committing
+        producer; taken before the queue lock, never after it."""
+        self._committed: list[tuple[list[Write], int]] = []
+        """Batches a producer made durable (`commit_queued`), with the WAL file they are
+        in, waiting to be filed by this thread; under the queue lock."""
+        self._taking = False
+        """This thread took a batch it has not written yet: a producer must not commit
+        records queued after it first (their acknowledgement would come before it)."""
         self._held_bytes = 0
         self._refused_before = 0
         self._full_since_monotonic = 0.0
@@ -141,9 +162,13 @@ class SpoolWriter:
     # --- producers (any thread) ------------------------------------------------------
 
     def enqueue(
-        self, record: dict[str, Any], future: Future[dict[str, Any]] | LoopWaiter | None
+        self,
+        record: dict[str, Any],
+        future: Future[dict[str, Any]] | LoopWaiter | None,
+        wake: bool = True,
     ) -> None:
-        """Validate and chain a record, and queue it; wakes the thread if someone waits."""
+        """Validate and chain a record, and queue it; wakes the thread if someone waits,
+        unless the caller commits the queue itself (`wake=False`, `commit_queued`)."""
         session_id = parse_session_id(record.get("session_id"))  # type: ignore[arg-type]
         kind = record.get("kind")
         if kind not in KINDS:
@@ -174,7 +199,7 @@ class SpoolWriter:
             self.records += 1
             if self.disk_full is not None:
                 self._held_bytes += len(line)
-            if future is not None:
+            if future is not None and wake:
                 self._wake()
 
     def end_session(self, session_id: str) -> Future[None]:
@@ -193,6 +218,43 @@ class SpoolWriter:
             self._queue.append(Seal(session_id, future))
             self._wake()
         return future
+
+    def commit_queued(self) -> None:
+        """Make every queued record durable on the calling thread, then settle its waiters.
+
+        For a producer on an event loop: one WAL write and fsync for all records its
+        loop queued since the last call (and any queued before them), with no wake-up
+        of this thread and no hand-back to the loop. The lines are filed into
+        segments later, by this thread. Whenever the fast path does not apply (a seal
+        or stop queued, this thread in the middle of a batch, a full or failed disk)
+        or the write fails, the queue is left to this thread, which writes it or
+        fails it as it would have.
+        """
+        with self._wal_lock:
+            with self._lock:
+                batch = self._queue
+                if not batch:
+                    return
+                if (
+                    self._taking
+                    or self.disk_full is not None
+                    or self.failure is not None
+                    or not all(type(item) is Write for item in batch)
+                ):
+                    self._wake()
+                    return
+                self._queue = []
+            try:
+                self.wal.append(b"".join(write.line for write in batch))
+            except Exception as exc:
+                with self._lock:
+                    self._queue[:0] = [Failed(exc, batch)]
+                    self._wake()
+                return
+            with self._lock:
+                self._committed.append((batch, self.wal.number))
+                self.batches += 1
+        _settle(batch, None, here=True)
 
     def _check_taking(self, awaited: bool = True, record: bool = True) -> None:
         """Called under the lock: raise unless records (or seal requests) are taken.
@@ -240,7 +302,7 @@ class SpoolWriter:
                 self._wakeups.get(timeout=timeout)
             except queue.Empty:
                 with self._lock:
-                    if self._queue and self.disk_full is None:
+                    if (self._queue or self._committed) and self.disk_full is None:
                         return
 
     # --- the thread ------------------------------------------------------------------
@@ -253,11 +315,19 @@ class SpoolWriter:
                 while not self._wakeups.empty():  # this batch answers every token so far
                     self._wakeups.get_nowait()
                 full = self.disk_full is not None
-                if not full:
+                failed = None
+                if not full and self._queue and type(self._queue[0]) is Failed:
+                    failed, self._queue = self._queue[0], self._queue[1:]
+                    batch, stop = [], False
+                elif not full:
                     batch, self._queue = self._queue, []
                     stop = any(item is STOP for item in batch)
+                    self._taking = any(type(item) is Write for item in batch)
                 else:  # the queue holds records kept for after the spell
                     stop = any(item is STOP for item in self._queue)
+            if failed is not None:  # a producer's commit failed: handled as this thread's own
+                self._failed(failed.error, failed.writes, [])
+                continue
             if full:
                 if stop or time.monotonic() >= self._next_probe:
                     self._probe()
@@ -309,13 +379,21 @@ class SpoolWriter:
         seals = [item for item in batch if isinstance(item, Seal)]
         if writes:
             try:
-                self.wal.append(b"".join(write.line for write in writes))
+                with self._wal_lock:
+                    self.wal.append(b"".join(write.line for write in writes))
             except Exception as exc:
+                self._taking = False
                 self._failed(exc, writes, seals)
                 return
-            self.batches += 1
+            with self._lock:
+                self._taking = False
+                self.batches += 1
             _settle(writes, None)
         try:
+            with self._lock:
+                committed, self._committed = self._committed, []
+            for earlier, wal_number in committed:
+                self._to_seal.extend(self.segments.file(list(earlier), wal_number))
             self._to_seal.extend(self.segments.file(batch, self.wal.number))
             self._write_behind()
         except Exception as exc:
@@ -331,19 +409,21 @@ class SpoolWriter:
         """
         self.segments.write_unwritten()
         self._seal()
-        if self.wal.rotate_if_full():
-            self._checkpoint()
+        with self._wal_lock:
+            if self.wal.rotate_if_full():
+                self._checkpoint()
 
     def _seal(self) -> None:
         """Seal what is due, note the seals in the WAL, then hand the segments to the uploader."""
         if not self._to_seal:
             return
         sealed, marks = self.segments.seal(self._to_seal)
-        self.wal.append(marks)
-        self._to_seal = []
-        self.sealed_segments += len(sealed)
-        self._hand_over(sealed)
-        self._checkpoint()
+        with self._wal_lock:
+            self.wal.append(marks)
+            self._to_seal = []
+            self.sealed_segments += len(sealed)
+            self._hand_over(sealed)
+            self._checkpoint()
 
     def _seal_or_fail(self, segments: list[OpenSegment]) -> None:
         self._to_seal.extend(segments)
@@ -361,8 +441,16 @@ class SpoolWriter:
             self._fail(f"{context}{_describe(exc)}", writes, seals)
 
     def _checkpoint(self) -> None:
-        """Delete WAL files whose every record is in a sealed, fsync'd segment."""
-        self.wal.checkpoint(self.segments.oldest_wal())
+        """Delete WAL files whose every record is in a sealed, fsync'd segment.
+
+        Called with the WAL lock held. Records a producer committed but this thread
+        has not filed yet count as in an open segment."""
+        with self._lock:
+            needed = [number for _, number in self._committed]
+        oldest = self.segments.oldest_wal()
+        if oldest is not None:
+            needed.append(oldest)
+        self.wal.checkpoint(min(needed, default=None))
 
     def _enter_disk_full(self, reason: str, writes: list[Write], seals: list[Seal]) -> None:
         """Refuse records until a probe succeeds; nothing written is given up.
@@ -429,7 +517,8 @@ class SpoolWriter:
         all of it succeeded, or probe again later (backing off)."""
         try:
             self._probe_write()
-            self.wal.sync()
+            with self._wal_lock:
+                self.wal.sync()
             self._write_behind()
         except Exception as exc:
             if not _is_disk_full(exc):
@@ -490,12 +579,13 @@ class SpoolWriter:
             logger.error("spool: %d record(s) appended without a future were lost", unawaited)
 
 
-def _settle(items: Sequence[Write | Seal], error: SpoolError | None) -> int:
+def _settle(items: Sequence[Write | Seal], error: SpoolError | None, here: bool = False) -> int:
     """Resolve the futures of `items`: with their records, or with `error`.
 
     The waiters of each event loop are handed over together (`LoopInbox.post`):
-    one wake-up of the loop for the whole batch, not one per record. Returns how
-    many items had no future (records nobody waits on).
+    one wake-up of the loop for the whole batch, not one per record; `here` (the
+    caller runs on the waiters' loop) settles the running loop's waiters directly.
+    Returns how many items had no future (records nobody waits on).
     """
     unawaited = 0
     by_loop: dict[LoopInbox, list[Outcome]] = {}
@@ -505,6 +595,10 @@ def _settle(items: Sequence[Write | Seal], error: SpoolError | None) -> int:
         if future is None:
             unawaited += 1
         elif isinstance(future, LoopWaiter):
+            if here and future.inbox.loop is _running_loop():
+                if not future.future.done():  # cancelled: its waiter gave up
+                    future.future.set_result(record)
+                continue
             by_loop.setdefault(future.inbox, []).append((future.future, record, error))
         else:
             with contextlib.suppress(InvalidStateError):  # cancelled by its caller
@@ -515,6 +609,13 @@ def _settle(items: Sequence[Write | Seal], error: SpoolError | None) -> int:
     for inbox, outcomes in by_loop.items():
         inbox.post(outcomes)
     return unawaited
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _is_disk_full(exc: BaseException) -> bool:
