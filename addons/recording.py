@@ -110,6 +110,9 @@ class Recording:
         self._answers: list[tuple[http.HTTPFlow, FlowState]] = []
         self.refusals: RefusalTally | None = None
         self._tallied: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()
+        self._in_flight: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()
+        """Requests between their head and their answer: when a statement is the only
+        one, the loop has nothing else to do during its record's fsync and does it."""
         self._windows: asyncio.Task[None] | None = None
 
     def load(self, loader: Loader) -> None:
@@ -387,6 +390,9 @@ class Recording:
         self.spool.close()
         self.spool = None
 
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        self._in_flight.add(flow)
+
     async def request(self, flow: http.HTTPFlow) -> None:
         self._record_answers()
         state = state_of(flow)
@@ -410,7 +416,7 @@ class Recording:
             self._unrecordable(flow, state, "the recording spool is full")
             return
         try:
-            await spool.append_on_loop(record)
+            await spool.append_on_loop(record, commit_here=len(self._in_flight) <= 1)
         except SpoolDiskFull:
             self._unrecordable(flow, state, "the recording spool's disk is full")
             return
@@ -420,6 +426,7 @@ class Recording:
         state.passed.add(RECORDING)
 
     def response(self, flow: http.HTTPFlow) -> None:
+        self._in_flight.discard(flow)
         state = state_of(flow)
         if state is None or (state.refusal is not None and state.refusal.source == "recording"):
             return
@@ -451,6 +458,7 @@ class Recording:
             self.append_quietly(records)
 
     def error(self, flow: http.HTTPFlow) -> None:
+        self._in_flight.discard(flow)
         self._record_answers()
         state = state_of(flow)
         if state is None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import os
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -239,6 +241,35 @@ async def test_a_statement_and_its_answer_are_on_record(tmp_path: Path) -> None:
     assert response["kind"] == "response" and response["status"] == 200
     assert (response["query_id"], response["columns"]) == ("01b2-q", ["ONE"])
     assert response["session_id"] == request["session_id"]
+
+
+@pytest.mark.parametrize(("others_in_flight", "fsync_on_the_loop"), [(0, True), (2, False)])
+async def test_a_lone_statement_s_record_is_fsynced_on_the_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, others_in_flight: int, fsync_on_the_loop: bool
+) -> None:
+    """Alone, the statement's loop would idle through the fsync, so it does the fsync (no
+    hand-offs); with other requests in flight the writer thread does, and the loop goes on."""
+    real_fsync = os.fsync
+    fsync_threads: list[int] = []
+
+    def recording_fsync(fd: int) -> None:
+        fsync_threads.append(threading.get_ident())
+        real_fsync(fd)
+
+    with recording(tmp_path) as addon:
+        others = [authenticated()[0] for _ in range(others_in_flight)]
+        for other in others:
+            addon.requestheaders(other)
+        flow, state = authenticated()
+        addon.requestheaders(flow)
+        monkeypatch.setattr(os, "fsync", recording_fsync)
+        await addon.request(flow)
+        monkeypatch.setattr(os, "fsync", real_fsync)
+        assert "recording" in state.passed
+        assert fsync_threads, "the request record was not fsynced"
+        assert (threading.get_ident() in fsync_threads) is fsync_on_the_loop
+        await answer(addon, flow, {"success": True, "data": {"queryId": "01b2-q"}})
+    assert [record["kind"] for record in records(tmp_path)][-2:] == ["request", "response"]
 
 
 async def test_a_login_opens_and_a_logout_ends_the_session(tmp_path: Path) -> None:
