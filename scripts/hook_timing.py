@@ -92,15 +92,16 @@ class HookTiming:
                 return
 
     def _time_durable_phases(self, spool: Any) -> None:
-        """Split the durable wait: queued until the writer writes, the WAL's write and
-        fsync, and the fsync'd batch until the loop settles its futures (GIL hand-overs)."""
+        """Split the durable wait: queued until the WAL write starts (by the writer thread
+        or the loop's own commit), the WAL's write and fsync, and, when the writer thread
+        wrote it, the fsync'd batch until the loop settles its futures (GIL hand-overs)."""
         writer, queued, posted = spool._writer, deque[float](), deque[float]()
         enqueue, wal_append = writer.enqueue, writer.wal.append
 
-        def timed_enqueue(record: dict[str, Any], future: Any) -> None:
+        def timed_enqueue(record: dict[str, Any], future: Any, wake: bool = True) -> None:
             if future is not None:
                 queued.append(time.perf_counter())
-            enqueue(record, future)
+            enqueue(record, future, wake)
 
         def timed_wal_append(data: bytes) -> None:
             start = time.perf_counter()
@@ -108,7 +109,7 @@ class HookTiming:
                 first = queued.popleft()
                 while queued:
                     queued.popleft()
-                self._add("Spool: queued until the writer writes", first, start)
+                self._add("Spool: queued until written", first, start)
             wal_append(data)
             self._add("Spool: WAL write and fsync", start)
 
@@ -141,11 +142,11 @@ class HookTiming:
         return timed_append
 
     def _timed_append_on_loop(
-        self, append: Callable[[dict[str, Any]], asyncio.Future[dict[str, Any]]]
-    ) -> Callable[[dict[str, Any]], asyncio.Future[dict[str, Any]]]:
-        def timed_append(record: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
+        self, append: Callable[..., asyncio.Future[dict[str, Any]]]
+    ) -> Callable[..., asyncio.Future[dict[str, Any]]]:
+        def timed_append(record: dict[str, Any], **how: Any) -> asyncio.Future[dict[str, Any]]:
             start = time.perf_counter()
-            future = append(record)
+            future = append(record, **how)
             future.add_done_callback(
                 lambda _: self._add("Spool.append_on_loop until settled", start)
             )
