@@ -277,6 +277,30 @@ class HeldFsync:
         monkeypatch.setattr(os, "fsync", fsync)
 
 
+def count_hand_overs(loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch) -> list:
+    """The callbacks other threads hand to `loop` from now on (`call_soon_threadsafe`)."""
+    hand_overs: list[object] = []
+    real_call_soon_threadsafe = loop.call_soon_threadsafe
+
+    def counting(callback: Any, *args: Any) -> Any:
+        hand_overs.append(callback)
+        return real_call_soon_threadsafe(callback, *args)
+
+    monkeypatch.setattr(loop, "call_soon_threadsafe", counting)
+    return hand_overs
+
+
+def fsync_recording_threads(threads: list[int]) -> Callable[[int], None]:
+    """os.fsync that notes the thread calling it in `threads`."""
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        threads.append(threading.get_ident())
+        real_fsync(fd)
+
+    return recording_fsync
+
+
 def hold_the_writer(spool: Spool, held: HeldFsync, session_id: str) -> Future:
     """The writer thread in its own batch's fsync (a record appended off the loop), so that
     records appended on a loop meanwhile are left to it: the writer's own path."""
@@ -294,23 +318,12 @@ def test_waiters_on_a_loop_commit_themselves_with_one_fsync_and_no_hand_over(
     spool = make_spool()
     sessions = [new_session_id() for _ in range(8)]
     spool.append_eventually(request(sessions[0], "outcome-before"))
-    real_fsync = os.fsync
     fsync_threads: list[int] = []
-
-    def recording_fsync(fd: int) -> None:
-        fsync_threads.append(threading.get_ident())
-        real_fsync(fd)
+    recording_fsync = fsync_recording_threads(fsync_threads)
 
     async def scenario() -> tuple[list[dict[str, Any]], int, list[bytes], int]:
         loop = asyncio.get_running_loop()
-        hand_overs: list[object] = []
-        real_call_soon_threadsafe = loop.call_soon_threadsafe
-
-        def counting(callback: Any, *args: Any) -> Any:
-            hand_overs.append(callback)
-            return real_call_soon_threadsafe(callback, *args)
-
-        monkeypatch.setattr(loop, "call_soon_threadsafe", counting)
+        hand_overs = count_hand_overs(loop, monkeypatch)
         monkeypatch.setattr(os, "fsync", recording_fsync)
         batches = spool.stats().batches
         futures = [
@@ -349,23 +362,12 @@ def test_waiters_on_a_busy_loop_leave_the_fsync_to_the_writer_thread(
     thread writes and fsyncs, and the loop is woken once for the batch."""
     spool = make_spool()
     sessions = [new_session_id() for _ in range(4)]
-    real_fsync = os.fsync
     fsync_threads: list[int] = []
-
-    def recording_fsync(fd: int) -> None:
-        fsync_threads.append(threading.get_ident())
-        real_fsync(fd)
+    recording_fsync = fsync_recording_threads(fsync_threads)
 
     async def scenario() -> tuple[list[dict[str, Any]], int]:
         loop = asyncio.get_running_loop()
-        hand_overs: list[object] = []
-        real_call_soon_threadsafe = loop.call_soon_threadsafe
-
-        def counting(callback: Any, *args: Any) -> Any:
-            hand_overs.append(callback)
-            return real_call_soon_threadsafe(callback, *args)
-
-        monkeypatch.setattr(loop, "call_soon_threadsafe", counting)
+        hand_overs = count_hand_overs(loop, monkeypatch)
         monkeypatch.setattr(os, "fsync", recording_fsync)
         futures = [
             spool.append_on_loop(request(session_id, f"busy-{number}"), commit_here=False)
@@ -435,14 +437,7 @@ def test_a_batch_of_waiters_on_a_loop_the_writer_has_in_hand_is_woken_with_one_h
     async def scenario() -> tuple[dict[str, Any], list[dict[str, Any]], int]:
         loop = asyncio.get_running_loop()
         first = await asyncio.to_thread(hold_the_writer, spool, held, sessions[0])
-        hand_overs: list[object] = []
-        real_call_soon_threadsafe = loop.call_soon_threadsafe
-
-        def counting(callback: Any, *args: Any) -> Any:
-            hand_overs.append(callback)
-            return real_call_soon_threadsafe(callback, *args)
-
-        monkeypatch.setattr(loop, "call_soon_threadsafe", counting)
+        hand_overs = count_hand_overs(loop, monkeypatch)
         queued = [
             spool.append_on_loop(request(session_id, f"queued-{number}"))
             for number, session_id in enumerate(sessions)
