@@ -150,7 +150,7 @@ _VIEWER_LOCKED = {
     "client_replay": [],
     "server_replay": [],
     "save_stream_file": None,
-    "mode": ["regular"],
+    "mode": [],
 }
 
 
@@ -164,7 +164,9 @@ class OfflineViewer:
     logs why and leaves the flow (and its recorded response) as it was. Options
     that would open a proxy listener, intercept, replay or save flows are
     refused while the viewer runs (`hoopgw inspect` starts mitmweb with
-    `server=false`).
+    `server=false`), and the viewer has no proxy mode at all: mitmproxy acts on a
+    `server` change before a later addon can refuse it, and its start and the
+    refusal's stop race, so with a mode a refused change could leave a listener.
     """
 
     def __init__(self) -> None:
@@ -181,6 +183,8 @@ class OfflineViewer:
                 )
 
     def running(self) -> None:
+        if not ctx.options.server:
+            ctx.options.update(mode=[])  # nothing to listen on, whatever `server` becomes
         self._started = True
         if ctx.options.server:
             logger.warning(
