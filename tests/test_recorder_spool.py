@@ -384,12 +384,12 @@ def test_waiters_on_a_busy_loop_leave_the_fsync_to_the_writer_thread(
 
 
 def test_loop_commits_and_the_writer_thread_together_keep_every_stream_whole(
-    make_spool, tmp_path: Path
+    make_spool, tmp_path: Path, store: LocalStore
 ) -> None:
     """Appends on a loop (committed by the loop) race appends from threads (written by the
-    writer thread): each record is in the WAL when acknowledged, and every stream's seqs
-    run without a gap or a repeat."""
-    spool = make_spool()
+    writer thread): each record is in the WAL when acknowledged, every stream's seqs run
+    without a gap or a repeat, and each stored session verifies (lines filed in order)."""
+    spool = make_spool(segment_max_bytes=16 * 1024)
     sessions = [new_session_id() for _ in range(6)]
     problems: list[str] = []
 
@@ -425,6 +425,46 @@ def test_loop_commits_and_the_writer_thread_together_keep_every_stream_whole(
         seqs = sorted(record["seq"] for record in records if record["session_id"] == session_id)
         assert seqs == list(range(len(seqs))), f"stream {session_id} has a gap or a repeat"
     assert len(records) == 40 * len(sessions) + 40 * 3
+    assert spool.flush(DEADLINE)
+    archive = Archive(store)
+    for session_id in sessions:
+        assert len(archive.read_session(session_id)) == sum(
+            record["session_id"] == session_id for record in records
+        )
+        assert archive.verify_session(session_id).ok, session_id
+
+
+def test_a_commit_between_the_writers_write_and_its_filing_is_filed_after_its_batch(
+    make_spool, store: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The interleaving a loop's commit can hit: the writer thread has written and is
+    settling its batch when a producer commits the next record of the same stream. The
+    writer's batch is filed first, so the stored session keeps its seq order."""
+    from hoopgw.recorder.spool import writer as writer_module
+
+    spool = make_spool()
+    session_id = new_session_id()
+    real_settle = writer_module._settle
+    committed_between: list[bool] = []
+
+    def settle_then_commit(items: Any, error: Any, here: bool = False) -> int:
+        settled = real_settle(items, error, here)
+        if not committed_between and threading.current_thread().name == "hoopgw-spool-writer":
+            committed_between.append(True)
+            spool._writer.enqueue(request(session_id, "committed-between"), None, wake=False)
+            spool._writer.commit_queued()
+        return settled
+
+    monkeypatch.setattr(writer_module, "_settle", settle_then_commit)
+    first = spool.append(request(session_id, "the-writers-batch")).result(DEADLINE)
+    wait_for(lambda: bool(committed_between), "the commit between write and filing")
+    assert spool.flush(DEADLINE)
+    records = Archive(store).read_session(session_id)
+    assert [(record["flow_id"], record["seq"]) for record in records] == [
+        ("the-writers-batch", first["seq"]),
+        ("committed-between", first["seq"] + 1),
+    ]
+    assert Archive(store).verify_session(session_id).ok
 
 
 def test_a_batch_of_waiters_on_a_loop_the_writer_has_in_hand_is_woken_with_one_hand_over(

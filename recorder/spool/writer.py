@@ -316,6 +316,7 @@ class SpoolWriter:
                     self._wakeups.get_nowait()
                 full = self.disk_full is not None
                 failed = None
+                committed: list[tuple[list[Write], int]] = []
                 if not full and self._queue and type(self._queue[0]) is Failed:
                     failed, self._queue = self._queue[0], self._queue[1:]
                     batch, stop = [], False
@@ -323,6 +324,9 @@ class SpoolWriter:
                     batch, self._queue = self._queue, []
                     stop = any(item is STOP for item in batch)
                     self._taking = any(type(item) is Write for item in batch)
+                    # committed before this batch was taken, so filed before it; later
+                    # commits wait for the next turn (none while `_taking`)
+                    committed, self._committed = self._committed, []
                 else:  # the queue holds records kept for after the spell
                     stop = any(item is STOP for item in self._queue)
             if failed is not None:  # a producer's commit failed: handled as this thread's own
@@ -338,7 +342,10 @@ class SpoolWriter:
                     return
                 continue
             if self.state == "ok":
-                self._process([item for item in batch if item is not STOP])
+                self._process([item for item in batch if item is not STOP], committed)
+            elif committed:
+                with self._lock:
+                    self._committed[:0] = committed
             if self.state == "ok":
                 aged = self.segments.take_aged()
                 if aged:
@@ -368,12 +375,14 @@ class SpoolWriter:
             return self._next_probe - time.monotonic()
         return self.segments.next_age_deadline()
 
-    def _process(self, batch: list[Any]) -> None:
+    def _process(self, batch: list[Any], committed: Sequence[tuple[list[Write], int]] = ()) -> None:
         """Make the batch's records durable and acknowledge them, then file them.
 
         Only the WAL write and its fsync stand between a record and its
         acknowledgement; filing lines into segments (and tallying them) comes
-        after, since the WAL already holds everything recovery needs.
+        after, since the WAL already holds everything recovery needs. `committed`
+        are the batches producers committed before this one was taken: filed
+        first, as their seqs come first.
         """
         writes = [item for item in batch if isinstance(item, Write)]
         seals = [item for item in batch if isinstance(item, Seal)]
@@ -382,7 +391,9 @@ class SpoolWriter:
                 with self._wal_lock:
                     self.wal.append(b"".join(write.line for write in writes))
             except Exception as exc:
-                self._taking = False
+                with self._lock:  # still to be filed, and their WAL files kept until then
+                    self._committed[:0] = committed
+                    self._taking = False
                 self._failed(exc, writes, seals)
                 return
             with self._lock:
@@ -390,8 +401,6 @@ class SpoolWriter:
                 self.batches += 1
             _settle(writes, None)
         try:
-            with self._lock:
-                committed, self._committed = self._committed, []
             for earlier, wal_number in committed:
                 self._to_seal.extend(self.segments.file(list(earlier), wal_number))
             self._to_seal.extend(self.segments.file(batch, self.wal.number))
