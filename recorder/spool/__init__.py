@@ -105,7 +105,8 @@ class Spool:
         self._recovery = Recovery(config.directory, config.writer_id, self._bytes)
         self._lock_fd: int | None = None
         self._inbox: LoopInbox | None = None
-        self._commit_scheduled = False
+        self._commit_scheduled: asyncio.AbstractEventLoop | None = None
+        """The loop a commit is scheduled on (one that closed before it ran does not count)."""
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -199,14 +200,14 @@ class Spool:
             inbox = self._inbox = LoopInbox(loop)
         future: asyncio.Future[dict[str, Any]] = loop.create_future()
         self._writer.enqueue(record, LoopWaiter(future, inbox), wake=not commit_here)
-        if commit_here and not self._commit_scheduled:
-            self._commit_scheduled = True
+        if commit_here and self._commit_scheduled is not loop:
+            self._commit_scheduled = loop
             loop.call_soon(self._commit_on_loop)
         return future
 
     def _commit_on_loop(self) -> None:
         """The loop's group commit: every record appended since the last one, one fsync."""
-        self._commit_scheduled = False
+        self._commit_scheduled = None
         self._writer.commit_queued()
 
     def append_eventually(self, record: dict[str, Any]) -> None:
