@@ -97,6 +97,38 @@ _SAMPLE_PATH_CHARS = 256
 _SAMPLE_HEADER_CHARS = 100
 
 
+class LoneStatement:
+    """Says when the loop would idle through a statement record's fsync, so it may do it.
+
+    One request in flight is not enough: requests still in other connections'
+    socket buffers do not count, and under load the loop's fsync made them wait
+    while the writer thread could have batched them. So no other connection may
+    have sent a request lately either. An idle connection (a driver's pool)
+    sends nothing and changes nothing.
+    """
+
+    def __init__(self, quiet: float = 0.02) -> None:
+        self.quiet = quiet
+        """Seconds since another connection's last request before the loop commits."""
+        self._in_flight: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()
+        self._connection: str | None = None
+        self._last = float("-inf")
+        self._others_last = float("-inf")
+
+    def begin(self, flow: http.HTTPFlow) -> None:
+        if flow.client_conn.id != self._connection:
+            self._connection = flow.client_conn.id
+            self._others_last = self._last
+        self._last = time.monotonic()
+        self._in_flight.add(flow)
+
+    def end(self, flow: http.HTTPFlow) -> None:
+        self._in_flight.discard(flow)
+
+    def alone(self) -> bool:
+        return len(self._in_flight) <= 1 and time.monotonic() - self._others_last > self.quiet
+
+
 class Recording:
     """Writes each flow's records to the spool and, through it, to the store."""
 
@@ -110,9 +142,7 @@ class Recording:
         self._answers: list[tuple[http.HTTPFlow, FlowState]] = []
         self.refusals: RefusalTally | None = None
         self._tallied: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()
-        self._in_flight: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()
-        """Requests between their head and their answer: when a statement is the only
-        one, the loop has nothing else to do during its record's fsync and does it."""
+        self.lone = LoneStatement()
         self._windows: asyncio.Task[None] | None = None
 
     def load(self, loader: Loader) -> None:
@@ -391,7 +421,7 @@ class Recording:
         self.spool = None
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        self._in_flight.add(flow)
+        self.lone.begin(flow)
 
     async def request(self, flow: http.HTTPFlow) -> None:
         self._record_answers()
@@ -416,7 +446,7 @@ class Recording:
             self._unrecordable(flow, state, "the recording spool is full")
             return
         try:
-            await spool.append_on_loop(record, commit_here=len(self._in_flight) <= 1)
+            await spool.append_on_loop(record, commit_here=self.lone.alone())
         except SpoolDiskFull:
             self._unrecordable(flow, state, "the recording spool's disk is full")
             return
@@ -426,7 +456,7 @@ class Recording:
         state.passed.add(RECORDING)
 
     def response(self, flow: http.HTTPFlow) -> None:
-        self._in_flight.discard(flow)
+        self.lone.end(flow)
         state = state_of(flow)
         if state is None or (state.refusal is not None and state.refusal.source == "recording"):
             return
@@ -458,7 +488,7 @@ class Recording:
             self.append_quietly(records)
 
     def error(self, flow: http.HTTPFlow) -> None:
-        self._in_flight.discard(flow)
+        self.lone.end(flow)
         self._record_answers()
         state = state_of(flow)
         if state is None:

@@ -147,8 +147,9 @@ class HookTiming:
         def timed_append(record: dict[str, Any], **how: Any) -> asyncio.Future[dict[str, Any]]:
             start = time.perf_counter()
             future = append(record, **how)
+            by = "the loop commits" if how.get("commit_here") else "the writer commits"
             future.add_done_callback(
-                lambda _: self._add("Spool.append_on_loop until settled", start)
+                lambda _: self._add(f"Spool.append_on_loop until settled, {by}", start)
             )
             return future
 

@@ -243,12 +243,27 @@ async def test_a_statement_and_its_answer_are_on_record(tmp_path: Path) -> None:
     assert response["session_id"] == request["session_id"]
 
 
-@pytest.mark.parametrize(("others_in_flight", "fsync_on_the_loop"), [(0, True), (2, False)])
+@pytest.mark.parametrize(
+    ("before", "quiet", "fsync_on_the_loop"),
+    [
+        ("nothing", 3600.0, True),
+        ("two earlier requests on its connection, answered", 3600.0, True),
+        ("another connection's request, answered just now", 3600.0, False),
+        ("another connection's request, answered long ago", 0.0, True),
+        ("two other requests in flight", 0.0, False),
+    ],
+)
 async def test_a_lone_statement_s_record_is_fsynced_on_the_loop(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, others_in_flight: int, fsync_on_the_loop: bool
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    before: str,
+    quiet: float,
+    fsync_on_the_loop: bool,
 ) -> None:
     """Alone, the statement's loop would idle through the fsync, so it does the fsync (no
-    hand-offs); with other requests in flight the writer thread does, and the loop goes on."""
+    hand-offs). With other requests in flight, or another connection sending lately (its
+    next request may wait unread in a socket buffer), the writer thread does, and the loop
+    goes on."""
     real_fsync = os.fsync
     fsync_threads: list[int] = []
 
@@ -257,10 +272,16 @@ async def test_a_lone_statement_s_record_is_fsynced_on_the_loop(
         real_fsync(fd)
 
     with recording(tmp_path) as addon:
-        others = [authenticated()[0] for _ in range(others_in_flight)]
-        for other in others:
-            addon.requestheaders(other)
+        addon.lone.quiet = quiet
         flow, state = authenticated()
+        earlier = [authenticated()[0] for _ in range(2 if "two" in before else 1)]
+        if "its connection" in before:
+            for other in earlier:
+                other.client_conn = flow.client_conn
+        for other in earlier if before != "nothing" else []:
+            addon.requestheaders(other)
+            if "answered" in before:
+                addon.error(other)
         addon.requestheaders(flow)
         monkeypatch.setattr(os, "fsync", recording_fsync)
         await addon.request(flow)
