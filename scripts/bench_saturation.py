@@ -993,6 +993,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of warm-up per target")
     parser.add_argument(
+        "--warmup-connections",
+        type=int,
+        default=8,
+        help="wrk connections of the warm-up (1 keeps --hook-timing's samples of a 1-connection "
+        "run free of concurrent ones)",
+    )
+    parser.add_argument(
         "--gateway-set",
         action="append",
         default=[],
@@ -1069,7 +1076,9 @@ def main(argv: list[str] | None = None) -> int:
             ]
             warm = 0
             for target in targets:
-                result = run_wrk(target.port, target.script, 8, args.warmup, log)
+                result = run_wrk(
+                    target.port, target.script, args.warmup_connections, args.warmup, log
+                )
                 if result.failures:
                     raise SystemExit(
                         f"{target.name} failed {result.failures} of {result.requests} warm-up "

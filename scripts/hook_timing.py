@@ -10,7 +10,11 @@ split into its phases (queued until the writer thread writes, the WAL's write
 and fsync, fsync'd until the loop settles the futures), and the cyclic
 collector's passes are timed by generation: neither shows in any hook's clock.
 A sampling profiler shows where CPU goes; this shows where a statement waits,
-which at one client is what latency is made of.
+which at one client is what latency is made of. A tick every millisecond on
+the loop measures how late the loop runs it; a tick more than 2 ms late is
+split from the kernel's scheduler statistics into the main thread's own CPU,
+its wait for a CPU (another process or thread had it) and the rest (blocked:
+the GIL, or a system call), with each other thread's CPU in that window.
 Never load it in production: it holds the last 5,000 timings per hook.
 """
 
@@ -20,6 +24,7 @@ import asyncio
 import gc
 import inspect
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
@@ -56,6 +61,7 @@ class HookTiming:
         self.collection_start: float | None = None
 
     def running(self) -> None:
+        LoopLag(self._add).start()
         gc.callbacks.append(self._time_collection)
         for addon in _walk(ctx.master.addons.chain):
             if isinstance(addon, Gateway):
@@ -214,6 +220,78 @@ class HookTiming:
                 "p99_us": round(ordered[len(ordered) * 99 // 100] * 1e6, 1),
             }
         Path(target).write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+
+
+class LoopLag:
+    """Ticks on the loop; a late tick's window split by the kernel's per-thread accounting."""
+
+    TICK = 0.001
+    LATE = 0.002
+
+    def __init__(self, add: Callable[[str, float, float], None]) -> None:
+        self._add = add
+        self._main = threading.get_native_id()
+        self._names: dict[int, str] = {}
+        self._last: tuple[float, dict[int, tuple[int, int]]] | None = None
+
+    def start(self) -> None:
+        asyncio.get_running_loop().call_soon(self._tick)
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        threads = _schedstats()
+        if self._last is not None:
+            then, before = self._last
+            window = now - then
+            if window > self.TICK + self.LATE:
+                self._late(window, before, threads)
+        self._last = (now, threads)
+        asyncio.get_running_loop().call_later(self.TICK, self._tick)
+
+    def _late(
+        self,
+        window: float,
+        before: dict[int, tuple[int, int]],
+        after: dict[int, tuple[int, int]],
+    ) -> None:
+        def delta(tid: int) -> tuple[float, float]:
+            run0, wait0 = before.get(tid, (0, 0))
+            run1, wait1 = after.get(tid, (run0, wait0))
+            return (run1 - run0) / 1e9, (wait1 - wait0) / 1e9
+
+        running, waiting = delta(self._main)
+        self._add("loop: late tick's window", 0.0, window)
+        self._add("loop: late window, main thread on a CPU", 0.0, running)
+        self._add("loop: late window, main thread waiting for a CPU", 0.0, waiting)
+        self._add(
+            "loop: late window, main thread blocked (GIL, syscall)",
+            0.0,
+            max(0.0, window - running - waiting),
+        )
+        for tid in after:
+            if tid != self._main:
+                name = self._name(tid)
+                self._add(f"loop: late window, CPU of thread {name}", 0.0, delta(tid)[0])
+
+    def _name(self, tid: int) -> str:
+        if tid not in self._names:
+            self._names.update(
+                {thread.native_id or 0: thread.name for thread in threading.enumerate()}
+            )
+        return self._names.get(tid, str(tid))
+
+
+def _schedstats() -> dict[int, tuple[int, int]]:
+    """Each thread's (ns on a CPU, ns waiting for one) from /proc/self/task/*/schedstat."""
+    stats = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat", "rb") as file:
+                run, wait, _ = file.read().split()
+        except (OSError, ValueError):
+            continue
+        stats[int(tid)] = (int(run), int(wait))
+    return stats
 
 
 def _walk(addons: list[Any]) -> Iterator[Any]:
