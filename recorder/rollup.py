@@ -326,10 +326,13 @@ class RollupBuilder:
 
     def add_segment(self, key: str, version: str, records: Iterable[dict[str, Any]]) -> None:
         """Describe segment `key`, stored at `version`, by its records (thinned here)."""
+        self.add_segment_entry(key, segment_entry(key, version, records))
+
+    def add_segment_entry(self, key: str, entry: bytes) -> None:
+        """Keep segment `key`'s entry, made by `segment_entry` (here or elsewhere)."""
         parsed = parse_segment_key(key)
         if parsed is None:
             raise ValueError(f"not a segment key: {key[:120]!r}")
-        entry = segment_entry(key, version, records)
         with self._lock:
             part = self._part(parsed.day, SEGMENTS_KIND)
             part.pending.append(entry)

@@ -30,7 +30,8 @@ acknowledged is lost (see `writer`). `stats().state` says which it is in.
 One object per stage, each owning its thread and its lock:
 `writer.SpoolWriter` (queue, chains in `chains`, the WAL in `wal`, open segments
 in `segments`), `recovery.Recovery` (start-up), `uploader.Uploader` (with its
-summary cache), `rollups.RollupPublisher`. `Spool` ties them together; the
+summary cache), `rollups.RollupPublisher` (with `entries.SegmentEntries`, which describes large
+segments in a helper process). `Spool` ties them together; the
 directory's files are named in `layout`.
 """
 
@@ -47,6 +48,7 @@ from hoopgw.recorder.checkpoints import LAST_CHECKPOINT_FILE, CheckpointChain
 from hoopgw.recorder.ids import parse_session_id
 from hoopgw.recorder.rollup import RollupBuilder
 from hoopgw.recorder.spool.config import MiB, SpoolConfig
+from hoopgw.recorder.spool.entries import SegmentEntries
 from hoopgw.recorder.spool.errors import SpoolDiskFull, SpoolError
 from hoopgw.recorder.spool.intake import LoopInbox, LoopWaiter
 from hoopgw.recorder.spool.recovery import Recovery
@@ -78,6 +80,7 @@ class Spool:
                     idle_seconds=config.rollup_idle_seconds,
                 ),
                 config.rollup_interval,
+                SegmentEntries(config.rollup_helper_min_bytes),
             )
             if config.rollup_interval
             else None
@@ -288,4 +291,6 @@ class Spool:
             rollup_failures=rollups.failures if rollups is not None else 0,
             last_rollup_error=rollups.last_error if rollups is not None else None,
             rollups_pending=rollups.pending() if rollups is not None else 0,
+            rollup_entries_by_helper=rollups.entries.by_helper if rollups is not None else 0,
+            rollup_helper_failures=(rollups.entries.helper_failures if rollups is not None else 0),
         )

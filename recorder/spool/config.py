@@ -11,6 +11,7 @@ from typing import Final
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from hoopgw.recorder.ids import parse_writer_id
+from hoopgw.recorder.spool.entries import HELPER_MIN_BYTES
 
 MiB: Final = 1024 * 1024
 
@@ -46,6 +47,8 @@ class SpoolConfig:
     failed one is retried after another interval. A roll-up part holds up to
     `rollup_part_max_bytes` of entries or `rollup_part_max_entries` entries; a
     day's part is let go from memory `rollup_idle_seconds` after its last entry.
+    A sealed segment of at least `rollup_helper_min_bytes` is described for the
+    roll-ups in a helper process (`spool.entries`), off this process's GIL.
     `clock` stamps the stream summaries the uploader writes.
 
     With a `checkpoint_key` the uploader links every segment it stores to the one
@@ -72,6 +75,7 @@ class SpoolConfig:
     rollup_part_max_bytes: int = 1 * MiB
     rollup_part_max_entries: int = 10_000
     rollup_idle_seconds: float = 600.0
+    rollup_helper_min_bytes: int = HELPER_MIN_BYTES
     clock: Callable[[], float] = time.time
     checkpoint_key: Ed25519PrivateKey | None = None
     checkpoint_interval: float = 60.0

@@ -12,9 +12,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from hoopgw.recorder.rollup import RollupBuilder
+from hoopgw.recorder.spool.entries import SegmentEntries
 from hoopgw.recorder.store import Store
 
 logger = logging.getLogger(__name__)
@@ -28,10 +30,17 @@ class RollupPublisher:
     snapshot never overwrites a newer one.
     """
 
-    def __init__(self, store: Store, builder: RollupBuilder, interval: float) -> None:
+    def __init__(
+        self,
+        store: Store,
+        builder: RollupBuilder,
+        interval: float,
+        entries: SegmentEntries | None = None,
+    ) -> None:
         self.store = store
         self.builder = builder
         self.interval = interval
+        self.entries = entries or SegmentEntries()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._put_lock = threading.Lock()
@@ -46,6 +55,7 @@ class RollupPublisher:
 
     def stop(self, deadline: float) -> None:
         """End the thread, then PUT whatever is left, within `deadline` (monotonic)."""
+        self.entries.close()
         if self._thread is None:
             return
         self._stop.set()
@@ -56,6 +66,13 @@ class RollupPublisher:
 
     def add_segment(self, key: str, version: str, records: Iterable[dict[str, Any]]) -> None:
         self._keep(self.builder.add_segment, key, version, records)
+
+    def add_sealed_segment(self, key: str, version: str, path: Path, data: bytes) -> None:
+        """Describe the sealed segment at `path` (its bytes `data`), stored as `key`."""
+        self._keep(self._add_sealed_segment, key, version, path, data)
+
+    def _add_sealed_segment(self, key: str, version: str, path: Path, data: bytes) -> None:
+        self.builder.add_segment_entry(key, self.entries.describe(key, version, path, data))
 
     def add_summary(self, key: str, version: str, summary_json: bytes) -> None:
         self._keep(self.builder.add_summary, key, version, summary_json)

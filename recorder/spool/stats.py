@@ -27,6 +27,8 @@ class SpoolStats:
     seconds, until a probe write succeeds: it recovers by itself) or `failed`
     (for good, reason in `failed`). `refused_while_full` counts the appends
     refused in every disk-full spell, `recoveries` the spells that ended.
+    `rollup_entries_by_helper` counts the segments the roll-up helper process
+    described (`spool.entries`), `rollup_helper_failures` the times it failed.
     """
 
     writer: str
@@ -59,3 +61,5 @@ class SpoolStats:
     rollup_failures: int
     last_rollup_error: str | None
     rollups_pending: int
+    rollup_entries_by_helper: int
+    rollup_helper_failures: int

@@ -7,14 +7,12 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import Any, Final
-
-import orjson
+from collections.abc import Callable
+from typing import Final
 
 from hoopgw.recorder.catalog import StreamSummary, segment_key, summary_key
 from hoopgw.recorder.checkpoints import CheckpointChain
-from hoopgw.recorder.segment import compress_lines
+from hoopgw.recorder.segment import compress_lines, parse_lines
 from hoopgw.recorder.spool.layout import Sealed, Stream
 from hoopgw.recorder.spool.rollups import RollupPublisher
 from hoopgw.recorder.spool.stats import SpoolBytes
@@ -23,7 +21,6 @@ from hoopgw.recorder.store import KeyNotFound, Store
 logger = logging.getLogger(__name__)
 
 _SUMMARY_CACHE: Final = 4096
-_GIL_SLICE_SECONDS: Final = 0.0005
 
 
 class SummaryCache:
@@ -226,9 +223,12 @@ class Uploader:
         key = segment_key(item.session_id, item.writer, item.first_seq)
         version = self.store.put(key, compressed)
         # the writer tallied a segment it sealed; one an earlier process left is read here
-        records = None if item.tally is not None else list(_parse_lines(data))
+        records = None if item.tally is not None else list(parse_lines(data))
         if version is not None and self.rollups is not None:
-            self.rollups.add_segment(key, version, records or _parse_lines(data))
+            if records is None:
+                self.rollups.add_sealed_segment(key, version, item.path, data)
+            else:
+                self.rollups.add_segment(key, version, records)
         stream = (item.session_id, item.writer)
         summary = self.summaries.get(stream)
         if item.first_seq > summary.last_seq:
@@ -256,37 +256,3 @@ class Uploader:
         self.spool_bytes.add(-item.size)
         self.uploaded_segments += 1
         self.uploaded_bytes += len(compressed)
-
-
-def _parse_lines(data: bytes) -> Iterator[dict[str, Any]]:
-    """Records of a spool file, one at a time; unreadable lines are skipped, not fatal.
-
-    A Python loop over a whole segment would hold the GIL for as long as the
-    interpreter lets it (`sys.getswitchinterval()`) each time the event loop
-    comes back from waiting on its sockets, and the loop would wait that long
-    to resume a statement. This one lets go of the GIL every
-    `_GIL_SLICE_SECONDS` of work, its own and its consumer's. Lines are parsed
-    in place, each found as it is needed: splitting a 4 MiB segment into lines
-    first was one C call that kept the GIL for 3 to 4 ms.
-    """
-    view = memoryview(data)
-    size = len(data)
-    start = 0
-    deadline = time.perf_counter() + _GIL_SLICE_SECONDS
-    while start < size:
-        end = data.find(b"\n", start)
-        if end < 0:
-            end = size
-        line = view[start:end]
-        start = end + 1
-        if not line:
-            continue
-        try:
-            record = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            continue
-        if isinstance(record, dict):
-            yield record
-        if time.perf_counter() >= deadline:
-            time.sleep(0)  # releases the GIL: a waiting event loop may take it now
-            deadline = time.perf_counter() + _GIL_SLICE_SECONDS
