@@ -4,8 +4,8 @@ Loaded as a second mitmproxy script next to addons/gateway.py. Once the
 gateway runs it wraps every request and response hook of the gateway's
 addons (where `Gateway`, addons/dispatch.py, calls them), the loop callback
 that builds the answers' records, and the spool's durable append, with a
-clock, and every 100 answers writes p50, mean and p99 per hook (microseconds)
-as JSON to the file named by $HOOPGW_HOOK_TIMING. The durable append is also
+clock, and every 2 s (on an answer) writes p50, mean and p99 per hook
+(microseconds) as JSON to the file named by $HOOPGW_HOOK_TIMING. The durable append is also
 split into its phases (queued until the writer thread writes, the WAL's write
 and fsync, fsync'd until the loop settles the futures), and the cyclic
 collector's passes are timed by generation: neither shows in any hook's clock.
@@ -14,13 +14,15 @@ which at one client is what latency is made of. A tick every millisecond on
 the loop measures how late the loop runs it; a tick more than 2 ms late is
 split from the kernel's scheduler statistics into the main thread's own CPU,
 its wait for a CPU (another process or thread had it) and the rest (blocked:
-the GIL, or a system call), with each other thread's CPU in that window.
+the GIL, or a system call), with each other thread's CPU and the collector's
+passes in that window.
 Never load it in production: it holds the last 5,000 timings per hook.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import inspect
 import os
@@ -30,7 +32,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from mitmproxy import ctx, http
@@ -51,17 +53,20 @@ GATEWAY_ADDONS = frozenset(
 )
 HOOKS = ("requestheaders", "request", "responseheaders", "response")
 KEPT = 5000
+WRITE_EVERY = 2.0
 
 
 class HookTiming:
     def __init__(self) -> None:
         self.samples: dict[str, deque[float]] = {}
-        self.answers = 0
+        self.written_at = 0.0
         self.spool_wrapped = False
         self.collection_start: float | None = None
+        self.collected = 0.0
+        self.writes = 0
 
     def running(self) -> None:
-        LoopLag(self._add).start()
+        LoopLag(self._add, lambda: self.collected, lambda: self.writes).start()
         gc.callbacks.append(self._time_collection)
         for addon in _walk(ctx.master.addons.chain):
             if isinstance(addon, Gateway):
@@ -81,8 +86,9 @@ class HookTiming:
 
     def response(self, flow: http.HTTPFlow) -> None:
         self._wrap_spool()
-        self.answers += 1
-        if self.answers % 100 == 0:
+        now = time.perf_counter()
+        if now - self.written_at >= WRITE_EVERY:
+            self.written_at = now
             self._write()
 
     def _wrap_spool(self) -> None:
@@ -200,6 +206,7 @@ class HookTiming:
             self.collection_start = time.perf_counter()
         elif self.collection_start is not None:
             self._add(f"gc: generation {info['generation']} pass", self.collection_start)
+            self.collected += time.perf_counter() - self.collection_start
             self.collection_start = None
 
     def _add(self, name: str, start: float, end: float | None = None) -> None:
@@ -220,47 +227,70 @@ class HookTiming:
                 "p99_us": round(ordered[len(ordered) * 99 // 100] * 1e6, 1),
             }
         Path(target).write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+        self.writes += 1
 
 
 class LoopLag:
-    """Ticks on the loop; a late tick's window split by the kernel's per-thread accounting."""
+    """Ticks on the loop; a late tick's window split by the kernel's per-thread accounting.
+
+    A tick reads the main thread's schedstat with one pread and the other threads' CPU
+    clocks (about 7 us in all: a listing of /proc/self/task and a file per thread cost
+    100 us, a tenth of the loop). A window in which the timing wrote its summary is
+    counted apart: that sort is this script's, not the gateway's.
+    """
 
     TICK = 0.001
     LATE = 0.002
+    THREADS_EVERY = 1.0
 
-    def __init__(self, add: Callable[[str, float, float], None]) -> None:
+    def __init__(
+        self,
+        add: Callable[[str, float, float], None],
+        collected: Callable[[], float],
+        writes: Callable[[], int],
+    ) -> None:
         self._add = add
-        self._main = threading.get_native_id()
-        self._names: dict[int, str] = {}
-        self._last: tuple[float, dict[int, tuple[int, int]]] | None = None
+        self._collected = collected
+        self._writes = writes
+        self._schedstat = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+        self._clocks: dict[str, int] = {}
+        self._clocks_read = 0.0
+        self._last: _Tick | None = None
 
     def start(self) -> None:
         asyncio.get_running_loop().call_soon(self._tick)
 
     def _tick(self) -> None:
         now = time.perf_counter()
-        threads = _schedstats()
-        if self._last is not None:
-            then, before = self._last
-            window = now - then
-            if window > self.TICK + self.LATE:
-                self._late(window, before, threads)
-        self._last = (now, threads)
+        if now - self._clocks_read > self.THREADS_EVERY:
+            self._clocks = _cpu_clocks()
+            self._clocks_read = now
+        run, wait = os.pread(self._schedstat, 64, 0).split()[:2]
+        tick = _Tick(
+            now,
+            int(run) / 1e9,
+            int(wait) / 1e9,
+            self._collected(),
+            self._writes(),
+            {name: _cpu(clock) for name, clock in self._clocks.items()},
+        )
+        last, self._last = self._last, tick
+        if last is not None and tick.at - last.at > self.TICK + self.LATE:
+            self._late(last, tick)
         asyncio.get_running_loop().call_later(self.TICK, self._tick)
 
-    def _late(
-        self,
-        window: float,
-        before: dict[int, tuple[int, int]],
-        after: dict[int, tuple[int, int]],
-    ) -> None:
-        def delta(tid: int) -> tuple[float, float]:
-            run0, wait0 = before.get(tid, (0, 0))
-            run1, wait1 = after.get(tid, (run0, wait0))
-            return (run1 - run0) / 1e9, (wait1 - wait0) / 1e9
-
-        running, waiting = delta(self._main)
+    def _late(self, before: _Tick, after: _Tick) -> None:
+        window = after.at - before.at
+        if after.writes != before.writes:
+            self._add("loop: late window in which the timing wrote (not counted)", 0.0, window)
+            return
+        running = after.running - before.running
+        waiting = after.waiting - before.waiting
+        collecting = after.collected - before.collected
         self._add("loop: late tick's window", 0.0, window)
+        with_pass = "with" if collecting else "without"
+        self._add(f"loop: late window {with_pass} a collector's pass", 0.0, window)
+        self._add("loop: late window, the collector's passes", 0.0, collecting)
         self._add("loop: late window, main thread on a CPU", 0.0, running)
         self._add("loop: late window, main thread waiting for a CPU", 0.0, waiting)
         self._add(
@@ -268,30 +298,38 @@ class LoopLag:
             0.0,
             max(0.0, window - running - waiting),
         )
-        for tid in after:
-            if tid != self._main:
-                name = self._name(tid)
-                self._add(f"loop: late window, CPU of thread {name}", 0.0, delta(tid)[0])
-
-    def _name(self, tid: int) -> str:
-        if tid not in self._names:
-            self._names.update(
-                {thread.native_id or 0: thread.name for thread in threading.enumerate()}
-            )
-        return self._names.get(tid, str(tid))
+        for name, cpu in after.threads.items():
+            if name in before.threads:
+                self._add(
+                    f"loop: late window, CPU of thread {name}", 0.0, cpu - before.threads[name]
+                )
 
 
-def _schedstats() -> dict[int, tuple[int, int]]:
-    """Each thread's (ns on a CPU, ns waiting for one) from /proc/self/task/*/schedstat."""
-    stats = {}
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{tid}/schedstat", "rb") as file:
-                run, wait, _ = file.read().split()
-        except (OSError, ValueError):
+class _Tick(NamedTuple):
+    at: float
+    running: float
+    waiting: float
+    collected: float
+    writes: int
+    threads: dict[str, float]
+
+
+def _cpu_clocks() -> dict[str, int]:
+    """The CPU clock of each thread but this one, by name."""
+    clocks = {}
+    for thread in threading.enumerate():
+        if thread is threading.current_thread() or thread.ident is None:
             continue
-        stats[int(tid)] = (int(run), int(wait))
-    return stats
+        with contextlib.suppress(OSError):
+            clocks[thread.name] = time.pthread_getcpuclockid(thread.ident)
+    return clocks
+
+
+def _cpu(clock: int) -> float:
+    try:
+        return time.clock_gettime(clock)
+    except OSError:  # the thread ended since the last listing
+        return 0.0
 
 
 def _walk(addons: list[Any]) -> Iterator[Any]:
