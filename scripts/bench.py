@@ -107,32 +107,69 @@ SOAK_MAX_SLOPE_MB_PER_MIN = 0.5
 
 @dataclass(frozen=True)
 class ProcessProbe:
-    """CPU time and memory of a process, read from /proc."""
+    """CPU time and memory of a process and its children (the gateway's roll-up helper), from /proc.
+
+    A child's CPU counts while it runs and, once reaped, through the parent's
+    cutime/cstime, so a helper that restarts does not take its time with it.
+    """
 
     pid: int
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def _status_mb(self, key: str) -> float:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith(key):
-                return int(line.split()[1]) / 1024
-        raise LookupError(key)
+        ticks = sum(_cpu_ticks(pid) for pid in (self.pid, *_children(self.pid)))
+        return ticks / os.sysconf("SC_CLK_TCK")
 
     def rss_mb(self) -> float:
-        return self._status_mb("VmRSS:")
+        return sum(_status_mb(pid, "VmRSS:") for pid in (self.pid, *_children(self.pid)))
 
     def peak_rss_mb(self) -> float:
-        return self._status_mb("VmHWM:")
+        """The sum of each process's own peak: an upper bound when their peaks differ in time."""
+        return sum(_status_mb(pid, "VmHWM:") for pid in (self.pid, *_children(self.pid)))
 
     def reset_peak(self) -> None:
         """Start a new peak from the current RSS (Linux: `5` into clear_refs)."""
-        Path(f"/proc/{self.pid}/clear_refs").write_text("5")
+        for pid in (self.pid, *_children(self.pid)):
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                Path(f"/proc/{pid}/clear_refs").write_text("5")
 
     def open_fds(self) -> int:
         return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat's fields after the command name (which may hold spaces)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def _cpu_ticks(pid: int) -> int:
+    """utime + stime, and cutime + cstime of its reaped children; 0 once it has gone."""
+    try:
+        fields = _stat_fields(pid)
+    except (FileNotFoundError, ProcessLookupError):
+        return 0
+    return sum(int(field) for field in fields[11:15])
+
+
+def _children(pid: int) -> list[int]:
+    """Live child processes (this kernel has no /proc/PID/task/TID/children)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError, IndexError):
+                if int(_stat_fields(int(entry))[1]) == pid:
+                    found.append(int(entry))
+    return found
+
+
+def _status_mb(pid: int, key: str) -> float:
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    for line in lines:
+        if line.startswith(key):
+            return int(line.split()[1]) / 1024
+    raise LookupError(key)
 
 
 @dataclass

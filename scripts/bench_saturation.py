@@ -19,7 +19,7 @@ wrk posts query-requests (a unique requestId each, varying SQL; one in
 `--arrow-every` asks for the 1,000-row Arrow answer, the rest get a 3-row JSON
 rowset) at 1, 8 and 32 connections. Per level: q/s, p50 added, p99 and p99.9
 (wrk's own histogram, from a Lua `done` hook), the gateway's CPU per
-statement (utime+stime from /proc over the wrk run). Answers that are not
+statement (utime+stime from /proc over the wrk run, with its child processes). Answers that are not
 HTTP 200 with `"success": true` are counted by the Lua script and flag the
 run; after the run the records the gateway stored are counted, so no feature
 was optimised away. `--write` replaces the marked section of
@@ -904,8 +904,8 @@ def report(
         f"varying SQL; one in {args.arrow_every} asks for the 1,000-row Arrow answer "
         f"({len(canned_answers().rowset_base64) / 1024:.0f} KiB of base64), the rest a "
         "3-row JSON rowset. q/s summed over the rounds; latencies the median of the rounds' "
-        "wrk percentiles; CPU the proxy's utime+stime over the wrk runs per statement."
-        + processes_text(workers),
+        "wrk percentiles; CPU the proxy's utime+stime (with its child processes) over the wrk "
+        "runs per statement." + processes_text(workers),
         "",
         table(levels, workers),
         "",
