@@ -929,6 +929,11 @@ def write_doc(text: str, section: str = "bench.py") -> None:
     path.write_text(f"{head}{begin}\n{text}\n{end}{tail}")
 
 
+def unwind_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C, so the bench stops its processes (each in its own session)."""
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+
+
 def main() -> int:
     delegated = {"--saturate": "scripts.bench_saturation", "--chunks": "scripts.bench_chunks"}
     for flag, module in delegated.items():
@@ -1029,4 +1034,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    unwind_on_sigterm()
     sys.exit(main())

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import os
 import sys
 import tempfile
 import threading
@@ -32,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from scripts import bench
 from tests import stack
 from tests.cloud_storage import SSE_C_ALGORITHM, SSE_C_KEY, CloudStorage
 from tests.raw_http import login, query
@@ -41,24 +41,6 @@ PASSWORD_ENV = "HOOPGW_BENCH_UPSTREAM_PASSWORD"
 PASSWORD = "bench-upstream-password"
 RSS_TARGET_MB = 300.0
 READ_PIECE = 1 << 20
-
-
-@dataclass(frozen=True)
-class Probe:
-    pid: int
-
-    def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def peak_rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        raise LookupError("VmHWM")
-
-    def reset_peak(self) -> None:
-        Path(f"/proc/{self.pid}/clear_refs").write_text("5")
 
 
 def fetch(url: str, headers: dict[str, str]) -> int:
@@ -94,7 +76,9 @@ class Rate:
         return self.megabytes / self.wall
 
 
-def measure(probe: Probe, jobs: list[tuple[str, dict[str, str]]], parallel: int) -> Rate:
+def measure(
+    probe: bench.ProcessProbe, jobs: list[tuple[str, dict[str, str]]], parallel: int
+) -> Rate:
     cpu, start = probe.cpu_seconds(), time.perf_counter()
     with ThreadPoolExecutor(parallel) as pool:
         sent = sum(pool.map(lambda job: fetch(*job), jobs))
@@ -159,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         stopping.append(bare)
         bare.wait_ready(lambda: stack.port_open(bare_port))
         assert gateway.proc.process is not None and bare.process is not None
-        gateway_probe, bare_probe = Probe(gateway.proc.process.pid), Probe(bare.process.pid)
+        gateway_probe = bench.ProcessProbe(gateway.proc.process.pid)
+        bare_probe = bench.ProcessProbe(bare.process.pid)
 
         print(f"building one {args.size_mb:g} MB synthetic chunk ...", flush=True)
         session = login(gateway.port, oidc.mint("bench-0", ["agents"]))
@@ -231,4 +216,5 @@ def storage_body(storage: CloudStorage) -> bytes:
 
 
 if __name__ == "__main__":
+    bench.unwind_on_sigterm()
     sys.exit(main())

@@ -1112,4 +1112,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    bench.unwind_on_sigterm()
     sys.exit(main())

@@ -193,6 +193,15 @@ class Proc:
         return self.process is not None and self.process.poll() is None
 
     def wait_ready(self, ready: Callable[[], bool], timeout: float = 30.0) -> None:
+        """Wait until `ready()`; a process that does not get there (or whose wait is
+        interrupted, by Ctrl-C or a bench's SIGTERM) is stopped, as no caller holds it yet."""
+        try:
+            self._wait_ready(ready, timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self, ready: Callable[[], bool], timeout: float) -> None:
         def check() -> bool:
             if not self.alive():
                 raise StartupError(

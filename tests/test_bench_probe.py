@@ -1,4 +1,5 @@
-"""The benches' process probe counts a process's children: the gateway's roll-up helper.
+"""The benches' process probe counts a process's children (the gateway's roll-up helper),
+and a bench stopped while a component starts leaves no process behind.
 
 Not a benchmark: nothing here is timed. A child that burns CPU and holds memory
 must show in its parent's probe while it runs, and its CPU must stay counted
@@ -12,8 +13,12 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+import pytest
 
 from scripts import bench
+from tests import stack
 
 CHILD_CPU = 0.3
 CHILD_MB = 64
@@ -55,3 +60,26 @@ def test_the_probe_of_a_process_that_has_gone_reads_nothing() -> None:
     probe = bench.ProcessProbe(child.pid)
     assert probe.cpu_seconds() == 0
     assert probe.rss_mb() == 0
+
+
+def test_a_component_that_never_gets_ready_is_stopped(tmp_path: Path) -> None:
+    """A bench interrupted (or a start timed out) while a component starts leaves no process."""
+    sleeper = stack.Proc(
+        "sleeper", [sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "sleeper.log"
+    ).start()
+    with pytest.raises(stack.StartupError, match="sleeper to be ready"):
+        sleeper.wait_ready(lambda: False, timeout=0.3)
+    assert not sleeper.alive()
+
+
+def test_an_interrupted_wait_for_a_component_stops_it(tmp_path: Path) -> None:
+    sleeper = stack.Proc(
+        "sleeper", [sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "sleeper.log"
+    ).start()
+
+    def interrupted() -> bool:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        sleeper.wait_ready(interrupted)
+    assert not sleeper.alive()
