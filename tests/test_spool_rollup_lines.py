@@ -141,6 +141,29 @@ def test_the_helper_process_describes_a_large_segment_as_this_process_would(
     assert entries.helper_pid() is None
 
 
+def test_the_helper_inherits_none_of_the_variables_the_gateway_reads_secrets_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "helper-must-not-see-" + os.urandom(8).hex()
+    monkeypatch.setenv("HOOPGW_UPSTREAM_PASSWORD", secret)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    key, path, data = _sealed_segment(tmp_path)
+    entries = SegmentEntries(min_bytes=0)
+    try:
+        assert entries.describe(key, "v1", path, data) == segment_entry(
+            key, "v1", _parse_lines(data)
+        )
+        helper = entries.helper_pid()
+        assert helper is not None and entries.by_helper == 1
+        inherited = Path(f"/proc/{helper}/environ").read_bytes().split(b"\0")
+        names = {variable.partition(b"=")[0] for variable in inherited}
+        assert b"PATH" in names
+        assert not names & {b"HOOPGW_UPSTREAM_PASSWORD", b"AWS_SECRET_ACCESS_KEY"}
+        assert secret.encode() not in b"\0".join(inherited)
+    finally:
+        entries.close()
+
+
 def test_a_killed_helper_costs_nothing_but_time_the_entry_is_made_here_then_by_a_new_one(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -21,6 +21,7 @@ tracker process, about 90 MB in all where this helper needs about 30.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import subprocess
 import sys
@@ -43,6 +44,17 @@ HELPER_TIMEOUT: Final = 60.0
 """Seconds to wait for the helper's entry before describing the segment here."""
 HELPER_RETRY: Final = 60.0
 """Seconds the helper is left alone after it failed."""
+HELPER_ENVIRONMENT: Final = frozenset({"PATH", "HOME", "LANG", "TMPDIR", "TZ", "VIRTUAL_ENV"})
+"""What the helper inherits of the gateway's environment, besides PYTHON* and LC_*: never
+the variables the gateway's secrets are read from (`env:NAME`), which it does not need."""
+
+
+def helper_environment() -> dict[str, str]:
+    return {
+        name: value
+        for name, value in os.environ.items()
+        if name in HELPER_ENVIRONMENT or name.startswith(("PYTHON", "LC_"))
+    }
 
 
 class HelperFailed(Exception):
@@ -58,6 +70,7 @@ class _Helper:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "hoopgw.recorder.entry_helper", str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),),
+                env=helper_environment(),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
             )
