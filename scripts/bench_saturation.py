@@ -19,11 +19,11 @@ wrk posts query-requests (a unique requestId each, varying SQL; one in
 `--arrow-every` asks for the 1,000-row Arrow answer, the rest get a 3-row JSON
 rowset) at 1, 8 and 32 connections. Per level: q/s, p50 added, p99 and p99.9
 (wrk's own histogram, from a Lua `done` hook), the gateway's CPU per
-statement (utime+stime from /proc over the wrk run, with its child processes). Answers that are not
-HTTP 200 with `"success": true` are counted by the Lua script and flag the
-run; after the run the records the gateway stored are counted, so no feature
-was optimised away. `--write` replaces the marked section of
-docs/performance.md. Needs `apt-get install nginx-light wrk`; not part of CI.
+statement (utime+stime from /proc over the wrk run, with its child
+processes). Answers that are not HTTP 200 with `"success": true` are counted
+by the Lua script and flag the run; after the run the records the gateway
+stored are counted, so no feature was optimised away. `--write` replaces the
+marked section of docs/performance.md. Needs `apt-get install nginx-light wrk`; not part of CI.
 
 `--gateway-workers N` runs the gateway as N processes sharing one port
 (`hoopgw_reuse_port`, docs/operations.md "Several processes per host"), each

@@ -5,8 +5,8 @@ gateway runs it wraps every request and response hook of the gateway's
 addons (where `Gateway`, addons/dispatch.py, calls them), the loop callback
 that builds the answers' records, and the spool's durable append, with a
 clock, and every 2 s (on an answer) writes p50, mean and p99 per hook
-(microseconds) as JSON to the file named by $HOOPGW_HOOK_TIMING. The durable append is also
-split into its phases (queued until the writer thread writes, the WAL's write
+(microseconds) as JSON to the file named by $HOOPGW_HOOK_TIMING. The durable
+append is also split into its phases (queued until the writer thread writes, the WAL's write
 and fsync, fsync'd until the loop settles the futures), and the cyclic
 collector's passes are timed by generation: neither shows in any hook's clock.
 A sampling profiler shows where CPU goes; this shows where a statement waits,

@@ -274,11 +274,12 @@ async def test_a_lone_statement_s_record_is_fsynced_on_the_loop(
     with recording(tmp_path) as addon:
         addon.lone.quiet = quiet
         flow, state = authenticated()
-        earlier = [authenticated()[0] for _ in range(2 if "two" in before else 1)]
+        count = {"nothing": 0}.get(before, 2 if "two" in before else 1)
+        earlier = [authenticated()[0] for _ in range(count)]
         if "its connection" in before:
             for other in earlier:
                 other.client_conn = flow.client_conn
-        for other in earlier if before != "nothing" else []:
+        for other in earlier:
             addon.requestheaders(other)
             if "answered" in before:
                 addon.error(other)
