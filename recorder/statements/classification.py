@@ -19,7 +19,7 @@ from sqlglot.tokens import Token, TokenType
 from hoopgw.recorder.statements.analysis import Analysis
 from hoopgw.recorder.statements.context import Context, context_after
 from hoopgw.recorder.statements.names import unknown_object
-from hoopgw.recorder.statements.nodes import keyword
+from hoopgw.recorder.statements.nodes import keyword, unlink
 from hoopgw.recorder.statements.objects import scan_objects, search_path_schemas
 from hoopgw.recorder.statements.splitting import Chunk, split_statements
 from hoopgw.recorder.statements.statement import Statement
@@ -92,6 +92,19 @@ def classify_chunk(chunk: Chunk, context: Context, depth: int) -> Statement:
         return _unknown(chunk.text, context, _describe_parse_error(error))
     except (TokenError, RecursionError, ValueError) as error:
         return _unknown(chunk.text, context, f"cannot be parsed ({type(error).__name__})")
+    try:
+        return _classify_parsed(parsed, kind, chunk, context, depth)
+    finally:
+        unlink(parsed)
+
+
+def _classify_parsed(
+    parsed: list[exp.Expression | None],
+    kind: str | None,
+    chunk: Chunk,
+    context: Context,
+    depth: int,
+) -> Statement:
     root = parsed[0] if len(parsed) == 1 else None
     if root is None:
         return _unknown(chunk.text, context, "not one statement")

@@ -1,7 +1,8 @@
-"""Names read off sqlglot nodes, as Snowflake stores them."""
+"""Names read off sqlglot nodes, as Snowflake stores them; trees let go of."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from sqlglot import exp
@@ -52,3 +53,13 @@ def table_parts(table: exp.Table) -> list[str] | None:
             return None
         parts.append(name)
     return parts or None
+
+
+def unlink(trees: Iterable[exp.Expression | None]) -> None:
+    """Drop each node's link to its parent once a tree is read. sqlglot links both ways,
+    so a tree let go of is a reference cycle only the cyclic collector frees, in passes
+    on the gateway's event loop; unlinked, reference counting frees it at once."""
+    for tree in trees:
+        if tree is not None:
+            for node in tree.dfs():
+                node.parent = None

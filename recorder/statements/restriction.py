@@ -26,6 +26,8 @@ from sqlglot import exp
 from sqlglot.expressions.core import Expr
 from sqlglot.optimizer.simplify import simplify
 
+from hoopgw.recorder.statements.nodes import unlink
+
 _SIMPLIFY_MAX_NODES = 64
 """Larger conditions are checked structurally only: simplification can take seconds."""
 
@@ -62,9 +64,18 @@ def restricts(condition: exp.Expression | None, targets: Iterable[str]) -> bool:
     if condition is None:
         return False
     names = frozenset(name.upper() for name in targets)
-    if _may_simplify(condition):
-        with contextlib.suppress(Exception):  # best effort; the structural check follows
-            condition = simplify(condition.copy())
+    if not _may_simplify(condition):
+        return _condition_restricts(condition, names)
+    copy, simplified = condition.copy(), None
+    with contextlib.suppress(Exception):  # best effort; the structural check follows
+        simplified = simplify(copy)
+    try:
+        return _condition_restricts(condition if simplified is None else simplified, names)
+    finally:
+        unlink([copy, simplified])
+
+
+def _condition_restricts(condition: exp.Expression, names: frozenset[str]) -> bool:
     condition = _unwrap(condition)
     if isinstance(condition, exp.Boolean | exp.Null | exp.Literal):
         return False
