@@ -24,9 +24,12 @@ from sqlglot.tokens import Token, Tokenizer
 
 from hoopgw.recorder.statements.vocabulary import DIALECT
 
-KEPT_TEXTS: Final = 64
-"""Texts whose tokens are kept: more than the statements a gateway has between
-its hooks at once."""
+KEPT_TEXTS: Final = 16
+"""Texts whose tokens are kept. A text's readers are one request's hooks, which run
+back to back on the loop, so a few suffice; 16 covers requests whose hooks interleave
+at an await. Kept longer, the tokens (about 25 objects a statement) outlive the
+collector's young generations and every middle pass walks them: 64 texts doubled
+the cost of a pass."""
 KEPT_MAX_CHARS: Final = 16 * 1024
 """Longer texts are tokenized for each reader (guardrails classifies them off the loop)."""
 KEPT_TOTAL_CHARS: Final = 256 * 1024
