@@ -426,14 +426,29 @@ def test_as_record_shape() -> None:
     }
 
 
-def test_results_are_cached() -> None:
+def test_a_text_is_cached_from_its_second_sight() -> None:
+    """A new text is not kept: each kept classification is objects the collector walks."""
     sql = "select * from cache_probe_table where id = 42"
-    before = statements._classify_cached.cache_info().hits
+    statements.clear_cache()
     first = classify(sql, database=DB, schema=SCHEMA)
+    assert statements._classify_cached.cache_info().currsize == 0
     second = classify(sql, database=DB, schema=SCHEMA)
-    assert first == second
-    assert statements._classify_cached.cache_info().hits >= before + 1
+    third = classify(sql, database=DB, schema=SCHEMA)
+    assert first == second == third
+    info = statements._classify_cached.cache_info()
+    assert (info.currsize, info.hits) == (1, 1)
     assert classify(sql, database="OTHER", schema=SCHEMA)[0].reads == ("OTHER.S.CACHE_PROBE_TABLE",)
+    assert statements._classify_cached.cache_info().currsize == 1
+
+
+def test_the_memory_of_texts_seen_once_is_bounded() -> None:
+    statements.clear_cache()
+    for index in range(statements.SEEN_MAX + 1):
+        statements._seen_once[index] = None  # as hashes of texts seen once
+    classify("select 1 from seen_probe", database=DB, schema=SCHEMA)
+    assert len(statements._seen_once) == 1
+    classify("select 1 from seen_probe", database=DB, schema=SCHEMA)
+    assert statements._classify_cached.cache_info().currsize == 1
 
 
 @pytest.mark.parametrize(
