@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -463,8 +464,6 @@ def test_the_memory_of_texts_seen_once_is_bounded() -> None:
 def test_a_classified_statement_leaves_no_cycle_for_the_collector(sql: str) -> None:
     """The parse tree is freed by reference counting, not by the cyclic collector's
     passes on the gateway's event loop."""
-    import gc
-
     gc.collect()
     gc.disable()
     try:
