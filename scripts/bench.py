@@ -162,6 +162,8 @@ def _children(pid: int) -> list[int]:
 
 
 def _status_mb(pid: int, key: str) -> float:
+    """A memory line of /proc/PID/status; 0 for a process that has gone, or a helper that
+    has exited and not yet been reaped (a zombie's status has no memory lines)."""
     try:
         lines = Path(f"/proc/{pid}/status").read_text().splitlines()
     except (FileNotFoundError, ProcessLookupError):
@@ -169,7 +171,7 @@ def _status_mb(pid: int, key: str) -> float:
     for line in lines:
         if line.startswith(key):
             return int(line.split()[1]) / 1024
-    raise LookupError(key)
+    return 0.0
 
 
 @dataclass

@@ -274,7 +274,7 @@ async def test_a_lone_statement_s_record_is_fsynced_on_the_loop(
     with recording(tmp_path) as addon:
         addon.lone.quiet = quiet
         flow, state = authenticated()
-        count = {"nothing": 0}.get(before, 2 if "two" in before else 1)
+        count = 0 if before == "nothing" else 2 if "two" in before else 1
         earlier = [authenticated()[0] for _ in range(count)]
         if "its connection" in before:
             for other in earlier:
