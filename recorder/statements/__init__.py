@@ -32,6 +32,7 @@ from hoopgw.recorder.statements import names, tokens
 from hoopgw.recorder.statements.classification import classify_text
 from hoopgw.recorder.statements.context import context_after
 from hoopgw.recorder.statements.names import UNKNOWN_PART, render_name, split_name
+from hoopgw.recorder.statements.shapes import ShapeCache, shape_of
 from hoopgw.recorder.statements.statement import Statement
 from hoopgw.recorder.statements.vocabulary import CACHE_SIZE, KINDS, READ_ONLY_KINDS
 
@@ -51,22 +52,37 @@ statements are mostly new, and each cached one is objects the cyclic collector w
 every full pass (a full cache of new texts added about 2 ms to each such pass on the loop).
 Integers, so the collector never walks this; a collision only caches a text early."""
 
+shapes = ShapeCache()
+"""SELECTs that differ only in the values they compare columns to (`shapes`)."""
+
 
 def classify(sql: str, *, database: str | None, schema: str | None) -> list[Statement]:
     """Classify each statement of `sql`, resolving names against the current
     database and schema (as Snowflake reports them: unquoted, case as stored).
 
     Never raises: a statement that cannot be parsed is kind UNKNOWN with
-    `parse_error` set. A text seen before comes from a bounded LRU cache.
+    `parse_error` set. A text seen before comes from a bounded LRU cache, a
+    SELECT that differs from one seen before only in the values it compares
+    columns to from another (`shapes`).
     """
-    if len(sql) <= CACHE_MAX_CHARS:
-        seen = hash((sql, database, schema))
-        if seen in _seen_once:
-            return list(_classify_cached(sql, database, schema))
-        if len(_seen_once) >= SEEN_MAX:
-            _seen_once.clear()
-        _seen_once[seen] = None
-    return list(classify_text(sql, (database, schema), 0))
+    context = (database, schema)
+    if len(sql) > CACHE_MAX_CHARS:
+        return list(classify_text(sql, context, 0))
+    seen = hash((sql, database, schema))
+    if seen in _seen_once:
+        return list(_classify_cached(sql, database, schema))
+    if len(_seen_once) >= SEEN_MAX:
+        _seen_once.clear()
+    _seen_once[seen] = None
+    shape = shape_of(sql, context)
+    if shape is None:
+        return list(classify_text(sql, context, 0))
+    statement = shapes.get(shape)
+    if statement is not None:
+        return [statement]
+    statements = list(classify_text(sql, context, 0))
+    shapes.put(shape, statements)
+    return statements
 
 
 @functools.lru_cache(maxsize=CACHE_SIZE)
@@ -79,6 +95,7 @@ def clear_cache() -> None:
     uncached path)."""
     _classify_cached.cache_clear()
     _seen_once.clear()
+    shapes.clear()
     names.forget()
     tokens.forget()
 
