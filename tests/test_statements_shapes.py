@@ -301,6 +301,9 @@ def test_a_shape_is_served_from_its_third_text() -> None:
     assert statements.shapes.hits == 1
     assert third == fresh(texts[2], context)
     assert third[0].text == texts[2]
+    again = classify(texts[0], database=None, schema=None)
+    assert statements.shapes.hits == 2, "a text seen before is served by its shape too"
+    assert again == fresh(texts[0], context)
 
 
 @pytest.mark.parametrize(

@@ -30,7 +30,7 @@ import logging
 
 from hoopgw.recorder.statements import names, tokens
 from hoopgw.recorder.statements.classification import classify_text
-from hoopgw.recorder.statements.context import context_after
+from hoopgw.recorder.statements.context import Context, context_after
 from hoopgw.recorder.statements.names import UNKNOWN_PART, render_name, split_name
 from hoopgw.recorder.statements.shapes import ShapeCache, shape_of
 from hoopgw.recorder.statements.statement import Statement
@@ -74,6 +74,17 @@ def classify(sql: str, *, database: str | None, schema: str | None) -> list[Stat
     if len(_seen_once) >= SEEN_MAX:
         _seen_once.clear()
     _seen_once[seen] = None
+    return _classify_new(sql, context)
+
+
+@functools.lru_cache(maxsize=CACHE_SIZE)
+def _classify_cached(sql: str, database: str | None, schema: str | None) -> tuple[Statement, ...]:
+    return tuple(_classify_new(sql, (database, schema)))
+
+
+def _classify_new(sql: str, context: Context) -> list[Statement]:
+    """A text the text cache does not hold: from its shape if one of its shape was
+    classified, else parsed."""
     shape = shape_of(sql, context)
     if shape is None:
         return list(classify_text(sql, context, 0))
@@ -83,11 +94,6 @@ def classify(sql: str, *, database: str | None, schema: str | None) -> list[Stat
     statements = list(classify_text(sql, context, 0))
     shapes.put(shape, statements)
     return statements
-
-
-@functools.lru_cache(maxsize=CACHE_SIZE)
-def _classify_cached(sql: str, database: str | None, schema: str | None) -> tuple[Statement, ...]:
-    return tuple(classify_text(sql, (database, schema), 0))
 
 
 def clear_cache() -> None:
