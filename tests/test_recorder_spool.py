@@ -158,24 +158,46 @@ def test_the_config_checks_the_writer_id_and_takes_no_interval_as_no_rollups(tmp
 # --- durability ----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("prepared", [False, True], ids=["plain-wal", "prepared-wal"])
 def test_futures_resolve_only_after_the_record_is_fsynced(
-    make_spool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    make_spool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prepared: bool
 ) -> None:
-    real_fsync = os.fsync
-    synced: list[tuple[str, int]] = []
+    """Whether the WAL appends to a plain file (fsync) or overwrites a prepared one's
+    zeros (fdatasync), no future resolves before a sync that covers its record."""
+    real_pwrite, real_syncs = os.pwrite, {"fsync": os.fsync, "fdatasync": os.fdatasync}
+    written: dict[str, int] = {}  # per file: the end of the lines written to it
+    synced: list[tuple[str, int, str]] = []
+    record_syncs: set[str] = set()  # how the acknowledged records were synced
     calls = 0
 
-    def slow_recording_fsync(fd: int) -> None:
-        nonlocal calls
-        calls += 1
+    def recording_pwrite(fd: int, data: Any, offset: int) -> int:
+        count = real_pwrite(fd, data, offset)
         path = os.readlink(f"/proc/self/fd/{fd}")
-        size = os.fstat(fd).st_size
-        time.sleep(0.003)  # a slow disk, so that producers pile up into batches
-        real_fsync(fd)
-        synced.append((path, size))
+        if bytes(data).strip(b"\0"):  # a record's line, not a prepared file's zeros
+            written[path] = max(written.get(path, 0), offset + count)
+        return count
 
-    monkeypatch.setattr(os, "fsync", slow_recording_fsync)
-    spool = make_spool()
+    def slow_recording(name: str) -> Callable[[int], None]:
+        def sync(fd: int) -> None:
+            nonlocal calls
+            path = os.readlink(f"/proc/self/fd/{fd}")
+            end = written.get(path, 0)
+            if path.endswith(".log"):
+                calls += 1
+                time.sleep(0.003)  # a slow disk, so that producers pile up into batches
+            real_syncs[name](fd)
+            synced.append((path, end, name))
+
+        return sync
+
+    spool = make_spool(wal_max_bytes=1 << 20, wal_prepare=prepared)
+    if prepared:
+        wait_for(lambda: spool.stats().wal_prepared_files >= 1, "a prepared file")
+        spool.append(request(new_session_id(), "rotate")).result(DEADLINE)
+        wait_for(lambda: spool.stats().wal_prepared_files >= 2, "writing in a prepared file")
+    monkeypatch.setattr(os, "pwrite", recording_pwrite)
+    monkeypatch.setattr(os, "fsync", slow_recording("fsync"))
+    monkeypatch.setattr(os, "fdatasync", slow_recording("fdatasync"))
     wal_dir = tmp_path / "spool"
     problems: list[str] = []
 
@@ -187,8 +209,12 @@ def test_futures_resolve_only_after_the_record_is_fsynced(
             position = data.find(marker)
             if position >= 0:
                 end_offset = position + len(marker)
-                if not any(p == str(wal) and size >= end_offset for p, size in list(synced)):
+                covering = [
+                    n for p, size, n in list(synced) if p == str(wal) and size >= end_offset
+                ]
+                if not covering:
                     problems.append(f"seq {record['seq']} acknowledged before its fsync")
+                record_syncs.update(covering[:1])
                 return
         problems.append(f"seq {record['seq']} acknowledged but not in the WAL")
 
@@ -212,6 +238,8 @@ def test_futures_resolve_only_after_the_record_is_fsynced(
     records = len(futures)
     batches = spool.stats().batches
     assert records == 480
+    # a prepared file's records need only their data synced; a plain file's, its size too
+    assert record_syncs == ({"fdatasync"} if prepared else {"fsync"})
     assert batches < records / 4, f"{batches} batches for {records} records: no group commit"
     assert calls < records / 4, f"{calls} fsyncs for {records} records"
 
@@ -812,17 +840,20 @@ from pathlib import Path
 from hoopgw.recorder.ids import new_writer_id
 from hoopgw.recorder.spool import Spool, SpoolConfig
 from hoopgw.recorder.store import LocalStore
+from tests import stack
 
 spool_dir, store_dir, mode = sys.argv[1], sys.argv[2], sys.argv[3]
 sessions = sys.argv[4:]
 # "forever": small, short-lived segments so that the kill lands among seals and uploads;
 # a count: nothing seals, every record is only in the WAL and open segment files.
 forever = mode == "forever"
+# WAL files of 64 KiB: the records land in files prepared ahead (zeros after the last line)
 config = SpoolConfig(Path(spool_dir), writer_id=new_writer_id(), max_bytes=1 << 30,
                      segment_max_bytes=3000 if forever else 1 << 30,
-                     segment_max_age=0.05 if forever else 3600)
+                     segment_max_age=0.05 if forever else 3600, wal_max_bytes=64 * 1024)
 spool = Spool(config, LocalStore(Path(store_dir)))
 spool.start()
+stack.wait_until(lambda: spool.stats().wal_prepared_files >= 1, 20, "a prepared WAL file")
 out = threading.Lock()
 acks = 0
 all_acked = threading.Event()
@@ -932,8 +963,14 @@ def test_recovery_cuts_a_torn_wal_tail(tmp_path: Path, store: LocalStore) -> Non
     assert len(acked) == 50
     wals = sorted((tmp_path / "spool").glob("wal-*.log"))
     assert wals, "a crashed spool leaves its WAL"
+    # the last record's file, where a torn write lands: after its last record, into the
+    # prepared file's zeros or at the end of a plain one (a spare holds only zeros)
+    [last] = [wal for wal in wals if wal.read_bytes().rstrip(b"\0")][-1:]
+    lines = len(last.read_bytes().rstrip(b"\0"))
+    assert last.stat().st_size > lines, "the last records were in a prepared file"
     torn = b'{"kind":"request","session_id":"' + session_id.encode() + b'","seq":50,"ts":1'
-    with open(wals[-1], "ab") as wal:
+    with open(last, "r+b") as wal:
+        wal.seek(lines)
         wal.write(torn)
 
     assert list((tmp_path / "spool").glob("*.open")), "the crashed spool left its open segment"

@@ -293,4 +293,6 @@ class Spool:
             rollups_pending=rollups.pending() if rollups is not None else 0,
             rollup_entries_by_helper=rollups.entries.by_helper if rollups is not None else 0,
             rollup_helper_failures=(rollups.entries.helper_failures if rollups is not None else 0),
+            wal_prepared_files=writer.wal.prepared_files,
+            wal_preparation_failures=writer.wal.preparation_failures,
         )

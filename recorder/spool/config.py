@@ -25,7 +25,8 @@ class SpoolConfig:
 
     `max_bytes` bounds the segments waiting on disk (`Spool.over_limit()`); segments
     seal at `segment_max_bytes` (uncompressed) or `segment_max_age` seconds
-    after their first record; the WAL rotates at `wal_max_bytes`. Failed
+    after their first record; the WAL rotates at `wal_max_bytes`, into a file
+    prepared ahead with `wal_prepare` (recorder/spool/wal.py). Failed
     uploads retry after `retry_initial` seconds, doubling up to `retry_max`.
     Chain state is kept for every open session. Once `max_finished_streams`
     sessions have ended, or the table holds `max_streams` sessions, the ended
@@ -63,6 +64,7 @@ class SpoolConfig:
     segment_max_bytes: int = 4 * MiB
     segment_max_age: float = 30.0
     wal_max_bytes: int = 16 * MiB
+    wal_prepare: bool = True
     retry_initial: float = 0.5
     retry_max: float = 30.0
     max_streams: int = 100_000

@@ -93,7 +93,7 @@ class Recovery:
         sealed_ranges: dict[Stream, list[tuple[int, int]]],
         wal_records: dict[Stream, dict[int, bytes]],
     ) -> None:
-        data = path.read_bytes()
+        data = path.read_bytes().rstrip(b"\0")  # a prepared file's unused zeros
         position = 0
         while True:
             newline = data.find(b"\n", position)

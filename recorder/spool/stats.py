@@ -29,6 +29,9 @@ class SpoolStats:
     refused in every disk-full spell, `recoveries` the spells that ended.
     `rollup_entries_by_helper` counts the segments the roll-up helper process
     described (`spool.entries`), `rollup_helper_failures` the times it failed.
+    `wal_prepared_files` counts the WAL files prepared ahead (zero-filled, so a
+    record's sync flushes data alone), `wal_preparation_failures` the preparations
+    that failed (the WAL appends to plain files meanwhile).
     """
 
     writer: str
@@ -63,3 +66,5 @@ class SpoolStats:
     rollups_pending: int
     rollup_entries_by_helper: int
     rollup_helper_failures: int
+    wal_prepared_files: int = 0
+    wal_preparation_failures: int = 0

@@ -91,7 +91,7 @@ class SpoolWriter:
             config.max_finished_streams,
             config.stream_idle_seconds,
         )
-        self.wal = WriteAheadLog(config.directory, config.wal_max_bytes)
+        self.wal = WriteAheadLog(config.directory, config.wal_max_bytes, config.wal_prepare)
         self.segments = OpenSegments(
             config.directory, spool_bytes, config.segment_max_bytes, config.segment_max_age
         )
@@ -373,7 +373,8 @@ class SpoolWriter:
             return None
         if self.disk_full is not None:
             return self._next_probe - time.monotonic()
-        return self.segments.next_age_deadline()
+        deadlines = [self.segments.next_age_deadline(), self.wal.preparation_due()]
+        return min((d for d in deadlines if d is not None), default=None)
 
     def _process(self, batch: list[Any], committed: Sequence[tuple[list[Write], int]] = ()) -> None:
         """Make the batch's records durable and acknowledge them, then file them.
@@ -421,6 +422,7 @@ class SpoolWriter:
         with self._wal_lock:
             if self.wal.rotate_if_full():
                 self._checkpoint()
+        self.wal.prepare_step()
 
     def _seal(self) -> None:
         """Seal what is due, note the seals in the WAL, then hand the segments to the uploader."""
