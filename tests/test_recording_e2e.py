@@ -570,6 +570,12 @@ def test_sigkill_mid_stream_loses_and_repeats_nothing(
     stack.wait_until(lambda: stream.total() >= 45, DEADLINE, "45 acknowledged statements")
     first.kill()
     assert spool_segments(spool), "the killed gateway left nothing to recover"
+    # the killed gateway's records were in a WAL file prepared ahead: lines, then zeros
+    assert any(
+        tag.encode() in (lines := wal.read_bytes().rstrip(b"\0"))
+        and wal.stat().st_size > len(lines)
+        for wal in spool.glob("wal-*.log")
+    ), "no record in a prepared WAL file"
 
     second = gateway_factory(
         strict.url, options, env=gateway_secrets.env, name=f"crash-2-{s3_bucket}"
