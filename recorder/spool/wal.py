@@ -61,10 +61,11 @@ class WalTornError(RuntimeError):
 class WriteAheadLog:
     """The shared `wal-<n>.log` files; touched only by the writer thread once it runs.
 
-    One write and one fsync per batch, however many sessions the batch touched
-    (group commit). A file is deleted once every segment holding its records is
-    sealed, and the seals themselves are noted here before their segments may be
-    uploaded, so recovery knows which records are already in sealed segments.
+    One write and one sync per batch (`fdatasync` inside a prepared file, `fsync`
+    otherwise), however many sessions the batch touched (group commit). A file is
+    deleted once every segment holding its records is sealed, and the seals
+    themselves are noted here before their segments may be uploaded, so recovery
+    knows which records are already in sealed segments.
     """
 
     def __init__(self, directory: Path, max_bytes: int, prepare: bool = True) -> None:
