@@ -174,11 +174,11 @@ class WriteAheadLog:
         if not self.prepare or self._fd < 0 or time.monotonic() < self._prepare_after:
             return
         spare = self._spare
-        if spare is not None and (spare.ready or spare.number != self.number + 1):
-            if spare.ready and spare.number == self.number + 1:
-                return
+        if spare is not None and spare.number != self.number + 1:  # the log moved past it
             self._drop_spare()
             spare = None
+        if spare is not None and spare.ready:
+            return
         try:
             if spare is None:
                 if not self._room_for_a_spare():
