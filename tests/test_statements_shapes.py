@@ -2,8 +2,10 @@
 
 A text served by its shape must classify exactly as it does on its own. The
 corpus test changes every cut value of every text of the statement tests'
-corpus and compares; the cases below are the places where a literal's value
-does change a classification, each of which must stay out of a shared shape.
+corpus and compares; the frames put compared values beside every construct
+whose literals the classification reads; the cases are places where a
+literal's value does change a classification, each of which must stay out of
+a shared shape.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ STRINGS = ("''", "'x'", "'it''s'", "'1'", "'DB.S.OTHER'", "' @stage'")
 
 
 def fresh(sql: str, context: Context) -> list[Statement]:
-    """The classification of `sql` on its own: no cache of any kind in between."""
+    """The classification of `sql` on its own: no classification cache in between."""
     return list(classify_text(sql, context, 0))
 
 
