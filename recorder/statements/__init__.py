@@ -32,6 +32,7 @@ from hoopgw.recorder.statements import names, tokens
 from hoopgw.recorder.statements.classification import classify_text
 from hoopgw.recorder.statements.context import Context, context_after
 from hoopgw.recorder.statements.names import UNKNOWN_PART, render_name, split_name
+from hoopgw.recorder.statements.seen import SeenOnce
 from hoopgw.recorder.statements.shapes import ShapeCache, shape_of
 from hoopgw.recorder.statements.statement import Statement
 from hoopgw.recorder.statements.vocabulary import CACHE_SIZE, KINDS, READ_ONLY_KINDS
@@ -46,11 +47,10 @@ CACHE_MAX_CHARS = 64 * 1024
 SEEN_MAX = 4 * CACHE_SIZE
 """Texts remembered as seen once (by hash) before the memory starts afresh."""
 
-_seen_once: dict[int, None] = {}
-"""Hashes of texts classified once. Only a text seen again enters the cache: an agent's
-statements are mostly new, and each cached one is objects the cyclic collector walks in
-every full pass (a full cache of new texts added about 2 ms to each such pass on the loop).
-Integers, so the collector never walks this; a collision only caches a text early."""
+_seen_once = SeenOnce(SEEN_MAX)
+"""Texts classified once. Only a text seen again enters the cache: an agent's statements
+are mostly new, and each cached one is objects the cyclic collector walks in every full
+pass (a full cache of new texts added about 2 ms to each such pass on the loop)."""
 
 shapes = ShapeCache()
 """SELECTs that differ only in the values they compare columns to (`shapes`)."""
@@ -68,12 +68,8 @@ def classify(sql: str, *, database: str | None, schema: str | None) -> list[Stat
     context = (database, schema)
     if len(sql) > CACHE_MAX_CHARS:
         return list(classify_text(sql, context, 0))
-    seen = hash((sql, database, schema))
-    if seen in _seen_once:
+    if _seen_once.seen_before(hash((sql, database, schema))):
         return list(_classify_cached(sql, database, schema))
-    if len(_seen_once) >= SEEN_MAX:
-        _seen_once.clear()
-    _seen_once[seen] = None
     return _classify_new(sql, context)
 
 

@@ -43,6 +43,7 @@ from sqlglot.errors import TokenError
 from sqlglot.tokens import Token, TokenType
 
 from hoopgw.recorder.statements.context import Context
+from hoopgw.recorder.statements.seen import SeenOnce
 from hoopgw.recorder.statements.statement import Statement
 from hoopgw.recorder.statements.tokens import tokenize
 
@@ -149,7 +150,7 @@ class ShapeCache:
         self.seen_max = seen_max
         self.hits = 0
         self._kept: OrderedDict[Key, Statement] = OrderedDict()
-        self._seen_once: dict[int, None] = {}
+        self._seen_once = SeenOnce(seen_max)
         self._lock = threading.Lock()
 
     def get(self, shape: Shape) -> Statement | None:
@@ -166,12 +167,8 @@ class ShapeCache:
         """Keep `statements` (the classification of a text of `shape`) if it stands for it."""
         if not stands_for_its_shape(statements):
             return
-        seen = hash(shape.key)
         with self._lock:
-            if seen not in self._seen_once:
-                if len(self._seen_once) >= self.seen_max:
-                    self._seen_once.clear()
-                self._seen_once[seen] = None
+            if not self._seen_once.seen_before(hash(shape.key)):
                 return
             self._kept[shape.key] = statements[0]
             self._kept.move_to_end(shape.key)
