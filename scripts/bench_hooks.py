@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from mitmproxy import hooks, http
+from mitmproxy import connection, hooks, http
 from mitmproxy.proxy.layers import http as http_hooks
 from mitmproxy.test import taddons, tflow, tutils
 
@@ -66,8 +66,14 @@ def gateway_options(home: Path, issuer: str) -> dict[str, Any]:
     }
 
 
-def client_flow(path: str, body: bytes, headers: list[tuple[bytes, bytes]]) -> http.HTTPFlow:
-    """A request as wrk sends it to the gateway in the saturation bench."""
+def client_flow(
+    path: str,
+    body: bytes,
+    headers: list[tuple[bytes, bytes]],
+    client: connection.Client | None = None,
+) -> http.HTTPFlow:
+    """A request as wrk sends it to the gateway in the saturation bench, on `client`'s
+    connection if given (a new connection otherwise)."""
     request = tutils.treq(
         host="127.0.0.1",
         port=8443,
@@ -86,6 +92,8 @@ def client_flow(path: str, body: bytes, headers: list[tuple[bytes, bytes]]) -> h
         content=body,
     )
     flow = tflow.tflow(req=request, live=True)
+    if client is not None:
+        flow.client_conn = client
     flow.client_conn.peername = CLIENT
     return flow
 
@@ -132,7 +140,12 @@ async def log_in(master: Any, issuer: LocalIssuer) -> str:
 
 
 class Statements:
-    """Query-requests as the saturation bench's wrk script makes them, with their answers."""
+    """Query-requests as the saturation bench's wrk script makes them, with their answers.
+
+    All on one client connection, as wrk's at 1 connection: the gateway sees one
+    statement in flight on one keep-alive connection (and so commits its record on
+    the loop, `LoneStatement`), not a new connection per statement.
+    """
 
     def __init__(self, token: str, arrow_every: int) -> None:
         answers = bench_saturation.canned_answers()
@@ -143,6 +156,7 @@ class Statements:
         self.header = (b"authorization", f'Snowflake Token="{token}"'.encode())
         self.arrow_every = arrow_every
         self.counter = 0
+        self.client = tflow.tclient_conn()
 
     def next(self) -> tuple[http.HTTPFlow, str]:
         self.counter += 1
@@ -168,7 +182,7 @@ class Statements:
         query_id = f"01{os.urandom(3).hex()}-0000-{counter >> 16:04x}-0000-{counter:012x}"
         template = self.arrow_answer if arrow else self.json_answer
         answer = template.replace(bench_saturation.QUERY_ID_SLOT, query_id)
-        return client_flow(path, body, [self.header]), answer
+        return client_flow(path, body, [self.header], self.client), answer
 
 
 class AddonClock:
