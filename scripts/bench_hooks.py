@@ -4,17 +4,19 @@ The real addon list of addons/gateway.py runs in `mitmproxy.test.taddons` with
 the options `scripts/bench_saturation.py` gives the gateway (OIDC, sealed
 tokens, guardrails with its policy, recording with fsync into a local spool
 and a `file:` store). One login goes through the whole chain, so the session
-token the statements carry is one the gateway minted. Then each statement is
-a query-request shaped like wrk's in the saturation bench (unique requestId,
-varying SQL), answered with the canned upstream's 3-row JSON answer or, one in
-`--arrow-every`, its 1,000-row Arrow answer, and driven through
-`master.addons.handle_lifecycle` for requestheaders, request, responseheaders
-and response, then one loop turn (the answer's records are built there).
+token the statements carry is one the gateway minted. Then each statement is a
+query-request shaped like wrk's in the saturation bench (unique requestId,
+varying SQL, all on one client connection as at 1 connection), answered with
+the canned upstream's 3-row JSON answer or, one in `--arrow-every`, its
+1,000-row Arrow answer, and driven through `master.addons.handle_lifecycle`
+for requestheaders, request, responseheaders and response, then one loop turn
+(the answer's records are built there).
 
-Printed: CPU time of the event loop's thread per statement (`time.thread_time`,
-so the request record's fsync wait, spent in the writer thread, is not in it)
-and wall time, p50 and mean; with `--by-addon`, the same CPU split by addon
-and hook (the wrappers that measure it add their own small cost).
+Printed: CPU time of the event loop's thread per statement
+(`time.thread_time`: the loop commits the lone statement's record itself, so
+the WAL write and fsync's CPU is in it, the wait for the disk is not) and wall
+time, p50 and mean; with `--by-addon`, the same CPU split by addon and hook
+(the wrappers that measure it add their own small cost).
 
     .venv/bin/python -m scripts.bench_hooks                 # 3 rounds of 2,000 statements
     .venv/bin/python -m scripts.bench_hooks --by-addon      # where each statement's CPU goes
