@@ -147,11 +147,15 @@ class ShapeCache:
 
     def __init__(self, size: int = SHAPES_MAX, seen_max: int = SEEN_MAX) -> None:
         self.size = size
-        self.seen_max = seen_max
         self.hits = 0
         self._kept: OrderedDict[Key, Statement] = OrderedDict()
         self._seen_once = SeenOnce(seen_max)
         self._lock = threading.Lock()
+
+    @property
+    def seen_max(self) -> int:
+        """Shapes remembered as seen once before the memory starts afresh."""
+        return self._seen_once.limit
 
     def get(self, shape: Shape) -> Statement | None:
         """The statement of `shape`'s text, if a text of that shape was classified."""
