@@ -41,7 +41,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -228,8 +228,14 @@ def start_store_and_idp(home: Path, procs: list[stack.Proc]) -> tuple[Any, str, 
     return s3, moto, provider
 
 
-def start_bare_mitmdump(home: Path, upstream: str) -> tuple[stack.Proc, int]:
-    """`mitmdump --mode reverse` with no addons in front of `upstream`, ready."""
+def start_bare_mitmdump(
+    home: Path,
+    upstream: str,
+    extra_scripts: Sequence[Path] = (),
+    env: Mapping[str, str] | None = None,
+) -> tuple[stack.Proc, int]:
+    """`mitmdump --mode reverse` with no addons in front of `upstream`, ready; a probe
+    (`extra_scripts`, e.g. scripts/loop_cpu.py) is the only addon it may be given."""
     port = stack.free_port()
     bare = stack.Proc(
         "bare mitmdump",
@@ -245,8 +251,10 @@ def start_bare_mitmdump(home: Path, upstream: str) -> tuple[stack.Proc, int]:
             "connection_strategy=lazy",
             "--set",
             "flow_detail=0",
+            *(argument for script in extra_scripts for argument in ("-s", str(script))),
         ],
         home / "bare.log",
+        env={**os.environ, **env} if env else None,
     ).start()
     try:
         bare.wait_ready(lambda: stack.port_open(port))
@@ -284,6 +292,8 @@ def start_full_gateway(
     name: str = "gateway",
     port: int | None = None,
     token_key: str | None = None,
+    extra_scripts: Sequence[Path] = (),
+    extra_env: Mapping[str, str] | None = None,
 ) -> stack.Gateway:
     """The gateway with every feature the benchmark measures: OIDC identity, credential
     swap, sealed tokens, guardrails with `policy`, recording with fsync into a local
@@ -305,8 +315,12 @@ def start_full_gateway(
             PASSWORD_ENV: "fakesnow-ignores-it",
             TOKEN_KEY_ENV: token_key or new_token_key(),
             **({"HOOPGW_HOOK_TIMING": str(hook_timing.resolve())} if hook_timing else {}),
+            **(extra_env or {}),
         },
-        extra_scripts=[REPO_ROOT / "scripts" / "hook_timing.py"] if hook_timing else [],
+        extra_scripts=[
+            *([REPO_ROOT / "scripts" / "hook_timing.py"] if hook_timing else []),
+            *extra_scripts,
+        ],
         port=port,
     )
 

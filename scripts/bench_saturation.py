@@ -65,7 +65,7 @@ import pyarrow
 import snowflake.connector
 
 from hoopgw.recorder.secrets import new_token_key
-from scripts import bench
+from scripts import bench, loop_cpu
 from tests import stack
 
 NGINX_CANDIDATES = ("nginx", "/usr/sbin/nginx")
@@ -541,6 +541,7 @@ class WrkResult:
     max_ms: float
     cpu_seconds: float | None = None
     cpu_per_process: tuple[float, ...] = ()
+    loop: LoopWindow | None = None
 
     @property
     def qps(self) -> float:
@@ -616,12 +617,52 @@ class Processes:
         return tuple(probe.cpu_seconds() for probe in self.probes)
 
 
+@dataclass(frozen=True)
+class LoopWindow:
+    """scripts/loop_cpu.py's totals over one wrk run: the loop thread's CPU, by row."""
+
+    statements: int
+    thread_cpu: float
+    rows: dict[str, float]
+
+    @classmethod
+    def read(cls, path: Path, written_after: float = 0.0, timeout: float = 5.0) -> LoopWindow:
+        """The probe's totals, from a write after `written_after` (time.time()): it writes
+        every 0.25 s, so a run's last quarter second is not left out."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if path.stat().st_mtime > written_after:
+                    raw = json.loads(path.read_bytes())
+                    return cls(raw["statements"], raw["thread_cpu"], raw["rows"])
+            except (OSError, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"scripts/loop_cpu.py wrote no totals to {path} in {timeout} s")
+            time.sleep(0.05)  # polls for the probe's next write, with a deadline
+
+    def since(self, start: LoopWindow) -> LoopWindow:
+        rows = {row: spent - start.rows.get(row, 0.0) for row, spent in self.rows.items()}
+        return LoopWindow(
+            self.statements - start.statements, self.thread_cpu - start.thread_cpu, rows
+        )
+
+    def plus(self, other: LoopWindow) -> LoopWindow:
+        rows = dict(self.rows)
+        for row, spent in other.rows.items():
+            rows[row] = rows.get(row, 0.0) + spent
+        return LoopWindow(
+            self.statements + other.statements, self.thread_cpu + other.thread_cpu, rows
+        )
+
+
 @dataclass
 class Target:
     name: str
     port: int
     processes: Processes
     script: Path
+    loop_cpu: Path | None = None
 
     @property
     def label(self) -> str:
@@ -675,6 +716,72 @@ class Level:
         return sum(r.requests for r in self.runs[target])
 
 
+def loop_cpu_table(levels: list[Level]) -> str:
+    """Each level's loop-thread CPU per statement, bare and gateway side by side, by row of
+    scripts/loop_cpu.py, summed over the rounds."""
+    out = []
+    for level in levels:
+        windows = {}
+        for name, runs in level.runs.items():
+            loops = [run.loop for run in runs if run.loop is not None]
+            if loops:
+                total = loops[0]
+                for window in loops[1:]:
+                    total = total.plus(window)
+                windows[name] = total
+        if set(windows) != {BARE, GATEWAY} or not all(w.statements for w in windows.values()):
+            continue
+        bare, gateway = windows[BARE], windows[GATEWAY]
+
+        def per_statement(window: LoopWindow, spent: float) -> float:
+            return spent * 1e6 / window.statements
+
+        def own(window: LoopWindow) -> float:
+            return sum(window.rows.get(row, 0.0) for row in loop_cpu.GATEWAY_ROWS)
+
+        def outside(window: LoopWindow) -> float:
+            charged = sum(t for row, t in window.rows.items() if row != loop_cpu.COLLECTOR)
+            return window.thread_cpu - charged
+
+        lines = [
+            ("loop thread's CPU", bare.thread_cpu, gateway.thread_cpu),
+            *((row, 0.0, gateway.rows.get(row, 0.0)) for row in loop_cpu.GATEWAY_ROWS),
+            (
+                "everything else: mitmproxy, asyncio, the loop",
+                bare.thread_cpu - own(bare),
+                gateway.thread_cpu - own(gateway),
+            ),
+        ]
+        kinds = sorted(
+            {*bare.rows, *gateway.rows} - {*loop_cpu.GATEWAY_ROWS, loop_cpu.COLLECTOR},
+            key=lambda row: -(gateway.rows.get(row, 0.0) + bare.rows.get(row, 0.0)),
+        )
+        lines += [
+            (f"- {row}", bare.rows.get(row, 0.0), gateway.rows.get(row, 0.0)) for row in kinds
+        ]
+        lines += [
+            ("- outside any callback (select, timers)", outside(bare), outside(gateway)),
+            (
+                loop_cpu.COLLECTOR,
+                bare.rows.get(loop_cpu.COLLECTOR, 0.0),
+                gateway.rows.get(loop_cpu.COLLECTOR, 0.0),
+            ),
+        ]
+        out += [
+            f"loop thread, {level.connections} connection(s): us per statement "
+            f"({bare.statements} and {gateway.statements} statements)",
+            "| row | bare | gateway | gateway - bare |",
+            "| --- | ---: | ---: | ---: |",
+        ]
+        for name, bare_spent, gateway_spent in lines:
+            b, g = per_statement(bare, bare_spent), per_statement(gateway, gateway_spent)
+            if max(abs(b), abs(g)) < 1:
+                continue
+            out.append(f"| {name} | {b:.0f} | {g:.0f} | {g - b:+.0f} |")
+        out.append("")
+    return "\n".join(out)
+
+
 def wait_idle(processes: Processes, timeout: float = 15.0, busy: float = 0.05) -> bool:
     """Wait until each process uses under `busy` of a core (its spool uploads, roll-ups)."""
     deadline = time.monotonic() + timeout
@@ -690,9 +797,12 @@ def wait_idle(processes: Processes, timeout: float = 15.0, busy: float = 0.05) -
 def measure(target: Target, connections: int, duration: float, log: Path) -> WrkResult:
     if not wait_idle(target.processes):
         print(f"  note: {target.label} still busy before the run", file=sys.stderr)
+    loop_before = LoopWindow.read(target.loop_cpu) if target.loop_cpu else None
     cpu_before = target.processes.cpu_per_process()
     result = run_wrk(target.port, target.script, connections, duration, log)
     cpu_after = target.processes.cpu_per_process()
+    if target.loop_cpu and loop_before is not None:
+        result.loop = LoopWindow.read(target.loop_cpu, written_after=time.time()).since(loop_before)
     result.cpu_per_process = tuple(
         after - before for before, after in zip(cpu_before, cpu_after, strict=True)
     )
@@ -955,6 +1065,7 @@ def start_gateways(
     options: dict[str, str],
     hook_timing: Path | None,
     procs: list[stack.Proc],
+    probe: dict[str, Any] | None = None,
 ) -> list[stack.Gateway]:
     """The full gateway as `workers` processes on one port (one token key, a spool each);
     each joins `procs` once it is ready."""
@@ -974,10 +1085,30 @@ def start_gateways(
             name="gateway" if workers == 1 else f"gateway-{number}",
             port=port,
             token_key=token_key,
+            **(probe or {}),
         )
         procs.append(gateway.proc)
         gateways.append(gateway)
     return gateways
+
+
+def loop_cpu_files(directory: Path | None) -> dict[str, Path]:
+    """Where scripts/loop_cpu.py writes each proxy's totals (`--loop-cpu DIR`)."""
+    if directory is None:
+        return {}
+    directory.mkdir(parents=True, exist_ok=True)
+    return {BARE: directory / "bare.json", GATEWAY: directory / "gateway.json"}
+
+
+def loop_cpu_probe(files: dict[str, Path], target: str) -> dict[str, Any]:
+    """The extra script and environment that load scripts/loop_cpu.py into `target`."""
+    if target not in files:
+        return {}
+    variable = {loop_cpu.ENVIRONMENT: str(files[target].resolve())}
+    script = [bench.REPO_ROOT / "scripts" / "loop_cpu.py"]
+    if target == BARE:
+        return {"extra_scripts": script, "env": variable}
+    return {"extra_scripts": script, "extra_env": variable}
 
 
 # --- main ---------------------------------------------------------------------------------
@@ -1021,6 +1152,13 @@ def main(argv: list[str] | None = None) -> int:
         "(the clocks cost a little: take the table from a run without it)",
     )
     parser.add_argument(
+        "--loop-cpu",
+        type=Path,
+        metavar="DIR",
+        help="load scripts/loop_cpu.py into both proxies (its totals in DIR) and print the "
+        "loop thread's CPU per statement of each, side by side, by what ran on the loop",
+    )
+    parser.add_argument(
         "--gateway-workers",
         type=int,
         default=1,
@@ -1032,8 +1170,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.gateway_workers < 1:
         parser.error("--gateway-workers must be at least 1")
-    if args.gateway_workers > 1 and (args.profile or args.hook_timing):
-        parser.error("--profile and --hook-timing follow one process: use --gateway-workers 1")
+    if args.gateway_workers > 1 and (args.profile or args.hook_timing or args.loop_cpu):
+        parser.error(
+            "--profile, --hook-timing and --loop-cpu follow one process: use --gateway-workers 1"
+        )
     levels = [int(c) for c in args.connections.split(",") if c]
     if nginx_binary() is None or shutil.which("wrk") is None:
         raise SystemExit(f"the saturation bench needs nginx and wrk: {INSTALL_HINT}")
@@ -1047,7 +1187,10 @@ def main(argv: list[str] | None = None) -> int:
         upstream = start_canned_upstream(home / "nginx")
         procs.append(upstream.proc)
         s3, moto, provider = bench.start_store_and_idp(home, procs)
-        bare, bare_port = bench.start_bare_mitmdump(home, upstream.url)
+        loop_files = loop_cpu_files(args.loop_cpu)
+        bare, bare_port = bench.start_bare_mitmdump(
+            home, upstream.url, **loop_cpu_probe(loop_files, BARE)
+        )
         procs.append(bare)
         gateways = start_gateways(
             home,
@@ -1058,6 +1201,7 @@ def main(argv: list[str] | None = None) -> int:
             dict(option.split("=", 1) for option in args.gateway_set),
             args.hook_timing,
             procs,
+            loop_cpu_probe(loop_files, GATEWAY),
         )
         port = gateways[0].port
         id_token = provider.mint("bench-agent", ["agents"], email="bench-agent@example.com")
@@ -1066,12 +1210,13 @@ def main(argv: list[str] | None = None) -> int:
             bare_script.write_text(wrk_script(UPSTREAM_SESSION_TOKEN, args.arrow_every))
             gateway_script.write_text(wrk_script(gateway_token, args.arrow_every))
             targets = [
-                Target(BARE, bare_port, Processes.of(bare), bare_script),
+                Target(BARE, bare_port, Processes.of(bare), bare_script, loop_files.get(BARE)),
                 Target(
                     GATEWAY,
                     port,
                     Processes.of(*(gateway.proc for gateway in gateways)),
                     gateway_script,
+                    loop_files.get(GATEWAY),
                 ),
             ]
             warm = 0
@@ -1103,6 +1248,8 @@ def main(argv: list[str] | None = None) -> int:
             proc.stop()
     if args.hook_timing:
         print(bench.hook_timing_table(args.hook_timing), file=sys.stderr)
+    if args.loop_cpu:
+        print(loop_cpu_table(results), file=sys.stderr)
     text = report(results, archived, args, machine_text, load_at_start)
     print(text)
     if args.write:

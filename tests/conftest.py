@@ -129,6 +129,7 @@ class GatewayFactory:
         env: Mapping[str, str] | None = None,
         certs: Path | None = None,
         name: str | None = None,
+        extra_scripts: Sequence[Path] = (),
     ) -> stack.Gateway:
         home = self.workdir / (name or f"gateway-{uuid.uuid4().hex[:8]}")
         merged = {
@@ -138,7 +139,9 @@ class GatewayFactory:
             **(options or {}),
         }
         environment = {UPSTREAM_PASSWORD_ENV: UPSTREAM_TEST_PASSWORD, **(env or {})}
-        gateway = stack.start_gateway(home, upstream, merged, env=environment, certs=certs)
+        gateway = stack.start_gateway(
+            home, upstream, merged, env=environment, certs=certs, extra_scripts=extra_scripts
+        )
         self.started.append(gateway)
         return gateway
 
