@@ -2,9 +2,9 @@
 
 Loaded as a mitmproxy script into bare mitmdump and into the gateway alike,
 so that the two can be set side by side: at one connection either proxy's
-loop thread is busy nearly all the time, so a statement's latency is that
-thread's CPU per statement, and what the gateway adds to it is the
-difference. Every asyncio callback the loop runs is charged, in thread CPU,
+loop thread is busy nearly all the time, so a statement's latency is about
+that thread's CPU per statement, and what the gateway adds to it is about
+the difference. Every asyncio callback the loop runs is charged, in thread CPU,
 to its kind (mitmproxy's client and upstream connection tasks, its hook
 tasks, the socket transports, any other callback by name); in the gateway,
 the CPU of its own work is counted as well, wherever on the loop it runs:
@@ -130,11 +130,15 @@ class StepClock:
 
 
 class LoopCpu:
+    """The probe: wraps the loop's callbacks and the gateway's work at `running`, counts
+    answered requests, and writes the totals on the loop every WRITE_EVERY seconds."""
+
     def __init__(self) -> None:
         self.totals = Totals()
         self.statements = 0
         self.loop_thread: int | None = None
         self.collection_start: float | None = None
+        self.recording: Any = None
         self.spool_wrapped = False
         self._original_run: Callable[[asyncio.Handle], None] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -147,6 +151,7 @@ class LoopCpu:
             if isinstance(addon, Gateway):
                 self._wrap_gateway(addon)
             if type(addon).__name__ == "Recording":
+                self.recording = addon
                 addon._record_answers = self._cpu_call(GATEWAY_ANSWERS, addon._record_answers)
         self._schedule()
 
@@ -181,14 +186,11 @@ class LoopCpu:
 
     def _wrap_spool(self) -> None:
         """The spool starts with the gateway's `running`; its commit is wrapped once it exists."""
-        if self.spool_wrapped:
+        spool = getattr(self.recording, "spool", None)
+        if self.spool_wrapped or spool is None:
             return
-        for addon in _walk(ctx.master.addons.chain):
-            spool = getattr(addon, "spool", None)
-            if type(addon).__name__ == "Recording" and spool is not None:
-                spool._commit_on_loop = self._cpu_call(GATEWAY_COMMIT, spool._commit_on_loop)
-                self.spool_wrapped = True
-                return
+        spool._commit_on_loop = self._cpu_call(GATEWAY_COMMIT, spool._commit_on_loop)
+        self.spool_wrapped = True
 
     def _wrap_gateway(self, gateway: Any) -> None:
         """Each event's dispatch, the concerns' hooks and the dispatcher's own walk, in the
