@@ -7,9 +7,11 @@ that thread's CPU per statement, and what the gateway adds to it is about
 the difference. Every asyncio callback the loop runs is charged, in thread CPU,
 to its kind (mitmproxy's client and upstream connection tasks, its hook
 tasks, the socket transports, any other callback by name); in the gateway,
-the CPU of its own work is counted as well, wherever on the loop it runs:
-the concerns' hooks (timed per step where `Gateway`, addons/dispatch.py,
-calls them), the loop's WAL commit and the answers' records. The cyclic
+the CPU of its own work is counted as well, wherever on the loop it runs,
+and taken out of the callback it ran in: its hooks (each event's dispatch
+on `Gateway`, addons/dispatch.py, the concerns' hooks and the walk over
+them, an awaited one step by step, its waits left out), the loop's WAL
+commit and the answers' records. The cyclic
 collector's passes on the loop thread are counted too (inside whatever they
 interrupted). What is left of the gateway's thread CPU after its own work
 is mitmproxy's, asyncio's and the loop's, comparable with bare's.
