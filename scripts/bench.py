@@ -232,7 +232,7 @@ def start_bare_mitmdump(
     home: Path,
     upstream: str,
     extra_scripts: Sequence[Path] = (),
-    env: Mapping[str, str] | None = None,
+    extra_env: Mapping[str, str] | None = None,
 ) -> tuple[stack.Proc, int]:
     """`mitmdump --mode reverse` with no addons in front of `upstream`, ready; a probe
     (`extra_scripts`, e.g. scripts/loop_cpu.py) is the only addon it may be given."""
@@ -254,7 +254,7 @@ def start_bare_mitmdump(
             *(argument for script in extra_scripts for argument in ("-s", str(script))),
         ],
         home / "bare.log",
-        env={**os.environ, **env} if env else None,
+        env={**os.environ, **extra_env} if extra_env else None,
     ).start()
     try:
         bare.wait_ready(lambda: stack.port_open(port))

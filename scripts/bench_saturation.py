@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import functools
 import importlib.metadata
 import json
 import os
@@ -725,10 +726,7 @@ def loop_cpu_table(levels: list[Level]) -> str:
         for name, runs in level.runs.items():
             loops = [run.loop for run in runs if run.loop is not None]
             if loops:
-                total = loops[0]
-                for window in loops[1:]:
-                    total = total.plus(window)
-                windows[name] = total
+                windows[name] = functools.reduce(LoopWindow.plus, loops)
         if set(windows) != {BARE, GATEWAY} or not all(w.statements for w in windows.values()):
             continue
         bare, gateway = windows[BARE], windows[GATEWAY]
@@ -801,7 +799,7 @@ def measure(target: Target, connections: int, duration: float, log: Path) -> Wrk
     cpu_before = target.processes.cpu_per_process()
     result = run_wrk(target.port, target.script, connections, duration, log)
     cpu_after = target.processes.cpu_per_process()
-    if target.loop_cpu and loop_before is not None:
+    if target.loop_cpu is not None and loop_before is not None:
         result.loop = LoopWindow.read(target.loop_cpu, written_after=time.time()).since(loop_before)
     result.cpu_per_process = tuple(
         after - before for before, after in zip(cpu_before, cpu_after, strict=True)
@@ -1104,11 +1102,10 @@ def loop_cpu_probe(files: dict[str, Path], target: str) -> dict[str, Any]:
     """The extra script and environment that load scripts/loop_cpu.py into `target`."""
     if target not in files:
         return {}
-    variable = {loop_cpu.ENVIRONMENT: str(files[target].resolve())}
-    script = [bench.REPO_ROOT / "scripts" / "loop_cpu.py"]
-    if target == BARE:
-        return {"extra_scripts": script, "env": variable}
-    return {"extra_scripts": script, "extra_env": variable}
+    return {
+        "extra_scripts": [bench.REPO_ROOT / "scripts" / "loop_cpu.py"],
+        "extra_env": {loop_cpu.ENVIRONMENT: str(files[target].resolve())},
+    }
 
 
 # --- main ---------------------------------------------------------------------------------

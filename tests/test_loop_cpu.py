@@ -100,7 +100,7 @@ def test_bare_mitmdump_s_loop_thread_is_charged_to_mitmproxy_s_tasks(
         tmp_path,
         fakesnow_server.url,
         extra_scripts=[PROBE],
-        env={loop_cpu.ENVIRONMENT: str(totals)},
+        extra_env={loop_cpu.ENVIRONMENT: str(totals)},
     )
     try:
         start = LoopWindow.read(totals)
