@@ -21,6 +21,7 @@ from hoopgw.addons.egress import StorageEgress
 from hoopgw.addons.failclosed import FailClosed
 from hoopgw.addons.guardrails import Guardrails
 from hoopgw.addons.inspection import Inspection
+from hoopgw.addons.lockdown import MitmproxyLockdown
 from hoopgw.addons.masking import Masking
 from hoopgw.addons.mcp import McpCalls
 from hoopgw.addons.partitions import PartitionRecords, SqlApiPartitions
@@ -52,6 +53,7 @@ egress = StorageEgress()
 concerns = [
     one_line_option_errors(addon)
     for addon in (
+        MitmproxyLockdown(),
         ClientDeadlines(),
         SnowflakeTraffic(),
         RequireTls(),

@@ -1,7 +1,9 @@
 """The Snowflake content view and the live annotations, on bodies captured through the gateway.
 
-A gateway started for this module saves every flow as mitmproxy sees it
-(`save_stream_file`) while the real connector runs tests/inspection_workload.py
+A gateway started for this module saves every flow as mitmproxy holds it after
+the gateway's hooks (tests/flow_capture.py, loaded after addons/gateway.py: the
+gateway refuses mitmproxy's own `save_stream_file`) while the real connector runs
+tests/inspection_workload.py
 against fakesnow; the tests render those flows exactly as mitmweb does
 (`contentviews.prettify_message`). fakesnow answers SELECTs with Arrow
 `rowsetBase64` and DML with a JSON `rowset`, so both decoders see real bodies.
@@ -25,6 +27,7 @@ from hoopgw.addons import contentview
 from hoopgw.addons.contentview import MAX_ROWS, format_sql, render
 from hoopgw.addons.protocol import Endpoint
 from hoopgw.recorder.annotations import BLOCKED_MARK, FAILED_MARK, statement_comment
+from tests import flow_capture
 from tests import inspection_workload as workload
 from tests.conftest import UPSTREAM_TEST_PASSWORD
 
@@ -66,14 +69,16 @@ def capture(
         # this limit keeps the 100,000-row answer whole for the view to render
         gateway = gateway_factory(
             fakesnow_server.url,
-            {"save_stream_file": str(saved), "hoopgw_body_limit": 32 * 1024 * 1024},
+            {"hoopgw_body_limit": 32 * 1024 * 1024},
+            env={flow_capture.PATH_ENV: str(saved)},
             name="contentview-gateway",
+            extra_scripts=[Path(flow_capture.__file__)],
         )
         database = unique_name("cv")
         connection = connect(gateway, agent_token, database=database, schema="app")
         result = workload.run(connection, database)
         connection.close()
-        gateway.stop()  # mitmproxy closes the saved file on shutdown
+        gateway.stop()  # the capture closes its file on shutdown
         with saved.open("rb") as file:
             flows = [f for f in io.FlowReader(file).stream() if isinstance(f, http.HTTPFlow)]
         return Capture(flows, result, agent_token)

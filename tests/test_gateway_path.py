@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import snowflake.connector
 from snowflake.connector import ProgrammingError
 
-from tests import stack
+from hoopgw.addons.lockdown import REMOVED
+from tests import chain_report, stack
 
 
 def run_workload(connection: snowflake.connector.SnowflakeConnection, db: str) -> dict:
@@ -75,6 +77,9 @@ def test_workload_over_tls(
         ("hoopgw_upstream_password", "file:/nonexistent/secret", "hoopgw_upstream_password"),
         ("hoopgw_request_limit", "10", "hoopgw_request_limit must be at least 1024 bytes"),
         ("hoopgw_rollup_interval", "-1", "hoopgw_rollup_interval must not be negative"),
+        ("modify_body", "|~q|SELECT|DROP TABLE t", "modify_body cannot be used with hoopgw"),
+        ("map_remote", "|.*|https://elsewhere.example", "map_remote cannot be used with hoopgw"),
+        ("flow_detail", "3", "flow_detail above 1 cannot be used with hoopgw"),
     ],
 )
 def test_bad_option_stops_startup_with_one_line(fakesnow_server, workdir, option, value, expected):
@@ -83,6 +88,7 @@ def test_bad_option_stops_startup_with_one_line(fakesnow_server, workdir, option
     argv = stack.gateway_argv(
         fakesnow_server.url, stack.free_port(), options, confdir=home / "conf"
     )
+    argv = only_the_last_setting(argv, option)
     env = {**os.environ, "HOOPGW_PW": "only-for-this-test"}
     proc = stack.Proc("gateway", argv, home / "gateway.log", env=env, cwd=workdir).start()
     assert proc.process is not None
@@ -93,6 +99,17 @@ def test_bad_option_stops_startup_with_one_line(fakesnow_server, workdir, option
     assert len(error_lines) == 1, output
     assert expected in error_lines[0]
     assert "Traceback" not in output
+
+
+def only_the_last_setting(argv: list[str], option: str) -> list[str]:
+    """`argv` without earlier `--set option=...` (the rig sets flow_detail=0 itself)."""
+    settings = [
+        i
+        for i, arg in enumerate(argv[:-1])
+        if arg == "--set" and argv[i + 1].startswith(f"{option}=")
+    ]
+    dropped = {index for start in settings[:-1] for index in (start, start + 1)}
+    return [arg for index, arg in enumerate(argv) if index not in dropped]
 
 
 @pytest.mark.parametrize("change", ["removed", "broken"])
@@ -126,3 +143,26 @@ def test_gateway_exits_when_its_addons_are_unloaded(fakesnow_server, workdir, ch
     assert process.returncode == 70
     assert "hoopgw: the gateway's addons were unloaded" in gateway.proc.log()
     assert not stack.port_open(gateway.port)
+
+
+def test_a_running_gateway_has_mitmproxys_flow_changing_addons_out_of_its_chain(
+    gateway_factory, fakesnow_server, connect, agent_token
+):
+    """addons/lockdown.py in a real mitmdump: the addons and commands that would rewrite,
+    redirect, replay or save flows after the gateway are gone, and statements still run."""
+    gateway = gateway_factory(
+        fakesnow_server.url, name="lean-chain", extra_scripts=[Path(chain_report.__file__)]
+    )
+    stack.wait_until(lambda: chain_report.COMMANDS in gateway.log(), 30, "the chain report")
+    lines = gateway.log().splitlines()
+    chain = next(line for line in lines if chain_report.PREFIX in line)
+    chain_names = set(chain.split(chain_report.PREFIX, 1)[1].split())
+    commands = next(line for line in lines if chain_report.COMMANDS in line)
+    command_names = set(commands.split(chain_report.COMMANDS, 1)[1].split())
+    assert {"proxyserver", "scriptloader", "nextlayer", "tlsconfig", "errorcheck"} <= chain_names
+    for item in REMOVED:
+        assert item.name not in chain_names, item.name
+    assert not command_names & {"replay.client", "replay.server", "export.file", "save.file"}
+    assert "flow.resume" in command_names
+    cursor = connect(gateway, agent_token).cursor()
+    assert cursor.execute("select 1 + 1").fetchall() == [(2,)]
