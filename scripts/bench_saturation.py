@@ -31,6 +31,12 @@ with its own spool; wrk drives the shared port and the kernel gives each of
 its connections to one process. The gateway's CPU per statement is the sum
 over the N processes, and the report says how many ran.
 
+`--lean-bare` loads scripts/lean_bare.py into bare mitmdump: the gateway's
+lockdown alone (addons/lockdown.py), which takes the same seventeen mitmproxy
+addons out of its chain as the gateway does. The gap that is left is the
+gateway's own work; the targets are met against bare mitmdump as shipped, so
+such a run cannot `--write`.
+
     .venv/bin/python -m scripts.bench_saturation                # 3 rounds of 10 s
     .venv/bin/python -m scripts.bench_saturation --rounds 1 --duration 5
     .venv/bin/python -m scripts.bench_saturation --write        # on a quiet machine
@@ -122,6 +128,7 @@ TARGET_ADDED_P50_MS = 0.5
 TARGET_ADDED_P99_MS = 2.0
 TARGET_COMPRESSION = 8.0
 BARE, GATEWAY = "bare mitmdump", "hoopgw gateway"
+LEAN_BARE_SCRIPT = Path(__file__).resolve().parent / "lean_bare.py"
 SHARED_PORT_OPTIONS = {"hoopgw_reuse_port": "true", "server": "false"}
 RESULT_PREFIX = "BENCH-RESULT "
 
@@ -1013,7 +1020,15 @@ def report(
         f"({len(canned_answers().rowset_base64) / 1024:.0f} KiB of base64), the rest a "
         "3-row JSON rowset. q/s summed over the rounds; latencies the median of the rounds' "
         "wrk percentiles; CPU the proxy's utime+stime (the gateway's roll-up helper "
-        "included) over the wrk runs per statement." + processes_text(workers),
+        "included) over the wrk runs per statement."
+        + processes_text(workers)
+        + (
+            " **Bare mitmdump ran with the gateway's lockdown** (`--lean-bare`: "
+            "scripts/lean_bare.py), the same mitmproxy chain as the gateway's: the gap is the "
+            "gateway's own work, and the target lines below are not the issue's."
+            if getattr(args, "lean_bare", False)
+            else ""
+        ),
         "",
         table(levels, workers),
         "",
@@ -1108,6 +1123,12 @@ def loop_cpu_probe(files: dict[str, Path], target: str) -> dict[str, Any]:
     }
 
 
+def bare_scripts(lean: bool, probe: dict[str, Any]) -> dict[str, Any]:
+    """bare mitmdump's extra scripts: the lockdown first with `--lean-bare`, then a probe."""
+    lockdown = [LEAN_BARE_SCRIPT] if lean else []
+    return {**probe, "extra_scripts": [*lockdown, *probe.get("extra_scripts", [])]}
+
+
 # --- main ---------------------------------------------------------------------------------
 
 
@@ -1163,8 +1184,16 @@ def main(argv: list[str] | None = None) -> int:
         help="run the gateway as N processes sharing one port (hoopgw_reuse_port), "
         "each with its own spool; CPU per statement sums them",
     )
+    parser.add_argument(
+        "--lean-bare",
+        action="store_true",
+        help="load the gateway's lockdown (scripts/lean_bare.py) into bare mitmdump, so that "
+        "both run the same mitmproxy chain and the gap is the gateway's own work",
+    )
     parser.add_argument("--write", action="store_true", help="update docs/performance.md")
     args = parser.parse_args(argv)
+    if args.lean_bare and args.write:
+        parser.error("--write compares with bare mitmdump as shipped: drop --lean-bare")
     if args.gateway_workers < 1:
         parser.error("--gateway-workers must be at least 1")
     if args.gateway_workers > 1 and (args.profile or args.hook_timing or args.loop_cpu):
@@ -1186,7 +1215,7 @@ def main(argv: list[str] | None = None) -> int:
         s3, moto, provider = bench.start_store_and_idp(home, procs)
         loop_files = loop_cpu_files(args.loop_cpu)
         bare, bare_port = bench.start_bare_mitmdump(
-            home, upstream.url, **loop_cpu_probe(loop_files, BARE)
+            home, upstream.url, **bare_scripts(args.lean_bare, loop_cpu_probe(loop_files, BARE))
         )
         procs.append(bare)
         gateways = start_gateways(

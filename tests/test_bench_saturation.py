@@ -26,10 +26,11 @@ from pathlib import Path
 import pytest
 import snowflake.connector
 
+from hoopgw.addons.lockdown import REMOVED
 from hoopgw.addons.query_ids import looks_issued
 from scripts import bench, bench_saturation
 from scripts.bench_saturation import CannedUpstream
-from tests import stack
+from tests import chain_report, stack
 
 pytestmark = pytest.mark.skipif(
     bench_saturation.nginx_binary() is None,
@@ -239,3 +240,31 @@ def test_gateway_workers_refuses_what_follows_one_process(argv: list[str]) -> No
     with pytest.raises(SystemExit) as exit_:
         bench_saturation.main(argv)
     assert exit_.value.code == 2
+
+
+def test_lean_bare_runs_bare_mitmdump_with_the_gateways_chain(
+    upstream: CannedUpstream, tmp_path: Path
+) -> None:
+    """`--lean-bare`: a real bare mitmdump loads the lockdown alone, before any probe, has the
+    same addons out of its chain as the gateway, still answers, and the report says so."""
+    scripts = bench_saturation.bare_scripts(True, {"extra_scripts": [Path(chain_report.__file__)]})
+    assert scripts["extra_scripts"][0] == bench_saturation.LEAN_BARE_SCRIPT
+    assert bench_saturation.bare_scripts(False, {}) == {"extra_scripts": []}
+    bare, port = bench.start_bare_mitmdump(tmp_path, upstream.url, **scripts)
+    try:
+        stack.wait_until(lambda: chain_report.PREFIX in bare.log(), 30, "the chain report")
+        line = next(row for row in bare.log().splitlines() if chain_report.PREFIX in row)
+        chain = set(line.split(chain_report.PREFIX, 1)[1].split())
+        assert "proxyserver" in chain and not chain & {item.name for item in REMOVED}
+        status, answer = post(port, "/session/v1/login-request")
+        assert status == 200 and answer["success"] is True
+    finally:
+        bare.stop()
+    args = argparse.Namespace(
+        rounds=1, duration=3.0, arrow_every=10, gateway_workers=1, lean_bare=True
+    )
+    archive = bench.Archive(1, 1, 200, 10_000, 1_000, 100)
+    text = bench_saturation.report(
+        [level_of(600, (4.0,))], bench_saturation.Archived(100, archive, 0), args, "m", 0.0
+    )
+    assert "**Bare mitmdump ran with the gateway's lockdown**" in text
