@@ -8,17 +8,22 @@ wrapped every hook once more. With some twenty concerns and four flow
 hooks per statement that machinery cost more than most concerns' own work
 (docs/performance.md, "Fifth round").
 
-`Gateway` keeps the concerns registered with mitmproxy as its sub-addons, so
-their names (`ctx.master.addons.get`), options, `configure`, `running`,
-`done` and commands work as before, and takes over every per-flow and
-per-connection hook: mitmproxy calls `Gateway`'s one method, which calls
-the concerns' methods in the list's order.
+`Gateway` has mitmproxy register the concerns as its sub-addons, so their
+names (`ctx.master.addons.get`), options and commands work as before, and
+takes over every other hook: mitmproxy calls `Gateway`'s one method, which
+calls the concerns' methods in the list's order. From its first `configure`
+on, right after mitmproxy registered them, it also hides the concerns from
+mitmproxy's walk and calls their `configure`, `running` and `done` itself:
+mitmproxy walks every addon's sub-addons on each of the eight events of a
+statement (four flow events, four `update`s), and that walk over the
+concerns was about 7% of the instructions of a statement on the loop
+(docs/performance.md, "Thirteenth round").
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any, Final
 
 from mitmproxy import hooks
@@ -27,8 +32,9 @@ from mitmproxy.proxy import layers, server_hooks  # noqa: F401  (they define the
 
 from hoopgw.addons.failclosed import GUARDED_HOOKS, contain
 
-LIFECYCLE_HOOKS: Final = frozenset({"load", "configure", "running", "done", "update", "add_log"})
-"""Hooks mitmproxy still calls on each concern itself: start-up, options, shutdown, flow lists."""
+LIFECYCLE_HOOKS: Final = frozenset({"load", "configure", "running", "done"})
+"""Start-up, options and shutdown: `load` mitmproxy calls on each concern as it registers
+them; the other three `Gateway` forwards itself, in the concerns' order."""
 
 Hook = Callable[[Any], Awaitable[Any] | Any]
 Link = tuple[str, Hook]
@@ -36,8 +42,17 @@ Wrapper = Callable[[str, str, Hook], Hook]
 
 
 def dispatched_hooks() -> frozenset[str]:
-    """Every hook `Gateway` takes over: all of mitmproxy's hooks but the lifecycle ones."""
+    """Every hook `Gateway` dispatches per event: all of mitmproxy's but the lifecycle ones."""
     return frozenset(hooks.all_hooks) - LIFECYCLE_HOOKS
+
+
+def walk(addons: Iterable[Any]) -> Iterator[Any]:
+    """Every addon of `addons` and its sub-addons in mitmproxy's order, a `Gateway`'s
+    concerns included once they are hidden from mitmproxy (for instruments)."""
+    for addon in addons:
+        yield addon
+        below = addon.concerns if isinstance(addon, Gateway) else getattr(addon, "addons", None)
+        yield from walk(below or [])
 
 
 class Hidden:
@@ -70,7 +85,9 @@ class Gateway:
     hides them from mitmproxy (`Hidden`). Its own hook for that event calls
     each in turn and awaits what a method returns to await (an `async def`
     hook, or work a hook hands off the loop) before the next one starts, as
-    mitmproxy did.
+    mitmproxy did. `configure`, `running` and `done` it forwards the same
+    way once mitmproxy has registered the concerns: from its first
+    `configure` on, `addons` is empty and mitmproxy's walk ends at it.
 
     Fail closed in one place, as `failclosed.guarded` did per hook: an
     exception in a flow hook (`GUARDED_HOOKS`) is handled by
@@ -84,9 +101,20 @@ class Gateway:
     """
 
     def __init__(self, concerns: Iterable[Any]) -> None:
-        self.addons: list[Any] = list(concerns)
+        self.concerns: list[Any] = list(concerns)
+        self.addons: Sequence[Any] = self.concerns
+        """What mitmproxy walks: the concerns until the first `configure`, then nothing."""
         self._links: dict[str, tuple[Link, ...]] = {}
-        walked = list(traverse(self.addons))  # in mitmproxy's order, sub-addons included
+        walked = list(traverse(self.concerns))  # in mitmproxy's order, sub-addons included
+        self._lifecycle = {
+            hook: tuple(
+                method for concern in walked if callable(method := getattr(concern, hook, None))
+            )
+            for hook in ("configure", "running", "done")
+        }
+        if any(inspect.iscoroutinefunction(method) for method in self._lifecycle["done"]):
+            # mitmproxy calls `done` from sync code when it unloads a script
+            raise TypeError("a concern's done must not be a coroutine")
         for hook in sorted(dispatched_hooks()):
             links = tuple(
                 (type(concern).__name__, method)
@@ -100,6 +128,23 @@ class Gateway:
                 if callable(method):
                     setattr(concern, hook, Hidden(method))
             self._install(hook, links)
+
+    def configure(self, updated: set[str]) -> None:
+        """The concerns' `configure` in order; from the first call on, mitmproxy walks none of
+        them (it has registered them by now, and this runs before it would walk them)."""
+        self.addons = ()
+        for method in self._lifecycle["configure"]:
+            method(updated)
+
+    async def running(self) -> None:
+        for method in self._lifecycle["running"]:
+            result = method()
+            if result is not None and inspect.isawaitable(result):
+                await result
+
+    def done(self) -> None:
+        for method in self._lifecycle["done"]:
+            method()
 
     def links(self, hook: str) -> Sequence[Link]:
         """The concerns' methods the `hook` event calls, in order, by concern class name."""

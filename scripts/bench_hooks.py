@@ -206,7 +206,7 @@ class AddonClock:
             if callable(wrap_hooks):
                 # the one dispatcher (addons/dispatch.py) calls its concerns' hooks
                 wrap_hooks(self._concern_hook)
-                self._wrap_record_building(getattr(addon, "addons", []))
+                self._wrap_record_building(getattr(addon, "concerns", []))
                 continue
             name = type(addon).__name__
             for hook in FLOW_HOOKS:

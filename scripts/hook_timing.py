@@ -30,7 +30,7 @@ import threading
 import time
 from array import array
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 import orjson
 from mitmproxy import ctx, http
 
-from hoopgw.addons.dispatch import Gateway
+from hoopgw.addons.dispatch import Gateway, walk
 from hoopgw.recorder.spool.intake import LoopInbox
 
 GATEWAY_ADDONS = frozenset(
@@ -88,7 +88,7 @@ class HookTiming:
     def running(self) -> None:
         LoopLag(self._add, lambda: self.collected, lambda: self.writes).start()
         gc.callbacks.append(self._time_collection)
-        for addon in _walk(ctx.master.addons.chain):
+        for addon in walk(ctx.master.addons.chain):
             if isinstance(addon, Gateway):
                 addon.wrap_hooks(self._timed_hook)
             if type(addon).__name__ == "Recording":
@@ -114,7 +114,7 @@ class HookTiming:
     def _wrap_spool(self) -> None:
         if self.spool_wrapped:
             return
-        for addon in _walk(ctx.master.addons.chain):
+        for addon in walk(ctx.master.addons.chain):
             spool = getattr(addon, "spool", None)
             if type(addon).__name__ == "Recording" and spool is not None:
                 spool.append = self._timed_append(spool.append)
@@ -353,12 +353,6 @@ def _cpu(clock: int) -> float:
         return time.clock_gettime(clock)
     except OSError:  # the thread ended since the last listing
         return 0.0
-
-
-def _walk(addons: list[Any]) -> Iterator[Any]:
-    for addon in addons:
-        yield addon
-        yield from _walk(getattr(addon, "addons", None) or [])
 
 
 addons = [HookTiming()]

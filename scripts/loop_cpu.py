@@ -30,14 +30,14 @@ import inspect
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable, Generator, Iterator
+from collections.abc import Awaitable, Callable, Generator
 from pathlib import Path
 from typing import Any
 
 import orjson
 from mitmproxy import ctx, http
 
-from hoopgw.addons.dispatch import Gateway, dispatched_hooks
+from hoopgw.addons.dispatch import Gateway, dispatched_hooks, walk
 
 ENVIRONMENT = "HOOPGW_LOOP_CPU"
 WRITE_EVERY = 0.25
@@ -149,7 +149,7 @@ class LoopCpu:
         self.loop_thread = threading.get_ident()
         self._wrap_callbacks()
         gc.callbacks.append(self._time_collection)
-        for addon in _walk(ctx.master.addons.chain):
+        for addon in walk(ctx.master.addons.chain):
             if isinstance(addon, Gateway):
                 self._wrap_gateway(addon)
             if type(addon).__name__ == "Recording":
@@ -254,12 +254,6 @@ class LoopCpu:
         partial = path.with_name(path.name + ".partial")
         partial.write_bytes(orjson.dumps(snapshot))
         partial.replace(path)
-
-
-def _walk(addons: list[Any]) -> Iterator[Any]:
-    for addon in addons:
-        yield addon
-        yield from _walk(getattr(addon, "addons", None) or [])
 
 
 addons = [LoopCpu()]

@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 from mitmproxy import connection, http
+from mitmproxy.addonmanager import traverse
 from mitmproxy.addons.clientplayback import ClientPlayback
+from mitmproxy.hooks import DoneHook, RunningHook
 from mitmproxy.proxy.layers.http import (
     HttpRequestHeadersHook,
     HttpRequestHook,
@@ -21,7 +23,7 @@ from mitmproxy.proxy.server_hooks import ClientConnectedHook
 from mitmproxy.test import taddons, tflow
 
 from hoopgw.addons import gateway, names, protocol
-from hoopgw.addons.dispatch import Gateway
+from hoopgw.addons.dispatch import Gateway, walk
 from hoopgw.addons.failclosed import FailClosed
 from hoopgw.addons.flowstate import state_of
 from hoopgw.addons.inspection import Inspection, OfflineViewer
@@ -116,7 +118,6 @@ def test_each_hook_calls_the_concerns_in_the_gateways_order() -> None:
     ]
     assert dispatcher.links("request")[-1][0] == "FailClosed"
     for hook in ("configure", "running", "done"):
-        assert not hasattr(dispatcher, hook)
         assert any(getattr(c, hook, None) for c in concerns), hook
 
 
@@ -260,3 +261,68 @@ async def test_a_concerns_own_sub_addons_keep_their_place_in_the_order() -> None
     with taddons.context(dispatcher) as tctx:
         await tctx.master.addons.handle_lifecycle(HttpRequestHook(tls_query()))
     assert [name for name, _, _ in calls] == ["a", "b", "c"]
+
+
+class Lifecycle:
+    """A concern that notes its start-up, option and shutdown hooks."""
+
+    def __init__(self, name: str, calls: list[tuple[str, str, Any]]) -> None:
+        self.name = name
+        self.calls = calls
+
+    def load(self, loader: Any) -> None:
+        loader.add_option(f"lifecycle_{self.name}", bool, False, "a test option")
+
+    def configure(self, updated: set[str]) -> None:
+        self.calls.append((self.name, "configure", frozenset(updated)))
+
+    def running(self) -> None:
+        self.calls.append((self.name, "running", None))
+
+    def done(self) -> None:
+        self.calls.append((self.name, "done", None))
+
+
+class AsyncStart(Lifecycle):
+    async def running(self) -> None:
+        await asyncio.sleep(0)
+        self.calls.append((self.name, "running", None))
+
+
+async def test_after_its_first_configure_mitmproxy_walks_the_gateway_alone_and_it_forwards() -> (
+    None
+):
+    """mitmproxy registers the concerns (options, names), then walks only `Gateway`, which
+    calls each concern's configure, running and done once, in order, async ones awaited."""
+    calls: list[tuple[str, str, Any]] = []
+    first, second = Lifecycle("a", calls), AsyncStart("b", calls)
+    dispatcher = Gateway([first, Holder(second)])
+    assert list(traverse([dispatcher]))[1:] == [*dispatcher.concerns, second]
+    with taddons.context(dispatcher) as tctx:
+        assert tctx.master.addons.get("a") is first
+        tctx.configure(dispatcher, lifecycle_a=True)
+        assert list(traverse([dispatcher])) == [dispatcher]
+        assert list(walk([dispatcher]))[1:] == [*dispatcher.concerns, second]
+        tctx.options.update(lifecycle_b=True)
+        await tctx.master.addons.trigger_event(RunningHook())
+        tctx.master.addons.trigger(DoneHook())
+    assert calls == [
+        ("a", "configure", frozenset({"lifecycle_a"})),
+        ("b", "configure", frozenset({"lifecycle_a"})),
+        ("a", "configure", frozenset({"lifecycle_b"})),
+        ("b", "configure", frozenset({"lifecycle_b"})),
+        ("a", "running", None),
+        ("b", "running", None),
+        ("a", "done", None),
+        ("b", "done", None),
+    ]
+
+
+def test_a_concern_with_an_async_done_is_refused() -> None:
+    """mitmproxy calls `done` from sync code when it unloads a script: it could not await."""
+
+    class AsyncDone:
+        async def done(self) -> None: ...
+
+    with pytest.raises(TypeError, match="done must not be a coroutine"):
+        Gateway([AsyncDone()])
