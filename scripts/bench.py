@@ -233,13 +233,17 @@ def start_bare_mitmdump(
     upstream: str,
     extra_scripts: Sequence[Path] = (),
     extra_env: Mapping[str, str] | None = None,
+    run_under: Sequence[str] = (),
+    timeout: float = 30.0,
 ) -> tuple[stack.Proc, int]:
     """`mitmdump --mode reverse` with no addons in front of `upstream`, ready; a probe
-    (`extra_scripts`, e.g. scripts/loop_cpu.py) is the only addon it may be given."""
+    (`extra_scripts`, e.g. scripts/loop_cpu.py) is the only addon it may be given, and
+    `run_under` a command it runs under (valgrind's, for scripts/bench_instructions.py)."""
     port = stack.free_port()
     bare = stack.Proc(
         "bare mitmdump",
         [
+            *run_under,
             str(stack.BIN / "mitmdump"),
             "--mode",
             f"reverse:{upstream}@{port}",
@@ -257,7 +261,7 @@ def start_bare_mitmdump(
         env={**os.environ, **extra_env} if extra_env else None,
     ).start()
     try:
-        bare.wait_ready(lambda: stack.port_open(port))
+        bare.wait_ready(lambda: stack.port_open(port), timeout)
     except BaseException:
         bare.stop()
         raise
@@ -294,6 +298,8 @@ def start_full_gateway(
     token_key: str | None = None,
     extra_scripts: Sequence[Path] = (),
     extra_env: Mapping[str, str] | None = None,
+    run_under: Sequence[str] = (),
+    timeout: float = 30.0,
 ) -> stack.Gateway:
     """The gateway with every feature the benchmark measures: OIDC identity, credential
     swap, sealed tokens, guardrails with `policy`, recording with fsync into a local
@@ -322,6 +328,8 @@ def start_full_gateway(
             *extra_scripts,
         ],
         port=port,
+        run_under=run_under,
+        timeout=timeout,
     )
 
 

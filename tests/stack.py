@@ -412,9 +412,12 @@ def gateway_argv(
     listen_host: str = LOOPBACK,
     extra_scripts: Sequence[Path] = (),
     script: Path = GATEWAY_SCRIPT,
+    run_under: Sequence[str] = (),
 ) -> list[str]:
-    """The mitmdump command line for a gateway in front of `upstream`."""
+    """The mitmdump command line for a gateway in front of `upstream`, after `run_under`
+    (e.g. valgrind's, for scripts/bench_instructions.py)."""
     argv = [
+        *run_under,
         str(BIN / "mitmdump"),
         "-s",
         str(script),
@@ -453,6 +456,7 @@ def start_gateway(
     timeout: float = 30.0,
     extra_scripts: Sequence[Path] = (),
     script: Path = GATEWAY_SCRIPT,
+    run_under: Sequence[str] = (),
 ) -> Gateway:
     """Start `mitmdump -s addons/gateway.py` and wait until the gateway says it is ready."""
     port = port or free_port()
@@ -466,6 +470,7 @@ def start_gateway(
         certs=certs,
         extra_scripts=extra_scripts,
         script=script,
+        run_under=run_under,
     )
     proc = Proc(
         "gateway",
