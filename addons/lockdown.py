@@ -12,9 +12,10 @@ before the gateway sees them (`anticache`, `anticomp`), or serve what a
 reverse proxy in front of Snowflake never does (the browser, mitm.it).
 
 `MitmproxyLockdown` takes those addons out of mitmproxy's chain and their
-commands out of its command table when the gateway loads, and refuses their
-options, at start-up with one line and at run time (mitmweb's Options tab) by
-rejecting the change. Besides closing those holes, each addon out of the chain
+commands out of its command table as soon as the gateway is configured (right
+after mitmproxy loads it, before anything runs), and refuses their options: at
+start-up with one line, at run time (mitmweb's Options tab) by rejecting the
+change. Besides closing those holes, each addon out of the chain
 is one less step on every event: mitmproxy calls every addon of its chain,
 each inside its own error guard, on four flow events and four `update`
 events per statement, whether the addon has a hook for them or not
