@@ -14,6 +14,7 @@ from hoopgw.addons import names
 from hoopgw.addons.approval import ApprovalDesk, Approvals, ApprovalShared
 from hoopgw.addons.attribution import Attribution
 from hoopgw.addons.authentication import Authentication
+from hoopgw.addons.chain import ChainGroups
 from hoopgw.addons.contentview import snowflake_view  # noqa: F401  (registers the view)
 from hoopgw.addons.cortex import Cortex
 from hoopgw.addons.dispatch import Gateway
@@ -54,6 +55,7 @@ concerns = [
     one_line_option_errors(addon)
     for addon in (
         MitmproxyLockdown(),
+        ChainGroups(),  # after the lockdown, which takes addons out of the top-level chain
         ClientDeadlines(),
         SnowflakeTraffic(),
         RequireTls(),

@@ -32,8 +32,8 @@ its connections to one process. The gateway's CPU per statement is the sum
 over the N processes, and the report says how many ran.
 
 `--lean-bare` loads scripts/lean_bare.py into bare mitmdump: the gateway's
-lockdown alone (addons/lockdown.py), which takes the same seventeen mitmproxy
-addons out of its chain as the gateway does. The gap that is left is the
+mitmproxy chain (addons/lockdown.py takes seventeen of mitmproxy's addons out,
+addons/chain.py groups the rest), as the gateway runs it. The gap that is left is the
 gateway's own work; the targets are met against bare mitmdump as shipped, so
 such a run cannot `--write`.
 
@@ -1023,7 +1023,7 @@ def report(
         "included) over the wrk runs per statement."
         + processes_text(workers)
         + (
-            " **Bare mitmdump ran with the gateway's lockdown** (`--lean-bare`: "
+            " **Bare mitmdump ran with the gateway's mitmproxy chain** (`--lean-bare`: "
             "scripts/lean_bare.py), the same mitmproxy chain as the gateway's: the gap is the "
             "gateway's own work, and the target lines below are not the issue's."
             if getattr(args, "lean_bare", False)
@@ -1124,9 +1124,10 @@ def loop_cpu_probe(files: dict[str, Path], target: str) -> dict[str, Any]:
 
 
 def bare_scripts(lean: bool, probe: dict[str, Any]) -> dict[str, Any]:
-    """bare mitmdump's extra scripts: the lockdown first with `--lean-bare`, then a probe."""
-    lockdown = [LEAN_BARE_SCRIPT] if lean else []
-    return {**probe, "extra_scripts": [*lockdown, *probe.get("extra_scripts", [])]}
+    """bare mitmdump's extra scripts: the gateway's chain first with `--lean-bare`, then a
+    probe."""
+    chain = [LEAN_BARE_SCRIPT] if lean else []
+    return {**probe, "extra_scripts": [*chain, *probe.get("extra_scripts", [])]}
 
 
 # --- main ---------------------------------------------------------------------------------
@@ -1187,8 +1188,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--lean-bare",
         action="store_true",
-        help="load the gateway's lockdown (scripts/lean_bare.py) into bare mitmdump, so that "
-        "both run the same mitmproxy chain and the gap is the gateway's own work",
+        help="load the gateway's mitmproxy chain (scripts/lean_bare.py) into bare mitmdump, "
+        "so that the gap is the gateway's own work",
     )
     parser.add_argument("--write", action="store_true", help="update docs/performance.md")
     args = parser.parse_args(argv)

@@ -267,4 +267,4 @@ def test_lean_bare_runs_bare_mitmdump_with_the_gateways_chain(
     text = bench_saturation.report(
         [level_of(600, (4.0,))], bench_saturation.Archived(100, archive, 0), args, "m", 0.0
     )
-    assert "**Bare mitmdump ran with the gateway's lockdown**" in text
+    assert "**Bare mitmdump ran with the gateway's mitmproxy chain**" in text

@@ -148,8 +148,9 @@ def test_gateway_exits_when_its_addons_are_unloaded(fakesnow_server, workdir, ch
 def test_a_running_gateway_has_mitmproxys_flow_changing_addons_out_of_its_chain(
     gateway_factory, fakesnow_server, connect, agent_token
 ):
-    """addons/lockdown.py in a real mitmdump: the addons and commands that would rewrite,
-    redirect, replay or save flows after the gateway are gone, and statements still run."""
+    """addons/lockdown.py and addons/chain.py in a real mitmdump: the addons and commands that
+    would rewrite, redirect, replay or save flows after the gateway are gone, the rest are
+    grouped around the scripts, and statements still run."""
     gateway = gateway_factory(
         fakesnow_server.url, name="lean-chain", extra_scripts=[Path(chain_report.__file__)]
     )
@@ -157,6 +158,9 @@ def test_a_running_gateway_has_mitmproxys_flow_changing_addons_out_of_its_chain(
     lines = gateway.log().splitlines()
     chain = next(line for line in lines if chain_report.PREFIX in line)
     chain_names = set(chain.split(chain_report.PREFIX, 1)[1].split())
+    top = next(line for line in lines if chain_report.TOP_LEVEL in line)
+    # mitmproxy's own addons in one group before the scripts and one after (addons/chain.py)
+    assert top.split(chain_report.TOP_LEVEL, 1)[1].split() == ["group", "scriptloader", "group"]
     commands = next(line for line in lines if chain_report.COMMANDS in line)
     command_names = set(commands.split(chain_report.COMMANDS, 1)[1].split())
     assert {"proxyserver", "scriptloader", "nextlayer", "tlsconfig", "errorcheck"} <= chain_names
