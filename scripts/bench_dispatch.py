@@ -8,7 +8,8 @@ addons/gateway.py's concerns, registered as mitmproxy registers the script
 
 - `per-addon`: each concern its own addon with `failclosed.guarded` hooks,
   as before addons/dispatch.py;
-- `dispatched`: one `Gateway` calling the concerns (addons/gateway.py now).
+- `dispatched`: one `Gateway` calling the concerns, which mitmproxy no longer
+  walks, as after the gateway's first `configure` (addons/gateway.py now).
 
 `--hooks stub` replaces each concern's flow hooks with no-ops of the same
 kind (plain or `async def`), so the figure is dispatch alone; `--hooks real`
@@ -85,7 +86,9 @@ def _script(layout: str, stubbed: bool) -> types.ModuleType:
     if layout == "per-addon":
         module.addons = [guarded(concern) for concern in concerns]  # type: ignore[attr-defined]
     else:
-        module.addons = [Gateway(concerns)]  # type: ignore[attr-defined]
+        dispatcher = Gateway(concerns)
+        dispatcher.addons = ()  # what its first configure does, the concerns left unconfigured
+        module.addons = [dispatcher]  # type: ignore[attr-defined]
     return module
 
 
