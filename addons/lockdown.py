@@ -149,11 +149,8 @@ class MitmproxyLockdown:
             # would be lost
             self.removed = take_out(ctx.master, REMOVED)
             logger.debug("hoopgw: mitmproxy addons taken out: %s", ", ".join(self.removed))
-        for option in sorted(updated & REFUSED_OPTIONS.keys()):
-            if option not in ctx.options:
-                continue
-            value = getattr(ctx.options, option)
-            if value != ctx.options.default(option):
+        for option in sorted(updated & REFUSED_OPTIONS.keys()):  # mitmweb's only in mitmweb
+            if getattr(ctx.options, option) != ctx.options.default(option):
                 raise exceptions.OptionsError(
                     f"{option} cannot be used with hoopgw: {REFUSED_OPTIONS[option].why}"
                 )
