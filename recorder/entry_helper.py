@@ -45,7 +45,10 @@ def serve(connection: Connection) -> None:
 
 
 def main() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the gateway's; it stops us
+    # Ctrl-C, or a service manager's SIGTERM to the whole group, is for the gateway: its
+    # last calls at shutdown still come here, and closing our socket is what stops us.
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop, signal.SIG_IGN)
     serve(Connection(int(sys.argv[1])))
 
 

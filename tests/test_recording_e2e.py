@@ -218,6 +218,22 @@ def run_mixed_session(connection: Any, db: str) -> list[Ran]:
     return ran
 
 
+def children_running(parent: int, module: str) -> list[int]:
+    """Child processes of `parent` running `python -m module`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:  # it ended meanwhile
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == parent and module.encode() in command:
+            found.append(int(entry.name))
+    return found
+
+
 def test_mixed_session_is_in_s3_statement_by_statement(
     gateway_factory,
     strict,
@@ -324,7 +340,20 @@ def test_mixed_session_is_in_s3_statement_by_statement(
     tampered = archive.verify_session(summary.session_id)
     assert not tampered.ok
     assert any("altered" in p.message for p in tampered.problems)
+
+    # S3 was called from the gateway's store helper, which holds none of its secrets
+    assert gateway.proc.process is not None
+    [helper] = children_running(gateway.proc.process.pid, "hoopgw.recorder.store_helper")
+    environment = Path(f"/proc/{helper}/environ").read_bytes()
+    assert b"AWS_ACCESS_KEY_ID=" in environment
+    leaked = [
+        name
+        for name, value in gateway_secrets.env.items()
+        if name.encode() in environment or value.encode() in environment
+    ]
+    assert not leaked
     assert gateway.stop() == 0
+    assert not Path(f"/proc/{helper}").exists()
 
 
 # --- 2. no secret anywhere -------------------------------------------------------------
