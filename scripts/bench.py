@@ -107,7 +107,7 @@ SOAK_MAX_SLOPE_MB_PER_MIN = 0.5
 
 @dataclass(frozen=True)
 class ProcessProbe:
-    """CPU time and memory of a process and its children (the gateway's roll-up helper), from /proc.
+    """CPU time and memory of a process and its children (the gateway's helpers), from /proc.
 
     A child's CPU counts while it runs and, once reaped, through the parent's
     cutime/cstime, so a helper that restarts does not take its time with it.
