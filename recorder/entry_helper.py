@@ -11,13 +11,12 @@ the gateway closes its end.
 
 from __future__ import annotations
 
-import signal
-import sys
 from multiprocessing.connection import Connection
 from pathlib import Path
 
 import orjson
 
+from hoopgw.recorder.helper_process import run_helper
 from hoopgw.recorder.rollup import segment_entry
 from hoopgw.recorder.segment import parse_lines
 
@@ -45,11 +44,7 @@ def serve(connection: Connection) -> None:
 
 
 def main() -> None:
-    # Ctrl-C, or a service manager's SIGTERM to the whole group, is for the gateway: its
-    # last calls at shutdown still come here, and closing our socket is what stops us.
-    for stop in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(stop, signal.SIG_IGN)
-    serve(Connection(int(sys.argv[1])))
+    run_helper(serve)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ the largest part of the gateway's p99 over bare mitmdump at one connection
 contract and makes every call in a child process (`recorder.store_helper`),
 the calling thread waiting for the answer without the GIL.
 
-A plain child on a socket pair, as `spool.entries`' helper is. One call at a
+A plain child on a socket pair (`recorder.helper_process`). One call at a
 time (the uploader's and the roll-up thread's calls take turns). A call that
 fails in the store raises what the store raised (`KeyNotFound`,
 `IntegrityError`, `StoreError`, `ValueError`), with the store's message; a
@@ -23,17 +23,14 @@ lost to a helper's death: the segment stays on disk until a call stores it.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
-from multiprocessing.connection import Connection
 from typing import Final
 
 import orjson
 
-from hoopgw.recorder.spool.entries import helper_environment
+from hoopgw.recorder.helper_process import HelperProcess, helper_environment
 from hoopgw.recorder.store import IntegrityError, KeyNotFound, StoreError
 from hoopgw.recorder.store_helper import FAILED, OK, WITH_DATA
 
@@ -78,32 +75,20 @@ def store_environment() -> dict[str, str]:
 
 
 class _Helper:
-    """One running helper process with its store open, and this side of its socket pair."""
+    """One running helper process with its store open."""
 
     def __init__(self, url: str, s3_endpoint_url: str | None) -> None:
-        ours, theirs = socket.socketpair()
         try:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "hoopgw.recorder.store_helper", str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),),
-                env=store_environment(),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-            )
+            self.child = HelperProcess("hoopgw.recorder.store_helper", store_environment())
         except OSError as exc:
-            ours.close()
             raise StoreHelperFailed(f"the store helper could not start ({exc.strerror})") from None
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
-        self.connection = Connection(ours.detach())
+        self.process = self.child.process
+        self.connection = self.child.connection
         try:
             self.connection.send_bytes(orjson.dumps([url, s3_endpoint_url]))
             _result(self._answer(START_TIMEOUT, "open the store"))
         except BaseException:
-            self.stop()
+            self.child.stop()
             raise
 
     def call(self, operation: str, key: str, data: bytes | None, timeout: float) -> bytes:
@@ -129,14 +114,6 @@ class _Helper:
         except subprocess.TimeoutExpired:
             return "the store helper stopped answering"
         return f"the store helper exited (status {code})"
-
-    def stop(self) -> None:
-        self.connection.close()  # the helper reads the end of its input and exits
-        try:
-            self.process.wait(timeout=5.0)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
 
 def _result(answer: bytes) -> bytes:
@@ -171,7 +148,7 @@ class StoreProcess:
     def helper_pid(self) -> int | None:
         """The helper's process id while it runs (for tests and diagnostics)."""
         helper = self._helper
-        return helper.process.pid if helper is not None else None
+        return helper.child.pid if helper is not None else None
 
     def put(self, key: str, data: bytes) -> str | None:
         version = orjson.loads(self._call("put", key, data))
@@ -198,12 +175,12 @@ class StoreProcess:
         if not self._lock.acquire(timeout=timeout):
             helper = self._helper
             if helper is not None:
-                helper.process.kill()
+                helper.child.kill()
             return
         try:
             helper, self._helper = self._helper, None
             if helper is not None:
-                helper.stop()
+                helper.child.stop()
         finally:
             self._lock.release()
 
@@ -217,6 +194,6 @@ class StoreProcess:
                 return helper.call(operation, key, data, self.call_timeout)
             except StoreHelperFailed:
                 self._helper = None
-                helper.process.kill()
-                helper.stop()
+                helper.child.kill()
+                helper.child.stop()
                 raise

@@ -12,27 +12,21 @@ seal by age), and every segment while the helper cannot run, are described
 in this process, a slice at a time (`segment.parse_lines`). Either way the
 entry is the same bytes: `segment_entry` of the segment's records.
 
-The helper is a plain child process on a socket pair, not a
-`concurrent.futures` process pool: a pool's workers start by re-running the
-parent's main script (mitmdump's, with mitmproxy) and bring a resource
-tracker process, about 90 MB in all where this helper needs about 30.
+The helper is a plain child process on a socket pair
+(`recorder.helper_process`), about 30 MB.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import socket
-import subprocess
-import sys
 import time
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Final
 
 import orjson
 
 from hoopgw.recorder.entry_helper import DESCRIBED
+from hoopgw.recorder.helper_process import HelperProcess, helper_environment
 from hoopgw.recorder.rollup import segment_entry
 from hoopgw.recorder.segment import parse_lines
 
@@ -44,17 +38,6 @@ HELPER_TIMEOUT: Final = 60.0
 """Seconds to wait for the helper's entry before describing the segment here."""
 HELPER_RETRY: Final = 60.0
 """Seconds the helper is left alone after it failed."""
-HELPER_ENVIRONMENT: Final = frozenset({"PATH", "HOME", "LANG", "TMPDIR", "TZ", "VIRTUAL_ENV"})
-"""What the helper inherits of the gateway's environment, besides PYTHON* and LC_*: never
-the variables the gateway's secrets are read from (`env:NAME`), which it does not need."""
-
-
-def helper_environment() -> dict[str, str]:
-    return {
-        name: value
-        for name, value in os.environ.items()
-        if name in HELPER_ENVIRONMENT or name.startswith(("PYTHON", "LC_"))
-    }
 
 
 class HelperFailed(Exception):
@@ -62,24 +45,11 @@ class HelperFailed(Exception):
 
 
 class _Helper:
-    """One running helper process and this side of its socket pair."""
+    """One running helper process."""
 
     def __init__(self) -> None:
-        ours, theirs = socket.socketpair()
-        try:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "hoopgw.recorder.entry_helper", str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),),
-                env=helper_environment(),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-            )
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
-        self.connection = Connection(ours.detach())
+        self.child = HelperProcess("hoopgw.recorder.entry_helper", helper_environment())
+        self.connection = self.child.connection
 
     def describe(self, key: str, version: str, path: Path, timeout: float) -> bytes:
         try:
@@ -94,12 +64,7 @@ class _Helper:
         return answer[1:]
 
     def stop(self) -> None:
-        self.connection.close()  # the helper reads the end of its input and exits
-        try:
-            self.process.wait(timeout=5.0)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        self.child.stop()
 
 
 class SegmentEntries:
@@ -139,7 +104,7 @@ class SegmentEntries:
 
     def helper_pid(self) -> int | None:
         """The helper's process id while it runs (for tests and diagnostics)."""
-        return self._helper.process.pid if self._helper is not None else None
+        return self._helper.child.pid if self._helper is not None else None
 
     def close(self) -> None:
         """Stop the helper; from now on every segment is described here."""
@@ -167,6 +132,6 @@ class SegmentEntries:
         )
         helper, self._helper = self._helper, None
         if helper is not None:
-            helper.process.kill()
+            helper.child.kill()
             helper.stop()
         return None
