@@ -8,8 +8,8 @@ request is a JSON array `[operation, key]`, followed, for `put` and `put_new`,
 by a message holding the object's bytes; each answer is `OK` and the
 operation's result (below), or `FAILED` and a JSON array `[kind, message]`
 where kind names the exception (`KeyNotFound`, `IntegrityError`,
-`StoreError`, `ValueError`) and the message is the store's own, which names
-keys and S3 error codes, never credentials. Any other exception is answered
+`StoreError`) and the message is the store's own, which names keys and S3
+error codes, never credentials. Any other exception is answered
 by its type's name alone. It imports only the store, and exits when the
 gateway closes its end.
 """
@@ -29,8 +29,10 @@ OK: Final = b"\x00"
 FAILED: Final = b"\x01"
 WITH_DATA: Final = frozenset({"put", "put_new"})
 """Operations whose request is followed by a message holding the object's bytes."""
-REPORTED: Final = (KeyNotFound, IntegrityError, StoreError, ValueError)
-"""Exceptions answered with their message: the store's messages name keys, never secrets."""
+REPORTED: Final = (KeyNotFound, IntegrityError, StoreError)
+"""Exceptions answered with their message: the store's messages name keys and S3's error
+codes, never secrets. Any other is answered by its type's name alone (a ValueError deep in
+the SDK may quote what it was given)."""
 
 
 def _flag(value: bool) -> bytes:

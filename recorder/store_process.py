@@ -13,7 +13,8 @@ the calling thread waiting for the answer without the GIL.
 A plain child on a socket pair (`recorder.helper_process`). One call at a
 time (the uploader's and the roll-up thread's calls take turns). A call that
 fails in the store raises what the store raised (`KeyNotFound`,
-`IntegrityError`, `StoreError`, `ValueError`), with the store's message; a
+`IntegrityError`, `StoreError`), with the store's message; a bad key raises
+`ValueError` here, before any call; a
 helper that exits, cannot start or does not answer within `call_timeout`
 seconds raises `StoreError` and is stopped, and the next call starts another.
 The spool already retries a failed upload, doubling its delay, so nothing is
@@ -31,8 +32,8 @@ from typing import Final
 import orjson
 
 from hoopgw.recorder.helper_process import HelperProcess, helper_environment
-from hoopgw.recorder.store import IntegrityError, KeyNotFound, StoreError
-from hoopgw.recorder.store_helper import FAILED, OK, WITH_DATA
+from hoopgw.recorder.store import StoreError, check_key
+from hoopgw.recorder.store_helper import FAILED, OK, REPORTED, WITH_DATA
 
 CALL_TIMEOUT: Final = 300.0
 """Seconds a call may take: botocore's own timeouts and retries (connect 5 s, read 30 s,
@@ -55,9 +56,7 @@ STORE_ENVIRONMENT: Final = frozenset(
     }
 )
 """How to reach the store; never the variables the gateway's other secrets are read from."""
-_RAISED: Final[dict[str, type[Exception]]] = {
-    kind.__name__: kind for kind in (KeyNotFound, IntegrityError, StoreError, ValueError)
-}
+_RAISED: Final[dict[str, type[Exception]]] = {kind.__name__: kind for kind in REPORTED}
 
 
 class StoreHelperFailed(StoreError):
@@ -185,6 +184,8 @@ class StoreProcess:
             self._lock.release()
 
     def _call(self, operation: str, key: str, data: bytes | None = None) -> bytes:
+        if operation != "list":
+            check_key(key)  # here, so that the helper's ValueErrors are never about our input
         with self._lock:
             helper = self._helper
             if helper is None:

@@ -81,6 +81,14 @@ def test_the_stores_own_failures_keep_their_kind_and_the_helper(
     assert store.helper_pid() == pid and store.get("present") == b"x"
 
 
+def test_a_bad_key_is_refused_before_any_helper_starts(moto_s3: str, s3_bucket: str) -> None:
+    store = StoreProcess(f"s3://{s3_bucket}", s3_endpoint_url=moto_s3)
+    for key in ("../escape", "/absolute", "a//b", ""):
+        with pytest.raises(ValueError, match="invalid object key"):
+            store.put(key, b"x")
+    assert store.helper_pid() is None and store.helpers_started == 0
+
+
 def test_a_helper_that_dies_fails_the_call_under_way_and_is_replaced(store: StoreProcess) -> None:
     store.put("before", b"1")
     first = store.helper_pid()
