@@ -5,7 +5,7 @@ length-prefixed messages (`multiprocessing.connection.Connection`) to the
 one gateway process that started it. A plain child rather than a
 `concurrent.futures` process pool: a pool's workers start by re-running the
 parent's main script (mitmdump's, with mitmproxy) and bring a resource
-tracker process, about 90 MB in all where a helper needs 30 to 50. Two use
+tracker process, about 90 MB in all where a helper needs 30 to 60. Two use
 it: the roll-up helper (`spool.entries`, `entry_helper`) and the store
 helper (`store_process`, `store_helper`).
 

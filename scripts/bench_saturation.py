@@ -1019,8 +1019,8 @@ def report(
         f"varying SQL; one in {args.arrow_every} asks for the 1,000-row Arrow answer "
         f"({len(canned_answers().rowset_base64) / 1024:.0f} KiB of base64), the rest a "
         "3-row JSON rowset. q/s summed over the rounds; latencies the median of the rounds' "
-        "wrk percentiles; CPU the proxy's utime+stime (the gateway's helper "
-        "processes included) over the wrk runs per statement."
+        "wrk percentiles; CPU the proxy's utime+stime (the gateway's helpers "
+        "included) over the wrk runs per statement."
         + processes_text(workers)
         + (
             " **Bare mitmdump ran with the gateway's mitmproxy chain** (`--lean-bare`: "
