@@ -14,9 +14,9 @@ A plain child on a socket pair (`recorder.helper_process`). One call at a
 time (the uploader's and the roll-up thread's calls take turns). A call that
 fails in the store raises what the store raised (`KeyNotFound`,
 `IntegrityError`, `StoreError`), with the store's message; a bad key raises
-`ValueError` here, before any call; a
-helper that exits, cannot start or does not answer within `call_timeout`
-seconds raises `StoreError` and is stopped, and the next call starts another.
+`ValueError` here, before any call. A helper that exits, cannot start or
+does not answer within `call_timeout` seconds raises `StoreHelperFailed` (a
+`StoreError`) and is stopped, and the next call starts another.
 The spool already retries a failed upload, doubling its delay, so nothing is
 lost to a helper's death: the segment stays on disk until a call stores it.
 """
