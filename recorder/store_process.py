@@ -81,7 +81,6 @@ class _Helper:
             self.child = HelperProcess("hoopgw.recorder.store_helper", store_environment())
         except OSError as exc:
             raise StoreHelperFailed(f"the store helper could not start ({exc.strerror})") from None
-        self.process = self.child.process
         self.connection = self.child.connection
         try:
             self.connection.send_bytes(orjson.dumps([url, s3_endpoint_url]))
@@ -109,7 +108,7 @@ class _Helper:
 
     def _exited(self) -> str:
         try:
-            code = self.process.wait(timeout=1.0)
+            code = self.child.process.wait(timeout=1.0)
         except subprocess.TimeoutExpired:
             return "the store helper stopped answering"
         return f"the store helper exited (status {code})"
