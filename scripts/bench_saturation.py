@@ -63,7 +63,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -549,6 +549,8 @@ class WrkResult:
     max_ms: float
     cpu_seconds: float | None = None
     cpu_per_process: tuple[float, ...] = ()
+    connections_per_process: tuple[int, ...] = ()
+    """With several gateway processes, how many of wrk's connections each held."""
     loop: LoopWindow | None = None
 
     @property
@@ -561,9 +563,17 @@ class WrkResult:
 
 
 def run_wrk(
-    port: int, script: Path, connections: int, duration: float, log: Path | None = None
+    port: int,
+    script: Path,
+    connections: int,
+    duration: float,
+    log: Path | None = None,
+    spread_over: Sequence[int] = (),
 ) -> WrkResult:
-    """wrk with one thread (the proxies need the other cores) and `connections` connections."""
+    """wrk with one thread (the proxies need the other cores) and `connections` connections.
+
+    With `spread_over` (the pids of the processes sharing `port`), also counts, once wrk
+    has connected, how many of its connections each process holds."""
     binary = shutil.which("wrk")
     if binary is None:
         raise SystemExit(f"wrk is not installed: {INSTALL_HINT}")
@@ -579,7 +589,18 @@ def run_wrk(
         str(script),
         f"http://{stack.LOOPBACK}:{port}",
     ]
-    finished = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 120)
+    with subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as running:
+        spread = (
+            wrk_spread(running.pid, port, spread_over, connections) if len(spread_over) > 1 else ()
+        )
+        try:
+            stdout, stderr = running.communicate(timeout=duration + 120)
+        except subprocess.TimeoutExpired:
+            running.kill()
+            raise RuntimeError(f"wrk did not finish within {duration + 120:g} s") from None
+    finished = subprocess.CompletedProcess(argv, running.returncode, stdout, stderr)
     if log is not None:
         with log.open("a") as out:
             out.write(f"$ {' '.join(argv)}\n{finished.stdout}{finished.stderr}\n")
@@ -599,7 +620,76 @@ def run_wrk(
         p99_ms=raw["p99_us"] / 1000,
         p999_ms=raw["p999_us"] / 1000,
         max_ms=raw["max_us"] / 1000,
+        connections_per_process=spread,
     )
+
+
+def spread_text(spread: Sequence[int]) -> str:
+    """`5/3`: wrk's connections held by each gateway process."""
+    return "/".join(str(count) for count in spread)
+
+
+def wrk_spread(
+    wrk_pid: int, port: int, pids: Sequence[int], connections: int, timeout: float = 5.0
+) -> tuple[int, ...]:
+    """How many of wrk's connections to `port` each of `pids` accepted, read from /proc once
+    they hold `connections` of them between them (or at `timeout`): the kernel spreads a
+    shared port's connections by a hash of their addresses, so N processes seldom get an
+    even share."""
+    deadline = time.monotonic() + timeout
+    while True:
+        ends = tcp_connections()
+        wrk_ports = {
+            ends[inode][0] for inode in socket_inodes(wrk_pid) if ends.get(inode, (0, 0))[1] == port
+        }
+        spread = tuple(
+            sum(
+                1
+                for inode in socket_inodes(pid)
+                if (found := ends.get(inode)) is not None
+                and found[0] == port
+                and found[1] in wrk_ports
+            )
+            for pid in pids
+        )
+        if sum(spread) >= connections or time.monotonic() >= deadline:
+            return spread
+        time.sleep(0.02)  # polling /proc: nothing says when the last connection is accepted
+
+
+def tcp_connections() -> dict[int, tuple[int, int]]:
+    """Each established TCP socket's inode, with its local and remote port (IPv4 and IPv6)."""
+    found: dict[int, tuple[int, int]] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] != "01":  # TCP_ESTABLISHED
+                continue
+            local_port = int(fields[1].rsplit(":", 1)[1], 16)
+            remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+            found[int(fields[9])] = (local_port, remote_port)
+    return found
+
+
+def socket_inodes(pid: int) -> set[int]:
+    """The inodes of the sockets `pid` holds open (empty once it has exited)."""
+    inodes = set()
+    try:
+        descriptors = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return inodes
+    for fd in descriptors:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(int(target[8:-1]))
+    return inodes
 
 
 # --- the run ------------------------------------------------------------------------------
@@ -617,6 +707,10 @@ class Processes:
         if len(pids) != len(procs):
             raise RuntimeError("a process of the bench was never started")
         return cls(tuple(bench.ProcessProbe(pid) for pid in pids))
+
+    @property
+    def pids(self) -> tuple[int, ...]:
+        return tuple(probe.pid for probe in self.probes)
 
     def cpu_seconds(self) -> float:
         return sum(self.cpu_per_process())
@@ -724,6 +818,23 @@ class Level:
         return sum(r.requests for r in self.runs[target])
 
 
+def level_spreads(levels: list[Level]) -> str:
+    """The sentence giving each gateway round's connections per process, by level."""
+    spreads = [
+        f"{level.connections} conn "
+        + ", ".join(spread_text(run.connections_per_process) for run in runs)
+        for level in levels
+        if (runs := [run for run in level.runs[GATEWAY] if run.connections_per_process])
+    ]
+    if not spreads:
+        return ""
+    return (
+        "wrk's connections held by each process, by round (the kernel spreads a shared "
+        "port's connections by a hash of their addresses; a process with more of them "
+        "answers each more slowly): " + "; ".join(spreads) + "."
+    )
+
+
 def loop_cpu_table(levels: list[Level]) -> str:
     """Each level's loop-thread CPU per statement, bare and gateway side by side, by row of
     scripts/loop_cpu.py, summed over the rounds."""
@@ -804,7 +915,7 @@ def measure(target: Target, connections: int, duration: float, log: Path) -> Wrk
         print(f"  note: {target.label} still busy before the run", file=sys.stderr)
     loop_before = LoopWindow.read(target.loop_cpu) if target.loop_cpu else None
     cpu_before = target.processes.cpu_per_process()
-    result = run_wrk(target.port, target.script, connections, duration, log)
+    result = run_wrk(target.port, target.script, connections, duration, log, target.processes.pids)
     cpu_after = target.processes.cpu_per_process()
     if target.loop_cpu is not None and loop_before is not None:
         result.loop = LoopWindow.read(target.loop_cpu, written_after=time.time()).since(loop_before)
@@ -836,6 +947,11 @@ def measure_levels(
                         + "/".join(f"{cpu:.1f}" for cpu in result.cpu_per_process)
                         + " s"
                         if len(result.cpu_per_process) > 1
+                        else ""
+                    )
+                    + (
+                        ", connections " + spread_text(result.connections_per_process)
+                        if result.connections_per_process
                         else ""
                     )
                     + (f", {result.failures} FAILED" if result.failures else ""),
@@ -1040,7 +1156,8 @@ def report(
                     + "/".join(f"{share:.0%}" for share in level.cpu_shares(GATEWAY))
                     for level in levels
                 )
-                + ".",
+                + "."
+                + (f" {spreads}" if (spreads := level_spreads(levels)) else ""),
                 "",
             ]
             if workers > 1

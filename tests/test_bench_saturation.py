@@ -4,18 +4,21 @@ Not a benchmark: nothing here is timed. nginx (and, for the load script, wrk)
 answer on loopback ports the way scripts/bench_saturation.py starts them; the
 real connector must accept the canned login and both query answers, and the
 Lua script must count what it is meant to count. With `--gateway-workers N`
-the report must say how many gateway processes ran, sum their CPU time, and
-wait for every one to be idle. Skipped where nginx or wrk is not installed
+the report must say how many gateway processes ran, sum their CPU time, count
+how many of wrk's connections each held (and no one else's), and wait for
+every one to be idle. Skipped where nginx or wrk is not installed
 (`apt-get install nginx-light wrk`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
+import subprocess
 import sys
 import urllib.request
 import uuid
@@ -268,3 +271,70 @@ def test_lean_bare_runs_bare_mitmdump_with_the_gateways_chain(
         [level_of(600, (4.0,))], bench_saturation.Archived(100, archive, 0), args, "m", 0.0
     )
     assert "**Bare mitmdump ran with the gateway's mitmproxy chain**" in text
+
+
+LISTENER = """
+import socket, sys
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+server.bind(("127.0.0.1", int(sys.argv[1])))
+server.listen(64)
+print(server.getsockname()[1], flush=True)
+held = []
+while True:
+    held.append(server.accept()[0])
+"""
+CLIENT = """
+import socket, sys
+held = [socket.create_connection(("127.0.0.1", int(sys.argv[1]))) for _ in range(int(sys.argv[2]))]
+print("connected", flush=True)
+sys.stdin.read()
+"""
+
+
+@contextlib.contextmanager
+def child(source: str, *argv: object) -> Iterator[subprocess.Popen[str]]:
+    """A Python child that prints one line once ready; killed on exit."""
+    with subprocess.Popen(
+        [sys.executable, "-c", source, *map(str, argv)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as process:
+        try:
+            yield process
+        finally:
+            process.kill()
+
+
+def test_the_spread_of_wrk_s_connections_counts_each_process_s_share() -> None:
+    with child(LISTENER, 0) as first:
+        port = int(first.stdout.readline())  # type: ignore[union-attr]
+        with child(LISTENER, port) as second, child(CLIENT, port, 12) as client:
+            assert second.stdout.readline().strip() == str(port)  # type: ignore[union-attr]
+            assert client.stdout.readline().strip() == "connected"  # type: ignore[union-attr]
+            pids = (first.pid, second.pid, os.getpid())
+            spread = bench_saturation.wrk_spread(client.pid, port, pids, 12)
+    assert sum(spread) == 12  # every connection, each counted once
+    assert spread[2] == 0  # a process that holds none of them
+    assert bench_saturation.spread_text(spread[:2]) == f"{spread[0]}/{spread[1]}"
+
+
+def test_only_the_load_generator_s_connections_are_counted() -> None:
+    with child(LISTENER, 0) as server:
+        port = int(server.stdout.readline())  # type: ignore[union-attr]
+        with child(CLIENT, port, 3) as wrk, child(CLIENT, port, 2) as other:
+            assert wrk.stdout.readline().strip() == "connected"  # type: ignore[union-attr]
+            assert other.stdout.readline().strip() == "connected"  # type: ignore[union-attr]
+            # the other client's 2 connections (the connector's session, in the bench) are
+            # the same server's, and are not wrk's
+            assert bench_saturation.wrk_spread(wrk.pid, port, (server.pid,), 3) == (3,)
+
+
+def test_the_report_gives_each_round_s_connections_per_process() -> None:
+    level = level_of(600, (3.0, 1.0))
+    for run, spread in zip(level.runs[bench_saturation.GATEWAY], [(5, 3)], strict=True):
+        run.connections_per_process = spread
+    assert "by round" in bench_saturation.level_spreads([level])
+    assert "8 conn 5/3." in bench_saturation.level_spreads([level])
+    assert bench_saturation.level_spreads([level_of(600, (4.0,))]) == ""
