@@ -23,7 +23,9 @@ steps 27% slower in the gateway's process for the same instructions). Use it
 to tell whether a change removed work, and wrk's figures for what that buys.
 `--by-function` runs the targets with Python's perf trampolines
 (PYTHONPERFSUPPORT=1, which adds instructions of its own) and prints the
-inclusive count of mitmproxy's dispatch functions and the gateway's own
+inclusive count of mitmproxy's dispatch functions and the gateway's entry
+points, then the project's own functions with the largest counts, wherever
+mitmproxy calls them from: where the gateway's own work per statement goes
 (recursive functions such as `traverse` are counted once per level).
 
     apt-get install valgrind nginx-light wrk
@@ -68,6 +70,9 @@ FUNCTIONS = (
     "Spool._commit_on_loop",
 )
 INSTALL_HINT = "apt-get install valgrind nginx-light wrk"
+PROJECT = Path(__file__).resolve().parent.parent
+OWN_FUNCTIONS_SHOWN = 30
+"""The project's own functions listed with `--by-function`, the largest inclusive counts."""
 
 
 @dataclass
@@ -77,6 +82,8 @@ class Counted:
     loop_thread: int
     all_threads: int
     functions: dict[str, float] = field(default_factory=dict)
+    own: dict[str, float] = field(default_factory=dict)
+    """The project's own functions (`own_functions`), with `--by-function`."""
 
     def per_statement(self, count: float) -> float:
         return count / max(self.statements, 1)
@@ -99,9 +106,10 @@ def summary(path: Path) -> int:
     return 0
 
 
-def inclusive_by_function(dump: Path, perf_map: Path, names: tuple[str, ...]) -> dict[str, float]:
-    """Inclusive instructions of each Python function in `names`, from callgrind's call
-    arcs out of Python's perf trampolines (one per code object, named in `perf_map`)."""
+def inclusive_counts(dump: Path, perf_map: Path) -> dict[str, float]:
+    """Inclusive instructions of every Python function that made calls, keyed by its perf
+    map name (`qualname:file`), from callgrind's call arcs out of Python's perf trampolines
+    (one per code object, named in `perf_map`)."""
     symbols: list[tuple[int, int, str]] = []
     for line in perf_map.read_text().splitlines():
         start, size, name = line.split(" ", 2)
@@ -138,10 +146,36 @@ def inclusive_by_function(dump: Path, perf_map: Path, names: tuple[str, ...]) ->
         index = bisect.bisect_right(starts, address) - 1
         if index < 0 or address >= symbols[index][0] + symbols[index][1]:
             continue
-        python_name = symbols[index][2].removeprefix("py::").split(":", 1)[0]
-        if python_name in names:
-            found[python_name] += cost
+        found[symbols[index][2].removeprefix("py::")] += cost
     return dict(found)
+
+
+def by_qualname(counts: dict[str, float], names: tuple[str, ...]) -> dict[str, float]:
+    """The counts of the functions in `names` (qualnames, whatever their file)."""
+    found: dict[str, float] = defaultdict(float)
+    for key, cost in counts.items():
+        qualname = key.split(":", 1)[0]
+        if qualname in names:
+            found[qualname] += cost
+    return dict(found)
+
+
+def inclusive_by_function(dump: Path, perf_map: Path, names: tuple[str, ...]) -> dict[str, float]:
+    """Inclusive instructions of each Python function in `names` (qualnames)."""
+    return by_qualname(inclusive_counts(dump, perf_map), names)
+
+
+def own_functions(counts: dict[str, float], root: Path = PROJECT) -> dict[str, float]:
+    """The counts of functions whose code is the project's own (under `root`, outside any
+    installed package), keyed `qualname (relative/path.py)`."""
+    own: dict[str, float] = defaultdict(float)
+    for key, cost in counts.items():
+        qualname, _, file = key.partition(":")
+        path = Path(file)
+        if not path.is_relative_to(root) or "site-packages" in path.parts:
+            continue
+        own[f"{qualname} ({path.relative_to(root)})"] += cost
+    return dict(own)
 
 
 def count(
@@ -165,7 +199,9 @@ def count(
     if args.by_function:
         perf_map = Path(f"/tmp/perf-{pid}.map")
         if perf_map.exists():
-            counted.functions = inclusive_by_function(loop, perf_map, FUNCTIONS)
+            counts = inclusive_counts(loop, perf_map)
+            counted.functions = by_qualname(counts, FUNCTIONS)
+            counted.own = own_functions(counts)
     return counted
 
 
@@ -223,6 +259,21 @@ def table(results: list[Counted]) -> str:
         lines.append("| --- |" + " ---: |" * len(results))
         for name in FUNCTIONS:
             cells = [f"{r.per_statement(r.functions.get(name, 0.0)):,.0f}" for r in results]
+            lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    owners = [r for r in results if r.own]
+    if owners:
+        biggest = max(owners, key=lambda r: sum(r.own.values()))
+        shown = sorted(biggest.own, key=lambda name: -biggest.own[name])[:OWN_FUNCTIONS_SHOWN]
+        lines += [
+            "",
+            f"| the project's own functions, the {len(shown)} largest (inclusive, per "
+            "statement; a caller includes its callees) | "
+            + " | ".join(r.target for r in owners)
+            + " |",
+            "| --- |" + " ---: |" * len(owners),
+        ]
+        for name in shown:
+            cells = [f"{r.per_statement(r.own.get(name, 0.0)):,.0f}" for r in owners]
             lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

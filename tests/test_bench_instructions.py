@@ -40,6 +40,11 @@ PERF_MAP = """\
 1010 b py::traverse:/site-packages/mitmproxy/addonmanager.py
 2000 b py::unrelated:/x.py
 """
+OWN_PERF_MAP = f"""\
+1000 b py::Recording.request:{bench_instructions.PROJECT}/addons/recording.py
+1010 b py::traverse:{bench_instructions.PROJECT}/.venv/lib/python3.12/site-packages/m/a.py
+2000 b py::unrelated:/x.py
+"""
 
 
 def test_inclusive_counts_come_from_the_trampolines_call_arcs(tmp_path: Path) -> None:
@@ -54,6 +59,27 @@ def test_inclusive_counts_come_from_the_trampolines_call_arcs(tmp_path: Path) ->
     # (0x1010'2) maps to the code object at 0x1010
     assert counts == {"AddonManager.trigger_event": 490.0}
     assert "traverse" not in counts  # 0x1010 made no calls of its own
+
+
+def test_the_project_s_own_functions_are_told_from_installed_code(tmp_path: Path) -> None:
+    dump, perf_map = tmp_path / "callgrind.1.1-01", tmp_path / "perf-1.map"
+    dump.write_text(DUMP)
+    perf_map.write_text(OWN_PERF_MAP)
+    counts = bench_instructions.inclusive_counts(dump, perf_map)
+    own = bench_instructions.own_functions(counts)
+    # the project's venv is under the project's root but is not its code
+    assert own == {"Recording.request (addons/recording.py)": 490.0}
+
+
+def test_the_table_lists_the_project_s_largest_functions() -> None:
+    bare = Counted("bare", 100, 1_000_000, 1_000_000)
+    own = {f"f{i} (addons/x.py)": float(i * 1000) for i in range(40)}
+    gateway = Counted("gateway", 10, 450_000, 500_000, own=own)
+    text = bench_instructions.table([bare, gateway])
+    shown = [line for line in text.splitlines() if line.startswith("| `f")]
+    assert len(shown) == bench_instructions.OWN_FUNCTIONS_SHOWN
+    assert shown[0] == "| `f39 (addons/x.py)` | 3,900 |"  # the largest first, per statement
+    assert "| `f9 (addons/x.py)` |" not in text  # past the largest shown
 
 
 def test_the_table_compares_each_target_with_bare(tmp_path: Path) -> None:
