@@ -166,15 +166,18 @@ def inclusive_by_function(dump: Path, perf_map: Path, names: tuple[str, ...]) ->
 
 
 def own_functions(counts: dict[str, float], root: Path = PROJECT) -> dict[str, float]:
-    """The counts of functions whose code is the project's own (under `root`, outside any
-    installed package), keyed `qualname (relative/path.py)`."""
+    """The counts of functions whose code is the project's own (under `root`, outside its
+    hidden directories such as the virtualenv), keyed `qualname (relative/path.py)`."""
     own: dict[str, float] = defaultdict(float)
     for key, cost in counts.items():
         qualname, _, file = key.partition(":")
         path = Path(file)
-        if not path.is_relative_to(root) or "site-packages" in path.parts:
+        if not path.is_relative_to(root):
             continue
-        own[f"{qualname} ({path.relative_to(root)})"] += cost
+        relative = path.relative_to(root)
+        if relative.parts[0].startswith("."):
+            continue
+        own[f"{qualname} ({relative})"] += cost
     return dict(own)
 
 

@@ -34,6 +34,9 @@ calls=1 0
 -1 90
 fn=(4) 0x0000000000002000
 0 1
+cfn=(1)
+calls=1 0
+0 77
 """
 PERF_MAP = """\
 1000 b py::AddonManager.trigger_event:/site-packages/mitmproxy/addonmanager.py
@@ -43,7 +46,7 @@ PERF_MAP = """\
 OWN_PERF_MAP = f"""\
 1000 b py::Recording.request:{bench_instructions.PROJECT}/addons/recording.py
 1010 b py::traverse:{bench_instructions.PROJECT}/.venv/lib/python3.12/site-packages/m/a.py
-2000 b py::unrelated:/x.py
+2000 b py::<module>:{bench_instructions.PROJECT}/.venv/bin/mitmdump
 """
 
 
@@ -66,8 +69,9 @@ def test_the_project_s_own_functions_are_told_from_installed_code(tmp_path: Path
     dump.write_text(DUMP)
     perf_map.write_text(OWN_PERF_MAP)
     counts = bench_instructions.inclusive_counts(dump, perf_map)
+    assert counts[f"<module>:{bench_instructions.PROJECT}/.venv/bin/mitmdump"] == 77.0
     own = bench_instructions.own_functions(counts)
-    # the project's venv is under the project's root but is not its code
+    # the project's venv (its packages, mitmdump's script) is under the root but not its code
     assert own == {"Recording.request (addons/recording.py)": 490.0}
 
 
