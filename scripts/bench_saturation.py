@@ -72,7 +72,7 @@ import pyarrow
 import snowflake.connector
 
 from hoopgw.recorder.secrets import new_token_key
-from scripts import bench, loop_cpu
+from scripts import bench, disk_probe, loop_cpu
 from tests import stack
 
 NGINX_CANDIDATES = ("nginx", "/usr/sbin/nginx")
@@ -129,6 +129,11 @@ TARGET_ADDED_P99_MS = 2.0
 TARGET_COMPRESSION = 8.0
 BARE, GATEWAY = "bare mitmdump", "hoopgw gateway"
 LEAN_BARE_SCRIPT = Path(__file__).resolve().parent / "lean_bare.py"
+PROJECT = Path(__file__).resolve().parent.parent
+DISK_PROBE_INTERVAL = 0.05
+DISK_STALL_MS = 50.0
+"""A flush of the spool's disk this long during a gateway run is the disk's, not the
+gateway's: a wait for a CPU on this bench's busy machine is a few milliseconds."""
 SHARED_PORT_OPTIONS = {"hoopgw_reuse_port": "true", "server": "false"}
 RESULT_PREFIX = "BENCH-RESULT "
 
@@ -551,6 +556,8 @@ class WrkResult:
     cpu_per_process: tuple[float, ...] = ()
     connections_per_process: tuple[int, ...] = ()
     """With several gateway processes, how many of wrk's connections each held."""
+    disk_flushes_ms: tuple[float, ...] = ()
+    """The disk probe's flushes during the run (scripts/disk_probe.py)."""
     loop: LoopWindow | None = None
 
     @property
@@ -898,6 +905,30 @@ def loop_cpu_table(levels: list[Level]) -> str:
     return "\n".join(out)
 
 
+def start_disk_probe(home: Path, interval: float, procs: list[stack.Proc]) -> Path | None:
+    """scripts/disk_probe.py on the spools' disk (the bench's directory), or None when off."""
+    if interval <= 0:
+        return None
+    log = home / "disk-probe.log"
+    probe = stack.Proc(
+        "disk-probe",
+        [
+            sys.executable,
+            "-m",
+            "scripts.disk_probe",
+            str(home),
+            str(log),
+            "--interval",
+            f"{interval:g}",
+        ],
+        home / "disk-probe.out",
+        cwd=PROJECT,
+    ).start()
+    procs.append(probe)
+    probe.wait_ready(lambda: log.exists() and log.read_text().startswith("ready"))
+    return log
+
+
 def wait_idle(processes: Processes, timeout: float = 15.0, busy: float = 0.05) -> bool:
     """Wait until each process uses under `busy` of a core (its spool uploads, roll-ups)."""
     deadline = time.monotonic() + timeout
@@ -910,12 +941,17 @@ def wait_idle(processes: Processes, timeout: float = 15.0, busy: float = 0.05) -
     return False
 
 
-def measure(target: Target, connections: int, duration: float, log: Path) -> WrkResult:
+def measure(
+    target: Target, connections: int, duration: float, log: Path, disk_log: Path | None = None
+) -> WrkResult:
     if not wait_idle(target.processes):
         print(f"  note: {target.label} still busy before the run", file=sys.stderr)
     loop_before = LoopWindow.read(target.loop_cpu) if target.loop_cpu else None
     cpu_before = target.processes.cpu_per_process()
+    started = time.time()
     result = run_wrk(target.port, target.script, connections, duration, log, target.processes.pids)
+    if disk_log is not None:
+        result.disk_flushes_ms = tuple(disk_probe.read_flushes(disk_log, started, time.time()))
     cpu_after = target.processes.cpu_per_process()
     if target.loop_cpu is not None and loop_before is not None:
         result.loop = LoopWindow.read(target.loop_cpu, written_after=time.time()).since(loop_before)
@@ -927,7 +963,12 @@ def measure(target: Target, connections: int, duration: float, log: Path) -> Wrk
 
 
 def measure_levels(
-    targets: list[Target], levels: list[int], rounds: int, duration: float, log: Path
+    targets: list[Target],
+    levels: list[int],
+    rounds: int,
+    duration: float,
+    log: Path,
+    disk_log: Path | None = None,
 ) -> list[Level]:
     results = []
     for connections in levels:
@@ -935,7 +976,7 @@ def measure_levels(
         for number in range(rounds):
             order = targets if number % 2 == 0 else targets[::-1]
             for target in order:
-                result = measure(target, connections, duration, log)
+                result = measure(target, connections, duration, log, disk_log)
                 level.runs[target.name].append(result)
                 print(
                     f"  {connections:>2} conn, round {number + 1}/{rounds}, {target.label}: "
@@ -952,6 +993,11 @@ def measure_levels(
                     + (
                         ", connections " + spread_text(result.connections_per_process)
                         if result.connections_per_process
+                        else ""
+                    )
+                    + (
+                        f", disk flush max {max(result.disk_flushes_ms):.1f} ms"
+                        if result.disk_flushes_ms
                         else ""
                     )
                     + (f", {result.failures} FAILED" if result.failures else ""),
@@ -1111,6 +1157,44 @@ def processes_text(gateway_processes: int) -> str:
     )
 
 
+def longest_flush(level: Level, target: str) -> float | None:
+    flushes = [max(run.disk_flushes_ms) for run in level.runs[target] if run.disk_flushes_ms]
+    return max(flushes) if flushes else None
+
+
+def disk_stall(levels: list[Level]) -> tuple[float, int] | None:
+    """The longest flush of the probe during a gateway run, and its level, when it stalled."""
+    longest = [
+        (flush, level.connections)
+        for level in levels
+        if (flush := longest_flush(level, GATEWAY)) is not None
+    ]
+    worst = max(longest, default=None)
+    return worst if worst is not None and worst[0] >= DISK_STALL_MS else None
+
+
+def disk_text(levels: list[Level]) -> str:
+    """The sentence giving the disk probe's longest flush per level, gateway and bare."""
+
+    def by_level(target: str) -> str:
+        return ", ".join(
+            f"{flush:.1f} ms at {level.connections} conn"
+            for level in levels
+            if (flush := longest_flush(level, target)) is not None
+        )
+
+    gateway, bare = by_level(GATEWAY), by_level(BARE)
+    if not gateway:
+        return ""
+    return (
+        "The spool's disk, probed beside the proxies (scripts/disk_probe.py: 4 KiB and "
+        "`fdatasync` at a fixed pace; a flush includes its wait for a CPU): the longest flush "
+        f"during the gateway's runs {gateway}"
+        + (f"; during bare mitmdump's {bare}" if bare else "")
+        + "."
+    )
+
+
 def report(
     levels: list[Level],
     archived: Archived,
@@ -1127,6 +1211,15 @@ def report(
             f"**The machine was busy (load average {load_at_start:.1f} at start on "
             f"{os.cpu_count()} vCPUs): these figures measure the other load as much as the "
             "proxies; do not compare them with a quiet run's.**",
+            "",
+        ]
+    stall = disk_stall(levels)
+    if stall is not None:
+        out += [
+            f"**The spool's disk stalled during the gateway's runs: a flush took {stall[0]:.0f} "
+            f"ms at {stall[1]} connection(s) (scripts/disk_probe.py, beside the proxies). Each "
+            "statement waits for its record's flush, and bare mitmdump writes nothing, so "
+            "those rounds' tails measure the disk as much as the gateway.**",
             "",
         ]
     out += [
@@ -1163,6 +1256,7 @@ def report(
             if workers > 1
             else []
         ),
+        *([disk, ""] if (disk := disk_text(levels)) else []),
         f"Recorded: {records:,} records in the archive (moto S3), "
         f"{archived.archive.statements:,} of them statements, for "
         f"{archived.statements:,} statements through the gateway, "
@@ -1308,6 +1402,14 @@ def main(argv: list[str] | None = None) -> int:
         help="load the gateway's mitmproxy chain (scripts/lean_bare.py) into bare mitmdump, "
         "so that the gap is the gateway's own work",
     )
+    parser.add_argument(
+        "--disk-probe",
+        type=float,
+        default=DISK_PROBE_INTERVAL,
+        metavar="SECONDS",
+        help="flush 4 KiB on the spool's disk every SECONDS beside the proxies "
+        "(scripts/disk_probe.py) and report the longest flush of each run; 0 turns it off",
+    )
     parser.add_argument("--write", action="store_true", help="update docs/performance.md")
     args = parser.parse_args(argv)
     if args.lean_bare and args.write:
@@ -1347,6 +1449,7 @@ def main(argv: list[str] | None = None) -> int:
             procs,
             loop_cpu_probe(loop_files, GATEWAY),
         )
+        disk_log = start_disk_probe(home, args.disk_probe, procs)
         port = gateways[0].port
         id_token = provider.mint("bench-agent", ["agents"], email="bench-agent@example.com")
         with connector_session(port, id_token) as gateway_token:
@@ -1374,7 +1477,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"requests; see {log} and the logs in {home}"
                     )
                 warm += result.requests if target.name == GATEWAY else 0
-            results = measure_levels(targets, levels, args.rounds, args.duration, log)
+            results = measure_levels(targets, levels, args.rounds, args.duration, log, disk_log)
             if args.profile:
                 with bench.py_spy(targets[1].processes.probes[0].pid, args.profile):
                     profiled = run_wrk(targets[1].port, gateway_script, 8, args.duration, log)

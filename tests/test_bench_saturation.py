@@ -338,3 +338,28 @@ def test_the_report_gives_each_round_s_connections_per_process() -> None:
     assert "by round" in bench_saturation.level_spreads([level])
     assert "8 conn 5/3." in bench_saturation.level_spreads([level])
     assert bench_saturation.level_spreads([level_of(600, (4.0,))]) == ""
+
+
+def test_a_stalled_disk_is_flagged_and_each_level_s_longest_flush_given() -> None:
+    quiet, stalled = level_of(600, (4.0,)), level_of(600, (4.0,))
+    for level, flushes in ((quiet, (0.4, 3.0)), (stalled, (0.4, 313.0))):
+        level.runs[bench_saturation.GATEWAY][0].disk_flushes_ms = flushes
+        level.runs[bench_saturation.BARE][0].disk_flushes_ms = (0.5, 120.0)
+    assert bench_saturation.disk_stall([quiet]) is None  # bare's stall does not count
+    assert bench_saturation.disk_stall([quiet, stalled]) == (313.0, 8)
+    text = bench_saturation.disk_text([quiet])
+    assert "the longest flush during the gateway's runs 3.0 ms at 8 conn" in text
+    assert "during bare mitmdump's 120.0 ms at 8 conn" in text
+    assert bench_saturation.disk_text([level_of(600, (4.0,))]) == ""  # no probe, no sentence
+
+
+def test_the_report_flags_a_run_that_met_a_stalled_disk() -> None:
+    archive = bench.Archive(1, 1, 200, 10_000, 1_000, 100)
+    args = argparse.Namespace(rounds=1, duration=3.0, arrow_every=10, gateway_workers=1)
+    level = level_of(600, (4.0,))
+    level.runs[bench_saturation.GATEWAY][0].disk_flushes_ms = (0.4, 313.0)
+    text = bench_saturation.report(
+        [level], bench_saturation.Archived(100, archive, 0), args, "test machine", 0.0
+    )
+    assert "**The spool's disk stalled during the gateway's runs: a flush took 313 ms" in text
+    assert "The spool's disk, probed beside the proxies" in text
