@@ -36,11 +36,13 @@ from hoopgw.addons.startup import (
     ReadyAnnouncer,
     one_line_option_errors,
     pin_malloc_mmap_threshold,
+    skip_message_typecheck,
 )
 from hoopgw.addons.traffic import SnowflakeTraffic
 from hoopgw.addons.transport import ClientDeadlines, ClientHttp1, RequireTls
 
 pin_malloc_mmap_threshold()
+skip_message_typecheck()
 approvals = ApprovalShared()
 result_chunks = ResultChunks()
 authentication = Authentication()

@@ -1,19 +1,52 @@
 """Start-up behaviour: the collector's walks leave out what the gateway loaded at start,
-and the gateway says it is ready only once it listens."""
+mitmproxy's per-message type check is off, and the gateway says it is ready only once it
+listens."""
 
 from __future__ import annotations
 
 import gc
 import logging
 import socket
+import subprocess
+import sys
 
 import pytest
+from mitmproxy import http
 from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.proxy import mode_specs
 from mitmproxy.test import taddons
 
+from hoopgw.addons import startup
 from hoopgw.addons.startup import QuietCollector, ReadyAnnouncer
 from tests import stack
+
+# In a fresh interpreter: the cyclic garbage 200 requests and responses leave, and whether a
+# response whose start is text is refused, before and after the check is turned off.
+MESSAGES = """
+import gc, time
+from mitmproxy import http
+from hoopgw.addons.startup import skip_message_typecheck
+
+def build():
+    for _ in range(200):
+        http.Request("h", 80, b"POST", b"http", b"h", b"/q", b"HTTP/1.1", http.Headers(),
+                     None, None, time.time(), None)
+        http.Response(b"HTTP/1.1", 200, b"OK", http.Headers(), None, None, time.time(), None)
+    return gc.collect()
+
+def refused():
+    try:
+        http.Response(b"HTTP/1.1", 200, b"OK", http.Headers(), None, None, "now", None)
+    except TypeError:
+        return True
+    return False
+
+gc.collect()
+gc.disable()
+before = build(), refused()
+gc.collect()  # what the refusal left
+print(*before, skip_message_typecheck(), build(), refused())
+"""
 
 
 def test_running_freezes_the_start_up_heap_out_of_full_collections() -> None:
@@ -28,6 +61,22 @@ def test_running_freezes_the_start_up_heap_out_of_full_collections() -> None:
         assert len(gc.get_objects(generation=2)) < before - len(loaded_at_start)
     finally:
         gc.unfreeze()
+
+
+def test_mitmproxy_s_message_type_check_is_off_and_leaves_no_garbage() -> None:
+    garbage, refused, turned_off, garbage_after, refused_after = subprocess.run(
+        [sys.executable, "-c", MESSAGES], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert int(garbage) > 0 and refused == "True"  # mitmproxy as it ships, without -O
+    assert turned_off == "True"
+    assert int(garbage_after) == 0 and refused_after == "False"
+
+
+def test_the_gateway_turns_the_check_off_when_it_loads() -> None:
+    from hoopgw.addons import gateway  # noqa: F401  (the import is what turns it off)
+
+    assert vars(http.MessageData)["__post_init__"] is startup._unchecked
+    assert startup.skip_message_typecheck() is True  # idempotent
 
 
 async def announced(spec: str, caplog: pytest.LogCaptureFixture) -> bool:
