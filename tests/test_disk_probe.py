@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from scripts import bench_saturation, disk_probe
+from scripts import disk_probe
 from tests import stack
 
 
@@ -24,7 +24,7 @@ def test_the_probe_logs_flushes_of_a_file_that_does_not_grow(tmp_path: Path) -> 
         "disk-probe",
         [sys.executable, "-m", "scripts.disk_probe", str(tmp_path), str(log), "--interval", "0"],
         tmp_path / "probe.out",
-        cwd=bench_saturation.PROJECT,
+        cwd=Path(disk_probe.__file__).resolve().parent.parent,
     ).start()
     try:
         stack.wait_until(
