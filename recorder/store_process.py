@@ -81,9 +81,8 @@ class _Helper:
             self.child = HelperProcess("hoopgw.recorder.store_helper", store_environment())
         except OSError as exc:
             raise StoreHelperFailed(f"the store helper could not start ({exc.strerror})") from None
-        self.connection = self.child.connection
         try:
-            self.connection.send_bytes(orjson.dumps([url, s3_endpoint_url]))
+            self.child.connection.send_bytes(orjson.dumps([url, s3_endpoint_url]))
             _result(self._answer(START_TIMEOUT, "open the store"))
         except BaseException:
             self.child.stop()
@@ -91,18 +90,18 @@ class _Helper:
 
     def call(self, operation: str, key: str, data: bytes | None, timeout: float) -> bytes:
         try:
-            self.connection.send_bytes(orjson.dumps([operation, key]))
+            self.child.connection.send_bytes(orjson.dumps([operation, key]))
             if operation in WITH_DATA:
-                self.connection.send_bytes(data or b"")
+                self.child.connection.send_bytes(data or b"")
         except OSError:
             raise StoreHelperFailed(self._exited()) from None
         return _result(self._answer(timeout, f"{operation} {key[:200]}"))
 
     def _answer(self, timeout: float, what: str) -> bytes:
         try:
-            if not self.connection.poll(timeout):
+            if not self.child.connection.poll(timeout):
                 raise StoreHelperFailed(f"the store helper did not {what} within {timeout:.0f} s")
-            return self.connection.recv_bytes()
+            return self.child.connection.recv_bytes()
         except (EOFError, OSError):
             raise StoreHelperFailed(self._exited()) from None
 

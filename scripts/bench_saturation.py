@@ -607,13 +607,12 @@ def run_wrk(
         except subprocess.TimeoutExpired:
             running.kill()
             raise RuntimeError(f"wrk did not finish within {duration + 120:g} s") from None
-    finished = subprocess.CompletedProcess(argv, running.returncode, stdout, stderr)
     if log is not None:
         with log.open("a") as out:
-            out.write(f"$ {' '.join(argv)}\n{finished.stdout}{finished.stderr}\n")
-    lines = [line for line in finished.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
-    if finished.returncode != 0 or not lines:
-        raise RuntimeError(f"wrk failed ({finished.returncode}): {finished.stderr[-2000:]}")
+            out.write(f"$ {' '.join(argv)}\n{stdout}{stderr}\n")
+    lines = [line for line in stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    if running.returncode != 0 or not lines:
+        raise RuntimeError(f"wrk failed ({running.returncode}): {stderr[-2000:]}")
     raw = json.loads(lines[-1].removeprefix(RESULT_PREFIX))
     return WrkResult(
         requests=raw["requests"],

@@ -49,14 +49,13 @@ class _Helper:
 
     def __init__(self) -> None:
         self.child = HelperProcess("hoopgw.recorder.entry_helper", helper_environment())
-        self.connection = self.child.connection
 
     def describe(self, key: str, version: str, path: Path, timeout: float) -> bytes:
         try:
-            self.connection.send_bytes(orjson.dumps([key, version, str(path)]))
-            if not self.connection.poll(timeout):
+            self.child.connection.send_bytes(orjson.dumps([key, version, str(path)]))
+            if not self.child.connection.poll(timeout):
                 raise HelperFailed(f"no answer in {timeout:.0f} s")
-            answer = self.connection.recv_bytes()
+            answer = self.child.connection.recv_bytes()
         except (EOFError, OSError) as exc:
             raise HelperFailed(f"it exited ({type(exc).__name__})") from None
         if answer[:1] != DESCRIBED:
