@@ -7,6 +7,8 @@ own spool) share it, and the Linux kernel spreads new connections across them.
 Like replicas behind a balancer, they share only the token key and the store.
 mitmproxy opens its listeners before it loads the gateway's script, so the
 option goes with mitmproxy's `server=false` and the listener opens at `running`.
+With `hoopgw_balance_dir` too, the processes even out their shares of the
+connections the kernel spreads (addons/balance.py).
 """
 
 from __future__ import annotations
@@ -15,20 +17,27 @@ import asyncio
 import logging
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 
 from mitmproxy import ctx, exceptions
 from mitmproxy.addonmanager import Loader
 from mitmproxy.proxy import mode_specs
 from mitmproxy.proxy.mode_servers import ReverseInstance
 
+from hoopgw.addons import balance
+
 logger = logging.getLogger("hoopgw")
 
 OPTION = "hoopgw_reuse_port"
 
 
-async def _listen_sharing_port(self: ReverseInstance, host: str, port: int) -> list[asyncio.Server]:
-    """`AsyncioServerInstance.listen` for the reverse mode's TCP socket, with SO_REUSEPORT.
+Listen = Callable[[ReverseInstance, str, int], Awaitable[list[asyncio.Server]]]
+
+
+def _sharing_listen(balance_dir: Path | None) -> Listen:
+    """`AsyncioServerInstance.listen` for the reverse mode's TCP socket, with SO_REUSEPORT,
+    and with the processes' shares evened out when `balance_dir` is set.
 
     No public mitmproxy 12.2 API fits: `listen` calls `asyncio.start_server(handler, host,
     port)` with no option or hook for `reuse_port`, and a subclass cannot take the mode's
@@ -37,9 +46,16 @@ async def _listen_sharing_port(self: ReverseInstance, host: str, port: int) -> l
     No UDP (HTTP/3) socket is opened: mitmproxy binds it in Rust without SO_REUSEPORT,
     so a second process could not start, and Snowflake's drivers speak HTTP/1.1 over TCP.
     """
-    if self.mode.transport_protocol == "both":
-        logger.info("hoopgw: %s: no UDP (HTTP/3) listener on port %d", OPTION, port)
-    return [await asyncio.start_server(self.handle_stream, host, port, reuse_port=True)]
+
+    async def listen(self: ReverseInstance, host: str, port: int) -> list[asyncio.Server]:
+        if self.mode.transport_protocol == "both":
+            logger.info("hoopgw: %s: no UDP (HTTP/3) listener on port %d", OPTION, port)
+        if balance_dir is not None:
+            listener = balance.BalancedListener(balance_dir, host, port, self.handle_stream)
+            return [listener]  # type: ignore[list-item]  # mitmproxy reads sockets, calls close
+        return [await asyncio.start_server(self.handle_stream, host, port, reuse_port=True)]
+
+    return listen
 
 
 def reuse_port_problem(modes: Sequence[str], listen_port: int | None) -> str | None:
@@ -100,12 +116,33 @@ class SharedPort:
             of the same user share the port. No HTTP/3 (UDP) listener is opened.
             """,
         )
+        loader.add_option(
+            balance.OPTION,
+            str,
+            "",
+            """
+            With hoopgw_reuse_port: a directory the processes sharing the port
+            share (created 700 if missing; it must be private to the gateway's
+            user), where they keep a count of the connections each holds. A
+            process keeps a new connection only while it holds no more than any
+            other, and hands it over, before reading a byte of it, to the one
+            holding the fewest, so a few long-lived connections split evenly.
+            Empty: the kernel alone spreads connections, by a hash of their
+            addresses.
+            """,
+        )
 
     def configure(self, updated: set[str]) -> None:
-        if not updated & {OPTION, "mode", "listen_port", "server"}:
+        if not updated & {OPTION, balance.OPTION, "mode", "listen_port", "server"}:
             return
+        balance_dir = _balance_dir()
         if not getattr(ctx.options, OPTION):
             _restore_listen()
+            if balance_dir is not None:
+                raise exceptions.OptionsError(
+                    f"{balance.OPTION} needs {OPTION}=true: it evens out the connections"
+                    " of processes sharing one port"
+                )
             return
         problem = reuse_port_problem(ctx.options.mode, ctx.options.listen_port)
         if problem is None and ctx.options.server and not self.opened:
@@ -117,7 +154,10 @@ class SharedPort:
         if problem is not None:
             _restore_listen()
             raise exceptions.OptionsError(f"{OPTION} {problem}")
-        ReverseInstance.listen = _listen_sharing_port  # type: ignore[method-assign,assignment]
+        if balance_dir is not None and (problem := balance.directory_problem(balance_dir)):
+            _restore_listen()
+            raise exceptions.OptionsError(f"{balance.OPTION}: {problem}")
+        ReverseInstance.listen = _sharing_listen(balance_dir)  # type: ignore[method-assign,assignment]
 
     async def running(self) -> None:
         if not getattr(ctx.options, OPTION) or self.opened:
@@ -134,6 +174,11 @@ class SharedPort:
 
     def done(self) -> None:
         _restore_listen()
+
+
+def _balance_dir() -> Path | None:
+    value = getattr(ctx.options, balance.OPTION)
+    return Path(value).expanduser() if value else None
 
 
 def _restore_listen() -> None:

@@ -7,6 +7,7 @@ import errno
 import socket
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from mitmproxy import exceptions
@@ -14,6 +15,7 @@ from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.proxy.mode_servers import ReverseInstance, ServerInstance
 from mitmproxy.test import taddons
 
+from hoopgw.addons.balance import BalancedListener, ConnectionLedger
 from hoopgw.addons.shared_port import SharedPort
 from tests import stack
 
@@ -135,3 +137,49 @@ async def test_a_listener_that_cannot_open_shuts_mitmproxy_down(shared_port: Sha
         [instance] = proxyserver.servers
         assert not instance.is_running
         await asyncio.wait_for(tctx.master.should_exit.wait(), timeout=10)
+
+
+def test_balancing_without_a_shared_port_is_refused(
+    shared_port: SharedPort, tmp_path: Path
+) -> None:
+    with taddons.context(shared_port) as tctx, pytest.raises(exceptions.OptionsError) as failure:
+        tctx.configure(shared_port, hoopgw_balance_dir=str(tmp_path / "balance"))
+    assert str(failure.value) == (
+        "hoopgw_balance_dir needs hoopgw_reuse_port=true: it evens out the connections of"
+        " processes sharing one port"
+    )
+
+
+def test_a_balance_directory_open_to_other_users_is_refused(
+    shared_port: SharedPort, tmp_path: Path
+) -> None:
+    shared = tmp_path / "balance"
+    shared.mkdir()
+    shared.chmod(0o775)
+    message = refusal(
+        shared_port, mode=[f"reverse:{UPSTREAM}@8443"], hoopgw_balance_dir=str(shared)
+    )
+    assert message.startswith(f"hoopgw_balance_dir: {shared} is open to other users (mode 775)")
+
+
+async def test_with_a_balance_directory_the_listener_balances_and_frees_its_slot_on_stop(
+    shared_port: SharedPort, tmp_path: Path
+) -> None:
+    proxyserver = Proxyserver()
+    port = stack.free_port()
+    directory = tmp_path / "balance"
+    with taddons.context(proxyserver, shared_port) as tctx:
+        tctx.configure(proxyserver, mode=[f"reverse:{UPSTREAM}@{port}"], server=False)
+        tctx.configure(proxyserver, listen_host=stack.LOOPBACK)
+        tctx.configure(shared_port, hoopgw_reuse_port=True, hoopgw_balance_dir=str(directory))
+        proxyserver.running()
+        await shared_port.running()
+        [instance] = proxyserver.servers
+        [listener] = instance._servers  # type: ignore[attr-defined]
+        assert isinstance(listener, BalancedListener)
+        assert instance.listen_addrs == ((stack.LOOPBACK, port),)
+        assert listener.sockets[0].getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
+        assert list(listener.ledger.taken()) == [listener.ledger.slot]
+        await proxyserver.servers.update([])
+        assert ConnectionLedger(directory).taken() == {}
+        assert not listener.handoff.path.exists()

@@ -1,0 +1,399 @@
+"""Even shares of connections across the gateway processes on one port (`hoopgw_balance_dir`).
+
+With `hoopgw_reuse_port` alone the kernel gives each new connection to a process by a
+hash of its addresses, so a few long-lived connections seldom split evenly (8 over two
+processes split 4/4 about one time in four) and the process holding more answers each of
+them more slowly. With a balance directory each process still accepts what the kernel
+gives it, but keeps a connection only while it holds no more than any other process;
+otherwise it hands the socket, before a byte of it is read, to the process holding the
+fewest (SCM_RIGHTS over a Unix socket), as Envoy's exact connection balance does between
+its threads. A handed-over connection is never handed on, so a socket moves at most once.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import socket
+import stat
+import struct
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger("hoopgw")
+
+OPTION = "hoopgw_balance_dir"
+SLOTS = 64
+LEDGER_NAME = "connections"
+HANDOFF_MESSAGE = b"c"
+ACCEPTS_PER_WAKE = 100  # as asyncio's own accept loop: others get the loop between bursts
+ACCEPT_RETRY_SECONDS = 1.0  # out of file descriptors: asyncio waits as long
+STREAM_LIMIT = 2**16  # asyncio.start_server's reader limit, which mitmproxy gets otherwise
+_SLOT = struct.Struct("<qq")  # a process's pid (0: free) and the connections it holds
+_LEDGER_SIZE = SLOTS * _SLOT.size
+_SUN_PATH_MAX = 107  # sockaddr_un's 108 bytes, less the terminating NUL
+
+StreamHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Coroutine[Any, Any, None]]
+
+
+class BalanceError(Exception):
+    """The balance directory cannot be used; the message says why."""
+
+
+def handoff_path(directory: Path, slot: int) -> Path:
+    return directory / f"slot-{slot}.sock"
+
+
+def directory_problem(directory: Path) -> str | None:
+    """Why `directory` cannot hold the ledger and the hand-off sockets, or None when it can.
+
+    Any process that can write there can hand the gateway connections, so it must be the
+    gateway user's alone, as the spool is."""
+    longest = str(handoff_path(directory.absolute(), SLOTS - 1))
+    if len(os.fsencode(longest)) > _SUN_PATH_MAX:
+        return (
+            f"{directory} is too long a path: a Unix socket's path holds at most"
+            f" {_SUN_PATH_MAX} bytes and {longest} would take {len(os.fsencode(longest))}"
+        )
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        found = directory.stat()
+    except OSError as exc:
+        return f"cannot create {directory}: {exc.strerror}"
+    if not stat.S_ISDIR(found.st_mode):
+        return f"{directory} is not a directory"
+    if found.st_uid != os.geteuid():
+        return f"{directory} belongs to uid {found.st_uid}, not to this process's ({os.geteuid()})"
+    if found.st_mode & 0o077:
+        return (
+            f"{directory} is open to other users (mode {stat.S_IMODE(found.st_mode):o}); "
+            "it must be 700: whoever can write there can hand the gateway connections"
+        )
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process: alive, though it cannot be a peer
+    return True
+
+
+class ConnectionLedger:
+    """How many connections each process on the port holds, in one small file under flock.
+
+    A slot per process: its pid (0 when free) and its count. Every read and change is
+    made under the lock, so two processes accepting at once still see each other's
+    choices. Hand-written: no library keeps a cross-process table of a few counters.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / LEDGER_NAME
+        self.slot = -1
+        self._fd: int | None = os.open(
+            self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600
+        )
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[list[tuple[int, int]]]:
+        if self._fd is None:
+            raise BalanceError(f"{self.path} is closed")
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            raw = os.pread(self._fd, _LEDGER_SIZE, 0).ljust(_LEDGER_SIZE, b"\0")
+            yield [_SLOT.unpack_from(raw, index * _SLOT.size) for index in range(SLOTS)]
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def _write(self, slot: int, pid: int, connections: int) -> None:
+        assert self._fd is not None
+        os.pwrite(self._fd, _SLOT.pack(pid, max(connections, 0)), slot * _SLOT.size)
+
+    def claim(self) -> int:
+        """Takes a free slot (or a dead process's) for this process, holding nothing."""
+        with self._locked() as slots:
+            for slot, (pid, _) in enumerate(slots):
+                if pid == 0 or not _alive(pid):
+                    self._write(slot, os.getpid(), 0)
+                    self.slot = slot
+                    return slot
+        raise BalanceError(f"all {SLOTS} slots of {self.path} are held by running processes")
+
+    def assign(self) -> int:
+        """Counts a new connection to the process holding the fewest; its slot.
+
+        This process keeps it on a tie. A dead process's slot is freed on the way.
+        """
+        with self._locked() as slots:
+            target, fewest = self.slot, slots[self.slot][1]
+            for slot, (pid, held) in enumerate(slots):
+                if slot == self.slot or pid == 0 or held >= fewest:
+                    continue
+                if not _alive(pid):
+                    self._write(slot, 0, 0)
+                    continue
+                target, fewest = slot, held
+            self._write(target, slots[target][0], fewest + 1)
+            return target
+
+    def take_back(self, slot: int, dead: bool) -> None:
+        """A hand-off to `slot` failed: this process holds the connection after all."""
+        with self._locked() as slots:
+            pid, held = slots[slot]
+            self._write(slot, 0 if dead else pid, 0 if dead else held - 1)
+            own_pid, own = slots[self.slot]
+            self._write(self.slot, own_pid, own + 1)
+
+    def release(self) -> None:
+        """One of this process's connections ended."""
+        if self._fd is None:
+            return  # left: the slot is no longer ours to count
+        with self._locked() as slots:
+            pid, held = slots[self.slot]
+            if pid == os.getpid():
+                self._write(self.slot, pid, held - 1)
+
+    def taken(self) -> dict[int, tuple[int, int]]:
+        """Each taken slot's pid and count, by slot."""
+        with self._locked() as slots:
+            return {slot: (pid, held) for slot, (pid, held) in enumerate(slots) if pid}
+
+    def held(self) -> int:
+        """How many connections this process holds."""
+        return self.taken()[self.slot][1]
+
+    def leave(self) -> None:
+        """Frees this process's slot: peers hand it nothing more."""
+        if self._fd is None:
+            return
+        with self._locked() as slots:
+            if self.slot >= 0 and slots[self.slot][0] == os.getpid():
+                self._write(self.slot, 0, 0)
+        os.close(self._fd)
+        self._fd = None
+
+
+class HandOff:
+    """Moves accepted sockets between the processes: a datagram Unix socket per slot."""
+
+    def __init__(self, directory: Path, slot: int) -> None:
+        self.directory = directory
+        self.path = handoff_path(directory, slot)
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()  # a dead process's, whose slot this process took
+        self.inbox = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        self.inbox.setblocking(False)
+        self.inbox.bind(str(self.path))
+        os.chmod(self.path, 0o600)
+        self._outbox = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        self._outbox.setblocking(False)
+
+    def path_of(self, slot: int) -> Path:
+        return handoff_path(self.directory, slot)
+
+    def send(self, conn: socket.socket, slot: int) -> OSError | None:
+        """Gives `conn` to the process in `slot`; the error when it could not."""
+        rights = (socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [conn.fileno()]))
+        try:
+            # sendmsg, not socket.send_fds: Python 3.12's send_fds drops its address
+            self._outbox.sendmsg([HANDOFF_MESSAGE], [rights], 0, str(self.path_of(slot)))
+        except OSError as exc:
+            return exc
+        return None
+
+    def received(self) -> Iterator[socket.socket]:
+        """The sockets waiting in this process's inbox."""
+        while True:
+            try:
+                _, fds, _, _ = socket.recv_fds(self.inbox, len(HANDOFF_MESSAGE), 4)
+            except (BlockingIOError, InterruptedError):
+                return
+            for fd in fds:
+                yield socket.socket(fileno=fd)
+
+    def close(self) -> None:
+        self.inbox.close()
+        self._outbox.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+def listening_sockets(host: str, port: int) -> list[socket.socket]:
+    """Bound, listening, non-blocking TCP sockets with SO_REUSEPORT, as asyncio would open
+    them for `asyncio.start_server(handler, host, port, reuse_port=True)`."""
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            listener = socket.socket(family, kind, proto)
+            sockets.append(listener)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            listener.bind(address)
+            listener.listen(ACCEPTS_PER_WAKE)
+            listener.setblocking(False)
+    except OSError:
+        for listener in sockets:
+            listener.close()
+        raise
+    return sockets
+
+
+class BalancedListener:
+    """The reverse-mode listener when the processes balance their connections.
+
+    It stands where mitmproxy keeps the asyncio.Server of a listener: mitmproxy reads
+    `sockets` and calls `close()`. Accepted and handed-over sockets reach mitmproxy's
+    handler as asyncio.start_server would bring them.
+    """
+
+    def __init__(self, directory: Path, host: str, port: int, handler: StreamHandler) -> None:
+        self.port = port
+        self._handler = handler
+        self._loop = asyncio.get_running_loop()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self.ledger = ConnectionLedger(directory)
+        try:
+            slot = self.ledger.claim()
+            self.handoff = HandOff(directory, slot)
+        except BaseException:
+            self.ledger.leave()
+            raise
+        try:
+            self.sockets = listening_sockets(host, port)
+        except BaseException:
+            self.handoff.close()
+            self.ledger.leave()
+            raise
+        for listener in self.sockets:
+            self._loop.add_reader(listener.fileno(), self._accept, listener)
+        self._loop.add_reader(self.handoff.inbox.fileno(), self._receive)
+        logger.debug("hoopgw: %s: slot %d of %s", OPTION, slot, directory)
+
+    def _accept(self, listener: socket.socket) -> None:
+        for _ in range(ACCEPTS_PER_WAKE):
+            try:
+                conn, _ = listener.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    raise
+                logger.error(
+                    "hoopgw: cannot accept a connection on port %d (%s); again in %.0f s",
+                    self.port,
+                    exc.strerror,
+                    ACCEPT_RETRY_SECONDS,
+                )
+                self._loop.remove_reader(listener.fileno())
+                self._loop.call_later(ACCEPT_RETRY_SECONDS, self._resume, listener)
+                return
+            self._place(conn)
+
+    def _resume(self, listener: socket.socket) -> None:
+        if listener.fileno() != -1:
+            self._loop.add_reader(listener.fileno(), self._accept, listener)
+
+    def _place(self, conn: socket.socket) -> None:
+        """Keeps `conn` or hands it to the process holding the fewest."""
+        target = self.ledger.assign()
+        if target != self.ledger.slot:
+            failed = self.handoff.send(conn, target)
+            if failed is None:
+                conn.close()  # the other process holds its own descriptor now
+                return
+            dead = isinstance(failed, (ConnectionRefusedError, FileNotFoundError))
+            logger.debug("hoopgw: kept a connection slot %d could not take: %s", target, failed)
+            self.ledger.take_back(target, dead)
+        self._serve(conn)
+
+    def _receive(self) -> None:
+        for conn in self.handoff.received():
+            problem = self._foreign(conn)
+            if problem is not None:
+                logger.warning("hoopgw: %s: refused a handed-over socket: %s", OPTION, problem)
+                conn.close()
+                continue
+            self._serve(conn)
+
+    def _foreign(self, conn: socket.socket) -> str | None:
+        """Why a handed-over socket is not a connection accepted on this port, or None."""
+        if conn.family not in (socket.AF_INET, socket.AF_INET6):
+            return f"family {conn.family!r}"
+        if conn.type != socket.SOCK_STREAM:
+            return f"type {conn.type!r}"
+        try:
+            local = conn.getsockname()
+            conn.getpeername()
+        except OSError as exc:
+            return f"not connected ({exc.strerror})"
+        if local[1] != self.port:
+            return f"accepted on port {local[1]}, not {self.port}"
+        return None
+
+    def _serve(self, conn: socket.socket) -> None:
+        conn.setblocking(False)
+        task = self._loop.create_task(self._connect(conn))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _connect(self, conn: socket.socket) -> None:
+        ended = _Once(self.ledger.release)
+
+        async def held(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                await self._handler(reader, writer)
+            finally:
+                ended()
+
+        def protocol() -> asyncio.StreamReaderProtocol:
+            return asyncio.StreamReaderProtocol(asyncio.StreamReader(STREAM_LIMIT), held)
+
+        try:
+            await self._loop.connect_accepted_socket(protocol, conn)
+        except OSError as exc:  # the client left before the transport was made
+            logger.debug("hoopgw: a connection ended before it was served: %s", exc)
+            conn.close()
+            ended()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for listener in self.sockets:
+            if listener.fileno() != -1:
+                self._loop.remove_reader(listener.fileno())
+            listener.close()
+        self.ledger.leave()  # before the inbox goes, so that no peer picks this process
+        if self.handoff.inbox.fileno() != -1:
+            self._loop.remove_reader(self.handoff.inbox.fileno())
+            for conn in self.handoff.received():
+                conn.close()  # handed over as this process stopped: the client sees a reset
+        self.handoff.close()
+
+    async def wait_closed(self) -> None:
+        """asyncio.Server's: nothing to wait for once the sockets are closed."""
+
+
+class _Once:
+    """Calls a function the first time it is called, never again."""
+
+    def __init__(self, function: Callable[[], None]) -> None:
+        self._function: Callable[[], None] | None = function
+
+    def __call__(self) -> None:
+        function, self._function = self._function, None
+        if function is not None:
+            function()
