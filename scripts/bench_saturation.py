@@ -28,8 +28,10 @@ marked section of docs/performance.md. Needs `apt-get install nginx-light wrk`; 
 `--gateway-workers N` runs the gateway as N processes sharing one port
 (`hoopgw_reuse_port`, docs/operations.md "Several processes per host"), each
 with its own spool; wrk drives the shared port and the kernel gives each of
-its connections to one process. The gateway's CPU per statement is the sum
-over the N processes, and the report says how many ran.
+its connections to one process, which keeps it or hands it to the process
+holding the fewest (`hoopgw_balance_dir`; `--kernel-spread` leaves the kernel's
+hash alone). The gateway's CPU per statement is the sum over the N processes,
+and the report says how many ran.
 
 `--lean-bare` loads scripts/lean_bare.py into bare mitmdump: the gateway's
 mitmproxy chain (addons/lockdown.py takes seventeen of mitmproxy's addons out,
@@ -135,6 +137,7 @@ DISK_STALL_MS = 50.0
 """A flush of the spool's disk this long during a gateway run is the disk's, not the
 gateway's: a wait for a CPU on this bench's busy machine is a few milliseconds."""
 SHARED_PORT_OPTIONS = {"hoopgw_reuse_port": "true", "server": "false"}
+BALANCE_OPTION = "hoopgw_balance_dir"
 RESULT_PREFIX = "BENCH-RESULT "
 
 
@@ -824,7 +827,7 @@ class Level:
         return sum(r.requests for r in self.runs[target])
 
 
-def level_spreads(levels: list[Level]) -> str:
+def level_spreads(levels: list[Level], balanced: bool) -> str:
     """The sentence giving each gateway round's connections per process, by level."""
     spreads = [
         f"{level.connections} conn "
@@ -834,11 +837,18 @@ def level_spreads(levels: list[Level]) -> str:
     ]
     if not spreads:
         return ""
-    return (
-        "wrk's connections held by each process, by round (the kernel spreads a shared "
-        "port's connections by a hash of their addresses; a process with more of them "
-        "answers each more slowly): " + "; ".join(spreads) + "."
+    how = (
+        "each process keeps a new connection only while it holds no more than the other"
+        if balanced
+        else "the kernel spreads a shared port's connections by a hash of their addresses; "
+        "a process with more of them answers each more slowly"
     )
+    return f"wrk's connections held by each process, by round ({how}): " + "; ".join(spreads) + "."
+
+
+def balanced(args: argparse.Namespace) -> bool:
+    """Whether the gateway's processes balanced their connections in this run."""
+    return args.gateway_workers > 1 and not getattr(args, "kernel_spread", False)
 
 
 def loop_cpu_table(levels: list[Level]) -> str:
@@ -1144,15 +1154,22 @@ def targets_text(levels: list[Level], archived: Archived) -> list[str]:
     return out
 
 
-def processes_text(gateway_processes: int) -> str:
+def processes_text(gateway_processes: int, balanced: bool) -> str:
     """What the report says about a gateway run as several processes (nothing for one)."""
     if gateway_processes == 1:
         return ""
     return (
         f" **The gateway ran as {gateway_processes} processes** sharing one port "
         "(`hoopgw_reuse_port`), each with its own spool; bare mitmdump as one. The kernel "
-        "gives each wrk connection to one process, so at 1 connection one process did all "
-        "the work. The gateway's CPU per statement is the sum over its processes."
+        "gives each wrk connection to one process"
+        + (
+            ", which keeps it only while it holds no more than the other and otherwise hands "
+            f"it over (`{BALANCE_OPTION}`)"
+            if balanced
+            else " by a hash of its addresses, and the processes leave it there (`--kernel-spread`)"
+        )
+        + ", so at 1 connection one process did all the work. The gateway's CPU per "
+        "statement is the sum over its processes."
     )
 
 
@@ -1229,7 +1246,7 @@ def report(
         "3-row JSON rowset. q/s summed over the rounds; latencies the median of the rounds' "
         "wrk percentiles; CPU the proxy's utime+stime (the gateway's helpers "
         "included) over the wrk runs per statement."
-        + processes_text(workers)
+        + processes_text(workers, balanced(args))
         + (
             " **Bare mitmdump ran with the gateway's mitmproxy chain** (`--lean-bare`: "
             "scripts/lean_bare.py), the same mitmproxy chain as the gateway's: the gap is the "
@@ -1249,7 +1266,7 @@ def report(
                     for level in levels
                 )
                 + "."
-                + (f" {spreads}" if (spreads := level_spreads(levels)) else ""),
+                + (f" {spreads}" if (spreads := level_spreads(levels, balanced(args))) else ""),
                 "",
             ]
             if workers > 1
@@ -1289,11 +1306,14 @@ def start_gateways(
     hook_timing: Path | None,
     procs: list[stack.Proc],
     probe: dict[str, Any] | None = None,
+    balance: bool = True,
 ) -> list[stack.Gateway]:
-    """The full gateway as `workers` processes on one port (one token key, a spool each);
-    each joins `procs` once it is ready."""
+    """The full gateway as `workers` processes on one port (one token key, a spool each),
+    balancing their connections unless `balance` is off; each joins `procs` once ready."""
     if workers > 1:
         options = {**options, **SHARED_PORT_OPTIONS}
+        if balance:
+            options[BALANCE_OPTION] = str(home / "balance")
     port, token_key = stack.free_port(), new_token_key()
     gateways = []
     for number in range(1, workers + 1):
@@ -1393,7 +1413,14 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         metavar="N",
         help="run the gateway as N processes sharing one port (hoopgw_reuse_port), "
-        "each with its own spool; CPU per statement sums them",
+        "each with its own spool, keeping even shares of the connections "
+        f"({BALANCE_OPTION}); CPU per statement sums them",
+    )
+    parser.add_argument(
+        "--kernel-spread",
+        action="store_true",
+        help=f"with --gateway-workers: no {BALANCE_OPTION}, the kernel's hash alone spreads "
+        "the connections over the processes",
     )
     parser.add_argument(
         "--lean-bare",
@@ -1415,6 +1442,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--write compares with bare mitmdump as shipped: drop --lean-bare")
     if args.gateway_workers < 1:
         parser.error("--gateway-workers must be at least 1")
+    if args.kernel_spread and args.gateway_workers == 1:
+        parser.error("--kernel-spread needs --gateway-workers 2 or more")
     if args.gateway_workers > 1 and (args.profile or args.hook_timing or args.loop_cpu):
         parser.error(
             "--profile, --hook-timing and --loop-cpu follow one process: use --gateway-workers 1"
@@ -1447,6 +1476,7 @@ def main(argv: list[str] | None = None) -> int:
             args.hook_timing,
             procs,
             loop_cpu_probe(loop_files, GATEWAY),
+            balance=not args.kernel_spread,
         )
         disk_log = start_disk_probe(home, args.disk_probe, procs)
         port = gateways[0].port

@@ -182,10 +182,18 @@ def level_of(bare_qps: float, gateway_cpu: tuple[float, ...]) -> bench_saturatio
     return level
 
 
-def report_for(workers: int, stored_statements: int, sent_statements: int = 100) -> str:
+def report_for(
+    workers: int, stored_statements: int, sent_statements: int = 100, kernel_spread: bool = False
+) -> str:
     archive = bench.Archive(1, 1, 2 * stored_statements, 10_000, 1_000, stored_statements)
     archived = bench_saturation.Archived(sent_statements, archive, spool_bytes=0)
-    args = argparse.Namespace(rounds=1, duration=3.0, arrow_every=10, gateway_workers=workers)
+    args = argparse.Namespace(
+        rounds=1,
+        duration=3.0,
+        arrow_every=10,
+        gateway_workers=workers,
+        kernel_spread=kernel_spread,
+    )
     level = level_of(600, (3.0, 1.0) if workers == 2 else (4.0,))
     return bench_saturation.report([level], archived, args, "test machine", 0.0)
 
@@ -199,6 +207,8 @@ def test_the_table_and_the_report_say_how_many_gateway_processes_ran() -> None:
     assert "**The gateway ran as 2 processes**" in two
     assert "Targets (issue 22), gateway (2 processes):" in two
     assert "share of the gateway's CPU time: 8 conn 75%/25%." in two
+    assert "hands it over (`hoopgw_balance_dir`)" in two
+    assert "(`--kernel-spread`)" in report_for(2, 100, kernel_spread=True)
 
 
 def test_the_report_flags_fewer_statements_stored_than_sent() -> None:
@@ -237,6 +247,7 @@ def test_waiting_for_idle_waits_for_every_process(tmp_path: Path) -> None:
         ["--gateway-workers", "0"],
         ["--gateway-workers", "2", "--profile", "profile.pyspy"],
         ["--gateway-workers", "2", "--hook-timing", "hooks.json"],
+        ["--kernel-spread"],
     ],
 )
 def test_gateway_workers_refuses_what_follows_one_process(argv: list[str]) -> None:
@@ -335,9 +346,12 @@ def test_the_report_gives_each_round_s_connections_per_process() -> None:
     level = level_of(600, (3.0, 1.0))
     for run, spread in zip(level.runs[bench_saturation.GATEWAY], [(5, 3)], strict=True):
         run.connections_per_process = spread
-    assert "by round" in bench_saturation.level_spreads([level])
-    assert "8 conn 5/3." in bench_saturation.level_spreads([level])
-    assert bench_saturation.level_spreads([level_of(600, (4.0,))]) == ""
+    for balanced in (True, False):
+        assert "by round" in bench_saturation.level_spreads([level], balanced)
+        assert "8 conn 5/3." in bench_saturation.level_spreads([level], balanced)
+        assert bench_saturation.level_spreads([level_of(600, (4.0,))], balanced) == ""
+    assert "no more than the other" in bench_saturation.level_spreads([level], True)
+    assert "by a hash" in bench_saturation.level_spreads([level], False)
 
 
 def test_a_stalled_disk_is_flagged_and_each_level_s_longest_flush_given() -> None:
