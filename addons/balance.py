@@ -12,7 +12,6 @@ its threads. A handed-over connection is never handed on, so a socket moves at m
 
 from __future__ import annotations
 
-import array
 import asyncio
 import contextlib
 import errno
@@ -183,48 +182,126 @@ class ConnectionLedger:
 
 
 class HandOff:
-    """Moves accepted sockets between the processes: a datagram Unix socket per slot."""
+    """Moves accepted sockets between the processes over Unix seqpacket sockets.
 
-    def __init__(self, directory: Path, slot: int) -> None:
+    Each process listens on its slot's path; a sender keeps one connection to each
+    peer it has handed a socket to. Seqpacket, not datagrams: a datagram socket's
+    queue holds ten messages (`net.unix.max_dgram_qlen`), fewer than a burst of new
+    connections, where a connected pair's holds what its buffer holds.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        slot: int,
+        loop: asyncio.AbstractEventLoop,
+        on_socket: Callable[[socket.socket], None],
+    ) -> None:
         self.directory = directory
         self.path = handoff_path(directory, slot)
+        self._loop = loop
+        self._on_socket = on_socket
+        self._peers: dict[int, socket.socket] = {}  # slot -> our connection to it
+        self._senders: set[socket.socket] = set()  # peers' connections to us
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()  # a dead process's, whose slot this process took
-        self.inbox = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-        self.inbox.setblocking(False)
-        self.inbox.bind(str(self.path))
-        os.chmod(self.path, 0o600)
-        self._outbox = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-        self._outbox.setblocking(False)
-
-    def path_of(self, slot: int) -> Path:
-        return handoff_path(self.directory, slot)
+        self.inbox = _unix_socket()
+        try:
+            self.inbox.bind(str(self.path))
+            os.chmod(self.path, 0o600)
+            self.inbox.listen(SLOTS)
+        except OSError:
+            self.inbox.close()
+            raise
+        loop.add_reader(self.inbox.fileno(), self._accept_sender)
 
     def send(self, conn: socket.socket, slot: int) -> OSError | None:
         """Gives `conn` to the process in `slot`; the error when it could not."""
-        rights = (socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [conn.fileno()]))
+        kept = slot in self._peers
+        failed = self._send_once(conn, slot)
+        if kept and isinstance(failed, (BrokenPipeError, ConnectionResetError)):
+            failed = self._send_once(conn, slot)  # that process has gone: whoever holds it now
+        return failed
+
+    def _send_once(self, conn: socket.socket, slot: int) -> OSError | None:
         try:
-            # sendmsg, not socket.send_fds: Python 3.12's send_fds drops its address
-            self._outbox.sendmsg([HANDOFF_MESSAGE], [rights], 0, str(self.path_of(slot)))
+            socket.send_fds(self._peer(slot), [HANDOFF_MESSAGE], [conn.fileno()])
         except OSError as exc:
+            self._drop_peer(slot)
             return exc
         return None
 
-    def received(self) -> Iterator[socket.socket]:
-        """The sockets waiting in this process's inbox."""
+    def _peer(self, slot: int) -> socket.socket:
+        peer = self._peers.get(slot)
+        if peer is None:
+            peer = _unix_socket()
+            try:
+                peer.connect(str(handoff_path(self.directory, slot)))
+            except OSError:
+                peer.close()
+                raise
+            self._peers[slot] = peer
+        return peer
+
+    def _drop_peer(self, slot: int) -> None:
+        peer = self._peers.pop(slot, None)
+        if peer is not None:
+            peer.close()
+
+    def _accept_sender(self) -> None:
         while True:
             try:
-                _, fds, _, _ = socket.recv_fds(self.inbox, len(HANDOFF_MESSAGE), 4)
+                sender, _ = self.inbox.accept()
             except (BlockingIOError, InterruptedError):
                 return
+            sender.setblocking(False)
+            self._senders.add(sender)
+            self._loop.add_reader(sender.fileno(), self._receive, sender)
+
+    def _receive(self, sender: socket.socket) -> None:
+        for conn in self._received(sender):
+            self._on_socket(conn)
+
+    def _received(self, sender: socket.socket) -> Iterator[socket.socket]:
+        """The sockets waiting on one sender's connection; it is closed at its end."""
+        while True:
+            try:
+                message, fds, _, _ = socket.recv_fds(sender, len(HANDOFF_MESSAGE), 4)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                message, fds = b"", []
             for fd in fds:
                 yield socket.socket(fileno=fd)
+            if not message and not fds:
+                self._loop.remove_reader(sender.fileno())
+                self._senders.discard(sender)
+                sender.close()
+                return
 
     def close(self) -> None:
+        """Stops taking sockets; those already sent to this process are closed unread."""
+        if self.inbox.fileno() == -1:
+            return
+        self._loop.remove_reader(self.inbox.fileno())
         self.inbox.close()
-        self._outbox.close()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+        for sender in list(self._senders):
+            for conn in self._received(sender):
+                conn.close()  # handed over as this process stopped: the client sees a reset
+            if sender.fileno() != -1:
+                self._loop.remove_reader(sender.fileno())
+                sender.close()
+        self._senders.clear()
+        for slot in list(self._peers):
+            self._drop_peer(slot)
+
+
+def _unix_socket() -> socket.socket:
+    unix = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    unix.setblocking(False)
+    return unix
 
 
 def listening_sockets(host: str, port: int) -> list[socket.socket]:
@@ -267,7 +344,7 @@ class BalancedListener:
         self.ledger = ConnectionLedger(directory)
         try:
             slot = self.ledger.claim()
-            self.handoff = HandOff(directory, slot)
+            self.handoff = HandOff(directory, slot, self._loop, self._handed_over)
         except BaseException:
             self.ledger.leave()
             raise
@@ -279,7 +356,6 @@ class BalancedListener:
             raise
         for listener in self.sockets:
             self._loop.add_reader(listener.fileno(), self._accept, listener)
-        self._loop.add_reader(self.handoff.inbox.fileno(), self._receive)
         logger.debug("hoopgw: %s: slot %d of %s", OPTION, slot, directory)
 
     def _accept(self, listener: socket.socket) -> None:
@@ -314,19 +390,18 @@ class BalancedListener:
             if failed is None:
                 conn.close()  # the other process holds its own descriptor now
                 return
-            dead = isinstance(failed, (ConnectionRefusedError, FileNotFoundError))
+            dead = isinstance(failed, (ConnectionRefusedError, FileNotFoundError))  # no listener
             logger.debug("hoopgw: kept a connection slot %d could not take: %s", target, failed)
             self.ledger.take_back(target, dead)
         self._serve(conn)
 
-    def _receive(self) -> None:
-        for conn in self.handoff.received():
-            problem = self._foreign(conn)
-            if problem is not None:
-                logger.warning("hoopgw: %s: refused a handed-over socket: %s", OPTION, problem)
-                conn.close()
-                continue
-            self._serve(conn)
+    def _handed_over(self, conn: socket.socket) -> None:
+        problem = self._foreign(conn)
+        if problem is not None:
+            logger.warning("hoopgw: %s: refused a handed-over socket: %s", OPTION, problem)
+            conn.close()
+            return
+        self._serve(conn)
 
     def _foreign(self, conn: socket.socket) -> str | None:
         """Why a handed-over socket is not a connection accepted on this port, or None."""
@@ -377,10 +452,6 @@ class BalancedListener:
                 self._loop.remove_reader(listener.fileno())
             listener.close()
         self.ledger.leave()  # before the inbox goes, so that no peer picks this process
-        if self.handoff.inbox.fileno() != -1:
-            self._loop.remove_reader(self.handoff.inbox.fileno())
-            for conn in self.handoff.received():
-                conn.close()  # handed over as this process stopped: the client sees a reset
         self.handoff.close()
 
     async def wait_closed(self) -> None:

@@ -59,6 +59,17 @@ class Port:
             holders.append((await asyncio.wait_for(reader.readline(), 10)).decode().strip())
         return holders
 
+    async def connect_at_once(self, count: int) -> list[str]:
+        """Opens `count` connections together, so that they wait in the accept queue at once."""
+        opened = await asyncio.gather(
+            *(asyncio.open_connection(stack.LOOPBACK, self.number) for _ in range(count))
+        )
+        self.open += opened
+        for _, writer in opened:
+            writer.write(b"who?\n")
+        replies = [asyncio.wait_for(reader.readline(), 10) for reader, _ in opened]
+        return [reply.decode().strip() for reply in await asyncio.gather(*replies)]
+
     async def disconnect(self, count: int) -> None:
         """Ends the `count` oldest connections, each once its holder has closed it too."""
         for reader, writer in self.open[:count]:
@@ -156,14 +167,30 @@ async def test_a_peer_that_cannot_take_a_connection_leaves_it_with_the_acceptor(
         first, second = port.start("first"), port.start("second")
         assert sorted(await port.connect(2)) == ["first", "second"]
         loop = asyncio.get_running_loop()
-        for listener in [*second.listener.sockets, second.listener.handoff.inbox]:
+        for listener in second.listener.sockets:
             loop.remove_reader(listener.fileno())
             listener.close()  # the kernel gives the port's connections to the first alone
-        second.listener.handoff.path.unlink()  # still in the ledger, nobody at its socket
+        second.listener.handoff.close()  # still in the ledger, nobody at its socket
 
         assert await port.connect(3) == ["first"] * 3
         assert held(first) == 4
         assert list(first.listener.ledger.taken()) == [first.listener.ledger.slot], "not freed"
+
+
+async def test_a_burst_hands_over_more_sockets_than_a_datagram_queue_holds(
+    directory: Path,
+) -> None:
+    """24 connections accepted in one pass, 12 handed over before the other reads one:
+    a Unix datagram socket's queue takes ten (`net.unix.max_dgram_qlen`)."""
+    async with one_port(directory) as port:
+        first, second = port.start("first"), port.start("second")
+        loop = asyncio.get_running_loop()
+        for listener in second.listener.sockets:
+            loop.remove_reader(listener.fileno())
+            listener.close()  # the kernel gives every connection to the first
+        shares = await port.connect_at_once(24)
+        assert (shares.count("first"), shares.count("second")) == (12, 12)
+        assert (held(first), held(second)) == (12, 12)
 
 
 async def test_a_socket_not_accepted_on_the_port_is_refused(
@@ -176,7 +203,7 @@ async def test_a_socket_not_accepted_on_the_port_is_refused(
             contextlib.closing(pair[1]),
             socket.create_server((stack.LOOPBACK, 0)) as elsewhere,
             socket.create_connection(elsewhere.getsockname()) as other_port,
-            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender,
+            socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sender,
             caplog.at_level(logging.WARNING, "hoopgw"),
         ):
             first = port.start("first")
