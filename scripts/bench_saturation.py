@@ -1042,6 +1042,9 @@ def connector_session(port: int, id_token: str) -> Iterator[str]:
         token = connection.rest.token if connection.rest else None
         if not token:
             raise RuntimeError("the connector holds no session token after login")
+        # its idle keep-alive connections would count in a balanced process's share until
+        # the gateway's idle timeout ends them; the logout opens a new one
+        connection.rest.session_manager.close()
         yield token
     finally:
         connection.close()
