@@ -34,6 +34,7 @@ from hoopgw.addons.shared_port import SharedPort
 from hoopgw.addons.startup import (
     QuietCollector,
     ReadyAnnouncer,
+    free_finished_streams,
     one_line_option_errors,
     pin_malloc_mmap_threshold,
     skip_message_typecheck,
@@ -43,6 +44,7 @@ from hoopgw.addons.transport import ClientDeadlines, ClientHttp1, RequireTls
 
 pin_malloc_mmap_threshold()
 skip_message_typecheck()
+free_finished_streams()
 approvals = ApprovalShared()
 result_chunks = ResultChunks()
 authentication = Authentication()

@@ -68,6 +68,76 @@ def _unchecked(self: http.MessageData) -> None:
     """`MessageData.__post_init__` under -O: nothing."""
 
 
+def free_finished_streams() -> bool:
+    """Let a finished HTTP stream of mitmproxy's be freed as soon as mitmproxy drops it,
+    not by the cyclic collector.
+
+    A finished `HttpStream` sits in two reference cycles: its client and server
+    states are bound methods of itself (`self.state_done`, or `state_errored`), and
+    its context's layer list holds the stream. Each cycle holds the stream, its
+    flow, request, response and headers, and the gateway's per-flow state: about
+    37 objects a statement that only the collector frees, and whose count sets off
+    its young passes, one every twenty or so statements (docs/performance.md,
+    "Sixteenth round"). So the end states, which use nothing of `self`, become
+    static functions (they compare as before, by the same function object, and
+    `state_done` still fails on any event, as its `@expect()` does without -O), and
+    when the HTTP layer drops a stream it also takes the stream off its own
+    context's layer list, which only the stream uses. False when mitmproxy's HTTP
+    layer is not as this expects.
+    """
+    from mitmproxy.proxy.layers.http import HttpLayer, HttpStream  # mitmproxy's internals
+
+    if not all(callable(vars(HttpStream).get(name)) for name in _END_STATES):
+        return False
+    if getattr(HttpLayer.__init__, _PATCHED, False):
+        return True
+    for name, state in _END_STATES.items():
+        state.__qualname__ = f"{HttpStream.__qualname__}.{name}"
+        setattr(HttpStream, name, staticmethod(state))
+    layer_init = HttpLayer.__init__
+
+    @functools.wraps(layer_init)
+    def init(self: HttpLayer, *args: Any, **kwargs: Any) -> None:
+        layer_init(self, *args, **kwargs)
+        self.streams = _StreamTable(self.streams)
+
+    setattr(init, _PATCHED, True)
+    HttpLayer.__init__ = init  # type: ignore[method-assign]
+    return True
+
+
+class _StreamTable(dict[int, Any]):
+    """`HttpLayer.streams`, which takes a dropped stream off its own context's layers."""
+
+    def pop(self, stream_id: int, *default: Any) -> Any:
+        stream = super().pop(stream_id, *default)
+        layers = getattr(getattr(stream, "context", None), "layers", None)
+        if layers and layers[-1] is stream:
+            layers.pop()
+        return stream
+
+
+def _state_done(event: object) -> Any:
+    """`HttpStream.state_done`: a finished stream expects no more events."""
+    raise AssertionError(
+        f"Unexpected event type at HttpStream.state_done: Expected no events, got {event}."
+    )
+
+
+def _state_errored(event: object) -> Any:
+    """`HttpStream.state_errored`: a failed stream consumes every event silently."""
+    yield from ()
+
+
+_PATCHED: Final = "_hoopgw_frees_finished_streams"
+_state_done.__name__ = "state_done"
+_state_errored.__name__ = "state_errored"
+_END_STATES: Final[dict[str, Callable[[object], Any]]] = {
+    "state_done": _state_done,
+    "state_errored": _state_errored,
+}
+
+
 def _running() -> bool:
     server = ctx.master.addons.get("proxyserver")
     return bool(server and getattr(server, "is_running", False))

@@ -1,6 +1,6 @@
 """Start-up behaviour: the collector's walks leave out what the gateway loaded at start,
-mitmproxy's per-message type check is off, and the gateway says it is ready only once it
-listens."""
+mitmproxy's per-message type check is off, a finished HTTP stream is freed without the
+collector, and the gateway says it is ready only once it listens."""
 
 from __future__ import annotations
 
@@ -9,6 +9,10 @@ import logging
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
+from http.client import HTTPConnection
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
 
 import pytest
 from mitmproxy import http
@@ -18,7 +22,8 @@ from mitmproxy.test import taddons
 
 from hoopgw.addons import startup
 from hoopgw.addons.startup import QuietCollector, ReadyAnnouncer
-from tests import stack
+from scripts import bench
+from tests import gc_probe, stack
 
 # In a fresh interpreter: the cyclic garbage 200 requests and responses leave, and whether a
 # response whose start is text is refused, before and after the check is turned off.
@@ -77,6 +82,73 @@ def test_the_gateway_turns_the_check_off_when_it_loads() -> None:
 
     assert vars(http.MessageData)["__post_init__"] is startup._unchecked
     assert startup.skip_message_typecheck() is True  # idempotent
+
+
+class Upstream(stack.LoopbackServer):
+    """Answers every request with a small keep-alive 200."""
+
+    def serve(self, handler: BaseHTTPRequestHandler) -> None:
+        stack.read_body(handler)
+        stack.send_answer(handler, 200, b"ok", "text/plain")
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[Upstream]:
+    server = Upstream().start()
+    yield server
+    server.stop()
+
+
+LEAN_BARE = bench.REPO_ROOT / "scripts" / "lean_bare.py"
+
+
+def garbage_per_flow(home: Path, upstream: Upstream, scripts: list[Path]) -> float:
+    """Objects of cyclic garbage each of 50 flows leaves in a real mitmdump with `scripts`."""
+    mitmdump, port = bench.start_bare_mitmdump(
+        home, upstream.url, extra_scripts=[*scripts, Path(gc_probe.__file__)]
+    )
+    connection = HTTPConnection(stack.LOOPBACK, port, timeout=30)
+    try:
+
+        def get(path: str) -> bytes:
+            connection.request("GET", path)
+            answer = connection.getresponse()
+            body = answer.read()
+            assert answer.status == 200, body
+            return body
+
+        get("/warm-up")
+        get(gc_probe.PATH)
+        for number in range(50):
+            assert get(f"/q/{number}") == b"ok"
+        return int(get(gc_probe.PATH)) / 50
+    finally:
+        connection.close()
+        mitmdump.stop()
+
+
+def test_a_finished_stream_is_freed_without_the_collector(
+    tmp_path: Path, upstream: Upstream
+) -> None:
+    """mitmproxy as it ships leaves each flow in a reference cycle; with the gateway's
+    start-up (as scripts/lean_bare.py applies it) a flow leaves less than one object."""
+    as_shipped = garbage_per_flow(tmp_path / "shipped", upstream, [])
+    freed = garbage_per_flow(tmp_path / "freed", upstream, [LEAN_BARE])
+    assert as_shipped >= 20, as_shipped
+    assert freed < 1, freed
+
+
+def test_a_finished_stream_s_end_states_keep_their_behaviour() -> None:
+    from mitmproxy.proxy.layers.http import HttpLayer, HttpStream
+
+    from hoopgw.addons import gateway  # noqa: F401  (the import is what frees streams)
+
+    assert startup.free_finished_streams() is True  # idempotent
+    assert getattr(HttpLayer.__init__, startup._PATCHED)
+    with pytest.raises(AssertionError, match=r"HttpStream\.state_done: Expected no events"):
+        HttpStream.state_done("an event")
+    assert list(HttpStream.state_errored("an event")) == []
+    assert HttpStream.state_done.__name__ == "state_done"
 
 
 async def announced(spec: str, caplog: pytest.LogCaptureFixture) -> bool:
