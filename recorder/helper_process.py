@@ -13,7 +13,8 @@ A helper inherits only what it needs of the gateway's environment, never
 the variables the gateway's secrets are read from (`env:NAME`). It ignores
 Ctrl-C and SIGTERM: a service manager stops the whole process group, and the
 gateway's last calls at shutdown still go to its helpers. Closing the
-gateway's end, at shutdown or when the gateway dies, is what stops it.
+gateway's end, at shutdown or when the gateway dies, is what stops it. It
+runs at a lower CPU priority than the gateway (`BACKGROUND_NICE`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,13 @@ HELPER_ENVIRONMENT: Final = frozenset({"PATH", "HOME", "LANG", "TMPDIR", "TZ", "
 """What every helper inherits of the gateway's environment, besides PYTHON* and LC_*."""
 STOP_TIMEOUT: Final = 5.0
 """Seconds a helper has to exit once its end is closed, before it is killed."""
+BACKGROUND_NICE: Final = 10
+"""How far below the gateway's priority a helper runs: its work (uploads, roll-ups) is
+work nobody waits on, and on a busy host the scheduler should prefer the event loop
+(weight 1024 at nice 0 against 110 at nice 10: a tenth of a contended CPU, all of an
+idle one). Threads of the gateway are not lowered: one preempted while holding the GIL
+would hold up the loop."""
+_LOWEST_PRIORITY: Final = 19
 
 
 def helper_environment() -> dict[str, str]:
@@ -59,6 +67,7 @@ class HelperProcess:
             raise
         finally:
             theirs.close()
+        lower_priority(self.process.pid)
         self.connection = Connection(ours.detach())
 
     @property
@@ -76,6 +85,19 @@ class HelperProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+def lower_priority(pid: int) -> bool:
+    """Run process `pid` `BACKGROUND_NICE` below the gateway's main thread (threads it
+    starts later inherit that); False where that cannot be done, which changes nothing."""
+    if not hasattr(os, "setpriority"):
+        return False
+    try:
+        gateway = os.getpriority(os.PRIO_PROCESS, os.getpid())
+        os.setpriority(os.PRIO_PROCESS, pid, min(gateway + BACKGROUND_NICE, _LOWEST_PRIORITY))
+    except OSError:
+        return False  # the helper already exited; its caller finds out on its first call
+    return True
 
 
 def run_helper(serve: Callable[[Connection], None]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ import boto3
 import pytest
 
 from hoopgw.recorder.catalog import segment_key, summary_key
+from hoopgw.recorder.helper_process import BACKGROUND_NICE
 from hoopgw.recorder.ids import new_session_id, new_writer_id
 from hoopgw.recorder.spool import Spool, SpoolConfig
 from hoopgw.recorder.store import KeyNotFound, S3Store, StoreError
@@ -118,6 +120,17 @@ def test_a_helper_that_stops_answering_is_killed_at_the_call_timeout(
         assert store.get("k") in (b"v", b"w")
     finally:
         store.close()
+
+
+def test_the_helper_runs_below_the_gateway_s_cpu_priority(store: StoreProcess) -> None:
+    """Its uploads are work nobody waits on: on a busy host the event loop goes first.
+    Only the helper is lowered; the gateway's own threads keep their priority."""
+    store.put("k", b"v")
+    pid = store.helper_pid()
+    assert pid is not None
+    gateway = os.getpriority(os.PRIO_PROCESS, os.getpid())
+    assert os.getpriority(os.PRIO_PROCESS, pid) == min(gateway + BACKGROUND_NICE, 19)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == gateway
 
 
 def test_the_helper_gets_the_sdks_settings_and_none_of_the_gateways_secrets(

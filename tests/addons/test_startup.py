@@ -107,7 +107,7 @@ def garbage_per_flow(home: Path, upstream: Upstream, scripts: list[Path]) -> flo
     mitmdump, port = bench.start_bare_mitmdump(
         home, upstream.url, extra_scripts=[*scripts, Path(gc_probe.__file__)]
     )
-    connection = HTTPConnection(stack.LOOPBACK, port, timeout=30)
+    connection = HTTPConnection(stack.LOOPBACK, port, timeout=30)  # connects at its request
     try:
 
         def get(path: str) -> bytes:
