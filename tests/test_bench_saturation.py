@@ -18,8 +18,10 @@ import dataclasses
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -150,6 +152,45 @@ def test_the_load_script_counts_answers_and_failures(
     missing.write_text(bench_saturation.wrk_script("token", 0, path="/not/snowflake"))
     result = bench_saturation.run_wrk(upstream.port, missing, 1, 1)
     assert result.requests > 0 and result.non_200 == result.requests
+
+
+class AcceptCounter:
+    """A loopback listener that counts the connections it accepts and answers each request
+    with a small 200, until it is closed."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server((stack.LOOPBACK, 0))
+        self.port = self.listener.getsockname()[1]
+        self.accepted = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self.listener.accept()
+                self.accepted += 1
+                threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _answer(conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            while conn.recv(65536):
+                conn.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 17\r\n\r\n{"success": true}')
+
+
+@needs_wrk
+def test_the_load_script_opens_only_its_connections(tmp_path: Path) -> None:
+    """wrk checks an address with a connection it closes at once; the script skips that, so
+    that gateway processes balancing by connections held see only wrk's load."""
+    counter = AcceptCounter()
+    try:
+        script = tmp_path / "load.lua"
+        script.write_text(bench_saturation.wrk_script("token", arrow_every=0))
+        result = bench_saturation.run_wrk(counter.port, script, 3, 1)
+    finally:
+        counter.listener.close()
+    assert result.requests > 0 and result.failures == 0
+    assert counter.accepted == 3
 
 
 @needs_wrk
