@@ -383,8 +383,18 @@ class BalancedListener:
             self._loop.add_reader(listener.fileno(), self._accept, listener)
 
     def _place(self, conn: socket.socket) -> None:
-        """Keeps `conn` or hands it to the process holding the fewest."""
-        target = self.ledger.assign()
+        """Keeps `conn` or hands it to the process holding the fewest; serves it here when
+        the ledger cannot be read (even shares are worth less than the connection)."""
+        try:
+            target = self.ledger.assign()
+        except OSError as exc:
+            logger.warning(
+                "hoopgw: %s: cannot count the connection in %s (%s); serving it here",
+                OPTION,
+                self.ledger.path,
+                exc.strerror,
+            )
+            target = self.ledger.slot
         if target != self.ledger.slot:
             failed = self.handoff.send(conn, target)
             if failed is None:
