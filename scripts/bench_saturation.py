@@ -73,6 +73,7 @@ from typing import Any
 import pyarrow
 import snowflake.connector
 
+from hoopgw.addons.balance import OPTION as BALANCE_OPTION
 from hoopgw.recorder.secrets import new_token_key
 from scripts import bench, disk_probe, loop_cpu
 from tests import stack
@@ -137,7 +138,6 @@ DISK_STALL_MS = 50.0
 """A flush of the spool's disk this long during a gateway run is the disk's, not the
 gateway's: a wait for a CPU on this bench's busy machine is a few milliseconds."""
 SHARED_PORT_OPTIONS = {"hoopgw_reuse_port": "true", "server": "false"}
-BALANCE_OPTION = "hoopgw_balance_dir"
 RESULT_PREFIX = "BENCH-RESULT "
 
 
@@ -483,8 +483,8 @@ local statements = {{ {statements} }}
 local arrow_statement = "{ARROW_STATEMENT}"
 local threads = {{}}
 
--- wrk checks each address with a connection it closes at once; to gateway processes that
--- balance by connections held, it would be a ninth connection as the eight open
+-- wrk checks each address with a connection it closes at once; gateway processes that
+-- balance by connections held would count it as one more as wrk's own open
 function wrk.resolve(host, service)
     wrk.addrs = wrk.lookup(host, service)
 end

@@ -5,9 +5,9 @@ The gateway takes seventeen of mitmproxy's own addons out of its chain
 mitmproxy's check of each message's field types and lets a finished HTTP
 stream be freed without the cyclic collector (addons/startup.py,
 `skip_message_typecheck`, `free_finished_streams`); each is work less on
-every statement. Loaded into
-bare mitmdump (`scripts/bench_saturation.py --lean-bare`), this gives bare the
-same mitmproxy, so the gap that is left is the gateway's own work.
+every statement. Loaded into bare mitmdump (`scripts/bench_saturation.py
+--lean-bare`), this gives bare the same mitmproxy, so the gap that is left is
+the gateway's own work.
 """
 
 from __future__ import annotations
