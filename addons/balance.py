@@ -41,8 +41,9 @@ _SUN_PATH_MAX = 107  # sockaddr_un's 108 bytes, less the terminating NUL
 StreamHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Coroutine[Any, Any, None]]
 
 
-class BalanceError(Exception):
-    """The balance directory cannot be used; the message says why."""
+class BalanceError(OSError):
+    """The balance directory cannot be used; the message says why. An OSError, so that
+    mitmproxy reports it as it does any listener that cannot open, in one line."""
 
 
 def handoff_path(directory: Path, slot: int) -> Path:
@@ -463,9 +464,6 @@ class BalancedListener:
             listener.close()
         self.ledger.leave()  # before the inbox goes, so that no peer picks this process
         self.handoff.close()
-
-    async def wait_closed(self) -> None:
-        """asyncio.Server's: nothing to wait for once the sockets are closed."""
 
 
 class _Once:

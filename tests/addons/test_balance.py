@@ -227,6 +227,22 @@ async def test_closing_frees_the_slot_and_the_hand_off_socket(directory: Path) -
         second.listener.close()  # mitmproxy may close twice; nothing happens the second time
 
 
+async def test_a_ledger_with_no_free_slot_fails_the_listener_as_an_os_error(
+    directory: Path,
+) -> None:
+    """mitmproxy turns an OSError from `listen` into its one-line "failed to listen"."""
+    taken = [balance.ConnectionLedger(directory) for _ in range(balance.SLOTS)]
+    try:
+        for ledger in taken:
+            ledger.claim()  # this process is alive, so none of its slots is free
+        with pytest.raises(OSError, match="held by running processes"):
+            Process("late", directory, stack.free_port())
+    finally:
+        for ledger in taken:
+            ledger.leave()
+    assert balance.ConnectionLedger(directory).taken() == {}
+
+
 def test_a_directory_other_users_can_open_is_refused(tmp_path: Path) -> None:
     open_dir = tmp_path / "open"
     open_dir.mkdir(mode=0o755)
